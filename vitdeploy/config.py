@@ -1,0 +1,179 @@
+"""Frozen configuration dataclasses and the presets table.
+
+Torch-free: the deployment path (predict, runtime) reads these too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitdeploy.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 16  # input height = width, in pixels
+    patch_size: int = 4  # side of each square patch; image_size must be a multiple
+    in_channels: int = 3  # RGB; grayscale data is replicated to 3 channels by preprocessing
+    num_classes: int = 10  # width of the classification head
+    dim: int = 64  # D: width of every token embedding
+    depth: int = 4  # L: number of transformer blocks
+    num_heads: int = 4  # attention heads; dim must be a multiple
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * dim
+    dropout: float = 0.0  # dropout on embeddings, attention output and MLP
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.dim % self.num_heads:
+            raise ConfigError(f"dim {self.dim} is not a multiple of num_heads {self.num_heads}")
+        if self.num_classes < 2:
+            raise ConfigError(f"num_classes must be at least 2, got {self.num_classes}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.dim * self.mlp_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """THE preprocessing definition: decoded RGB image -> float32 [C, H, W] model input.
+
+    Steps (implemented once, in images.preprocess):
+      1. resize so the shorter side equals `resize_size` (aspect ratio kept), with `interpolation`;
+      2. center-crop `image_size` x `image_size`;
+      3. scale uint8 to [0, 1], subtract `mean` and divide by `std` per channel;
+      4. lay out as `channel_order` channels first (CHW).
+    """
+
+    image_size: int
+    resize_size: int
+    interpolation: str = "bilinear"  # bilinear | bicubic | nearest
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+
+    def __post_init__(self) -> None:
+        if self.resize_size < self.image_size:
+            raise ConfigError("resize_size must be >= image_size")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ConfigError(f"unknown interpolation {self.interpolation!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"unknown channel order {self.channel_order!r}")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3  # peak learning rate after warm-up
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05  # share of all steps spent warming up linearly
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    seed: int = 0
+    val_fraction: float = 0.2  # held-out share when the data has no val/ split
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # resize_size / image_size; 224 -> 256 is the classic ImageNet eval resize.
+    resize_ratio: float = 256 / 224
+
+    def preprocess_spec(self, image_size: int | None = None) -> PreprocessSpec:
+        size = image_size or self.model.image_size
+        return PreprocessSpec(
+            image_size=size, resize_size=round(size * self.resize_ratio), mean=self.mean, std=self.std
+        )
+
+
+def _vit(dim: int, heads: int, **kw: Any) -> ModelConfig:
+    return ModelConfig(
+        image_size=224, patch_size=16, num_classes=1000, dim=dim, depth=12, num_heads=heads, mlp_ratio=4.0, **kw
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="digits",
+            description="small ViT for the embedded scikit-learn digits (16 px, patch 4); about a minute on 2 CPU cores",
+            model=ModelConfig(image_size=16, patch_size=4, dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
+            train=TrainConfig(epochs=30, batch_size=64, lr=2e-3, weight_decay=0.05),
+            # digits are white-on-black strokes: ~0.2 mean, ~0.35 std after scaling to [0, 1]
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            resize_ratio=1.0,
+        ),
+        Preset("vit-ti16", "ViT-Ti/16 at 224 px (5.7M parameters)", _vit(192, 3)),
+        Preset("vit-s16", "ViT-S/16 at 224 px (22M parameters)", _vit(384, 6)),
+        Preset("vit-b16", "ViT-B/16 at 224 px (86M parameters)", _vit(768, 12)),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two flat config dicts: 'key: a -> b'."""
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
