@@ -5,14 +5,24 @@ numpy + onnxruntime only: no torch import anywhere on this path (a deployment ma
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
 import os
+import re
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
 from vitdeploy.config import ModelConfig, PreprocessSpec
-from vitdeploy.errors import DeviceError, ModelFileError
+from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 
 # Keys written by export into the ONNX file's metadata_props; values are JSON strings.
 META_PREFIX = "vitdeploy."
@@ -73,3 +83,201 @@ def parse_metadata(path: str | os.PathLike[str], props: dict[str, str]) -> OnnxM
         intermediates=load(META_INTERMEDIATES, required=False) or {},
         raw=dict(props),
     )
+
+
+DEVICES = ("auto", "cpu", "cuda")
+GRAPH_OPTIMIZATION = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+# ORT's logger severities: 0 verbose, 1 info, 2 warning (its default), 3 error, 4 fatal.
+_ORT_DEFAULT_SEVERITY = 2
+_ORT_FATAL_ONLY = 4
+# What a failed session creation raises; ORT's exception classes derive from Exception directly.
+_ORT_LOAD_ERRORS = (
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.InvalidProtobuf,
+    ort_errors.InvalidGraph,
+    ort_errors.NoSuchFile,
+    ort_errors.NoModel,
+    ort_errors.NotImplemented,
+    ort_errors.RuntimeException,
+)
+
+
+@dataclass(frozen=True)
+class CudaStatus:
+    """Whether a real session gets the CUDA provider here, and if not, what is missing (one sentence)."""
+
+    usable: bool
+    reason: str  # full explanation, for --device cuda errors
+    summary: str = ""  # a few words, for the one line that `auto` prints
+
+
+def _stderr_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _quiet_ort() -> Iterator[None]:
+    """Silence ORT's process-wide logger, which prints the red CUDA fallback error before any session exists."""
+    ort.set_default_logger_severity(_ORT_FATAL_ONLY)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+
+
+# A one-node ONNX model (y = Identity(x), float[1], opset 17, IR 8), serialized, used to ask ORT which provider a
+# session really gets. Stored as bytes so that the deployment path needs no `onnx` package;
+# tests/test_runtime.py rebuilds it with onnx.helper and checks that the bytes match.
+PROBE_MODEL = (
+    b"\x08\x08:D\n\x10\n\x01x\x12\x01y\"\x08Identity\x12\x0eprovider_probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01"
+    b"\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x11"
+)
+
+
+def _preload_cuda_libraries() -> list[str]:
+    """Let ORT load CUDA/cuDNN from nvidia-* pip packages; return the libraries it could not load.
+
+    preload_dlls() reports failures with print() on stdout, which would corrupt `--format json` output,
+    so its output is captured and turned into the list of missing library names.
+    """
+    preload = getattr(ort, "preload_dlls", None)  # added in ORT 1.21
+    if preload is None:
+        return []
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        preload()
+    return sorted(set(re.findall(r"Failed to load (?:\S*/)?(\S+?):", captured.getvalue())))
+
+
+@functools.cache
+def cuda_status() -> CudaStatus:
+    """Probe (once per process) whether CUDA really works for ONNX Runtime here."""
+    if CUDA not in ort.get_available_providers():
+        return CudaStatus(
+            False,
+            f"onnxruntime {ort.__version__} has no CUDA provider (a CPU-only build); install onnxruntime-gpu",
+            "onnxruntime has no CUDA provider",
+        )
+    missing = _preload_cuda_libraries()
+    with _quiet_ort():
+        session = ort.InferenceSession(PROBE_MODEL, providers=[CUDA, CPU])
+    if CUDA in session.get_providers():
+        return CudaStatus(True, "")
+    cuda_version = getattr(ort, "cuda_version", "") or "?"
+    what = ", ".join(missing) if missing else "the CUDA/cuDNN libraries (or a GPU driver)"
+    return CudaStatus(
+        False,
+        f"CUDAExecutionProvider is listed but the session fell back to CPU: {what} not found; "
+        f"onnxruntime-gpu {ort.__version__} needs CUDA {cuda_version.split('.')[0]}.x + cuDNN 9 "
+        "(install them, or a CUDA build of torch whose libraries onnxruntime.preload_dlls() can load)",
+        f"CUDA not usable: {what} not found",
+    )
+
+
+def usable_providers() -> list[str]:
+    """Execution providers a real session actually gets here, fastest first; CPU is always there."""
+    return [CUDA, CPU] if cuda_status().usable else [CPU]
+
+
+def make_session(
+    model: str | os.PathLike[str] | bytes,
+    device: str = "auto",
+    threads: int | None = None,
+    graph_optimization: str = "all",
+    notify: Callable[[str], None] = _stderr_line,
+) -> tuple[ort.InferenceSession, str]:
+    """Create an InferenceSession on the requested device and return it with the provider it really uses.
+
+    device: "cpu"; "cuda" (raises DeviceError naming what is missing when CUDA does not really work);
+    "auto" (CUDA when a session really gets it, else CPU, said in one plain line through `notify`).
+    threads: intra-op threads (None: ORT's default, one per physical core).
+    """
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    if graph_optimization not in GRAPH_OPTIMIZATION:
+        raise ConfigError(
+            f"unknown graph optimization {graph_optimization!r}; choose one of: {', '.join(GRAPH_OPTIMIZATION)}"
+        )
+    if isinstance(model, (str, os.PathLike)):
+        _check_model_file(Path(model))
+    providers = [CPU]
+    if device != "cpu":
+        status = cuda_status()
+        if status.usable:
+            providers = [CUDA, CPU]
+        elif device == "cuda":
+            raise DeviceError(f"--device cuda is not usable: {status.reason}")
+        else:
+            notify(f"running on CPU ({status.summary}; --device cuda says more)")
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = GRAPH_OPTIMIZATION[graph_optimization]
+    options.log_severity_level = 3  # keep ORT's warnings about unused initializers etc. off the user's terminal
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    try:
+        with _quiet_ort():
+            session = ort.InferenceSession(source, options, providers=providers)
+    except _ORT_LOAD_ERRORS as e:
+        name = "model bytes" if isinstance(model, bytes) else str(model)
+        raise ModelFileError(f"{name}: onnxruntime cannot load it: {e}") from None
+    provider = session.get_providers()[0]
+    if providers[0] == CUDA and provider != CUDA:
+        # The probe worked but this model did not get CUDA (e.g. out of GPU memory): never fall back silently.
+        if device == "cuda":
+            raise DeviceError("--device cuda: this model's session fell back to CPU")
+        notify("running on CPU (this model's CUDA session fell back to CPU)")
+    return session, provider
+
+
+def _check_model_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model file")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: model file is empty")
+
+
+def model_info_from_session(session: ort.InferenceSession, path: str | os.PathLike[str]) -> OnnxModelInfo:
+    """Read and validate a vitdeploy model's self-description from an open session."""
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        raise ModelFileError(
+            f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, found inputs {inputs} "
+            f"and outputs {outputs}; export it with vitdeploy export"
+        )
+    return parse_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
+
+
+def load_model_info(path: str | os.PathLike[str]) -> OnnxModelInfo:
+    """Validate a vitdeploy .onnx file (exists, is ONNX, describes itself) and return its metadata.
+
+    Reads through ONNX Runtime (no onnx/torch needed); with optimizations off, so it is cheap.
+    """
+    session, _ = make_session(path, device="cpu", graph_optimization="disabled")
+    return model_info_from_session(session, path)
+
+
+def run_batch(session: ort.InferenceSession, pixel_values: np.ndarray) -> np.ndarray:
+    """Run one batch (N, 3, H, W) float32 -> logits (N, num_classes) as a numpy array.
+
+    On CUDA the batch is copied to the device once through IO binding and the output is allocated there, so
+    ORT does no extra staging copies; only the logits come back to the host.
+    """
+    pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
+    if session.get_providers()[0] != CUDA:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: pixel_values})[0]
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(pixel_values, "cuda", 0))
+    binding.bind_output(OUTPUT_NAME, "cuda")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]

@@ -1,0 +1,149 @@
+"""runtime.py: honest provider selection, session creation, model validation, batched runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitdeploy import runtime
+from vitdeploy.config import ModelConfig, PreprocessSpec
+from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
+
+TINY = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=3)
+SPEC = PreprocessSpec(image_size=16, resize_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+LABELS = ["cat", "dog", "bird"]
+
+
+def export_tiny_onnx(out: Path, cfg: ModelConfig = TINY, spec: PreprocessSpec = SPEC, labels=LABELS) -> Path:
+    """A tiny self-describing .onnx (dynamic batch, metadata per runtime.META_*), exported with torch."""
+    import onnx
+    import torch
+
+    from vitdeploy.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    dummy = torch.randn(2, 3, cfg.image_size, cfg.image_size)
+    torch.onnx.export(
+        model, (dummy,), str(out), dynamo=False, opset_version=17,
+        input_names=[runtime.INPUT_NAME], output_names=[runtime.OUTPUT_NAME],
+        dynamic_axes={runtime.INPUT_NAME: {0: "batch"}, runtime.OUTPUT_NAME: {0: "batch"}},
+    )
+    proto = onnx.load(str(out))
+    meta = {
+        runtime.META_LABELS: labels,
+        runtime.META_PREPROCESS: spec.to_dict(),
+        runtime.META_MODEL_CONFIG: cfg.to_dict(),
+        runtime.META_EXPORT: {"opset": 17},
+    }
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    return export_tiny_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+def test_probe_model_bytes_are_the_onnx_helper_model():
+    from onnx import TensorProto, checker, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "provider_probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    checker.check_model(model)
+    assert model.SerializeToString() == runtime.PROBE_MODEL
+
+
+def test_usable_providers_match_what_a_session_really_gets():
+    providers = runtime.usable_providers()
+    assert providers[-1] == runtime.CPU
+    session, provider = runtime.make_session(runtime.PROBE_MODEL, device="auto", notify=lambda _: None)
+    assert provider == providers[0] == session.get_providers()[0]
+
+
+def test_cpu_device_gives_cpu_session():
+    session, provider = runtime.make_session(runtime.PROBE_MODEL, device="cpu")
+    assert provider == runtime.CPU
+    out = session.run(None, {"x": np.array([3.0], np.float32)})[0]
+    assert out.tolist() == [3.0]
+
+
+@pytest.mark.skipif(runtime.cuda_status().usable, reason="CUDA works here")
+def test_cuda_without_working_cuda_names_what_is_missing():
+    with pytest.raises(DeviceError) as err:
+        runtime.make_session(runtime.PROBE_MODEL, device="cuda")
+    message = str(err.value)
+    assert "CUDA" in message and runtime.cuda_status().reason in message
+
+
+@pytest.mark.skipif(runtime.cuda_status().usable, reason="CUDA works here")
+def test_auto_without_cuda_says_one_plain_line(capfd):
+    lines: list[str] = []
+    runtime.cuda_status.__wrapped__()  # the uncached probe: the call that would print ORT's red fallback log
+    _, provider = runtime.make_session(runtime.PROBE_MODEL, device="auto", notify=lines.append)
+    assert provider == runtime.CPU
+    assert len(lines) == 1 and lines[0].startswith("running on CPU")
+    captured = capfd.readouterr()
+    # ORT's own red "[E:onnxruntime..." fallback log is silenced; stdout stays clean for --format json.
+    assert "onnxruntime" not in captured.err and captured.out == ""
+
+
+def test_unknown_device_and_optimization_level_are_config_errors():
+    with pytest.raises(ConfigError):
+        runtime.make_session(runtime.PROBE_MODEL, device="tpu")
+    with pytest.raises(ConfigError):
+        runtime.make_session(runtime.PROBE_MODEL, device="cpu", graph_optimization="max")
+
+
+def test_load_model_info_reads_metadata(tiny_onnx):
+    info = runtime.load_model_info(tiny_onnx)
+    assert info.labels == LABELS
+    assert info.preprocess == SPEC
+    assert info.model_config == TINY
+    assert info.export == {"opset": 17}
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [(None, "no such model file"), (b"", "empty"), (b"not a model at all", "cannot load")],
+)
+def test_load_model_info_rejects_bad_files(tmp_path, content, match):
+    path = tmp_path / "model.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ModelFileError, match=match):
+        runtime.load_model_info(path)
+
+
+def test_load_model_info_rejects_onnx_without_metadata(tmp_path):
+    path = tmp_path / "probe.onnx"
+    path.write_bytes(runtime.PROBE_MODEL)
+    with pytest.raises(ModelFileError, match="expected input 'pixel_values'"):
+        runtime.load_model_info(path)
+
+
+def test_run_batch_matches_torch_at_several_batch_sizes(tiny_onnx):
+    import torch
+
+    from vitdeploy.model import build_model
+
+    torch.manual_seed(0)  # the same weights export_tiny_onnx used
+    model = build_model(TINY).eval()
+    session, _ = runtime.make_session(tiny_onnx, device="cpu")
+    rng = np.random.default_rng(0)
+    for batch in (1, 3, 8):
+        x = rng.standard_normal((batch, 3, 16, 16), dtype=np.float32)
+        logits = runtime.run_batch(session, x)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        assert logits.shape == (batch, 3)
+        # fp32, same graph: ORT and torch agree to ~1e-6; 1e-4 is torch.onnx's own verification tolerance
+        np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-4)
