@@ -1,0 +1,260 @@
+"""images.py: safe decoding of every format/mode we accept, refusal of everything else, THE preprocessing."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitdeploy import images
+from vitdeploy.config import PreprocessSpec
+from vitdeploy.images import ImageDecodeError, decode_for_preprocess, decode_image, preprocess
+
+SPEC_224 = PreprocessSpec(image_size=224, resize_size=256)
+
+
+def smooth_rgb(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A photo-like test image: smooth gradients plus a few hard edges, deterministic."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    channels = [127 + 100 * np.sin(x / (17 + 9 * c) + y / (23 + 5 * c) + phase[c]) for c in range(3)]
+    arr = np.stack(channels, axis=-1)
+    arr[height // 3 : height // 2, width // 4 : width // 2] = (250, 20, 20)  # a sharp red block
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def kind_of(path: Path) -> str:
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(path)
+    assert str(path) in str(err.value)
+    return err.value.kind
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims width x height pixels but carries no pixel data: a decompression-bomb header."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+# --- refused inputs ---------------------------------------------------------------------------------------
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    assert kind_of(path) == "empty"
+
+
+def test_text_file_named_jpg(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("this is not a picture\n")
+    assert kind_of(path) == "not_an_image"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_file_is_an_error_not_grey_pixels(tmp_path, fmt):
+    full = tmp_path / f"full.{fmt.lower()}"
+    smooth_rgb(128, 96).save(full, fmt)
+    data = full.read_bytes()
+    cut = tmp_path / f"cut.{fmt.lower()}"
+    cut.write_bytes(data[: len(data) // 2])
+    assert kind_of(cut) == "corrupt"
+
+
+@pytest.mark.parametrize("side", [10_000, 30_000])  # 1e8 pixels: Pillow only warns; 9e8: Pillow raises
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_decompression_bomb_header_is_refused(tmp_path, side):
+    assert side * side > Image.MAX_IMAGE_PIXELS
+    assert kind_of(png_header_only(tmp_path / "bomb.png", side, side)) == "decompression_bomb"
+
+
+def test_format_outside_the_allow_list_is_refused(tmp_path):
+    path = tmp_path / "picture.pcx"
+    smooth_rgb(8, 8).save(path, "PCX")
+    assert kind_of(path) == "not_an_image"
+
+
+def test_unsupported_pixel_mode_is_refused(tmp_path):
+    path = tmp_path / "lab.tif"
+    Image.new("LAB", (8, 8)).save(path)
+    assert kind_of(path) == "unsupported_mode"
+
+
+def test_missing_file_and_directory(tmp_path):
+    assert kind_of(tmp_path / "nope.png") == "missing"
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    assert kind_of(folder) == "not_a_file"
+
+
+# --- every accepted mode becomes RGB deliberately -----------------------------------------------------------
+
+
+def test_cmyk_jpeg(tmp_path):
+    rgb = smooth_rgb(64, 48)
+    path = tmp_path / "cmyk.jpg"
+    rgb.convert("CMYK").save(path, "JPEG", quality=95)
+    assert Image.open(path).mode == "CMYK"
+    decoded = decode_image(path)
+    assert decoded.mode == "RGB"
+    expected = np.asarray(rgb.convert("CMYK").convert("RGB"), np.float32)
+    # JPEG at quality 95: a couple of levels of compression noise, not inverted or shifted colours
+    assert np.abs(np.asarray(decoded, np.float32) - expected).mean() < 3
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    raw = np.array([[0, 16384, 32768, 65535]], np.uint16).repeat(4, axis=0)
+    path = tmp_path / "gray16.png"
+    Image.fromarray(raw).save(path)
+    assert Image.open(path).mode == "I;16"
+    decoded = np.asarray(decode_image(path))
+    assert decoded.shape == (4, 4, 3)
+    assert decoded[0, :, 0].tolist() == [0, 64, 128, 255]  # convert("RGB") would give [0, 255, 255, 255]
+    assert (decoded[..., 0] == decoded[..., 1]).all() and (decoded[..., 1] == decoded[..., 2]).all()
+
+
+def test_32_bit_int_and_float_grayscale(tmp_path):
+    ints = tmp_path / "int32.tif"
+    Image.fromarray(np.array([[0, 1000, 65535]], np.int32)).save(ints)
+    assert np.asarray(decode_image(ints))[0, :, 0].tolist() == [0, 4, 255]
+    floats = tmp_path / "float.tif"
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)).save(floats)
+    assert np.asarray(decode_image(floats))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_palette_png_with_transparency_is_composited_on_white(tmp_path):
+    img = Image.new("P", (4, 2))
+    img.putpalette([255, 0, 0, 0, 0, 255])  # index 0 red, index 1 blue
+    img.putdata([0, 0, 1, 1] * 2)
+    path = tmp_path / "palette.png"
+    img.save(path, transparency=0)  # red is the transparent colour
+    decoded = np.asarray(decode_image(path))
+    assert decoded[0, 0].tolist() == list(images.BACKGROUND_RGB)
+    assert decoded[0, 3].tolist() == [0, 0, 255]
+
+
+def test_rgba_png_is_composited_on_white(tmp_path):
+    arr = np.zeros((1, 3, 4), np.uint8)
+    arr[0, :, 0] = 255  # red everywhere
+    arr[0, :, 3] = [0, 128, 255]  # transparent, half, opaque
+    path = tmp_path / "rgba.png"
+    Image.fromarray(arr, "RGBA").save(path)
+    decoded = np.asarray(decode_image(path))
+    assert decoded[0, 0].tolist() == [255, 255, 255]
+    assert decoded[0, 1, 0] == 255 and 125 <= decoded[0, 1, 1] <= 129  # half-way between red and white
+    assert decoded[0, 2].tolist() == [255, 0, 0]
+
+
+def test_gray_alpha_and_one_bit_png(tmp_path):
+    la = tmp_path / "la.png"
+    Image.fromarray(np.array([[[0, 0], [0, 255]]], np.uint8), "LA").save(la)
+    assert np.asarray(decode_image(la))[0].tolist() == [[255, 255, 255], [0, 0, 0]]
+    one_bit = tmp_path / "bw.png"
+    Image.fromarray(np.array([[0, 255]], np.uint8)).convert("1").save(one_bit)
+    assert np.asarray(decode_image(one_bit))[0].tolist() == [[0, 0, 0], [255, 255, 255]]
+
+
+def test_animated_gif_uses_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    assert Image.open(path).n_frames == 3
+    assert np.asarray(decode_image(path))[4, 4].tolist() == [255, 0, 0]
+
+
+def test_multipage_tiff_uses_first_page(tmp_path):
+    pages = [Image.new("RGB", (8, 8), (10, 20, 30)), Image.new("RGB", (8, 8), (200, 200, 200))]
+    path = tmp_path / "pages.tiff"
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    assert np.asarray(decode_image(path))[0, 0].tolist() == [10, 20, 30]
+
+
+@pytest.mark.parametrize("fmt, suffix", [("WEBP", ".webp"), ("BMP", ".bmp"), ("PNG", ".png"), ("TIFF", ".tif")])
+def test_lossless_formats_round_trip_exactly(tmp_path, fmt, suffix):
+    img = smooth_rgb(40, 30)
+    path = tmp_path / f"img{suffix}"
+    img.save(path, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    assert np.array_equal(np.asarray(decode_image(path)), np.asarray(img))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = smooth_rgb(48, 32)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "rotated.jpg"
+    img.save(path, "JPEG", quality=95, exif=exif.tobytes())
+    decoded = decode_image(path)
+    assert decoded.size == (32, 48)
+    by_hand = Image.open(path).convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    assert np.array_equal(np.asarray(decoded), np.asarray(by_hand))
+
+
+# --- JPEG draft decoding ----------------------------------------------------------------------------------
+
+
+def levels(a: np.ndarray, b: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """|a - b| of two preprocessed tensors, in uint8 levels of the original image."""
+    return np.abs(a - b) * np.asarray(spec.std, np.float32)[:, None, None] * 255
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 3])
+def test_draft_decoding_matches_full_decoding_within_tolerance(tmp_path, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "big.jpg"
+    smooth_rgb(1100, 1031).save(path, "JPEG", quality=92, exif=exif.tobytes())  # shorter side > 2 x 256
+    full = preprocess(decode_image(path), SPEC_224)
+    drafted_img = decode_for_preprocess(path, SPEC_224)
+    assert min(drafted_img.size) == SPEC_224.resize_size  # it was drafted and resized in one go
+    diff = levels(preprocess(drafted_img, SPEC_224), full, SPEC_224)
+    # measured: mean ~0.3, max ~6 levels on photos (JPEG re-encoding noise is of the same order)
+    assert diff.mean() < 1.0 and diff.max() < 12
+
+
+def test_no_draft_below_the_margin(tmp_path):
+    path = tmp_path / "medium.jpg"
+    smooth_rgb(640, 480).save(path, "JPEG", quality=92)  # shorter side 480 < 2 x 256: decoded in full
+    assert np.array_equal(preprocess(decode_for_preprocess(path, SPEC_224), SPEC_224),
+                          preprocess(decode_image(path), SPEC_224))
+
+
+# --- THE preprocessing ------------------------------------------------------------------------------------
+
+
+def test_preprocess_normalizes_per_channel():
+    spec = PreprocessSpec(image_size=4, resize_size=4, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    x = preprocess(Image.new("RGB", (4, 4), (255, 0, 51)), spec)
+    assert x.shape == (3, 4, 4) and x.dtype == np.float32 and x.flags.c_contiguous
+    np.testing.assert_allclose(x[:, 0, 0], [1.0, -1.0, 0.2], rtol=1e-6)
+    bgr = preprocess(Image.new("RGB", (4, 4), (255, 0, 51)), PreprocessSpec(
+        image_size=4, resize_size=4, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0), channel_order="BGR"))
+    np.testing.assert_allclose(bgr[:, 0, 0], [0.2, -1.0, 1.0], rtol=1e-6)
+
+
+def test_preprocess_resizes_shorter_side_then_center_crops():
+    # 40 x 20 image: a black band at the left edge, the rest white; shorter side 20 -> 10, so 20 x 10, and the
+    # center crop keeps columns 5..14, beyond the reach of the black band through the bilinear filter
+    arr = np.full((20, 40, 3), 255, np.uint8)
+    arr[:, :4] = 0
+    spec = PreprocessSpec(image_size=10, resize_size=10, mean=(0, 0, 0), std=(1, 1, 1))
+    x = preprocess(Image.fromarray(arr), spec)
+    assert x.shape == (3, 10, 10)
+    np.testing.assert_allclose(x, 1.0)
+
+
+def test_preprocess_batch_stacks_and_handles_empty():
+    spec = PreprocessSpec(image_size=8, resize_size=8)
+    batch = images.preprocess_batch([smooth_rgb(8, 8, s) for s in range(3)], spec)
+    assert batch.shape == (3, 3, 8, 8)
+    np.testing.assert_array_equal(batch[1], preprocess(smooth_rgb(8, 8, 1), spec))
+    assert images.preprocess_batch([], spec).shape == (0, 3, 8, 8)
