@@ -90,7 +90,8 @@ def decode_image(
             if draft_size and img.format in ("JPEG", "MPO") and min(full_size) >= DRAFT_MARGIN * draft_size:
                 target = DRAFT_MARGIN * draft_size
                 drafted = img.draft("RGB", (target, target))
-                draft_box = drafted[1] if drafted else None
+                # draft() also answers when it keeps the full scale; only a real reduction needs the resize here
+                draft_box = drafted[1] if drafted and img.size != full_size else None
             img.load()
             rgb = to_rgb(img)
             if draft_box is not None:
