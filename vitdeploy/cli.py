@@ -177,6 +177,98 @@ def print_prediction_table(rows: list[dict[str, Any]]) -> None:
     Console().print(table)
 
 
+@app.command()
+@handle_errors
+def export(
+    bundle: Annotated[
+        Optional[Path], typer.Argument(help="Model bundle folder. Default: the latest bundle under models/.")
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset; an unsupported one is refused, naming the range.")] = 17,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file. Default: BUNDLE/model.onnx.")] = None,
+    verify: Annotated[bool, typer.Option(help="Check parity with PyTorch before the file is moved into place.")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+) -> None:
+    """Export a bundle to one self-describing ONNX file (dynamic batch), parity-checked before it is written.
+
+    Exit codes: 0 exported (and parity held); 2 bad input (no bundle, unsupported opset); 3 parity failed, and
+    nothing was written to the output path.
+
+    Example: vitdeploy export models/digits/best --opset 17 -o models/digits.onnx
+    """
+    from vitdeploy.export import export_onnx
+    from vitdeploy.verify import ParityError, parity_tables
+
+    try:
+        result = export_onnx(bundle, out, opset=opset, verify=verify)
+    except ParityError as e:
+        for table in parity_tables(e.report):
+            console.print(table)
+        raise
+    size = f"{result.size_bytes / 1e6:.2f} MB"
+    if result.external_data:
+        size += f", weights in {result.external_data.name}"
+    console.print(
+        f"exported {result.path} (opset {result.opset}, {result.num_nodes} nodes, {size}) "
+        f"in {result.export_seconds:.1f} s",
+        highlight=False, soft_wrap=True,
+    )
+    if result.parity:
+        s = result.parity.summary()
+        console.print(
+            f"parity ok on {', '.join(s['providers'])} at batch sizes {s['batch_sizes']}: max |diff| "
+            f"{s['max_abs']:.2e}, top-1 agreement {s['top1_agreement']:.0%} ({result.verify_seconds:.1f} s)",
+            highlight=False, soft_wrap=True,
+        )
+    if json_output:
+        print_json(result.to_dict())
+
+
+@app.command()
+@handle_errors
+def verify(
+    model: Annotated[
+        Optional[Path], typer.Argument(help="The .onnx file. Default: model.onnx in the latest bundle under models/.")
+    ] = None,
+    bundle: Annotated[
+        Optional[Path], typer.Option(help="The bundle it came from. Default: the file's folder, else the one "
+                                     "recorded at export.")
+    ] = None,
+    images: Annotated[
+        Optional[Path], typer.Option(help="Real images to compare on. Default: the bundle's held-out split.")
+    ] = None,
+    batch_sizes: Annotated[
+        str, typer.Option(help="Batch sizes to run, comma-separated (1 is always added).")
+    ] = "1,7,32",
+    atol: Annotated[Optional[float], typer.Option(help="Max absolute logit difference (fp32 default 1e-4).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance added to atol (fp32 default 0).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
+) -> None:
+    """Compare PyTorch with ONNX Runtime on real and random inputs, at several batch sizes, on every provider that
+    really works here; when parity fails, name the first block whose output diverges.
+
+    Exit codes: 0 every check passed; 2 bad input (missing bundle or file, not ONNX, truncated, file and bundle
+    do not match, external data outside the model's folder); 3 a parity check failed.
+
+    Example: vitdeploy verify models/digits/best/model.onnx --batch-sizes 1,7,32,64
+    """
+    from vitdeploy.errors import EXIT_CHECK_FAILED
+    from vitdeploy.verify import parse_batch_sizes, parity_tables, verify as run_verify
+
+    report = run_verify(model, bundle, images, parse_batch_sizes(batch_sizes), atol, rtol)
+    for table in parity_tables(report):
+        console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    for line in report.failures():
+        console.print(f"[red]FAIL[/] {line}", highlight=False, soft_wrap=True)
+    if report.passed:
+        console.print(f"[green]parity ok[/] on {', '.join(report.providers)}", highlight=False)
+    if json_output:
+        print_json(report.to_dict())
+    if not report.passed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
 def main() -> None:
     try:
         app()
