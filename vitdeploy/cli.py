@@ -268,6 +268,87 @@ def verify(
     if not report.passed:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
+@app.command()
+@handle_errors
+def bench(
+    model: Annotated[
+        Optional[Path], typer.Argument(help="The .onnx file. Default: the newest .onnx under models/.")
+    ] = None,
+    bundle: Annotated[
+        Optional[Path], typer.Option(help="Its bundle, for the PyTorch variants. Default: the one recorded at export.")
+    ] = None,
+    preset: Annotated[
+        Optional[str], typer.Option(help="Benchmark a preset (vit-ti16, vit-s16, vit-b16...) with random weights "
+                                    "instead of a file, to compare with published figures.")
+    ] = None,
+    variants: Annotated[
+        Optional[str], typer.Option(help="Comma-separated: torch, ort-cpu, ort-cpu-fused, ort-cpu-int8, torch-cuda, "
+                                    "ort-cuda, ort-cuda-graph, ort-cuda-fp16. Default: all that can run here.")
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
+    warmup_iters: Annotated[int, typer.Option(help="Warm-up runs per variant and batch size (at least).")] = 3,
+    warmup_seconds: Annotated[float, typer.Option(help="Warm-up time per variant and batch size (at least).")] = 1.0,
+    min_iters: Annotated[int, typer.Option(help="Timed runs per variant and batch size (at least).")] = 10,
+    min_seconds: Annotated[float, typer.Option(help="Timed seconds per variant and batch size (at least).")] = 2.0,
+    threads: Annotated[
+        Optional[int], typer.Option(help="Threads for torch and ONNX Runtime alike. Default: one per CPU core.")
+    ] = None,
+    end_to_end: Annotated[
+        Optional[list[str]], typer.Option(help="Images (files, folders, globs; repeatable) to time decode / "
+                                          "preprocess / model from file to logits.")
+    ] = None,
+    p99_budget: Annotated[
+        Optional[float], typer.Option(help="Recommend the largest batch size whose p99 latency (ms) meets this.")
+    ] = None,
+    baseline: Annotated[
+        Optional[Path], typer.Option(help="An earlier --output JSON to compare median latencies with.")
+    ] = None,
+    max_regress: Annotated[
+        float, typer.Option(help="With --baseline: exit 3 when a variant's p50 got slower by more than this %.")
+    ] = 5.0,
+    output: Annotated[Optional[Path], typer.Option(help="Save the JSON report to this file.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Save latency and throughput against batch size (PNG).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")] = False,
+) -> None:
+    """Benchmark PyTorch eager against ONNX Runtime (and CUDA variants where CUDA really works), interleaved.
+
+    Reports p50/p90/p99/mean/std latency, images/s, speed-up against eager in the same run, cold start, and
+    model FLOPs utilisation against this machine's measured matmul peak.
+
+    Exit codes: 0 done; 2 bad input (no model, unknown variant, a CUDA variant requested without CUDA);
+    3 a variant regressed past --max-regress against --baseline.
+
+    Example: vitdeploy bench --preset vit-ti16 --batch-sizes 1,32 --output bench.json --plot bench.png
+    """
+    from vitdeploy import bench as bench_module
+    from vitdeploy.atomic import atomic_write_json
+
+    settings = bench_module.BenchSettings(
+        batch_sizes=bench_module.parse_int_list(batch_sizes, "--batch-sizes"),
+        variants=bench_module.parse_variants(variants), warmup_iters=warmup_iters, warmup_seconds=warmup_seconds,
+        min_iters=min_iters, min_seconds=min_seconds, threads=threads,
+    )
+    baseline_report = bench_module.load_report(baseline) if baseline else None
+    report = bench_module.run_bench(
+        model, bundle, preset, settings, end_to_end,
+        log=lambda line: console.print(line, highlight=False, soft_wrap=True),
+    )
+    if p99_budget is not None:
+        report.recommendation = bench_module.recommend_batch_size(report, p99_budget)
+    if baseline_report is not None:
+        report.regression = bench_module.compare_to_baseline(report, baseline_report, max_regress)
+    console.print(bench_module.results_table(report))
+    for line in bench_module.summary_lines(report):
+        console.print(line, highlight=False, soft_wrap=True)
+    if output:
+        atomic_write_json(output, report.to_dict())
+    if plot:
+        bench_module.plot_report(report, plot)
+    if json_output:
+        print_json(report.to_dict())
+    if report.regression is not None:
+        bench_module.check_regressions(report.regression)
+
 
 def main() -> None:
     try:

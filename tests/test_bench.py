@@ -1,0 +1,248 @@
+"""vitdeploy bench: the protocol, the report's schema, the regression gate and the recommendations.
+
+Tiny model, few iterations; nothing here asserts on how long anything took.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from vitdeploy import bench
+from vitdeploy.checkpoint import BundleInfo, save_bundle
+from vitdeploy.cli import app
+from vitdeploy.config import ModelConfig, PreprocessSpec
+from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, CheckFailed, ConfigError, DeviceError
+from vitdeploy.model import build_model
+from vitdeploy.runtime import CPU, cuda_status
+
+TINY = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=3)
+# Enough to exercise every code path, few enough to stay fast: no minimum time, two timed runs.
+QUICK = ["--warmup-iters", "1", "--warmup-seconds", "0", "--min-iters", "2", "--min-seconds", "0", "--threads", "1"]
+CPU_VARIANTS = "torch,ort-cpu,ort-cpu-fused"
+ORT_VARIANTS = ("ort-cpu", "ort-cpu-fused", "ort-cpu-int8")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from vitdeploy.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    info = BundleInfo(model=TINY, preprocess=PreprocessSpec(image_size=16, resize_size=16), labels=["a", "b", "c"])
+    bundle = save_bundle(folder / "bundle", build_model(TINY), info)
+    onnx_path = export_onnx(bundle, folder / "tiny.onnx", verify=False).path
+    return onnx_path, bundle
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["bench", *args])
+    return result.exit_code, result.stdout
+
+
+@pytest.fixture(scope="module")
+def cli_report(exported: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    onnx_path, bundle = exported
+    saved = tmp_path_factory.mktemp("out") / "bench.json"
+    code, stdout = run_cli(str(onnx_path), "--bundle", str(bundle), "--variants", CPU_VARIANTS + ",ort-cpu-int8",
+                           "--batch-sizes", "1,3", *QUICK, "--json", "--output", str(saved))
+    assert code == 0, stdout
+    return json.loads(stdout), saved
+
+
+def test_json_report_schema_and_numbers(cli_report: tuple[dict, Path]) -> None:
+    report, saved = cli_report
+    assert report["schema"] == bench.SCHEMA
+    assert json.loads(saved.read_text()) == report  # --output saves exactly what --json prints
+    assert set(report["variants"]) == {"torch", *ORT_VARIANTS}
+    assert report["model"]["macs_per_image"]["total"] > 0
+    assert report["settings"]["threads"] == 1 and report["environment"]["threads"] == 1
+    assert report["environment"]["cpu_count"] >= 1 and report["environment"]["versions"]["onnxruntime-gpu"]
+    assert report["peak_gflops"]["cpu"] > 0
+    points = {(r["variant"], r["batch_size"]) for r in report["results"]}
+    assert points == {(v, b) for v in report["variants"] for b in (1, 3)}
+    for row in report["results"]:
+        assert row["iterations"] >= 2
+        for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "images_per_s", "speedup_vs_eager"):
+            assert row[key] > 0, (row["variant"], key)
+        assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["std_ms"] >= 0
+        assert row["images_per_s"] == pytest.approx(row["batch_size"] / row["mean_ms"] * 1e3, rel=1e-3)
+        if row["variant"] == "ort-cpu-int8":
+            assert row["mfu"] is None  # an fp32 peak says nothing about int8 kernels
+        else:
+            assert row["mfu"] > 0
+    eager = [r for r in report["results"] if r["variant"] == "torch"]
+    assert all(r["speedup_vs_eager"] == 1.0 for r in eager)
+
+
+def test_providers_are_the_ones_sessions_really_got(cli_report: tuple[dict, Path]) -> None:
+    variants = cli_report[0]["variants"]
+    for name in ORT_VARIANTS:
+        assert variants[name]["providers"] == [CPU]
+    assert variants["torch"]["providers"] == ["torch-cpu"]
+    for v in variants.values():
+        assert v["cold_start"]["create_ms"] > 0 and v["cold_start"]["first_run_ms"] > 0
+
+
+def test_fused_and_quantized_graphs_are_described(cli_report: tuple[dict, Path]) -> None:
+    variants = cli_report[0]["variants"]
+    fused_ops = variants["ort-cpu-fused"]["graph_ops"]
+    # Pre-norm ViT: the residual Add + LayerNorm pairs fuse whatever the attention pattern.
+    assert fused_ops.get("SkipLayerNormalization", 0) > 0
+    assert "SkipLayerNormalization" not in variants["ort-cpu"]["graph_ops"]
+    assert any(op.startswith(("MatMulInteger", "DynamicQuantize")) for op in variants["ort-cpu-int8"]["graph_ops"])
+
+
+def test_regression_gate_fails_against_a_doctored_baseline(
+    cli_report: tuple[dict, Path], exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    report, _ = cli_report
+    doctored = json.loads(json.dumps(report))
+    for row in doctored["results"]:
+        # The baseline claims ort-cpu was 1000x faster and everything else 1000x slower: margins that no
+        # machine noise can cross, so the outcome does not depend on timing.
+        row["p50_ms"] *= 1e-3 if row["variant"] == "ort-cpu" else 1e3
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(doctored))
+    onnx_path, bundle = exported
+    code, stdout = run_cli(str(onnx_path), "--bundle", str(bundle), "--variants", "torch,ort-cpu",
+                           "--batch-sizes", "1", *QUICK, "--baseline", str(baseline), "--max-regress", "5", "--json")
+    assert code == EXIT_CHECK_FAILED
+    regression = json.loads(stdout)["regression"]  # the figures are still printed before the gate fails
+    assert [r["variant"] for r in regression["compared"] if r["regressed"]] == ["ort-cpu"]
+    assert regression["regressed"][0].startswith("ort-cpu @ batch 1")
+
+
+def test_regression_gate_passes_against_a_slower_baseline(cli_report: tuple[dict, Path]) -> None:
+    report, _ = cli_report
+    current = report_from_rows(report["results"])
+    slower = {"schema": bench.SCHEMA, "results": [{**r, "p50_ms": r["p50_ms"] * 10} for r in report["results"]]}
+    comparison = bench.compare_to_baseline(current, slower, max_regress_pct=5)
+    assert len(comparison["compared"]) == len(report["results"]) and not comparison["regressed"]
+    bench.check_regressions(comparison)  # does not raise
+    with pytest.raises(CheckFailed, match="nothing was compared"):
+        bench.check_regressions(bench.compare_to_baseline(current, {"results": []}, 5))
+
+
+def test_baseline_that_is_not_a_report_is_bad_input(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text('{"hello": 1}')
+    code, _ = run_cli(str(exported[0]), "--baseline", str(bogus), *QUICK)
+    assert code == EXIT_BAD_INPUT
+
+
+def report_from_rows(rows: list[dict]) -> bench.BenchReport:
+    """A report whose points have exactly the given p50s (a single latency each)."""
+    points = [bench.PointResult(r["variant"], r["batch_size"], [r["p50_ms"] / 1e3]) for r in rows]
+    return bench.BenchReport(model={}, settings=bench.BenchSettings(), environment={}, peak_gflops={},
+                             variants={p.variant: {} for p in points}, skipped={}, points=points)
+
+
+def test_p99_budget_recommends_the_largest_batch_that_meets_it() -> None:
+    rows = [
+        {"variant": "torch", "batch_size": 1, "p50_ms": 10.0},
+        {"variant": "torch", "batch_size": 8, "p50_ms": 60.0},
+        {"variant": "torch", "batch_size": 32, "p50_ms": 250.0},
+        {"variant": "ort-cpu", "batch_size": 1, "p50_ms": 5.0},
+        {"variant": "ort-cpu", "batch_size": 8, "p50_ms": 30.0},
+        {"variant": "ort-cpu", "batch_size": 32, "p50_ms": 110.0},
+    ]
+    rec = bench.recommend_batch_size(report_from_rows(rows), p99_budget_ms=100)
+    assert rec["per_variant"]["torch"]["batch_size"] == 8
+    assert rec["per_variant"]["ort-cpu"]["batch_size"] == 8
+    assert rec["best"]["variant"] == "ort-cpu" and rec["best"]["images_per_s"] == pytest.approx(8 / 0.030, abs=1e-3)
+    assert bench.recommend_batch_size(report_from_rows(rows), p99_budget_ms=1)["best"] is None
+
+
+class FakeRunner(bench.Runner):
+    """Reports a fixed latency per run and logs the order of calls (no clock involved)."""
+
+    def __init__(self, name: str, latency_s: float, calls: list[str]):
+        self.spec = bench.VariantSpec(name, "fake", "cpu", "fp32", "")
+        self.latency_s = latency_s
+        self.calls = calls
+
+    def run(self) -> float:
+        self.calls.append(self.spec.name)
+        return self.latency_s
+
+
+def test_protocol_interleaves_and_meets_both_minimums() -> None:
+    calls: list[str] = []
+    # Latencies exact in binary floating point, so the sums cross the thresholds exactly where expected.
+    fast, slow = FakeRunner("fast", 0.125, calls), FakeRunner("slow", 0.375, calls)
+    settings = bench.BenchSettings(warmup_iters=2, warmup_seconds=0.5, min_iters=3, min_seconds=1.0)
+    timed = bench._measure_point([fast, slow], settings)
+    # Warm-up: fast needs 4 runs for 0.5 s, slow 2 (the count) -> 2 rounds of both, then 2 of fast alone.
+    # Timed: fast needs 8 runs for 1 s, slow 3 (the count); both run in every round until slow is satisfied.
+    assert calls[:6] == ["fast", "slow", "fast", "slow", "fast", "fast"]
+    assert len(timed["fast"]) == 8 and len(timed["slow"]) == 3
+    assert calls[6:] == ["fast", "slow"] * 3 + ["fast"] * 5
+
+
+def test_every_variant_sees_the_same_input() -> None:
+    a = bench._input_batch(TINY, 4, seed=0)
+    assert a.dtype == np.float32 and a.shape == (4, 3, 16, 16)
+    np.testing.assert_array_equal(a, bench._input_batch(TINY, 4, seed=0))
+
+
+@pytest.mark.skipif(cuda_status().usable, reason="checks the behaviour without CUDA")
+def test_cuda_variants_skip_when_auto_and_fail_when_requested(exported: tuple[Path, Path]) -> None:
+    model = bench.model_from_files(*exported)
+    names, skipped = bench._plan_variants(bench.BenchSettings(), model)
+    assert names == ["torch", *ORT_VARIANTS]
+    assert set(skipped) == {"torch-cuda", "ort-cuda", "ort-cuda-graph", "ort-cuda-fp16"}
+    assert all(reason for reason in skipped.values())
+    with pytest.raises(DeviceError, match="ort-cuda"):
+        bench._plan_variants(bench.BenchSettings(variants=("ort-cpu", "ort-cuda")), model)
+    code, _ = run_cli(str(exported[0]), "--variants", "ort-cuda", *QUICK)
+    assert code == EXIT_BAD_INPUT
+
+
+def test_torch_variant_needs_the_weights(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    # The file records where its bundle was; without that bundle there is nothing for PyTorch to run.
+    model = bench.model_from_files(exported[0], None)
+    assert model.bundle == exported[1].resolve()
+    model.bundle = None
+    _, skipped = bench._plan_variants(bench.BenchSettings(), model)
+    assert "bundle" in skipped["torch"]
+    with pytest.raises(ConfigError, match="torch"):
+        bench._plan_variants(bench.BenchSettings(variants=("torch",)), model)
+
+
+@pytest.mark.parametrize("bad", [dict(batch_sizes=(0,)), dict(variants=("tensorrt",)), dict(min_iters=0),
+                                 dict(threads=0)])
+def test_bad_settings_are_refused(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        bench.BenchSettings(**bad)
+
+
+def test_preset_end_to_end_and_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    for i in range(3):
+        Image.fromarray(np.full((20, 24, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    plot = tmp_path / "bench.png"
+    code, stdout = run_cli("--preset", "digits", "--variants", "torch,ort-cpu", "--batch-sizes", "1,2", *QUICK,
+                           "--end-to-end", str(tmp_path), "--p99-budget", "1000", "--plot", str(plot), "--json")
+    assert code == 0, stdout
+    report = json.loads(stdout)
+    assert report["model"]["source"] == "preset:digits"
+    e2e = report["end_to_end"]
+    assert e2e["images"] == 3 and e2e["batch_size"] == 2
+    assert set(e2e["per_image_ms"]) == {"decode", "preprocess", "model"}
+    assert all(ms > 0 for ms in e2e["per_image_ms"].values())
+    assert sum(e2e["share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert report["recommendation"]["best"]["variant"] in ("torch", "ort-cpu")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_preset_and_model_together_is_bad_input(exported: tuple[Path, Path]) -> None:
+    code, _ = run_cli(str(exported[0]), "--preset", "digits", *QUICK)
+    assert code == EXIT_BAD_INPUT
