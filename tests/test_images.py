@@ -199,6 +199,17 @@ def test_exif_orientation_is_applied(tmp_path):
     assert np.array_equal(np.asarray(decoded), np.asarray(by_hand))
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "I;16", "P"])
+def test_exif_orientation_survives_mode_conversion(tmp_path, mode):
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 CCW to display"
+    img = Image.fromarray(np.arange(24 * 16, dtype=np.uint16).reshape(16, 24)) if mode == "I;16" else (
+        smooth_rgb(24, 16).convert(mode))
+    path = tmp_path / "rotated.png"
+    img.save(path, exif=exif.tobytes())
+    assert decode_image(path).size == (16, 24)
+
+
 # --- JPEG draft decoding ----------------------------------------------------------------------------------
 
 
@@ -239,6 +250,17 @@ def test_preprocess_normalizes_per_channel():
     bgr = preprocess(Image.new("RGB", (4, 4), (255, 0, 51)), PreprocessSpec(
         image_size=4, resize_size=4, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0), channel_order="BGR"))
     np.testing.assert_allclose(bgr[:, 0, 0], [0.2, -1.0, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("channel_order", ["RGB", "BGR"])
+def test_normalize_is_bit_identical_to_the_reference_formula(channel_order):
+    spec = PreprocessSpec(image_size=32, resize_size=32, channel_order=channel_order)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    reference = (np.asarray(img, np.float32) / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(
+        spec.std, np.float32)
+    if channel_order == "BGR":
+        reference = reference[..., ::-1]
+    assert np.array_equal(images.normalize(img, spec), reference.transpose(2, 0, 1))
 
 
 def test_preprocess_resizes_shorter_side_then_center_crops():

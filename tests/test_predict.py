@@ -281,7 +281,8 @@ def test_interrupted_run_keeps_finished_rows_and_valid_json(tmp_path, tiny_onnx,
 
 
 def test_table_output_lists_each_image(tiny_onnx, good_images):
-    result = cli(str(good_images[0]), str(good_images[1]), "--model", str(tiny_onnx), "--top-k", "2")
+    args = ["predict", str(good_images[0]), str(good_images[1]), "--model", str(tiny_onnx), "--top-k", "2"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})  # wide enough for pytest's long tmp paths
     assert result.exit_code == EXIT_OK
     assert "probability" in result.stdout and good_images[1].name in result.stdout
     assert "2 images ok, 0 failed" in result.stderr and "images/s" in result.stderr

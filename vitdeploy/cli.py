@@ -165,9 +165,10 @@ def predict(
 
 
 def print_prediction_table(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("path", "label", "probability", "top-k", show_edge=False)
+    # Paths fold onto several lines rather than being cut short: a row must name its file.
+    table = Table(Column("path", overflow="fold"), "label", "probability", "top-k", show_edge=False)
     for row in rows:
         if row["ok"]:
             others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top_k"][1:])

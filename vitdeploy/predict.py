@@ -311,7 +311,7 @@ def predict(request: PredictRequest, log: Callable[[str], None] = _to_stderr) ->
         try:
             writer.write([error_row(u, "no_match", "matched no file", model.provider) for u in unmatched])
             summary.images_failed = len(unmatched)
-            _run(paths, model, request, writer, summary)
+            run_pipeline(paths, model, request, writer, summary)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -323,8 +323,10 @@ def predict(request: PredictRequest, log: Callable[[str], None] = _to_stderr) ->
             stream.close()
 
 
-def _run(paths: list[Path], model: LoadedModel, request: PredictRequest, writer: RowWriter,
-         summary: PredictSummary) -> None:
+def run_pipeline(paths: list[Path], model: LoadedModel, request: PredictRequest, writer: RowWriter,
+                 summary: PredictSummary) -> None:
+    """Decode, preprocess and classify `paths` with an open model, writing rows batch by batch into `writer` and
+    counting into `summary` (request.batch_size, workers and top_k apply; benchmarks call this directly)."""
     spec, labels = model.info.preprocess, model.info.labels
     top_k = min(request.top_k, len(labels))
     started = time.perf_counter()
