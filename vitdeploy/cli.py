@@ -256,8 +256,13 @@ def verify(
     from vitdeploy.verify import parse_batch_sizes, parity_tables, verify as run_verify
 
     report = run_verify(model, bundle, images, parse_batch_sizes(batch_sizes), atol, rtol)
+    n = report.inputs
+    console.print(f"inputs: {n['real']} real images ({n['real_source']}) + {n['random']} random", highlight=False)
     for table in parity_tables(report):
         console.print(table)
+    if report.accuracy:
+        scores = ", ".join(f"{name} {value:.1%}" for name, value in report.accuracy.items())
+        console.print(f"top-1 accuracy on the {n['real']} labelled held-out images: {scores}", highlight=False)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     for line in report.failures():
