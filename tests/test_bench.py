@@ -169,6 +169,12 @@ class FakeRunner(bench.Runner):
         self.latency_s = latency_s
         self.calls = calls
 
+    def create(self) -> None:
+        pass
+
+    def stage(self, batch: np.ndarray) -> None:
+        pass
+
     def run(self) -> float:
         self.calls.append(self.spec.name)
         return self.latency_s
@@ -246,3 +252,16 @@ def test_preset_end_to_end_and_plot(tmp_path: Path) -> None:
 def test_preset_and_model_together_is_bad_input(exported: tuple[Path, Path]) -> None:
     code, _ = run_cli(str(exported[0]), "--preset", "digits", *QUICK)
     assert code == EXIT_BAD_INPUT
+
+
+def test_fp16_conversion_keeps_fp32_inputs_and_outputs(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    # The fp16 variant runs only on CUDA; its conversion is checked here, where there is no GPU.
+    import onnx
+
+    fused = tmp_path / "fused.onnx"
+    bench.fuse_for_cpu(exported[0], TINY, fused)
+    ops = bench.convert_fp16(fused, TINY, tmp_path / "fp16.onnx")
+    assert ops.get("Cast", 0) >= 2  # fp32 -> fp16 at the input, back at the output
+    graph = onnx.load(tmp_path / "fp16.onnx").graph
+    assert {i.type.tensor_type.elem_type for i in [*graph.input, *graph.output]} == {onnx.TensorProto.FLOAT}
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)

@@ -14,6 +14,7 @@ same run, and model FLOPs utilisation (analytic FLOPs from flops.py against a me
 
 from __future__ import annotations
 
+import abc
 import collections
 import contextlib
 import functools
@@ -214,21 +215,23 @@ class BenchReport:
 # --------------------------------------------------------------------------------------------- runners
 
 
-class Runner:
+class Runner(abc.ABC):
     """One variant: created once (timed as cold start), staged per batch size (untimed), run many times."""
 
     spec: VariantSpec
     providers: list[str]
 
+    @abc.abstractmethod
     def create(self) -> None:
-        raise NotImplementedError
+        """Build the model or open the session."""
 
+    @abc.abstractmethod
     def stage(self, batch: np.ndarray) -> None:
-        raise NotImplementedError
+        """Put this batch where the variant reads it (e.g. on the GPU), so that no copy is timed."""
 
+    @abc.abstractmethod
     def run(self) -> float:
         """One inference on the staged batch; its latency in seconds."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         return {}
@@ -307,6 +310,7 @@ class OrtCudaRunner(Runner):
         self.cuda_graph = cuda_graph
         self.graph_ops = graph_ops or {}
         self.session: Any = None
+        self.graph_shape: tuple[int, ...] | None = None  # the input shape the current CUDA graph was captured for
 
     def _new_session(self) -> Any:
         import onnxruntime as ort
@@ -331,9 +335,10 @@ class OrtCudaRunner(Runner):
     def stage(self, batch: np.ndarray) -> None:
         import onnxruntime as ort
 
-        if self.cuda_graph and getattr(self, "staged_once", False):
-            self.session = self._new_session()  # a captured graph is bound to one shape
-        self.staged_once = True
+        if self.cuda_graph:
+            if self.graph_shape not in (None, batch.shape):
+                self.session = self._new_session()  # a captured graph is bound to one shape
+            self.graph_shape = batch.shape
         num_classes = self.session.get_outputs()[0].shape[-1]
         self.input = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
         self.output = ort.OrtValue.ortvalue_from_shape_and_type((batch.shape[0], num_classes), np.float32, "cuda", 0)
