@@ -319,7 +319,7 @@ class OrtCudaRunner(Runner):
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         cuda_options: dict[str, str] = {"enable_cuda_graph": "1" if self.cuda_graph else "0"}
-        self.timer = CudaEventTimer.if_torch_sees_cuda()
+        self.timer = CudaEventTimer.for_onnxruntime()
         if self.timer:
             # ORT works on torch's stream, so torch's CUDA events bracket exactly the ORT kernels.
             cuda_options["user_compute_stream"] = str(self.timer.stream.cuda_stream)
@@ -364,17 +364,19 @@ class OrtCudaRunner(Runner):
 class CudaEventTimer:
     """Times GPU work with CUDA events recorded on the stream that runs it, then waits for the end event."""
 
-    def __init__(self) -> None:
+    def __init__(self, own_stream: bool = False) -> None:
         import torch
 
         self.torch = torch
-        self.stream = torch.cuda.current_stream()
+        # torch's default stream has handle 0, which ORT takes for "no stream": ORT needs a stream of its own.
+        self.stream = torch.cuda.Stream() if own_stream else torch.cuda.current_stream()
 
     @classmethod
-    def if_torch_sees_cuda(cls) -> CudaEventTimer | None:
+    def for_onnxruntime(cls) -> CudaEventTimer | None:
+        """A timer on a new stream for ORT to run on, or None when torch cannot see the GPU."""
         import torch
 
-        return cls() if torch.cuda.is_available() else None
+        return cls(own_stream=True) if torch.cuda.is_available() else None
 
     def time(self, work: Callable[[], Any]) -> float:
         start = self.torch.cuda.Event(enable_timing=True)
@@ -617,9 +619,13 @@ def benchmark(
     from vitdeploy.provenance import now_iso
 
     names, skipped = _plan_variants(settings, model)
+    by_reason: dict[str, list[str]] = collections.defaultdict(list)
     for name, reason in skipped.items():
-        log(f"skipping {name}: {reason}")
+        by_reason[reason].append(name)
+    for reason, skipped_names in by_reason.items():
+        log(f"skipping {', '.join(skipped_names)}: {reason}")
     threads = settings.thread_count
+    _warn_if_busy(log)
     macs = count_macs(model.config)
     variants: dict[str, dict[str, Any]] = {}
     points: list[PointResult] = []
@@ -704,6 +710,14 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
 
 def parse_variants(text: str | None) -> tuple[str, ...] | None:
     return tuple(part.strip() for part in text.split(",") if part.strip()) if text else None
+
+
+def _warn_if_busy(log: Callable[[str], None]) -> None:
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5 * cores:
+        log(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU, so the "
+            "figures will be noisy, and multi-threaded PyTorch can stall outright (compare with --threads 1)")
 
 
 def _input_batch(cfg: ModelConfig, batch_size: int, seed: int) -> np.ndarray:
@@ -927,7 +941,7 @@ def summary_lines(report: BenchReport) -> list[str]:
     """Cold starts, peaks and the end-to-end split, one plain line each."""
     lines = [
         f"{name}: {v['providers'][0]}, create {v['cold_start']['create_ms']:.0f} ms, "
-        f"first run {v['cold_start']['first_run_ms']:.0f} ms (batch {v['cold_start']['first_batch_size']})"
+        f"first run {v['cold_start']['first_run_ms']:.1f} ms (batch {v['cold_start']['first_batch_size']})"
         for name, v in report.variants.items()
     ]
     lines += [f"measured fp32 matmul peak ({device}): {gflops:.1f} GFLOP/s" for device, gflops in report.peak_gflops.items()]
