@@ -233,6 +233,10 @@ def test_default_model_is_the_newest_onnx_under_models(tmp_path, monkeypatch, go
     new.write_bytes(b"x")
     os.utime(old, (2_000_000_000, 2_000_000_000))
     os.utime(new, (1_000_000_000, 1_000_000_000))
+    staging = tmp_path / "models" / ".vitdeploy-export-x" / "half-written.onnx"
+    staging.parent.mkdir()
+    staging.write_bytes(b"x")
+    os.utime(staging, (3_000_000_000, 3_000_000_000))
     assert find_latest_model() == Path("models/run1/old.onnx")
     (tmp_path / "models" / "run1" / "old.onnx").unlink()
     (tmp_path / "models" / "new.onnx").unlink()

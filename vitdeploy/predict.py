@@ -94,9 +94,15 @@ class PredictSummary:
 
 
 def find_latest_model(root: str | os.PathLike[str] = DEFAULT_MODELS_DIR) -> Path:
-    """The most recently written *.onnx under `root` (searched recursively, newest modification time)."""
+    """The most recently written *.onnx under `root` (searched recursively, newest modification time).
+
+    Hidden files and folders are skipped: export stages its file in a hidden folder before moving it into place.
+    """
     root = Path(root)
-    candidates = [p for p in root.rglob("*.onnx") if p.is_file()] if root.is_dir() else []
+    candidates = [
+        p for p in (root.rglob("*.onnx") if root.is_dir() else [])
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
     if not candidates:
         raise ModelFileError(f"no .onnx file under {root}/; run `vitdeploy export` first or pass --model FILE")
     return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
