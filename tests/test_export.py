@@ -100,7 +100,10 @@ def test_other_supported_opsets_export_and_verify(tmp_path, opset):
     out = tmp_path / f"opset{opset}.onnx"
     result = runner.invoke(app, ["export", str(bundle), "--opset", str(opset), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    assert [o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")] == [opset]
+    proto = onnx.load(str(out))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [opset]
+    recorded = json.loads(next(p.value for p in proto.metadata_props if p.key == runtime.META_INTERMEDIATES))
+    assert list(recorded) == ["embed", "block_0", "block_1", "norm"]  # found at every opset
     verified = runner.invoke(app, ["verify", str(out), "--bundle", str(bundle), "--batch-sizes", "1,7,32", "--json"])
     assert verified.exit_code == 0, verified.output
     report = json.loads(verified.stdout)

@@ -271,7 +271,7 @@ def _compare_intermediates(
     import torch
 
     with torch.inference_mode():
-        logits, named = model.forward_with_intermediates(torch.from_numpy(inputs))
+        _, named = model.forward_with_intermediates(torch.from_numpy(inputs))
     wanted = {name: tensor for name, tensor in intermediates.items() if name in named}
     outputs = _run_with_outputs(onnx_path, inputs, list(wanted.values()), device)
     diffs = []
