@@ -153,9 +153,10 @@ def test_failed_parity_leaves_nothing_at_the_output(tmp_path, monkeypatch):
     bundle = make_bundle(tmp_path / "b")
     break_block_1_at_export(monkeypatch)
     out = tmp_path / "out" / "model.onnx"
-    result = runner.invoke(app, ["export", str(bundle), "-o", str(out)])
+    result = runner.invoke(app, ["export", str(bundle), "-o", str(out), "--json"])
     assert result.exit_code == 3
-    assert "block_1" in result.output and "nothing written" in result.output
+    assert "block_1" in result.stderr and "nothing written" in result.stderr
+    assert json.loads(result.stdout)["parity"]["first_divergence"] == {runtime.CPU: "block_1"}
     assert list(out.parent.iterdir()) == []  # neither the file nor staging leftovers
     with pytest.raises(ParityError) as caught:
         export.export_onnx(bundle, out)

@@ -122,6 +122,9 @@ def test_missing_file_and_missing_bundle_are_bad_input(exported, tmp_path, monke
     assert result.exit_code == 2 and "--bundle" in result.output
     monkeypatch.chdir(tmp_path)
     assert invoke_verify().exit_code == 2  # no models/ here
+    make_bundle(tmp_path / "models" / "run" / "best")
+    result = invoke_verify()
+    assert result.exit_code == 2 and "vitdeploy export" in result.output  # a bundle, but never exported
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,7 @@ def train(
         image_size=image_size, device=device, resume=resume, stop_after_steps=stop_after_steps, workers=workers,
     )
     result = run_training(request, console=console)
-    if json_output:
+    if json_output and result.main_process:
         print_json(result.to_dict())
     if result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -204,6 +204,8 @@ def export(
     except ParityError as e:
         for table in parity_tables(e.report):
             console.print(table)
+        if json_output:
+            print_json({"error": str(e), "parity": e.report.to_dict()})
         raise
     size = f"{result.size_bytes / 1e6:.2f} MB"
     if result.external_data:

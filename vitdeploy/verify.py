@@ -502,6 +502,8 @@ def verify(
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ConfigError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     path = Path(model_path) if model_path is not None else find_latest_bundle() / "model.onnx"
+    if model_path is None and not path.is_file():
+        raise ModelFileError(f"{path}: no such model file; export the bundle first: vitdeploy export")
     proto, meta = load_onnx(path)
     bundle_dir = Path(bundle) if bundle is not None else _bundle_for(path, meta)
     info = read_bundle_info(bundle_dir)
