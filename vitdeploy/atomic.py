@@ -19,19 +19,47 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     On any exception the temporary file is removed and `final` is untouched.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with _temp_beside(final) as tmp:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_many(writers: dict[Path, Callable[[Path], Any]]) -> None:
+    """Write several files so that a failure while writing leaves every previous file untouched.
+
+    All files are written and fsynced under temporary names first (the slow part, where a crash is likely);
+    only then are they renamed into place, in the order given. Put the file that vouches for the others
+    (e.g. a config naming their hashes) last.
+    """
+    with contextlib.ExitStack() as stack:
+        temps = {final: stack.enter_context(_temp_beside(Path(final))) for final in writers}
+        for final, write in writers.items():
+            write(temps[final])
+            with open(temps[final], "rb+") as f:
+                os.fsync(f.fileno())
+        for final, tmp in temps.items():
+            os.replace(tmp, final)
+        for folder in {Path(f).parent for f in writers}:
+            _fsync_dir(folder)
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def _temp_beside(final: Path) -> Iterator[Path]:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_UMASK)  # mkstemp creates 0600; the final file should get the usual mode
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)  # already renamed on success
 
 
 def atomic_write(final: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:

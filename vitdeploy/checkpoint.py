@@ -7,8 +7,9 @@
       train_state.pt      optimizer/scheduler/epoch/RNG state for --resume (tensors and plain containers
                           only: loads with torch.load(weights_only=True))
 
-Every file is written atomically. config.json is written last and names the weights' hash, so a bundle whose
-files come from two different saves is detected at load time instead of silently mixing.
+Every file is written atomically, and all of a save's files are fully written under temporary names before any
+is renamed into place, so an interrupted save leaves the previous bundle intact. config.json is renamed last
+and names the weights' hash, so a bundle whose files still came from two saves is detected at load time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.atomic import atomic_write, atomic_write_bytes, atomic_write_json
+from vitdeploy.atomic import atomic_write_many
 from vitdeploy.config import ModelConfig, PreprocessSpec, TrainConfig
 from vitdeploy.errors import BundleError, ConfigError
 
@@ -104,11 +105,13 @@ def save_bundle(folder: str | os.PathLike[str], model: Any, info: BundleInfo, tr
     model = getattr(model, "module", model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = safetensors_save(tensors, metadata={"format": "pt"})
-    atomic_write_bytes(folder / WEIGHTS_FILE, weights)
-    if train_state is not None:
-        atomic_write(folder / STATE_FILE, lambda p: torch.save(train_state, p))
     info.weights_sha256 = sha256_bytes(weights)
-    atomic_write_json(folder / CONFIG_FILE, info.to_dict())
+    config_bytes = (json.dumps(info.to_dict(), indent=2) + "\n").encode()
+    writers: dict[Path, Any] = {folder / WEIGHTS_FILE: lambda p: p.write_bytes(weights)}
+    if train_state is not None:
+        writers[folder / STATE_FILE] = lambda p: torch.save(train_state, p)
+    writers[folder / CONFIG_FILE] = lambda p: p.write_bytes(config_bytes)
+    atomic_write_many(writers)
     return folder
 
 

@@ -235,8 +235,9 @@ class FolderData(TrainingData):
 
 def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fraction: float, workers: int = 2) -> FolderData:
     split = scan_image_folder(root, val_fraction)
-    train_imgs = decode_all([p for p, _ in split.train], workers, draft_size=spec.resize_size)
-    val_imgs = decode_all([p for p, _ in split.val], workers, draft_size=spec.resize_size)
+    # One pass over every file, so that all unreadable ones are reported together.
+    decoded = decode_all([p for p, _ in split.train + split.val], workers, draft_size=spec.resize_size)
+    train_imgs, val_imgs = decoded[: len(split.train)], decoded[len(split.train) :]
     data = FolderData(
         labels=split.labels,
         spec=spec,

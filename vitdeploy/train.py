@@ -73,6 +73,7 @@ class TrainResult:
     interrupted: bool = False
     resume_command: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    main_process: bool = True  # False on torchrun ranks > 0, which print nothing
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -305,6 +306,7 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg))
 
     start_epoch, start_step, best_acc, history = 0, 0, -1.0, []
+    resumed_loss = (0.0, 0)
     if request.resume is not None:
         state = load_train_state(request.resume)
         optimizer.load_state_dict(state["optimizer"])
@@ -312,6 +314,7 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
         torch.set_rng_state(state["torch_rng"])
         start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
         best_acc, history = float(state["best_val_accuracy"]), list(state["history"])
+        resumed_loss = (float(state["epoch_loss_sum"]), int(state["epoch_loss_count"]))
         console.print(f"resuming {request.resume} at epoch {start_epoch + 1}, step {start_step}")
 
     ddp_model: torch.nn.Module = model
@@ -341,8 +344,10 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
             },
         )
 
-    def save_last(epoch: int, step_in_epoch: int, metrics: dict[str, Any]) -> None:
+    def save_last(epoch: int, step_in_epoch: int, metrics: dict[str, Any], partial_loss=(0.0, 0)) -> None:
         state = {
+            "epoch_loss_sum": partial_loss[0],  # so the resumed epoch reports the same train_loss
+            "epoch_loss_count": partial_loss[1],
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
@@ -364,7 +369,7 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
         for epoch in range(start_epoch, cfg.epochs):
             order = epoch_order(data.num_train, cfg.seed, epoch)
             ddp_model.train()
-            loss_sum, loss_count = 0.0, 0
+            loss_sum, loss_count = resumed_loss if epoch == start_epoch else (0.0, 0)
             first = start_step if epoch == start_epoch else 0
             for step_in_epoch in range(first, steps_per_epoch):
                 batch = order[step_in_epoch * cfg.batch_size : (step_in_epoch + 1) * cfg.batch_size]
@@ -414,7 +419,7 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
         metrics = evaluate(model, data.val_x, data.val_y, device)
         metrics.update(epoch=epoch, step=steps_done)
         if procs.is_main:
-            save_last(epoch, step_in_epoch, _metrics_for_bundle(metrics, best_acc, history))
+            save_last(epoch, step_in_epoch, _metrics_for_bundle(metrics, best_acc, history), (loss_sum, loss_count))
         _barrier(procs)
         resume_command = f"vitdeploy train --resume {shlex.quote(str(last_dir))}"
         console.print(f"[yellow]stopped after step {steps_done} of {total_steps}; saved {last_dir}[/]")
@@ -425,7 +430,7 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
     if not interrupted:
         console.print(f"best held-out accuracy {final_acc:.2%}; bundle: {best}  ({seconds:.1f} s)")
     return TrainResult(run_dir, best, last_dir, final_acc, len(history), steps_done, seconds, interrupted,
-                       resume_command, history)
+                       resume_command, history, procs.is_main)
 
 
 def _metrics_for_bundle(metrics: dict[str, Any], best_acc: float, history: list[dict[str, float]]) -> dict[str, Any]:

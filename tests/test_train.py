@@ -1,0 +1,185 @@
+"""Training: determinism, exact resume, Ctrl-C, torchrun, image folders, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vitdeploy.checkpoint import WEIGHTS_FILE, read_bundle_info
+from vitdeploy.cli import app
+from vitdeploy.errors import ConfigError, DataError, DeviceError
+from vitdeploy.train import TrainRequest, train
+
+runner = CliRunner()
+
+
+def weights(bundle: Path) -> bytes:
+    return (bundle / WEIGHTS_FILE).read_bytes()
+
+
+def test_tiny_training_writes_self_describing_bundles(tmp_path: Path) -> None:
+    result = train(TrainRequest(preset="tiny", out=tmp_path / "run"))
+    assert result.best == tmp_path / "run" / "best" and not result.interrupted
+    info = read_bundle_info(result.best)
+    assert info.labels == [str(i) for i in range(10)]
+    assert 0.0 <= info.metrics["val_accuracy"] <= 1.0
+    assert info.metrics["val_accuracy"] == result.val_accuracy
+    assert info.dataset["source"] == "sklearn-digits" and info.dataset["num_val"] == 359
+    assert info.provenance["seed"] == 0 and "torch" in info.provenance["versions"]
+    assert info.preprocess.image_size == 16
+    assert len(result.history) == 2
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(tmp_path: Path) -> None:
+    a = train(TrainRequest(preset="tiny", out=tmp_path / "a", epochs=1))
+    b = train(TrainRequest(preset="tiny", out=tmp_path / "b", epochs=1))
+    c = train(TrainRequest(preset="tiny", out=tmp_path / "c", epochs=1, seed=1))
+    assert weights(a.last) == weights(b.last)
+    assert weights(a.last) != weights(c.last)
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
+    full = train(TrainRequest(preset="tiny", out=tmp_path / "full", epochs=2))
+    total = full.steps
+    # Stop mid-epoch (not on an epoch boundary) to exercise the within-epoch position too.
+    half = total // 2 + 3
+    first = train(TrainRequest(preset="tiny", out=tmp_path / "split", epochs=2, stop_after_steps=half))
+    assert first.interrupted and first.steps == half
+    assert first.resume_command == f"vitdeploy train --resume {tmp_path / 'split' / 'last'}"
+    second = train(TrainRequest(resume=tmp_path / "split" / "last"))
+    assert second.steps == total and not second.interrupted
+    assert weights(second.last) == weights(full.last)
+    assert read_bundle_info(second.last).metrics["history"] == read_bundle_info(full.last).metrics["history"]
+
+
+def test_resume_with_a_different_config_shows_the_difference(tmp_path: Path) -> None:
+    train(TrainRequest(preset="tiny", out=tmp_path / "r", epochs=1, stop_after_steps=2))
+    with pytest.raises(ConfigError) as e:
+        train(TrainRequest(resume=tmp_path / "r" / "last", preset="digits", lr=0.1))
+    message = str(e.value)
+    assert "model.dim: 32 -> 64" in message and "train.lr: 0.002 -> 0.1" in message
+
+
+def test_cli_json_output_and_exit_code(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "vitdeploy", "train", "--preset", "tiny", "--epochs", "1", "--out",
+         str(tmp_path / "run"), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)  # stdout holds only the JSON; progress went to stderr
+    assert set(summary) >= {"bundle", "val_accuracy", "epochs", "seconds"}
+    assert summary["bundle"] == str(tmp_path / "run" / "best") and summary["epochs"] == 1
+    assert "epoch 1/1" in out.stderr
+
+
+def test_ctrl_c_saves_last_bundle_prints_resume_command_and_exits_130(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitdeploy", "train", "--preset", "tiny", "--epochs", "500", "--out",
+         str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    # Wait until the first epoch's last bundle exists, so training is surely under way.
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "last" / "config.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"vitdeploy train --resume {tmp_path / 'run' / 'last'}" in err.replace("\n", "")
+    info = read_bundle_info(tmp_path / "run" / "last")
+    assert info.metrics["step"] > 0
+
+
+def test_torchrun_two_cpu_processes_produce_a_bundle(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vitdeploy",
+         "train", "--preset", "tiny", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "ddp"), "--json"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = read_bundle_info(tmp_path / "ddp" / "best")
+    assert info.provenance["processes"] == 2
+    assert json.loads(out.stdout)["epochs"] == 1  # only rank 0 prints the summary
+
+
+# ------------------------------------------------------------------------------------------- image folders
+
+
+def write_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (40, 30)) -> None:
+    rng = np.random.default_rng(0)
+    for c, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            base = np.zeros((*size[::-1], 3), np.uint8)
+            base[..., c % 3] = 200  # each class has its own dominant colour: learnable
+            noise = rng.integers(0, 50, base.shape, dtype=np.uint8)
+            Image.fromarray(base + noise).save(root / name / f"img {i}.png")
+
+
+def test_image_folder_training_with_hash_split(tmp_path: Path) -> None:
+    write_folder(tmp_path / "data", {"red": 12, "green": 12, "blue": 12})
+    (tmp_path / "data" / "red" / "notes.txt").write_text("not an image: ignored")
+    result = train(TrainRequest(preset="tiny", data=tmp_path / "data", out=tmp_path / "run", epochs=2, batch_size=8))
+    info = read_bundle_info(result.last)
+    assert info.labels == ["blue", "green", "red"]
+    assert info.dataset["split"] == "hash of relative path"
+    assert info.dataset["num_train"] + info.dataset["num_val"] == 36
+    assert info.dataset["ignored_non_image_files"] == 1
+
+
+def test_image_folder_with_train_and_val_folders(tmp_path: Path) -> None:
+    write_folder(tmp_path / "data" / "train", {"a": 8, "b": 8})
+    write_folder(tmp_path / "data" / "val", {"a": 2, "b": 2})
+    result = train(TrainRequest(preset="tiny", data=tmp_path / "data", out=tmp_path / "run", epochs=1, batch_size=4))
+    info = read_bundle_info(result.last)
+    assert (info.dataset["num_train"], info.dataset["num_val"]) == (16, 4)
+    assert info.dataset["split"] == "train/val folders"
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: root.mkdir(), "no class subfolders with images"),
+        (lambda root: write_folder(root, {"only": 5}), "at least 2"),
+    ],
+    ids=["missing", "empty", "one-class"],
+)
+def test_bad_data_folders(tmp_path: Path, setup, message: str) -> None:
+    setup(tmp_path / "data")
+    with pytest.raises(DataError, match=message):
+        train(TrainRequest(preset="tiny", data=tmp_path / "data", out=tmp_path / "run"))
+
+
+def test_unreadable_images_are_reported_not_substituted(tmp_path: Path) -> None:
+    write_folder(tmp_path / "data", {"a": 6, "b": 6})
+    (tmp_path / "data" / "a" / "broken.jpg").write_text("this is text, not a JPEG")
+    (tmp_path / "data" / "b" / "empty.png").write_bytes(b"")
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(tmp_path / "data"),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "2 of" in result.output and "broken.jpg" in result.output and "empty.png" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_preset_and_cuda_without_gpu_fail_clearly(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--preset", "vit-huge", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "unknown preset 'vit-huge'" in result.output
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="--device cuda requested"):
+            train(TrainRequest(preset="tiny", device="cuda", out=tmp_path / "r"))
