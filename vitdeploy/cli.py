@@ -103,7 +103,7 @@ def train(
         image_size=image_size, device=device, resume=resume, stop_after_steps=stop_after_steps, workers=workers,
     )
     result = run_training(request, console=console)
-    if json_output:
+    if json_output and result.main_process:
         print_json(result.to_dict())
     if result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
