@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitdeploy.checkpoint import BundleInfo, find_latest_bundle, load_bundle, read_bundle_info
+from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import BundleError, CheckFailed, ConfigError, DataError, ModelFileError
+from vitdeploy.export import DEFAULT_FILE_NAME
 from vitdeploy.runtime import (
     CUDA,
     INPUT_NAME,
@@ -46,7 +48,6 @@ EXPORT_REAL_IMAGES = 4
 EXPORT_RANDOM_INPUTS = 4
 INTERMEDIATES_SAMPLES = 4  # samples run through the graph copy with intermediates exposed
 RANDOM_SEED = 0
-LAYER_ORDER_PREFIX = "block_"
 
 
 @dataclass(frozen=True)
@@ -393,7 +394,7 @@ def check_matches_bundle(proto: onnx.ModelProto, meta: OnnxModelInfo, info: Bund
 
 def parity_inputs(
     info: BundleInfo,
-    spec: Any,
+    spec: PreprocessSpec,
     images_dir: Path | None,
     num_real: int,
     num_random: int,
@@ -470,7 +471,7 @@ def resolve_tolerance(precision: str, atol: float | None, rtol: float | None) ->
 
 def export_parity(model: Any, info: BundleInfo, onnx_path: Path) -> ParityReport:
     """The quick check that export runs on its staged file before moving it into place."""
-    proto, meta = load_onnx(onnx_path)
+    _, meta = load_onnx(onnx_path)
     inputs, labels, counts, notes = parity_inputs(
         info, meta.preprocess, None, EXPORT_REAL_IMAGES, EXPORT_RANDOM_INPUTS, max(EXPORT_BATCH_SIZES),
         require_real=False,
@@ -501,7 +502,7 @@ def verify(
     """
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ConfigError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    path = Path(model_path) if model_path is not None else find_latest_bundle() / "model.onnx"
+    path = Path(model_path) if model_path is not None else find_latest_bundle() / DEFAULT_FILE_NAME
     if model_path is None and not path.is_file():
         raise ModelFileError(f"{path}: no such model file; export the bundle first: vitdeploy export")
     proto, meta = load_onnx(path)
