@@ -21,7 +21,6 @@ from vitdeploy.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, VitDeployError
 
 app = typer.Typer(
     name="vitdeploy",
-    help="Train a Vision Transformer, export it to ONNX with verified parity, run it and benchmark it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -47,19 +46,24 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from vitdeploy import __version__
+
+        typer.echo(f"vitdeploy {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Train a Vision Transformer, export it to ONNX with verified parity, run it and benchmark it.
 
     Exit codes: 0 ok, 1 internal error, 2 bad input, 3 a check failed, 4 some inputs failed, 130 interrupted.
     """
-    if version:
-        from vitdeploy import __version__
-
-        typer.echo(f"vitdeploy {__version__}")
-        raise typer.Exit()
 
 
 def print_json(obj: Any) -> None:
@@ -107,6 +111,25 @@ def train(
         print_json(result.to_dict())
     if result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command()
+@handle_errors
+def samples(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the PNG files into.")] = Path("samples"),
+    bundle: Annotated[Optional[Path], typer.Option(help="Bundle whose held-out split to use (default: latest).")] = None,
+    count: Annotated[int, typer.Option(help="How many held-out images to write.")] = 8,
+) -> None:
+    """Write held-out images of a bundle's dataset as PNG files, named with their true label.
+
+    Example: vitdeploy samples samples/ && vitdeploy predict samples/*.png
+    """
+    from vitdeploy.checkpoint import find_latest_bundle, read_bundle_info
+    from vitdeploy.data import write_heldout_samples
+
+    info = read_bundle_info(bundle or find_latest_bundle())
+    written = write_heldout_samples(info.dataset, info.labels, out_dir, count)
+    console.print(f"wrote {len(written)} held-out images to {out_dir}/ (never seen in training)")
 
 
 # Commands of the later stages (export, verify, predict, bench) are registered below this line.

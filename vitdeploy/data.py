@@ -293,6 +293,20 @@ def heldout_images(dataset: dict[str, Any], labels: list[str], limit: int | None
     raise DataError(f"the bundle does not say where its held-out images are (dataset source {source!r})")
 
 
+def write_heldout_samples(
+    dataset: dict[str, Any], labels: list[str], out_dir: str | os.PathLike[str], count: int
+) -> list[Path]:
+    """Save the first `count` held-out images as PNG files named <n>_true-<label>.png (for trying predict)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for n, (img, label) in enumerate(heldout_images(dataset, labels, limit=count)):
+        path = out / f"{n:03d}_true-{labels[label]}.png"
+        img.save(path)
+        written.append(path)
+    return written
+
+
 def _mix(*parts: int) -> int:
     """A 63-bit seed from several integers (stable across runs and platforms)."""
     digest = hashlib.sha256(",".join(str(p) for p in parts).encode()).digest()

@@ -1,0 +1,50 @@
+"""The CLI surface: every command documents itself; help and predict start without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from vitdeploy.cli import app
+from vitdeploy.train import TrainRequest, train
+
+runner = CliRunner()
+COMMANDS = sorted(get_command(app).commands)  # type: ignore[attr-defined]
+
+
+def test_expected_commands_exist() -> None:
+    assert {"train", "export", "verify", "predict", "bench", "samples"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    assert "Example" in result.output, f"`vitdeploy {command} --help` shows no example"
+
+
+def test_top_level_help_lists_exit_codes_and_version() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "130 interrupted" in result.output
+    assert runner.invoke(app, ["--version"]).output.startswith("vitdeploy ")
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; from vitdeploy.cli import main; sys.argv=['vitdeploy','--help']\n" \
+           "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_samples_writes_heldout_digits_named_by_label(tmp_path: Path) -> None:
+    result = train(TrainRequest(preset="tiny", out=tmp_path / "run", epochs=1, stop_after_steps=1))
+    out = runner.invoke(app, ["samples", str(tmp_path / "s"), "--bundle", str(result.last), "--count", "5"])
+    assert out.exit_code == 0, out.output
+    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert len(files) == 5 and all(f.endswith(".png") and "_true-" in f for f in files)
