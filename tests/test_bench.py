@@ -260,7 +260,7 @@ def test_fp16_conversion_keeps_fp32_inputs_and_outputs(exported: tuple[Path, Pat
 
     fused = tmp_path / "fused.onnx"
     bench.fuse_for_cpu(exported[0], TINY, fused)
-    ops = bench.convert_fp16(fused, TINY, tmp_path / "fp16.onnx")
+    ops = bench.convert_fp16(fused, tmp_path / "fp16.onnx")
     assert ops.get("Cast", 0) >= 2  # fp32 -> fp16 at the input, back at the output
     graph = onnx.load(tmp_path / "fp16.onnx").graph
     assert {i.type.tensor_type.elem_type for i in [*graph.input, *graph.output]} == {onnx.TensorProto.FLOAT}
