@@ -82,6 +82,15 @@ def test_auto_without_cuda_says_one_plain_line(capfd):
     assert "onnxruntime" not in captured.err and captured.out == ""
 
 
+def test_spin_off_reaches_the_session_and_default_leaves_ort_alone():
+    key = "session.intra_op.allow_spinning"
+    quiet, _ = runtime.make_session(runtime.PROBE_MODEL, device="cpu", spin=False)
+    assert quiet.get_session_options().get_session_config_entry(key) == "0"
+    default, _ = runtime.make_session(runtime.PROBE_MODEL, device="cpu")
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: ORT's default (spinning)
+        default.get_session_options().get_session_config_entry(key)
+
+
 def test_unknown_device_and_optimization_level_are_config_errors():
     with pytest.raises(ConfigError):
         runtime.make_session(runtime.PROBE_MODEL, device="tpu")

@@ -159,10 +159,15 @@ class LoadedModel:
 
 
 def open_model(
-    path: Path, device: str = "auto", threads: int | None = None, log: Callable[[str], None] = _to_stderr
+    path: Path, device: str = "auto", threads: int | None = None, log: Callable[[str], None] = _to_stderr,
+    spin: bool = False,
 ) -> LoadedModel:
-    """Open a vitdeploy .onnx on `device` and check that its input size and labels agree with its metadata."""
-    session, provider = runtime.make_session(path, device=device, threads=threads, notify=log)
+    """Open a vitdeploy .onnx on `device` and check that its input size and labels agree with its metadata.
+
+    `spin` is off by default: the decoding threads run beside inference and need the CPU time that ORT's idle
+    threads would burn busy-waiting (benchmarks/predict_throughput.py measures both settings).
+    """
+    session, provider = runtime.make_session(path, device=device, threads=threads, notify=log, spin=spin)
     info = runtime.model_info_from_session(session, path)
     _batch, _channels, height, width = session.get_inputs()[0].shape
     size = info.preprocess.image_size

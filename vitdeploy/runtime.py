@@ -150,8 +150,11 @@ def _preload_cuda_libraries() -> list[str]:
     if preload is None:
         return []
     captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):
-        preload()
+    try:
+        with contextlib.redirect_stdout(captured):
+            preload()
+    except (OSError, RuntimeError) as e:  # e.g. a broken nvidia-* package; the probe session still decides
+        return [f"(preload_dlls failed: {e})"]
     return sorted(set(re.findall(r"Failed to load (?:\S*/)?(\S+?):", captured.getvalue())))
 
 
@@ -191,12 +194,16 @@ def make_session(
     threads: int | None = None,
     graph_optimization: str = "all",
     notify: Callable[[str], None] = _stderr_line,
+    spin: bool = True,
 ) -> tuple[ort.InferenceSession, str]:
     """Create an InferenceSession on the requested device and return it with the provider it really uses.
 
     device: "cpu"; "cuda" (raises DeviceError naming what is missing when CUDA does not really work);
     "auto" (CUDA when a session really gets it, else CPU, said in one plain line through `notify`).
     threads: intra-op threads (None: ORT's default, one per physical core).
+    spin: let idle intra-op threads busy-wait for the next parallel section (ORT's default: fastest when the
+    cores are otherwise idle). Turn it off when other threads of the process need the cores, as predict's
+    decoders do: spinning would take their CPU time.
     """
     if device not in DEVICES:
         raise ConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
@@ -221,6 +228,8 @@ def make_session(
     options.log_severity_level = 3  # keep ORT's warnings about unused initializers etc. off the user's terminal
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else os.fspath(model)
     try:
         with _quiet_ort():
