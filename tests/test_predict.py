@@ -265,6 +265,13 @@ def test_json_output_is_valid_and_carries_model_provider_and_summary(tmp_path, t
     assert all(abs(sum(t["probability"] for t in r["top_k"]) - 1) < 1e-5 for r in doc["predictions"])
 
 
+def test_json_flag_is_format_json_on_stdout(tiny_onnx, good_images):
+    result = cli(str(good_images[0]), "--model", str(tiny_onnx), "--json")
+    assert result.exit_code == EXIT_OK
+    assert json.loads(result.stdout)["predictions"][0]["path"] == str(good_images[0])
+    assert cli(str(good_images[0]), "--model", str(tiny_onnx), "--json", "--format", "csv").exit_code == EXIT_BAD_INPUT
+
+
 def test_interrupted_run_keeps_finished_rows_and_valid_json(tmp_path, tiny_onnx, good_images, monkeypatch):
     calls = []
     real_run_batch = runtime.run_batch

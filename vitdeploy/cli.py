@@ -156,6 +156,7 @@ def predict(
         Optional[Path], typer.Option("--output", "-o", help="Write rows to this file instead of stdout.")
     ] = None,
     recursive: Annotated[bool, typer.Option(help="Search folders recursively; lets globs use **.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
     """Classify images with an exported model (ONNX Runtime only: no torch needed).
 
@@ -163,10 +164,15 @@ def predict(
     be decoded. Exit code 0: all succeeded; 4: some inputs failed; 2: no input matched, or the model or the output
     file is unusable; 130: interrupted (finished rows are kept).
 
-    Example: vitdeploy predict "samples/*.png" --model models/digits.onnx --format csv -o predictions.csv
+    Example: vitdeploy predict samples/ --model models/digits/best/model.onnx --format csv -o predictions.csv
     """
-    from vitdeploy.errors import EXIT_PARTIAL
+    from vitdeploy.errors import EXIT_PARTIAL, ConfigError
     from vitdeploy.predict import PredictRequest, predict as run_predict
+
+    if json_output:
+        if output_format not in ("table", "json"):
+            raise ConfigError(f"--json means --format json; it contradicts --format {output_format}")
+        output_format = "json"
 
     request = PredictRequest(
         inputs=inputs, model=model, batch_size=batch_size, workers=workers, device=device, threads=threads,
