@@ -3,12 +3,15 @@
     bundle -> torch.onnx.export (TorchScript exporter, dynamic batch) -> metadata_props -> onnx.checker
            -> staged file -> parity check against PyTorch (verify.check_parity) -> moved into place
 
-Exporter choice (measured on this 2-core CPU, torch 2.13, ViT-Ti/16, opset 17; see the export issue's report):
-the TorchScript exporter (dynamo=False) took ~0.7-2.8 s against ~8.5-14 s for dynamo=True, with the same parity
-(max |diff| 9.5e-7 vs 9.6e-7 at batch 7). dynamo's raw graph is smaller (407 nodes vs 1065), but the difference
-is Constant/Identity/shape arithmetic that ONNX Runtime folds at load (417 vs 394 nodes after ORT's optimizer).
+Exporter choice (measured on the shared 2-core CPU, torch 2.13, ViT-Ti/16, opset 17, interleaved runs): the
+TorchScript exporter (dynamo=False) was 3-9x faster than dynamo=True (2.4-2.8 s vs 8.7-14.2 s; 3.7-6.6 s vs
+26-37 s under heavier load), with the same parity (max |diff| 9.5e-7 vs 9.6e-7 at batch 7, traced at batch 2).
+dynamo's raw graph is smaller (407 nodes vs 1065), but the difference is Constant/Identity/shape arithmetic
+that ONNX Runtime folds at load (417 vs 394 nodes after ORT's optimizer).
 TorchScript also names every node after its module (/blocks.3/mlp/fc1/MatMul), which is what lets verify expose
 each block's output and say which block diverges; dynamo's nodes carry no module path.
+NOTE: torch >= 2.9 warns that this exporter is deprecated; moving to dynamo needs another way to find the
+intermediates (e.g. matching tensors numerically), and the tests pin the behaviour either way.
 """
 
 from __future__ import annotations
