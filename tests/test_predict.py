@@ -210,6 +210,18 @@ def test_unwritable_output_fails_before_any_inference(tmp_path, tiny_onnx, good_
     assert "--output" in result.stderr
 
 
+def test_a_failed_run_leaves_an_existing_output_file_alone(tmp_path, tiny_onnx):
+    out = tmp_path / "rows.csv"
+    out.write_text("rows of an earlier run\n")
+    result = cli(str(tmp_path / "nothing-*.png"), "--model", str(tiny_onnx), "--format", "csv", "-o", str(out))
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert out.read_text() == "rows of an earlier run\n"
+    fresh = tmp_path / "fresh.csv"
+    assert cli(str(tmp_path / "nothing-*.png"), "--model", str(tiny_onnx), "-o", str(fresh), "--format", "csv"
+               ).exit_code == EXIT_BAD_INPUT
+    assert not fresh.exists()
+
+
 def test_expand_inputs_files_folders_globs_recursive(tmp_path):
     (tmp_path / "sub").mkdir()
     for name in ("a.png", "b.jpg", "notes.txt", "sub/c.png"):

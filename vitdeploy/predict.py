@@ -248,16 +248,22 @@ class RowWriter:
         self.stream.flush()
 
 
-def open_output(output: Path | None) -> IO[str]:
-    """Open the output file now, before any model or image is loaded, so an unwritable path fails first."""
-    if output is None:
-        return sys.stdout
+def check_writable(output: Path) -> None:
+    """Fail now, before any model or image is loaded, if `output` cannot be written; change nothing on disk.
+
+    Opening for append neither truncates an existing file (whose rows a failed run should not wipe out) nor
+    leaves a new one behind.
+    """
     if output.is_dir():
         raise InputError(f"--output {output} is a folder; give a file path")
+    existed = output.exists()
     try:
-        return open(output, "w", encoding="utf-8", newline="")
+        with open(output, "a", encoding="utf-8"):
+            pass
     except OSError as e:
         raise InputError(f"--output {output}: cannot write: {e.strerror}") from None
+    if not existed:
+        output.unlink()
 
 
 def output_format_for(requested: str, output: Path | None) -> str:
@@ -309,15 +315,18 @@ def predict(request: PredictRequest, log: Callable[[str], None] = _to_stderr) ->
     if request.batch_size < 1 or request.workers < 1 or request.top_k < 1:
         raise ConfigError("--batch-size, --workers and --top-k must be at least 1")
     output_format = output_format_for(request.output_format, request.output)
-    stream = open_output(request.output)
+    if request.output is not None:
+        check_writable(request.output)
+    paths, unmatched = expand_inputs(request.inputs, request.recursive)
+    if not paths:
+        raise InputError(f"no input matched: {', '.join(unmatched) or '(none given)'}")
+    model_path = resolve_model(request.model)
+    model = open_model(model_path, request.device, request.threads, log)
+    summary = PredictSummary(model=str(model_path), provider=model.provider,
+                             output=str(request.output) if request.output else None)
+    # newline="": the csv module writes its own line endings
+    stream = open(request.output, "w", encoding="utf-8", newline="") if request.output else sys.stdout
     try:
-        paths, unmatched = expand_inputs(request.inputs, request.recursive)
-        if not paths:
-            raise InputError(f"no input matched: {', '.join(unmatched) or '(none given)'}")
-        model_path = resolve_model(request.model)
-        model = open_model(model_path, request.device, request.threads, log)
-        summary = PredictSummary(model=str(model_path), provider=model.provider,
-                                 output=str(request.output) if request.output else None)
         writer = RowWriter(stream, output_format, summary.model, summary.provider)
         try:
             writer.write([error_row(u, "no_match", "matched no file", model.provider) for u in unmatched])
