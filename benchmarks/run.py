@@ -58,7 +58,7 @@ def markdown_summary(paths: list[Path]) -> str:
     lines = ["# Benchmark results", "",
              "Written by `python benchmarks/run.py`; figures are medians and percentiles of interleaved runs "
              "(see ../README.md for the protocol). Speed-up is against PyTorch eager on the same device in the "
-             "same run; MFU is against the fp32 matmul peak measured in that run.", ""]
+             "same run; MFU is against the fp32 matmul rate measured in the same rounds.", ""]
     for path in paths:
         report = json.loads(path.read_text())
         env, settings = report["environment"], report["settings"]

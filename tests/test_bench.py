@@ -74,6 +74,7 @@ def test_json_report_schema_and_numbers(cli_report: tuple[dict, Path]) -> None:
         assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["std_ms"] >= 0
         assert row["images_per_s"] == pytest.approx(row["batch_size"] / row["mean_ms"] * 1e3, rel=1e-3)
+        assert row["peak_gflops"] > 0
         if row["variant"] == "ort-cpu-int8":
             assert row["mfu"] is None  # an fp32 peak says nothing about int8 kernels
         else:
@@ -191,6 +192,15 @@ def test_protocol_interleaves_and_meets_both_minimums() -> None:
     assert calls[:6] == ["fast", "slow", "fast", "slow", "fast", "fast"]
     assert len(timed["fast"]) == 8 and len(timed["slow"]) == 3
     assert calls[6:] == ["fast", "slow"] * 3 + ["fast"] * 5
+
+
+def test_companion_runs_every_round_without_deciding_when_to_stop() -> None:
+    calls: list[str] = []
+    model, peak = FakeRunner("model", 0.5, calls), FakeRunner("peak", 10.0, calls)
+    settings = bench.BenchSettings(warmup_iters=1, warmup_seconds=0, min_iters=2, min_seconds=1.0)
+    timed = bench._measure_point([model], settings, companions=[peak])
+    assert calls == ["model", "peak"] * 3  # 1 warm-up round, 2 timed rounds
+    assert len(timed["model"]) == len(timed["peak"]) == 2
 
 
 def test_every_variant_sees_the_same_input() -> None:

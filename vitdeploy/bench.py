@@ -9,7 +9,8 @@ Protocol (what makes the comparison fair on a noisy machine):
   - cold start (building the model / creating the session, then the first inference) is reported apart from
     the steady state; threads are set for torch and ONNX Runtime alike and recorded.
 Figures: p50 / p90 / p99 / mean / std latency, images/s, speed-up against PyTorch eager on the same device in the
-same run, and model FLOPs utilisation (analytic FLOPs from flops.py against a measured fp32 matmul peak).
+same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the fp32 matmul rate measured in the
+same rounds as the variants, so that a shared machine's load weighs on both sides of the ratio).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ class PointResult:
     batch_size: int
     latencies_s: list[float]
     speedup_vs_eager: float | None = None
+    peak_gflops: float | None = None  # the matmul peak measured in the same rounds, which MFU divides by
     mfu: float | None = None
 
     @property
@@ -174,6 +176,7 @@ class PointResult:
             "min_ms": round(float(lat.min()) * 1e3, 4),
             "images_per_s": round(self.images_per_s, 3),
             "speedup_vs_eager": round(self.speedup_vs_eager, 3) if self.speedup_vs_eager else None,
+            "peak_gflops": round(self.peak_gflops, 2) if self.peak_gflops else None,
             "mfu": round(self.mfu, 4) if self.mfu is not None else None,
         }
 
@@ -183,7 +186,7 @@ class BenchReport:
     model: dict[str, Any]
     settings: BenchSettings
     environment: dict[str, Any]
-    peak_gflops: dict[str, float]
+    peak_gflops: dict[str, float]  # device -> the highest matmul rate measured in the run
     # name -> runtime, device, precision, providers, cold start, and graph_ops: the op counts of the .onnx file the
     # session loads (ORT fuses further when it creates the session)
     variants: dict[str, dict[str, Any]]
@@ -558,56 +561,59 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@functools.cache
-def matmul_peak_gflops(device: str, threads: int, size: int = 1024, seconds: float = 1.0) -> float:
-    """Measured fp32 matrix-multiply peak (best of repeated square matmuls), GFLOP/s; cached per process."""
-    import torch
+class MatmulPeakRunner(Runner):
+    """Square fp32 matmuls timed in the same rounds as the variants: the machine's matmul peak under the same load.
 
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device)
-    b = torch.randn(size, size, generator=generator).to(device)
-    flops = 2 * size**3
-    timer = CudaEventTimer() if device == "cuda" else None
-    best = float("inf")
-    with torch_threads(threads), _no_tf32():
-        torch.mm(a, b)
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            if timer:
-                elapsed = timer.time(lambda: torch.mm(a, b))
-            else:
-                started = time.perf_counter()
-                torch.mm(a, b)
-                elapsed = time.perf_counter() - started
-            best = min(best, elapsed)
-    return flops / best / 1e9
+    MFU divides a variant's FLOP rate by this rate measured alongside it, so that other processes on a shared
+    machine slow both sides alike instead of inflating MFU (a peak taken in a quiet moment) or deflating it.
+    """
 
+    def __init__(self, device: str):
+        self.spec = VariantSpec(f"matmul-peak-{device}", "torch", device, "fp32", "torch.mm of square fp32 matrices")
+        # Large enough to reach the BLAS peak, small enough not to add much to each round.
+        self.size = 4096 if device == "cuda" else 1024
+        self.flops = 2 * self.size**3
 
-@contextlib.contextmanager
-def _no_tf32() -> Iterator[None]:
-    # The fp32 peak must be real fp32: TF32 tensor cores would inflate it (and flatter MFU the other way).
-    import torch
+    def create(self) -> None:
+        import torch
 
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        if self.spec.device == "cuda":
+            # The fp32 peak must be real fp32: TF32 tensor cores would inflate it.
+            torch.backends.cuda.matmul.allow_tf32 = False
+        generator = torch.Generator().manual_seed(0)
+        self.a = torch.randn(self.size, self.size, generator=generator).to(self.spec.device)
+        self.b = torch.randn(self.size, self.size, generator=generator).to(self.spec.device)
+        self.timer = CudaEventTimer() if self.spec.device == "cuda" else None
+        self.torch = torch
+
+    def stage(self, batch: np.ndarray) -> None:
+        pass  # the same matrices at every batch size
+
+    def run(self) -> float:
+        if self.timer:
+            return self.timer.time(lambda: self.torch.mm(self.a, self.b))
+        started = time.perf_counter()
+        self.torch.mm(self.a, self.b)
+        return time.perf_counter() - started
 
 
-def _measure_point(runners: list[Runner], settings: BenchSettings) -> dict[str, list[float]]:
-    """Warm up, then time all runners round-robin until each has min_iters runs and min_seconds of runs."""
+def _measure_point(
+    runners: list[Runner], settings: BenchSettings, companions: Sequence[Runner] = ()
+) -> dict[str, list[float]]:
+    """Warm up, then time all runners round-robin until each has min_iters runs and min_seconds of runs.
+
+    Companions (the matmul peak) run once in every round but do not decide when the point is done.
+    """
 
     def satisfied(times: list[float], iters: int, seconds: float) -> bool:
         return len(times) >= iters and sum(times) >= seconds
 
-    warm: dict[str, list[float]] = {r.spec.name: [] for r in runners}
-    timed: dict[str, list[float]] = {r.spec.name: [] for r in runners}
+    warm: dict[str, list[float]] = {r.spec.name: [] for r in [*runners, *companions]}
+    timed: dict[str, list[float]] = {r.spec.name: [] for r in [*runners, *companions]}
     for log, iters, seconds in ((warm, settings.warmup_iters, settings.warmup_seconds),
                                 (timed, settings.min_iters, settings.min_seconds)):
         while pending := [r for r in runners if not satisfied(log[r.spec.name], iters, seconds)]:
-            for runner in pending:
+            for runner in [*pending, *companions]:
                 log[runner.spec.name].append(runner.run())
     return timed
 
@@ -633,6 +639,7 @@ def benchmark(
     variants: dict[str, dict[str, Any]] = {}
     points: list[PointResult] = []
     with tempfile.TemporaryDirectory(prefix="vitdeploy-bench-") as tmp, torch_threads(threads):
+        env = environment(threads)  # before the run: the load average says what the figures competed with
         runners = _make_runners(names, model, Path(tmp), threads)
         first_batch = _input_batch(model.config, settings.batch_sizes[0], settings.seed)
         for runner in runners:
@@ -641,13 +648,19 @@ def benchmark(
                 f"(create {variants[runner.spec.name]['cold_start']['create_ms']:.0f} ms)")
         # MFU on CUDA needs torch to measure the GPU's peak; without it that MFU stays None.
         devices = {r.spec.device for r in runners} - ({"cuda"} if _torch_cuda_problem() else set())
-        peak = {device: matmul_peak_gflops(device, threads) for device in sorted(devices)}
+        peak_runners = {device: MatmulPeakRunner(device) for device in sorted(devices)}
+        for peak_runner in peak_runners.values():
+            peak_runner.create()
+        peak: dict[tuple[str, int], float] = {}  # (device, batch size) -> GFLOP/s measured with that point
         for batch_size in settings.batch_sizes:
             batch = _input_batch(model.config, batch_size, settings.seed)
             for runner in runners:
                 runner.stage(batch)
             log(f"batch {batch_size}: timing {', '.join(names)} round-robin")
-            for name, latencies in _measure_point(runners, settings).items():
+            timed = _measure_point(runners, settings, list(peak_runners.values()))
+            for device, peak_runner in peak_runners.items():
+                peak[device, batch_size] = peak_runner.flops / float(np.mean(timed.pop(peak_runner.spec.name))) / 1e9
+            for name, latencies in timed.items():
                 points.append(PointResult(name, batch_size, latencies))
         end_to_end = (
             _end_to_end(model, end_to_end_images, max(settings.batch_sizes), threads) if end_to_end_images else None
@@ -656,15 +669,16 @@ def benchmark(
         spec = VARIANTS[point.variant]
         eager = next((p for p in points if p.variant == EAGER[spec.device] and p.batch_size == point.batch_size), None)
         point.speedup_vs_eager = eager.mean_s / point.mean_s if eager else None
+        point.peak_gflops = peak.get((spec.device, point.batch_size))
         # MFU is against the fp32 peak, so it is only stated for fp32 variants.
-        if spec.device in peak and spec.precision == "fp32":
-            point.mfu = macs.flops * point.images_per_s / (peak[spec.device] * 1e9)
+        if point.peak_gflops and spec.precision == "fp32":
+            point.mfu = macs.flops * point.images_per_s / (point.peak_gflops * 1e9)
     return BenchReport(
         model={"source": model.source, "onnx": str(model.onnx_path), "bundle": str(model.bundle) if model.bundle else None,
                "config": model.config.to_dict(), "macs_per_image": macs.to_dict()},
         settings=settings,
-        environment=environment(threads),
-        peak_gflops={device: round(value, 2) for device, value in peak.items()},
+        environment=env,
+        peak_gflops={device: round(max(g for (d, _), g in peak.items() if d == device), 2) for device in peak_runners},
         variants=variants,
         skipped=skipped,
         points=points,
@@ -947,7 +961,8 @@ def summary_lines(report: BenchReport) -> list[str]:
         f"first run {v['cold_start']['first_run_ms']:.1f} ms (batch {v['cold_start']['first_batch_size']})"
         for name, v in report.variants.items()
     ]
-    lines += [f"measured fp32 matmul peak ({device}): {gflops:.1f} GFLOP/s" for device, gflops in report.peak_gflops.items()]
+    lines += [f"fp32 matmul peak ({device}), measured round-robin with the variants: up to {gflops:.1f} GFLOP/s"
+              for device, gflops in report.peak_gflops.items()]
     if report.end_to_end:
         e2e = report.end_to_end
         split = ", ".join(f"{stage} {ms:.2f} ms ({e2e['share'][stage]:.0%})" for stage, ms in e2e["per_image_ms"].items())
