@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from vitdeploy.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, VitDeployError
 
@@ -37,7 +38,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except VitDeployError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # escape(): messages quote shapes like [batch, 3, H, W], which Rich would eat as markup.
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
