@@ -404,6 +404,9 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
                            train_loss=loss_sum / max(1, loss_count))
             history.append({k: float(v) for k, v in metrics.items()})
             progress.update(task, acc=f"{metrics['val_accuracy']:.2%}")
+            if not console.is_terminal:  # logs (CI, files) get one line per epoch instead of a live bar
+                console.print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f}, "
+                              f"val loss {metrics['val_loss']:.4f}, val acc {metrics['val_accuracy']:.2%}")
             improved = metrics["val_accuracy"] > best_acc
             if improved:
                 best_acc = metrics["val_accuracy"]
