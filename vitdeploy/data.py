@@ -182,11 +182,14 @@ def _hash_fraction(relative: Path) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def decode_all(paths: list[Path], workers: int, draft_size: int | None = None) -> list[Image.Image]:
-    """Decode every file or raise DataError naming the unreadable ones (never substitute other samples)."""
+def decode_all(paths: list[Path], workers: int, spec: PreprocessSpec) -> list[Image.Image]:
+    """Decode every file or raise DataError naming the unreadable ones (never substitute other samples).
+
+    Decodes exactly as predict does (images.decode_for_preprocess), so held-out evaluation sees the same pixels.
+    """
     def one(p: Path) -> Image.Image | images.ImageDecodeError:
         try:
-            return images.decode_image(p, draft_size=draft_size)
+            return images.decode_for_preprocess(p, spec)
         except images.ImageDecodeError as e:
             return e
 
@@ -236,7 +239,7 @@ class FolderData(TrainingData):
 def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fraction: float, workers: int = 2) -> FolderData:
     split = scan_image_folder(root, val_fraction)
     # One pass over every file, so that all unreadable ones are reported together.
-    decoded = decode_all([p for p, _ in split.train + split.val], workers, draft_size=spec.resize_size)
+    decoded = decode_all([p for p, _ in split.train + split.val], workers, spec)
     train_imgs, val_imgs = decoded[: len(split.train)], decoded[len(split.train) :]
     data = FolderData(
         labels=split.labels,
@@ -271,10 +274,14 @@ def load_training_data(
     return load_folder_data(data, spec, val_fraction, workers)
 
 
-def heldout_images(dataset: dict[str, Any], labels: list[str], limit: int | None = None) -> list[tuple[Image.Image, int]]:
+def heldout_images(
+    dataset: dict[str, Any], labels: list[str], limit: int | None = None, spec: PreprocessSpec | None = None
+) -> list[tuple[Image.Image, int]]:
     """Re-create a bundle's held-out split from its recorded dataset info: decoded RGB images and label index.
 
     Used by verify and precision gates to judge a model on the same real images that scored the bundle.
+    Pass the bundle's `spec` to decode folder images exactly as training evaluation and predict do
+    (large JPEGs are drafted at reduced size); without it they are decoded at full size.
     """
     source = dataset.get("source")
     if source == DIGITS_NAME:
@@ -288,9 +295,16 @@ def heldout_images(dataset: dict[str, Any], labels: list[str], limit: int | None
         if split.labels != list(labels):
             raise DataError(f"the classes in {root} changed since training: {split.labels} vs {labels}")
         chosen_files = split.val[:limit] if limit else split.val
-        decoded = decode_all([p for p, _ in chosen_files], workers=2)
+        decoded = decode_all([p for p, _ in chosen_files], 2, spec) if spec else _decode_full(chosen_files)
         return list(zip(decoded, [y for _, y in chosen_files]))
     raise DataError(f"the bundle does not say where its held-out images are (dataset source {source!r})")
+
+
+def _decode_full(files: list[tuple[Path, int]]) -> list[Image.Image]:
+    try:
+        return [images.decode_image(p) for p, _ in files]
+    except images.ImageDecodeError as e:
+        raise DataError(f"a held-out image can no longer be read: {e}") from None
 
 
 def write_heldout_samples(

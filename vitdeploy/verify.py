@@ -431,7 +431,7 @@ def _heldout(info: BundleInfo, limit: int, require: bool, notes: list[str]) -> t
     from vitdeploy.data import heldout_images
 
     try:
-        pairs = heldout_images(info.dataset, info.labels, limit)
+        pairs = heldout_images(info.dataset, info.labels, limit, info.preprocess)
     except DataError as e:
         if require:
             raise DataError(f"{e} (pass --images DIR to verify on other real images)") from None
