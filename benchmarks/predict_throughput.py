@@ -1,7 +1,8 @@
 """End-to-end predict throughput (decode + preprocess + model) against model-only throughput, on one device.
 
     python benchmarks/predict_throughput.py                      # vit-ti16, 640x480 JPEGs, batch 32, CPU
-    python benchmarks/predict_throughput.py --workers 1 --repeats 5 --json
+    python benchmarks/predict_throughput.py --output benchmarks/results/predict-throughput-vit-ti16.json
+    python benchmarks/predict_throughput.py --workers 1 2 --repeats 9 --json   # compare decoding pools
 
 Model-only: ONNX Runtime on ready-made (32, 3, 224, 224) float32 batches (the same images, preprocessed once),
 measured twice: with ORT's default session (idle threads spin) and with predict's session (no spinning, so that
@@ -94,11 +95,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="an exported .onnx (default: export --preset with random weights)")
     parser.add_argument("--images", type=int, default=128, help="JPEGs per timed run (a multiple of the batch)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="predict's decoding threads")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="predict's decoding threads "
+                        "(several values: one end-to-end variant each, interleaved)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=8, help="interleaved (model-only, end-to-end) pairs")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved rounds of every variant")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    parser.add_argument("--output", type=Path, help="also write the JSON result to this file, e.g. "
+                        "benchmarks/results/predict-throughput-vit-ti16.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="vitdeploy-bench-") as tmp:
@@ -112,26 +116,33 @@ def main() -> None:
         batches = [inputs[i : i + args.batch_size] for i in range(0, len(inputs), args.batch_size)]
         for warm in (model, spinning):  # warm-up: first-run allocations and kernel selection
             time_model_only(warm, batches[:1])
-        decode_started = time.perf_counter()
+        decode_started = time.thread_time()
         for p in paths:
             images.preprocess(images.decode_for_preprocess(p, spec), spec)
-        decode_ms = (time.perf_counter() - decode_started) / len(paths) * 1e3
+        decode_ms = (time.thread_time() - decode_started) / len(paths) * 1e3
+        load_before = os.getloadavg()[0]
 
         runs = {
             "model_only_spinning": lambda: time_model_only(spinning, batches),
             "model_only_predict_session": lambda: time_model_only(model, batches),
-            "end_to_end": lambda: time_end_to_end(model, paths, args.batch_size, args.workers),
+            **{
+                f"end_to_end_workers_{w}": lambda w=w: time_end_to_end(model, paths, args.batch_size, w)
+                for w in args.workers
+            },
         }
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}  # (wall, cpu) seconds
         names = list(runs)
         for repeat in range(args.repeats):
             # Rotate the order, so that none always inherits another's cache or clock state.
-            for name in names[repeat % 3 :] + names[: repeat % 3]:
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
                 times[name].append(runs[name]())
 
     n = len(paths)
     best_model_wall = [min(a[0], b[0]) for a, b in zip(times["model_only_spinning"], times["model_only_predict_session"])]
-    ratios = [m / e[0] for m, e in zip(best_model_wall, times["end_to_end"])]  # throughput ratio = inverse time ratio
+    # throughput ratio end-to-end / best model-only = inverse ratio of wall times, per repeat
+    ratios = {
+        name: [m / e[0] for m, e in zip(best_model_wall, t)] for name, t in times.items() if name.startswith("end_")
+    }
     result = {
         "preset": args.preset,
         "images": len(paths),
@@ -142,16 +153,20 @@ def main() -> None:
         "provider": model.provider,
         "repeats": args.repeats,
         "images_per_s": {name: [round(n / wall, 1) for wall, _ in t] for name, t in times.items()},
-        "ratio_per_repeat": [round(r, 3) for r in ratios],
-        "ratio_median": round(statistics.median(ratios), 3),
+        "ratio_per_repeat": {name: [round(r, 3) for r in rs] for name, rs in ratios.items()},
+        "ratio_median": {name: round(statistics.median(rs), 3) for name, rs in ratios.items()},
         # CPU seconds our process used per image (all threads): less sensitive to other processes than wall time
         "cpu_ms_per_image_median": {
             name: round(statistics.median(cpu for _, cpu in t) / n * 1e3, 1) for name, t in times.items()
         },
-        "decode_preprocess_ms_per_image_single_thread": round(decode_ms, 2),
+        "decode_preprocess_cpu_ms_per_image": round(decode_ms, 2),
+        # other processes compete for the cores: the 1-minute load average before and after the timed runs
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "onnxruntime": runtime.ort.__version__},
     }
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
     else:
