@@ -249,9 +249,14 @@ def test_default_model_is_the_newest_onnx_under_models(tmp_path, monkeypatch, go
     staging.parent.mkdir()
     staging.write_bytes(b"x")
     os.utime(staging, (3_000_000_000, 3_000_000_000))
+    variant = tmp_path / "models" / "new.int8.onnx"  # a precision variant written beside new.onnx, later
+    variant.write_bytes(b"x")
+    os.utime(variant, (3_000_000_000, 3_000_000_000))
     assert find_latest_model() == Path("models/run1/old.onnx")
     (tmp_path / "models" / "run1" / "old.onnx").unlink()
     (tmp_path / "models" / "new.onnx").unlink()
+    assert find_latest_model() == Path("models/new.int8.onnx")  # no longer beside its base: an export like any other
+    variant.unlink()
     result = cli(str(good_images[0]))
     assert result.exit_code == EXIT_BAD_INPUT and "no .onnx file under models" in result.stderr
 

@@ -144,7 +144,8 @@ def predict(
     model: Annotated[
         Optional[Path],
         typer.Option(help="The .onnx to run, or a folder to search. Default: the most recently modified "
-                     "*.onnx anywhere under models/ (hidden folders skipped)."),
+                     "*.onnx anywhere under models/, skipping hidden folders and precision variants "
+                     "(model.int8.onnx beside model.onnx)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
     workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs.")] = 2,

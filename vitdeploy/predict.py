@@ -96,16 +96,25 @@ class PredictSummary:
 def find_latest_model(root: str | os.PathLike[str] = DEFAULT_MODELS_DIR) -> Path:
     """The most recently written *.onnx under `root` (searched recursively, newest modification time).
 
-    Hidden files and folders are skipped: export stages its file in a hidden folder before moving it into place.
+    Skipped: hidden files and folders (export stages its file in a hidden folder before moving it into place), and
+    precision variants written beside an export (X.int8.onnx, X.fp16.onnx, ... next to X.onnx): the default is
+    the plain export; a variant is run by naming it with --model.
     """
     root = Path(root)
     candidates = [
         p for p in (root.rglob("*.onnx") if root.is_dir() else [])
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and not _is_variant(p)
     ]
     if not candidates:
         raise ModelFileError(f"no .onnx file under {root}/; run `vitdeploy export` first or pass --model FILE")
     return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+
+
+def _is_variant(path: Path) -> bool:
+    """model.int8.onnx is a variant when model.onnx sits beside it."""
+    base_stem, dot, _variant = path.stem.rpartition(".")
+    return bool(dot) and path.with_name(base_stem + path.suffix).is_file()
 
 
 def resolve_model(model: Path | None) -> Path:
