@@ -186,7 +186,7 @@ class BenchReport:
     model: dict[str, Any]
     settings: BenchSettings
     environment: dict[str, Any]
-    peak_gflops: dict[str, float]  # device -> the highest mean matmul rate of any batch size's rounds
+    peak_gflops: dict[str, float]  # device -> the fastest single matmul of the run, as GFLOP/s
     # name -> runtime, device, precision, providers, cold start, and graph_ops: the op counts of the .onnx file the
     # session loads (ORT fuses further when it creates the session)
     variants: dict[str, dict[str, Any]]
@@ -562,10 +562,8 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 class MatmulPeakRunner(Runner):
-    """Square fp32 matmuls timed in the same rounds as the variants: the machine's matmul peak under the same load.
-
-    MFU divides a variant's FLOP rate by this rate measured alongside it, so that other processes on a shared
-    machine slow both sides alike instead of inflating MFU (a peak taken in a quiet moment) or deflating it.
+    """Square fp32 matmuls timed in the same rounds as the variants, all through the run: the fastest of them is
+    the machine's fp32 peak, sampled across the same stretch of time (and load) as the figures it is compared with.
     """
 
     def __init__(self, device: str):
@@ -651,7 +649,7 @@ def benchmark(
         peak_runners = {device: MatmulPeakRunner(device) for device in sorted(devices)}
         for peak_runner in peak_runners.values():
             peak_runner.create()
-        peak: dict[tuple[str, int], float] = {}  # (device, batch size) -> GFLOP/s measured with that point
+        peak: dict[tuple[str, int], float] = {}  # (device, batch size) -> best GFLOP/s measured with that point
         for batch_size in settings.batch_sizes:
             batch = _input_batch(model.config, batch_size, settings.seed)
             for runner in runners:
@@ -659,14 +657,14 @@ def benchmark(
             log(f"batch {batch_size}: timing {', '.join(names)} round-robin")
             timed = _measure_point(runners, settings, list(peak_runners.values()))
             for device, peak_runner in peak_runners.items():
-                peak[device, batch_size] = peak_runner.flops / float(np.mean(timed.pop(peak_runner.spec.name))) / 1e9
+                peak[device, batch_size] = peak_runner.flops / min(timed.pop(peak_runner.spec.name)) / 1e9
             for name, latencies in timed.items():
                 points.append(PointResult(name, batch_size, latencies))
         end_to_end = (
             _end_to_end(model, end_to_end_images, max(settings.batch_sizes), threads) if end_to_end_images else None
         )
-    # The peak for every point is the highest mean matmul rate of any point: a point's own rate swings with
-    # the load (and with caches the model just evicted), and MFU above 100% would be that noise, not the model.
+    # The peak is the fastest single matmul of the whole run: what the hardware gives one uninterrupted GEMM.
+    # (A mean rate would sink with the load, and MFU above 100% would then be noise, not the model.)
     run_peak = {device: max(g for (d, _), g in peak.items() if d == device) for device in peak_runners}
     for point in points:
         spec = VARIANTS[point.variant]
