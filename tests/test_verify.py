@@ -46,7 +46,7 @@ def test_verify_reports_every_batch_size_and_the_providers_sessions_really_got(e
         assert case["samples"] == 32  # no dataset recorded: random inputs, topped up to fill the largest batch
         assert case["max_abs"] <= 1e-4 and case["top1_agreement"] == 1.0 and case["min_cosine"] > 0.9999
         assert case["batch_invariance_max_abs"] <= 1e-4
-    assert report["tolerance"] == {"atol": 1e-4, "rtol": 0.0, "min_top1_agreement": 1.0}
+    assert report["tolerance"] == {"atol": 1e-4, "rtol": 0.0, "min_top1_agreement": 1.0, "real_images_only": False}
     names = [d["name"] for d in report["layers"][runtime.CPU]]
     assert names == ["embed", "block_0", "block_1", "norm", "logits"]
     assert report["inputs"]["random"] == 32 and report["inputs"]["real"] == 0

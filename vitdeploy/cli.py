@@ -219,25 +219,56 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset; an unsupported one is refused, naming the range.")] = 17,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file. Default: BUNDLE/model.onnx.")] = None,
     verify: Annotated[bool, typer.Option(help="Check parity with PyTorch before the file is moved into place.")] = True,
+    optimize: Annotated[
+        bool, typer.Option(help="Also write MODEL.fp32-opt.onnx: ONNX Runtime's transformer fusions applied offline "
+                           "(Attention, SkipLayerNormalization, BiasGelu), with the fusion counts reported.")
+    ] = False,
+    precision: Annotated[
+        Optional[list[str]],
+        typer.Option(help="fp32 (default), fp16, int8; several as fp16,int8 or repeated. fp16 (for GPUs, built "
+                     "from the fused graph) goes to MODEL.fp16.onnx, int8 (for CPUs) to MODEL.int8.onnx."),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="Accuracy gate: percentage points of held-out accuracy a variant may lose against "
+                            "PyTorch fp32 (it must also agree on top-1 for at least 99% of the images).")
+    ] = 0.5,
+    int8_method: Annotated[
+        str, typer.Option(help="static: QDQ, per-channel weights, activation ranges calibrated on the bundle's "
+                          "training images (faster here, batch-independent); dynamic: activations scaled per batch.")
+    ] = "static",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
 ) -> None:
     """Export a bundle to one self-describing ONNX file (dynamic batch), parity-checked before it is written.
 
-    Exit codes: 0 exported (and parity held); 2 bad input (no bundle, unsupported opset); 3 parity failed, and
-    nothing was written to the output path.
+    With --optimize / --precision, faster variants are written beside it (model.onnx -> model.fp32-opt.onnx,
+    model.fp16.onnx, model.int8.onnx), each only after the accuracy gate on the bundle's held-out images passed;
+    each file records its precision, fusions and measured accuracy, so predict, verify and bench run it alone.
 
-    Example: vitdeploy export models/digits/best --opset 17 -o models/digits.onnx
+    Exit codes: 0 exported (and parity held, and every variant passed the gate); 2 bad input (no bundle,
+    unsupported opset or precision); 3 parity failed (nothing written), or a variant failed the accuracy gate
+    (that variant not written; the fp32 file and the variants that passed were).
+
+    Example: vitdeploy export models/digits/best --optimize --precision fp16,int8
     """
     from vitdeploy.export import export_onnx
+    from vitdeploy.optimize import AccuracyGate, AccuracyGateFailed, parse_precisions, requested_variants, variants_table
     from vitdeploy.verify import ParityError, parity_tables
 
+    variants = requested_variants(parse_precisions(precision or ["fp32"]), optimize)
+    gate = AccuracyGate(max_accuracy_drop=max_accuracy_drop)
     try:
-        result = export_onnx(bundle, out, opset=opset, verify=verify)
+        result = export_onnx(bundle, out, opset=opset, verify=verify, variants=variants, gate=gate,
+                             int8_method=int8_method)
     except ParityError as e:
         for table in parity_tables(e.report):
             console.print(table)
         if json_output:
             print_json({"error": str(e), "parity": e.report.to_dict()})
+        raise
+    except AccuracyGateFailed as e:
+        console.print(variants_table(e.results))
+        if json_output:
+            print_json({"error": str(e), **(e.export.to_dict() if e.export else {})})
         raise
     size = f"{result.size_bytes / 1e6:.2f} MB"
     if result.external_data:
@@ -254,6 +285,8 @@ def export(
             f"{s['max_abs']:.2e}, top-1 agreement {s['top1_agreement']:.0%} ({result.verify_seconds:.1f} s)",
             highlight=False, soft_wrap=True,
         )
+    if result.variants:
+        console.print(variants_table(result.variants))
     if json_output:
         print_json(result.to_dict())
 

@@ -22,7 +22,8 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ from vitdeploy.runtime import (
 )
 
 if TYPE_CHECKING:
+    from vitdeploy.optimize import AccuracyGate, VariantResult
     from vitdeploy.verify import ParityReport
 
 DEFAULT_OPSET = 17
@@ -67,6 +69,7 @@ class ExportResult:
     export_seconds: float  # trace + metadata + checker + save
     verify_seconds: float
     parity: ParityReport | None  # None with verify=False
+    variants: list[VariantResult] = field(default_factory=list)  # fused / fp16 / int8 files, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class ExportResult:
             "export_seconds": round(self.export_seconds, 3),
             "verify_seconds": round(self.verify_seconds, 3),
             "parity": self.parity.to_dict() if self.parity else None,
+            "variants": [v.to_dict() for v in self.variants],
         }
 
 
@@ -131,12 +135,35 @@ def export_onnx(
     out: str | os.PathLike[str] | None = None,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
+    variants: Sequence[str] = (),
+    gate: AccuracyGate | None = None,
+    int8_method: str = "static",
 ) -> ExportResult:
-    """Export a bundle (default: the latest under models/) to `out` (default: BUNDLE/model.onnx)."""
+    """Export a bundle (default: the latest under models/) to `out` (default: BUNDLE/model.onnx).
+
+    `variants` (optimize.requested_variants: fp32-opt, fp16, int8) are then built from that file and written
+    beside it (model.int8.onnx, ...) only if they pass the accuracy gate; optimize.AccuracyGateFailed (exit 3)
+    when one does not.
+    """
     check_opset(opset)  # before loading anything: a bad opset is a usage error
     bundle_dir = Path(bundle) if bundle is not None else find_latest_bundle()
     model, info = load_bundle(bundle_dir)
-    return export_model(model, info, Path(out) if out else bundle_dir / DEFAULT_FILE_NAME, opset, verify, bundle_dir)
+    if variants:
+        from vitdeploy.optimize import AccuracyGate, AccuracyGateFailed, check_request, export_variants, gate_data
+
+        check_request(variants, int8_method)  # usage errors, and no held-out images, before anything is written
+        data = gate_data(model, info)
+    result = export_model(model, info, Path(out) if out else bundle_dir / DEFAULT_FILE_NAME, opset, verify, bundle_dir)
+    if variants:
+        try:
+            result.variants = export_variants(
+                model, info, result.path, variants, gate or AccuracyGate(), data, int8_method
+            )
+        except AccuracyGateFailed as e:
+            result.variants = e.results
+            e.export = result
+            raise
+    return result
 
 
 def export_model(
@@ -164,7 +191,7 @@ def export_model(
         proto = _trace(model, info, opset, staging / "trace.onnx")
         intermediates = find_intermediates(proto.graph, info.model.depth)
         facts = _export_facts(model, opset, bundle_dir)
-        _set_metadata(
+        set_metadata(
             proto,
             {
                 META_LABELS: list(info.labels),
@@ -176,7 +203,7 @@ def export_model(
             },
         )
         staged = staging / out.name
-        external = _save(proto, staged)
+        external = save_onnx(proto, staged)
         onnx.checker.check_model(str(staged), full_check=True)
         export_seconds = time.perf_counter() - started
 
@@ -188,8 +215,8 @@ def export_model(
             if not parity.passed:
                 raise verify_module.ParityError(parity, f"nothing written to {out}")
             # Only metadata changes after the parity run: the graph and weights on disk are the ones verified.
-            _set_metadata(proto, {META_PARITY: parity.summary()})
-            _save(proto, staged)
+            set_metadata(proto, {META_PARITY: parity.summary()})
+            save_onnx(proto, staged)
         verify_seconds = time.perf_counter() - started - export_seconds
 
         final_external = out.parent / external.name if external else None
@@ -235,7 +262,7 @@ def _trace(model: Any, info: BundleInfo, opset: int, path: Path) -> Any:
     return onnx.load(str(path))
 
 
-def _save(proto: Any, path: Path) -> Path | None:
+def save_onnx(proto: Any, path: Path) -> Path | None:
     """Save one self-contained file, or the graph plus one external data file when the weights need it."""
     import onnx
 
@@ -286,7 +313,7 @@ def weights_sha256(model: Any) -> str:
     return sha256_bytes(safetensors_save(tensors, metadata={"format": "pt"}))
 
 
-def _set_metadata(proto: Any, values: dict[str, Any]) -> None:
+def set_metadata(proto: Any, values: dict[str, Any]) -> None:
     props = {p.key: p.value for p in proto.metadata_props}
     props.update({key: json.dumps(value) for key, value in values.items()})
     del proto.metadata_props[:]
