@@ -58,7 +58,7 @@ def markdown_summary(paths: list[Path]) -> str:
     lines = ["# Benchmark results", "",
              "Written by `python benchmarks/run.py`; figures are medians and percentiles of interleaved runs "
              "(see ../README.md for the protocol). Speed-up is against PyTorch eager on the same device in the "
-             "same run; MFU is against the fp32 matmul rate measured in the same rounds.", ""]
+             "same run; MFU is against the fp32 matmul peak sampled all through the same run (see ../README.md).", ""]
     for path in paths:
         report = json.loads(path.read_text())
         env, settings = report["environment"], report["settings"]
@@ -70,7 +70,7 @@ def markdown_summary(paths: list[Path]) -> str:
             f"## {report['model']['source']} ({report['model']['macs_per_image']['gmacs']:.3f} GMACs/image) - "
             f"{path.name}",
             "",
-            f"{report['created_at']}; CPU {env['cpu']} ({env['cpu_count']} cores), {settings['threads']} threads; "
+            f"{report['created_at']}; CPU {env['cpu']} ({env['cpu_count']} cores), threads: {settings['threads']}; "
             f"GPU {gpus}; load average before the run {load}; fp32 matmul peak {peaks}. {versions}.",
             "",
             "| variant | batch | p50 ms | p99 ms | images/s | × eager | MFU | providers |",

@@ -564,13 +564,18 @@ def torch_threads(threads: int) -> Iterator[None]:
 class MatmulPeakRunner(Runner):
     """Square fp32 matmuls timed in the same rounds as the variants, all through the run: the fastest of them is
     the machine's fp32 peak, sampled across the same stretch of time (and load) as the figures it is compared with.
+
+    On CPU the matmul runs on one thread and the peak is that rate times the thread count: a multi-threaded BLAS
+    call stalls whenever another process holds one of its cores, which would understate the peak (and put MFU
+    above 100%), while one core's rate scales to N cores at best, so the peak errs on the high side.
     """
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, threads: int):
         self.spec = VariantSpec(f"matmul-peak-{device}", "torch", device, "fp32", "torch.mm of square fp32 matrices")
         # Large enough to reach the BLAS peak, small enough not to add much to each round.
         self.size = 4096 if device == "cuda" else 1024
-        self.flops = 2 * self.size**3
+        # FLOPs credited per run: on CPU, as if each of the `threads` cores had done one.
+        self.flops = 2 * self.size**3 * (1 if device == "cuda" else threads)
 
     def create(self) -> None:
         import torch
@@ -590,9 +595,10 @@ class MatmulPeakRunner(Runner):
     def run(self) -> float:
         if self.timer:
             return self.timer.time(lambda: self.torch.mm(self.a, self.b))
-        started = time.perf_counter()
-        self.torch.mm(self.a, self.b)
-        return time.perf_counter() - started
+        with torch_threads(1):
+            started = time.perf_counter()
+            self.torch.mm(self.a, self.b)
+            return time.perf_counter() - started
 
 
 def _measure_point(
@@ -646,7 +652,7 @@ def benchmark(
                 f"(create {variants[runner.spec.name]['cold_start']['create_ms']:.0f} ms)")
         # MFU on CUDA needs torch to measure the GPU's peak; without it that MFU stays None.
         devices = {r.spec.device for r in runners} - ({"cuda"} if _torch_cuda_problem() else set())
-        peak_runners = {device: MatmulPeakRunner(device) for device in sorted(devices)}
+        peak_runners = {device: MatmulPeakRunner(device, threads) for device in sorted(devices)}
         for peak_runner in peak_runners.values():
             peak_runner.create()
         peak: dict[tuple[str, int], float] = {}  # (device, batch size) -> best GFLOP/s measured with that point
