@@ -19,7 +19,6 @@ the held-out split is small, and the report says how many images it judged.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import math
@@ -380,11 +379,6 @@ def to_int8_dynamic(fused: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelPr
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return onnx.load(os.fspath(out)), {"method": "dynamic", "weights": "int8 per tensor", "activations": "per batch",
                                        "kept_fp32": "patch embedding, head"}
-
-
-def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
-    counts = collections.Counter(node.op_type for node in proto.graph.node)
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 @contextlib.contextmanager
