@@ -40,8 +40,8 @@ def test_fusions_are_counted_and_every_block_fuses(ladder):
     assert fusions.counts["SkipLayerNormalization"] == 2 * CFG.depth
     assert fusions.counts["BiasGelu"] == CFG.depth
     assert fusions.shortfalls() == {}
-    # Without the exact rewrites no block (scale spelling) or not block 0 (residual order) fuses.
-    assert fusions.rewrites == {"attention_scale_as_div": CFG.depth, "residual_branch_first": 2 * CFG.depth}
+    # Without the residual-order rewrite block 0's attention does not fuse.
+    assert fusions.rewrites == {"residual_branch_first": 2 * CFG.depth}
 
 
 def test_shortfalls_name_missing_fusions():
@@ -55,8 +55,8 @@ def test_rewrites_keep_the_arithmetic(ladder):
 
     _, path, _ = ladder
     proto = onnx.load(str(path))
-    rewrites = optimize.prepare_for_fusion(proto, CFG.head_dim)
-    assert rewrites["attention_scale_as_div"] == CFG.depth
+    rewrites = optimize.prepare_for_fusion(proto)
+    assert rewrites["residual_branch_first"] == 2 * CFG.depth
     x = np.random.default_rng(0).standard_normal((5, 3, 16, 16), dtype=np.float32)
     before, _ = runtime.make_session(path, device="cpu")
     after, _ = runtime.make_session(proto.SerializeToString(), device="cpu")

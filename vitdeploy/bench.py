@@ -20,7 +20,6 @@ import collections
 import contextlib
 import functools
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -433,45 +432,36 @@ def model_from_files(onnx_path: Path | None, bundle: Path | None) -> ModelUnderT
 
 
 def fuse_for_cpu(path: Path, config: ModelConfig, out: Path) -> dict[str, int]:
-    """ORT's transformer optimizer (Attention, SkipLayerNormalization, BiasGelu fusions); returns graph op counts."""
-    from onnxruntime.transformers.optimizer import optimize_model
+    """The fused fp32 variant, made exactly as `export --optimize` makes it; returns graph op counts."""
+    import onnx
 
-    optimized = optimize_model(os.fspath(path), model_type="vit", num_heads=config.num_heads,
-                               hidden_size=config.dim)
-    optimized.save_model_to_file(os.fspath(out))
+    from vitdeploy.optimize import fuse_transformer
+
+    fused, _ = fuse_transformer(path, config)
+    onnx.save_model(fused, os.fspath(out))
     return graph_op_counts(out)
 
 
 def quantize_int8(fused: Path, out: Path) -> dict[str, int]:
+    """Dynamic INT8 (a preset has no training images to calibrate static INT8), as `export --precision int8
+    --int8-method dynamic` makes it."""
     import onnx
-    from onnxruntime.quantization import quantize_dynamic
 
-    # A transformers-optimised graph needs the default tensor type spelled out (DESIGN.md 5.5). The quantizer
-    # logs advice to the root logger on every call; keep it off the user's terminal.
-    with _root_log_level(logging.ERROR):
-        quantize_dynamic(os.fspath(fused), os.fspath(out), extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    from vitdeploy.optimize import to_int8_dynamic
+
+    with tempfile.TemporaryDirectory(dir=out.parent) as workdir:
+        quantized, _ = to_int8_dynamic(onnx.load(os.fspath(fused)), Path(workdir))
+    onnx.save_model(quantized, os.fspath(out))
     return graph_op_counts(out)
 
 
-@contextlib.contextmanager
-def _root_log_level(level: int) -> Iterator[None]:
-    root = logging.getLogger()
-    before = root.level
-    root.setLevel(level)
-    try:
-        yield
-    finally:
-        root.setLevel(before)
-
-
 def convert_fp16(fused: Path, out: Path) -> dict[str, int]:
-    """fp16 weights and activations; the graph's input and output stay fp32, so callers feed the same batch."""
+    """fp16 as `export --precision fp16` makes it: fp32 input/output, LayerNorm and Softmax kept fp32."""
     import onnx
-    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = OnnxModel(onnx.load(os.fspath(fused)))
-    model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(os.fspath(out))
+    from vitdeploy.optimize import to_fp16
+
+    onnx.save_model(to_fp16(onnx.load(os.fspath(fused))), os.fspath(out))
     return graph_op_counts(out)
 
 

@@ -231,7 +231,7 @@ def fuse_transformer(model_path: Path, config: ModelConfig) -> tuple[onnx.ModelP
     from onnxruntime.transformers.optimizer import optimize_model
 
     proto = onnx.load(os.fspath(model_path))
-    rewrites = prepare_for_fusion(proto, config.head_dim)
+    rewrites = prepare_for_fusion(proto)
     with _quiet_root_logger():
         optimized = optimize_model(proto, model_type="vit", num_heads=config.num_heads, hidden_size=config.dim)
     counts = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
@@ -239,46 +239,18 @@ def fuse_transformer(model_path: Path, config: ModelConfig) -> tuple[onnx.ModelP
     return optimized.model, FusionReport(counts, expected, rewrites)
 
 
-def prepare_for_fusion(proto: onnx.ModelProto, head_dim: int) -> dict[str, int]:
-    """Rewrite two exact-arithmetic spellings that ORT's ViT matchers do not recognise; return counts per rewrite.
+def prepare_for_fusion(proto: onnx.ModelProto) -> dict[str, int]:
+    """Rewrite exact-arithmetic spellings that ORT's ViT matchers do not recognise; return counts per rewrite.
 
-    Both are bit-for-bit identical computations, and the gate compares the fused graph with PyTorch anyway.
+    Each is a bit-for-bit identical computation, and the gate compares the fused graph with PyTorch anyway.
+    (The attention scale needs no rewrite: model.py divides by sqrt(head_dim), the spelling ORT matches.)
     """
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     graph = OnnxModel(proto)
-    rewrites = {
-        "attention_scale_as_div": _attention_scale_as_div(graph, head_dim),
-        "residual_branch_first": _residual_branch_first(graph),
-    }
+    rewrites = {"residual_branch_first": _residual_branch_first(graph)}
     graph.prune_graph()
     return rewrites
-
-
-def _attention_scale_as_div(graph: Any, head_dim: int) -> int:
-    """Softmax(Mul(QK^T, 1/sqrt(d))) -> Softmax(Div(QK^T, sqrt(d))).
-
-    NOTE: ORT's attention matcher knows only the Div form (HF transformers' spelling), and then assumes the scale
-    1/sqrt(head_dim) without reading the constant; model.py multiplies by the reciprocal, so without this no block
-    fuses. Only that exact scale is rewritten (for powers of 4, e.g. d = 16 or 64, x * 1/sqrt(d) == x / sqrt(d)).
-    """
-    from onnx import numpy_helper
-
-    divisor = math.sqrt(head_dim)
-    rewritten = 0
-    for softmax in graph.get_nodes_by_op_type("Softmax"):
-        mul = graph.get_parent(softmax, 0)
-        if mul is None or mul.op_type != "Mul" or graph.get_parent(mul, 0) is None:
-            continue
-        scale = graph.get_constant_value(mul.input[1])
-        if scale is None or np.size(scale) != 1 or not math.isclose(float(scale), 1 / divisor, rel_tol=1e-6):
-            continue
-        constant = numpy_helper.from_array(np.array(divisor, np.float32), f"{mul.name}/sqrt_head_dim")
-        graph.add_initializer(constant)
-        mul.op_type = "Div"
-        mul.input[1] = constant.name
-        rewritten += 1
-    return rewritten
 
 
 def _residual_branch_first(graph: Any) -> int:
