@@ -226,12 +226,28 @@ def normalize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
+def resized_center_crop(img: Image.Image, resize_size: int, crop_size: int, interpolation: str) -> Image.Image:
+    """Resize the shorter side to `resize_size`, then center-crop `crop_size`: computed by resizing only the
+    region that survives the crop (Pillow's `box`), with the same scale and filter as the full resize.
+
+    NOTE: this is most of predict's per-image CPU time, and resizing only the kept region skips ~40% of the
+    output pixels (e.g. 224x224 instead of 341x256 for a 640x480 photo).
+    """
+    w, h = img.size
+    if min(w, h) == resize_size:  # already at scale (JPEG draft, or the image was this size): just crop
+        return center_crop(img, crop_size)
+    rw, rh = shorter_side_size((w, h), resize_size)
+    left, top = (rw - crop_size) // 2, (rh - crop_size) // 2  # the crop, in resized coordinates
+    sx, sy = w / rw, h / rh  # resized -> original coordinates
+    box = (left * sx, top * sy, (left + crop_size) * sx, (top + crop_size) * sy)
+    return img.resize((crop_size, crop_size), _RESAMPLE[interpolation], box=box, reducing_gap=None)
+
+
 def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """THE preprocessing: RGB PIL image -> float32 (3, image_size, image_size). See PreprocessSpec."""
     if img.mode != "RGB":
         img = to_rgb(img)
-    img = resize_shorter_side(img, spec.resize_size, spec.interpolation)
-    img = center_crop(img, spec.image_size)
+    img = resized_center_crop(img, spec.resize_size, spec.image_size, spec.interpolation)
     return normalize(img, spec)
 
 
