@@ -48,3 +48,25 @@ def test_samples_writes_heldout_digits_named_by_label(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     files = sorted(p.name for p in (tmp_path / "s").iterdir())
     assert len(files) == 5 and all(f.endswith(".png") and "_true-" in f for f in files)
+
+
+def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from conftest_export import make_bundle
+    from vitdeploy.export import export_onnx
+
+    model = export_onnx(make_bundle(tmp_path / "b"), verify=False).path
+    for i in range(64):
+        Image.new("RGB", (16, 16), (4 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    # `vitdeploy predict ... | head -1`: the reader closes the pipe after the first row.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitdeploy", "predict", str(tmp_path), "--model", str(model), "--format", "jsonl",
+         "--batch-size", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().startswith("{")
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
