@@ -274,30 +274,51 @@ def load_training_data(
     return load_folder_data(data, spec, val_fraction, workers)
 
 
-def heldout_images(
-    dataset: dict[str, Any], labels: list[str], limit: int | None = None, spec: PreprocessSpec | None = None
+def recorded_split_images(
+    dataset: dict[str, Any],
+    labels: list[str],
+    split: str,
+    limit: int | None = None,
+    spec: PreprocessSpec | None = None,
+    spread: bool = False,
 ) -> list[tuple[Image.Image, int]]:
-    """Re-create a bundle's held-out split from its recorded dataset info: decoded RGB images and label index.
-
-    Used by verify and precision gates to judge a model on the same real images that scored the bundle.
-    Pass the bundle's `spec` to decode folder images exactly as training evaluation and predict do
-    (large JPEGs are drafted at reduced size); without it they are decoded at full size.
+    """Re-create one split ("train" or "val") of a bundle's data from its recorded dataset info: decoded RGB
+    images and label index. Takes the first `limit` images, or with `spread` `limit` images evenly spread over the
+    split (so that every class is represented). Pass the bundle's `spec` to decode folder images exactly as
+    training evaluation and predict do (large JPEGs are drafted at reduced size); without it, at full size.
     """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     source = dataset.get("source")
     if source == DIGITS_NAME:
         imgs, targets = digit_images()
-        _, val_idx = digits_split(len(imgs), float(dataset["val_fraction"]), int(dataset.get("split_seed", 0)))
-        chosen = val_idx[:limit] if limit else val_idx
+        train_idx, val_idx = digits_split(len(imgs), float(dataset["val_fraction"]), int(dataset.get("split_seed", 0)))
+        chosen = _pick(list(train_idx if split == "train" else val_idx), limit, spread)
         return [(imgs[i], int(targets[i])) for i in chosen]
     if source == "image-folder":
         root = Path(dataset["root"])
-        split = scan_image_folder(root, float(dataset.get("val_fraction") or 0.2))
-        if split.labels != list(labels):
-            raise DataError(f"the classes in {root} changed since training: {split.labels} vs {labels}")
-        chosen_files = split.val[:limit] if limit else split.val
+        found = scan_image_folder(root, float(dataset.get("val_fraction") or 0.2))
+        if found.labels != list(labels):
+            raise DataError(f"the classes in {root} changed since training: {found.labels} vs {labels}")
+        chosen_files = _pick(found.train if split == "train" else found.val, limit, spread)
         decoded = decode_all([p for p, _ in chosen_files], 2, spec) if spec else _decode_full(chosen_files)
         return list(zip(decoded, [y for _, y in chosen_files]))
-    raise DataError(f"the bundle does not say where its held-out images are (dataset source {source!r})")
+    raise DataError(f"the bundle does not say where its {split} images are (dataset source {source!r})")
+
+
+def heldout_images(
+    dataset: dict[str, Any], labels: list[str], limit: int | None = None, spec: PreprocessSpec | None = None
+) -> list[tuple[Image.Image, int]]:
+    """The bundle's held-out images: what verify and the precision gate judge a model on."""
+    return recorded_split_images(dataset, labels, "val", limit, spec)
+
+
+def _pick(items: list[Any], limit: int | None, spread: bool) -> list[Any]:
+    if not limit or len(items) <= limit:
+        return items
+    if not spread:
+        return items[:limit]
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
 
 
 def _decode_full(files: list[tuple[Path, int]]) -> list[Image.Image]:

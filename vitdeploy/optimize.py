@@ -463,28 +463,14 @@ def check_request(variants: Sequence[str], int8_method: str) -> None:
 def calibration_inputs(info: BundleInfo, limit: int = CALIBRATION_IMAGES) -> np.ndarray:
     """Up to `limit` of the bundle's training images (never the held-out ones the gate judges), evenly spread
     over the split so that every class is represented, through THE preprocessing."""
-    from vitdeploy.data import DIGITS_NAME, digit_images, digits_split, scan_image_folder
-    from vitdeploy.images import decode_for_preprocess, preprocess
+    from vitdeploy.data import recorded_split_images
+    from vitdeploy.images import preprocess
 
-    dataset = info.dataset
-    val_fraction = float(dataset.get("val_fraction") or 0.2)
-    if dataset.get("source") == DIGITS_NAME:
-        images, _ = digit_images()
-        train, _ = digits_split(len(images), val_fraction, int(dataset.get("split_seed", 0)))
-        pictures = [images[i] for i in _spread(list(train), limit)]
-    elif dataset.get("source") == "image-folder":
-        split = scan_image_folder(dataset["root"], val_fraction)
-        pictures = [decode_for_preprocess(path, info.preprocess) for path, _ in _spread(split.train, limit)]
-    else:
-        raise DataError(f"no training images to calibrate INT8 on (dataset source {dataset.get('source')!r}); "
-                        "use --int8-method dynamic")
-    return np.ascontiguousarray(np.stack([preprocess(img, info.preprocess) for img in pictures]), np.float32)
-
-
-def _spread(items: list[Any], limit: int) -> list[Any]:
-    if len(items) <= limit:
-        return items
-    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+    try:
+        pairs = recorded_split_images(info.dataset, info.labels, "train", limit, info.preprocess, spread=True)
+    except DataError as e:
+        raise DataError(f"no training images to calibrate INT8 on ({e}); use --int8-method dynamic") from None
+    return np.ascontiguousarray(np.stack([preprocess(img, info.preprocess) for img, _ in pairs]), np.float32)
 
 
 def export_variants(
