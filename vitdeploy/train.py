@@ -13,7 +13,6 @@ import math
 import os
 import shlex
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from vitdeploy.checkpoint import (
     save_bundle,
 )
 from vitdeploy.config import ModelConfig, PreprocessSpec, TrainConfig, config_diff, get_preset
-from vitdeploy.data import TrainingData, load_training_data
+from vitdeploy.data import load_training_data
 from vitdeploy.errors import ConfigError, DeviceError
 from vitdeploy.model import VisionTransformer, build_model, cross_entropy
 
@@ -453,10 +452,3 @@ def _barrier(procs: Processes) -> None:
     if procs.world > 1:
         dist.barrier()
 
-
-def main_module() -> None:
-    """`python -m vitdeploy.train` entry for torchrun (same options as `vitdeploy train`)."""
-    from vitdeploy.cli import main
-
-    sys.argv = [sys.argv[0], "train", *sys.argv[1:]]
-    main()
