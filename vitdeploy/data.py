@@ -67,10 +67,11 @@ def digits_split(n: int, val_fraction: float, split_seed: int = DIGITS_SPLIT_SEE
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+@dataclass(kw_only=True)
 class DigitsData(TrainingData):
     """Digits held fully in memory; augmentation is a small random affine warp on the batch tensor."""
 
-    train_x: torch.Tensor
+    train_x: torch.Tensor  # (N_train, 3, S, S), preprocessed like val_x; augmented per batch
 
     def train_batch(self, indices: torch.Tensor, epoch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.train_x[indices]
@@ -92,7 +93,7 @@ def load_digits_data(spec: PreprocessSpec, val_fraction: float) -> DigitsData:
     train_idx, val_idx = digits_split(len(imgs), val_fraction)
     all_x = torch.from_numpy(images.preprocess_batch(imgs, spec))
     all_y = torch.from_numpy(targets)
-    data = DigitsData(
+    return DigitsData(
         labels=[str(i) for i in range(10)],
         spec=spec,
         val_x=all_x[val_idx],
@@ -106,9 +107,8 @@ def load_digits_data(spec: PreprocessSpec, val_fraction: float) -> DigitsData:
             "num_train": len(train_idx),
             "num_val": len(val_idx),
         },
+        train_x=all_x[train_idx],
     )
-    data.train_x = all_x[train_idx]
-    return data
 
 
 # ---------------------------------------------------------------------------------------------- image folder
@@ -203,11 +203,13 @@ def decode_all(paths: list[Path], workers: int, spec: PreprocessSpec) -> list[Im
     return results  # type: ignore[return-value]
 
 
+@dataclass(kw_only=True)
 class FolderData(TrainingData):
     """User images, decoded once and kept at the preprocessing resize size; random-resized-crop + flip."""
 
+    # Kept at the resize size only: that bounds memory and is all augmentation needs.
     train_images: list[Image.Image]
-    workers: int = 2
+    workers: int = 2  # threads augmenting a batch
 
     def _augment(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
         w, h = img.size
@@ -223,7 +225,7 @@ class FolderData(TrainingData):
             cw = ch = min(w, h)
             left, top = (w - cw) // 2, (h - ch) // 2
         size = self.spec.image_size
-        crop = img.resize((size, size), images._RESAMPLE[self.spec.interpolation], box=(left, top, left + cw, top + ch))
+        crop = img.resize((size, size), images.RESAMPLE[self.spec.interpolation], box=(left, top, left + cw, top + ch))
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return images.normalize(crop, self.spec)
@@ -241,7 +243,7 @@ def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fra
     # One pass over every file, so that all unreadable ones are reported together.
     decoded = decode_all([p for p, _ in split.train + split.val], workers, spec)
     train_imgs, val_imgs = decoded[: len(split.train)], decoded[len(split.train) :]
-    data = FolderData(
+    return FolderData(
         labels=split.labels,
         spec=spec,
         val_x=torch.from_numpy(images.preprocess_batch(val_imgs, spec)),
@@ -256,11 +258,9 @@ def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fra
             "num_val": len(split.val),
             "ignored_non_image_files": split.ignored,
         },
+        train_images=[images.resize_shorter_side(im, spec.resize_size, spec.interpolation) for im in train_imgs],
+        workers=workers,
     )
-    # Keep training images at the resize size only: that bounds memory and is all augmentation needs.
-    data.train_images = [images.resize_shorter_side(im, spec.resize_size, spec.interpolation) for im in train_imgs]
-    data.workers = workers
-    return data
 
 
 # ----------------------------------------------------------------------------------------------- shared

@@ -24,7 +24,7 @@ BACKGROUND_RGB = (255, 255, 255)
 # we pin it because other libraries in the same process sometimes flip it globally).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-_RESAMPLE = {
+RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
@@ -139,7 +139,7 @@ def _load_rgb(img: Image.Image, path: Path, draft_size: int | None, interpolatio
         # The drafted image covers the original's area plus part of a padding block at the right and bottom
         # edges; `box` maps exactly the original area, so the geometry matches a full decode. This happens in
         # the stored orientation, where the box is valid; the EXIF rotation comes after.
-        rgb = rgb.resize(shorter_side_size(full_size, draft_size), _RESAMPLE[interpolation], box=draft_box)
+        rgb = rgb.resize(shorter_side_size(full_size, draft_size), RESAMPLE[interpolation], box=draft_box)
     if transpose is not None:
         rgb = rgb.transpose(transpose)
     if rgb is img and img.fp is not None:
@@ -204,7 +204,7 @@ def resize_shorter_side(img: Image.Image, size: int, interpolation: str = "bilin
     """Resize so that the shorter side equals `size`, keeping the aspect ratio."""
     if min(img.size) == size:
         return img
-    return img.resize(shorter_side_size(img.size, size), _RESAMPLE[interpolation])
+    return img.resize(shorter_side_size(img.size, size), RESAMPLE[interpolation])
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -240,7 +240,7 @@ def resized_center_crop(img: Image.Image, resize_size: int, crop_size: int, inte
     left, top = (rw - crop_size) // 2, (rh - crop_size) // 2  # the crop, in resized coordinates
     sx, sy = w / rw, h / rh  # resized -> original coordinates
     box = (left * sx, top * sy, (left + crop_size) * sx, (top + crop_size) * sy)
-    return img.resize((crop_size, crop_size), _RESAMPLE[interpolation], box=box, reducing_gap=None)
+    return img.resize((crop_size, crop_size), RESAMPLE[interpolation], box=box, reducing_gap=None)
 
 
 def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:

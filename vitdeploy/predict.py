@@ -173,8 +173,8 @@ def open_model(
 ) -> LoadedModel:
     """Open a vitdeploy .onnx on `device` and check that its input size and labels agree with its metadata.
 
-    `spin` is off by default: the decoding threads run beside inference and need the CPU time that ORT's idle
-    threads would burn busy-waiting (benchmarks/predict_throughput.py measures both settings).
+    `spin` is off by default: the decoding threads need the CPU time that ORT's idle threads would otherwise burn
+    busy-waiting after each run (benchmarks/predict_throughput.py measures both settings).
     """
     session, provider = runtime.make_session(path, device=device, threads=threads, notify=log, spin=spin)
     info = runtime.model_info_from_session(session, path)
