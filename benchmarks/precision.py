@@ -23,7 +23,7 @@ from typing import Any
 
 from vitdeploy import bench, export, optimize
 from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
-from vitdeploy.checkpoint import load_bundle, read_bundle_info
+from vitdeploy.bundle import load_bundle, read_bundle_info
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "precision"

@@ -56,7 +56,7 @@ def make_jpegs(folder: Path, count: int, size: tuple[int, int] = (640, 480), qua
 def export_random_model(preset: str, out: Path) -> Path:
     import torch
 
-    from vitdeploy.checkpoint import BundleInfo
+    from vitdeploy.bundle import BundleInfo
     from vitdeploy.export import export_model
     from vitdeploy.model import build_model
 

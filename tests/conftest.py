@@ -1,9 +1,41 @@
-"""Suite-wide settings. Test models are tiny: one intra-op thread is as fast as two for them and, on a shared
-2-core machine, keeps them from spinning against each other's threads. Subprocesses inherit the variable."""
+"""Suite-wide settings and the fixtures many test modules share.
+
+Test models are tiny: one intra-op thread is as fast as two for them and, on a shared 2-core machine, keeps them
+from spinning against each other's threads. Subprocesses inherit the variable."""
 
 import os
+import sys
+from pathlib import Path
 
-import torch
+import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).parent))  # tests import builders.py
+
+from builders import export_tiny_onnx, make_bundle  # noqa: E402
+
+
+def pytest_configure() -> None:
+    # torch is optional for the deployment install; where it is present, keep it to one thread too.
+    if "torch" in sys.modules or _importable("torch"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A tiny bundle with random weights, shared read-only (copy it before changing anything)."""
+    return make_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """A tiny exported .onnx (labels cat, dog, bird), shared read-only."""
+    return export_tiny_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx")

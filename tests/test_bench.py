@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vitdeploy import bench
-from vitdeploy.checkpoint import BundleInfo, save_bundle
+from vitdeploy.bundle import BundleInfo, save_bundle
 from vitdeploy.cli import app
 from vitdeploy.config import ModelConfig, PreprocessSpec
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, CheckFailed, ConfigError, DeviceError

@@ -53,7 +53,7 @@ def test_samples_writes_heldout_digits_named_by_label(tmp_path: Path) -> None:
 def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Path) -> None:
     from PIL import Image
 
-    from conftest_export import make_bundle
+    from builders import make_bundle
     from vitdeploy.export import export_onnx
 
     model = export_onnx(make_bundle(tmp_path / "b"), verify=False).path

@@ -9,14 +9,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest_export import LABELS, TINY, make_bundle
+from builders import LABELS, TINY, make_bundle
 from typer.testing import CliRunner
 
-from vitdeploy import export, runtime
-from vitdeploy.checkpoint import load_bundle
+from vitdeploy import export, onnx_file, runtime
+from vitdeploy.bundle import load_bundle
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError
-from vitdeploy.verify import ParityError
+from vitdeploy.parity import ParityError
 
 runner = CliRunner()
 # fp32 parity the issue demands; measured differences on these tiny models are ~1e-7.
@@ -65,9 +65,9 @@ def test_export_is_one_checked_file_with_symbolic_batch(default_export):
     def dims(value_info):
         return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
-    assert [i.name for i in proto.graph.input] == [runtime.INPUT_NAME]
+    assert [i.name for i in proto.graph.input] == [onnx_file.INPUT_NAME]
     assert dims(proto.graph.input[0]) == ["batch", 3, 16, 16]
-    assert [o.name for o in proto.graph.output] == [runtime.OUTPUT_NAME]
+    assert [o.name for o in proto.graph.output] == [onnx_file.OUTPUT_NAME]
     assert dims(proto.graph.output[0]) == ["batch", 3]
 
 
@@ -75,7 +75,7 @@ def test_metadata_makes_the_file_self_describing(default_export):
     _, bundle, summary = default_export
     _, info = load_bundle(bundle)
     proto = onnx.load(str(bundle / "model.onnx"))
-    meta = runtime.parse_metadata(bundle / "model.onnx", {p.key: p.value for p in proto.metadata_props})
+    meta = onnx_file.parse_metadata(bundle / "model.onnx", {p.key: p.value for p in proto.metadata_props})
     assert meta.labels == LABELS
     assert meta.preprocess == info.preprocess
     assert meta.model_config == TINY
@@ -102,7 +102,7 @@ def test_other_supported_opsets_export_and_verify(tmp_path, opset):
     assert result.exit_code == 0, result.output
     proto = onnx.load(str(out))
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [opset]
-    recorded = json.loads(next(p.value for p in proto.metadata_props if p.key == runtime.META_INTERMEDIATES))
+    recorded = json.loads(next(p.value for p in proto.metadata_props if p.key == onnx_file.META_INTERMEDIATES))
     assert list(recorded) == ["embed", "block_0", "block_1", "norm"]  # found at every opset
     verified = runner.invoke(app, ["verify", str(out), "--bundle", str(bundle), "--batch-sizes", "1,7,32", "--json"])
     assert verified.exit_code == 0, verified.output
@@ -124,7 +124,7 @@ def test_supported_range_is_what_torch_and_onnxruntime_both_handle():
     from torch.onnx import _constants
 
     supported = export.supported_opsets()
-    assert supported.start == export.MODEL_MIN_OPSET
+    assert supported.start == export.TORCHSCRIPT_MIN_OPSET
     assert supported.stop - 1 == min(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, export.onnxruntime_max_opset())
     assert export.DEFAULT_OPSET in supported
 
@@ -138,7 +138,7 @@ def test_missing_bundle_is_bad_input(tmp_path, monkeypatch):
 
 def break_block_1_at_export(monkeypatch) -> None:
     """Simulate an exporter bug: block 1's fc2 bias comes out of the trace wrong."""
-    real_trace = export._trace
+    real_trace = export.run_exporter
 
     def broken_trace(*args, **kwargs):
         proto = real_trace(*args, **kwargs)
@@ -146,7 +146,7 @@ def break_block_1_at_export(monkeypatch) -> None:
         bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 0.5, bias.name))
         return proto
 
-    monkeypatch.setattr(export, "_trace", broken_trace)
+    monkeypatch.setattr(export, "run_exporter", broken_trace)
 
 
 def test_failed_parity_leaves_nothing_at_the_output(tmp_path, monkeypatch):
@@ -181,7 +181,7 @@ def test_no_verify_skips_parity(tmp_path):
 
 
 def test_weights_go_to_one_external_file_above_the_threshold(tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # as if the model were over 2 GB
+    monkeypatch.setattr(onnx_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # as if the model were over 2 GB
     bundle = make_bundle(tmp_path / "b")
     out = tmp_path / "deploy" / "vit.onnx"
     result = export.export_onnx(bundle, out)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from builders import png_header_only, smooth_rgb
 from vitdeploy import images
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.images import ImageDecodeError, decode_for_preprocess, decode_image, preprocess
@@ -17,33 +16,11 @@ from vitdeploy.images import ImageDecodeError, decode_for_preprocess, decode_ima
 SPEC_224 = PreprocessSpec(image_size=224, resize_size=256)
 
 
-def smooth_rgb(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A photo-like test image: smooth gradients plus a few hard edges, deterministic."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    rng = np.random.default_rng(seed)
-    phase = rng.uniform(0, 2 * np.pi, 3)
-    channels = [127 + 100 * np.sin(x / (17 + 9 * c) + y / (23 + 5 * c) + phase[c]) for c in range(3)]
-    arr = np.stack(channels, axis=-1)
-    arr[height // 3 : height // 2, width // 4 : width // 2] = (250, 20, 20)  # a sharp red block
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-
-
 def kind_of(path: Path) -> str:
     with pytest.raises(ImageDecodeError) as err:
         decode_image(path)
     assert str(path) in str(err.value)
     return err.value.kind
-
-
-def png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG that claims width x height pixels but carries no pixel data: a decompression-bomb header."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
-    return path
 
 
 # --- refused inputs ---------------------------------------------------------------------------------------

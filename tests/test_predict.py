@@ -15,20 +15,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from test_images import png_header_only, smooth_rgb
-from test_runtime import SPEC, export_tiny_onnx
+from builders import SPEC, export_tiny_onnx, png_header_only, smooth_rgb
 from vitdeploy import predict as predict_module
 from vitdeploy import runtime
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
-from vitdeploy.predict import PredictRequest, expand_inputs, find_latest_model, predict
+from vitdeploy.onnx_file import find_latest_model
+from vitdeploy.predict import PredictRequest, expand_inputs, predict
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory) -> Path:
-    return export_tiny_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx")
 
 
 @pytest.fixture(scope="module")

@@ -8,32 +8,8 @@ import numpy as np
 import pytest
 
 from vitdeploy import runtime
-from vitdeploy.config import ModelConfig, PreprocessSpec
+from builders import LABELS, SPEC, TINY
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
-
-TINY = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=3)
-SPEC = PreprocessSpec(image_size=16, resize_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-LABELS = ["cat", "dog", "bird"]
-
-
-def export_tiny_onnx(out: Path, cfg: ModelConfig = TINY, spec: PreprocessSpec = SPEC, labels=LABELS) -> Path:
-    """A tiny self-describing .onnx made the way users make them: a bundle, then vitdeploy's exporter."""
-    import torch
-
-    from vitdeploy.checkpoint import BundleInfo, save_bundle
-    from vitdeploy.export import export_onnx
-    from vitdeploy.model import build_model
-
-    torch.manual_seed(0)
-    bundle = save_bundle(out.parent / f"{out.stem}-bundle", build_model(cfg),
-                         BundleInfo(model=cfg, preprocess=spec, labels=list(labels)))
-    export_onnx(bundle, out, verify=False)  # parity is export's own test; here we need the file
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory) -> Path:
-    return export_tiny_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
 
 
 def test_probe_model_bytes_are_the_onnx_helper_model():
@@ -128,10 +104,9 @@ def test_load_model_info_rejects_onnx_without_metadata(tmp_path):
 def test_run_batch_matches_torch_at_several_batch_sizes(tiny_onnx):
     import torch
 
-    from vitdeploy.model import build_model
+    from vitdeploy.bundle import load_bundle
 
-    torch.manual_seed(0)  # the same weights export_tiny_onnx used
-    model = build_model(TINY).eval()
+    model, _ = load_bundle(runtime.load_model_info(tiny_onnx).export["bundle"])  # the bundle it was exported from
     session, _ = runtime.make_session(tiny_onnx, device="cpu")
     rng = np.random.default_rng(0)
     for batch in (1, 3, 8):

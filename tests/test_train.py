@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy.checkpoint import WEIGHTS_FILE, read_bundle_info
+from vitdeploy.bundle import WEIGHTS_FILE, read_bundle_info
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError, DataError, DeviceError
 from vitdeploy.train import TrainRequest, train

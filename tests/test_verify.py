@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest_export import TINY, corrupt_block_weight, make_bundle
+from builders import TINY, corrupt_block_weight, make_bundle
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy import export, runtime, verify
-from vitdeploy.cli import app
+from vitdeploy import export, onnx_file, parity, runtime, verify
+from vitdeploy.cli import app, parse_batch_sizes
 from vitdeploy.config import ModelConfig
 from vitdeploy.errors import ConfigError, ModelFileError
 
@@ -64,7 +64,7 @@ def test_bundle_defaults_to_the_files_folder(exported):
 def test_a_corrupted_weight_fails_and_names_the_block(exported, tmp_path, block):
     bundle, path = exported
     bad = tmp_path / "corrupted.onnx"
-    corrupt_block_weight(path, bad, block)
+    corrupt_block_weight(path, bad, bundle, block)
     result = invoke_verify(str(bad), "--bundle", str(bundle), "--json")
     assert result.exit_code == 3
     report = json.loads(result.stdout)
@@ -115,7 +115,7 @@ def test_missing_file_and_missing_bundle_are_bad_input(exported, tmp_path, monke
     lone = tmp_path / "lone.onnx"  # away from its bundle, whose recorded path no longer exists
     proto = onnx.load(str(path))
     for prop in proto.metadata_props:
-        if prop.key == runtime.META_EXPORT:
+        if prop.key == onnx_file.META_EXPORT:
             prop.value = json.dumps({**json.loads(prop.value), "bundle": str(tmp_path / "moved")})
     onnx.save(proto, str(lone))
     result = invoke_verify(str(lone))
@@ -165,7 +165,7 @@ def test_other_weights_are_bad_input(exported, tmp_path):
 
 @pytest.mark.parametrize("location", ["../outside.data", "ABSOLUTE", "link.data"])
 def test_external_data_outside_the_models_folder_is_refused(tmp_path, monkeypatch, location):
-    monkeypatch.setattr(export, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+    monkeypatch.setattr(onnx_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
     bundle = make_bundle(tmp_path / "b")
     model_dir = tmp_path / "deploy"
     path = export.export_onnx(bundle, model_dir / "m.onnx").path
@@ -185,7 +185,7 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path, monkeypatc
     assert result.exit_code == 2
     assert "outside the model's folder" in result.output
     with pytest.raises(ModelFileError):
-        verify.load_onnx(path)
+        onnx_file.load_onnx(path)
 
 
 def test_graph_without_the_contract_names_is_bad_input(tmp_path):
@@ -199,20 +199,20 @@ def test_graph_without_the_contract_names_is_bad_input(tmp_path):
     path = tmp_path / "other.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(ModelFileError, match="pixel_values"):
-        verify.load_onnx(path)
+        onnx_file.load_onnx(path)
 
 
 @pytest.mark.parametrize("text", ["", "0", "1,x", "-3", "1,,0"])
 def test_bad_batch_sizes_are_a_usage_error(text):
     with pytest.raises(ConfigError):
-        verify.parse_batch_sizes(text)
+        parse_batch_sizes(text)
 
 
 def test_batch_sizes_parse_and_negative_tolerance_is_refused():
-    assert verify.parse_batch_sizes("1, 7,32") == (1, 7, 32)
+    assert parse_batch_sizes("1, 7,32") == (1, 7, 32)
     with pytest.raises(ConfigError):
-        verify.resolve_tolerance("fp32", atol=-1.0, rtol=None)
-    assert verify.resolve_tolerance("fp32", atol=None, rtol=0.01) == verify.Tolerance(atol=1e-4, rtol=0.01)
+        parity.resolve_tolerance("fp32", atol=-1.0, rtol=None)
+    assert parity.resolve_tolerance("fp32", atol=None, rtol=0.01) == parity.Tolerance(atol=1e-4, rtol=0.01)
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -223,7 +223,7 @@ def test_compare_logits_metrics():
     candidate = reference.copy()
     candidate[0, 1] += 0.5  # 25% off, top-1 unchanged
     candidate[1, 0] = -2.0  # top-1 flips from class 0 to class 2
-    m = verify.compare_logits(reference, candidate)
+    m = parity.compare_logits(reference, candidate)
     assert m["max_abs"] == pytest.approx(5.0)
     assert m["max_rel"] == pytest.approx(5.0 / 3.0)
     assert m["top1_agreement"] == 0.5
@@ -233,6 +233,6 @@ def test_compare_logits_metrics():
 
 def test_tolerance_combines_atol_and_rtol():
     ref = np.array([100.0, 0.0], np.float32)
-    assert verify.Tolerance(atol=1e-4, rtol=0.0).allows(ref, ref + 5e-5)
-    assert not verify.Tolerance(atol=1e-4, rtol=0.0).allows(ref, ref + np.array([1e-3, 0.0], np.float32))
-    assert verify.Tolerance(atol=1e-4, rtol=1e-5).allows(ref, ref + np.array([1e-3, 0.0], np.float32))
+    assert parity.Tolerance(atol=1e-4, rtol=0.0).allows(ref, ref + 5e-5)
+    assert not parity.Tolerance(atol=1e-4, rtol=0.0).allows(ref, ref + np.array([1e-3, 0.0], np.float32))
+    assert parity.Tolerance(atol=1e-4, rtol=1e-5).allows(ref, ref + np.array([1e-3, 0.0], np.float32))

@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.checkpoint import BundleInfo, read_bundle_info
+from vitdeploy.bundle import BundleInfo, read_bundle_info
 from vitdeploy.config import ModelConfig, get_preset
 from vitdeploy.errors import CheckFailed, ConfigError, DeviceError, ModelFileError
 from vitdeploy.flops import count_macs
-from vitdeploy.runtime import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, cuda_status, load_model_info, make_session
+from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME
+from vitdeploy.runtime import CPU, CUDA, cuda_status, load_model_info, make_session
 
 SCHEMA = "vitdeploy.bench/1"
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -250,7 +251,7 @@ class TorchRunner(Runner):
     def create(self) -> None:
         import torch
 
-        from vitdeploy.checkpoint import load_bundle
+        from vitdeploy.bundle import load_bundle
         from vitdeploy.model import build_model
 
         mut = self.model_under_test
@@ -414,7 +415,7 @@ def model_from_preset(name: str, workdir: Path, seed: int = 0) -> ModelUnderTest
 
 def model_from_files(onnx_path: Path | None, bundle: Path | None) -> ModelUnderTest:
     """An exported .onnx (default: the newest under models/) and its bundle (default: the one it names)."""
-    from vitdeploy.predict import resolve_model
+    from vitdeploy.onnx_file import resolve_model
 
     path = resolve_model(onnx_path)
     info = load_model_info(path)
@@ -435,7 +436,7 @@ def fuse_for_cpu(path: Path, config: ModelConfig, out: Path) -> dict[str, int]:
     """The fused fp32 variant, made exactly as `export --optimize` makes it; returns graph op counts."""
     import onnx
 
-    from vitdeploy.optimize import fuse_transformer
+    from vitdeploy.graph_variants import fuse_transformer
 
     fused, _ = fuse_transformer(path, config)
     onnx.save_model(fused, os.fspath(out))
@@ -447,7 +448,7 @@ def quantize_int8(fused: Path, out: Path) -> dict[str, int]:
     --int8-method dynamic` makes it."""
     import onnx
 
-    from vitdeploy.optimize import to_int8_dynamic
+    from vitdeploy.graph_variants import to_int8_dynamic
 
     with tempfile.TemporaryDirectory(dir=out.parent) as workdir:
         quantized, _ = to_int8_dynamic(onnx.load(os.fspath(fused)), Path(workdir))
@@ -459,7 +460,7 @@ def convert_fp16(fused: Path, out: Path) -> dict[str, int]:
     """fp16 as `export --precision fp16` makes it: fp32 input/output, LayerNorm and Softmax kept fp32."""
     import onnx
 
-    from vitdeploy.optimize import to_fp16
+    from vitdeploy.graph_variants import to_fp16
 
     onnx.save_model(to_fp16(onnx.load(os.fspath(fused))), os.fspath(out))
     return graph_op_counts(out)

@@ -19,7 +19,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from vitdeploy.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, VitDeployError
+from vitdeploy.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, VitDeployError
+from vitdeploy.extras import require
 
 app = typer.Typer(
     name="vitdeploy",
@@ -79,6 +80,21 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def print_note(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """'1,7,32' -> (1, 7, 32); anything but positive integers is a usage error."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(b < 1 for b in sizes):
+        raise ConfigError(f"--batch-sizes wants positive integers separated by commas, e.g. 1,7,32; got {text!r}")
+    return sizes
+
+
 @app.command()
 @handle_errors
 def train(
@@ -108,6 +124,7 @@ def train(
 
     Example: vitdeploy train --epochs 30 --out models/digits
     """
+    require("train", "vitdeploy train")
     from vitdeploy.train import TrainRequest, train as run_training
 
     request = TrainRequest(
@@ -132,7 +149,8 @@ def samples(
 
     Example: vitdeploy samples samples/ && vitdeploy predict samples/*.png
     """
-    from vitdeploy.checkpoint import find_latest_bundle, read_bundle_info
+    require("train", "vitdeploy samples")
+    from vitdeploy.bundle import find_latest_bundle, read_bundle_info
     from vitdeploy.data import write_heldout_samples
 
     info = read_bundle_info(bundle or find_latest_bundle())
@@ -186,8 +204,9 @@ def predict(
     request = PredictRequest(
         inputs=inputs, model=model, batch_size=batch_size, workers=workers, device=device, threads=threads,
         top_k=top_k, output_format=output_format, output=output, recursive=recursive,
+        progress=output_format != "json",
     )
-    summary = run_predict(request, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    summary = run_predict(request, log=print_note)
     if summary.rows:
         print_prediction_table(summary.rows)
     console.print(
@@ -242,6 +261,10 @@ def export(
         str, typer.Option(help="static: QDQ, per-channel weights, activation ranges calibrated on the bundle's "
                           "training images (faster here, batch-independent); dynamic: activations scaled per batch.")
     ] = "static",
+    exporter: Annotated[
+        Optional[str], typer.Option(help="torchscript (default; falls back to dynamo where torch no longer has it) "
+                                    "or dynamo. Both give the same file contract, parity check and per-block report.")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
 ) -> None:
     """Export a bundle to one self-describing ONNX file (dynamic batch), parity-checked before it is written.
@@ -256,15 +279,18 @@ def export(
 
     Example: vitdeploy export models/digits/best --optimize --precision fp16,int8
     """
+    require("train", "vitdeploy export")
+    from vitdeploy.accuracy_gate import AccuracyGate
     from vitdeploy.export import export_onnx
-    from vitdeploy.optimize import AccuracyGate, AccuracyGateFailed, parse_precisions, requested_variants, variants_table
-    from vitdeploy.verify import ParityError, parity_tables
+    from vitdeploy.parity import ParityError
+    from vitdeploy.precision import AccuracyGateFailed, parse_precisions, requested_variants, variants_table
+    from vitdeploy.verify import parity_tables
 
     variants = requested_variants(parse_precisions(precision or ["fp32"]), optimize)
     gate = AccuracyGate(max_accuracy_drop=max_accuracy_drop)
     try:
         result = export_onnx(bundle, out, opset=opset, verify=verify, variants=variants, gate=gate,
-                             int8_method=int8_method)
+                             int8_method=int8_method, exporter=exporter, notify=print_note)
     except ParityError as e:
         for table in parity_tables(e.report):
             console.print(table)
@@ -280,7 +306,7 @@ def export(
     if result.external_data:
         size += f", weights in {result.external_data.name}"
     console.print(
-        f"exported {result.path} (opset {result.opset}, {result.num_nodes} nodes, {size}) "
+        f"exported {result.path} ({result.exporter} exporter, opset {result.opset}, {result.num_nodes} nodes, {size}) "
         f"in {result.export_seconds:.1f} s",
         highlight=False, soft_wrap=True,
     )
@@ -325,8 +351,9 @@ def verify(
 
     Example: vitdeploy verify models/digits/best/model.onnx --batch-sizes 1,7,32,64
     """
+    require("train", "vitdeploy verify")
     from vitdeploy.errors import EXIT_CHECK_FAILED
-    from vitdeploy.verify import parse_batch_sizes, parity_tables, verify as run_verify
+    from vitdeploy.verify import parity_tables, verify as run_verify
 
     report = run_verify(model, bundle, images, parse_batch_sizes(batch_sizes), atol, rtol)
     n = report.inputs
@@ -403,14 +430,14 @@ def bench(
     from vitdeploy.atomic import atomic_write_json
 
     settings = bench_module.BenchSettings(
-        batch_sizes=bench_module.parse_int_list(batch_sizes, "--batch-sizes"),
+        batch_sizes=parse_batch_sizes(batch_sizes),
         variants=bench_module.parse_variants(variants), warmup_iters=warmup_iters, warmup_seconds=warmup_seconds,
         min_iters=min_iters, min_seconds=min_seconds, threads=threads,
     )
     baseline_report = bench_module.load_report(baseline) if baseline else None
     report = bench_module.run_bench(
         model, bundle, preset, settings, end_to_end,
-        log=lambda line: console.print(line, highlight=False, soft_wrap=True),
+        log=print_note,
     )
     if p99_budget is not None:
         report.recommendation = bench_module.recommend_batch_size(report, p99_budget)

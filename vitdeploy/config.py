@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vitdeploy.errors import ConfigError
+
+# Where train writes run folders, and where export, verify, predict and bench look for the latest model.
+DEFAULT_MODELS_DIR = Path("models")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -49,9 +49,3 @@ class CheckFailed(VitDeployError):
     """A verification gate failed (parity, accuracy, regression)."""
 
     exit_code = EXIT_CHECK_FAILED
-
-
-class Interrupted(VitDeployError):
-    """The user pressed Ctrl-C; partial results were saved."""
-
-    exit_code = EXIT_INTERRUPTED

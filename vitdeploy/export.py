@@ -1,35 +1,40 @@
 """Export a model bundle to one self-describing, parity-checked ONNX file.
 
-    bundle -> torch.onnx.export (TorchScript exporter, dynamic batch) -> metadata_props -> onnx.checker
-           -> staged file -> parity check against PyTorch (verify.check_parity) -> moved into place
+    bundle -> exporter (TorchScript or dynamo; dynamic batch axis) -> metadata_props -> onnx.checker
+           -> staged file -> parity check against PyTorch (verify.export_parity), which also finds the tensors
+              holding each block's output -> their names recorded -> moved into place
 
-Exporter choice (measured on the shared 2-core CPU, torch 2.13, ViT-Ti/16, opset 17, interleaved runs): the
-TorchScript exporter (dynamo=False) was 3-9x faster than dynamo=True (2.4-2.8 s vs 8.7-14.2 s; 3.7-6.6 s vs
-26-37 s under heavier load), with the same parity (max |diff| 9.5e-7 vs 9.6e-7 at batch 7, traced at batch 2).
-dynamo's raw graph is smaller (407 nodes vs 1065), but the difference is Constant/Identity/shape arithmetic
-that ONNX Runtime folds at load (417 vs 394 nodes after ORT's optimizer).
-TorchScript also names every node after its module (/blocks.3/mlp/fc1/MatMul), which is what lets verify expose
-each block's output and say which block diverges; dynamo's nodes carry no module path.
-NOTE: torch >= 2.9 warns that this exporter is deprecated; moving to dynamo needs another way to find the
-intermediates (e.g. matching tensors numerically), and the tests pin the behaviour either way.
+Two exporters, one guarantee (dynamic batch, one file under 2 GB, metadata, parity, per-block report):
+  - "torchscript": torch.onnx.export(dynamo=False). Deprecated since torch 2.9 and announced for removal with
+    TorchScript; where a torch no longer ships it, the default falls back to dynamo with one line saying so.
+  - "dynamo": torch.onnx.export(dynamo=True) with `dynamic_shapes` keyed by forward's argument name. It exports
+    opset 18 natively and converts down to 17; below 17 its converter silently leaves 18 (measured, torch 2.13),
+    so 17 is its lowest opset here.
+The default is chosen by measurement on ViT-Ti/16 (benchmarks/exporters.md: export time, nodes, ORT fusions,
+parity). The per-block report does not depend on either exporter's node names: the tensors are found by value.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
+import importlib.util
+import inspect
+import io
+import logging
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitdeploy.checkpoint import BundleInfo, find_latest_bundle, load_bundle, sha256_bytes
+from vitdeploy.bundle import BundleInfo, find_latest_bundle, load_bundle, sha256_bytes
 from vitdeploy.errors import ConfigError
-from vitdeploy.runtime import (
+from vitdeploy.onnx_file import (
+    DEFAULT_FILE_NAME,
     INPUT_NAME,
     META_EXPORT,
     META_INTERMEDIATES,
@@ -39,19 +44,24 @@ from vitdeploy.runtime import (
     META_PARITY,
     META_PREPROCESS,
     OUTPUT_NAME,
+    save_onnx,
+    set_metadata,
 )
+from vitdeploy.progress import to_stderr
 
 if TYPE_CHECKING:
-    from vitdeploy.optimize import AccuracyGate, VariantResult
-    from vitdeploy.verify import ParityReport
+    from vitdeploy.accuracy_gate import AccuracyGate
+    from vitdeploy.parity import ParityReport
+    from vitdeploy.precision import VariantResult
 
 DEFAULT_OPSET = 17
-DEFAULT_FILE_NAME = "model.onnx"
-EXPORTER = "torch.onnx.export(dynamo=False)"
+EXPORTERS = ("torchscript", "dynamo")
+DEFAULT_EXPORTER = "torchscript"
+EXPORTER_CALLS = {"torchscript": "torch.onnx.export(dynamo=False)", "dynamo": "torch.onnx.export(dynamo=True)"}
 # Measured with this model: opset 7 has no Expand for the cls token, opset 8 no ConstantOfShape; 9 and up export.
-MODEL_MIN_OPSET = 9
-# Protobuf cannot serialize a message over 2 GiB: above that the weights go to one external data file.
-EXTERNAL_DATA_THRESHOLD_BYTES = 2**31 - 1
+TORCHSCRIPT_MIN_OPSET = 9
+# Measured (torch 2.13): dynamo exports 18 and converts down to 17; asked for 16 or less it silently returns 18.
+DYNAMO_MIN_OPSET = 17
 # A batch of 2 for tracing: batch 1 invites exporters to specialise the batch dimension away.
 TRACE_BATCH = 2
 PRECISION = "fp32"
@@ -70,6 +80,7 @@ class ExportResult:
     verify_seconds: float
     parity: ParityReport | None  # None with verify=False
     variants: list[VariantResult] = field(default_factory=list)  # fused / fp16 / int8 files, when asked for
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +95,7 @@ class ExportResult:
             "verify_seconds": round(self.verify_seconds, 3),
             "parity": self.parity.to_dict() if self.parity else None,
             "variants": [v.to_dict() for v in self.variants],
+            "notes": self.notes,
         }
 
 
@@ -112,21 +124,48 @@ def onnxruntime_max_opset() -> int:
     return 0
 
 
-def supported_opsets() -> range:
-    """Opsets that the installed TorchScript exporter, this model and onnxruntime all handle."""
-    from torch.onnx import _constants  # private, but the only place torch states its exporter's range
-
-    low = max(MODEL_MIN_OPSET, _constants.ONNX_MIN_OPSET)
-    high = min(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, onnxruntime_max_opset())
-    return range(low, high + 1)
+def torchscript_exporter_available() -> bool:
+    """Whether this torch still ships the TorchScript-based exporter (deprecated since torch 2.9)."""
+    return importlib.util.find_spec("torch.onnx._internal.torchscript_exporter") is not None
 
 
-def check_opset(opset: int) -> None:
-    supported = supported_opsets()
+def resolve_exporter(requested: str | None, notify: Callable[[str], None] = to_stderr) -> str:
+    """The exporter to use: the requested one, or the default (dynamo, said in one line, where TorchScript's is gone).
+
+    An explicitly requested TorchScript exporter that this torch no longer has is a usage error.
+    """
+    import torch
+
+    if requested is not None and requested not in EXPORTERS:
+        raise ConfigError(f"unknown exporter {requested!r}; choose one of: {', '.join(EXPORTERS)}")
+    exporter = requested or DEFAULT_EXPORTER
+    if exporter == "torchscript" and not torchscript_exporter_available():
+        if requested:
+            raise ConfigError(f"--exporter torchscript: torch {torch.__version__} no longer has the TorchScript-based "
+                              "ONNX exporter; use --exporter dynamo")
+        notify(f"torch {torch.__version__} has no TorchScript-based ONNX exporter: exporting with dynamo")
+        exporter = "dynamo"
+    return exporter
+
+
+def supported_opsets(exporter: str = DEFAULT_EXPORTER) -> range:
+    """Opsets that the exporter, this model and the installed onnxruntime all handle."""
+    from torch.onnx import _constants  # private, but the only place torch states its exporters' ranges
+
+    if exporter == "torchscript":
+        low = max(TORCHSCRIPT_MIN_OPSET, _constants.ONNX_MIN_OPSET)
+        high = _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    else:
+        low, high = DYNAMO_MIN_OPSET, _constants.ONNX_MAX_OPSET
+    return range(low, min(high, onnxruntime_max_opset()) + 1)
+
+
+def check_opset(opset: int, exporter: str = DEFAULT_EXPORTER) -> None:
+    supported = supported_opsets(exporter)
     if opset not in supported:
         raise ConfigError(
-            f"opset {opset} is not supported here: choose {supported.start}..{supported.stop - 1} "
-            f"(the range that torch's exporter, this model and onnxruntime all handle)"
+            f"opset {opset} is not supported here with the {exporter} exporter: choose "
+            f"{supported.start}..{supported.stop - 1} (the range that it, this model and onnxruntime all handle)"
         )
 
 
@@ -138,22 +177,28 @@ def export_onnx(
     variants: Sequence[str] = (),
     gate: AccuracyGate | None = None,
     int8_method: str = "static",
+    exporter: str | None = None,
+    notify: Callable[[str], None] = to_stderr,
 ) -> ExportResult:
     """Export a bundle (default: the latest under models/) to `out` (default: BUNDLE/model.onnx).
 
-    `variants` (optimize.requested_variants: fp32-opt, fp16, int8) are then built from that file and written
-    beside it (model.int8.onnx, ...) only if they pass the accuracy gate; optimize.AccuracyGateFailed (exit 3)
+    `exporter`: "torchscript" or "dynamo" (None: the default, falling back to dynamo where TorchScript's is gone).
+    `variants` (precision.requested_variants: fp32-opt, fp16, int8) are then built from that file and written
+    beside it (model.int8.onnx, ...) only if they pass the accuracy gate; precision.AccuracyGateFailed (exit 3)
     when one does not.
     """
-    check_opset(opset)  # before loading anything: a bad opset is a usage error
+    exporter = resolve_exporter(exporter, notify)
+    check_opset(opset, exporter)  # before loading anything: a bad opset is a usage error
     bundle_dir = Path(bundle) if bundle is not None else find_latest_bundle()
     model, info = load_bundle(bundle_dir)
     if variants:
-        from vitdeploy.optimize import AccuracyGate, AccuracyGateFailed, check_request, export_variants, gate_data
+        from vitdeploy.accuracy_gate import AccuracyGate, gate_data
+        from vitdeploy.precision import AccuracyGateFailed, check_request, export_variants
 
         check_request(variants, int8_method)  # usage errors, and no held-out images, before anything is written
         data = gate_data(model, info)
-    result = export_model(model, info, Path(out) if out else bundle_dir / DEFAULT_FILE_NAME, opset, verify, bundle_dir)
+    result = export_model(model, info, Path(out) if out else bundle_dir / DEFAULT_FILE_NAME, opset, verify,
+                          bundle_dir, exporter)
     if variants:
         try:
             result.variants = export_variants(
@@ -173,14 +218,15 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
     bundle_dir: Path | None = None,
+    exporter: str = DEFAULT_EXPORTER,
 ) -> ExportResult:
     """Export an in-memory model; the file appears at `out` only once it passed the checker and, by default, parity.
 
-    Raises verify.ParityError (exit code 3) when parity fails; nothing new is then left at `out`.
+    Raises parity.ParityError (exit code 3) when parity fails; nothing new is then left at `out`.
     """
     import onnx
 
-    check_opset(opset)
+    check_opset(opset, exporter)
     out = Path(out)
     model = getattr(model, "module", model).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -188,9 +234,8 @@ def export_model(
     # Stage beside the destination so that the final moves are renames on one filesystem.
     with tempfile.TemporaryDirectory(prefix=".vitdeploy-export-", dir=out.parent) as staging_dir:
         staging = Path(staging_dir)
-        proto = _trace(model, info, opset, staging / "trace.onnx")
-        intermediates = find_intermediates(proto.graph, info.model.depth)
-        facts = _export_facts(model, opset, bundle_dir)
+        proto = run_exporter(exporter, model, info, opset)
+        facts = _export_facts(model, opset, exporter, bundle_dir)
         set_metadata(
             proto,
             {
@@ -199,23 +244,23 @@ def export_model(
                 META_MODEL_CONFIG: info.model.to_dict(),
                 META_EXPORT: facts,
                 META_METRICS: info.metrics,
-                META_INTERMEDIATES: intermediates,
             },
         )
         staged = staging / out.name
         external = save_onnx(proto, staged)
-        onnx.checker.check_model(str(staged), full_check=True)
+        onnx.checker.check_model(os.fspath(staged), full_check=True)
         export_seconds = time.perf_counter() - started
 
         parity = None
         if verify:
-            from vitdeploy import verify as verify_module
+            from vitdeploy.parity import ParityError
+            from vitdeploy.verify import export_parity
 
-            parity = verify_module.export_parity(model, info, staged)
+            parity = export_parity(model, info, staged)
             if not parity.passed:
-                raise verify_module.ParityError(parity, f"nothing written to {out}")
+                raise ParityError(parity, f"nothing written to {out}")
             # Only metadata changes after the parity run: the graph and weights on disk are the ones verified.
-            set_metadata(proto, {META_PARITY: parity.summary()})
+            set_metadata(proto, {META_PARITY: parity.summary(), META_INTERMEDIATES: parity.located})
             save_onnx(proto, staged)
         verify_seconds = time.perf_counter() - started - export_seconds
 
@@ -227,7 +272,7 @@ def export_model(
     return ExportResult(
         path=out,
         opset=opset,
-        exporter=EXPORTER,
+        exporter=exporter,
         num_nodes=len(proto.graph.node),
         size_bytes=size,
         external_data=final_external,
@@ -238,61 +283,77 @@ def export_model(
     )
 
 
-def _trace(model: Any, info: BundleInfo, opset: int, path: Path) -> Any:
-    """Run the TorchScript exporter with a symbolic batch axis and return the ModelProto (weights loaded)."""
-    import onnx
+def run_exporter(exporter: str, model: Any, info: BundleInfo, opset: int) -> Any:
+    """Trace `model` with a symbolic batch axis; return the ModelProto (weights included)."""
     import torch
 
     size = info.model.image_size
     example = torch.zeros(TRACE_BATCH, info.model.in_channels, size, size)
-    with warnings.catch_warnings():
-        # torch >= 2.9 warns that this exporter is deprecated in favour of dynamo (see the module docstring).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            do_constant_folding=True,
-        )
-    return onnx.load(str(path))
+    with _quiet_exporter(), tempfile.TemporaryDirectory(prefix="vitdeploy-trace-") as tmp:
+        if exporter == "dynamo":
+            return _export_dynamo(model, example, opset)
+        return _export_torchscript(model, example, opset, Path(tmp) / "trace.onnx")
 
 
-def save_onnx(proto: Any, path: Path) -> Path | None:
-    """Save one self-contained file, or the graph plus one external data file when the weights need it."""
+def _export_torchscript(model: Any, example: Any, opset: int, path: Path) -> Any:
     import onnx
+    import torch
 
-    if proto.ByteSize() <= EXTERNAL_DATA_THRESHOLD_BYTES:
-        onnx.save_model(proto, str(path))
-        return None
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)  # the second save (with parity metadata) would append to the first one's data
-    # convert_attribute=False and a copy: save_model with external data rewrites the tensors it is given.
-    onnx.save_model(
-        _copy(proto), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-        location=data.name, size_threshold=1024,
+    torch.onnx.export(
+        model,
+        (example,),
+        os.fspath(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        do_constant_folding=True,
     )
-    return data
+    return onnx.load(os.fspath(path))
 
 
-def _copy(proto: Any) -> Any:
-    import onnx
+def _export_dynamo(model: Any, example: Any, opset: int) -> Any:
+    import torch
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    return copy
+    # NOTE: dynamic_shapes is keyed by the name of forward's argument, not by the ONNX input name.
+    argument = next(iter(inspect.signature(model.forward).parameters))
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={argument: {0: torch.export.Dim("batch")}},
+        optimize=True,
+    )
+    proto = program.model_proto
+    exported = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if exported != opset:  # the version converter gave up (it does below 17): never ship another opset silently
+        raise ConfigError(f"the dynamo exporter produced opset {exported}, not the requested {opset}")
+    return proto
 
 
-def _export_facts(model: Any, opset: int, bundle_dir: Path | None) -> dict[str, Any]:
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporters' deprecation warnings, progress prints (on stdout, which --json keeps clean) and log lines."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _export_facts(model: Any, opset: int, exporter: str, bundle_dir: Path | None) -> dict[str, Any]:
     from vitdeploy.provenance import git_commit, now_iso, package_versions
 
     return {
         "opset": opset,
-        "exporter": EXPORTER,
+        "exporter": EXPORTER_CALLS[exporter],
         "precision": PRECISION,
         "weights_sha256": weights_sha256(model),
         "bundle": str(bundle_dir.resolve()) if bundle_dir else None,
@@ -303,7 +364,7 @@ def _export_facts(model: Any, opset: int, bundle_dir: Path | None) -> dict[str, 
 
 
 def weights_sha256(model: Any) -> str:
-    """sha256 of the weights serialized exactly as checkpoint.save_bundle writes model.safetensors.
+    """sha256 of the weights serialized exactly as bundle.save_bundle writes model.safetensors.
 
     So an export of an unchanged bundle records the same hash as the bundle's config.json.
     """
@@ -311,59 +372,3 @@ def weights_sha256(model: Any) -> str:
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return sha256_bytes(safetensors_save(tensors, metadata={"format": "pt"}))
-
-
-def set_metadata(proto: Any, values: dict[str, Any]) -> None:
-    props = {p.key: p.value for p in proto.metadata_props}
-    props.update({key: json.dumps(value) for key, value in values.items()})
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        proto.metadata_props.add(key=key, value=value)
-
-
-def find_intermediates(graph: Any, depth: int) -> dict[str, str]:
-    """Map 'embed', 'block_{i}' and 'norm' to the ONNX tensors holding VisionTransformer.forward_with_intermediates'
-    values, from the module scopes that the TorchScript exporter puts in node names (/blocks.3/mlp/fc1/MatMul).
-
-    A module's output is the one activation (a tensor computed from the input image) produced inside its scope and
-    read outside it; 'embed' is the activation entering blocks.0. Names not found unambiguously are left out, and
-    the parity check at export compares every recorded tensor with PyTorch, so a wrong mapping cannot pass.
-    """
-    activations = _activations(graph)
-    consumers_outside: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers_outside.setdefault(name, set()).add(node.name)
-    graph_outputs = {o.name for o in graph.output}
-
-    def produced_in(scope: str) -> list[str]:
-        return [t for n in graph.node if n.name.startswith(scope) for t in n.output]
-
-    def read_outside(tensor: str, scope: str) -> bool:
-        readers = consumers_outside.get(tensor, set())
-        return tensor in graph_outputs or any(not r.startswith(scope) for r in readers)
-
-    def exit_of(scope: str) -> str | None:
-        exits = {t for t in produced_in(scope) if t in activations and read_outside(t, scope)}
-        return exits.pop() if len(exits) == 1 else None
-
-    found: dict[str, str | None] = {}
-    first = "/blocks.0/"
-    inside_first = set(produced_in(first))
-    entering = {
-        t for n in graph.node if n.name.startswith(first) for t in n.input if t in activations and t not in inside_first
-    }
-    found["embed"] = entering.pop() if len(entering) == 1 else None
-    for i in range(depth):
-        found[f"block_{i}"] = exit_of(f"/blocks.{i}/")
-    found["norm"] = exit_of("/norm/")
-    return {name: tensor for name, tensor in found.items() if tensor}
-
-
-def _activations(graph: Any) -> set[str]:
-    """Tensors computed from the input image (excluding shape arithmetic that only reads its size)."""
-    live = {INPUT_NAME}
-    for node in graph.node:  # ONNX graphs are stored in topological order
-        if node.op_type != "Shape" and any(name in live for name in node.input):
-            live.update(node.output)
-    return live

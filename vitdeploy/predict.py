@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import glob
 import json
-import os
 import sys
 import time
 import warnings
@@ -28,24 +27,27 @@ from typing import IO, Any
 
 import numpy as np
 from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from vitdeploy import images, runtime
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, ModelFileError, VitDeployError
 from vitdeploy.images import ImageDecodeError
+from vitdeploy.onnx_file import OnnxModelInfo, resolve_model
+from vitdeploy.progress import live_progress, to_stderr
 
-DEFAULT_MODELS_DIR = Path("models")
 FORMATS = ("table", "json", "jsonl", "csv")
+# What a terminal shows while predict runs: images done of all, images/s, failures so far, time left.
+PROGRESS_COLUMNS = (
+    TextColumn("predict"), BarColumn(), MofNCompleteColumn(),
+    TextColumn("{task.fields[rate]:.1f} images/s, {task.fields[failed]} failed"), TimeRemainingColumn(),
+)
 # Probabilities are written rounded: enough to rank and compare, short enough to read.
 PROBABILITY_DECIMALS = 6
 
 
 class InputError(VitDeployError):
     """No input matched, or the output path cannot be written (exit code 2)."""
-
-
-def _to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class PredictRequest:
     output_format: str = "table"
     output: Path | None = None  # None: stdout
     recursive: bool = False
+    progress: bool = True  # live progress on stderr, when it is a terminal
 
 
 @dataclass
@@ -91,40 +94,6 @@ class PredictSummary:
 
 
 # ------------------------------------------------------------------------------------------- finding inputs
-
-
-def find_latest_model(root: str | os.PathLike[str] = DEFAULT_MODELS_DIR) -> Path:
-    """The most recently written *.onnx under `root` (searched recursively, newest modification time).
-
-    Skipped: hidden files and folders (export stages its file in a hidden folder before moving it into place), and
-    precision variants written beside an export (X.int8.onnx, X.fp16.onnx, ... next to X.onnx): the default is
-    the plain export; a variant is run by naming it with --model.
-    """
-    root = Path(root)
-    candidates = [
-        p for p in (root.rglob("*.onnx") if root.is_dir() else [])
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and not _is_variant(p)
-    ]
-    if not candidates:
-        raise ModelFileError(f"no .onnx file under {root}/; run `vitdeploy export` first or pass --model FILE")
-    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
-
-
-def _is_variant(path: Path) -> bool:
-    """model.int8.onnx is a variant when model.onnx sits beside it."""
-    base_stem, dot, _variant = path.stem.rpartition(".")
-    return bool(dot) and path.with_name(base_stem + path.suffix).is_file()
-
-
-def resolve_model(model: Path | None) -> Path:
-    if model is None:
-        return find_latest_model()
-    if model.is_dir():
-        return find_latest_model(model)
-    if not model.exists():
-        raise ModelFileError(f"{model}: no such model file")
-    return model
 
 
 def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
@@ -164,11 +133,11 @@ def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
 class LoadedModel:
     session: Any  # onnxruntime.InferenceSession
     provider: str
-    info: runtime.OnnxModelInfo
+    info: OnnxModelInfo
 
 
 def open_model(
-    path: Path, device: str = "auto", threads: int | None = None, log: Callable[[str], None] = _to_stderr,
+    path: Path, device: str = "auto", threads: int | None = None, log: Callable[[str], None] = to_stderr,
     spin: bool = False,
 ) -> LoadedModel:
     """Open a vitdeploy .onnx on `device` and check that its input size and labels agree with its metadata.
@@ -327,7 +296,7 @@ def _batches_ahead(
         yield pending.popleft()
 
 
-def predict(request: PredictRequest, log: Callable[[str], None] = _to_stderr) -> PredictSummary:
+def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> PredictSummary:
     """Run the request; rows go to request.output (or stdout) as they are ready. Returns the summary.
 
     Ctrl-C stops after the batch in progress: the summary comes back with interrupted=True and every
@@ -375,8 +344,9 @@ def run_pipeline(paths: list[Path], model: LoadedModel, request: PredictRequest,
     try:
         # decode_image refuses images over MAX_IMAGE_PIXELS itself; Pillow's own warning would only be noise.
         # (Set here, in the main thread, because warnings filters are process-wide and not thread-safe.)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), live_progress(request.progress, *PROGRESS_COLUMNS) as progress:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            task = progress.add_task("predict", total=len(paths), rate=0.0, failed=summary.images_failed)
             overlap = model.provider != runtime.CPU
             for chunk, futures in _batches_ahead(pool, paths, spec, request.batch_size, overlap):
                 results = [f.result() for f in futures]
@@ -393,5 +363,7 @@ def run_pipeline(paths: list[Path], model: LoadedModel, request: PredictRequest,
                 summary.images_ok += len(good)
                 summary.images_failed += len(chunk) - len(good)
                 summary.seconds = time.perf_counter() - started
+                progress.update(task, advance=len(chunk), rate=summary.images_per_second,
+                                failed=summary.images_failed)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions, honest provider selection, and the .onnx metadata contract.
+"""ONNX Runtime sessions: honest provider selection, loading with clear errors, running batches.
 
 numpy + onnxruntime only: no torch import anywhere on this path (a deployment machine may not have torch).
 """
@@ -8,81 +8,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import json
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from vitdeploy.config import ModelConfig, PreprocessSpec
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
-
-# Keys written by export into the ONNX file's metadata_props; values are JSON strings.
-META_PREFIX = "vitdeploy."
-META_LABELS = META_PREFIX + "labels"  # ["0", "1", ...]
-META_PREPROCESS = META_PREFIX + "preprocess"  # PreprocessSpec.to_dict()
-META_MODEL_CONFIG = META_PREFIX + "model_config"  # ModelConfig.to_dict()
-META_EXPORT = META_PREFIX + "export"  # opset, exporter, versions, weights sha256, precision, ...
-META_METRICS = META_PREFIX + "metrics"  # bundle metrics, e.g. val_accuracy
-META_PARITY = META_PREFIX + "parity"  # parity summary measured at export
-META_INTERMEDIATES = META_PREFIX + "intermediates"  # {"block_0": "<onnx tensor name>", ...}
-
-INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "logits"
+from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, check_io_names, parse_metadata
+from vitdeploy.progress import to_stderr
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-
-@dataclass
-class OnnxModelInfo:
-    """What a self-describing vitdeploy .onnx file says about itself."""
-
-    path: Path
-    labels: list[str]
-    preprocess: PreprocessSpec
-    model_config: ModelConfig | None
-    export: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    parity: dict[str, Any] = field(default_factory=dict)
-    intermediates: dict[str, str] = field(default_factory=dict)
-    raw: dict[str, str] = field(default_factory=dict)
-
-
-def parse_metadata(path: str | os.PathLike[str], props: dict[str, str]) -> OnnxModelInfo:
-    """Turn metadata_props (as read by onnx or onnxruntime) into OnnxModelInfo, or raise ModelFileError."""
-
-    def load(key: str, required: bool = True) -> Any:
-        if key not in props:
-            if required:
-                raise ModelFileError(
-                    f"{path} does not describe itself (metadata {key!r} missing); export it with vitdeploy export"
-                )
-            return None
-        try:
-            return json.loads(props[key])
-        except json.JSONDecodeError as e:
-            raise ModelFileError(f"{path}: metadata {key!r} is not valid JSON: {e}") from None
-
-    cfg = load(META_MODEL_CONFIG, required=False)
-    return OnnxModelInfo(
-        path=Path(path),
-        labels=[str(x) for x in load(META_LABELS)],
-        preprocess=PreprocessSpec.from_dict(load(META_PREPROCESS)),
-        model_config=ModelConfig.from_dict(cfg) if cfg else None,
-        export=load(META_EXPORT, required=False) or {},
-        metrics=load(META_METRICS, required=False) or {},
-        parity=load(META_PARITY, required=False) or {},
-        intermediates=load(META_INTERMEDIATES, required=False) or {},
-        raw=dict(props),
-    )
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -115,10 +56,6 @@ class CudaStatus:
     usable: bool
     reason: str  # full explanation, for --device cuda errors
     summary: str = ""  # a few words, for the one line that `auto` prints
-
-
-def _stderr_line(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -193,7 +130,7 @@ def make_session(
     device: str = "auto",
     threads: int | None = None,
     graph_optimization: str = "all",
-    notify: Callable[[str], None] = _stderr_line,
+    notify: Callable[[str], None] = to_stderr,
     spin: bool = True,
 ) -> tuple[ort.InferenceSession, str]:
     """Create an InferenceSession on the requested device and return it with the provider it really uses.
@@ -257,13 +194,7 @@ def _check_model_file(path: Path) -> None:
 
 def model_info_from_session(session: ort.InferenceSession, path: str | os.PathLike[str]) -> OnnxModelInfo:
     """Read and validate a vitdeploy model's self-description from an open session."""
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
-        raise ModelFileError(
-            f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, found inputs {inputs} "
-            f"and outputs {outputs}; export it with vitdeploy export"
-        )
+    check_io_names(path, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     return parse_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
 
 
@@ -290,3 +221,13 @@ def run_batch(session: ort.InferenceSession, pixel_values: np.ndarray) -> np.nda
     binding.bind_output(OUTPUT_NAME, "cuda")
     session.run_with_iobinding(binding)
     return binding.copy_outputs_to_cpu()[0]
+
+
+def run_in_batches(session: ort.InferenceSession, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits for any number of samples, run `batch_size` at a time."""
+    return np.concatenate([run_batch(session, inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def short_provider_name(provider: str) -> str:
+    """CUDAExecutionProvider -> CUDA, for tables and one-line messages."""
+    return provider.removesuffix("ExecutionProvider")

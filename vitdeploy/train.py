@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vitdeploy import provenance
-from vitdeploy.checkpoint import (
+from vitdeploy.bundle import (
     DEFAULT_MODELS_DIR,
     BundleInfo,
     load_bundle,

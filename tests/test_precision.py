@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest_export import make_bundle  # noqa: E402
+from builders import make_bundle  # noqa: E402
 
-from vitdeploy import export, optimize, runtime  # noqa: E402
+from vitdeploy import accuracy_gate, export, graph_variants, parity, precision, runtime  # noqa: E402
 from vitdeploy.cli import app  # noqa: E402
 from vitdeploy.config import ModelConfig  # noqa: E402
 from vitdeploy.data import DIGITS_NAME  # noqa: E402
@@ -29,7 +28,7 @@ runner = CliRunner()
 def ladder(tmp_path_factory):
     """One bundle exported with every variant: (bundle, fp32 path, {variant: VariantResult})."""
     bundle = make_bundle(tmp_path_factory.mktemp("ladder") / "b", CFG, dataset=DIGITS)
-    result = export.export_onnx(bundle, variants=optimize.requested_variants(("fp32", "fp16", "int8"), True))
+    result = export.export_onnx(bundle, variants=precision.requested_variants(("fp32", "fp16", "int8"), True))
     return bundle, result.path, {v.variant: v for v in result.variants}
 
 
@@ -45,7 +44,7 @@ def test_fusions_are_counted_and_every_block_fuses(ladder):
 
 
 def test_shortfalls_name_missing_fusions():
-    report = optimize.FusionReport({"Attention": 11, "SkipLayerNormalization": 24, "BiasGelu": 12},
+    report = graph_variants.FusionReport({"Attention": 11, "SkipLayerNormalization": 24, "BiasGelu": 12},
                                    {"Attention": 12, "SkipLayerNormalization": 24, "Gelu": 12}, {})
     assert report.shortfalls() == {"Attention": "11 of 12"}
 
@@ -55,7 +54,7 @@ def test_rewrites_keep_the_arithmetic(ladder):
 
     _, path, _ = ladder
     proto = onnx.load(str(path))
-    rewrites = optimize.prepare_for_fusion(proto)
+    rewrites = graph_variants.prepare_for_fusion(proto)
     assert rewrites["residual_branch_first"] == 2 * CFG.depth
     x = np.random.default_rng(0).standard_normal((5, 3, 16, 16), dtype=np.float32)
     before, _ = runtime.make_session(path, device="cpu")
@@ -93,8 +92,8 @@ def test_verify_knows_each_precision(ladder, variant):
 
     report = verify.verify(ladder[2][variant].path, batch_sizes=(1, 7), num_real=16, num_random=8)
     assert report.passed, report.failures()
-    precision = optimize.VARIANT_PRECISION[variant]
-    assert report.precision == precision and report.tolerance == verify.TOLERANCES[precision]
+    expected = precision.VARIANT_PRECISION[variant]
+    assert report.precision == expected and report.tolerance == parity.TOLERANCES[expected]
     judged = 16 if variant == "int8" else 24  # int8 is calibrated for real images: noise is not judged
     assert {c.samples for c in report.cases} == {judged}
 
@@ -102,7 +101,7 @@ def test_verify_knows_each_precision(ladder, variant):
 def test_int8_records_its_quantization(ladder):
     info = runtime.load_model_info(ladder[2]["int8"].path)
     assert info.export["quantization"]["method"] == "static"
-    assert info.export["quantization"]["calibration_images"] == optimize.CALIBRATION_IMAGES
+    assert info.export["quantization"]["calibration_images"] == precision.CALIBRATION_IMAGES
     assert info.export["optimization"]["transformer_fusions"] is None  # static QDQ starts from the plain graph
 
 
@@ -110,14 +109,14 @@ def test_static_int8_is_batch_independent_and_dynamic_is_not(ladder, tmp_path):
     """Why static is the default: fixed activation scales give each image the same result in any batch."""
     import shutil
 
-    from vitdeploy.checkpoint import load_bundle
+    from vitdeploy.bundle import load_bundle
 
     bundle, base, variants = ladder
     model, info = load_bundle(bundle)
     shutil.copy(base, tmp_path / "model.onnx")
-    dynamic = optimize.export_variants(model, info, tmp_path / "model.onnx", ["int8"], int8_method="dynamic")[0]
+    dynamic = precision.export_variants(model, info, tmp_path / "model.onnx", ["int8"], int8_method="dynamic")[0]
     assert runtime.load_model_info(dynamic.path).export["quantization"]["method"] == "dynamic"
-    x = optimize.gate_data(model, info, limit=16).inputs
+    x = accuracy_gate.gate_data(model, info, limit=16).inputs
     spread = {}
     for method, path in (("static", variants["int8"].path), ("dynamic", dynamic.path)):
         session, _ = runtime.make_session(path, device="cpu")
@@ -126,7 +125,7 @@ def test_static_int8_is_batch_independent_and_dynamic_is_not(ladder, tmp_path):
     assert spread["static"] < 1e-5 < spread["dynamic"]
 
 
-_REAL_TO_INT8 = optimize.to_int8_static
+_REAL_TO_INT8 = graph_variants.to_int8_static
 
 
 def _sabotaged_int8(model_path, calibration, workdir):
@@ -145,7 +144,7 @@ def _sabotaged_int8(model_path, calibration, workdir):
 
 def test_the_gate_rejects_a_bad_variant_and_writes_nothing(tmp_path, monkeypatch):
     bundle = make_bundle(tmp_path / "b", CFG, dataset=DIGITS)
-    monkeypatch.setattr(optimize, "to_int8_static", _sabotaged_int8)
+    monkeypatch.setattr(precision, "to_int8_static", _sabotaged_int8)
     result = runner.invoke(app, ["export", str(bundle), "--optimize", "--precision", "int8", "--json"])
     assert result.exit_code == EXIT_CHECK_FAILED, result.output
     report = json.loads(result.stdout)
@@ -159,10 +158,10 @@ def test_the_gate_rejects_a_bad_variant_and_writes_nothing(tmp_path, monkeypatch
 
 
 def test_gate_arithmetic():
-    gate = optimize.AccuracyGate(max_accuracy_drop=0.5, min_top1_agreement=0.99)
+    gate = accuracy_gate.AccuracyGate(max_accuracy_drop=0.5, min_top1_agreement=0.99)
 
-    def judged(accuracy: float, agreement: float, gate: optimize.AccuracyGate = gate) -> optimize.GateResult:
-        return optimize.GateResult("int8", "int8", runtime.CPU, 400, "x", 32, reference_accuracy=0.9,
+    def judged(accuracy: float, agreement: float, gate: accuracy_gate.AccuracyGate = gate) -> accuracy_gate.GateResult:
+        return accuracy_gate.GateResult("int8", "int8", runtime.CPU, 400, "x", 32, reference_accuracy=0.9,
                                    accuracy=accuracy, top1_agreement=agreement, max_abs=0.1, gate=gate)
 
     assert judged(0.9, 1.0).passed
@@ -170,23 +169,23 @@ def test_gate_arithmetic():
     assert judged(0.95, 0.995).passed  # a gain is not a loss
     assert "accuracy" in judged(0.89, 1.0).failures()[0]  # -1 pt
     assert "top-1 agreement" in judged(0.9, 0.98).failures()[0]
-    assert judged(0.89, 1.0, optimize.AccuracyGate(max_accuracy_drop=2.0)).passed
+    assert judged(0.89, 1.0, accuracy_gate.AccuracyGate(max_accuracy_drop=2.0)).passed
     with pytest.raises(ConfigError):
-        optimize.AccuracyGate(max_accuracy_drop=-1)
+        accuracy_gate.AccuracyGate(max_accuracy_drop=-1)
 
 
 def test_fused_fp32_is_also_held_to_logit_parity():
-    result = optimize.GateResult("fp32-opt", "fp32", runtime.CPU, 10, "x", 32, 0.9, 0.9, 1.0, max_abs=1e-3,
-                                 gate=optimize.AccuracyGate(), max_abs_allowed=optimize.FUSED_FP32_ATOL)
+    result = accuracy_gate.GateResult("fp32-opt", "fp32", runtime.CPU, 10, "x", 32, 0.9, 0.9, 1.0, max_abs=1e-3,
+                                 gate=accuracy_gate.AccuracyGate(), max_abs_allowed=precision.FUSED_FP32_ATOL)
     assert not result.passed and "max |diff|" in result.failures()[0]
 
 
 def test_precision_parsing():
-    assert optimize.parse_precisions(["int8,fp16", "fp32"]) == ("fp32", "fp16", "int8")
-    assert optimize.requested_variants(("fp32",), optimize=False) == []
-    assert optimize.requested_variants(("fp32", "int8"), optimize=True) == ["fp32-opt", "int8"]
+    assert precision.parse_precisions(["int8,fp16", "fp32"]) == ("fp32", "fp16", "int8")
+    assert precision.requested_variants(("fp32",), optimize=False) == []
+    assert precision.requested_variants(("fp32", "int8"), optimize=True) == ["fp32-opt", "int8"]
     with pytest.raises(ConfigError):
-        optimize.parse_precisions(["bf16"])
+        precision.parse_precisions(["bf16"])
 
 
 def test_unknown_precision_and_missing_held_out_images_are_bad_input(tmp_path):

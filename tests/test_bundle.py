@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vitdeploy.atomic import atomic_write, atomic_write_many
-from vitdeploy.checkpoint import (
+from vitdeploy.bundle import (
     CONFIG_FILE,
     STATE_FILE,
     WEIGHTS_FILE,

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from vitdeploy.atomic import atomic_write_many
-from vitdeploy.config import ModelConfig, PreprocessSpec, TrainConfig
+from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec, TrainConfig
 from vitdeploy.errors import BundleError, ConfigError
 
 BUNDLE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.pt"
-DEFAULT_MODELS_DIR = Path("models")
 
 
 @dataclass
@@ -84,14 +83,6 @@ class BundleInfo:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_bundle(folder: str | os.PathLike[str], model: Any, info: BundleInfo, train_state: dict | None = None) -> Path:

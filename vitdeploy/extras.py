@@ -1,0 +1,34 @@
+"""Optional parts of vitdeploy and the install command that brings each one.
+
+`pip install vitdeploy` is the deployment install: onnxruntime, numpy, Pillow, typer, rich. That runs `predict`,
+`bench` on .onnx files, `--help` and `--version`. Training, export and verification need PyTorch and friends.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from vitdeploy.errors import VitDeployError
+
+# extra -> the modules it brings (import names, not distribution names)
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "train": ("torch", "onnx", "onnxscript", "safetensors", "sklearn"),
+    "plot": ("matplotlib",),
+}
+
+
+class MissingExtra(VitDeployError):
+    """A command needs an optional part of vitdeploy that is not installed (exit code 2)."""
+
+
+def missing_modules(extra: str) -> list[str]:
+    return [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+
+
+def require(extra: str, what: str) -> None:
+    """Raise MissingExtra naming the missing modules and the exact install command, unless all are importable."""
+    missing = missing_modules(extra)
+    if missing:
+        raise MissingExtra(
+            f"{what} needs {', '.join(missing)}, which this installation lacks: pip install \"vitdeploy[{extra}]\""
+        )

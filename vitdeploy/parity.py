@@ -1,0 +1,374 @@
+"""Parity between PyTorch and an ONNX file: the comparison itself, its tolerances and its report.
+
+One code path (check_parity) serves both `vitdeploy verify` and the check that `vitdeploy export` runs before it
+moves a file into place:
+  - the same inputs go through PyTorch once and through ONNX Runtime at every batch size, on every provider that a
+    session really gets;
+  - every sample's logits are compared with PyTorch's, and with its own batch-1 ONNX output (a sample's result
+    must not depend on what else is in its batch);
+  - the named intermediates (embed, block_i, norm) are exposed as extra outputs of an in-memory copy of the graph
+    and compared with forward_with_intermediates(), so a failure names the first block that diverges.
+
+Which ONNX tensor holds which intermediate is found by value, not by name: at export, every rank-3 float tensor
+of the graph is exposed and each PyTorch intermediate is matched, in execution order, to the first tensor equal to
+it within tolerance. That works for any exporter (the TorchScript exporter's module-scoped node names and dynamo's
+are different, and neither is a contract); the names found are recorded in the file, so `verify` later compares
+the same tensors, and a block whose output no longer matches is the block that diverged.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitdeploy.errors import CheckFailed, ConfigError, ModelFileError
+from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, uses_external_data
+from vitdeploy.runtime import CUDA, make_session, run_in_batches, short_provider_name, usable_providers
+
+INTERMEDIATES_SAMPLES = 4  # samples run through the graph copy with intermediates exposed
+NOT_FOUND = "(no tensor matches)"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When ONNX logits count as equal to PyTorch's: |onnx - torch| <= atol + rtol * |torch| everywhere, and at
+    least `min_top1_agreement` of the samples get the same top-1 class."""
+
+    atol: float
+    rtol: float
+    min_top1_agreement: float = 1.0
+    real_images_only: bool = False  # judge only the real images (random inputs are not what the variant is for)
+
+    def allows(self, reference: np.ndarray, candidate: np.ndarray) -> bool:
+        return bool(np.all(np.abs(candidate - reference) <= self.atol + self.rtol * np.abs(reference)))
+
+
+# Per precision, as recorded by export in the file's metadata. fp32: ONNX Runtime's own fp32 validation
+# tolerance (1e-4); measured fp32 differences here are ~1e-6, so this leaves a 100x margin without hiding a bug.
+# fp16: ONNX Runtime's own fp16 validation tolerance (atol 1e-1, rtol 5e-2); measured here (digits bundle, ORT CPU)
+# 5e-3 at most. int8: no standard exists; on real held-out images the logits (|x| up to 4.5 for digits) differed
+# by at most 0.13 (digits, static), 0.06 (digits, dynamic), 0.02 / 0.04 (ViT-Ti): 0.5 leaves a margin and still
+# fails a broken quantization. Static INT8 is calibrated on real images; random noise can fall outside those
+# ranges (digits: up to 0.49 on noise vs 0.07 on the same number of real images), so int8 is judged on the real
+# images only. The accuracy gate at export (vitdeploy.optimize) decides whether a variant is handed out at all;
+# these tolerances re-check the file.
+TOLERANCES = {
+    "fp32": Tolerance(atol=1e-4, rtol=0.0),
+    "fp16": Tolerance(atol=1e-1, rtol=5e-2, min_top1_agreement=0.99),
+    "int8": Tolerance(atol=0.5, rtol=0.0, min_top1_agreement=0.99, real_images_only=True),
+}
+
+
+@dataclass
+class ParityCase:
+    """One provider at one batch size, over all samples."""
+
+    provider: str
+    batch_size: int
+    samples: int
+    max_abs: float
+    max_rel: float
+    min_cosine: float
+    top1_agreement: float  # fraction of samples whose ONNX top-1 class equals PyTorch's
+    batch_invariance_max_abs: float  # vs the same samples' ONNX outputs at batch size 1
+    passed: bool
+
+
+@dataclass
+class LayerDiff:
+    """One named intermediate (embed, block_i, norm, logits) on one provider."""
+
+    name: str
+    tensor: str
+    max_abs: float
+    tolerance: float
+    passed: bool
+
+
+@dataclass
+class ParityReport:
+    model_path: str
+    precision: str
+    tolerance: Tolerance
+    providers: list[str]  # as reported by the sessions themselves
+    batch_sizes: list[int]
+    inputs: dict[str, Any]  # real: count, real_source, random: count
+    cases: list[ParityCase]
+    layers: dict[str, list[LayerDiff]]  # provider -> intermediates in execution order
+    accuracy: dict[str, float] = field(default_factory=dict)  # on labelled real images: pytorch, onnx:<provider>
+    notes: list[str] = field(default_factory=list)
+    located: dict[str, str] = field(default_factory=dict)  # intermediates found by value (check_parity(None))
+
+    @property
+    def passed(self) -> bool:
+        layers_ok = all(d.passed for diffs in self.layers.values() for d in diffs)
+        return bool(self.cases) and all(c.passed for c in self.cases) and layers_ok
+
+    def first_divergence(self) -> dict[str, str]:
+        """Per provider, the first intermediate (in execution order) outside tolerance."""
+        return {
+            provider: next(d.name for d in diffs if not d.passed)
+            for provider, diffs in self.layers.items()
+            if any(not d.passed for d in diffs)
+        }
+
+    def failures(self) -> list[str]:
+        tol = self.tolerance
+        lines = []
+        for c in self.cases:
+            if c.passed:
+                continue
+            why = []
+            if c.max_abs > tol.atol:
+                why.append(f"max |diff| {c.max_abs:.2e} > atol {tol.atol:g}")
+            if c.top1_agreement < tol.min_top1_agreement:
+                why.append(f"top-1 agreement {c.top1_agreement:.1%}")
+            if c.batch_invariance_max_abs > tol.atol:
+                why.append(f"output depends on the batch (|diff| vs batch 1: {c.batch_invariance_max_abs:.2e})")
+            lines.append(f"{short_provider_name(c.provider)} batch {c.batch_size}: " + ("; ".join(why) or "outside rtol"))
+        for provider, name in self.first_divergence().items():
+            lines.append(f"{short_provider_name(provider)}: first diverging intermediate: {name}")
+        return lines
+
+    def summary(self) -> dict[str, Any]:
+        """The compact record that export stores in the file's metadata."""
+        return {
+            "passed": self.passed,
+            "precision": self.precision,
+            "atol": self.tolerance.atol,
+            "rtol": self.tolerance.rtol,
+            "providers": self.providers,
+            "batch_sizes": self.batch_sizes,
+            "samples": self.inputs,
+            "max_abs": max(c.max_abs for c in self.cases),
+            "min_cosine": min(c.min_cosine for c in self.cases),
+            "top1_agreement": min(c.top1_agreement for c in self.cases),
+            "batch_invariance_max_abs": max(c.batch_invariance_max_abs for c in self.cases),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model_path,
+            "passed": self.passed,
+            "precision": self.precision,
+            "tolerance": asdict(self.tolerance),
+            "providers": self.providers,
+            "batch_sizes": self.batch_sizes,
+            "inputs": self.inputs,
+            "cases": [asdict(c) for c in self.cases],
+            "layers": {p: [asdict(d) for d in diffs] for p, diffs in self.layers.items()},
+            "first_divergence": self.first_divergence(),
+            "accuracy": self.accuracy,
+            "failures": self.failures(),
+            "notes": self.notes,
+        }
+
+
+class ParityError(CheckFailed):
+    """Parity failed (exit code 3); carries the report."""
+
+    def __init__(self, report: ParityReport, consequence: str = ""):
+        detail = "; ".join(report.failures()) or "no comparison ran"
+        super().__init__(f"parity check failed ({detail})" + (f": {consequence}" if consequence else ""))
+        self.report = report
+
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Max absolute and relative difference, worst per-sample cosine similarity and top-1 agreement."""
+    diff = np.abs(candidate - reference)
+    # Relative to the reference's magnitude; logits nearer 0 than 1e-6 count as 1e-6 (no division by zero).
+    rel = diff / np.maximum(np.abs(reference), 1e-6)
+    dot = np.sum(candidate * reference, axis=1)
+    norms = np.linalg.norm(candidate, axis=1) * np.linalg.norm(reference, axis=1)
+    cosine = dot / np.maximum(norms, np.finfo(np.float32).tiny)
+    return {
+        "max_abs": float(diff.max()),
+        "max_rel": float(rel.max()),
+        "min_cosine": float(cosine.min()),
+        "top1_agreement": float(np.mean(candidate.argmax(1) == reference.argmax(1))),
+    }
+
+
+def check_parity(
+    model: Any,
+    onnx_path: Path,
+    inputs: np.ndarray,
+    batch_sizes: tuple[int, ...] | list[int],
+    tolerance: Tolerance,
+    intermediates: dict[str, str] | None,
+    precision: str = "fp32",
+    labels: np.ndarray | None = None,
+    input_notes: dict[str, Any] | None = None,
+) -> ParityReport:
+    """Compare PyTorch `model` with the ONNX file on `inputs` (N, C, H, W) float32 at every batch size and provider.
+
+    `intermediates` names the tensors that hold each block's output (as recorded in the file); None: find them by
+    value (what export does; the report's `located` holds what was found, to be recorded in the file).
+    `labels` (one per leading sample, may cover fewer than N) adds accuracy on those samples to the report.
+    """
+    from vitdeploy.model import logits_in_batches
+
+    batch_sizes = sorted(set(batch_sizes) | {1})  # batch 1 is the reference for batch invariance
+    notes = []
+    real = int((input_notes or {}).get("real", 0))
+    if tolerance.real_images_only:
+        if real:
+            inputs = inputs[:real]
+            notes.append(f"{precision}: judged on the {real} real images only (random inputs left out)")
+        else:
+            notes.append(f"{precision} is meant for real images, and there are none here: random inputs judged")
+    reference = logits_in_batches(model, inputs)
+    report = ParityReport(
+        model_path=str(onnx_path), precision=precision, tolerance=tolerance, providers=[],
+        batch_sizes=batch_sizes, inputs=dict(input_notes or {}), cases=[], layers={}, notes=notes,
+    )
+    if labels is not None and len(labels):
+        report.accuracy["pytorch"] = float(np.mean(reference[: len(labels)].argmax(1) == labels))
+
+    for device in ("cpu", "cuda") if CUDA in usable_providers() else ("cpu",):
+        session, provider = make_session(onnx_path, device=device)
+        report.providers.append(provider)
+        outputs = {b: run_in_batches(session, inputs, b) for b in batch_sizes}
+        for b in batch_sizes:
+            m = compare_logits(reference, outputs[b])
+            invariance = float(np.abs(outputs[b] - outputs[1]).max())
+            passed = (
+                tolerance.allows(reference, outputs[b])
+                and m["top1_agreement"] >= tolerance.min_top1_agreement
+                and invariance <= tolerance.atol
+            )
+            report.cases.append(ParityCase(provider, b, len(inputs), **m, batch_invariance_max_abs=invariance,
+                                           passed=passed))
+        if labels is not None and len(labels):
+            report.accuracy[f"onnx:{provider}"] = float(np.mean(outputs[1][: len(labels)].argmax(1) == labels))
+        report.layers[provider] = compare_intermediates(
+            model, onnx_path, inputs[:INTERMEDIATES_SAMPLES], intermediates, tolerance, device
+        )
+    if intermediates is None:
+        layers = next(iter(report.layers.values()), [])
+        report.located = {d.name: d.tensor for d in layers if d.passed and d.name != "logits"}
+    elif not intermediates:
+        report.notes.append("the file records no intermediates: a failure cannot be traced to a block")
+    return report
+
+
+
+
+def resolve_tolerance(precision: str, atol: float | None, rtol: float | None) -> Tolerance:
+    if precision not in TOLERANCES:
+        raise ModelFileError(f"no parity tolerances for precision {precision!r} (known: {', '.join(TOLERANCES)})")
+    base = TOLERANCES[precision]
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and not value >= 0:
+            raise ConfigError(f"--{name} must be >= 0, got {value}")
+    return Tolerance(
+        atol=base.atol if atol is None else atol,
+        rtol=base.rtol if rtol is None else rtol,
+        min_top1_agreement=base.min_top1_agreement,
+        real_images_only=base.real_images_only,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- intermediates
+
+
+def compare_intermediates(
+    model: Any, onnx_path: Path, inputs: np.ndarray, intermediates: dict[str, str] | None, tolerance: Tolerance,
+    device: str,
+) -> list[LayerDiff]:
+    """Compare each of forward_with_intermediates()'s values with the ONNX tensor that holds it, in execution order.
+
+    With `intermediates` None, every rank-3 float tensor of the graph is a candidate, and each intermediate takes
+    the first candidate after the previous match that equals it within tolerance; one that none matches is a
+    failed LayerDiff with its closest candidate's difference. Intermediates are compared at their own scale
+    (atol * max(1, max|value|)): the residual stream of a trained ViT grows well beyond the logits' range, and
+    fp32 rounding grows with it.
+    """
+    import torch
+
+    with torch.inference_mode():
+        _, named = model.forward_with_intermediates(torch.from_numpy(inputs))
+    cfg = model.cfg
+    candidates = _token_tensors(onnx_path, cfg.num_patches + 1, cfg.dim) if intermediates is None else [
+        t for name, t in intermediates.items() if name in named]
+    outputs = _run_with_outputs(onnx_path, inputs, candidates, device)
+    diffs, start = [], 0
+    for name, value in named.items():  # execution order: embed, block_0.., norm, logits
+        reference = value.float().numpy()
+        allowed = tolerance.atol * (1.0 if name == "logits" else max(1.0, float(np.abs(reference).max())))
+        if name == "logits":
+            tensor, max_abs = OUTPUT_NAME, _max_abs(outputs[OUTPUT_NAME], reference)
+        elif intermediates is not None:
+            if name not in intermediates:
+                continue
+            tensor = intermediates[name]
+            max_abs = _max_abs(outputs[tensor], reference)
+            if outputs[tensor].shape != reference.shape:
+                raise ModelFileError(
+                    f"{onnx_path}: recorded intermediate {name!r} ({tensor}) has shape {outputs[tensor].shape}, "
+                    f"PyTorch's has {reference.shape}: the file's metadata does not match its graph")
+        else:
+            scores = [_max_abs(outputs[t], reference) for t in candidates[start:]]
+            hit = next((i for i, d in enumerate(scores) if d <= allowed), None)
+            if hit is None:
+                tensor, max_abs = NOT_FOUND, min(scores, default=float("inf"))
+            else:
+                tensor, max_abs, start = candidates[start + hit], scores[hit], start + hit + 1
+        diffs.append(LayerDiff(name, tensor, max_abs, allowed, max_abs <= allowed))
+    return diffs
+
+
+def _max_abs(got: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.abs(got - reference).max()) if got.shape == reference.shape else float("inf")
+
+
+def _token_tensors(onnx_path: Path, tokens: int, width: int) -> list[str]:
+    """Float tensors shaped (batch, tokens, width) computed by the graph, in topological order: where the
+    embeddings, every block's output and the final norm can live (a rank or dimension that shape inference left
+    unknown is taken to fit)."""
+    import onnx
+
+    proto = onnx.load(os.fspath(onnx_path), load_external_data=False)
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    types = {v.name: v.type.tensor_type for v in [*inferred.value_info, *inferred.output]}
+
+    def fits(name: str) -> bool:
+        if name not in types or types[name].elem_type != onnx.TensorProto.FLOAT:
+            return False
+        if not types[name].HasField("shape"):  # rank unknown (older opsets defeat shape inference)
+            return True
+        dims = types[name].shape.dim
+        return len(dims) == 3 and all(not d.HasField("dim_value") or d.dim_value == n
+                                      for d, n in zip(dims[1:], (tokens, width)))
+
+    return [name for node in proto.graph.node for name in node.output if fits(name)]
+
+
+def _run_with_outputs(onnx_path: Path, inputs: np.ndarray, tensors: list[str], device: str) -> dict[str, np.ndarray]:
+    """Run a copy of the model (never the file itself) with `tensors` added as graph outputs."""
+    import onnx
+
+    proto = onnx.load(os.fspath(onnx_path), load_external_data=False)
+    existing = {o.name for o in proto.graph.output}
+    for name in tensors:
+        if name not in existing:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    names = [OUTPUT_NAME, *[t for t in tensors if t != OUTPUT_NAME]]
+    if not uses_external_data(proto):
+        session, _ = make_session(proto.SerializeToString(), device=device)
+        return dict(zip(names, session.run(names, {INPUT_NAME: inputs})))
+    # External data is resolved relative to the model file, so the copy must sit beside the original.
+    fd, copy_path = tempfile.mkstemp(prefix=".vitdeploy-verify-", suffix=".onnx", dir=onnx_path.parent)
+    os.close(fd)
+    try:
+        onnx.save_model(proto, copy_path)
+        session, _ = make_session(copy_path, device=device)
+    finally:
+        os.unlink(copy_path)  # ORT has read the graph and the weights by now
+    return dict(zip(names, session.run(names, {INPUT_NAME: inputs})))

@@ -1,0 +1,43 @@
+"""What long work tells a person while it runs: one-line notes and live progress, both on stderr.
+
+Progress is drawn only when stderr is a terminal and the caller is not producing machine output (--json):
+logs, pipes and CI get nothing extra, and stdout is never touched.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class NoProgress:
+    """Stands in for a rich Progress when nothing should be drawn."""
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextmanager
+def live_progress(enabled: bool, *columns: Any) -> Iterator[Any]:
+    """A rich Progress on stderr with `columns` when `enabled` and stderr is a terminal; else a NoProgress."""
+    if not (enabled and stderr_is_terminal()):
+        yield NoProgress()
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        yield progress
