@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from builders import SPEC, export_tiny_onnx, png_header_only, smooth_rgb
+from builders import SPEC, png_header_only, smooth_rgb
 from vitdeploy import predict as predict_module
 from vitdeploy import runtime
 from vitdeploy.cli import app
