@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitdeploy.config import ModelConfig
-from vitdeploy.onnx_file import INPUT_NAME, copy_proto
+from vitdeploy.onnx_file import INPUT_NAME, copy_proto, save_onnx
 
 if TYPE_CHECKING:
     import onnx
@@ -63,8 +64,14 @@ def fuse_transformer(model_path: Path, config: ModelConfig) -> tuple[onnx.ModelP
 
     proto = onnx.load(os.fspath(model_path))
     rewrites = prepare_for_fusion(proto)
-    with _quiet_root_logger():
-        optimized = optimize_model(proto, model_type="vit", num_heads=config.num_heads, hidden_size=config.dim)
+    # NOTE: handed a ModelProto, ORT's optimizer moves every initializer out of the graph into session options, and
+    # then cannot read a Reshape's target shape when that shape is an initializer (dynamo's graphs; TorchScript's
+    # use Constant nodes): "Cannot parse data from external tensors". Handed a file, it reads the tensors itself.
+    with tempfile.TemporaryDirectory(prefix="vitdeploy-fuse-") as tmp, _quiet_root_logger():
+        prepared = Path(tmp) / "prepared.onnx"
+        save_onnx(proto, prepared)
+        optimized = optimize_model(os.fspath(prepared), model_type="vit", num_heads=config.num_heads,
+                                   hidden_size=config.dim)
     counts = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     expected = {"Attention": config.depth, "SkipLayerNormalization": 2 * config.depth, "Gelu": config.depth}
     return optimized.model, FusionReport(counts, expected, rewrites)
