@@ -101,3 +101,27 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     return path
+
+
+# Runs vitdeploy's CLI (arguments after -c CODE) as on a deployment machine that installed `pip install vitdeploy`
+# only: the modules of the [train] extra cannot be imported.
+WITHOUT_TRAINING_EXTRA = """
+import importlib.abc, runpy, sys
+
+BLOCKED = ("torch", "onnx", "onnxscript", "safetensors", "sklearn")
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: a deployment install has no training extra")
+
+sys.meta_path.insert(0, Blocker())
+try:
+    import torch
+except ImportError:
+    pass
+else:
+    raise SystemExit("the blocker does not work")
+sys.argv = ["vitdeploy", *sys.argv[1:]]
+runpy.run_module("vitdeploy", run_name="__main__")
+"""

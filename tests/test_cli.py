@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from vitdeploy.cli import app
+from vitdeploy.errors import EXIT_BAD_INPUT
 from vitdeploy.train import TrainRequest, train
 
+REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 COMMANDS = sorted(get_command(app).commands)  # type: ignore[attr-defined]
 
@@ -40,6 +43,26 @@ def test_help_does_not_import_torch() -> None:
            "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "export", "verify", "samples"])
+def test_training_commands_without_the_training_extra_say_how_to_install_it(tmp_path: Path, command: str) -> None:
+    from builders import WITHOUT_TRAINING_EXTRA
+
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TRAINING_EXTRA, command], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert 'pip install "vitdeploy[train]"' in done.stderr and "torch" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_and_version_work_without_the_training_extra(tmp_path: Path) -> None:
+    from builders import WITHOUT_TRAINING_EXTRA
+
+    for args in (["--help"], ["--version"], ["bench", "--help"]):
+        done = subprocess.run([sys.executable, "-c", WITHOUT_TRAINING_EXTRA, *args], capture_output=True, text=True,
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        assert done.returncode == 0, done.stderr
 
 
 def test_samples_writes_heldout_digits_named_by_label(tmp_path: Path) -> None:

@@ -22,7 +22,14 @@ class MissingExtra(VitDeployError):
 
 
 def missing_modules(extra: str) -> list[str]:
-    return [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+    return [name for name in EXTRAS[extra] if not _importable(name)]
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # an import hook refused it, or a stub without a spec stands in for it
+        return False
 
 
 def require(extra: str, what: str) -> None:
