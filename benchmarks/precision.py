@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vitdeploy import bench, export, optimize
+from vitdeploy import bench, onnx_export as export, optimize
 from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
 from vitdeploy.bundle import load_bundle, read_bundle_info
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vitdeploy import images, predict, runtime
+from vitdeploy import images, runtime
+from vitdeploy import prediction as predict
 from vitdeploy.config import get_preset
 
 
@@ -57,7 +58,7 @@ def export_random_model(preset: str, out: Path) -> Path:
     import torch
 
     from vitdeploy.bundle import BundleInfo
-    from vitdeploy.export import export_model
+    from vitdeploy.onnx_export import export_model
     from vitdeploy.model import build_model
 
     chosen = get_preset(preset)

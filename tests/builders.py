@@ -50,7 +50,7 @@ def make_bundle(
 def export_tiny_onnx(out: Path, cfg: ModelConfig = TINY, exporter: str | None = None) -> Path:
     """A tiny self-describing .onnx made the way users make them: a bundle, then vitdeploy's exporter (without the
     parity check, which is export's own test)."""
-    from vitdeploy.export import export_onnx
+    from vitdeploy.onnx_export import export_onnx
 
     bundle = make_bundle(out.parent / f"{out.stem}-bundle", cfg)
     return export_onnx(bundle, out, verify=False, exporter=exporter).path

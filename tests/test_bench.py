@@ -31,7 +31,7 @@ ORT_VARIANTS = ("ort-cpu", "ort-cpu-fused", "ort-cpu-int8")
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from vitdeploy.export import export_onnx
+    from vitdeploy.onnx_export import export_onnx
 
     folder = tmp_path_factory.mktemp("bench")
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT
-from vitdeploy.train import TrainRequest, train
+from vitdeploy.training import TrainRequest, train
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -77,7 +77,7 @@ def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Pa
     from PIL import Image
 
     from builders import make_bundle
-    from vitdeploy.export import export_onnx
+    from vitdeploy.onnx_export import export_onnx
 
     model = export_onnx(make_bundle(tmp_path / "b"), verify=False).path
     for i in range(64):
@@ -93,3 +93,32 @@ def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Pa
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+@pytest.mark.parametrize("command", ["train", "export", "verify", "predict"])
+def test_the_package_top_mirrors_each_command(command: str) -> None:
+    """`from vitdeploy import train, export, verify, predict`: every CLI option is a keyword of the function."""
+    import inspect
+
+    import vitdeploy
+
+    options = {p.name for p in get_command(app).commands[command].params} - {"json_output"}
+    assert options <= set(inspect.signature(getattr(vitdeploy, command)).parameters)
+    assert getattr(vitdeploy, command).__doc__
+
+
+def test_the_cli_passes_its_options_to_the_package_function(monkeypatch) -> None:
+    import vitdeploy
+    from vitdeploy.errors import ConfigError
+
+    received = {}
+
+    def fake_export(bundle=None, out=None, **options):
+        received.update(bundle=bundle, out=out, **options)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(vitdeploy, "export", fake_export)
+    result = runner.invoke(app, ["export", "b", "--opset", "18", "--exporter", "dynamo", "--precision", "int8"])
+    assert result.exit_code == EXIT_BAD_INPUT and "stop here" in result.output
+    assert received["bundle"] == Path("b") and received["opset"] == 18 and received["exporter"] == "dynamo"
+    assert received["precision"] == ["int8"] and received["verify"] is True

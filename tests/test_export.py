@@ -12,7 +12,7 @@ import torch
 from builders import LABELS, TINY, make_bundle
 from typer.testing import CliRunner
 
-from vitdeploy import export, onnx_file, runtime
+from vitdeploy import onnx_export as export, onnx_file, runtime
 from vitdeploy.bundle import load_bundle
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError

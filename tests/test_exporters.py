@@ -11,7 +11,7 @@ import pytest
 from builders import corrupt_block_weight, make_bundle
 from typer.testing import CliRunner
 
-from vitdeploy import export, onnx_file, runtime
+from vitdeploy import onnx_export as export, onnx_file, runtime
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError
 

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from builders import make_bundle  # noqa: E402
 
-from vitdeploy import accuracy_gate, export, graph_variants, parity, precision, runtime  # noqa: E402
+from vitdeploy import accuracy_gate, graph_variants, parity, precision, runtime  # noqa: E402
+from vitdeploy import onnx_export as export  # noqa: E402
 from vitdeploy.cli import app  # noqa: E402
 from vitdeploy.config import ModelConfig  # noqa: E402
 from vitdeploy.data import DIGITS_NAME  # noqa: E402
@@ -86,7 +87,7 @@ def test_variant_files_describe_themselves(ladder, variant, precision):
 
 @pytest.mark.parametrize("variant", ["fp32-opt", "fp16", "int8"])
 def test_verify_knows_each_precision(ladder, variant):
-    from vitdeploy import verify
+    from vitdeploy import verification as verify
 
     report = verify.verify(ladder[2][variant].path, batch_sizes=(1, 7), num_real=16, num_random=8)
     assert report.passed, report.failures()

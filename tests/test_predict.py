@@ -16,12 +16,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from builders import SPEC, WITHOUT_TRAINING_EXTRA, png_header_only, smooth_rgb
-from vitdeploy import predict as predict_module
+from vitdeploy import prediction as predict_module
 from vitdeploy import runtime
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
 from vitdeploy.onnx_file import find_latest_model
-from vitdeploy.predict import PredictRequest, expand_inputs, predict
+from vitdeploy.prediction import PredictRequest, expand_inputs, predict
 
 REPO = Path(__file__).resolve().parents[1]
 

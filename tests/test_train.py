@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from vitdeploy.bundle import WEIGHTS_FILE, read_bundle_info
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError, DataError, DeviceError
-from vitdeploy.train import TrainRequest, train
+from vitdeploy.training import TrainRequest, train
 
 runner = CliRunner()
 

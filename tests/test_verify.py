@@ -13,7 +13,7 @@ from builders import TINY, corrupt_block_weight, make_bundle
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy import export, onnx_file, parity, runtime, verify
+from vitdeploy import onnx_export as export, onnx_file, parity, runtime, verification as verify
 from vitdeploy.cli import app, parse_batch_sizes
 from vitdeploy.config import ModelConfig
 from vitdeploy.errors import ConfigError, ModelFileError

@@ -1,3 +1,10 @@
-"""vitdeploy: train a Vision Transformer, export it to ONNX, verify it, and serve and benchmark it."""
+"""vitdeploy: train a Vision Transformer, export it to ONNX, verify it, and run and benchmark it.
+
+The functions below mirror the CLI commands (see vitdeploy.api); importing the package loads no torch.
+"""
 
 __version__ = "0.1.0"
+
+from vitdeploy.api import export, predict, train, verify  # noqa: E402
+
+__all__ = ["__version__", "export", "predict", "train", "verify"]

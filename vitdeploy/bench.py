@@ -400,7 +400,7 @@ def model_from_preset(name: str, workdir: Path, seed: int = 0) -> ModelUnderTest
     """Build a preset's architecture with random weights (seeded) and export it, so anyone can compare."""
     import torch
 
-    from vitdeploy.export import export_model
+    from vitdeploy.onnx_export import export_model
     from vitdeploy.model import build_model
 
     preset = get_preset(name)
@@ -695,7 +695,7 @@ def run_bench(
 ) -> BenchReport:
     """What `vitdeploy bench` does: pick the model (a preset with random weights, or an exported file and its
     bundle, by default the newest under models/), then benchmark it."""
-    from vitdeploy.predict import expand_inputs
+    from vitdeploy.prediction import expand_inputs
 
     if preset and (model or bundle):
         raise ConfigError("--preset builds and exports its own model: give either MODEL/--bundle or --preset")

@@ -124,14 +124,12 @@ def train(
 
     Example: vitdeploy train --epochs 30 --out models/digits
     """
-    require("train", "vitdeploy train")
-    from vitdeploy.train import TrainRequest, train as run_training
+    import vitdeploy
 
-    request = TrainRequest(
-        preset=preset, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        image_size=image_size, device=device, resume=resume, stop_after_steps=stop_after_steps, workers=workers,
+    result = vitdeploy.train(
+        preset, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, image_size=image_size,
+        device=device, resume=resume, stop_after_steps=stop_after_steps, workers=workers, console=console,
     )
-    result = run_training(request, console=console)
     if json_output and result.main_process:
         print_json(result.to_dict())
     if result.interrupted:
@@ -193,20 +191,18 @@ def predict(
 
     Example: vitdeploy predict samples/ --model models/digits/best/model.onnx --format csv -o predictions.csv
     """
-    from vitdeploy.errors import EXIT_PARTIAL, ConfigError
-    from vitdeploy.predict import PredictRequest, predict as run_predict
+    import vitdeploy
+    from vitdeploy.errors import EXIT_PARTIAL
 
     if json_output:
         if output_format not in ("table", "json"):
             raise ConfigError(f"--json means --format json; it contradicts --format {output_format}")
         output_format = "json"
-
-    request = PredictRequest(
-        inputs=inputs, model=model, batch_size=batch_size, workers=workers, device=device, threads=threads,
-        top_k=top_k, output_format=output_format, output=output, recursive=recursive,
-        progress=output_format != "json",
+    summary = vitdeploy.predict(
+        inputs, model=model, batch_size=batch_size, workers=workers, device=device, threads=threads, top_k=top_k,
+        output_format=output_format, output=output, recursive=recursive, progress=output_format != "json",
+        log=print_note,
     )
-    summary = run_predict(request, log=print_note)
     if summary.rows:
         print_prediction_table(summary.rows)
     console.print(
@@ -279,18 +275,15 @@ def export(
 
     Example: vitdeploy export models/digits/best --optimize --precision fp16,int8
     """
-    require("train", "vitdeploy export")
-    from vitdeploy.accuracy_gate import AccuracyGate
-    from vitdeploy.export import export_onnx
+    import vitdeploy
     from vitdeploy.parity import ParityError
-    from vitdeploy.precision import AccuracyGateFailed, parse_precisions, requested_variants, variants_table
-    from vitdeploy.verify import parity_tables
+    from vitdeploy.precision import AccuracyGateFailed, variants_table
+    from vitdeploy.verification import parity_tables
 
-    variants = requested_variants(parse_precisions(precision or ["fp32"]), optimize)
-    gate = AccuracyGate(max_accuracy_drop=max_accuracy_drop)
     try:
-        result = export_onnx(bundle, out, opset=opset, verify=verify, variants=variants, gate=gate,
-                             int8_method=int8_method, exporter=exporter, notify=print_note)
+        result = vitdeploy.export(bundle, out, opset=opset, verify=verify, optimize=optimize,
+                                  precision=precision or ["fp32"], max_accuracy_drop=max_accuracy_drop,
+                                  int8_method=int8_method, exporter=exporter, notify=print_note)
     except ParityError as e:
         for table in parity_tables(e.report):
             console.print(table)
@@ -351,11 +344,13 @@ def verify(
 
     Example: vitdeploy verify models/digits/best/model.onnx --batch-sizes 1,7,32,64
     """
-    require("train", "vitdeploy verify")
+    import vitdeploy
     from vitdeploy.errors import EXIT_CHECK_FAILED
-    from vitdeploy.verify import parity_tables, verify as run_verify
+    from vitdeploy.verification import parity_tables
 
-    report = run_verify(model, bundle, images, parse_batch_sizes(batch_sizes), atol, rtol)
+    report = vitdeploy.verify(model, bundle=bundle, images=images, batch_sizes=parse_batch_sizes(batch_sizes),
+                              atol=atol, rtol=rtol)
+
     n = report.inputs
     console.print(f"inputs: {n['real']} real images ({n['real_source']}) + {n['random']} random", highlight=False)
     for table in parity_tables(report):

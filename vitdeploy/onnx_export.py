@@ -254,7 +254,7 @@ def export_model(
         parity = None
         if verify:
             from vitdeploy.parity import ParityError
-            from vitdeploy.verify import export_parity
+            from vitdeploy.verification import export_parity
 
             parity = export_parity(model, info, staged)
             if not parity.passed:
