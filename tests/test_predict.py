@@ -338,3 +338,23 @@ def test_library_summary(tmp_path, tiny_onnx, good_images):
     )
     assert summary.images_ok == len(good_images) and summary.images_failed == 0 and not summary.interrupted
     assert summary.images_per_second > 0 and summary.to_dict()["model"] == str(tiny_onnx)
+
+
+def test_progress_is_drawn_on_a_terminal_only_and_never_on_stdout(tmp_path, tiny_onnx, good_images, monkeypatch,
+                                                                  capsys):
+    from vitdeploy import progress
+
+    paths = [str(p) for p in good_images]
+
+    def rows_and_stderr(**options) -> tuple[list[dict], str]:
+        predict(PredictRequest(paths, model=tiny_onnx, output_format="jsonl", batch_size=2, **options),
+                log=lambda _: None)
+        out, err = capsys.readouterr()
+        return [json.loads(line) for line in out.splitlines()], err
+
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    rows, err = rows_and_stderr(progress=True)
+    assert len(rows) == len(paths) and "images/s" in err and "failed" in err  # stdout holds rows only
+    assert rows_and_stderr(progress=False)[1] == ""  # as the CLI asks with --json
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    assert rows_and_stderr(progress=True)[1] == ""  # logs, pipes, CI

@@ -39,5 +39,6 @@ def live_progress(enabled: bool, *columns: Any) -> Iterator[Any]:
     from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    # force_terminal: the decision is made above, from stderr itself (rich would also look at the environment).
+    with Progress(*columns, console=Console(stderr=True, force_terminal=True), transient=True) as progress:
         yield progress
