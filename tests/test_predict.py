@@ -169,11 +169,13 @@ def test_glob_that_matches_nothing_is_exit_2(tmp_path, tiny_onnx):
     assert "no input matched" in result.stderr
 
 
-def test_a_pattern_matching_nothing_beside_good_inputs_is_an_error_row(tmp_path, tiny_onnx, good_images):
-    result = cli(str(good_images[0]), str(tmp_path / "missing-*.png"), "--model", str(tiny_onnx), "--format", "jsonl")
+def test_a_pattern_matching_nothing_gets_an_error_row_in_its_place(tmp_path, tiny_onnx, good_images):
+    result = cli(str(good_images[0]), str(tmp_path / "missing-*.png"), str(good_images[1]), str(tmp_path / "gone"),
+                 "--model", str(tiny_onnx), "--format", "jsonl", "--batch-size", "1")
     assert result.exit_code == EXIT_PARTIAL
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["ok"] for r in rows] == [False, True] and rows[0]["error"] == "no_match"
+    assert [r["ok"] for r in rows] == [True, False, True, False]  # the order of the inputs
+    assert rows[1]["error"] == rows[3]["error"] == "no_match" and rows[3]["path"] == str(tmp_path / "gone")
 
 
 def test_missing_model_is_exit_2(tmp_path, good_images):

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from vitdeploy import strict_json
+from vitdeploy.errors import WriteError
+
+
+# OS errors that mean "this file cannot be written here", as opposed to a bug.
+_WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def reported_as(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a full disk (or a read-only or forbidden location) while writing into one WriteError line naming `path`
+    (exit code 2), instead of a traceback; other errors pass through."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _WRITE_FAILURES:
+            raise WriteError.from_os_error(path, e) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -19,7 +38,7 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     On any exception the temporary file is removed and `final` is untouched.
     """
     final = Path(final)
-    with _temp_beside(final) as tmp:
+    with reported_as(final), _temp_beside(final) as tmp:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -37,9 +56,10 @@ def atomic_write_many(writers: dict[Path, Callable[[Path], Any]]) -> None:
     with contextlib.ExitStack() as stack:
         temps = {final: stack.enter_context(_temp_beside(Path(final))) for final in writers}
         for final, write in writers.items():
-            write(temps[final])
-            with open(temps[final], "rb+") as f:
-                os.fsync(f.fileno())
+            with reported_as(final):
+                write(temps[final])
+                with open(temps[final], "rb+") as f:
+                    os.fsync(f.fileno())
         for final, tmp in temps.items():
             os.replace(tmp, final)
         for folder in {Path(f).parent for f in writers}:
@@ -73,7 +93,7 @@ def atomic_write_bytes(final: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_json(final: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_bytes(final, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(final, (strict_json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -8,7 +8,6 @@ work without torch.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from vitdeploy import strict_json
 from vitdeploy.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, VitDeployError
 from vitdeploy.extras import require
 
@@ -76,7 +76,7 @@ def root(
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.write(strict_json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 

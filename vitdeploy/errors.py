@@ -11,6 +11,8 @@ Exit codes (also in README.md):
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
@@ -43,6 +45,15 @@ class ModelFileError(VitDeployError):
 
 class DeviceError(VitDeployError):
     """A requested device (e.g. --device cuda) is not really usable here."""
+
+
+class WriteError(VitDeployError):
+    """A file could not be written (a full disk, no permission): one line naming it, exit code 2."""
+
+    @classmethod
+    def from_os_error(cls, path: object, error: OSError, detail: str = "") -> WriteError:
+        reason = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        return cls(f"cannot write {path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
 class CheckFailed(VitDeployError):

@@ -77,6 +77,7 @@ class ParityCase:
     top1_agreement: float  # fraction of samples whose ONNX top-1 class equals PyTorch's
     batch_invariance_max_abs: float  # vs the same samples' ONNX outputs at batch size 1
     passed: bool
+    non_finite: int = 0  # samples whose ONNX logits hold NaN or Inf
 
 
 @dataclass
@@ -122,6 +123,10 @@ class ParityReport:
         lines = []
         for c in self.cases:
             if c.passed:
+                continue
+            if c.non_finite:
+                lines.append(f"{short_provider_name(c.provider)} batch {c.batch_size}: non-finite output (NaN or Inf) "
+                             f"for {c.non_finite} of {c.samples} samples")
                 continue
             why = []
             if c.max_abs > tol.atol:
@@ -238,13 +243,15 @@ def check_parity(
         for b in batch_sizes:
             m = compare_logits(reference, outputs[b])
             invariance = float(np.abs(outputs[b] - outputs[1]).max())
+            non_finite = int((~np.isfinite(outputs[b]).all(axis=1)).sum())
             passed = (
-                tolerance.allows(reference, outputs[b])
+                not non_finite
+                and tolerance.allows(reference, outputs[b])
                 and m["top1_agreement"] >= tolerance.min_top1_agreement
                 and invariance <= tolerance.atol
             )
             report.cases.append(ParityCase(provider, b, len(inputs), **m, batch_invariance_max_abs=invariance,
-                                           passed=passed))
+                                           passed=passed, non_finite=non_finite))
         if labels is not None and len(labels):
             report.accuracy[f"onnx:{provider}"] = float(np.mean(outputs[1][: len(labels)].argmax(1) == labels))
         report.layers[provider] = compare_intermediates(

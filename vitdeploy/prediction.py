@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
+import io
+import os
+import re
 import sys
 import time
 import warnings
@@ -29,9 +31,10 @@ import numpy as np
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-from vitdeploy import images, runtime
+from vitdeploy import images, runtime, strict_json
 from vitdeploy.config import PreprocessSpec
-from vitdeploy.errors import ConfigError, ModelFileError, VitDeployError
+from vitdeploy.atomic import reported_as
+from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.images import ImageDecodeError
 from vitdeploy.onnx_file import OnnxModelInfo, resolve_model
 from vitdeploy.progress import live_progress, to_stderr
@@ -96,34 +99,120 @@ class PredictSummary:
 # ------------------------------------------------------------------------------------------- finding inputs
 
 
-def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
-    """(image paths in the order given, without duplicates; inputs that matched nothing).
+@dataclass(frozen=True)
+class NoMatch:
+    """An input (a path or pattern, as given) that matched no file: it gets an error row in its place."""
+
+    text: str
+
+
+def ordered_inputs(inputs: list[str], recursive: bool = False) -> list[Path | NoMatch]:
+    """Every input in the order given: the image files it names, or a NoMatch.
 
     A file is taken as given (decoding decides whether it is an image); a folder contributes its files with an
     image suffix (recursively with `recursive`); anything else is a glob pattern (`**` needs `recursive`).
+    Each file appears once, however many inputs name it (compared by resolved path), under its first spelling.
+    Folders are walked following links to folders, but never into a folder already visited, so link cycles end.
     """
-    found: dict[Path, None] = {}
-    unmatched: list[str] = []
+    seen: set[Path] = set()
+    items: list[Path | NoMatch] = []
     for text in inputs:
-        path = Path(text)
-        if path.is_file():
-            matches = [path]
-        elif path.is_dir():
-            matches = _images_in_folder(path, recursive)
-        else:
-            matches = []
-            for match in sorted(glob.glob(text, recursive=recursive)):
-                p = Path(match)
-                matches.extend([p] if p.is_file() else _images_in_folder(p, recursive) if p.is_dir() else [])
+        matches = _matches(text, recursive)
         if not matches:
-            unmatched.append(text)
-        found.update(dict.fromkeys(matches))
-    return list(found), unmatched
+            items.append(NoMatch(text))
+        for path in matches:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                items.append(path)
+    return items
+
+
+def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """(image paths in the order given, without duplicates; inputs that matched nothing)."""
+    items = ordered_inputs(inputs, recursive)
+    return [i for i in items if isinstance(i, Path)], [i.text for i in items if isinstance(i, NoMatch)]
+
+
+def _matches(text: str, recursive: bool) -> list[Path]:
+    path = Path(text)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return _images_in_folder(path, recursive)
+    if recursive and "**" in text:
+        return _recursive_glob(text)
+    found: list[Path] = []
+    for match in sorted(glob.glob(text)):  # no `**`: one level per pattern part, so no walk that could loop
+        p = Path(match)
+        found.extend([p] if p.is_file() else _images_in_folder(p, recursive) if p.is_dir() else [])
+    return found
 
 
 def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
-    files = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in files if p.is_file() and images.is_image_file(p) and not p.name.startswith("."))
+    files = _walk_files(folder) if recursive else (p for p in folder.iterdir() if p.is_file())
+    return sorted(p for p in files if images.is_image_file(p) and not p.name.startswith("."))
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Every file below `root`, following links to folders but entering each real folder once."""
+    visited: set[tuple[int, int]] = set()
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            status = folder.stat()
+            entries = list(os.scandir(folder))
+        except OSError:  # unreadable, or a dangling link: nothing to classify there
+            continue
+        if (status.st_dev, status.st_ino) in visited:
+            continue
+        visited.add((status.st_dev, status.st_ino))
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir():
+                    pending.append(path)
+                elif entry.is_file():
+                    yield path
+            except OSError:
+                continue
+
+
+def _recursive_glob(pattern: str) -> list[Path]:
+    """`dir/**/*.png` over a cycle-safe walk of `dir` (glob's own `**` follows link cycles until the path limit)."""
+    parts = Path(pattern).parts
+    literal = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = Path(*parts[:literal]) if literal else Path(".")
+    regex = re.compile(_glob_regex("/".join(parts[literal:])))
+    return sorted(p for p in _walk_files(root) if regex.fullmatch(p.relative_to(root).as_posix()))
+
+
+def _glob_regex(pattern: str) -> str:
+    """A glob (with `**` for any number of folders) as a regular expression over '/'-separated relative paths."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
+            end = pattern.index("]", i + 1)
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -140,21 +229,13 @@ def open_model(
     path: Path, device: str = "auto", threads: int | None = None, log: Callable[[str], None] = to_stderr,
     spin: bool = False,
 ) -> LoadedModel:
-    """Open a vitdeploy .onnx on `device` and check that its input size and labels agree with its metadata.
+    """Open a vitdeploy .onnx on `device`; its input contract is checked against its metadata as it opens.
 
     `spin` is off by default: the decoding threads need the CPU time that ORT's idle threads would otherwise burn
     busy-waiting after each run (benchmarks/predict_throughput.py measures both settings).
     """
     session, provider = runtime.make_session(path, device=device, threads=threads, notify=log, spin=spin)
-    info = runtime.model_info_from_session(session, path)
-    _batch, _channels, height, width = session.get_inputs()[0].shape
-    size = info.preprocess.image_size
-    if (height, width) != (size, size) and all(isinstance(d, int) for d in (height, width)):
-        raise ModelFileError(f"{path}: the graph takes {height}x{width} images but its metadata says {size}x{size}")
-    num_classes = session.get_outputs()[0].shape[-1]
-    if isinstance(num_classes, int) and num_classes != len(info.labels):
-        raise ModelFileError(f"{path}: the graph has {num_classes} outputs but {len(info.labels)} labels")
-    return LoadedModel(session, provider, info)
+    return LoadedModel(session, provider, runtime.model_info_from_session(session, path))
 
 
 def load_model_input(path: Path, spec: PreprocessSpec) -> np.ndarray:
@@ -171,15 +252,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ rows/output
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path as text that any output can hold: bytes that are not UTF-8 (possible in POSIX file names) are shown
+    as \\xNN escapes instead of aborting the write."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def prediction_row(path: Path, probabilities: np.ndarray, labels: list[str], top_k: int, provider: str) -> dict:
     order = np.argsort(-probabilities, kind="stable")[:top_k]
     top = [{"label": labels[i], "probability": round(float(probabilities[i]), PROBABILITY_DECIMALS)} for i in order]
-    return {"path": str(path), "ok": True, "label": top[0]["label"], "probability": top[0]["probability"],
+    return {"path": display_path(path), "ok": True, "label": top[0]["label"], "probability": top[0]["probability"],
             "top_k": top, "provider": provider}
 
 
-def error_row(path: str, kind: str, message: str, provider: str) -> dict:
-    return {"path": path, "ok": False, "error": kind, "message": message, "provider": provider}
+def error_row(path: str | os.PathLike[str], kind: str, message: str, provider: str) -> dict:
+    return {"path": display_path(path), "ok": False, "error": kind, "message": message, "provider": provider}
 
 
 CSV_FIELDS = ("path", "ok", "label", "probability", "top_k", "error", "message", "provider")
@@ -190,50 +277,77 @@ class RowWriter:
 
     json is an object written incrementally: {"model", "provider", "predictions": [rows...], "summary"}; close()
     (called from a `finally`) completes it, so the file stays valid JSON after Ctrl-C. table rows are kept and
-    rendered by the caller at the end.
+    rendered by the caller at the end. A batch's rows are written as one piece; when a file cannot take it (a full
+    disk), the file is cut back to the rows before it, so no row is ever left half-written.
     """
 
-    def __init__(self, stream: IO[str], output_format: str, model: str, provider: str):
+    def __init__(self, stream: IO[bytes] | IO[str], output_format: str, model: str, provider: str,
+                 path: Path | None = None):
         self.stream = stream
+        self.path = path  # the output file, when rows go to one (else stdout)
         self.format = output_format
         self.count = 0
         self.kept: list[dict] = []
+        self.written = 0  # bytes of complete rows in the file
         if output_format == "csv":
-            self.csv = csv.DictWriter(stream, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            self.csv.writeheader()
+            self._emit(_csv_line(CSV_FIELDS))
         elif output_format == "json":
-            head = json.dumps({"model": model, "provider": provider})[:-1]  # the object stays open
-            stream.write(head + ', "predictions": [')
-        stream.flush()
+            head = strict_json.dumps({"model": model, "provider": provider})[:-1]  # the object stays open
+            self._emit(head + ', "predictions": [')
 
     def write(self, rows: list[dict]) -> None:
+        parts = []
         for row in rows:
             if self.format == "jsonl":
-                self.stream.write(json.dumps(row) + "\n")
+                parts.append(strict_json.dumps(row) + "\n")
             elif self.format == "json":
-                self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
+                parts.append(("," if self.count else "") + "\n  " + strict_json.dumps(row))
             elif self.format == "csv":
                 top = "|".join(f"{t['label']}:{t['probability']}" for t in row.get("top_k", []))
-                self.csv.writerow({**row, "top_k": top})
+                parts.append(_csv_line([{**row, "top_k": top}.get(name, "") for name in CSV_FIELDS]))
             else:
                 self.kept.append(row)
             self.count += 1
-        self.stream.flush()
+        self._emit("".join(parts))
 
     def close(self, summary: dict[str, Any]) -> None:
         if self.format == "json":
-            self.stream.write(f"\n], \"summary\": {json.dumps(summary)}}}\n")
-        self.stream.flush()
+            self._emit(f"\n], \"summary\": {strict_json.dumps(summary)}}}\n")
+
+    def _emit(self, text: str) -> None:
+        if self.path is None:
+            self.stream.write(text)
+            self.stream.flush()
+            return
+        encoded = text.encode("utf-8")
+        pending = memoryview(encoded)
+        try:
+            while pending:  # an unbuffered file may take part of it at a time
+                pending = pending[self.stream.write(pending):]
+        except OSError:
+            if self.stream.seekable():  # cut a half-written batch off; the rows before it stay whole
+                self.stream.seek(self.written)
+                self.stream.truncate()
+            raise
+        self.written += len(encoded)
+
+
+def _csv_line(values: Any) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(values)
+    return buffer.getvalue()
 
 
 def check_writable(output: Path) -> None:
     """Fail now, before any model or image is loaded, if `output` cannot be written; change nothing on disk.
 
     Opening for append neither truncates an existing file (whose rows a failed run should not wipe out) nor
-    leaves a new one behind.
+    leaves a new one behind. Only regular files are probed: opening a FIFO would wait for a reader.
     """
     if output.is_dir():
         raise InputError(f"--output {output} is a folder; give a file path")
+    if output.exists() and not output.is_file():
+        return
     existed = output.exists()
     try:
         with open(output, "a", encoding="utf-8"):
@@ -297,7 +411,8 @@ def _batches_ahead(
 
 
 def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> PredictSummary:
-    """Run the request; rows go to request.output (or stdout) as they are ready. Returns the summary.
+    """Run the request; rows go to request.output (or stdout) as they are ready, one per input, in input order.
+    Returns the summary.
 
     Ctrl-C stops after the batch in progress: the summary comes back with interrupted=True and every
     finished row is already written.
@@ -307,38 +422,49 @@ def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> 
     output_format = output_format_for(request.output_format, request.output)
     if request.output is not None:
         check_writable(request.output)
-    paths, unmatched = expand_inputs(request.inputs, request.recursive)
-    if not paths:
-        raise InputError(f"no input matched: {', '.join(unmatched) or '(none given)'}")
+    items = ordered_inputs(request.inputs, request.recursive)
+    if not any(isinstance(item, Path) for item in items):
+        raise InputError(f"no input matched: {', '.join(i.text for i in items) or '(none given)'}")
     model_path = resolve_model(request.model)
     model = open_model(model_path, request.device, request.threads, log)
     summary = PredictSummary(model=str(model_path), provider=model.provider,
                              output=str(request.output) if request.output else None)
-    # newline="": the csv module writes its own line endings
-    stream = open(request.output, "w", encoding="utf-8", newline="") if request.output else sys.stdout
+    # Unbuffered: what write() accepted is in the file, so a failed batch can be cut off exactly.
+    stream = open(request.output, "wb", buffering=0) if request.output else sys.stdout
     try:
-        writer = RowWriter(stream, output_format, summary.model, summary.provider)
-        try:
-            writer.write([error_row(u, "no_match", "matched no file", model.provider) for u in unmatched])
-            summary.images_failed = len(unmatched)
-            run_pipeline(paths, model, request, writer, summary)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-        finally:
-            writer.close(summary.to_dict())
-            summary.rows = writer.kept
+        # A full disk ends the run with one line naming the file; the rows written before it stay whole.
+        with reported_as(request.output or "stdout"):
+            writer = RowWriter(stream, output_format, summary.model, summary.provider, request.output)
+            try:
+                run_pipeline(items, model, request, writer, summary)
+            except KeyboardInterrupt:
+                summary.interrupted = True
+            finally:
+                writer.close(summary.to_dict())
+                summary.rows = writer.kept
         return summary
     finally:
         if stream is not sys.stdout:
             stream.close()
 
 
-def run_pipeline(paths: list[Path], model: LoadedModel, request: PredictRequest, writer: RowWriter,
+def run_pipeline(items: list[Path | NoMatch], model: LoadedModel, request: PredictRequest, writer: RowWriter,
                  summary: PredictSummary) -> None:
-    """Decode, preprocess and classify `paths` with an open model, writing rows batch by batch into `writer` and
-    counting into `summary` (request.batch_size, workers and top_k apply; benchmarks call this directly)."""
+    """Decode, preprocess and classify the files among `items` with an open model, writing one row per item, in
+    order, batch by batch into `writer` and counting into `summary` (request.batch_size, workers and top_k apply;
+    benchmarks call this directly with a list of paths)."""
     spec, labels = model.info.preprocess, model.info.labels
     top_k = min(request.top_k, len(labels))
+    paths = [item for item in items if isinstance(item, Path)]
+    position = {path: i for i, path in enumerate(items) if isinstance(path, Path)}
+    written = 0  # items[:written] have their rows
+
+    def rows_until(end: int, computed: dict[Path, dict]) -> list[dict]:
+        """Rows of items[written:end]: the computed ones, and an error row for each input that matched nothing."""
+        return [computed[item] if isinstance(item, Path)
+                else error_row(item.text, "no_match", "matched no file", model.provider)
+                for item in items[written:end]]
+
     started = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=request.workers, thread_name_prefix="decode")
     try:
@@ -346,24 +472,43 @@ def run_pipeline(paths: list[Path], model: LoadedModel, request: PredictRequest,
         # (Set here, in the main thread, because warnings filters are process-wide and not thread-safe.)
         with warnings.catch_warnings(), live_progress(request.progress, *PROGRESS_COLUMNS) as progress:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            task = progress.add_task("predict", total=len(paths), rate=0.0, failed=summary.images_failed)
+            task = progress.add_task("predict", total=len(paths), rate=0.0, failed=0)
             overlap = model.provider != runtime.CPU
             for chunk, futures in _batches_ahead(pool, paths, spec, request.batch_size, overlap):
-                results = [f.result() for f in futures]
-                good = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
-                probabilities = (softmax(runtime.run_batch(model.session, np.stack([results[i] for i in good])))
-                                 if good else np.zeros((0, len(labels))))
-                by_index = dict(zip(good, probabilities))
-                rows = [
-                    prediction_row(path, by_index[i], labels, top_k, model.provider) if i in by_index
-                    else error_row(str(path), results[i].kind, results[i].detail, model.provider)
-                    for i, path in enumerate(chunk)
-                ]
+                computed = classify_batch(chunk, [f.result() for f in futures], model, top_k)
+                end = position[chunk[-1]] + 1
+                rows = rows_until(end, computed)
                 writer.write(rows)
-                summary.images_ok += len(good)
-                summary.images_failed += len(chunk) - len(good)
+                written = end
+                failed = sum(not row["ok"] for row in rows)
+                summary.images_ok += len(rows) - failed
+                summary.images_failed += failed
                 summary.seconds = time.perf_counter() - started
                 progress.update(task, advance=len(chunk), rate=summary.images_per_second,
                                 failed=summary.images_failed)
+        rows = rows_until(len(items), {})  # inputs after the last file that matched nothing
+        writer.write(rows)
+        summary.images_failed += len(rows)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def classify_batch(paths: list[Path], decoded: list[np.ndarray | ImageDecodeError], model: LoadedModel,
+                   top_k: int) -> dict[Path, dict]:
+    """Rows for one batch: top-k for each decoded image whose logits are finite, an error row for the others."""
+    labels, provider = model.info.labels, model.provider
+    good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+    logits = (runtime.run_batch(model.session, np.stack([decoded[i] for i in good])) if good
+              else np.zeros((0, len(labels)), np.float32))
+    rows = {}
+    for i, path in enumerate(paths):
+        error = decoded[i]
+        if isinstance(error, ImageDecodeError):
+            rows[path] = error_row(path, error.kind, error.detail, provider)
+    for row_logits, i in zip(logits, good):
+        if np.isfinite(row_logits).all():
+            rows[paths[i]] = prediction_row(paths[i], softmax(row_logits[None])[0], labels, top_k, provider)
+        else:  # a tampered or foreign model: NaN or Inf is not an answer, however it ranks
+            rows[paths[i]] = error_row(paths[i], "non_finite", "the model produced non-finite logits (NaN or "
+                                       "Inf) for this image", provider)
+    return rows

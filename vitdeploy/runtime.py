@@ -193,9 +193,38 @@ def _check_model_file(path: Path) -> None:
 
 
 def model_info_from_session(session: ort.InferenceSession, path: str | os.PathLike[str]) -> OnnxModelInfo:
-    """Read and validate a vitdeploy model's self-description from an open session."""
+    """Read a vitdeploy model's self-description from an open session and check that the graph honours it."""
     check_io_names(path, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-    return parse_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
+    info = parse_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
+    check_input_contract(session, info)
+    return info
+
+
+def check_input_contract(session: ort.InferenceSession, info: OnnxModelInfo) -> None:
+    """The graph must take float32 [batch, C, S, S] with a symbolic batch and give [batch, len(labels)] logits, as its
+    metadata says; otherwise every consumer (predict, bench, serve) would fail later, inside ONNX Runtime."""
+    model_input = next(i for i in session.get_inputs() if i.name == INPUT_NAME)
+    shape, size = model_input.shape, info.preprocess.image_size
+    channels = info.model_config.in_channels if info.model_config else 3
+    problems = []
+    if model_input.type != "tensor(float)":
+        problems.append(f"input {INPUT_NAME} is {model_input.type}, not tensor(float)")
+    if len(shape) != 4:
+        problems.append(f"input {INPUT_NAME} has {len(shape)} dimensions, not 4 (batch, channels, height, width)")
+    else:
+        batch, got_channels, height, width = shape
+        if isinstance(batch, int):
+            problems.append(f"the batch axis is fixed at {batch} (it must be symbolic: re-export with vitdeploy "
+                            "export, which writes a dynamic batch axis)")
+        if isinstance(got_channels, int) and got_channels != channels:
+            problems.append(f"the graph takes {got_channels} input channel(s), the model config {channels}")
+        if all(isinstance(d, int) for d in (height, width)) and (height, width) != (size, size):
+            problems.append(f"the graph takes {height}x{width} images but its metadata says {size}x{size}")
+    num_classes = next(o for o in session.get_outputs() if o.name == OUTPUT_NAME).shape[-1]
+    if isinstance(num_classes, int) and num_classes != len(info.labels):
+        problems.append(f"the graph has {num_classes} outputs but {len(info.labels)} labels")
+    if problems:
+        raise ModelFileError(f"{info.path}: " + "; ".join(problems))
 
 
 def load_model_info(path: str | os.PathLike[str]) -> OnnxModelInfo:

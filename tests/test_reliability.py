@@ -1,0 +1,187 @@
+"""Fault cases: tampered models, full disks, hostile paths. Each failed before the fixes it tests."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import smooth_rgb
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from vitdeploy import runtime
+from vitdeploy.cli import app
+from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, EXIT_PARTIAL, ModelFileError
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN and Infinity, as strict parsers (and other languages) do."""
+    def refuse(literal: str):
+        raise ValueError(f"non-JSON literal {literal}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("images")
+    for i in range(5):
+        smooth_rgb(20 + i, 18, seed=i).save(folder / f"{i}.png")
+    return sorted(folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def nan_onnx(tiny_onnx, tmp_path_factory) -> Path:
+    """The tiny model with its head bias set to NaN: a tampered or foreign file that answers NaN for everything."""
+    from vitdeploy.bundle import load_bundle
+
+    model, _ = load_bundle(runtime.load_model_info(tiny_onnx).export["bundle"])
+    bias = model.head.bias.detach().numpy()
+    proto = onnx.load(str(tiny_onnx))
+    target = next(t for t in proto.graph.initializer if np.array_equal(numpy_helper.to_array(t), bias))
+    target.CopyFrom(numpy_helper.from_array(np.full_like(bias, np.nan), target.name))
+    path = tmp_path_factory.mktemp("nan") / "nan.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ non-finite outputs
+
+
+@pytest.mark.parametrize("output_format", ["json", "jsonl", "csv"])
+def test_non_finite_logits_are_error_rows_and_no_output_holds_a_non_json_literal(nan_onnx, images, tmp_path,
+                                                                                  output_format):
+    out = tmp_path / f"rows.{output_format}"
+    result = runner.invoke(app, ["predict", *map(str, images), "--model", str(nan_onnx), "--format", output_format,
+                                 "-o", str(out)])
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    text = out.read_text()
+    if output_format == "csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        assert [r["error"] for r in rows] == ["non_finite"] * len(images)
+    else:
+        rows = (strict_loads(text)["predictions"] if output_format == "json"
+                else [strict_loads(line) for line in text.splitlines()])
+        assert [(r["ok"], r["error"]) for r in rows] == [(False, "non_finite")] * len(images)
+
+
+def test_verify_says_non_finite_output_rather_than_a_tolerance(nan_onnx, tiny_onnx):
+    bundle = runtime.load_model_info(tiny_onnx).export["bundle"]
+    result = runner.invoke(app, ["verify", str(nan_onnx), "--bundle", bundle, "--json"])
+    assert result.exit_code == EXIT_CHECK_FAILED
+    report = strict_loads(result.stdout)  # the NaN differences are null, not bare NaN
+    assert any("non-finite output" in line for line in report["failures"])
+    assert not any("atol" in line for line in report["failures"])
+
+
+# ------------------------------------------------------------------------------------------ the input contract
+
+
+@pytest.mark.parametrize("dimension, value, message", [(0, 1, "batch axis is fixed at 1"),
+                                                       (1, 1, "input channel")])
+def test_a_model_that_breaks_the_input_contract_is_refused_when_opened(tiny_onnx, images, tmp_path, dimension,
+                                                                       value, message):
+    proto = onnx.load(str(tiny_onnx))
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[dimension]
+    dim.Clear()
+    dim.dim_value = value
+    path = tmp_path / "static.onnx"
+    onnx.save(proto, str(path))
+    result = runner.invoke(app, ["predict", str(images[0]), "--model", str(path)])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "Traceback" not in result.output
+    if dimension == 0:  # (a 1-channel graph may already fail ONNX Runtime's own load checks, also exit 2)
+        assert message in result.output
+        with pytest.raises(ModelFileError, match=message):
+            runtime.load_model_info(path)  # what bench and serve open models with
+
+
+# ------------------------------------------------------------------------------------------ hostile paths
+
+
+def test_a_file_name_that_is_not_utf8_gets_its_row_in_csv(tiny_onnx, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    smooth_rgb(20, 20).save(folder / "plain.png")
+    odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes in a POSIX file name
+    smooth_rgb(21, 20).save(folder / odd)
+    out = tmp_path / "rows.csv"
+    result = runner.invoke(app, ["predict", str(folder), "--model", str(tiny_onnx), "--format", "csv", "-o", str(out)])
+    assert result.exit_code == EXIT_OK, result.output
+    rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
+    assert sorted(Path(r["path"]).name for r in rows) == ["caf\\xe9.png", "plain.png"]
+    assert all(r["ok"] == "True" for r in rows)
+
+
+def test_recursive_globs_end_on_link_cycles_and_list_each_file_once(tiny_onnx, tmp_path):
+    root = tmp_path / "tree"
+    (root / "a" / "b").mkdir(parents=True)
+    smooth_rgb(20, 20).save(root / "a" / "one.png")
+    smooth_rgb(22, 20).save(root / "a" / "b" / "two.png")
+    (root / "a" / "b" / "up").symlink_to(root / "a")  # a cycle
+    (root / "a" / "loop").symlink_to(root)  # and another
+    code = ("import sys, json; from vitdeploy.prediction import expand_inputs; "
+            "print(json.dumps([str(p) for p in expand_inputs(sys.argv[1:], recursive=True)[0]]))")
+    done = subprocess.run([sys.executable, "-c", code, f"{root}/**/*.png", str(root)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert sorted(Path(p).name for p in found) == ["one.png", "two.png"]  # once each, by resolved path
+
+
+def test_output_to_a_fifo_does_not_deadlock(tiny_onnx, images, tmp_path):
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    done = subprocess.run([sys.executable, "-m", "vitdeploy", "predict", *map(str, images), "--model",
+                           str(tiny_onnx), "--format", "jsonl", "-o", str(fifo)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    reader.join(timeout=30)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert len(received[0].splitlines()) == len(images)
+
+
+# ------------------------------------------------------------------------------------------ full disks
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs, where the test machine lets us mount one (root on Linux)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_predict_on_a_full_disk_exits_2_naming_the_file_and_keeps_every_complete_row(tiny_onnx, small_disk,
+                                                                                      tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(300):
+        smooth_rgb(16, 16, seed=i).save(folder / f"image-with-a-long-name-to-fill-the-disk-{i:04d}.png")
+    out = small_disk / "rows.jsonl"
+    result = runner.invoke(app, ["predict", str(folder), "--model", str(tiny_onnx), "--format", "jsonl",
+                                 "--batch-size", "8", "-o", str(out)])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert f"cannot write {out}: no space left on device" in result.output and "Traceback" not in result.output
+    lines = out.read_text().splitlines()
+    assert lines and len(lines) % 8 == 0  # whole batches only
+    assert all(strict_loads(line)["ok"] for line in lines)  # no row cut in half
