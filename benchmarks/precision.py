@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vitdeploy import bench, export, optimize
 from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
 from vitdeploy.checkpoint import load_bundle, read_bundle_info
@@ -38,7 +40,7 @@ FILES = {
 }
 
 
-def measure(bundle: Path, batch_sizes: tuple[int, ...], settings: bench.BenchSettings, log: Any) -> dict[str, Any]:
+def measure(bundle: Path, settings: bench.BenchSettings, log: Any) -> dict[str, Any]:
     model, info = load_bundle(bundle)
     threads = settings.thread_count
     with tempfile.TemporaryDirectory(prefix="vitdeploy-precision-") as tmp:
@@ -69,19 +71,21 @@ def measure(bundle: Path, batch_sizes: tuple[int, ...], settings: bench.BenchSet
             if (work / file).is_file():
                 spec = bench.VariantSpec(name, "onnxruntime", "cpu", precision, description)
                 runners.append(bench.OrtCpuRunner(spec, work / file, threads))
-        points = []
+
+        def batch_for(batch_size: int) -> np.ndarray:
+            """The first `batch_size` held-out images, each repeated when there are fewer."""
+            if len(data.inputs) >= batch_size:
+                return data.inputs[:batch_size]
+            return data.inputs.repeat(-(-batch_size // len(data.inputs)), axis=0)[:batch_size]
+
+        def point_started(batch_size: int, names: list[str]) -> None:
+            log(f"batch {batch_size}: timing {', '.join(names)} round-robin")
+
         with bench.torch_threads(threads):
             env = bench.environment(threads)
             for runner in runners:
                 runner.create()
-            for batch_size in batch_sizes:
-                batch = data.inputs[:batch_size] if len(data.inputs) >= batch_size else data.inputs.repeat(
-                    -(-batch_size // len(data.inputs)), axis=0)[:batch_size]
-                for runner in runners:
-                    runner.stage(batch)
-                log(f"batch {batch_size}: timing {', '.join(r.spec.name for r in runners)} round-robin")
-                timed = bench._measure_point(runners, settings)
-                points += [bench.PointResult(name, batch_size, latencies) for name, latencies in timed.items()]
+            points = bench.measure_points(runners, settings, batch_for, on_point=point_started)
     rows = []
     for point in points:
         same_batch = {p.variant: p for p in points if p.batch_size == point.batch_size}
@@ -101,7 +105,7 @@ def measure(bundle: Path, batch_sizes: tuple[int, ...], settings: bench.BenchSet
         "pytorch_fp32_accuracy": float((data.reference.argmax(1) == data.labels).mean()),
         "variants": gates,
         "results": rows,
-        "settings": {**settings.to_dict(), "batch_sizes": list(batch_sizes)},
+        "settings": settings.to_dict(),
         "environment": env,
         "command": " ".join(["python", "benchmarks/precision.py", *sys.argv[1:]]),
     }
@@ -164,13 +168,13 @@ def main() -> int:
     parser.add_argument("--min-iters", type=int, default=10)
     parser.add_argument("--table-only", action="store_true", help="only rewrite precision.md")
     args = parser.parse_args()
-    batch_sizes = bench.parse_int_list(args.batch_sizes, "--batch-sizes")
-    settings = bench.BenchSettings(batch_sizes=batch_sizes, threads=args.threads, min_seconds=args.min_seconds,
-                                   min_iters=args.min_iters, warmup_seconds=1.0)
+    settings = bench.BenchSettings(batch_sizes=bench.parse_int_list(args.batch_sizes, "--batch-sizes"),
+                                   threads=args.threads, min_seconds=args.min_seconds, min_iters=args.min_iters,
+                                   warmup_seconds=1.0)
     names = args.name or []
     for i, bundle in enumerate([] if args.table_only else args.bundles):
         name = names[i] if i < len(names) else bundle.resolve().parent.name
-        report = measure(bundle, batch_sizes, settings, lambda message: print(message, file=sys.stderr, flush=True))
+        report = measure(bundle, settings, lambda message: print(message, file=sys.stderr, flush=True))
         atomic_write_json(RESULTS / f"{name}.json", report)
     reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     atomic_write_bytes(HERE / "precision.md", markdown(reports).encode())

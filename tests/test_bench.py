@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vitdeploy import bench
+from vitdeploy.bench import artifacts
 from vitdeploy.checkpoint import BundleInfo, save_bundle
 from vitdeploy.cli import app
 from vitdeploy.config import ModelConfig, PreprocessSpec
@@ -162,12 +163,23 @@ def test_p99_budget_recommends_the_largest_batch_that_meets_it() -> None:
     assert bench.recommend_batch_size(report_from_rows(rows), p99_budget_ms=1)["best"] is None
 
 
+class FixedClock:
+    """A timer that runs the work and reports a fixed latency (no clock involved)."""
+
+    def __init__(self, latency_s: float):
+        self.latency_s = latency_s
+
+    def time(self, work) -> float:
+        work()
+        return self.latency_s
+
+
 class FakeRunner(bench.Runner):
-    """Reports a fixed latency per run and logs the order of calls (no clock involved)."""
+    """Logs the order of its inferences; its timer reports a fixed latency for each."""
 
     def __init__(self, name: str, latency_s: float, calls: list[str]):
         self.spec = bench.VariantSpec(name, "fake", "cpu", "fp32", "")
-        self.latency_s = latency_s
+        self.timer = FixedClock(latency_s)
         self.calls = calls
 
     def create(self) -> None:
@@ -176,9 +188,8 @@ class FakeRunner(bench.Runner):
     def stage(self, batch: np.ndarray) -> None:
         pass
 
-    def run(self) -> float:
+    def infer(self) -> None:
         self.calls.append(self.spec.name)
-        return self.latency_s
 
 
 def test_protocol_interleaves_and_meets_both_minimums() -> None:
@@ -186,7 +197,7 @@ def test_protocol_interleaves_and_meets_both_minimums() -> None:
     # Latencies exact in binary floating point, so the sums cross the thresholds exactly where expected.
     fast, slow = FakeRunner("fast", 0.125, calls), FakeRunner("slow", 0.375, calls)
     settings = bench.BenchSettings(warmup_iters=2, warmup_seconds=0.5, min_iters=3, min_seconds=1.0)
-    timed = bench._measure_point([fast, slow], settings)
+    timed = bench.measure([fast, slow], settings)
     # Warm-up: fast needs 4 runs for 0.5 s, slow 2 (the count) -> 2 rounds of both, then 2 of fast alone.
     # Timed: fast needs 8 runs for 1 s, slow 3 (the count); both run in every round until slow is satisfied.
     assert calls[:6] == ["fast", "slow", "fast", "slow", "fast", "fast"]
@@ -198,26 +209,26 @@ def test_companion_runs_every_round_without_deciding_when_to_stop() -> None:
     calls: list[str] = []
     model, peak = FakeRunner("model", 0.5, calls), FakeRunner("peak", 10.0, calls)
     settings = bench.BenchSettings(warmup_iters=1, warmup_seconds=0, min_iters=2, min_seconds=1.0)
-    timed = bench._measure_point([model], settings, companions=[peak])
+    timed = bench.measure([model], settings, companions=[peak])
     assert calls == ["model", "peak"] * 3  # 1 warm-up round, 2 timed rounds
     assert len(timed["model"]) == len(timed["peak"]) == 2
 
 
 def test_every_variant_sees_the_same_input() -> None:
-    a = bench._input_batch(TINY, 4, seed=0)
+    a = bench.input_batch(TINY, 4, seed=0)
     assert a.dtype == np.float32 and a.shape == (4, 3, 16, 16)
-    np.testing.assert_array_equal(a, bench._input_batch(TINY, 4, seed=0))
+    np.testing.assert_array_equal(a, bench.input_batch(TINY, 4, seed=0))
 
 
 @pytest.mark.skipif(cuda_status().usable, reason="checks the behaviour without CUDA")
 def test_cuda_variants_skip_when_auto_and_fail_when_requested(exported: tuple[Path, Path]) -> None:
     model = bench.model_from_files(*exported)
-    names, skipped = bench._plan_variants(bench.BenchSettings(), model)
+    names, skipped = bench.plan_variants(bench.BenchSettings(), model)
     assert names == ["torch", *ORT_VARIANTS]
     assert set(skipped) == {"torch-cuda", "ort-cuda", "ort-cuda-graph", "ort-cuda-fp16"}
     assert all(reason for reason in skipped.values())
     with pytest.raises(DeviceError, match="ort-cuda"):
-        bench._plan_variants(bench.BenchSettings(variants=("ort-cpu", "ort-cuda")), model)
+        bench.plan_variants(bench.BenchSettings(variants=("ort-cpu", "ort-cuda")), model)
     code, _ = run_cli(str(exported[0]), "--variants", "ort-cuda", *QUICK)
     assert code == EXIT_BAD_INPUT
 
@@ -227,10 +238,10 @@ def test_torch_variant_needs_the_weights(exported: tuple[Path, Path], tmp_path: 
     model = bench.model_from_files(exported[0], None)
     assert model.bundle == exported[1].resolve()
     model.bundle = None
-    _, skipped = bench._plan_variants(bench.BenchSettings(), model)
+    _, skipped = bench.plan_variants(bench.BenchSettings(), model)
     assert "bundle" in skipped["torch"]
     with pytest.raises(ConfigError, match="torch"):
-        bench._plan_variants(bench.BenchSettings(variants=("torch",)), model)
+        bench.plan_variants(bench.BenchSettings(variants=("torch",)), model)
 
 
 @pytest.mark.parametrize("bad", [dict(batch_sizes=(0,)), dict(variants=("tensorrt",)), dict(min_iters=0),
@@ -269,8 +280,8 @@ def test_fp16_conversion_keeps_fp32_inputs_and_outputs(exported: tuple[Path, Pat
     import onnx
 
     fused = tmp_path / "fused.onnx"
-    bench.fuse_for_cpu(exported[0], TINY, fused)
-    ops = bench.convert_fp16(fused, tmp_path / "fp16.onnx")
+    artifacts.fuse_for_cpu(exported[0], TINY, fused)
+    ops = artifacts.convert_fp16(fused, tmp_path / "fp16.onnx")
     assert ops.get("Cast", 0) >= 2  # fp32 -> fp16 at the input, back at the output
     graph = onnx.load(tmp_path / "fp16.onnx").graph
     assert {i.type.tensor_type.elem_type for i in [*graph.input, *graph.output]} == {onnx.TensorProto.FLOAT}

@@ -1,0 +1,60 @@
+"""Fair latency / throughput benchmark of one ViT across runtimes: benchmark(...) -> BenchReport.
+
+    variants.py     the catalogue of variants, the settings of a run, why a device cannot run a variant
+    artifacts.py    the model under test, the file each variant times, which variants can run
+    protocol.py     THE timing protocol (identical inputs, warm-up, round-robin, minimums) and the timers
+    runners.py      PyTorch, ONNX Runtime CPU / CUDA (IO binding, CUDA graphs), the fp32 matmul peak
+    run.py          a whole benchmark: benchmark(), and run_bench() behind `vitdeploy bench`
+    end_to_end.py   decode / preprocess / model split from image files to logits
+    environment.py  the machine, versions, threads, GPUs and load a run was measured on
+    report.py       statistics, the JSON report, speed-up and MFU, recommendation and baseline comparison
+    render.py       the results table, summary lines and plot
+
+Figures: p50 / p90 / p99 / mean / std latency, images/s, speed-up against PyTorch eager on the same device in the
+same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the fp32 matmul rate measured in the
+same rounds as the variants, so that a shared machine's load weighs on both sides of the ratio).
+"""
+
+from vitdeploy.bench.artifacts import ModelUnderTest, model_from_files, model_from_preset, plan_variants
+from vitdeploy.bench.environment import environment
+from vitdeploy.bench.protocol import (
+    ColdStart,
+    CudaEventTimer,
+    Runner,
+    Timer,
+    WallClock,
+    cold_start,
+    input_batch,
+    measure,
+    measure_points,
+)
+from vitdeploy.bench.render import plot_report, results_table, summary_lines
+from vitdeploy.bench.report import (
+    SCHEMA,
+    BenchReport,
+    PointResult,
+    check_regressions,
+    compare_to_baseline,
+    load_report,
+    recommend_batch_size,
+)
+from vitdeploy.bench.run import benchmark, run_bench
+from vitdeploy.bench.runners import MatmulPeakRunner, OrtCpuRunner, OrtCudaRunner, TorchRunner, torch_threads
+from vitdeploy.bench.variants import (
+    DEFAULT_BATCH_SIZES,
+    EAGER,
+    VARIANTS,
+    BenchSettings,
+    VariantSpec,
+    parse_int_list,
+    parse_variants,
+)
+
+__all__ = [
+    "DEFAULT_BATCH_SIZES", "EAGER", "SCHEMA", "VARIANTS", "BenchReport", "BenchSettings", "ColdStart",
+    "CudaEventTimer", "MatmulPeakRunner", "ModelUnderTest", "OrtCpuRunner", "OrtCudaRunner", "PointResult", "Runner",
+    "Timer", "TorchRunner", "VariantSpec", "WallClock", "benchmark", "check_regressions", "cold_start",
+    "compare_to_baseline", "environment", "input_batch", "load_report", "measure", "measure_points",
+    "model_from_files", "model_from_preset", "parse_int_list", "parse_variants", "plan_variants", "plot_report",
+    "recommend_batch_size", "results_table", "run_bench", "summary_lines", "torch_threads",
+]

@@ -1,0 +1,96 @@
+"""A report for people: the rich results table, one plain line per fact beside it, and the plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vitdeploy.bench.report import BenchReport
+from vitdeploy.errors import ConfigError
+
+
+def results_table(report: BenchReport) -> Any:
+    """The figures as a rich Table, grouped by batch size."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"{report.model['source']}: {report.model['macs_per_image']['gmacs']:.3f} GMACs/image, "
+                        f"{report.settings.thread_count} threads; latencies in ms",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("variant", "batch", "p50", "p90", "p99", "mean", "std", "img/s", "×eager", "MFU"):
+        table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
+    for point in sorted(report.points, key=lambda p: (p.batch_size, list(report.variants).index(p.variant))):
+        row = point.to_dict()
+        table.add_row(
+            point.variant, str(point.batch_size), f"{row['p50_ms']:.1f}", f"{row['p90_ms']:.1f}",
+            f"{row['p99_ms']:.1f}", f"{row['mean_ms']:.1f}", f"{row['std_ms']:.1f}", f"{row['images_per_s']:.1f}",
+            f"{row['speedup_vs_eager']:.2f}" if row["speedup_vs_eager"] else "-",
+            f"{row['mfu']:.1%}" if row["mfu"] is not None else "-",
+        )
+    return table
+
+
+def summary_lines(report: BenchReport) -> list[str]:
+    """Cold starts, peaks and the end-to-end split, one plain line each."""
+    lines = [
+        f"{name}: {v['providers'][0]}, create {v['cold_start']['create_ms']:.0f} ms, "
+        f"first run {v['cold_start']['first_run_ms']:.1f} ms (batch {v['cold_start']['first_batch_size']})"
+        for name, v in report.variants.items()
+    ]
+    lines += [f"fp32 matmul peak ({device}), measured round-robin with the variants: {gflops:.1f} GFLOP/s"
+              for device, gflops in report.peak_gflops.items()]
+    if report.end_to_end:
+        e2e = report.end_to_end
+        split = ", ".join(f"{stage} {ms:.2f} ms ({e2e['share'][stage]:.0%})" for stage, ms in e2e["per_image_ms"].items())
+        lines.append(f"end to end, {e2e['images']} images in batches of {e2e['batch_size']}: {split} per image; "
+                     f"{e2e['images_per_s']:.1f} images/s")
+    if report.recommendation:
+        best = report.recommendation["best"]
+        lines.append(
+            f"p99 budget {report.recommendation['p99_budget_ms']} ms: "
+            + (f"batch {best['batch_size']} on {best['variant']} ({best['images_per_s']:.1f} images/s, "
+               f"p99 {best['p99_ms']:.1f} ms)" if best else "no variant meets it at any batch size tried")
+        )
+    if report.regression:
+        regressed = report.regression["regressed"]
+        lines.append(
+            f"against the baseline ({len(report.regression['compared'])} points compared, max "
+            f"{report.regression['max_regress_pct']}%): " + ("; ".join(regressed) if regressed else "no regression")
+        )
+    return lines
+
+
+def plot_report(report: BenchReport, path: Path) -> Path:
+    """Latency (p50, with the p90 band) and throughput against batch size, one line per variant."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'vitdeploy[plot]'") from None
+    from vitdeploy.atomic import atomic_write
+
+    figure, (latency_axis, throughput_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in report.variants:
+        points = sorted((p for p in report.points if p.variant == name), key=lambda p: p.batch_size)
+        sizes = [p.batch_size for p in points]
+        line, = latency_axis.plot(sizes, [p.percentile_ms(50) for p in points], marker="o", label=name)
+        latency_axis.fill_between(sizes, [p.percentile_ms(50) for p in points],
+                                  [p.percentile_ms(90) for p in points], color=line.get_color(), alpha=0.15)
+        throughput_axis.plot(sizes, [p.images_per_s for p in points], marker="o", label=name)
+    for axis, label in ((latency_axis, "latency per batch, ms (p50; band to p90)"),
+                        (throughput_axis, "throughput, images/s")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(report.settings.batch_sizes), [str(b) for b in report.settings.batch_sizes])
+        axis.set_xlabel("batch size")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    latency_axis.set_yscale("log")
+    throughput_axis.legend(fontsize=8)
+    figure.suptitle(f"{report.model['source']} - {report.environment.get('cpu')}, {report.settings.thread_count} threads",
+                    fontsize=9)
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
+    plt.close(figure)
+    return path
