@@ -6,24 +6,25 @@ Tiny model, few iterations; nothing here asserts on how long anything took.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest_export import make_bundle
 from vitdeploy import bench
-from vitdeploy.bench import artifacts
-from vitdeploy.checkpoint import BundleInfo, save_bundle
 from vitdeploy.cli import app
-from vitdeploy.config import ModelConfig, PreprocessSpec
+from vitdeploy.config import ModelConfig
+from vitdeploy.data import DIGITS_NAME
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, CheckFailed, ConfigError, DeviceError
-from vitdeploy.model import build_model
-from vitdeploy.runtime import CPU, cuda_status
+from vitdeploy.runtime import CPU, META_EXPORT, cuda_status
 
-TINY = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=3)
+# The digits' 10 classes, so that export's accuracy gate can judge the variants on the held-out digits.
+CFG = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=10)
+DIGITS = {"source": DIGITS_NAME, "split": "seeded-permutation", "split_seed": 0, "val_fraction": 0.2}
 # Enough to exercise every code path, few enough to stay fast: no minimum time, two timed runs.
 QUICK = ["--warmup-iters", "1", "--warmup-seconds", "0", "--min-iters", "2", "--min-seconds", "0", "--threads", "1"]
 CPU_VARIANTS = "torch,ort-cpu,ort-cpu-fused"
@@ -32,19 +33,23 @@ ORT_VARIANTS = ("ort-cpu", "ort-cpu-fused", "ort-cpu-int8")
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(model.onnx, bundle) as `vitdeploy export BUNDLE --optimize --precision int8 --no-verify` leaves them:
+    model.fp32-opt.onnx and model.int8.onnx (static, through the accuracy gate) beside model.onnx."""
     from vitdeploy.export import export_onnx
 
-    folder = tmp_path_factory.mktemp("bench")
-    torch.manual_seed(0)
-    info = BundleInfo(model=TINY, preprocess=PreprocessSpec(image_size=16, resize_size=16), labels=["a", "b", "c"])
-    bundle = save_bundle(folder / "bundle", build_model(TINY), info)
-    onnx_path = export_onnx(bundle, folder / "tiny.onnx", verify=False).path
+    bundle = make_bundle(tmp_path_factory.mktemp("bench") / "bundle", CFG, dataset=DIGITS)
+    onnx_path = export_onnx(bundle, verify=False, variants=["fp32-opt", "int8"]).path
     return onnx_path, bundle
 
 
 def run_cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, ["bench", *args])
     return result.exit_code, result.stdout
+
+
+def run_cli_stderr(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["bench", *args])
+    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +104,26 @@ def test_fused_and_quantized_graphs_are_described(cli_report: tuple[dict, Path])
     # Pre-norm ViT: the residual Add + LayerNorm pairs fuse whatever the attention pattern.
     assert fused_ops.get("SkipLayerNormalization", 0) > 0
     assert "SkipLayerNormalization" not in variants["ort-cpu"]["graph_ops"]
-    assert any(op.startswith(("MatMulInteger", "DynamicQuantize")) for op in variants["ort-cpu-int8"]["graph_ops"])
+    # The INT8 file export ships: static QDQ.
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(variants["ort-cpu-int8"]["graph_ops"])
+    assert variants["ort-cpu-int8"]["quantization"]["method"] == "static"
+
+
+def test_each_variant_records_the_file_it_timed_and_its_accuracy_check(
+    cli_report: tuple[dict, Path], exported: tuple[Path, Path]
+) -> None:
+    variants = cli_report[0]["variants"]
+    onnx_path, bundle = exported
+    files = {"ort-cpu": "model.onnx", "ort-cpu-fused": "model.fp32-opt.onnx", "ort-cpu-int8": "model.int8.onnx"}
+    for name, file in files.items():
+        assert variants[name]["file"] == str(onnx_path.with_name(file))
+    for name in ("ort-cpu-fused", "ort-cpu-int8"):
+        accuracy = variants[name]["accuracy"]
+        assert accuracy["judged"] and accuracy["passed"] and accuracy["check"] == "accuracy gate"
+        assert accuracy["summary"]["samples"]["real"] == 359 and "passed export's accuracy gate" in accuracy["note"]
+    assert variants["ort-cpu"]["accuracy"]["judged"] is False  # exported with verify off
+    assert variants["ort-cpu-fused"]["quantization"] is None
+    assert variants["torch"]["file"] == str(bundle)
 
 
 def test_regression_gate_fails_against_a_doctored_baseline(
@@ -215,9 +239,9 @@ def test_companion_runs_every_round_without_deciding_when_to_stop() -> None:
 
 
 def test_every_variant_sees_the_same_input() -> None:
-    a = bench.input_batch(TINY, 4, seed=0)
+    a = bench.input_batch(CFG, 4, seed=0)
     assert a.dtype == np.float32 and a.shape == (4, 3, 16, 16)
-    np.testing.assert_array_equal(a, bench.input_batch(TINY, 4, seed=0))
+    np.testing.assert_array_equal(a, bench.input_batch(CFG, 4, seed=0))
 
 
 @pytest.mark.skipif(cuda_status().usable, reason="checks the behaviour without CUDA")
@@ -276,13 +300,66 @@ def test_preset_and_model_together_is_bad_input(exported: tuple[Path, Path]) -> 
 
 
 def test_fp16_conversion_keeps_fp32_inputs_and_outputs(exported: tuple[Path, Path], tmp_path: Path) -> None:
-    # The fp16 variant runs only on CUDA; its conversion is checked here, where there is no GPU.
+    # The fp16 variant runs only on CUDA; its conversion for a preset is checked here, where there is no GPU.
     import onnx
 
-    fused = tmp_path / "fused.onnx"
-    artifacts.fuse_for_cpu(exported[0], TINY, fused)
-    ops = artifacts.convert_fp16(fused, tmp_path / "fp16.onnx")
-    assert ops.get("Cast", 0) >= 2  # fp32 -> fp16 at the input, back at the output
-    graph = onnx.load(tmp_path / "fp16.onnx").graph
+    base = tmp_path / "model.onnx"
+    shutil.copy(exported[0], base)
+    bench.build_variant_files(base, CFG, ["fp16"])
+    fp16 = bench.OnnxFile.read(tmp_path / "model.fp16.onnx")
+    assert fp16.graph_ops.get("Cast", 0) >= 2  # fp32 -> fp16 at the input, back at the output
+    assert fp16.info.export["precision"] == "fp16" and fp16.info.labels == [str(i) for i in range(10)]
+    graph = onnx.load(tmp_path / "model.fp16.onnx").graph
     assert {i.type.tensor_type.elem_type for i in [*graph.input, *graph.output]} == {onnx.TensorProto.FLOAT}
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+
+
+def test_a_missing_variant_file_names_the_export_command_that_makes_it(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    onnx_path, bundle = exported
+    alone = tmp_path / "model.onnx"
+    shutil.copy(onnx_path, alone)  # no variants beside it; its metadata still names the bundle
+    names, skipped = bench.plan_variants(bench.BenchSettings(), bench.model_from_files(alone, None))
+    assert names == ["torch", "ort-cpu"]
+    assert skipped["ort-cpu-int8"] == (f"no model.int8.onnx beside model.onnx: make it with "
+                                       f"`vitdeploy export {bundle.resolve()} --out {alone} --precision int8`")
+    assert skipped["ort-cpu-fused"].endswith(f"--out {alone} --optimize`")
+    code, _, stderr = run_cli_stderr(str(alone), "--variants", "ort-cpu,ort-cpu-int8", *QUICK)
+    assert code == EXIT_BAD_INPUT and "--precision int8" in stderr
+
+
+def test_a_variant_made_from_other_weights_is_not_timed(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    import onnx
+
+    from vitdeploy.export import set_metadata
+
+    for name in ("model.onnx", "model.int8.onnx"):
+        shutil.copy(exported[0].with_name(name), tmp_path / name)
+    stale = onnx.load(tmp_path / "model.int8.onnx")
+    export_facts = json.loads(next(p.value for p in stale.metadata_props if p.key == META_EXPORT))
+    set_metadata(stale, {META_EXPORT: {**export_facts, "weights_sha256": "0" * 64}})
+    onnx.save(stale, tmp_path / "model.int8.onnx")
+    model = bench.model_from_files(tmp_path / "model.onnx", None)
+    _, skipped = bench.plan_variants(bench.BenchSettings(), model)
+    assert "other weights" in skipped["ort-cpu-int8"]
+    with pytest.raises(ConfigError, match="other weights"):
+        bench.plan_variants(bench.BenchSettings(variants=("ort-cpu-int8",)), model)
+
+
+def test_a_variant_file_is_refused_as_the_model(exported: tuple[Path, Path]) -> None:
+    code, _, stderr = run_cli_stderr(str(exported[0].with_name("model.int8.onnx")), *QUICK)
+    assert code == EXIT_BAD_INPUT and "int8 variant of model.onnx" in stderr
+
+
+def test_preset_variants_are_built_as_export_builds_them() -> None:
+    code, stdout = run_cli("--preset", "tiny", "--variants", ",".join(ORT_VARIANTS), "--batch-sizes", "1", *QUICK,
+                           "--json")
+    assert code == 0, stdout
+    variants = json.loads(stdout)["variants"]
+    assert variants["ort-cpu-int8"]["quantization"]["method"] == "static"
+    assert "DequantizeLinear" in variants["ort-cpu-int8"]["graph_ops"]
+    assert variants["ort-cpu-fused"]["graph_ops"].get("SkipLayerNormalization", 0) > 0
+    for name in ORT_VARIANTS:
+        assert variants[name]["accuracy"] == {"judged": False, "passed": None, "check": None,
+                                              "note": "accuracy not judged (random weights)", "summary": None}

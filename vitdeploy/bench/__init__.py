@@ -15,7 +15,14 @@ same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the 
 same rounds as the variants, so that a shared machine's load weighs on both sides of the ratio).
 """
 
-from vitdeploy.bench.artifacts import ModelUnderTest, model_from_files, model_from_preset, plan_variants
+from vitdeploy.bench.artifacts import (
+    ModelUnderTest,
+    OnnxFile,
+    build_variant_files,
+    model_from_files,
+    model_from_preset,
+    plan_variants,
+)
 from vitdeploy.bench.environment import environment
 from vitdeploy.bench.protocol import (
     ColdStart,
@@ -39,7 +46,14 @@ from vitdeploy.bench.report import (
     recommend_batch_size,
 )
 from vitdeploy.bench.run import benchmark, run_bench
-from vitdeploy.bench.runners import MatmulPeakRunner, OrtCpuRunner, OrtCudaRunner, TorchRunner, torch_threads
+from vitdeploy.bench.runners import (
+    MatmulPeakRunner,
+    OrtCpuRunner,
+    OrtCudaRunner,
+    TorchRunner,
+    make_runner,
+    torch_threads,
+)
 from vitdeploy.bench.variants import (
     DEFAULT_BATCH_SIZES,
     EAGER,
@@ -52,9 +66,9 @@ from vitdeploy.bench.variants import (
 
 __all__ = [
     "DEFAULT_BATCH_SIZES", "EAGER", "SCHEMA", "VARIANTS", "BenchReport", "BenchSettings", "ColdStart",
-    "CudaEventTimer", "MatmulPeakRunner", "ModelUnderTest", "OrtCpuRunner", "OrtCudaRunner", "PointResult", "Runner",
-    "Timer", "TorchRunner", "VariantSpec", "WallClock", "benchmark", "check_regressions", "cold_start",
-    "compare_to_baseline", "environment", "input_batch", "load_report", "measure", "measure_points",
+    "CudaEventTimer", "MatmulPeakRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner", "OrtCudaRunner", "PointResult", "Runner",
+    "Timer", "TorchRunner", "VariantSpec", "WallClock", "benchmark", "build_variant_files", "check_regressions", "cold_start",
+    "compare_to_baseline", "environment", "input_batch", "load_report", "make_runner", "measure", "measure_points",
     "model_from_files", "model_from_preset", "parse_int_list", "parse_variants", "plan_variants", "plot_report",
     "recommend_batch_size", "results_table", "run_bench", "summary_lines", "torch_threads",
 ]

@@ -31,12 +31,8 @@ def results_table(report: BenchReport) -> Any:
 
 
 def summary_lines(report: BenchReport) -> list[str]:
-    """Cold starts, peaks and the end-to-end split, one plain line each."""
-    lines = [
-        f"{name}: {v['providers'][0]}, create {v['cold_start']['create_ms']:.0f} ms, "
-        f"first run {v['cold_start']['first_run_ms']:.1f} ms (batch {v['cold_start']['first_batch_size']})"
-        for name, v in report.variants.items()
-    ]
+    """Per variant its cold start, file and accuracy check; then peaks and the end-to-end split, one plain line each."""
+    lines = [_variant_line(name, v) for name, v in report.variants.items()]
     lines += [f"fp32 matmul peak ({device}), measured round-robin with the variants: {gflops:.1f} GFLOP/s"
               for device, gflops in report.peak_gflops.items()]
     if report.end_to_end:
@@ -58,6 +54,16 @@ def summary_lines(report: BenchReport) -> list[str]:
             f"{report.regression['max_regress_pct']}%): " + ("; ".join(regressed) if regressed else "no regression")
         )
     return lines
+
+
+def _variant_line(name: str, v: dict[str, Any]) -> str:
+    line = (f"{name}: {v['providers'][0]}, create {v['cold_start']['create_ms']:.0f} ms, "
+            f"first run {v['cold_start']['first_run_ms']:.1f} ms (batch {v['cold_start']['first_batch_size']})")
+    if v.get("accuracy"):  # an ONNX file: which one, and what export's accuracy check said of it
+        quantization = v.get("quantization")
+        method = f", {quantization['method']} INT8" if quantization else ""
+        line += f"; {Path(v['file']).name}{method}: {v['accuracy']['note']}"
+    return line
 
 
 def plot_report(report: BenchReport, path: Path) -> Path:

@@ -73,8 +73,8 @@ class BenchReport:
     settings: BenchSettings
     environment: dict[str, Any]
     peak_gflops: dict[str, float]  # device -> the fastest single matmul of the run, as GFLOP/s
-    # name -> runtime, device, precision, providers, cold start, and graph_ops: the op counts of the .onnx file the
-    # session loads (ORT fuses further when it creates the session)
+    # name -> runtime, device, precision, providers, cold start, and the file it ran (artifacts.describe_file):
+    # path, graph_ops (ONNX files), quantization and accuracy (the check export ran on the file)
     variants: dict[str, dict[str, Any]]
     skipped: dict[str, str]  # variant -> why it did not run
     points: list[PointResult]

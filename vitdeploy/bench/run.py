@@ -4,20 +4,18 @@ next to the matmul peak, optionally time the pipeline end to end, and assemble t
 from __future__ import annotations
 
 import collections
-import functools
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.bench import artifacts
-from vitdeploy.bench.artifacts import ModelUnderTest, plan_variants
+from vitdeploy.bench.artifacts import ModelUnderTest, describe_file, model_from_files, model_from_preset, plan_variants
 from vitdeploy.bench.end_to_end import end_to_end
 from vitdeploy.bench.environment import environment, warn_if_busy
-from vitdeploy.bench.protocol import Runner, cold_start, input_batch, measure_points
+from vitdeploy.bench.protocol import cold_start, input_batch, measure_points
 from vitdeploy.bench.report import BenchReport, add_ratios
-from vitdeploy.bench.runners import MatmulPeakRunner, OrtCpuRunner, OrtCudaRunner, TorchRunner, torch_threads
-from vitdeploy.bench.variants import EAGER, VARIANTS, BenchSettings, device_problem
+from vitdeploy.bench.runners import MatmulPeakRunner, make_runner, torch_threads
+from vitdeploy.bench.variants import EAGER, VARIANTS, BenchSettings, runtime_problem
 from vitdeploy.errors import ConfigError
 from vitdeploy.flops import count_macs
 
@@ -60,9 +58,9 @@ def benchmark(
         if on_point:
             on_point(batch_size, point_names)
 
-    with tempfile.TemporaryDirectory(prefix="vitdeploy-bench-") as tmp, torch_threads(threads):
+    with torch_threads(threads):
         env = environment(threads)  # before the run: the load average says what the figures competed with
-        runners, graph_ops = _make_runners(names, model, Path(tmp), threads)
+        runners = [make_runner(VARIANTS[name], model, threads) for name in names]
         first_batch = batch_for(settings.batch_sizes[0])
         for runner in runners:
             spec = runner.spec
@@ -70,7 +68,7 @@ def benchmark(
             variants[spec.name] = {
                 "runtime": spec.runtime, "device": spec.device, "precision": spec.precision,
                 "description": spec.description, "providers": runner.providers, "cold_start": started.to_dict(),
-                **({"graph_ops": graph_ops[spec.name]} if spec.name in graph_ops else {}),
+                **describe_file(model, spec),
             }
             log(f"{spec.name}: ready on {runner.providers[0]} (create {started.create_s * 1e3:.0f} ms)")
         peak_runners = _peak_runners({r.spec.device for r in runners}, threads)
@@ -100,40 +98,11 @@ def benchmark(
 def _peak_runners(devices: set[str], threads: int) -> list[MatmulPeakRunner]:
     """One created matmul peak runner per device the variants use, where PyTorch eager can run on it (the peak
     is a torch matmul: without it, that device's MFU stays None)."""
-    usable = [d for d in sorted(devices) if d == "cpu" or device_problem(VARIANTS[EAGER[d]]) is None]
+    usable = [d for d in sorted(devices) if d == "cpu" or runtime_problem(VARIANTS[EAGER[d]]) is None]
     runners = [MatmulPeakRunner(device, threads) for device in usable]
     for runner in runners:
         runner.create()
     return runners
-
-
-def _make_runners(
-    names: list[str], model: ModelUnderTest, workdir: Path, threads: int
-) -> tuple[list[Runner], dict[str, dict[str, int]]]:
-    @functools.cache
-    def fused() -> tuple[Path, dict[str, int]]:
-        out = workdir / "fused.onnx"
-        return out, artifacts.fuse_for_cpu(model.onnx_path, model.config, out)
-
-    runners: list[Runner] = []
-    graph_ops: dict[str, dict[str, int]] = {}
-    for name in names:
-        spec = VARIANTS[name]
-        if spec.runtime == "torch":
-            runners.append(TorchRunner(spec, model))
-            continue
-        if name in ("ort-cpu", "ort-cuda", "ort-cuda-graph"):
-            path, graph_ops[name] = model.onnx_path, artifacts.graph_op_counts(model.onnx_path)
-        elif name == "ort-cpu-fused":
-            path, graph_ops[name] = fused()
-        elif name == "ort-cpu-int8":
-            path = workdir / "int8.onnx"
-            graph_ops[name] = artifacts.quantize_int8(fused()[0], path)
-        else:
-            path = workdir / "fp16.onnx"
-            graph_ops[name] = artifacts.convert_fp16(fused()[0], path)
-        runners.append(OrtCudaRunner(spec, path, threads) if spec.device == "cuda" else OrtCpuRunner(spec, path, threads))
-    return runners, graph_ops
 
 
 def run_bench(
@@ -158,8 +127,12 @@ def run_bench(
             raise ConfigError(f"--end-to-end: no images found for {', '.join(unmatched) or end_to_end_inputs}")
     with tempfile.TemporaryDirectory(prefix="vitdeploy-bench-model-") as tmp:
         if preset:
-            log(f"building {preset} with random weights (seed {settings.seed}) and exporting it")
-            under_test = artifacts.model_from_preset(preset, Path(tmp), settings.seed)
+            # Only the files of variants that can run here are built.
+            specs = [VARIANTS[name] for name in settings.requested]
+            files = [s.export_variant for s in specs if s.export_variant and runtime_problem(s) is None]
+            log(f"building {preset} with random weights (seed {settings.seed}) and exporting it"
+                + (f", with {', '.join(f'model.{v}.onnx' for v in files)} built as export builds them" if files else ""))
+            under_test = model_from_preset(preset, Path(tmp), settings.seed, files)
         else:
-            under_test = artifacts.model_from_files(model, bundle)
+            under_test = model_from_files(model, bundle)
         return benchmark(under_test, settings, log, images or None, on_point)

@@ -171,10 +171,10 @@ class MatmulPeakRunner(Runner):
         return self.flops / min(latencies_s) / 1e9
 
 
-def make_runner(spec: VariantSpec, model: ModelUnderTest, path: Path, threads: int) -> Runner:
-    """The runner for a catalogue variant; `path` is the .onnx file it times (unused by PyTorch)."""
+def make_runner(spec: VariantSpec, model: ModelUnderTest, threads: int) -> Runner:
+    """The runner for a catalogue variant on `model` (ONNX Runtime: on the file the variant times)."""
     if spec.runtime == "torch":
         return TorchRunner(spec, model)
     if spec.device == "cuda":
-        return OrtCudaRunner(spec, path, threads)
-    return OrtCpuRunner(spec, path, threads)
+        return OrtCudaRunner(spec, model.file_path(spec), threads)
+    return OrtCpuRunner(spec, model.file_path(spec), threads)

@@ -22,6 +22,9 @@ class VariantSpec:
     device: str  # "cpu" | "cuda"
     precision: str
     description: str
+    # ONNX Runtime: the export variant whose file it times, model.<export_variant>.onnx beside model.onnx
+    # (artifacts.py); None: model.onnx itself.
+    export_variant: str | None = None
     cuda_graph: bool = False  # ONNX Runtime CUDA: capture each run as one CUDA graph
 
 
@@ -29,24 +32,30 @@ VARIANTS: dict[str, VariantSpec] = {
     v.name: v
     for v in (
         VariantSpec("torch", "torch", "cpu", "fp32", "PyTorch eager, inference_mode"),
-        VariantSpec("ort-cpu", "onnxruntime", "cpu", "fp32", "ONNX Runtime CPU, graph optimisation ALL"),
+        VariantSpec("ort-cpu", "onnxruntime", "cpu", "fp32", "ONNX Runtime CPU on model.onnx, graph optimisation ALL"),
         VariantSpec(
             "ort-cpu-fused", "onnxruntime", "cpu", "fp32",
-            "ONNX Runtime CPU on the transformers-optimised graph (optimize_model, model_type=vit)",
+            "ONNX Runtime CPU on model.fp32-opt.onnx (transformer fusions applied offline by export --optimize)",
+            export_variant="fp32-opt",
         ),
         VariantSpec(
             "ort-cpu-int8", "onnxruntime", "cpu", "int8",
-            "ONNX Runtime CPU, dynamic INT8 quantisation of the fused graph (speed only: accuracy not judged here)",
+            "ONNX Runtime CPU on model.int8.onnx (export --precision int8: static QDQ unless --int8-method dynamic)",
+            export_variant="int8",
         ),
         VariantSpec("torch-cuda", "torch", "cuda", "fp32", "PyTorch eager on CUDA, input resident on the GPU"),
-        VariantSpec("ort-cuda", "onnxruntime", "cuda", "fp32", "ONNX Runtime CUDA, IO binding (input/output on GPU)"),
+        VariantSpec(
+            "ort-cuda", "onnxruntime", "cuda", "fp32", "ONNX Runtime CUDA on model.onnx, IO binding (input/output on GPU)"
+        ),
         VariantSpec(
             "ort-cuda-graph", "onnxruntime", "cuda", "fp32",
-            "ONNX Runtime CUDA, IO binding + CUDA graph (one captured graph per batch size)", cuda_graph=True,
+            "ONNX Runtime CUDA on model.onnx, IO binding + CUDA graph (one captured graph per batch size)",
+            cuda_graph=True,
         ),
         VariantSpec(
             "ort-cuda-fp16", "onnxruntime", "cuda", "fp16",
-            "ONNX Runtime CUDA, IO binding, fused graph converted to fp16 (fp32 input and output)",
+            "ONNX Runtime CUDA on model.fp16.onnx (export --precision fp16), IO binding, fp32 input and output",
+            export_variant="fp16",
         ),
     )
 }
@@ -99,9 +108,9 @@ class BenchSettings:
         }
 
 
-def device_problem(spec: VariantSpec) -> str | None:
-    """Why `spec`'s device cannot run it here, or None. PyTorch on CUDA asks torch; ONNX Runtime asks for a real
-    CUDA session (runtime.cuda_status)."""
+def runtime_problem(spec: VariantSpec) -> str | None:
+    """Why this machine cannot run `spec`, or None. PyTorch on CUDA asks torch; ONNX Runtime on CUDA asks for a
+    real CUDA session (runtime.cuda_status)."""
     if spec.device != "cuda":
         return None
     if spec.runtime == "torch":
