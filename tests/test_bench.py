@@ -6,7 +6,10 @@ Tiny model, few iterations; nothing here asserts on how long anything took.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ DIGITS = {"source": DIGITS_NAME, "split": "seeded-permutation", "split_seed": 0,
 QUICK = ["--warmup-iters", "1", "--warmup-seconds", "0", "--min-iters", "2", "--min-seconds", "0", "--threads", "1"]
 CPU_VARIANTS = "torch,ort-cpu,ort-cpu-fused"
 ORT_VARIANTS = ("ort-cpu", "ort-cpu-fused", "ort-cpu-int8")
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +296,24 @@ def test_preset_end_to_end_and_plot(tmp_path: Path) -> None:
     assert sum(e2e["share"].values()) == pytest.approx(1.0, abs=1e-3)
     assert report["recommendation"]["best"]["variant"] in ("torch", "ort-cpu")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# `vitdeploy ARGS...` in a process where `import torch` fails, as on a machine without it.
+WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['vitdeploy', *sys.argv[1:]]; "
+                 "runpy.run_module('vitdeploy', run_name='__main__')")
+
+
+def test_onnx_variants_are_benchmarked_without_torch(exported: tuple[Path, Path]) -> None:
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "bench", str(exported[0]), *QUICK, "--json"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report["variants"]) == set(ORT_VARIANTS)
+    assert report["skipped"]["torch"] == "PyTorch is not installed"
+    assert report["environment"]["torch_threads"] is None
+    # The peak behind MFU is a torch matmul: without torch there is none, and no MFU.
+    assert report["peak_gflops"] == {} and all(r["mfu"] is None for r in report["results"])
+    assert "no fp32 matmul peak on cpu" in done.stderr
 
 
 def test_preset_and_model_together_is_bad_input(exported: tuple[Path, Path]) -> None:

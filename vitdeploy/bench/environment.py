@@ -1,27 +1,43 @@
 """What the figures were measured on: the machine, library versions, thread counts, GPUs and the load average
-before the run (above about half the core count the figures are disturbed)."""
+before the run (above about half the core count the figures are disturbed).
+
+PyTorch is optional: ONNX Runtime variants are benchmarked without it (then with no matmul peak, so no MFU), and
+torch's thread count is recorded only where torch is installed.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from vitdeploy.runtime import cuda_status
 
 
+@functools.cache
+def optional_torch() -> ModuleType | None:
+    """torch, imported on first use, or None where it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def environment(threads: int) -> dict[str, Any]:
     import onnxruntime as ort
-    import torch
 
     from vitdeploy.provenance import machine, package_versions
 
+    torch = optional_torch()
     return {
         **machine(),
         "threads": threads,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if torch else None,
         "versions": package_versions(),
         "onnxruntime_available_providers": ort.get_available_providers(),
         "onnxruntime_cuda": "usable" if cuda_status().usable else cuda_status().summary,

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from vitdeploy.bench.environment import optional_torch
 from vitdeploy.bench.report import PointResult
 from vitdeploy.bench.variants import BenchSettings, VariantSpec
 from vitdeploy.config import ModelConfig
@@ -66,10 +67,9 @@ class CudaEventTimer:
 
     @classmethod
     def for_onnxruntime(cls) -> CudaEventTimer | None:
-        """A timer on a new stream for ORT to run on, or None when torch cannot see the GPU."""
-        import torch
-
-        return cls(own_stream=True) if torch.cuda.is_available() else None
+        """A timer on a new stream for ORT to run on, or None when torch is not installed or cannot see the GPU."""
+        torch = optional_torch()
+        return cls(own_stream=True) if torch and torch.cuda.is_available() else None
 
     def time(self, work: Callable[[], object]) -> float:
         with self.setting():

@@ -11,7 +11,7 @@ from typing import Any
 
 from vitdeploy.bench.artifacts import ModelUnderTest, describe_file, model_from_files, model_from_preset, plan_variants
 from vitdeploy.bench.end_to_end import end_to_end
-from vitdeploy.bench.environment import environment, warn_if_busy
+from vitdeploy.bench.environment import environment, optional_torch, warn_if_busy
 from vitdeploy.bench.protocol import cold_start, input_batch, measure_points
 from vitdeploy.bench.report import BenchReport, add_ratios
 from vitdeploy.bench.runners import MatmulPeakRunner, make_runner, torch_threads
@@ -71,7 +71,7 @@ def benchmark(
                 **describe_file(model, spec),
             }
             log(f"{spec.name}: ready on {runner.providers[0]} (create {started.create_s * 1e3:.0f} ms)")
-        peak_runners = _peak_runners({r.spec.device for r in runners}, threads)
+        peak_runners = _peak_runners({r.spec.device for r in runners}, threads, log)
         points = measure_points(runners, settings, batch_for, peak_runners, point_started)
         e2e = (end_to_end(model.onnx_path, end_to_end_images, max(settings.batch_sizes), threads)
                if end_to_end_images else None)
@@ -95,13 +95,17 @@ def benchmark(
     )
 
 
-def _peak_runners(devices: set[str], threads: int) -> list[MatmulPeakRunner]:
-    """One created matmul peak runner per device the variants use, where PyTorch eager can run on it (the peak
-    is a torch matmul: without it, that device's MFU stays None)."""
-    usable = [d for d in sorted(devices) if d == "cpu" or runtime_problem(VARIANTS[EAGER[d]]) is None]
-    runners = [MatmulPeakRunner(device, threads) for device in usable]
-    for runner in runners:
-        runner.create()
+def _peak_runners(devices: set[str], threads: int, log: Log) -> list[MatmulPeakRunner]:
+    """One created matmul peak runner per device the variants use, where PyTorch eager can run on it: the peak is
+    a torch matmul."""
+    runners = []
+    for device in sorted(devices):
+        problem = runtime_problem(VARIANTS[EAGER[device]])
+        if problem:
+            log(f"no fp32 matmul peak on {device} ({problem}), so no MFU there")
+            continue
+        runners.append(MatmulPeakRunner(device, threads))
+        runners[-1].create()
     return runners
 
 
@@ -120,6 +124,9 @@ def run_bench(
 
     if preset and (model or bundle):
         raise ConfigError("--preset builds and exports its own model: give either MODEL/--bundle or --preset")
+    if preset and optional_torch() is None:
+        raise ConfigError("--preset builds its model with PyTorch, which is not installed: benchmark an exported "
+                          ".onnx file instead")
     images: list[Path] = []
     if end_to_end_inputs:
         images, unmatched = expand_inputs(end_to_end_inputs)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vitdeploy.bench.environment import optional_torch
 from vitdeploy.bench.protocol import CudaEventTimer, Runner, WallClock
 from vitdeploy.bench.variants import VariantSpec
 from vitdeploy.errors import DeviceError
@@ -24,9 +25,12 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op thread count inside the block (ONNX Runtime sessions get theirs at creation)."""
-    import torch
-
+    """torch's intra-op thread count inside the block, where torch is installed (ONNX Runtime sessions get theirs
+    at creation)."""
+    torch = optional_torch()
+    if torch is None:
+        yield
+        return
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

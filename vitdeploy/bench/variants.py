@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from vitdeploy.bench.environment import optional_torch
 from vitdeploy.errors import ConfigError
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -109,14 +110,15 @@ class BenchSettings:
 
 
 def runtime_problem(spec: VariantSpec) -> str | None:
-    """Why this machine cannot run `spec`, or None. PyTorch on CUDA asks torch; ONNX Runtime on CUDA asks for a
-    real CUDA session (runtime.cuda_status)."""
+    """Why this machine cannot run `spec`, or None. PyTorch needs torch installed, and on CUDA torch must see the
+    GPU; ONNX Runtime on CUDA needs a real CUDA session (runtime.cuda_status)."""
+    if spec.runtime == "torch":
+        torch = optional_torch()
+        if torch is None:
+            return "PyTorch is not installed"
+        return "torch sees no CUDA device" if spec.device == "cuda" and not torch.cuda.is_available() else None
     if spec.device != "cuda":
         return None
-    if spec.runtime == "torch":
-        import torch
-
-        return None if torch.cuda.is_available() else "torch sees no CUDA device"
     from vitdeploy.runtime import cuda_status
 
     status = cuda_status()
