@@ -5,6 +5,7 @@ Tiny model, few iterations; nothing here asserts on how long anything took.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest_export import make_bundle
@@ -314,6 +316,44 @@ def test_onnx_variants_are_benchmarked_without_torch(exported: tuple[Path, Path]
     # The peak behind MFU is a torch matmul: without torch there is none, and no MFU.
     assert report["peak_gflops"] == {} and all(r["mfu"] is None for r in report["results"])
     assert "no fp32 matmul peak on cpu" in done.stderr
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_shown_only_on_a_terminal_and_never_with_json() -> None:
+    assert bench.progress_wanted(json_output=False, stream=Terminal())
+    assert not bench.progress_wanted(json_output=True, stream=Terminal())
+    assert not bench.progress_wanted(json_output=False, stream=io.StringIO())
+    with bench.progress_display(Console(file=Terminal()), bench.BenchSettings(), json_output=True) as on_point:
+        assert on_point is None
+
+
+def test_json_and_non_terminal_output_carry_no_progress(exported: tuple[Path, Path]) -> None:
+    code, stdout, stderr = run_cli_stderr(str(exported[0]), "--variants", "ort-cpu", "--batch-sizes", "1,2", *QUICK,
+                                          "--json")
+    assert code == 0 and json.loads(stdout)["schema"] == bench.SCHEMA
+    assert "batch 2: timing ort-cpu round-robin" in stderr  # the log line, not a live display
+    assert " left" not in stderr and "\x1b[" not in stderr
+
+
+def test_progress_names_the_point_and_estimates_the_time_left() -> None:
+    now = [100.0]
+    console = Console(file=Terminal(), force_terminal=True, width=120)
+    settings = bench.BenchSettings(batch_sizes=(1, 8), warmup_seconds=1.0, min_seconds=2.0)
+    with bench.TerminalProgress(console, settings, clock=lambda: now[0]) as progress:
+        progress(1, ["torch", "ort-cpu"])
+        assert progress.time_left.at(100.0) == (12.0, True)  # 2 points x 2 variants x (1 + 2) s at least
+        assert progress.time_left.at(110.0) == (10.0, True)  # this point outlasts 6 s: so will the next one
+        now[0] += 20.0
+        progress(8, ["torch", "ort-cpu"])
+        assert progress.time_left.at(120.0) == (20.0, False)  # the first point took 20 s: one more like it
+        assert progress.time_left.at(130.0) == (10.0, False)
+        progress.progress.refresh()
+        shown = console.file.getvalue()
+    assert "batch 8: torch, ort-cpu" in shown and "1/2" in shown and "about 0:20 left" in shown
 
 
 def test_preset_and_model_together_is_bad_input(exported: tuple[Path, Path]) -> None:

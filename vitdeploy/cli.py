@@ -391,11 +391,14 @@ def bench(
 ) -> None:
     """Benchmark PyTorch eager against ONNX Runtime (and CUDA variants where CUDA really works), interleaved.
 
-    Reports p50/p90/p99/mean/std latency, images/s, speed-up against eager in the same run, cold start, and
-    model FLOPs utilisation against this machine's measured matmul peak.
+    Times the files export wrote: model.onnx, and beside it model.fp32-opt.onnx, model.int8.onnx and
+    model.fp16.onnx when they exist (a missing one is skipped, naming the export command that makes it).
+    Reports p50/p90/p99/mean/std latency, images/s, speed-up against eager in the same run, cold start, model
+    FLOPs utilisation against this machine's measured matmul peak, and each file's accuracy check from export.
+    On a terminal, stderr shows the batch size and variants being measured and the time left (not with --json).
 
-    Exit codes: 0 done; 2 bad input (no model, unknown variant, a CUDA variant requested without CUDA);
-    3 a variant regressed past --max-regress against --baseline.
+    Exit codes: 0 done; 2 bad input (no model, unknown variant, a variant requested that cannot run here: no
+    CUDA, or its file missing); 3 a variant regressed past --max-regress against --baseline.
 
     Example: vitdeploy bench --preset vit-ti16 --batch-sizes 1,32 --output bench.json --plot bench.png
     """
@@ -408,10 +411,11 @@ def bench(
         min_iters=min_iters, min_seconds=min_seconds, threads=threads,
     )
     baseline_report = bench_module.load_report(baseline) if baseline else None
-    report = bench_module.run_bench(
-        model, bundle, preset, settings, end_to_end,
-        log=lambda line: console.print(line, highlight=False, soft_wrap=True),
-    )
+    with bench_module.progress_display(console, settings, json_output) as on_point:
+        report = bench_module.run_bench(
+            model, bundle, preset, settings, end_to_end,
+            log=lambda line: console.print(line, highlight=False, soft_wrap=True), on_point=on_point,
+        )
     if p99_budget is not None:
         report.recommendation = bench_module.recommend_batch_size(report, p99_budget)
     if baseline_report is not None:

@@ -8,7 +8,7 @@
     end_to_end.py   decode / preprocess / model split from image files to logits
     environment.py  the machine, versions, threads, GPUs and load a run was measured on
     report.py       statistics, the JSON report, speed-up and MFU, recommendation and baseline comparison
-    render.py       the results table, summary lines and plot
+    render.py       the results table, summary lines, plot, and live progress on a terminal
 
 Figures: p50 / p90 / p99 / mean / std latency, images/s, speed-up against PyTorch eager on the same device in the
 same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the fp32 matmul rate measured in the
@@ -35,7 +35,14 @@ from vitdeploy.bench.protocol import (
     measure,
     measure_points,
 )
-from vitdeploy.bench.render import plot_report, results_table, summary_lines
+from vitdeploy.bench.render import (
+    TerminalProgress,
+    plot_report,
+    progress_display,
+    progress_wanted,
+    results_table,
+    summary_lines,
+)
 from vitdeploy.bench.report import (
     SCHEMA,
     BenchReport,
@@ -66,9 +73,10 @@ from vitdeploy.bench.variants import (
 
 __all__ = [
     "DEFAULT_BATCH_SIZES", "EAGER", "SCHEMA", "VARIANTS", "BenchReport", "BenchSettings", "ColdStart",
-    "CudaEventTimer", "MatmulPeakRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner", "OrtCudaRunner", "PointResult", "Runner",
-    "Timer", "TorchRunner", "VariantSpec", "WallClock", "benchmark", "build_variant_files", "check_regressions", "cold_start",
-    "compare_to_baseline", "environment", "input_batch", "load_report", "make_runner", "measure", "measure_points",
-    "model_from_files", "model_from_preset", "parse_int_list", "parse_variants", "plan_variants", "plot_report",
+    "CudaEventTimer", "MatmulPeakRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner", "OrtCudaRunner",
+    "PointResult", "Runner", "TerminalProgress", "Timer", "TorchRunner", "VariantSpec", "WallClock", "benchmark",
+    "build_variant_files", "check_regressions", "cold_start", "compare_to_baseline", "environment", "input_batch",
+    "load_report", "make_runner", "measure", "measure_points", "model_from_files", "model_from_preset",
+    "parse_int_list", "parse_variants", "plan_variants", "plot_report", "progress_display", "progress_wanted",
     "recommend_batch_size", "results_table", "run_bench", "summary_lines", "torch_threads",
 ]

@@ -1,11 +1,21 @@
-"""A report for people: the rich results table, one plain line per fact beside it, and the plot."""
+"""For people: the rich results table, one plain line per fact beside it, the plot, and the live progress of a
+run on a terminal."""
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.text import Text
 
 from vitdeploy.bench.report import BenchReport
+from vitdeploy.bench.variants import BenchSettings
 from vitdeploy.errors import ConfigError
 
 
@@ -100,3 +110,91 @@ def plot_report(report: BenchReport, path: Path) -> Path:
     atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
     plt.close(figure)
     return path
+
+
+def progress_wanted(json_output: bool, stream: IO[str]) -> bool:
+    """A live display only for a person watching: `stream` is a terminal and no --json was asked for."""
+    return not json_output and stream.isatty()
+
+
+@contextlib.contextmanager
+def progress_display(
+    console: Console, settings: BenchSettings, json_output: bool
+) -> Iterator[Callable[[int, list[str]], None] | None]:
+    """A TerminalProgress on `console` while the block runs, when progress_wanted; else nothing (None)."""
+    if not progress_wanted(json_output, console.file):
+        yield None
+        return
+    with TerminalProgress(console, settings) as progress:
+        yield progress
+
+
+@dataclass(frozen=True)
+class TimeLeft:
+    """The estimate made as a point starts, counted down until the next one starts."""
+
+    started: float  # clock time the current point started
+    point_s: float  # expected duration of one point
+    points_after: int  # points still to come after the current one
+    at_least: bool  # point_s is only the protocol's minimum
+
+    def at(self, now: float) -> tuple[float, bool]:
+        """(seconds left at `now`, whether that is a lower bound). A point that lasts longer than expected
+        raises the estimate for the points after it."""
+        elapsed = now - self.started
+        point_s = max(self.point_s, elapsed)
+        return point_s - elapsed + point_s * self.points_after, self.at_least or elapsed > self.point_s
+
+
+class TerminalProgress:
+    """Which batch size and variants are being measured, and the time left, on a rich Progress that vanishes when
+    done. Called as each point starts (benchmark's on_point).
+
+    A point is expected to last the protocol's minimum, (warmup_seconds + min_seconds) per variant, until one has
+    finished; then the mean of the finished points (min_iters, and the matmul peak that runs in every round, make
+    points last longer than the minimum).
+    """
+
+    def __init__(self, console: Console, settings: BenchSettings, clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self.clock = clock
+        self.finished_s: list[float] = []
+        self.time_left: TimeLeft | None = None
+        # One refresh a second: the display's thread competes for the CPU with the runs it reports on.
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 _TimeLeftColumn(clock), console=console, transient=True, refresh_per_second=1)
+        self.task = self.progress.add_task("preparing", total=len(settings.batch_sizes), time_left=None)
+
+    def __enter__(self) -> TerminalProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, batch_size: int, names: list[str]) -> None:
+        now = self.clock()
+        if self.time_left is not None:
+            self.finished_s.append(now - self.time_left.started)
+        minimum = len(names) * (self.settings.warmup_seconds + self.settings.min_seconds)
+        mean = sum(self.finished_s) / len(self.finished_s) if self.finished_s else 0.0
+        points_after = len(self.settings.batch_sizes) - len(self.finished_s) - 1
+        self.time_left = TimeLeft(now, max(minimum, mean), points_after, at_least=not self.finished_s)
+        self.progress.update(self.task, completed=len(self.finished_s), time_left=self.time_left,
+                             description=f"batch {batch_size}: {', '.join(names)}")
+
+
+class _TimeLeftColumn(ProgressColumn):
+    """Counts the task's TimeLeft down between updates."""
+
+    def __init__(self, clock: Callable[[], float]):
+        super().__init__()
+        self.clock = clock
+
+    def render(self, task: Task) -> Text:
+        time_left = task.fields.get("time_left")
+        if time_left is None:
+            return Text("")
+        seconds, at_least = time_left.at(self.clock())
+        left = round(seconds)
+        return Text(f"{'at least' if at_least else 'about'} {left // 60}:{left % 60:02d} left")
