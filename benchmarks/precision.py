@@ -6,7 +6,7 @@
 For each bundle: export model.onnx and its variants exactly as `vitdeploy export --optimize --precision fp16,int8`
 does (each judged by the accuracy gate on the held-out images), plus dynamic INT8 for comparison; then time
 PyTorch eager, ONNX Runtime fp32 (plain and fused), INT8 (static and dynamic) and fp16 round-robin on the same
-batch (vitdeploy.bench's runners and protocol). fp16 is timed on ORT's CPU provider only to show what it costs
+batch (vitdeploy.bench's runners and its public protocol, measure_points). fp16 is timed on ORT's CPU provider only to show what it costs
 there: it is a GPU format. Writes benchmarks/precision/<name>.json and regenerates benchmarks/precision.md.
 """
 
