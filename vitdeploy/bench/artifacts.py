@@ -30,9 +30,12 @@ from typing import Any
 
 from vitdeploy.bench.protocol import input_batch
 from vitdeploy.bench.variants import VARIANTS, BenchSettings, VariantSpec, runtime_problem
-from vitdeploy.checkpoint import BundleInfo, read_bundle_info
+from vitdeploy.checkpoint import BundleInfo, load_bundle, read_bundle_info
 from vitdeploy.config import ModelConfig, get_preset
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
+from vitdeploy.export import DEFAULT_FILE_NAME, export_model, save_onnx, set_metadata
+from vitdeploy.optimize import FUSED_FP32, VARIANT_PRECISION, fuse_transformer, to_fp16, to_int8_static, variant_path
+from vitdeploy.predict import resolve_model
 from vitdeploy.runtime import META_EXPORT, META_INTERMEDIATES, OnnxModelInfo, load_model_info, parse_metadata
 
 # Random inputs set the static INT8 scales of a preset: more of them would not make the scales meaningful.
@@ -82,7 +85,6 @@ class ModelUnderTest:
 
     def torch_model(self) -> Any:
         """The PyTorch model with these weights (on the CPU)."""
-        from vitdeploy.checkpoint import load_bundle
         from vitdeploy.model import build_model
 
         if self.torch_state is not None:
@@ -94,8 +96,6 @@ class ModelUnderTest:
 
     def file_path(self, spec: VariantSpec) -> Path:
         """The file an ONNX Runtime variant times (it may not exist)."""
-        from vitdeploy.optimize import variant_path
-
         return variant_path(self.onnx_path, spec.export_variant) if spec.export_variant else self.onnx_path
 
     def read(self, path: Path) -> OnnxFile:
@@ -113,7 +113,6 @@ def model_from_preset(name: str, workdir: Path, seed: int = 0, export_variants: 
     export variants asked for beside it (build_variant_files), so anyone can compare."""
     import torch
 
-    from vitdeploy.export import DEFAULT_FILE_NAME, export_model
     from vitdeploy.model import build_model
 
     preset = get_preset(name)
@@ -133,9 +132,6 @@ def build_variant_files(base: Path, config: ModelConfig, variants: Collection[st
 
     Each file carries base's metadata with its own precision, variant and quantization, as export's do.
     """
-    from vitdeploy.export import save_onnx, set_metadata
-    from vitdeploy.optimize import FUSED_FP32, VARIANT_PRECISION, fuse_transformer, to_fp16, to_int8_static, variant_path
-
     base_meta = load_model_info(base).raw
     fused = fuse_transformer(base, config)[0] if {FUSED_FP32, "fp16"} & set(variants) else None
     for variant in (v for v in VARIANT_PRECISION if v in variants):
@@ -158,8 +154,6 @@ def build_variant_files(base: Path, config: ModelConfig, variants: Collection[st
 
 def model_from_files(onnx_path: Path | None, bundle: Path | None) -> ModelUnderTest:
     """An exported .onnx (default: the newest under models/) and its bundle (default: the one it names)."""
-    from vitdeploy.predict import resolve_model
-
     path = resolve_model(onnx_path)
     info = load_model_info(path)
     if info.export.get("variant"):
@@ -181,9 +175,6 @@ def model_from_files(onnx_path: Path | None, bundle: Path | None) -> ModelUnderT
 
 def export_command(model: ModelUnderTest, spec: VariantSpec) -> str:
     """The command that writes `spec`'s file beside model.onnx."""
-    from vitdeploy.export import DEFAULT_FILE_NAME
-    from vitdeploy.optimize import FUSED_FP32
-
     flag = "--optimize" if spec.export_variant == FUSED_FP32 else f"--precision {spec.export_variant}"
     default_out = model.bundle is not None and model.onnx_path.resolve() == (model.bundle / DEFAULT_FILE_NAME).resolve()
     out = "" if default_out else f" --out {model.onnx_path}"

@@ -9,8 +9,9 @@
   - Round-robin: variants run one inference each per round, so machine drift and other processes hit all of them
     alike. Companions (the matmul peak behind MFU) run once in every round but do not decide when a point is done.
   - One timing loop (measure) for every runner: a runner exposes one inference (`infer`) and its timer decides
-    how it is timed: perf_counter around the call on CPU, and on CUDA events recorded on the stream the work runs
-    on, or perf_counter around a call that returns synchronised when torch cannot see the GPU.
+    how it is timed: on CPU, perf_counter around the call (WallClock); on CUDA, CUDA events recorded on the
+    stream the work runs on (CudaEventTimer), or perf_counter around a call that returns synchronised when torch
+    cannot see the GPU.
 
 measure() is one point (all runners at one batch size); measure_points() stages each batch size and measures it.
 Scripts that time their own runners (benchmarks/precision.py) call these, as benchmark() does.

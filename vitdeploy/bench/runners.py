@@ -60,12 +60,16 @@ class TorchRunner(Runner):
         self.model(self.input)
 
 
-class OrtCpuRunner(Runner):
+class OrtRunner(Runner):
+    """ONNX Runtime on one .onnx file, with `threads` intra-op threads."""
+
     def __init__(self, spec: VariantSpec, path: Path, threads: int):
         self.spec = spec
         self.path = path
         self.threads = threads
 
+
+class OrtCpuRunner(OrtRunner):
     def create(self) -> None:
         self.session, _ = make_session(self.path, device="cpu", threads=self.threads)
         self.providers = self.session.get_providers()
@@ -78,7 +82,7 @@ class OrtCpuRunner(Runner):
         self.session.run([OUTPUT_NAME], self.feed)
 
 
-class OrtCudaRunner(Runner):
+class OrtCudaRunner(OrtRunner):
     """ONNX Runtime on CUDA with IO binding: input and output live on the GPU, so no host copy is timed.
 
     With `spec.cuda_graph`, ORT captures the whole run as one CUDA graph; a graph fixes the shapes and addresses,
@@ -86,9 +90,7 @@ class OrtCudaRunner(Runner):
     """
 
     def __init__(self, spec: VariantSpec, path: Path, threads: int):
-        self.spec = spec
-        self.path = path
-        self.threads = threads
+        super().__init__(spec, path, threads)
         self.session: Any = None
         self.graph_shape: tuple[int, ...] | None = None  # the input shape the current CUDA graph was captured for
 
