@@ -1,4 +1,5 @@
-"""vitdeploy bench: the protocol, the report's schema, the regression gate and the recommendations.
+"""vitdeploy bench: the protocol, the report's schema, the files it times, the regression gate, the
+recommendations, and the progress display.
 
 Tiny model, few iterations; nothing here asserts on how long anything took.
 """

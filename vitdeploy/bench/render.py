@@ -160,9 +160,11 @@ class TerminalProgress:
         self.clock = clock
         self.finished_s: list[float] = []
         self.time_left: TimeLeft | None = None
-        # One refresh a second: the display's thread competes for the CPU with the runs it reports on.
+        # One refresh a second: the display's thread competes for the CPU with the runs it reports on. stdout is
+        # left alone: it carries data, never the display.
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 _TimeLeftColumn(clock), console=console, transient=True, refresh_per_second=1)
+                                 _TimeLeftColumn(clock), console=console, transient=True, refresh_per_second=1,
+                                 redirect_stdout=False)
         self.task = self.progress.add_task("preparing", total=len(settings.batch_sizes), time_left=None)
 
     def __enter__(self) -> TerminalProgress:
