@@ -6,7 +6,7 @@
 For each bundle: export model.onnx and its variants exactly as `vitdeploy export --optimize --precision fp16,int8`
 does (each judged by the accuracy gate on the held-out images), plus dynamic INT8 for comparison; then time
 PyTorch eager, ONNX Runtime fp32 (plain and fused), INT8 (static and dynamic) and fp16 round-robin on the same
-batch (vitdeploy.bench's runners and protocol). fp16 is timed on ORT's CPU provider only to show what it costs
+batch (vitdeploy.benchmark's runners and its public protocol, measure_points). fp16 is timed on ORT's CPU provider only to show what it costs
 there: it is a GPU format. Writes benchmarks/precision/<name>.json and regenerates benchmarks/precision.md.
 """
 
@@ -21,7 +21,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vitdeploy import bench, onnx_export as export, optimize
+import numpy as np
+
+from vitdeploy import benchmark as bench
+from vitdeploy import accuracy_gate, precision
+from vitdeploy import onnx_export as export
+from vitdeploy.config import parse_batch_sizes
 from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
 from vitdeploy.bundle import load_bundle, read_bundle_info
 
@@ -38,50 +43,52 @@ FILES = {
 }
 
 
-def measure(bundle: Path, batch_sizes: tuple[int, ...], settings: bench.BenchSettings, log: Any) -> dict[str, Any]:
+def measure(bundle: Path, settings: bench.BenchSettings, log: Any) -> dict[str, Any]:
     model, info = load_bundle(bundle)
     threads = settings.thread_count
     with tempfile.TemporaryDirectory(prefix="vitdeploy-precision-") as tmp:
         work = Path(tmp)
         log(f"{bundle}: exporting model.onnx and the variants (each through the accuracy gate)")
-        data = optimize.gate_data(model, info)
+        data = accuracy_gate.gate_data(model, info)
         # Built with a gate that lets everything through, so that a variant the default gate refuses is still
         # timed; each is then judged against the default gate, and the report says which would be refused.
-        let_through = optimize.AccuracyGate(max_accuracy_drop=100.0, min_top1_agreement=0.0)
+        let_through = accuracy_gate.AccuracyGate(max_accuracy_drop=100.0, min_top1_agreement=0.0)
         exported = export.export_onnx(bundle, out=work / "model.onnx", variants=["fp32-opt", "fp16", "int8"],
                                       gate=let_through)
         (work / "dynamic").mkdir()
         shutil.copy(work / "model.onnx", work / "dynamic" / "model.onnx")
-        results = exported.variants + optimize.export_variants(
+        results = exported.variants + precision.export_variants(
             model, info, work / "dynamic" / "model.onnx", ["int8"], let_through, data, int8_method="dynamic")
         gates: dict[str, Any] = {}
         for r in results:
             name = "ort-int8-dynamic" if r.quantization and r.quantization["method"] == "dynamic" else {
                 "fp32-opt": "ort-fp32-fused", "fp16": "ort-fp16-on-cpu", "int8": "ort-int8-static"}[r.variant]
-            verdict = dataclasses.replace(r.gate, gate=optimize.AccuracyGate())
+            verdict = dataclasses.replace(r.gate, gate=accuracy_gate.AccuracyGate())
             gates[name] = {**r.to_dict(), "gate": verdict.summary(), "passes_default_gate": verdict.passed}
         gates["ort-fp32"] = {"size_bytes": (work / "model.onnx").stat().st_size,
                              "parity": exported.parity.summary() if exported.parity else None}
 
         under_test = bench.ModelUnderTest(work / "model.onnx", info.model, str(bundle), bundle=bundle)
         runners: list[bench.Runner] = [bench.TorchRunner(bench.VARIANTS["torch"], under_test)]
-        for name, (file, precision, description) in FILES.items():
+        for name, (file, file_precision, description) in FILES.items():
             if (work / file).is_file():
-                spec = bench.VariantSpec(name, "onnxruntime", "cpu", precision, description)
+                spec = bench.VariantSpec(name, "onnxruntime", "cpu", file_precision, description)
                 runners.append(bench.OrtCpuRunner(spec, work / file, threads))
-        points = []
+
+        def batch_for(batch_size: int) -> np.ndarray:
+            """The first `batch_size` held-out images, each repeated when there are fewer."""
+            if len(data.inputs) >= batch_size:
+                return data.inputs[:batch_size]
+            return data.inputs.repeat(-(-batch_size // len(data.inputs)), axis=0)[:batch_size]
+
+        def point_started(batch_size: int, names: list[str]) -> None:
+            log(f"batch {batch_size}: timing {', '.join(names)} round-robin")
+
         with bench.torch_threads(threads):
             env = bench.environment(threads)
             for runner in runners:
                 runner.create()
-            for batch_size in batch_sizes:
-                batch = data.inputs[:batch_size] if len(data.inputs) >= batch_size else data.inputs.repeat(
-                    -(-batch_size // len(data.inputs)), axis=0)[:batch_size]
-                for runner in runners:
-                    runner.stage(batch)
-                log(f"batch {batch_size}: timing {', '.join(r.spec.name for r in runners)} round-robin")
-                timed = bench._measure_point(runners, settings)
-                points += [bench.PointResult(name, batch_size, latencies) for name, latencies in timed.items()]
+            points = bench.measure_points(runners, settings, batch_for, on_point=point_started)
     rows = []
     for point in points:
         same_batch = {p.variant: p for p in points if p.batch_size == point.batch_size}
@@ -101,7 +108,7 @@ def measure(bundle: Path, batch_sizes: tuple[int, ...], settings: bench.BenchSet
         "pytorch_fp32_accuracy": float((data.reference.argmax(1) == data.labels).mean()),
         "variants": gates,
         "results": rows,
-        "settings": {**settings.to_dict(), "batch_sizes": list(batch_sizes)},
+        "settings": settings.to_dict(),
         "environment": env,
         "command": " ".join(["python", "benchmarks/precision.py", *sys.argv[1:]]),
     }
@@ -164,13 +171,13 @@ def main() -> int:
     parser.add_argument("--min-iters", type=int, default=10)
     parser.add_argument("--table-only", action="store_true", help="only rewrite precision.md")
     args = parser.parse_args()
-    batch_sizes = bench.parse_int_list(args.batch_sizes, "--batch-sizes")
-    settings = bench.BenchSettings(batch_sizes=batch_sizes, threads=args.threads, min_seconds=args.min_seconds,
-                                   min_iters=args.min_iters, warmup_seconds=1.0)
+    settings = bench.BenchSettings(batch_sizes=parse_batch_sizes(args.batch_sizes),
+                                   threads=args.threads, min_seconds=args.min_seconds, min_iters=args.min_iters,
+                                   warmup_seconds=1.0)
     names = args.name or []
     for i, bundle in enumerate([] if args.table_only else args.bundles):
         name = names[i] if i < len(names) else bundle.resolve().parent.name
-        report = measure(bundle, batch_sizes, settings, lambda message: print(message, file=sys.stderr, flush=True))
+        report = measure(bundle, settings, lambda message: print(message, file=sys.stderr, flush=True))
         atomic_write_json(RESULTS / f"{name}.json", report)
     reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     atomic_write_bytes(HERE / "precision.md", markdown(reports).encode())

@@ -4,7 +4,7 @@
     python benchmarks/run.py gpu            # vit-ti16, vit-s16 and vit-b16 with the CUDA variants as well
     python benchmarks/run.py cpu --threads 1 --presets vit-ti16 --min-seconds 5
 
-A thin driver over vitdeploy.bench (the same code as `vitdeploy bench --preset NAME`). Random weights: speed does
+A thin driver over vitdeploy.benchmark (the same code as `vitdeploy bench --preset NAME`). Random weights: speed does
 not depend on them. Each preset's report goes to results/<suite>-<preset>[-t<threads>].json, and every report in
 results/ is summarised in results/README.md, which names the machine, the load and the library versions.
 """
@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from vitdeploy import bench
+from vitdeploy import benchmark as bench
+from vitdeploy.config import parse_batch_sizes
 from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,7 +42,7 @@ def main() -> int:
     presets, variants = SUITES[args.suite]
     if not args.table_only:
         settings = bench.BenchSettings(
-            batch_sizes=bench.parse_int_list(args.batch_sizes, "--batch-sizes"), variants=variants,
+            batch_sizes=parse_batch_sizes(args.batch_sizes), variants=variants,
             min_seconds=args.min_seconds, min_iters=args.min_iters, warmup_seconds=2.0, threads=args.threads,
         )
         for preset in bench.parse_variants(args.presets) or presets:

@@ -1,49 +1,64 @@
-"""vitdeploy bench: the protocol, the report's schema, the regression gate and the recommendations.
+"""vitdeploy bench: the protocol, the report's schema, the files it times, the regression gate, the
+recommendations, and the progress display.
 
 Tiny model, few iterations; nothing here asserts on how long anything took.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
-from vitdeploy import bench
-from vitdeploy.bundle import BundleInfo, save_bundle
+from builders import make_bundle
+
+from vitdeploy import benchmark as bench
 from vitdeploy.cli import app
-from vitdeploy.config import ModelConfig, PreprocessSpec
+from vitdeploy.config import ModelConfig
+from vitdeploy.data import DIGITS_NAME
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, CheckFailed, ConfigError, DeviceError
-from vitdeploy.model import build_model
+from vitdeploy.onnx_file import META_EXPORT
 from vitdeploy.runtime import CPU, cuda_status
 
-TINY = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=3)
+# The digits' 10 classes, so that export's accuracy gate can judge the variants on the held-out digits.
+CFG = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=10)
+DIGITS = {"source": DIGITS_NAME, "split": "seeded-permutation", "split_seed": 0, "val_fraction": 0.2}
 # Enough to exercise every code path, few enough to stay fast: no minimum time, two timed runs.
 QUICK = ["--warmup-iters", "1", "--warmup-seconds", "0", "--min-iters", "2", "--min-seconds", "0", "--threads", "1"]
 CPU_VARIANTS = "torch,ort-cpu,ort-cpu-fused"
 ORT_VARIANTS = ("ort-cpu", "ort-cpu-fused", "ort-cpu-int8")
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(model.onnx, bundle) as `vitdeploy export BUNDLE --optimize --precision int8 --no-verify` leaves them:
+    model.fp32-opt.onnx and model.int8.onnx (static, through the accuracy gate) beside model.onnx."""
     from vitdeploy.onnx_export import export_onnx
 
-    folder = tmp_path_factory.mktemp("bench")
-    torch.manual_seed(0)
-    info = BundleInfo(model=TINY, preprocess=PreprocessSpec(image_size=16, resize_size=16), labels=["a", "b", "c"])
-    bundle = save_bundle(folder / "bundle", build_model(TINY), info)
-    onnx_path = export_onnx(bundle, folder / "tiny.onnx", verify=False).path
+    bundle = make_bundle(tmp_path_factory.mktemp("bench") / "bundle", CFG, dataset=DIGITS)
+    onnx_path = export_onnx(bundle, verify=False, variants=["fp32-opt", "int8"]).path
     return onnx_path, bundle
 
 
 def run_cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, ["bench", *args])
     return result.exit_code, result.stdout
+
+
+def run_cli_stderr(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["bench", *args])
+    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +113,26 @@ def test_fused_and_quantized_graphs_are_described(cli_report: tuple[dict, Path])
     # Pre-norm ViT: the residual Add + LayerNorm pairs fuse whatever the attention pattern.
     assert fused_ops.get("SkipLayerNormalization", 0) > 0
     assert "SkipLayerNormalization" not in variants["ort-cpu"]["graph_ops"]
-    assert any(op.startswith(("MatMulInteger", "DynamicQuantize")) for op in variants["ort-cpu-int8"]["graph_ops"])
+    # The INT8 file export ships: static QDQ.
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(variants["ort-cpu-int8"]["graph_ops"])
+    assert variants["ort-cpu-int8"]["quantization"]["method"] == "static"
+
+
+def test_each_variant_records_the_file_it_timed_and_its_accuracy_check(
+    cli_report: tuple[dict, Path], exported: tuple[Path, Path]
+) -> None:
+    variants = cli_report[0]["variants"]
+    onnx_path, bundle = exported
+    files = {"ort-cpu": "model.onnx", "ort-cpu-fused": "model.fp32-opt.onnx", "ort-cpu-int8": "model.int8.onnx"}
+    for name, file in files.items():
+        assert variants[name]["file"] == str(onnx_path.with_name(file))
+    for name in ("ort-cpu-fused", "ort-cpu-int8"):
+        accuracy = variants[name]["accuracy"]
+        assert accuracy["judged"] and accuracy["passed"] and accuracy["check"] == "accuracy gate"
+        assert accuracy["summary"]["samples"]["real"] == 359 and "passed export's accuracy gate" in accuracy["note"]
+    assert variants["ort-cpu"]["accuracy"]["judged"] is False  # exported with verify off
+    assert variants["ort-cpu-fused"]["quantization"] is None
+    assert variants["torch"]["file"] == str(bundle)
 
 
 def test_regression_gate_fails_against_a_doctored_baseline(
@@ -162,12 +196,23 @@ def test_p99_budget_recommends_the_largest_batch_that_meets_it() -> None:
     assert bench.recommend_batch_size(report_from_rows(rows), p99_budget_ms=1)["best"] is None
 
 
+class FixedClock:
+    """A timer that runs the work and reports a fixed latency (no clock involved)."""
+
+    def __init__(self, latency_s: float):
+        self.latency_s = latency_s
+
+    def time(self, work) -> float:
+        work()
+        return self.latency_s
+
+
 class FakeRunner(bench.Runner):
-    """Reports a fixed latency per run and logs the order of calls (no clock involved)."""
+    """Logs the order of its inferences; its timer reports a fixed latency for each."""
 
     def __init__(self, name: str, latency_s: float, calls: list[str]):
         self.spec = bench.VariantSpec(name, "fake", "cpu", "fp32", "")
-        self.latency_s = latency_s
+        self.timer = FixedClock(latency_s)
         self.calls = calls
 
     def create(self) -> None:
@@ -176,9 +221,8 @@ class FakeRunner(bench.Runner):
     def stage(self, batch: np.ndarray) -> None:
         pass
 
-    def run(self) -> float:
+    def infer(self) -> None:
         self.calls.append(self.spec.name)
-        return self.latency_s
 
 
 def test_protocol_interleaves_and_meets_both_minimums() -> None:
@@ -186,7 +230,7 @@ def test_protocol_interleaves_and_meets_both_minimums() -> None:
     # Latencies exact in binary floating point, so the sums cross the thresholds exactly where expected.
     fast, slow = FakeRunner("fast", 0.125, calls), FakeRunner("slow", 0.375, calls)
     settings = bench.BenchSettings(warmup_iters=2, warmup_seconds=0.5, min_iters=3, min_seconds=1.0)
-    timed = bench._measure_point([fast, slow], settings)
+    timed = bench.measure([fast, slow], settings)
     # Warm-up: fast needs 4 runs for 0.5 s, slow 2 (the count) -> 2 rounds of both, then 2 of fast alone.
     # Timed: fast needs 8 runs for 1 s, slow 3 (the count); both run in every round until slow is satisfied.
     assert calls[:6] == ["fast", "slow", "fast", "slow", "fast", "fast"]
@@ -198,26 +242,26 @@ def test_companion_runs_every_round_without_deciding_when_to_stop() -> None:
     calls: list[str] = []
     model, peak = FakeRunner("model", 0.5, calls), FakeRunner("peak", 10.0, calls)
     settings = bench.BenchSettings(warmup_iters=1, warmup_seconds=0, min_iters=2, min_seconds=1.0)
-    timed = bench._measure_point([model], settings, companions=[peak])
+    timed = bench.measure([model], settings, companions=[peak])
     assert calls == ["model", "peak"] * 3  # 1 warm-up round, 2 timed rounds
     assert len(timed["model"]) == len(timed["peak"]) == 2
 
 
 def test_every_variant_sees_the_same_input() -> None:
-    a = bench._input_batch(TINY, 4, seed=0)
+    a = bench.input_batch(CFG, 4, seed=0)
     assert a.dtype == np.float32 and a.shape == (4, 3, 16, 16)
-    np.testing.assert_array_equal(a, bench._input_batch(TINY, 4, seed=0))
+    np.testing.assert_array_equal(a, bench.input_batch(CFG, 4, seed=0))
 
 
 @pytest.mark.skipif(cuda_status().usable, reason="checks the behaviour without CUDA")
 def test_cuda_variants_skip_when_auto_and_fail_when_requested(exported: tuple[Path, Path]) -> None:
     model = bench.model_from_files(*exported)
-    names, skipped = bench._plan_variants(bench.BenchSettings(), model)
+    names, skipped = bench.plan_variants(bench.BenchSettings(), model)
     assert names == ["torch", *ORT_VARIANTS]
     assert set(skipped) == {"torch-cuda", "ort-cuda", "ort-cuda-graph", "ort-cuda-fp16"}
     assert all(reason for reason in skipped.values())
     with pytest.raises(DeviceError, match="ort-cuda"):
-        bench._plan_variants(bench.BenchSettings(variants=("ort-cpu", "ort-cuda")), model)
+        bench.plan_variants(bench.BenchSettings(variants=("ort-cpu", "ort-cuda")), model)
     code, _ = run_cli(str(exported[0]), "--variants", "ort-cuda", *QUICK)
     assert code == EXIT_BAD_INPUT
 
@@ -227,10 +271,10 @@ def test_torch_variant_needs_the_weights(exported: tuple[Path, Path], tmp_path: 
     model = bench.model_from_files(exported[0], None)
     assert model.bundle == exported[1].resolve()
     model.bundle = None
-    _, skipped = bench._plan_variants(bench.BenchSettings(), model)
+    _, skipped = bench.plan_variants(bench.BenchSettings(), model)
     assert "bundle" in skipped["torch"]
     with pytest.raises(ConfigError, match="torch"):
-        bench._plan_variants(bench.BenchSettings(variants=("torch",)), model)
+        bench.plan_variants(bench.BenchSettings(variants=("torch",)), model)
 
 
 @pytest.mark.parametrize("bad", [dict(batch_sizes=(0,)), dict(variants=("tensorrt",)), dict(min_iters=0),
@@ -259,19 +303,128 @@ def test_preset_end_to_end_and_plot(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+# `vitdeploy ARGS...` in a process where `import torch` fails, as on a machine without it.
+WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['vitdeploy', *sys.argv[1:]]; "
+                 "runpy.run_module('vitdeploy', run_name='__main__')")
+
+
+def test_onnx_variants_are_benchmarked_without_torch(exported: tuple[Path, Path]) -> None:
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "bench", str(exported[0]), *QUICK, "--json"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report["variants"]) == set(ORT_VARIANTS)
+    assert report["skipped"]["torch"] == "PyTorch is not installed"
+    assert report["environment"]["torch_threads"] is None
+    # The peak behind MFU is a torch matmul: without torch there is none, and no MFU.
+    assert report["peak_gflops"] == {} and all(r["mfu"] is None for r in report["results"])
+    assert "no fp32 matmul peak on cpu" in done.stderr
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_shown_only_on_a_terminal_and_never_with_json() -> None:
+    assert bench.progress_wanted(json_output=False, stream=Terminal())
+    assert not bench.progress_wanted(json_output=True, stream=Terminal())
+    assert not bench.progress_wanted(json_output=False, stream=io.StringIO())
+    with bench.progress_display(Console(file=Terminal()), bench.BenchSettings(), json_output=True) as on_point:
+        assert on_point is None
+
+
+def test_json_and_non_terminal_output_carry_no_progress(exported: tuple[Path, Path]) -> None:
+    code, stdout, stderr = run_cli_stderr(str(exported[0]), "--variants", "ort-cpu", "--batch-sizes", "1,2", *QUICK,
+                                          "--json")
+    assert code == 0 and json.loads(stdout)["schema"] == bench.SCHEMA
+    assert "batch 2: timing ort-cpu round-robin" in stderr  # the log line, not a live display
+    assert " left" not in stderr and "\x1b[" not in stderr
+
+
+def test_progress_names_the_point_and_estimates_the_time_left() -> None:
+    now = [100.0]
+    console = Console(file=Terminal(), force_terminal=True, width=120)
+    settings = bench.BenchSettings(batch_sizes=(1, 8), warmup_seconds=1.0, min_seconds=2.0)
+    with bench.TerminalProgress(console, settings, clock=lambda: now[0]) as progress:
+        progress(1, ["torch", "ort-cpu"])
+        assert progress.time_left.at(100.0) == (12.0, True)  # 2 points x 2 variants x (1 + 2) s at least
+        assert progress.time_left.at(110.0) == (10.0, True)  # this point outlasts 6 s: so will the next one
+        now[0] += 20.0
+        progress(8, ["torch", "ort-cpu"])
+        assert progress.time_left.at(120.0) == (20.0, False)  # the first point took 20 s: one more like it
+        assert progress.time_left.at(130.0) == (10.0, False)
+        progress.progress.refresh()
+        shown = console.file.getvalue()
+    assert "batch 8: torch, ort-cpu" in shown and "1/2" in shown and "about 0:20 left" in shown
+
+
 def test_preset_and_model_together_is_bad_input(exported: tuple[Path, Path]) -> None:
     code, _ = run_cli(str(exported[0]), "--preset", "digits", *QUICK)
     assert code == EXIT_BAD_INPUT
 
 
 def test_fp16_conversion_keeps_fp32_inputs_and_outputs(exported: tuple[Path, Path], tmp_path: Path) -> None:
-    # The fp16 variant runs only on CUDA; its conversion is checked here, where there is no GPU.
+    # The fp16 variant runs only on CUDA; its conversion for a preset is checked here, where there is no GPU.
     import onnx
 
-    fused = tmp_path / "fused.onnx"
-    bench.fuse_for_cpu(exported[0], TINY, fused)
-    ops = bench.convert_fp16(fused, tmp_path / "fp16.onnx")
-    assert ops.get("Cast", 0) >= 2  # fp32 -> fp16 at the input, back at the output
-    graph = onnx.load(tmp_path / "fp16.onnx").graph
+    base = tmp_path / "model.onnx"
+    shutil.copy(exported[0], base)
+    bench.build_variant_files(base, CFG, ["fp16"])
+    fp16 = bench.OnnxFile.read(tmp_path / "model.fp16.onnx")
+    assert fp16.graph_ops.get("Cast", 0) >= 2  # fp32 -> fp16 at the input, back at the output
+    assert fp16.info.export["precision"] == "fp16" and fp16.info.labels == [str(i) for i in range(10)]
+    graph = onnx.load(tmp_path / "model.fp16.onnx").graph
     assert {i.type.tensor_type.elem_type for i in [*graph.input, *graph.output]} == {onnx.TensorProto.FLOAT}
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+
+
+def test_a_missing_variant_file_names_the_export_command_that_makes_it(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    onnx_path, bundle = exported
+    alone = tmp_path / "model.onnx"
+    shutil.copy(onnx_path, alone)  # no variants beside it; its metadata still names the bundle
+    names, skipped = bench.plan_variants(bench.BenchSettings(), bench.model_from_files(alone, None))
+    assert names == ["torch", "ort-cpu"]
+    assert skipped["ort-cpu-int8"] == (f"no model.int8.onnx beside model.onnx: make it with "
+                                       f"`vitdeploy export {bundle.resolve()} --out {alone} --precision int8`")
+    assert skipped["ort-cpu-fused"].endswith(f"--out {alone} --optimize`")
+    code, _, stderr = run_cli_stderr(str(alone), "--variants", "ort-cpu,ort-cpu-int8", *QUICK)
+    assert code == EXIT_BAD_INPUT and "--precision int8" in stderr
+
+
+def test_a_variant_made_from_other_weights_is_not_timed(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    import onnx
+
+    from vitdeploy.onnx_file import set_metadata
+
+    for name in ("model.onnx", "model.int8.onnx"):
+        shutil.copy(exported[0].with_name(name), tmp_path / name)
+    stale = onnx.load(tmp_path / "model.int8.onnx")
+    export_facts = json.loads(next(p.value for p in stale.metadata_props if p.key == META_EXPORT))
+    set_metadata(stale, {META_EXPORT: {**export_facts, "weights_sha256": "0" * 64}})
+    onnx.save(stale, tmp_path / "model.int8.onnx")
+    model = bench.model_from_files(tmp_path / "model.onnx", None)
+    _, skipped = bench.plan_variants(bench.BenchSettings(), model)
+    assert "other weights" in skipped["ort-cpu-int8"]
+    with pytest.raises(ConfigError, match="other weights"):
+        bench.plan_variants(bench.BenchSettings(variants=("ort-cpu-int8",)), model)
+
+
+def test_a_variant_file_is_refused_as_the_model(exported: tuple[Path, Path]) -> None:
+    code, _, stderr = run_cli_stderr(str(exported[0].with_name("model.int8.onnx")), *QUICK)
+    assert code == EXIT_BAD_INPUT and "int8 variant of model.onnx" in stderr
+
+
+def test_preset_variants_are_built_as_export_builds_them() -> None:
+    code, stdout = run_cli("--preset", "tiny", "--variants", ",".join(ORT_VARIANTS), "--batch-sizes", "1", *QUICK,
+                           "--json")
+    assert code == 0, stdout
+    variants = json.loads(stdout)["variants"]
+    assert variants["ort-cpu-int8"]["quantization"]["method"] == "static"
+    assert "DequantizeLinear" in variants["ort-cpu-int8"]["graph_ops"]
+    assert variants["ort-cpu-fused"]["graph_ops"].get("SkipLayerNormalization", 0) > 0
+    for name in ORT_VARIANTS:
+        assert variants[name]["accuracy"] == {"judged": False, "passed": None, "check": None,
+                                              "note": "accuracy not judged (random weights)", "summary": None}

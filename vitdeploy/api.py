@@ -5,7 +5,7 @@
     exported = vitdeploy.export(result.best, opset=17)             # -> ExportResult
     report = vitdeploy.verify(exported.path, batch_sizes=(1, 7))   # -> ParityReport (report.passed)
     summary = vitdeploy.predict(["samples/"], model=exported.path) # -> PredictSummary (summary.rows)
-    figures = vitdeploy.bench(exported.path, batch_sizes=(1, 32))  # -> BenchReport
+    figures = vitdeploy.benchmark(exported.path, batch_sizes=(1, 32))  # -> BenchReport
 
 The CLI commands call these functions. Each imports its stage only when called, so `import vitdeploy` stays light
 and needs no torch; train, export and verify raise extras.MissingExtra (exit code 2 in the CLI) without the
@@ -25,6 +25,7 @@ from vitdeploy.progress import to_stderr
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from vitdeploy.benchmark import BenchReport
     from vitdeploy.onnx_export import ExportResult
     from vitdeploy.parity import ParityReport
     from vitdeploy.prediction import PredictSummary
@@ -141,4 +142,59 @@ def predict(
     return run_predict(request, log=log)
 
 
-__all__ = ["export", "predict", "train", "verify"]
+def bench(
+    model: PathLike | None = None,
+    *,
+    bundle: PathLike | None = None,
+    preset: str | None = None,
+    variants: str | Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    warmup_iters: int = 3,
+    warmup_seconds: float = 1.0,
+    min_iters: int = 10,
+    min_seconds: float = 2.0,
+    threads: int | None = None,
+    end_to_end: Sequence[str] | None = None,
+    p99_budget: float | None = None,
+    baseline: PathLike | None = None,
+    max_regress: float = 5.0,
+    output: PathLike | None = None,
+    plot: PathLike | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = to_stderr,
+) -> BenchReport:
+    """Benchmark an exported model (default: the newest .onnx under models/) and the variant files export wrote
+    beside it, or a `preset` with random weights, against PyTorch eager, interleaved, with the fair protocol.
+
+    `p99_budget` adds report.recommendation; `baseline` (an earlier `output`) adds report.regression, whose
+    "regressed" list names every variant slower than the baseline by more than `max_regress` percent (the CLI
+    exits 3 on it). `output` saves the JSON report, `plot` a PNG. `progress` shows what is being measured and the
+    time left on stderr, when it is a terminal. Needs torch only for the PyTorch variants and presets.
+    """
+    from rich.console import Console
+
+    from vitdeploy import benchmark
+    from vitdeploy.atomic import atomic_write_json
+
+    names = variants.split(",") if isinstance(variants, str) else variants
+    settings = benchmark.BenchSettings(
+        batch_sizes=tuple(batch_sizes), variants=tuple(n.strip() for n in names if n.strip()) if names else None,
+        warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters, min_seconds=min_seconds,
+        threads=threads,
+    )
+    baseline_report = benchmark.load_report(Path(baseline)) if baseline else None  # before minutes of measuring
+    with benchmark.progress_display(Console(stderr=True), settings, json_output=not progress) as on_point:
+        report = benchmark.run_bench(_path(model), _path(bundle), preset, settings, list(end_to_end or []) or None,
+                                     log=log, on_point=on_point)
+    if p99_budget is not None:
+        report.recommendation = benchmark.recommend_batch_size(report, p99_budget)
+    if baseline_report is not None:
+        report.regression = benchmark.compare_to_baseline(report, baseline_report, max_regress)
+    if output:
+        atomic_write_json(output, report.to_dict())
+    if plot:
+        benchmark.plot_report(report, Path(plot))
+    return report
+
+
+__all__ = ["bench", "export", "predict", "train", "verify"]

@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from vitdeploy import strict_json
 from vitdeploy.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, VitDeployError
+from vitdeploy.config import parse_batch_sizes
 from vitdeploy.extras import require
 
 app = typer.Typer(
@@ -82,17 +83,6 @@ def print_json(obj: Any) -> None:
 
 def print_note(line: str) -> None:
     console.print(line, highlight=False, soft_wrap=True)
-
-
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """'1,7,32' -> (1, 7, 32); anything but positive integers is a usage error."""
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or any(b < 1 for b in sizes):
-        raise ConfigError(f"--batch-sizes wants positive integers separated by commas, e.g. 1,7,32; got {text!r}")
-    return sizes
 
 
 @app.command()
@@ -413,38 +403,29 @@ def bench(
 ) -> None:
     """Benchmark PyTorch eager against ONNX Runtime (and CUDA variants where CUDA really works), interleaved.
 
-    Reports p50/p90/p99/mean/std latency, images/s, speed-up against eager in the same run, cold start, and
-    model FLOPs utilisation against this machine's measured matmul peak.
+    Times the files export wrote: model.onnx, and beside it model.fp32-opt.onnx, model.int8.onnx and
+    model.fp16.onnx when they exist (a missing one is skipped, naming the export command that makes it).
+    Reports p50/p90/p99/mean/std latency, images/s, speed-up against eager in the same run, cold start, model
+    FLOPs utilisation against this machine's measured matmul peak, and each file's accuracy check from export.
+    On a terminal, stderr shows the batch size and variants being measured and the time left (not with --json).
 
-    Exit codes: 0 done; 2 bad input (no model, unknown variant, a CUDA variant requested without CUDA);
-    3 a variant regressed past --max-regress against --baseline.
+    Exit codes: 0 done; 2 bad input (no model, unknown variant, a variant requested that cannot run here: no
+    CUDA, or its file missing); 3 a variant regressed past --max-regress against --baseline.
 
     Example: vitdeploy bench --preset vit-ti16 --batch-sizes 1,32 --output bench.json --plot bench.png
     """
-    from vitdeploy import bench as bench_module
-    from vitdeploy.atomic import atomic_write_json
+    import vitdeploy
+    from vitdeploy import benchmark as bench_module
 
-    settings = bench_module.BenchSettings(
-        batch_sizes=parse_batch_sizes(batch_sizes),
-        variants=bench_module.parse_variants(variants), warmup_iters=warmup_iters, warmup_seconds=warmup_seconds,
-        min_iters=min_iters, min_seconds=min_seconds, threads=threads,
+    report = vitdeploy.bench(
+        model, bundle=bundle, preset=preset, variants=variants, batch_sizes=parse_batch_sizes(batch_sizes),
+        warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters, min_seconds=min_seconds,
+        threads=threads, end_to_end=end_to_end, p99_budget=p99_budget, baseline=baseline, max_regress=max_regress,
+        output=output, plot=plot, progress=not json_output, log=print_note,
     )
-    baseline_report = bench_module.load_report(baseline) if baseline else None
-    report = bench_module.run_bench(
-        model, bundle, preset, settings, end_to_end,
-        log=print_note,
-    )
-    if p99_budget is not None:
-        report.recommendation = bench_module.recommend_batch_size(report, p99_budget)
-    if baseline_report is not None:
-        report.regression = bench_module.compare_to_baseline(report, baseline_report, max_regress)
     console.print(bench_module.results_table(report))
     for line in bench_module.summary_lines(report):
-        console.print(line, highlight=False, soft_wrap=True)
-    if output:
-        atomic_write_json(output, report.to_dict())
-    if plot:
-        bench_module.plot_report(report, plot)
+        print_note(line)
     if json_output:
         print_json(report.to_dict())
     if report.regression is not None:

@@ -190,3 +190,14 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Human-readable differences between two flat config dicts: 'key: a -> b'."""
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> tuple[int, ...]:
+    """'1,7,32' -> (1, 7, 32); anything but positive integers is a usage error naming the option."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(b < 1 for b in sizes):
+        raise ConfigError(f"{option} wants positive integers separated by commas, e.g. 1,7,32; got {text!r}")
+    return sizes

@@ -1,0 +1,81 @@
+"""Fair latency / throughput benchmark of one ViT across runtimes: benchmark(...) -> BenchReport.
+
+    variants.py     the catalogue of variants, the settings of a run, why a device cannot run a variant
+    artifacts.py    the model under test, the file each variant times, which variants can run
+    protocol.py     THE timing protocol (identical inputs, warm-up, round-robin, minimums) and the timers
+    runners.py      PyTorch, ONNX Runtime CPU / CUDA (IO binding, CUDA graphs), the fp32 matmul peak
+    run.py          a whole benchmark: benchmark(), and run_bench() behind `vitdeploy bench`
+    end_to_end.py   decode / preprocess / model split from image files to logits
+    environment.py  the machine, versions, threads, GPUs and load a run was measured on
+    report.py       statistics, the JSON report, speed-up and MFU, recommendation and baseline comparison
+    render.py       the results table, summary lines, plot, and live progress on a terminal
+
+Figures: p50 / p90 / p99 / mean / std latency, images/s, speed-up against PyTorch eager on the same device in the
+same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the fp32 matmul rate measured in the
+same rounds as the variants, so that a shared machine's load weighs on both sides of the ratio).
+"""
+
+from vitdeploy.benchmark.artifacts import (
+    ModelUnderTest,
+    OnnxFile,
+    build_variant_files,
+    model_from_files,
+    model_from_preset,
+    plan_variants,
+)
+from vitdeploy.benchmark.environment import environment
+from vitdeploy.benchmark.protocol import (
+    ColdStart,
+    CudaEventTimer,
+    Runner,
+    Timer,
+    WallClock,
+    cold_start,
+    input_batch,
+    measure,
+    measure_points,
+)
+from vitdeploy.benchmark.render import (
+    TerminalProgress,
+    plot_report,
+    progress_display,
+    progress_wanted,
+    results_table,
+    summary_lines,
+)
+from vitdeploy.benchmark.report import (
+    SCHEMA,
+    BenchReport,
+    PointResult,
+    check_regressions,
+    compare_to_baseline,
+    load_report,
+    recommend_batch_size,
+)
+from vitdeploy.benchmark.run import benchmark, run_bench
+from vitdeploy.benchmark.runners import (
+    MatmulPeakRunner,
+    OrtCpuRunner,
+    OrtCudaRunner,
+    TorchRunner,
+    make_runner,
+    torch_threads,
+)
+from vitdeploy.benchmark.variants import (
+    DEFAULT_BATCH_SIZES,
+    EAGER,
+    VARIANTS,
+    BenchSettings,
+    VariantSpec,
+    parse_variants,
+)
+
+__all__ = [
+    "DEFAULT_BATCH_SIZES", "EAGER", "SCHEMA", "VARIANTS", "BenchReport", "BenchSettings", "ColdStart",
+    "CudaEventTimer", "MatmulPeakRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner", "OrtCudaRunner",
+    "PointResult", "Runner", "TerminalProgress", "Timer", "TorchRunner", "VariantSpec", "WallClock", "benchmark",
+    "build_variant_files", "check_regressions", "cold_start", "compare_to_baseline", "environment", "input_batch",
+    "load_report", "make_runner", "measure", "measure_points", "model_from_files", "model_from_preset",
+    "parse_variants", "plan_variants", "plot_report", "progress_display", "progress_wanted",
+    "recommend_batch_size", "results_table", "run_bench", "summary_lines", "torch_threads",
+]

@@ -1,0 +1,176 @@
+"""The figures of a run and what is read from them: per-point statistics, the JSON report (schema SCHEMA), the
+speed-up and MFU ratios, the batch-size recommendation and the comparison with a baseline report.
+
+Statistics are over the timed runs of one variant at one batch size (warm-up excluded): p50 / p90 / p99 / mean /
+std / min latency and images/s from the mean. Speed-up is against PyTorch eager on the same device at the same
+batch size in the same run; MFU is analytic FLOPs x images/s over the run's measured fp32 matmul peak.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitdeploy.benchmark.variants import EAGER, VARIANTS, BenchSettings
+from vitdeploy.errors import CheckFailed, ConfigError
+
+SCHEMA = "vitdeploy.benchmark/1"
+
+
+@dataclass
+class PointResult:
+    """One variant at one batch size, steady state."""
+
+    variant: str
+    batch_size: int
+    latencies_s: list[float]
+    speedup_vs_eager: float | None = None
+    peak_gflops: float | None = None  # the run's matmul peak on this device, which MFU divides by
+    mfu: float | None = None
+
+    @property
+    def iterations(self) -> int:
+        return len(self.latencies_s)
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q)) * 1e3
+
+    @property
+    def mean_s(self) -> float:
+        return float(np.mean(self.latencies_s))
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size / self.mean_s
+
+    def to_dict(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies_s)
+        return {
+            "variant": self.variant,
+            "batch_size": self.batch_size,
+            "iterations": self.iterations,
+            "measured_s": round(float(lat.sum()), 4),
+            "p50_ms": round(self.percentile_ms(50), 4),
+            "p90_ms": round(self.percentile_ms(90), 4),
+            "p99_ms": round(self.percentile_ms(99), 4),
+            "mean_ms": round(self.mean_s * 1e3, 4),
+            "std_ms": round(float(lat.std(ddof=1)) * 1e3 if len(lat) > 1 else 0.0, 4),
+            "min_ms": round(float(lat.min()) * 1e3, 4),
+            "images_per_s": round(self.images_per_s, 3),
+            "speedup_vs_eager": round(self.speedup_vs_eager, 3) if self.speedup_vs_eager else None,
+            "peak_gflops": round(self.peak_gflops, 2) if self.peak_gflops else None,
+            "mfu": round(self.mfu, 4) if self.mfu is not None else None,
+        }
+
+
+@dataclass
+class BenchReport:
+    model: dict[str, Any]
+    settings: BenchSettings
+    environment: dict[str, Any]
+    peak_gflops: dict[str, float]  # device -> the fastest single matmul of the run, as GFLOP/s
+    # name -> runtime, device, precision, providers, cold start, and the file it ran (artifacts.describe_file):
+    # path, graph_ops (ONNX files), quantization and accuracy (the check export ran on the file)
+    variants: dict[str, dict[str, Any]]
+    skipped: dict[str, str]  # variant -> why it did not run
+    points: list[PointResult]
+    end_to_end: dict[str, Any] | None = None
+    created_at: str = ""
+    recommendation: dict[str, Any] | None = None  # set by recommend_batch_size (--p99-budget)
+    regression: dict[str, Any] | None = None  # set by compare_to_baseline (--baseline)
+
+    def point(self, variant: str, batch_size: int) -> PointResult | None:
+        return next((p for p in self.points if p.variant == variant and p.batch_size == batch_size), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "created_at": self.created_at,
+            "model": self.model,
+            "settings": self.settings.to_dict(),
+            "environment": self.environment,
+            "peak_gflops": self.peak_gflops,
+            "variants": self.variants,
+            "skipped": self.skipped,
+            "results": [p.to_dict() for p in self.points],
+            "end_to_end": self.end_to_end,
+            "recommendation": self.recommendation,
+            "regression": self.regression,
+        }
+
+
+def add_ratios(points: list[PointResult], peak_gflops: dict[str, float], flops_per_image: float) -> None:
+    """Set each point's speed-up against eager on its device, and its MFU against the device's peak.
+
+    MFU is against the fp32 peak, so it is only stated for fp32 variants.
+    """
+    for point in points:
+        spec = VARIANTS[point.variant]
+        eager = next((p for p in points if p.variant == EAGER[spec.device] and p.batch_size == point.batch_size), None)
+        point.speedup_vs_eager = eager.mean_s / point.mean_s if eager else None
+        point.peak_gflops = peak_gflops.get(spec.device)
+        if point.peak_gflops and spec.precision == "fp32":
+            point.mfu = flops_per_image * point.images_per_s / (point.peak_gflops * 1e9)
+
+
+def recommend_batch_size(report: BenchReport, p99_budget_ms: float) -> dict[str, Any]:
+    """Per variant, the largest batch size whose p99 meets the budget; overall, the highest throughput among those."""
+    per_variant: dict[str, dict[str, Any] | None] = {}
+    for name in report.variants:
+        fitting = [p for p in report.points if p.variant == name and p.percentile_ms(99) <= p99_budget_ms]
+        best = max(fitting, key=lambda p: p.batch_size, default=None)
+        per_variant[name] = (
+            {"batch_size": best.batch_size, "p99_ms": round(best.percentile_ms(99), 3),
+             "images_per_s": round(best.images_per_s, 3)} if best else None
+        )
+    candidates = [(name, rec) for name, rec in per_variant.items() if rec]
+    overall = max(candidates, key=lambda item: item[1]["images_per_s"], default=None)
+    return {
+        "p99_budget_ms": p99_budget_ms,
+        "per_variant": per_variant,
+        "best": {"variant": overall[0], **overall[1]} if overall else None,
+    }
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read benchmark baseline {path}: {e}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("results"), list):
+        raise ConfigError(f"{path} is not a vitdeploy bench report (schema {SCHEMA})")
+    return data
+
+
+def compare_to_baseline(report: BenchReport, baseline: dict[str, Any], max_regress_pct: float) -> dict[str, Any]:
+    """Compare median (p50) latency per variant and batch size with a baseline report.
+
+    The median, not the mean, because one descheduled run on a shared machine moves the mean but not the median.
+    """
+    rows, regressed = [], []
+    for old in baseline["results"]:
+        new = report.point(old.get("variant"), old.get("batch_size"))
+        if new is None or not old.get("p50_ms"):
+            continue
+        change = (new.percentile_ms(50) / old["p50_ms"] - 1) * 100
+        row = {"variant": new.variant, "batch_size": new.batch_size, "baseline_p50_ms": old["p50_ms"],
+               "p50_ms": round(new.percentile_ms(50), 4), "change_pct": round(change, 2),
+               "regressed": change > max_regress_pct}
+        rows.append(row)
+        if row["regressed"]:
+            regressed.append(f"{new.variant} @ batch {new.batch_size}: {change:+.1f}%")
+    return {"max_regress_pct": max_regress_pct, "compared": rows, "regressed": regressed}
+
+
+def check_regressions(comparison: dict[str, Any]) -> None:
+    if not comparison["compared"]:
+        raise CheckFailed("no variant and batch size in common with the baseline: nothing was compared")
+    if comparison["regressed"]:
+        raise CheckFailed(
+            f"slower than the baseline by more than {comparison['max_regress_pct']}%: "
+            + "; ".join(comparison["regressed"])
+        )

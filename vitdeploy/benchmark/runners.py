@@ -1,0 +1,187 @@
+"""The runners the protocol drives: PyTorch eager, ONNX Runtime on CPU, ONNX Runtime on CUDA (IO binding, optionally
+CUDA graphs), and the fp32 matmul that measures the machine's peak. Each exposes one inference (`infer`) and the
+timer that times it (protocol.WallClock or protocol.CudaEventTimer)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vitdeploy.benchmark.environment import optional_torch
+from vitdeploy.benchmark.protocol import CudaEventTimer, Runner, WallClock
+from vitdeploy.benchmark.variants import VariantSpec
+from vitdeploy.errors import DeviceError
+from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME
+from vitdeploy.runtime import CPU, CUDA, make_session
+
+if TYPE_CHECKING:
+    from vitdeploy.benchmark.artifacts import ModelUnderTest
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count inside the block, where torch is installed (ONNX Runtime sessions get theirs
+    at creation)."""
+    torch = optional_torch()
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class TorchRunner(Runner):
+    def __init__(self, spec: VariantSpec, model: ModelUnderTest):
+        self.spec = spec
+        self.model_under_test = model
+        self.providers = [f"torch-{spec.device}"]
+
+    def create(self) -> None:
+        import torch
+
+        self.model = self.model_under_test.torch_model().to(self.spec.device).eval()
+        self.torch = torch
+        self.timer = (CudaEventTimer(setting=torch.inference_mode) if self.spec.device == "cuda"
+                      else WallClock(setting=torch.inference_mode))
+
+    def stage(self, batch: np.ndarray) -> None:
+        self.input = self.torch.from_numpy(batch).to(self.spec.device)
+
+    def infer(self) -> None:
+        self.model(self.input)
+
+
+class OrtRunner(Runner):
+    """ONNX Runtime on one .onnx file, with `threads` intra-op threads."""
+
+    def __init__(self, spec: VariantSpec, path: Path, threads: int):
+        self.spec = spec
+        self.path = path
+        self.threads = threads
+
+
+class OrtCpuRunner(OrtRunner):
+    def create(self) -> None:
+        self.session, _ = make_session(self.path, device="cpu", threads=self.threads)
+        self.providers = self.session.get_providers()
+        self.timer = WallClock()
+
+    def stage(self, batch: np.ndarray) -> None:
+        self.feed = {INPUT_NAME: batch}
+
+    def infer(self) -> None:
+        self.session.run([OUTPUT_NAME], self.feed)
+
+
+class OrtCudaRunner(OrtRunner):
+    """ONNX Runtime on CUDA with IO binding: input and output live on the GPU, so no host copy is timed.
+
+    With `spec.cuda_graph`, ORT captures the whole run as one CUDA graph; a graph fixes the shapes and addresses,
+    so each batch size gets its own session and preallocated output.
+    """
+
+    def __init__(self, spec: VariantSpec, path: Path, threads: int):
+        super().__init__(spec, path, threads)
+        self.session: Any = None
+        self.graph_shape: tuple[int, ...] | None = None  # the input shape the current CUDA graph was captured for
+
+    def _new_session(self) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        cuda_options: dict[str, str] = {"enable_cuda_graph": "1" if self.spec.cuda_graph else "0"}
+        events = CudaEventTimer.for_onnxruntime()
+        if events:
+            # ORT works on torch's stream, so torch's CUDA events bracket exactly the ORT kernels.
+            cuda_options["user_compute_stream"] = str(events.stream.cuda_stream)
+        # Without torch's events: wall-clock around a run that returns synchronised (see infer).
+        self.timer = events or WallClock()
+        session = ort.InferenceSession(os.fspath(self.path), options, providers=[(CUDA, cuda_options), CPU])
+        if session.get_providers()[0] != CUDA:
+            raise DeviceError(f"{self.spec.name}: the session fell back to CPU")
+        self.providers = session.get_providers()
+        return session
+
+    def create(self) -> None:
+        self.session = self._new_session()
+
+    def stage(self, batch: np.ndarray) -> None:
+        import onnxruntime as ort
+
+        if self.spec.cuda_graph:
+            if self.graph_shape not in (None, batch.shape):
+                self.session = self._new_session()  # a captured graph is bound to one shape
+            self.graph_shape = batch.shape
+        num_classes = self.session.get_outputs()[0].shape[-1]
+        self.input = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
+        self.output = ort.OrtValue.ortvalue_from_shape_and_type((batch.shape[0], num_classes), np.float32, "cuda", 0)
+        self.binding = self.session.io_binding()
+        self.binding.bind_ortvalue_input(INPUT_NAME, self.input)
+        self.binding.bind_ortvalue_output(OUTPUT_NAME, self.output)
+
+    def infer(self) -> None:
+        self.session.run_with_iobinding(self.binding)
+        self.binding.synchronize_outputs()
+
+
+class MatmulPeakRunner(Runner):
+    """Square fp32 matmuls timed in the same rounds as the variants, all through the run: the fastest of them is
+    the machine's fp32 peak, sampled across the same stretch of time (and load) as the figures it is compared with.
+
+    On CPU the matmul runs on one thread and the peak is that rate times the thread count: a multi-threaded BLAS
+    call stalls whenever another process holds one of its cores, which would understate the peak (and put MFU
+    above 100%), while one core's rate scales to N cores at best, so the peak errs on the high side.
+    """
+
+    def __init__(self, device: str, threads: int):
+        self.spec = VariantSpec(f"matmul-peak-{device}", "torch", device, "fp32", "torch.mm of square fp32 matrices")
+        self.providers = [f"torch-{device}"]
+        # Large enough to reach the BLAS peak, small enough not to add much to each round.
+        self.size = 4096 if device == "cuda" else 1024
+        # FLOPs credited per run: on CPU, as if each of the `threads` cores had done one.
+        self.flops = 2 * self.size**3 * (1 if device == "cuda" else threads)
+
+    def create(self) -> None:
+        import torch
+
+        if self.spec.device == "cuda":
+            # The fp32 peak must be real fp32: TF32 tensor cores would inflate it.
+            torch.backends.cuda.matmul.allow_tf32 = False
+        generator = torch.Generator().manual_seed(0)
+        self.a = torch.randn(self.size, self.size, generator=generator).to(self.spec.device)
+        self.b = torch.randn(self.size, self.size, generator=generator).to(self.spec.device)
+        self.mm = torch.mm
+        self.timer = (CudaEventTimer() if self.spec.device == "cuda"
+                      else WallClock(setting=functools.partial(torch_threads, 1)))
+
+    def stage(self, batch: np.ndarray) -> None:
+        pass  # the same matrices at every batch size
+
+    def infer(self) -> None:
+        self.mm(self.a, self.b)
+
+    def gflops(self, latencies_s: list[float]) -> float:
+        """The fastest run's rate: what the hardware gives one uninterrupted GEMM (a mean rate would sink with the
+        load, and MFU above 100% would then be noise, not the model)."""
+        return self.flops / min(latencies_s) / 1e9
+
+
+def make_runner(spec: VariantSpec, model: ModelUnderTest, threads: int) -> Runner:
+    """The runner for a catalogue variant on `model` (ONNX Runtime: on the file the variant times)."""
+    if spec.runtime == "torch":
+        return TorchRunner(spec, model)
+    if spec.device == "cuda":
+        return OrtCudaRunner(spec, model.file_path(spec), threads)
+    return OrtCpuRunner(spec, model.file_path(spec), threads)
