@@ -159,6 +159,72 @@ def check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
             )
 
 
+def external_data_locations(data: bytes) -> list[tuple[str, str]]:
+    """(initializer name, external-data location) for every initializer of a serialized ModelProto that keeps its
+    data in another file, read straight from protobuf's wire format, so that a deployment machine without the
+    `onnx` package can check them too. Field numbers are onnx.proto's: ModelProto.graph = 7,
+    GraphProto.initializer = 5, TensorProto.name = 8, .external_data = 13 (StringStringEntryProto key = 1,
+    value = 2), .data_location = 14 (EXTERNAL = 1). Raises ValueError when `data` is not a protobuf message."""
+    found = []
+    for graph in _fields(data, 7):
+        for tensor in _fields(graph, 5):
+            name = b"".join(_fields(tensor, 8)).decode("utf-8", "replace")
+            if 1 not in _fields(tensor, 14, varint=True):
+                continue
+            entries = {b"".join(_fields(e, 1)): b"".join(_fields(e, 2)) for e in _fields(tensor, 13)}
+            found.append((name, entries.get(b"location", b"").decode("utf-8", "replace")))
+    return found
+
+
+def _fields(message: bytes | memoryview, number: int, varint: bool = False) -> list[Any]:
+    """The values of one field of a protobuf message: length-delimited payloads (or varints with `varint`)."""
+    view, values, i = memoryview(message), [], 0
+    while i < len(view):
+        key, i = _varint(view, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:  # varint
+            value, i = _varint(view, i)
+            if varint and field == number:
+                values.append(value)
+        elif wire == 2:  # length-delimited
+            size, i = _varint(view, i)
+            if not varint and field == number:
+                values.append(view[i : i + size])
+            i += size
+        elif wire in (1, 5):  # fixed 64 / 32 bits
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}: not a protobuf message")
+    return values
+
+
+def _varint(view: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(view):
+            raise ValueError("the message ends inside a field")
+        byte = view[i]
+        value |= (byte & 0x7F) << shift
+        i, shift = i + 1, shift + 7
+        if not byte & 0x80:
+            return value, i
+
+
+def check_external_data_file(path: Path) -> None:
+    """Refuse a model file whose external data lies outside its folder, before any runtime reads it. A file that
+    is not a protobuf message passes: loading it fails with the runtime's own account of what it is not."""
+    root = path.parent.resolve()
+    try:
+        locations = external_data_locations(path.read_bytes())
+    except ValueError:
+        return
+    for name, location in locations:
+        target = (root / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(root):
+            raise ModelFileError(f"refusing {path}: tensor {name!r} reads external data from {location!r}, "
+                                 "outside the model's folder")
+
+
 def load_onnx(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, OnnxModelInfo]:
     """Open a vitdeploy .onnx file safely (structure only, weights stay on disk) and read its self-description."""
     import onnx

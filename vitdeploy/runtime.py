@@ -19,7 +19,14 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
-from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, check_io_names, parse_metadata
+from vitdeploy.onnx_file import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    OnnxModelInfo,
+    check_external_data_file,
+    check_io_names,
+    parse_metadata,
+)
 from vitdeploy.progress import to_stderr
 
 CPU = "CPUExecutionProvider"
@@ -190,6 +197,7 @@ def _check_model_file(path: Path) -> None:
         raise ModelFileError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path}: model file is empty")
+    check_external_data_file(path)  # vitdeploy's own check, not only ONNX Runtime's
 
 
 def model_info_from_session(session: ort.InferenceSession, path: str | os.PathLike[str]) -> OnnxModelInfo:
