@@ -13,9 +13,8 @@ import torch
 from vitdeploy.atomic import atomic_write, atomic_write_many
 from vitdeploy.bundle import (
     CONFIG_FILE,
-    STATE_FILE,
-    WEIGHTS_FILE,
     BundleInfo,
+    bundle_file,
     find_latest_bundle,
     load_bundle,
     load_train_state,
@@ -66,16 +65,17 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path: Path) -> Non
 def test_weights_from_another_save_are_detected(tmp_path: Path) -> None:
     save_bundle(tmp_path / "a", build_model(TINY), make_info())
     save_bundle(tmp_path / "b", build_model(TINY), make_info())
-    os.replace(tmp_path / "a" / WEIGHTS_FILE, tmp_path / "b" / WEIGHTS_FILE)
+    os.replace(bundle_file(tmp_path / "a", "weights"), bundle_file(tmp_path / "b", "weights"))
     with pytest.raises(BundleError, match="sha256 differs"):
         load_bundle(tmp_path / "b")
 
 
-@pytest.mark.parametrize("missing", [CONFIG_FILE, WEIGHTS_FILE])
+@pytest.mark.parametrize("missing", ["config", "weights"])
 def test_incomplete_bundle_is_refused(tmp_path: Path, missing: str) -> None:
     save_bundle(tmp_path / "b", build_model(TINY), make_info())
-    (tmp_path / "b" / missing).unlink()
-    with pytest.raises(BundleError, match=missing.replace(".", r"\.")):
+    path = tmp_path / "b" / CONFIG_FILE if missing == "config" else bundle_file(tmp_path / "b", "weights")
+    path.unlink()
+    with pytest.raises(BundleError, match=path.name.replace(".", r"\.")):
         load_bundle(tmp_path / "b")
 
 
@@ -128,4 +128,4 @@ def test_find_latest_bundle_prefers_best_of_newest_run(tmp_path: Path) -> None:
     time.sleep(0.01)
     save_bundle(tmp_path / "new" / "last", build_model(TINY), make_info())
     assert find_latest_bundle(tmp_path) == tmp_path / "new" / "best"
-    assert STATE_FILE not in os.listdir(tmp_path / "new" / "best")
+    assert not list((tmp_path / "new" / "best").glob("train_state*"))

@@ -212,3 +212,133 @@ def test_predict_runs_vitdeploys_own_external_data_check(tiny_bundle, images, tm
     assert result.exit_code == EXIT_BAD_INPUT and "outside the model's folder" in result.output
     with pytest.raises(ValueError):
         onnx_file.external_data_locations(b"\x0f\xff\xff")  # not a protobuf message
+
+
+# ------------------------------------------------------------------------------------------ bundles
+
+
+SAVE_AND_DIE = """
+import os, signal, sys
+import torch
+from builders import TINY
+from vitdeploy.bundle import load_bundle, save_bundle
+from vitdeploy.model import build_model
+
+folder, die_at = sys.argv[1], int(sys.argv[2])
+_, info = load_bundle(folder)
+renames = 0
+real_replace = os.replace
+
+def replace_or_die(*args, **kwargs):
+    global renames
+    renames += 1
+    if renames == die_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: as a power cut or the OOM killer would
+    return real_replace(*args, **kwargs)
+
+os.replace = replace_or_die
+torch.manual_seed(99)
+save_bundle(folder, build_model(TINY), info, train_state={"epoch": 2})
+"""
+
+
+def test_a_save_killed_before_any_of_its_renames_leaves_the_previous_bundle(tmp_path):
+    import torch
+
+    from builders import make_bundle
+    from vitdeploy.bundle import load_bundle, load_train_state, save_bundle
+
+    folder = make_bundle(tmp_path / "last")
+    model, info = load_bundle(folder)
+    save_bundle(folder, model, info, train_state={"epoch": 1})
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    # One save renames each of its files once: weights, train state, config.json.
+    for die_at in (1, 2, 3):
+        done = subprocess.run([sys.executable, "-c", SAVE_AND_DIE, str(folder), str(die_at)], capture_output=True,
+                              text=True, env=env, timeout=120)
+        assert done.returncode == -9, done.stderr  # SIGKILL
+        reloaded, _ = load_bundle(folder)  # the previous bundle, whole
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+        assert load_train_state(folder)["epoch"] == 1
+    assert list(folder.glob(".*.tmp"))  # the killed saves left temporaries behind ...
+    done = subprocess.run([sys.executable, "-c", SAVE_AND_DIE, str(folder), "4"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr  # three renames were all there were: the fourth never comes
+    assert load_train_state(folder)["epoch"] == 2  # and the save that completed is the bundle now
+    save_bundle(folder, model, info, train_state={"epoch": 3})
+    assert not list(folder.glob(".*.tmp"))  # ... which the next save removes
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["config.json", *info.files.values()])
+
+
+def test_a_bundle_saved_before_content_named_files_still_loads(tmp_path):
+    from builders import make_bundle
+    from vitdeploy.bundle import bundle_file, load_bundle
+
+    folder = make_bundle(tmp_path / "b")
+    config = json.loads((folder / "config.json").read_text())
+    os.replace(bundle_file(folder, "weights"), folder / "model.safetensors")
+    del config["files"]
+    (folder / "config.json").write_text(json.dumps(config))
+    model, info = load_bundle(folder)
+    assert info.files["weights"] == "model.safetensors"
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_damaged_weights_are_named_as_such_not_as_a_mixed_save(tmp_path, damage):
+    from builders import make_bundle
+    from vitdeploy.bundle import BundleError, bundle_file, load_bundle
+
+    folder = make_bundle(tmp_path / "b")
+    weights = bundle_file(folder, "weights")
+    weights.write_bytes(b"" if damage == "empty" else weights.read_bytes()[:1000])
+    with pytest.raises(BundleError, match="is empty" if damage == "empty" else "truncated or corrupt") as caught:
+        load_bundle(folder)
+    assert "two saves" not in str(caught.value)
+
+
+def test_a_pickled_train_state_is_refused_without_passing_on_torchs_advice(tmp_path):
+    import pickle
+
+    from builders import make_bundle
+    from vitdeploy.bundle import BundleError, bundle_file, load_bundle, load_train_state, save_bundle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    folder = make_bundle(tmp_path / "b")
+    model, info = load_bundle(folder)
+    save_bundle(folder, model, info, train_state={"epoch": 1})
+    import torch
+
+    torch.save({"epoch": 1, "evil": Payload()}, bundle_file(folder, "train_state"), pickle_module=pickle)
+    with pytest.raises(BundleError, match="refusing .*pickled objects") as caught:
+        load_train_state(folder)
+    assert "weights_only" not in str(caught.value) and "False" not in str(caught.value)
+
+
+def test_training_onto_a_full_disk_exits_2_naming_the_file(small_disk):
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--epochs", "1", "--out", str(small_disk / "run")])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "no space left on device" in result.output and "Traceback" not in result.output
+    leftovers = [p for p in (small_disk / "run").rglob("*") if p.is_file()]
+    assert not [p for p in leftovers if p.name.endswith(".tmp")] and not [p for p in leftovers if
+                                                                           p.name == "config.json"]
+
+
+def test_export_onto_a_full_disk_exits_2_and_writes_nothing(tiny_bundle, small_disk):
+    result = runner.invoke(app, ["export", str(tiny_bundle), "-o", str(small_disk / "model.onnx")])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert f"cannot write {small_disk / 'model.onnx'}: no space left on device" in result.output
+    assert list(small_disk.iterdir()) == []
+
+
+def test_an_empty_class_folder_is_named_not_dropped(tmp_path):
+    root = tmp_path / "photos"
+    for name, count in (("cat", 3), ("dog", 3), ("bird", 0)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            smooth_rgb(20, 20, seed=i).save(root / name / f"{i}.png")
+    result = runner.invoke(app, ["train", "--data", str(root), "--epochs", "1", "--preset", "tiny"])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "bird" in result.output and "no images" in result.output

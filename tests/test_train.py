@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy.bundle import WEIGHTS_FILE, read_bundle_info
+from vitdeploy.bundle import bundle_file, read_bundle_info
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError, DataError, DeviceError
 from vitdeploy.training import TrainRequest, train
@@ -24,7 +24,7 @@ runner = CliRunner()
 
 
 def weights(bundle: Path) -> bytes:
-    return (bundle / WEIGHTS_FILE).read_bytes()
+    return bundle_file(bundle, "weights").read_bytes()
 
 
 def test_tiny_training_writes_self_describing_bundles(tmp_path: Path) -> None:

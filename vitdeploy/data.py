@@ -165,6 +165,10 @@ def _scan_classes(folder: Path, labels: list[str] | None = None) -> tuple[list[s
         ignored += len(files) - len(imgs)
         if imgs:
             found[d.name] = imgs
+    empty = [d.name for d in class_dirs if d.name not in found]
+    if found and empty:  # dropping them silently would train a model that cannot name those classes
+        raise DataError(f"{folder}: class folder(s) with no images: {', '.join(empty)} (add images, or remove the "
+                        "folder if it is not a class)")
     if not found:
         raise DataError(
             f"{folder} has no class subfolders with images "

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vitdeploy.atomic import reported_as
 from vitdeploy.bundle import BundleInfo, find_latest_bundle, load_bundle, sha256_bytes
 from vitdeploy.errors import ConfigError
 from vitdeploy.onnx_file import (
@@ -231,8 +232,9 @@ def export_model(
     model = getattr(model, "module", model).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    # Stage beside the destination so that the final moves are renames on one filesystem.
-    with tempfile.TemporaryDirectory(prefix=".vitdeploy-export-", dir=out.parent) as staging_dir:
+    # Stage beside the destination so that the final moves are renames on one filesystem. A full disk is one line
+    # naming the file (exit 2); the staging folder goes with the exception, so nothing is left behind.
+    with reported_as(out), tempfile.TemporaryDirectory(prefix=".vitdeploy-export-", dir=out.parent) as staging_dir:
         staging = Path(staging_dir)
         proto = run_exporter(exporter, model, info, opset)
         facts = _export_facts(model, opset, exporter, bundle_dir)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vitdeploy.atomic import reported_as
 from vitdeploy.accuracy_gate import AccuracyGate, GateData, GateResult, gate_data, judge
 from vitdeploy.errors import CheckFailed, ConfigError, DataError
 from vitdeploy.graph_variants import FusionReport, fuse_transformer, to_fp16, to_int8_dynamic, to_int8_static
@@ -168,7 +169,8 @@ def export_variants(
     data = data or gate_data(model, info)
     base_meta = read_metadata(base)
     results = []
-    with tempfile.TemporaryDirectory(prefix=".vitdeploy-optimize-", dir=base.parent) as staging_dir:
+    with reported_as(base.parent), tempfile.TemporaryDirectory(prefix=".vitdeploy-variants-",
+                                                                dir=base.parent) as staging_dir:
         staging = Path(staging_dir)
         fused: tuple[onnx.ModelProto, FusionReport] | None = None
         for variant in variants:
