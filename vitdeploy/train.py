@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from vitdeploy import provenance
 from vitdeploy.checkpoint import (
     CONFIG_FILE,
     DEFAULT_MODELS_DIR,
+    STATE_FILE,
     BundleInfo,
     load_bundle,
     load_train_state,
@@ -43,7 +45,7 @@ from vitdeploy.engine import (
     train_one_epoch,
     warmup_cosine,
 )
-from vitdeploy.errors import ConfigError
+from vitdeploy.errors import BundleError, ConfigError
 from vitdeploy.model import VisionTransformer, build_model
 
 
@@ -208,8 +210,13 @@ class TrainState:
         self.torch_rng = torch.get_rng_state()
 
     def restore(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-        optimizer.load_state_dict(self.optimizer)
-        scheduler.load_state_dict(self.scheduler)
+        try:
+            optimizer.load_state_dict(self.optimizer)
+            scheduler.load_state_dict(self.scheduler)
+        except (KeyError, ValueError, TypeError) as e:
+            raise BundleError(
+                f"the optimizer or scheduler state in {STATE_FILE} does not fit this run: {e!r}"
+            ) from None
         torch.set_rng_state(self.torch_rng)
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,8 +224,41 @@ class TrainState:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+    def from_dict(cls, d: Any, folder: Path) -> TrainState:
+        """Check what torch.load read from `folder`/train_state.pt; refuse any other structure with a BundleError."""
+        if not isinstance(d, dict):
+            problems = [f"it holds a {type(d).__name__}, not a dict"]
+        else:
+            problems = [f"{k!r} is missing" for k in _STATE_TYPES if k not in d]
+            problems += [f"unexpected {k!r}" for k in d if k not in _STATE_TYPES]
+            problems += [f"{k!r} is {type(d[k]).__name__} {d[k]!r:.40}, not {_STATE_TYPES[k][1]}"
+                         for k in _STATE_TYPES if k in d and not _STATE_TYPES[k][0](d[k])]
+        if problems:
+            raise BundleError(f"cannot resume from {folder}: {STATE_FILE} is not a training state: "
+                              + "; ".join(problems))
         return cls(**d)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# train_state.pt's keys: (check, what the check wants)
+_STATE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epoch": (_is_count, "a count"),
+    "step_in_epoch": (_is_count, "a count"),
+    "best_val_accuracy": (_is_number, "a number"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v), "a list of metric dicts"),
+    "epoch_loss_sum": (_is_number, "a number"),
+    "epoch_loss_count": (_is_count, "a count"),
+    "optimizer": (lambda v: isinstance(v, dict), "a state dict"),
+    "scheduler": (lambda v: isinstance(v, dict), "a state dict"),
+    "torch_rng": (lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8, "a uint8 tensor"),
+}
 
 
 # -------------------------------------------------------------------------------------------- bundles
@@ -354,4 +394,4 @@ def _initial_model_and_state(
     model, info = load_bundle(request.resume)
     if info.labels != data.labels:
         raise ConfigError(f"cannot resume: the data's classes {data.labels} differ from the bundle's {info.labels}")
-    return model, TrainState.from_dict(load_train_state(request.resume))
+    return model, TrainState.from_dict(load_train_state(request.resume), request.resume)
