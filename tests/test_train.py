@@ -70,6 +70,30 @@ def test_resume_with_a_different_config_shows_the_difference(tmp_path: Path) -> 
     assert "model.dim: 32 -> 64" in message and "train.lr: 0.002 -> 0.1" in message
 
 
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda state: state.pop("epoch"), "'epoch' is missing"),
+        (lambda state: state.update(history="none"), "'history' is str"),
+        (lambda state: state.update(step_in_epoch=2.5), "'step_in_epoch' is float"),
+        (lambda state: state.update(torch_rng=[1, 2]), "'torch_rng' is list"),
+        (lambda state: state.update(optimizer={}), "optimizer or scheduler state"),
+    ],
+    ids=["missing-key", "history-not-a-list", "step-not-a-count", "rng-not-a-tensor", "optimizer-state-empty"],
+)
+def test_resume_refuses_a_train_state_of_the_wrong_structure(tmp_path: Path, corrupt, message: str) -> None:
+    import torch
+
+    train(TrainRequest(preset="tiny", out=tmp_path / "r", epochs=1, stop_after_steps=2))
+    path = bundle_file(tmp_path / "r" / "last", "train_state")
+    state = torch.load(path, weights_only=True)
+    corrupt(state)
+    torch.save(state, path)
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "r" / "last")])
+    assert result.exit_code == 2, result.output
+    assert "train_state" in result.output and message in result.output.replace("\n", "")
+
+
 def test_cli_json_output_and_exit_code(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "vitdeploy", "train", "--preset", "tiny", "--epochs", "1", "--out",

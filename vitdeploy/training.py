@@ -1,4 +1,7 @@
-"""`vitdeploy train`: AdamW + warm-up/cosine, label smoothing, clipping, AMP on CUDA, DDP under torchrun.
+"""`vitdeploy train`: plan the run, resume it, and wire data, model, devices and the epoch loop into bundles.
+
+AdamW + warm-up/cosine, label smoothing, clipping, AMP on CUDA, DDP under torchrun. The per-epoch work lives in
+vitdeploy.engine, devices and torchrun processes in vitdeploy.distributed.
 
 The run is a pure function of (config, seed): data order comes from (seed, epoch), augmentation from
 (seed, epoch, sample), and everything else that changes during training lives in train_state.pt. That is what
@@ -7,39 +10,41 @@ makes `--resume` continue bit-for-bit where a run stopped.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import os
 import shlex
-import signal
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vitdeploy import provenance
 from vitdeploy.bundle import (
-    DEFAULT_MODELS_DIR,
+    CONFIG_FILE,
     BundleInfo,
     load_bundle,
     load_train_state,
     read_bundle_info,
     save_bundle,
 )
-from vitdeploy.config import ModelConfig, PreprocessSpec, TrainConfig, config_diff, get_preset
-from vitdeploy.data import load_training_data
-from vitdeploy.errors import ConfigError, DeviceError
-from vitdeploy.model import VisionTransformer, build_model, cross_entropy
-
-EVAL_BATCH = 256
+from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec, TrainConfig, config_diff, get_preset
+from vitdeploy.data import TrainingData, load_training_data
+from vitdeploy.distributed import Processes, distributed
+from vitdeploy.engine import (
+    EpochResult,
+    MixedPrecision,
+    StopFlag,
+    TrainProgress,
+    evaluate,
+    make_optimizer,
+    train_one_epoch,
+    warmup_cosine,
+)
+from vitdeploy.errors import BundleError, ConfigError
+from vitdeploy.model import VisionTransformer, build_model
 
 
 @dataclass
@@ -160,114 +165,151 @@ def _check_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
 
 
-# ----------------------------------------------------------------------------------- device and processes
+# ---------------------------------------------------------------------------------------- resume state
 
 
-@dataclass(frozen=True)
-class Processes:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
+@dataclass
+class TrainState:
+    """Everything --resume needs besides the weights and the config; train_state.pt holds its to_dict().
+
+    The run keeps the position, best accuracy, history and partial-epoch loss current as it goes; the optimizer,
+    scheduler and torch RNG snapshots are taken by capture() just before a save and applied by restore().
+    """
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps done in epoch `epoch` (0 at an epoch boundary)
+    best_val_accuracy: float = -1.0  # -1 until the first evaluation
+    history: list[dict[str, float]] = field(default_factory=list)  # metrics of each completed epoch
+    epoch_loss_sum: float = 0.0  # loss of the partial epoch's steps, so a resumed epoch reports the same train_loss
+    epoch_loss_count: int = 0
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    torch_rng: torch.Tensor | None = None  # None until capture()
+
+    def end_epoch(self, metrics: dict[str, Any]) -> bool:
+        """Record the metrics of the completed epoch `self.epoch`; return whether its accuracy is the best yet."""
+        self.history.append({k: float(v) for k, v in metrics.items()})
+        self.epoch, self.step_in_epoch, self.epoch_loss_sum, self.epoch_loss_count = self.epoch + 1, 0, 0.0, 0
+        improved = metrics["val_accuracy"] > self.best_val_accuracy
+        if improved:
+            self.best_val_accuracy = metrics["val_accuracy"]
+        return improved
+
+    def record_stop(self, ran: EpochResult) -> None:
+        """Record how far the epoch `self.epoch` got before the stop flag ended it, and the loss of its steps."""
+        self.step_in_epoch, self.epoch_loss_sum, self.epoch_loss_count = ran.steps, ran.loss_sum, ran.loss_count
+
+    def steps_done(self, steps_per_epoch: int) -> int:
+        """Optimizer steps done since the run began, across resumes."""
+        return self.epoch * steps_per_epoch + self.step_in_epoch
+
+    def capture(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.optimizer, self.scheduler = optimizer.state_dict(), scheduler.state_dict()
+        self.torch_rng = torch.get_rng_state()
+
+    def restore(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        try:
+            optimizer.load_state_dict(self.optimizer)
+            scheduler.load_state_dict(self.scheduler)
+        except (KeyError, ValueError, TypeError) as e:
+            raise BundleError(
+                f"the optimizer or scheduler state in the bundle's train_state file does not fit this run: {e!r}"
+            ) from None
+        torch.set_rng_state(self.torch_rng)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Tensors and plain containers only, so that torch.load(weights_only=True) reads it back."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Any, folder: Path) -> TrainState:
+        """Check what torch.load read from `folder`/train_state.pt; refuse any other structure with a BundleError."""
+        if not isinstance(d, dict):
+            problems = [f"it holds a {type(d).__name__}, not a dict"]
+        else:
+            problems = [f"{k!r} is missing" for k in _STATE_TYPES if k not in d]
+            problems += [f"unexpected {k!r}" for k in d if k not in _STATE_TYPES]
+            problems += [f"{k!r} is {type(d[k]).__name__} {d[k]!r:.40}, not {_STATE_TYPES[k][1]}"
+                         for k in _STATE_TYPES if k in d and not _STATE_TYPES[k][0](d[k])]
+        if problems:
+            raise BundleError(f"cannot resume from {folder}: its train_state file is not a training state: "
+                              + "; ".join(problems))
+        return cls(**d)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# train_state.pt's keys: (check, what the check wants)
+_STATE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epoch": (_is_count, "a count"),
+    "step_in_epoch": (_is_count, "a count"),
+    "best_val_accuracy": (_is_number, "a number"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v), "a list of metric dicts"),
+    "epoch_loss_sum": (_is_number, "a number"),
+    "epoch_loss_count": (_is_count, "a count"),
+    "optimizer": (lambda v: isinstance(v, dict), "a state dict"),
+    "scheduler": (lambda v: isinstance(v, dict), "a state dict"),
+    "torch_rng": (lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8, "a uint8 tensor"),
+}
+
+
+# -------------------------------------------------------------------------------------------- bundles
+
+
+@dataclass
+class RunBundles:
+    """Writes the run's bundles: best/ (best held-out accuracy so far) and last/ (with train_state.pt, for
+    --resume). Under torchrun only the main process writes, and every process waits until it has."""
+
+    plan: RunPlan
+    data: TrainingData
+    procs: Processes
+    model: VisionTransformer
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
 
     @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    def best_dir(self) -> Path:
+        return self.plan.out / "best"
+
+    @property
+    def last_dir(self) -> Path:
+        return self.plan.out / "last"
+
+    def save(self, state: TrainState, metrics: dict[str, Any], *, best: bool) -> None:
+        """Write last/ from `state` and `metrics`; with `best`, best/ too."""
+        if self.procs.is_main:
+            metrics = {**metrics, "best_val_accuracy": state.best_val_accuracy, "history": state.history}
+            if best:
+                save_bundle(self.best_dir, self.model, self._info(metrics))
+            state.capture(self.optimizer, self.scheduler)
+            save_bundle(self.last_dir, self.model, self._info(metrics), train_state=state.to_dict())
+        self.procs.barrier()
+
+    def _info(self, metrics: dict[str, Any]) -> BundleInfo:
+        plan = self.plan
+        return BundleInfo(
+            model=self.model.cfg, preprocess=plan.spec, labels=self.data.labels, train=plan.train, metrics=metrics,
+            dataset=self.data.info,
+            provenance={
+                "created_at": provenance.now_iso(),
+                "versions": provenance.package_versions(("torch", "numpy", "pillow", "scikit-learn")),
+                "git_commit": provenance.git_commit(),
+                "seed": plan.train.seed,
+                "device": str(self.procs.device),
+                "processes": self.procs.world,
+                "run": {"preset": plan.preset, "data": str(plan.data.resolve()) if plan.data else None},
+            },
+        )
 
 
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, not {requested!r}")
-    if requested == "cuda" and not torch.cuda.is_available():
-        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
-        raise DeviceError(f"--device cuda requested, but {why} (torch {torch.__version__})")
-    if requested == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
-
-
-@contextlib.contextmanager
-def distributed(device_request: str) -> Iterator[Processes]:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        yield Processes()
-        return
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_nccl = device_request != "cpu" and torch.cuda.is_available()
-    if use_nccl:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if use_nccl else "gloo")
-    try:
-        yield Processes(dist.get_rank(), dist.get_world_size(), local_rank)
-    finally:
-        dist.destroy_process_group()
-
-
-# ------------------------------------------------------------------------------------------ optimisation
-
-
-def make_optimizer(model: VisionTransformer, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms, the cls token and position embeddings (all 1-D or embeddings)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or name in ("cls_token", "pos_embed") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
-
-
-def warmup_cosine(total_steps: int, cfg: TrainConfig):
-    """LR multiplier: linear warm-up to 1, then cosine decay to min_lr_ratio."""
-    warmup = max(1, round(total_steps * cfg.warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def epoch_order(num_train: int, seed: int, epoch: int) -> torch.Tensor:
-    """The sample order of one epoch: a function of (seed, epoch) only, the same on every process."""
-    return torch.randperm(num_train, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-@torch.inference_mode()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
-    model.eval()
-    correct, loss_sum = 0, 0.0
-    for i in range(0, len(x), EVAL_BATCH):
-        xb, yb = x[i : i + EVAL_BATCH].to(device), y[i : i + EVAL_BATCH].to(device)
-        logits = model(xb).float()
-        loss_sum += float(cross_entropy(logits, yb)) * len(xb)
-        correct += int((logits.argmax(1) == yb).sum())
-    return {"val_accuracy": correct / len(x), "val_loss": loss_sum / len(x)}
-
-
-class StopFlag:
-    """Set by SIGINT (finish the step, save, exit 130) or by --stop-after-steps. A second Ctrl-C aborts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-
-# --------------------------------------------------------------------------------------------- training
+# -------------------------------------------------------------------------------------------- training
 
 
 def train(request: TrainRequest, console: Console | None = None) -> TrainResult:
@@ -281,174 +323,73 @@ def train(request: TrainRequest, console: Console | None = None) -> TrainResult:
 def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Console) -> TrainResult:
     started = time.perf_counter()
     cfg = plan.train
-    device = resolve_device(request.device, procs.local_rank)
     if cfg.batch_size % procs.world:
         raise ConfigError(f"batch size {cfg.batch_size} must be divisible by the {procs.world} processes")
     data = load_training_data(plan.data, plan.spec, cfg.val_fraction, request.workers)
-    model_cfg = dataclasses.replace(plan.model, num_classes=len(data.labels))
-    if request.resume is None and model_cfg.num_classes != plan.model.num_classes:
-        console.print(f"head sized for the data: {len(data.labels)} classes")
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every process
-    if request.resume is not None:
-        model, info = load_bundle(request.resume)
-        if info.labels != data.labels:
-            raise ConfigError(f"cannot resume: the data's classes {data.labels} differ from the bundle's {info.labels}")
-    else:
-        model = build_model(model_cfg)
-    model.to(device)
+    model, state = _initial_model_and_state(plan, request, data, console)
+    model.to(procs.device)
     steps_per_epoch = data.num_train // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"batch size {cfg.batch_size} is larger than the {data.num_train} training images")
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg))
-
-    start_epoch, start_step, best_acc, history = 0, 0, -1.0, []
-    resumed_loss = (0.0, 0)
     if request.resume is not None:
-        state = load_train_state(request.resume)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
-        best_acc, history = float(state["best_val_accuracy"]), list(state["history"])
-        resumed_loss = (float(state["epoch_loss_sum"]), int(state["epoch_loss_count"]))
-        console.print(f"resuming {request.resume} at epoch {start_epoch + 1}, step {start_step}")
+        state.restore(optimizer, scheduler)
+        console.print(f"resuming {request.resume} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+    trained = procs.wrap(model)
+    precision = MixedPrecision(procs.device)
+    bundles = RunBundles(plan, data, procs, model, optimizer, scheduler)
 
-    ddp_model: torch.nn.Module = model
-    if procs.world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16)
-    per_process = cfg.batch_size // procs.world
-    run_dir = plan.out
-    best_dir, last_dir = run_dir / "best", run_dir / "last"
-    steps_this_run = 0
-
-    def bundle_info(metrics: dict[str, Any]) -> BundleInfo:
-        return BundleInfo(
-            model=model_cfg, preprocess=plan.spec, labels=data.labels, train=cfg, metrics=metrics,
-            dataset=data.info,
-            provenance={
-                "created_at": provenance.now_iso(),
-                "versions": provenance.package_versions(("torch", "numpy", "pillow", "scikit-learn")),
-                "git_commit": provenance.git_commit(),
-                "seed": cfg.seed,
-                "device": str(device),
-                "processes": procs.world,
-                "run": {"preset": plan.preset, "data": str(plan.data.resolve()) if plan.data else None},
-            },
-        )
-
-    def save_last(epoch: int, step_in_epoch: int, metrics: dict[str, Any], partial_loss=(0.0, 0)) -> None:
-        state = {
-            "epoch_loss_sum": partial_loss[0],  # so the resumed epoch reports the same train_loss
-            "epoch_loss_count": partial_loss[1],
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "best_val_accuracy": best_acc,
-            "history": history,
-            "torch_rng": torch.get_rng_state(),
-        }
-        save_bundle(last_dir, model, bundle_info(metrics), train_state=state)
-
-    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.3f}  val acc {task.fields[acc]}"), TimeElapsedColumn())
-    interrupted = False
-    epoch = start_epoch
-    step_in_epoch = start_step
-    with StopFlag() as stop, Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("train", total=total_steps, completed=start_epoch * steps_per_epoch + start_step,
-                                 epoch=f"{start_epoch + 1}/{cfg.epochs}", loss=float("nan"), acc="-")
-        for epoch in range(start_epoch, cfg.epochs):
-            order = epoch_order(data.num_train, cfg.seed, epoch)
-            ddp_model.train()
-            loss_sum, loss_count = resumed_loss if epoch == start_epoch else (0.0, 0)
-            first = start_step if epoch == start_epoch else 0
-            for step_in_epoch in range(first, steps_per_epoch):
-                batch = order[step_in_epoch * cfg.batch_size : (step_in_epoch + 1) * cfg.batch_size]
-                mine = batch[procs.rank * per_process : (procs.rank + 1) * per_process]
-                x, y = data.train_batch(mine, epoch, cfg.seed)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
-                    loss = cross_entropy(ddp_model(x).float(), y, cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                steps_this_run += 1
-                loss_sum, loss_count = loss_sum + float(loss.detach()), loss_count + 1
-                progress.update(task, advance=1, loss=loss_sum / loss_count, epoch=f"{epoch + 1}/{cfg.epochs}")
-                wants_stop = stop.requested or (
-                    request.stop_after_steps is not None and steps_this_run >= request.stop_after_steps
-                )
-                if _any_process(wants_stop, procs, device):
-                    interrupted = True
-                    step_in_epoch += 1  # this step is done
-                    break
-            if interrupted:
+    progress = TrainProgress(console, cfg.epochs, total_steps, state.steps_done(steps_per_epoch), state.epoch)
+    with StopFlag(request.stop_after_steps) as stop, progress:
+        for epoch in range(state.epoch, cfg.epochs):
+            ran = train_one_epoch(
+                trained, data, cfg, epoch, optimizer=optimizer, scheduler=scheduler, precision=precision,
+                procs=procs, stop=stop, progress=progress,
+                first_step=state.step_in_epoch, loss_sum=state.epoch_loss_sum, loss_count=state.epoch_loss_count,
+            )
+            if ran.stopped:
+                state.record_stop(ran)
                 break
-            step_in_epoch = 0
-            metrics = evaluate(model, data.val_x, data.val_y, device)
-            metrics.update(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch,
-                           train_loss=loss_sum / max(1, loss_count))
-            history.append({k: float(v) for k, v in metrics.items()})
-            progress.update(task, acc=f"{metrics['val_accuracy']:.2%}")
-            if not console.is_terminal:  # logs (CI, files) get one line per epoch instead of a live bar
-                console.print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f}, "
-                              f"val loss {metrics['val_loss']:.4f}, val acc {metrics['val_accuracy']:.2%}")
-            improved = metrics["val_accuracy"] > best_acc
-            if improved:
-                best_acc = metrics["val_accuracy"]
-            if procs.is_main:
-                if improved:
-                    save_bundle(best_dir, model, bundle_info(_metrics_for_bundle(metrics, best_acc, history)))
-                save_last(epoch + 1, 0, _metrics_for_bundle(metrics, best_acc, history))
-            _barrier(procs)
+            metrics = evaluate(model, data.val_x, data.val_y, procs.device)
+            metrics.update(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch, train_loss=ran.train_loss)
+            improved = state.end_epoch(metrics)
+            progress.epoch_done(epoch, metrics)
+            bundles.save(state, metrics, best=improved)
 
-    steps_done = epoch * steps_per_epoch + step_in_epoch if interrupted else cfg.epochs * steps_per_epoch
+    steps_done = state.steps_done(steps_per_epoch)
+    interrupted = state.epoch < cfg.epochs  # every completed epoch advanced state.epoch
     resume_command = None
     if interrupted:
-        metrics = evaluate(model, data.val_x, data.val_y, device)
-        metrics.update(epoch=epoch, step=steps_done)
-        if procs.is_main:
-            save_last(epoch, step_in_epoch, _metrics_for_bundle(metrics, best_acc, history), (loss_sum, loss_count))
-        _barrier(procs)
-        resume_command = f"vitdeploy train --resume {shlex.quote(str(last_dir))}"
-        console.print(f"[yellow]stopped after step {steps_done} of {total_steps}; saved {last_dir}[/]")
+        metrics = evaluate(model, data.val_x, data.val_y, procs.device)
+        metrics.update(epoch=state.epoch, step=steps_done)
+        bundles.save(state, metrics, best=False)
+        resume_command = f"vitdeploy train --resume {shlex.quote(str(bundles.last_dir))}"
+        console.print(f"[yellow]stopped after step {steps_done} of {total_steps}; saved {bundles.last_dir}[/]")
         console.print(f"resume with: [bold]{resume_command}[/]")
-    best = best_dir if (best_dir / "config.json").is_file() and best_acc >= 0 else None
-    final_acc = best_acc if best_acc >= 0 else metrics["val_accuracy"]
+    have_best = (bundles.best_dir / CONFIG_FILE).is_file() and state.best_val_accuracy >= 0
+    best = bundles.best_dir if have_best else None
+    final_acc = state.best_val_accuracy if state.best_val_accuracy >= 0 else metrics["val_accuracy"]
     seconds = time.perf_counter() - started
     if not interrupted:
         console.print(f"best held-out accuracy {final_acc:.2%}; bundle: {best}  ({seconds:.1f} s)")
-    return TrainResult(run_dir, best, last_dir, final_acc, len(history), steps_done, seconds, interrupted,
-                       resume_command, history, procs.is_main)
+    return TrainResult(plan.out, best, bundles.last_dir, final_acc, len(state.history), steps_done, seconds,
+                       interrupted, resume_command, state.history, procs.is_main)
 
 
-def _metrics_for_bundle(metrics: dict[str, Any], best_acc: float, history: list[dict[str, float]]) -> dict[str, Any]:
-    return {**metrics, "best_val_accuracy": best_acc, "history": history}
-
-
-def _any_process(flag: bool, procs: Processes, device: torch.device) -> bool:
-    """All processes must stop at the same step, or DDP's next all-reduce would hang."""
-    if procs.world == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def _barrier(procs: Processes) -> None:
-    if procs.world > 1:
-        dist.barrier()
-
+def _initial_model_and_state(
+    plan: RunPlan, request: TrainRequest, data: TrainingData, console: Console
+) -> tuple[VisionTransformer, TrainState]:
+    """A new model with its head sized for the data and a fresh state, or with --resume the bundle's model and
+    train_state.pt."""
+    torch.manual_seed(plan.train.seed)  # identical initial weights on every process
+    if request.resume is None:
+        model_cfg = dataclasses.replace(plan.model, num_classes=len(data.labels))
+        if model_cfg.num_classes != plan.model.num_classes:
+            console.print(f"head sized for the data: {len(data.labels)} classes")
+        return build_model(model_cfg), TrainState()
+    model, info = load_bundle(request.resume)
+    if info.labels != data.labels:
+        raise ConfigError(f"cannot resume: the data's classes {data.labels} differ from the bundle's {info.labels}")
+    return model, TrainState.from_dict(load_train_state(request.resume), request.resume)
