@@ -216,9 +216,10 @@ def guide(bundle: Path | None = None, out: Path = Path("guide.png")) -> GuideRes
     rollout = maps.patch_mass(maps.cls_row(maps.attention_rollout(attentions))).reshape(-1, grid, grid)
     probabilities = logits.softmax(dim=1)
     examples = []
-    for i, (_, truth) in enumerate(pairs[:GUIDE_EXAMPLES]):
+    # Spread over the 16 (held-out folders are sorted by class, so the first few would share one).
+    for i in np.linspace(0, len(pairs) - 1, min(GUIDE_EXAMPLES, len(pairs))).round().astype(int):
         p, k = probabilities[i].max(dim=0)
-        caption = f"predicted {info.labels[int(k)]} ({float(p):.0%})\ntrue {info.labels[truth]}"
+        caption = f"predicted {info.labels[int(k)]} ({float(p):.0%})\ntrue {info.labels[pairs[i][1]]}"
         examples.append((render.unnormalize(x[i].numpy(), spec), rollout[i].numpy(), caption))
     components, variance = maps.patch_filter_components(model, FILTER_COMPONENTS)
     distances = maps.mean_attention_distance(attentions, grid, cfg.patch_size)

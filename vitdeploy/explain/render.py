@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vitdeploy.atomic import atomic_write
+from PIL import Image
+
+from vitdeploy.atomic import atomic_write_bytes
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError
 
@@ -39,10 +42,18 @@ def unnormalize(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.clip(image, 0.0, 1.0)
 
 
-def _save(figure: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=DPI, format="png"))
+def _save(figure: Any, path: Path, palette: bool = False) -> Path:
+    """Write the figure as a PNG, atomically; `palette`: 256 adaptive colours, no dithering (a figure full of
+    photos is then about a third of the size: 238 KB instead of 792 KB for the ViT-Ti/16 guide)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=DPI, format="png")
     pyplot().close(figure)
+    if palette:
+        image = Image.open(buffer).convert("RGB").quantize(256, dither=Image.Dither.NONE)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -90,11 +101,12 @@ def draw_explanation(fig_data: ExplanationFigure, path: Path) -> Path:
     ax_top.bar_label(bars, [f"{p:.1%}" for p in probabilities], fontsize=8, padding=2)
     ax_top.set_yticks(range(len(labels)), labels, fontsize=8)
     ax_top.invert_yaxis()
-    ax_top.set_xlim(0, 1.25)
+    ax_top.set_xlim(0, 1.25)  # room for the percentages
+    ax_top.set_xticks([0, 0.5, 1])
     ax_top.set_xlabel("probability", fontsize=8)
     ax_top.set_title(f"top-{len(labels)} predictions", fontsize=9)
     top.suptitle(f"{fig_data.name}: {fig_data.method_title}", fontsize=10)
-    if heads is not None and bottom is not None:
+    if heads is not None:
         axes = np.atleast_1d(bottom.subplots(head_rows, head_cols)).ravel()
         vmax = float(heads.max())  # one scale for all heads, so they compare
         for i, ax in enumerate(axes):
@@ -163,7 +175,7 @@ def draw_guide(guide: GuideFigure, path: Path) -> Path:
     _draw_distances(distance_fig, guide)
     _draw_rollouts(rollout_fig, guide)
     figure.suptitle(guide.title, fontsize=13)
-    return _save(figure, path)
+    return _save(figure, path, palette=True)
 
 
 def _draw_patches(fig: Any, guide: GuideFigure) -> None:
@@ -216,8 +228,8 @@ def _draw_positions(fig: Any, guide: GuideFigure) -> None:
     ax.set_ylabel("input patch row", fontsize=9)
     ax.tick_params(length=0)
     fig.colorbar(mappable, ax=ax, shrink=0.8, label="cosine similarity")
-    fig.suptitle("3. Position embeddings: each small map is one patch position's\n"
-                 "similarity to all others (learned, no 2-D structure given)", fontsize=10)
+    fig.suptitle("3. Position embeddings: each small map is one patch\nposition's similarity to all others "
+                 "(learned;\nthe model is never told the 2-D layout)", fontsize=10)
 
 
 def _draw_distances(fig: Any, guide: GuideFigure) -> None:
