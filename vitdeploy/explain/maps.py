@@ -84,6 +84,8 @@ def attention_maps(
 ) -> AttentionMaps:
     """Patch maps for images x (B, C, H, W) by `method`; grad-rollout explains `class_index` (default: the
     predicted class of each image)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
     if method == "grad-rollout":
         with torch.enable_grad():
             logits, attentions = forward_with_attention(model, x)
@@ -105,6 +107,15 @@ def attention_maps(
 def patch_mass(patch: torch.Tensor) -> torch.Tensor:
     """(B, n) patch values -> shares of their sum: the map as a distribution over patches."""
     return patch / patch.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(patch.dtype).tiny)
+
+
+def mass_on_mask(mass: torch.Tensor, mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Share of a patch map's mass (B, n) on the mask's pixels (B, H, W), each patch's mass spread evenly over its
+    pixels: (B,). With a uniform map this is the mask's share of the image area."""
+    b, h, w = mask.shape
+    p = patch_size
+    per_patch = mask.float().reshape(b, h // p, p, w // p, p).mean(dim=(2, 4))  # (B, gh, gw): masked share of each
+    return (mass * per_patch.reshape(b, -1)).sum(dim=-1)
 
 
 # ---------------------------------------------------------------------------------------- the mechanism guide
@@ -146,11 +157,3 @@ def mean_attention_distance(attentions: Sequence[torch.Tensor], grid: int, patch
         rows.append((patches * distance).sum(dim=-1).mean(dim=(0, 2)))  # (h,)
     return torch.stack(rows)
 
-
-def mass_on_mask(mass: torch.Tensor, mask: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Share of a patch map's mass (B, n) on the mask's pixels (B, H, W), each patch's mass spread evenly over its
-    pixels: (B,). With a uniform map this is the mask's share of the image area."""
-    b, h, w = mask.shape
-    p = patch_size
-    per_patch = mask.float().reshape(b, h // p, p, w // p, p).mean(dim=(2, 4))  # (B, gh, gw): masked share of each
-    return (mass * per_patch.reshape(b, -1)).sum(dim=-1)
