@@ -95,7 +95,7 @@ def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Pa
     assert "Traceback" not in err and "BrokenPipe" not in err
 
 
-@pytest.mark.parametrize("command", ["train", "export", "verify", "predict", "bench"])
+@pytest.mark.parametrize("command", ["train", "export", "verify", "predict", "bench", "explain"])
 def test_the_package_top_mirrors_each_command(command: str) -> None:
     """`from vitdeploy import train, export, verify, predict, bench`: every CLI option is a keyword of the function."""
     import inspect

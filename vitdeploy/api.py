@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from vitdeploy.benchmark import BenchReport
+    from vitdeploy.explanation import ExplainResult, GuideResult
     from vitdeploy.onnx_export import ExportResult
     from vitdeploy.parity import ParityReport
     from vitdeploy.prediction import PredictSummary
@@ -197,4 +198,32 @@ def bench(
     return report
 
 
-__all__ = ["bench", "export", "predict", "train", "verify"]
+def explain(
+    inputs: Sequence[PathLike] = (),
+    *,
+    bundle: PathLike | None = None,
+    out: PathLike | None = None,
+    method: str = "rollout",
+    class_label: str | None = None,
+    top_k: int = 5,
+    recursive: bool = False,
+    guide: bool = False,
+    log: Callable[[str], None] = to_stderr,
+) -> ExplainResult | GuideResult:
+    """What the model looks at: for each image, one PNG in `out` (default explain/) with the input as the model saw
+    it, its top-k labels and an attention map (`method`: rollout, cls, grad-rollout for `class_label`); the
+    result's rows hold each map as numbers. With `guide`, one PNG at `out` (default guide.png) of the mechanism on
+    the bundle's own weights and held-out images. Needs the [train] and [plot] extras."""
+    require("train", "vitdeploy.explain")
+    from vitdeploy.errors import ConfigError
+    from vitdeploy.explanation import explain as explain_images, guide as draw_guide
+
+    if guide:
+        if inputs:
+            raise ConfigError("--guide draws from the bundle's held-out images; give no IMAGES with it")
+        return draw_guide(_path(bundle), _path(out) or Path("guide.png"))
+    return explain_images([os.fspath(i) for i in inputs], _path(bundle), _path(out) or Path("explain"), method,
+                         class_label, top_k, recursive, log=log)
+
+
+__all__ = ["bench", "explain", "export", "predict", "train", "verify"]

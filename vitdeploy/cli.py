@@ -432,6 +432,69 @@ def bench(
         bench_module.check_regressions(report.regression)
 
 
+# `vitdeploy explain`: attention maps and the mechanism guide (vitdeploy/explain/).
+
+
+@app.command()
+@handle_errors
+def explain(
+    inputs: Annotated[
+        Optional[list[str]], typer.Argument(help="Image files, folders or glob patterns (quote globs).")
+    ] = None,
+    bundle: Annotated[
+        Optional[Path], typer.Option(help="Model bundle folder. Default: the latest bundle under models/.")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Folder for the PNGs (default: explain/); with --guide, "
+                                     "the PNG file (default: guide.png).")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="rollout: attention rollout through all blocks; cls: the last block's cls-token "
+                          "attention, per head; grad-rollout: rollout weighted by the gradient of --class.")
+    ] = "rollout",
+    class_label: Annotated[
+        Optional[str], typer.Option("--class", help="grad-rollout: the label to explain (default: the predicted one).")
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Best labels shown per image.")] = 5,
+    recursive: Annotated[bool, typer.Option(help="Search folders recursively; lets globs use **.")] = False,
+    guide: Annotated[
+        bool, typer.Option("--guide", help="Instead: draw the ViT mechanism on this model (patches, embedding "
+                           "filters, position embeddings, attention distance, rollout) into one PNG.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout (each image's patch map as numbers).")
+    ] = False,
+) -> None:
+    """Show what the model looks at: per image, one PNG with the input as the model saw it, the top-k labels and
+    an attention heat map over its patches. With --guide, one PNG of the mechanism itself on this model.
+
+    Needs matplotlib: pip install "vitdeploy\\[plot]". Exit codes: 0 all explained; 4 some inputs failed (one error
+    row each); 2 bad input (no input matched, unknown --method or --class, no bundle, no matplotlib).
+
+    Example: vitdeploy explain samples/*.png --method grad-rollout --class 3 -o explain/ && vitdeploy explain --guide
+    """
+    import vitdeploy
+    from vitdeploy.errors import EXIT_PARTIAL
+
+    result = vitdeploy.explain(
+        inputs or [], bundle=bundle, out=out, method=method, class_label=class_label, top_k=top_k,
+        recursive=recursive, guide=guide, log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True),
+    )
+    if guide:
+        console.print(f"wrote {result.path}: the mechanism on {result.bundle} ({result.seconds:.1f} s)", highlight=False)
+        if json_output:
+            print_json(result.to_dict())
+        return
+    console.print(
+        f"{result.images_ok} images explained ({method}), {result.images_failed} failed, in {result.seconds:.1f} s; "
+        f"PNGs in {result.out_dir}/", highlight=False, soft_wrap=True,
+    )
+    if json_output:
+        print_json(result.to_dict())
+    if result.images_failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
 def main() -> None:
     try:
         app()

@@ -5,7 +5,7 @@ Exit codes (also in README.md):
     1   internal error (a bug: please report it)
     2   bad input: usage, missing/invalid data, bundle or model file
     3   a check failed: parity, accuracy gate, benchmark regression gate
-    4   partial failure: some inputs of `predict` failed, the rest succeeded
+    4   partial failure: some inputs of `predict` or `explain` failed, the rest succeeded
     130 interrupted (Ctrl-C); whatever was finished was saved
 """
 

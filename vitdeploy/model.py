@@ -52,6 +52,10 @@ class Attention(nn.Module):
         self.v = nn.Linear(cfg.dim, cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.proj_drop = nn.Dropout(cfg.dropout)
+        # Opt-in for `vitdeploy explain` (explain.maps.record_attention): when on, forward keeps a reference to
+        # its softmax weights. Off by default and skipped while tracing, so forward and the export are unchanged.
+        self.record = False
+        self.recorded: torch.Tensor | None = None
 
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         # NOTE: -1 for the batch (not t.shape[0]) keeps the exported Reshape free of a traced batch size.
@@ -65,6 +69,8 @@ class Attention(nn.Module):
         v = self._split_heads(self.v(x))  # (B, h, N, d)
         scores = (q @ k.transpose(-2, -1)) / self.scale_divisor  # (B, h, N, N)
         weights = scores.softmax(dim=-1)  # each row sums to 1
+        if self.record and not torch.jit.is_tracing():
+            self.recorded = weights  # (B, h, N, N), still in the autograd graph: grad-rollout needs its gradient
         out = weights @ v  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(-1, n_tokens, dim)  # (B, N, D): heads concatenated
         return self.proj_drop(self.proj(out))
