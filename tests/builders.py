@@ -103,21 +103,22 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     return path
 
 
-# Runs vitdeploy's CLI (arguments after -c CODE) as on a deployment machine that installed `pip install vitdeploy`
-# only: the modules of the [train] extra cannot be imported.
-WITHOUT_TRAINING_EXTRA = """
+def without_modules(*blocked: str, why: str = "a deployment install has no training extra") -> str:
+    """Code that runs vitdeploy's CLI (arguments after -c CODE) with the named top-level modules made unimportable,
+    as on a machine whose install lacks the extras that bring them."""
+    return f"""
 import importlib.abc, runpy, sys
 
-BLOCKED = ("torch", "onnx", "onnxscript", "safetensors", "sklearn")
+BLOCKED = {blocked!r}
 
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked: a deployment install has no training extra")
+            raise ImportError(f"{{name}} is blocked: {why}")
 
 sys.meta_path.insert(0, Blocker())
 try:
-    import torch
+    __import__(BLOCKED[0])
 except ImportError:
     pass
 else:
@@ -125,3 +126,7 @@ else:
 sys.argv = ["vitdeploy", *sys.argv[1:]]
 runpy.run_module("vitdeploy", run_name="__main__")
 """
+
+
+# As on a deployment machine that installed `pip install vitdeploy` only: the [train] extra's modules are missing.
+WITHOUT_TRAINING_EXTRA = without_modules("torch", "onnx", "onnxscript", "safetensors", "sklearn")

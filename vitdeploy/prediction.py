@@ -157,9 +157,10 @@ def open_model(
     return LoadedModel(session, provider, info)
 
 
-def load_model_input(path: Path, spec: PreprocessSpec) -> np.ndarray:
-    """One image file -> its (3, S, S) float32 model input, exactly as training evaluation computes it."""
-    return images.preprocess(images.decode_for_preprocess(path, spec), spec)
+def load_model_input(path: Path, spec: PreprocessSpec, data: bytes | None = None) -> np.ndarray:
+    """One image file (or its bytes, `data`, named `path`) -> its (3, S, S) float32 model input, exactly as
+    training evaluation computes it."""
+    return images.preprocess(images.decode_for_preprocess(path, spec, data), spec)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
