@@ -152,12 +152,16 @@ def test_a_model_with_a_fixed_batch_axis_is_refused(fixed_batch_onnx: Path, tmp_
 def test_triton_needs_neither_torch_nor_onnx_nor_the_serve_extra(tiny_onnx: Path, tmp_path: Path) -> None:
     from builders import without_modules
 
+    bench = tmp_path / "bench.json"  # --from-bench reads the report without torch too
+    bench.write_text(json.dumps({"schema": "vitdeploy.bench/1", "results": [], "recommendation": {
+        "p99_budget_ms": 40.0, "per_variant": {"ort-cpu": {"batch_size": 4, "p99_ms": 10.0, "images_per_s": 1.0}}}}))
     code = without_modules("torch", "onnx", "starlette", "uvicorn", "tritonclient", why="core install only")
-    done = subprocess.run([sys.executable, "-c", code, "triton", str(tiny_onnx), "--out", str(tmp_path / "repo")],
+    done = subprocess.run([sys.executable, "-c", code, "triton", str(tiny_onnx), "--out", str(tmp_path / "repo"),
+                           "--from-bench", str(bench)],
                           capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "repo" / "tiny" / "config.pbtxt").is_file()
+    assert "max_batch_size: 4" in (tmp_path / "repo" / "tiny" / "config.pbtxt").read_text()
 
 
 def test_the_text_format_writer_quotes_strings_and_leaves_enums_and_numbers_bare() -> None:
