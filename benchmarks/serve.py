@@ -11,8 +11,10 @@ requests one after another on its own keep-alive connection; a request is one pr
 binary tensor form Triton's client uses. Throughput = requests / wall time of the round; latency = send to last
 byte of the answer, as the client sees it. Both servers get a warm-up of one request per client first, which is
 not counted. The figures to read: the median of the per-round throughput ratios (dynamic / batch 1), and p50/p99
-over every request of each mode. The batch sizes each server ran come from its stats endpoint. The run stops by
-itself: a fixed number of requests, then both servers get SIGTERM and must exit 0.
+over every request of each mode. The batch sizes each server ran come from its stats endpoint. For scale, each
+round also times the model alone (ONNX Runtime as serve opens it, servers idle): `--clients` runs of batch 1
+against one run of batch `--clients`, the most dynamic batching could gain. The run stops by itself: a fixed
+number of requests, then both servers get SIGTERM and must exit 0.
 
 The clients run in this process, the servers in theirs, all on the same CPU: on a 2-core machine the clients'
 own work (about 1 ms of CPU per request) is part of what is measured, for both modes alike.
@@ -106,6 +108,21 @@ def load(server: Server, bodies: list[tuple[bytes, dict[str, str]]], clients: in
     return time.perf_counter() - started, [x for per in latencies for x in per], sum(failed)
 
 
+def model_only(session: Any, pixels: np.ndarray, clients: int) -> dict[str, float]:
+    """images/s of the model alone, in this process with the servers idle: `clients` runs of batch 1, then one
+    run of batch `clients` (what dynamic batching can at best turn 16 waiting requests into)."""
+    from vitdeploy.runtime import run_batch
+
+    one, many = pixels[:1], np.repeat(pixels[:1], clients, axis=0)
+    started = time.perf_counter()
+    for _ in range(clients):
+        run_batch(session, one)
+    batch1 = clients / (time.perf_counter() - started)
+    started = time.perf_counter()
+    run_batch(session, many)
+    return {"batch1": batch1, f"batch{clients}": clients / (time.perf_counter() - started)}
+
+
 def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[int, int]:
     counts = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
     return {b["batch_size"]: b["compute_infer"]["count"] - counts.get(b["batch_size"], 0)
@@ -171,6 +188,12 @@ def main() -> None:
         }
         results: dict[str, dict[str, Any]] = {name: {"throughput": [], "latency_ms": [], "failed": 0,
                                                      "batch_sizes": {}} for name in servers}
+        from vitdeploy.runtime import make_session
+
+        session = make_session(model, device="cpu", threads=args.threads, spin=False)[0]  # as serve opens it
+        reference = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        model_only(session, reference, args.clients)  # warm-up
+        references: list[dict[str, float]] = []
         try:
             for server in servers.values():
                 load(server, bodies, args.clients, 1)  # warm-up, not counted
@@ -190,6 +213,9 @@ def main() -> None:
                     print(f"round {round_index + 1} {name}: {args.clients * args.requests / wall:.1f} requests/s, "
                           f"p50 {percentile(latencies, 50):.0f} ms, p99 {percentile(latencies, 99):.0f} ms, "
                           f"batch sizes {dict(sorted(delta.items()))}", file=sys.stderr)
+                references.append(model_only(session, reference, args.clients))
+                print(f"round {round_index + 1} model only (images/s): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in references[-1].items()), file=sys.stderr)
         finally:
             exits = {name: server.stop() for name, server in servers.items()}
         load_after = list(os.getloadavg())
@@ -217,6 +243,10 @@ def main() -> None:
         "throughput_ratio_median": round(statistics.median(ratios), 3),
         "throughput_ratio_rounds": [round(x, 3) for x in ratios],
         "modes": summary,
+        "model_only_images_per_s_median": {key: round(statistics.median(r[key] for r in references), 2)
+                                           for key in references[0]},
+        "model_only_ratio_median": round(statistics.median(
+            r[f"batch{args.clients}"] / r["batch1"] for r in references), 3),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "environment": environment(),

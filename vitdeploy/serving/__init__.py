@@ -4,8 +4,9 @@
     triton.py   the Triton model repository writer (config.pbtxt, 1/model.onnx, labels.txt, README.md)
     protocol.py the Open Inference Protocol (v2) over HTTP: request/response codec, validation, binary tensors
     batcher.py  dynamic batching on one inference worker thread
-    app.py      the HTTP app (Starlette) and the server process (uvicorn): routes, limits, drain on SIGTERM
+    app.py      the HTTP app (Starlette): routes, body limit, 4xx JSON errors, stats
+    server.py   the server process (uvicorn): listen, serve, drain on Ctrl-C / SIGTERM, exit 0
 
-Only runner.py and triton.py are imported without the [serve] extra; `vitdeploy triton` needs nothing beyond the
-core install.
+runner.py, triton.py, protocol.py and batcher.py need only the core install (`vitdeploy triton` uses the first
+three); app.py and server.py need the [serve] extra.
 """

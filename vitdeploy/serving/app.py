@@ -38,23 +38,24 @@ from vitdeploy.serving.protocol import HEADER_LENGTH, VERSION, ModelSignature, R
     parse_infer_request
 from vitdeploy.serving.runner import Runner
 
-# JSON bodies above this size are parsed in a worker thread, so the event loop keeps accepting connections.
+# JSON bodies above this size are parsed in a worker thread, so the event loop keeps accepting connections (a binary
+# body is one copy, parsed where it arrives).
 PARSE_IN_THREAD_BYTES = 1 << 20
 
 
 class ServerState:
     def __init__(self, runner: Runner, signature: ModelSignature, batcher: DynamicBatcher, decode_threads: int,
-                 top_k: int, log: Callable[[str], None]):
-        self.runner, self.signature, self.batcher, self.top_k, self.log = runner, signature, batcher, top_k, log
+                 top_k: int):
+        self.runner, self.signature, self.batcher, self.top_k = runner, signature, batcher, top_k
         self.decoders = anyio.CapacityLimiter(decode_threads)
         self.disconnects = 0
         self.refused = 0
 
 
 def create_app(runner: Runner, signature: ModelSignature, batcher: DynamicBatcher, *, max_body_bytes: int,
-               decode_threads: int = 2, top_k: int = 5, log: Callable[[str], None] = print) -> Starlette:
+               decode_threads: int = 2, top_k: int = 5) -> Starlette:
     """The ASGI app; its lifespan starts the batcher's worker and stops it after the last request drained."""
-    state = ServerState(runner, signature, batcher, decode_threads, top_k, log)
+    state = ServerState(runner, signature, batcher, decode_threads, top_k)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -129,7 +130,7 @@ async def infer(request: Request) -> Response:
     state = _model(request)
     body = await request.body()
     header_length = request.headers.get(HEADER_LENGTH)
-    if len(body) > PARSE_IN_THREAD_BYTES:
+    if header_length is None and len(body) > PARSE_IN_THREAD_BYTES:
         parsed = await run_in_threadpool(parse_infer_request, body, header_length, state.signature)
     else:
         parsed = parse_infer_request(body, header_length, state.signature)

@@ -91,7 +91,7 @@ def prepare(model: Path | None, settings: ServeSettings, log: Callable[[str], No
     signature = ModelSignature(name, item_shape(path, runner.input_shape), runner.num_classes, settings.max_batch_size)
     batcher = DynamicBatcher(runner.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000)
     app = create_app(runner, signature, batcher, max_body_bytes=round(settings.max_body_mb * 2**20),
-                     decode_threads=settings.decode_threads, top_k=settings.top_k, log=log)
+                     decode_threads=settings.decode_threads, top_k=settings.top_k)
     sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
