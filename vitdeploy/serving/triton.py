@@ -300,6 +300,7 @@ def repository_readme(name: str, info: OnnxModelInfo, config: dict[str, Any], ou
     steps = "\n".join(f"{i}. {step}" for i, step in enumerate(preprocessing_steps(spec), 1))
     opset = info.export.get("opset")
     batching = config.get("dynamic_batching")
+    gpus = " --gpus all" if config["instance_group"][0]["kind"] == "KIND_GPU" else ""
     return f"""# Triton model repository: {name}
 
 Written by `vitdeploy triton` from `{info.path}`.
@@ -320,11 +321,11 @@ Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] (alre
 From the folder that holds this README (any Triton release whose ONNX Runtime reads opset {opset or "?"} will do):
 
 ```
-docker run --rm --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\
+docker run --rm{gpus} -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\
     {TRITON_IMAGE} tritonserver --model-repository=/models
 ```
 
-(`--gpus all` only for an `instance_group` of kind GPU.) Then:
+Then:
 
 ```
 curl -sf localhost:8000/v2/health/ready && echo ready
