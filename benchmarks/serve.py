@@ -7,8 +7,8 @@
 Two servers run side by side as `vitdeploy serve` processes on 127.0.0.1 (the CLI, as users run it): one with
 --max-batch-size 32 and the queue delay given, one with --max-batch-size 1. Each round loads one, then the other
 (the order alternates), with the same closed-loop clients: `--clients` threads, each sending `--requests`
-requests one after another on its own keep-alive connection; a request is one preprocessed 224x224 image in the
-binary tensor form Triton's client uses. Throughput = requests / wall time of the round; latency = send to last
+requests one after another on its own keep-alive connection; a request is one preprocessed image (the model's
+input size) in the binary tensor form Triton's client uses. Throughput = requests / wall time of the round; latency = send to last
 byte of the answer, as the client sees it. Both servers get a warm-up of one request per client first, which is
 not counted. The figures to read: the median of the per-round throughput ratios (dynamic / batch 1), and p50/p99
 over every request of each mode. The batch sizes each server ran come from its stats endpoint. For scale, each
@@ -72,8 +72,8 @@ class Server:
         return self.proc.returncode, err
 
 
-def load(server: Server, bodies: list[tuple[bytes, dict[str, str]]], clients: int, requests: int
-         ) -> tuple[float, list[float], int]:
+def load(server: Server, bodies: list[tuple[bytes, dict[str, str]]], clients: int, requests: int,
+         classes: int) -> tuple[float, list[float], int]:
     """(wall seconds, per-request latencies in ms, failed requests) of `clients` closed-loop clients."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     failed = [0] * clients
@@ -89,7 +89,7 @@ def load(server: Server, bodies: list[tuple[bytes, dict[str, str]]], clients: in
                 conn.request("POST", "/v2/models/model/infer", body=body, headers=headers)
                 response = conn.getresponse()
                 content = response.read()
-                ok = response.status == 200 and parse_infer_response(content, response.getheader(HEADER_LENGTH)).shape == (1, 1000)
+                ok = response.status == 200 and parse_infer_response(content, response.getheader(HEADER_LENGTH)).shape == (1, classes)
             except (OSError, http.client.HTTPException):
                 ok = False
                 conn.close()
@@ -179,8 +179,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="vitdeploy-serve-bench-") as tmp:
         model = args.model or export_model(args.preset, Path(tmp))
+        from vitdeploy.runtime import load_model_info, make_session
+
+        info = load_model_info(model)
+        shape, classes = (1, 3, info.preprocess.image_size, info.preprocess.image_size), len(info.labels)
         rng = np.random.default_rng(0)
-        bodies = [build_infer_request(rng.standard_normal((1, 3, 224, 224)).astype(np.float32)) for _ in range(16)]
+        bodies = [build_infer_request(rng.standard_normal(shape).astype(np.float32)) for _ in range(16)]
         load_before = list(os.getloadavg())
         servers = {
             "dynamic": Server(model, "dynamic", args.max_batch_size, args.max_queue_delay_ms, args.threads),
@@ -188,21 +192,19 @@ def main() -> None:
         }
         results: dict[str, dict[str, Any]] = {name: {"throughput": [], "latency_ms": [], "failed": 0,
                                                      "batch_sizes": {}} for name in servers}
-        from vitdeploy.runtime import make_session
-
         session = make_session(model, device="cpu", threads=args.threads, spin=False)[0]  # as serve opens it
-        reference = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        reference = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         model_only(session, reference, args.clients)  # warm-up
         references: list[dict[str, float]] = []
         try:
             for server in servers.values():
-                load(server, bodies, args.clients, 1)  # warm-up, not counted
+                load(server, bodies, args.clients, 1, classes)  # warm-up, not counted
             for round_index in range(args.rounds):
                 order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
                 for name in order:
                     server = servers[name]
                     before = server.stats()
-                    wall, latencies, failed = load(server, bodies, args.clients, args.requests)
+                    wall, latencies, failed = load(server, bodies, args.clients, args.requests, classes)
                     delta = batch_delta(before, server.stats())
                     result = results[name]
                     result["throughput"].append(args.clients * args.requests / wall)
@@ -239,7 +241,7 @@ def main() -> None:
         "model": f"preset:{args.preset} (random weights)" if args.model is None else str(args.model),
         "settings": {"clients": args.clients, "requests_per_client_per_round": args.requests, "rounds": args.rounds,
                      "max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms,
-                     "threads": args.threads, "request": "1 x 3 x 224 x 224 FP32, binary tensor extension"},
+                     "threads": args.threads, "request": f"{' x '.join(map(str, shape))} FP32, binary tensor extension"},
         "throughput_ratio_median": round(statistics.median(ratios), 3),
         "throughput_ratio_rounds": [round(x, 3) for x in ratios],
         "modes": summary,
