@@ -362,6 +362,16 @@ def test_an_unknown_runtime_exits_2_naming_the_supported_ones(tiny_onnx: Path) -
     assert "unknown --runtime 'openvino'; supported: ort" in result.output
 
 
+def test_a_port_in_use_exits_2(tiny_onnx: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", str(tiny_onnx), "--port", str(port), "--device", "cpu"])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
 def test_serve_without_the_extra_says_how_to_install_it_and_predict_does_not_need_it(
         tiny_onnx: Path, image_files: list[Path], tmp_path: Path) -> None:
     code = without_modules("starlette", "uvicorn", "python_multipart", "tritonclient", why="no [serve] extra")

@@ -86,13 +86,18 @@ def prepare(model: Path | None, settings: ServeSettings, log: Callable[[str], No
     check_settings(settings)
     path = resolve_model(model)
     name = check_name(settings.name or default_name(path))
-    runner = open_runner(path, settings.runtime, settings.device, settings.threads, log)
-    check_dynamic_batch(path, runner.input_shape)
-    signature = ModelSignature(name, item_shape(path, runner.input_shape), runner.num_classes, settings.max_batch_size)
+    sock = listen(settings.host, settings.port)  # a port in use fails before the model loads
+    try:
+        runner = open_runner(path, settings.runtime, settings.device, settings.threads, log)
+        check_dynamic_batch(path, runner.input_shape)
+        signature = ModelSignature(name, item_shape(path, runner.input_shape), runner.num_classes,
+                                   settings.max_batch_size)
+    except BaseException:
+        sock.close()
+        raise
     batcher = DynamicBatcher(runner.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000)
     app = create_app(runner, signature, batcher, max_body_bytes=round(settings.max_body_mb * 2**20),
                      decode_threads=settings.decode_threads, top_k=settings.top_k)
-    sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
