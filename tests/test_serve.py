@@ -372,8 +372,8 @@ def test_a_port_in_use_exits_2(tiny_onnx: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
 
 
-def test_serve_without_the_extra_says_how_to_install_it_and_predict_does_not_need_it(
-        tiny_onnx: Path, image_files: list[Path], tmp_path: Path) -> None:
+def test_serve_without_the_extra_says_how_to_install_it_and_predict_and_export_do_not_need_it(
+        tiny_onnx: Path, tiny_bundle: Path, image_files: list[Path], tmp_path: Path) -> None:
     code = without_modules("starlette", "uvicorn", "python_multipart", "tritonclient", why="no [serve] extra")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     served = subprocess.run([sys.executable, "-c", code, "serve", str(tiny_onnx)], capture_output=True, text=True,
@@ -384,6 +384,9 @@ def test_serve_without_the_extra_says_how_to_install_it_and_predict_does_not_nee
                                 "--device", "cpu", "--format", "jsonl"], capture_output=True, text=True, cwd=tmp_path,
                                env=env, timeout=120)
     assert predicted.returncode == 0, predicted.stderr
+    exported = subprocess.run([sys.executable, "-c", code, "export", str(tiny_bundle), "--out", str(tmp_path / "m.onnx"),
+                               "--no-verify"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert exported.returncode == 0, exported.stderr
 
 
 runner = CliRunner()

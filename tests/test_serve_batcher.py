@@ -98,7 +98,7 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_keeps_serving(model: 
     async def scenario():
         model.fail_next = True
         failed = await submit_all(batcher, [request(i) for i in range(4)])
-        after = await submit_all(batcher, [request(7)])
+        after = await submit_all(batcher, [request(7, 4)])  # a full batch: no waiting for the queue delay
         return failed, after
 
     failed, after = run(batcher, scenario)
