@@ -3,9 +3,12 @@ deliberately corrupted copies. Plain functions; the shared, session-scoped insta
 
 from __future__ import annotations
 
+import contextlib
+
 import struct
 import zlib
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -103,21 +106,22 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     return path
 
 
-# Runs vitdeploy's CLI (arguments after -c CODE) as on a deployment machine that installed `pip install vitdeploy`
-# only: the modules of the [train] extra cannot be imported.
-WITHOUT_TRAINING_EXTRA = """
+def without_modules(*blocked: str, why: str = "a deployment install has no training extra") -> str:
+    """Code that runs vitdeploy's CLI (arguments after -c CODE) with the named top-level modules made unimportable,
+    as on a machine whose install lacks the extras that bring them."""
+    return f"""
 import importlib.abc, runpy, sys
 
-BLOCKED = ("torch", "onnx", "onnxscript", "safetensors", "sklearn")
+BLOCKED = {blocked!r}
 
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked: a deployment install has no training extra")
+            raise ImportError(f"{{name}} is blocked: {why}")
 
 sys.meta_path.insert(0, Blocker())
 try:
-    import torch
+    __import__(BLOCKED[0])
 except ImportError:
     pass
 else:
@@ -125,3 +129,31 @@ else:
 sys.argv = ["vitdeploy", *sys.argv[1:]]
 runpy.run_module("vitdeploy", run_name="__main__")
 """
+
+
+# As on a deployment machine that installed `pip install vitdeploy` only: the [train] extra's modules are missing.
+WITHOUT_TRAINING_EXTRA = without_modules("torch", "onnx", "onnxscript", "safetensors", "sklearn")
+
+
+@contextlib.contextmanager
+def running_server(model: Path, deadline_s: float = 60, **settings: Any) -> Iterator[Any]:
+    """`vitdeploy serve` in this process on an ephemeral loopback port (ServeSettings from `settings`), stopped on
+    exit. Yields the prepared server (its .url)."""
+    import threading
+    import time
+
+    from vitdeploy.serving.server import ServeSettings, prepare
+
+    prepared = prepare(model, ServeSettings(port=0, device="cpu", threads=1, **settings), log=lambda line: None)
+    thread = threading.Thread(target=prepared.server.run, kwargs={"sockets": [prepared.sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + deadline_s
+    while not prepared.server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert prepared.server.started, "the server did not start"
+    try:
+        yield prepared
+    finally:
+        prepared.server.should_exit = True
+        thread.join(deadline_s)
+        assert not thread.is_alive()

@@ -21,7 +21,7 @@ COMMANDS = sorted(get_command(app).commands)  # type: ignore[attr-defined]
 
 
 def test_expected_commands_exist() -> None:
-    assert {"train", "export", "verify", "predict", "bench", "samples"} <= set(COMMANDS)
+    assert {"train", "export", "verify", "predict", "bench", "samples", "triton", "serve"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -59,7 +59,7 @@ def test_training_commands_without_the_training_extra_say_how_to_install_it(tmp_
 def test_help_and_version_work_without_the_training_extra(tmp_path: Path) -> None:
     from builders import WITHOUT_TRAINING_EXTRA
 
-    for args in (["--help"], ["--version"], ["bench", "--help"]):
+    for args in (["--help"], ["--version"], ["bench", "--help"], ["serve", "--help"], ["triton", "--help"]):
         done = subprocess.run([sys.executable, "-c", WITHOUT_TRAINING_EXTRA, *args], capture_output=True, text=True,
                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -95,9 +95,9 @@ def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Pa
     assert "Traceback" not in err and "BrokenPipe" not in err
 
 
-@pytest.mark.parametrize("command", ["train", "export", "verify", "predict", "bench", "explain"])
+@pytest.mark.parametrize("command", ["train", "export", "verify", "predict", "bench", "explain", "triton", "serve"])
 def test_the_package_top_mirrors_each_command(command: str) -> None:
-    """`from vitdeploy import train, export, verify, predict, bench`: every CLI option is a keyword of the function."""
+    """`from vitdeploy import train, export, ...`: every CLI option is a keyword of the package-level function."""
     import inspect
 
     import vitdeploy

@@ -342,3 +342,30 @@ def test_an_empty_class_folder_is_named_not_dropped(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(root), "--epochs", "1", "--preset", "tiny"])
     assert result.exit_code == EXIT_BAD_INPUT
     assert "bird" in result.output and "no images" in result.output
+
+
+def test_the_server_never_answers_nan(nan_onnx, images):
+    """/classify gives a non_finite row per image; /v2 infer an error, never a NaN in its JSON."""
+    import http.client
+
+    pytest.importorskip("uvicorn")
+    from builders import running_server
+    from vitdeploy.serving.protocol import build_infer_request
+
+    with running_server(nan_onnx) as server:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+
+        def post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                response = conn.getresponse()
+                return response.status, response.read().decode()
+            finally:
+                conn.close()
+
+        status, text = post("/classify", images[0].read_bytes(), {"content-type": "image/png"})
+        assert status == 200 and strict_loads(text)["predictions"][0]["error"] == "non_finite"
+        body, headers = build_infer_request(np.zeros((1, 3, 16, 16), np.float32), binary=False)
+        status, text = post("/v2/models/nan/infer", body, headers)
+        assert status == 500 and strict_loads(text)["kind"] == "non_finite"

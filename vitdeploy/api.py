@@ -1,11 +1,14 @@
 """The Python API: one function per CLI command, with the same options as keyword arguments.
 
     import vitdeploy
-    result = vitdeploy.training(preset="digits")                      # -> TrainResult
+    result = vitdeploy.train(preset="digits")                      # -> TrainResult
     exported = vitdeploy.export(result.best, opset=17)             # -> ExportResult
     report = vitdeploy.verify(exported.path, batch_sizes=(1, 7))   # -> ParityReport (report.passed)
     summary = vitdeploy.predict(["samples/"], model=exported.path) # -> PredictSummary (summary.rows)
-    figures = vitdeploy.benchmark(exported.path, batch_sizes=(1, 32))  # -> BenchReport
+    repo = vitdeploy.triton(exported.path, out="triton")           # -> TritonRepository (Triton model repository)
+    vitdeploy.serve(exported.path, port=8000)                      # serves until Ctrl-C -> ServeSummary
+    figures = vitdeploy.bench(exported.path, batch_sizes=(1, 32))  # -> BenchReport
+    maps = vitdeploy.explain(["samples/"], bundle=result.best)     # -> ExplainResult (PNGs + maps)
 
 The CLI commands call these functions. Each imports its stage only when called, so `import vitdeploy` stays light
 and needs no torch; train, export and verify raise extras.MissingExtra (exit code 2 in the CLI) without the
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     from vitdeploy.onnx_export import ExportResult
     from vitdeploy.parity import ParityReport
     from vitdeploy.prediction import PredictSummary
+    from vitdeploy.serving.server import ServeSummary
+    from vitdeploy.serving.triton import TritonRepository
     from vitdeploy.training import TrainResult
 
 PathLike = str | os.PathLike[str]
@@ -226,4 +231,63 @@ def explain(
                          class_label, top_k, recursive, log=log)
 
 
-__all__ = ["bench", "explain", "export", "predict", "train", "verify"]
+def triton(
+    model: PathLike | None = None,
+    *,
+    out: PathLike = "triton",
+    name: str | None = None,
+    device: str = "cpu",
+    instances: int = 1,
+    max_batch_size: int | None = None,
+    max_queue_delay_ms: float | None = None,
+    preferred_batch_sizes: Sequence[int] = (),
+    dynamic_batching: bool = True,
+    from_bench: PathLike | None = None,
+    tensorrt: str | None = None,
+    cuda_graphs: bool = False,
+) -> TritonRepository:
+    """Write a Triton Inference Server model repository for an exported .onnx (default: the newest under models/):
+    OUT/<name>/config.pbtxt, OUT/<name>/1/model.onnx (the file, byte for byte), OUT/<name>/labels.txt and
+    OUT/README.md. Batch sizes and queue delay come from the arguments, else from a `bench --p99-budget` report
+    (`from_bench`), else defaults (32, 2 ms). Core install only: no torch, no onnx, no tritonclient."""
+    from vitdeploy.serving.triton import TritonOptions, write_triton_repository
+
+    options = TritonOptions(
+        name=name, device=device, instances=instances, max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms, preferred_batch_sizes=tuple(preferred_batch_sizes),
+        dynamic_batching=dynamic_batching, from_bench=_path(from_bench), tensorrt=tensorrt, cuda_graphs=cuda_graphs,
+    )
+    return write_triton_repository(_path(model), Path(out), options)
+
+
+def serve(
+    model: PathLike | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    runtime: str = "ort",
+    device: str = "auto",
+    threads: int | None = None,
+    name: str | None = None,
+    max_batch_size: int = 32,
+    max_queue_delay_ms: float = 2.0,
+    max_body_mb: float = 64.0,
+    decode_threads: int = 2,
+    top_k: int = 5,
+    log: Callable[[str], None] = to_stderr,
+) -> ServeSummary:
+    """Serve an exported .onnx (default: the newest under models/) over HTTP with the Open Inference Protocol (v2,
+    as Triton and KServe) and an image endpoint, /classify, batching concurrent requests dynamically. Blocks until
+    Ctrl-C or SIGTERM, drains the requests in flight, and returns what was served. Needs the [serve] extra."""
+    require("serve", "vitdeploy serve")
+    from vitdeploy.serving.server import ServeSettings, serve as run_server
+
+    settings = ServeSettings(
+        host=host, port=port, runtime=runtime, device=device, threads=threads, name=name,
+        max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms, max_body_mb=max_body_mb,
+        decode_threads=decode_threads, top_k=top_k,
+    )
+    return run_server(_path(model), settings, log=log)
+
+
+__all__ = ["bench", "explain", "export", "predict", "serve", "train", "triton", "verify"]

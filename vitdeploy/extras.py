@@ -1,7 +1,8 @@
 """Optional parts of vitdeploy and the install command that brings each one.
 
 `pip install vitdeploy` is the deployment install: onnxruntime, numpy, Pillow, typer, rich. That runs `predict`,
-`bench` on .onnx files, `--help` and `--version`. Training, export and verification need PyTorch and friends.
+`bench` on .onnx files, `triton`, `--help` and `--version`. Training, export and verification need PyTorch and friends;
+`serve` needs a server library ([serve]).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from vitdeploy.errors import VitDeployError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "onnx", "onnxscript", "safetensors", "sklearn"),
     "plot": ("matplotlib",),
+    # `vitdeploy serve`'s server; the extra also brings tritonclient, for clients (not needed to serve).
+    "serve": ("starlette", "uvicorn", "python_multipart"),
 }
 
 

@@ -6,6 +6,7 @@ same code path, and a deployment machine needs no torch.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -63,9 +64,13 @@ SUPPORTED_MODES = frozenset(
 
 
 def decode_image(
-    path: str | os.PathLike[str], draft_size: int | None = None, interpolation: str = "bilinear"
+    path: str | os.PathLike[str], draft_size: int | None = None, interpolation: str = "bilinear",
+    data: bytes | None = None,
 ) -> Image.Image:
     """Open an image file and return a fully loaded RGB image, or raise ImageDecodeError.
+
+    `data`: the image's bytes (an upload to `vitdeploy serve`), decoded with the same checks; `path` then only
+    names it in errors.
 
     - only ALLOWED_FORMATS are decoded; the first frame of animated GIF/WebP/multi-page TIFF is used;
     - EXIF orientation is applied, so the pixels are what a person sees;
@@ -84,10 +89,10 @@ def decode_image(
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise ImageDecodeError(path, "empty", "file is empty")
         # Image.open raises DecompressionBombError above 2x MAX_IMAGE_PIXELS; _load_rgb refuses 1x-2x too.
-        img = Image.open(path, formats=ALLOWED_FORMATS)
+        img = Image.open(io.BytesIO(data) if data is not None else path, formats=ALLOWED_FORMATS)
         rgb = None
         try:
             rgb = _load_rgb(img, path, draft_size, interpolation)
@@ -186,10 +191,12 @@ def _gray_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def decode_for_preprocess(path: str | os.PathLike[str], spec: PreprocessSpec) -> Image.Image:
+def decode_for_preprocess(
+    path: str | os.PathLike[str], spec: PreprocessSpec, data: bytes | None = None
+) -> Image.Image:
     """decode_image with the JPEG draft shortcut sized for `spec`; preprocess() of the result is the same
     (within decode_image's tolerance) as preprocess() of the fully decoded image."""
-    return decode_image(path, draft_size=spec.resize_size, interpolation=spec.interpolation)
+    return decode_image(path, draft_size=spec.resize_size, interpolation=spec.interpolation, data=data)
 
 
 def shorter_side_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:

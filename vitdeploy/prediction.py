@@ -238,9 +238,10 @@ def open_model(
     return LoadedModel(session, provider, runtime.model_info_from_session(session, path))
 
 
-def load_model_input(path: Path, spec: PreprocessSpec) -> np.ndarray:
-    """One image file -> its (3, S, S) float32 model input, exactly as training evaluation computes it."""
-    return images.preprocess(images.decode_for_preprocess(path, spec), spec)
+def load_model_input(path: Path, spec: PreprocessSpec, data: bytes | None = None) -> np.ndarray:
+    """One image file (or its bytes, `data`, named `path`) -> its (3, S, S) float32 model input, exactly as
+    training evaluation computes it."""
+    return images.preprocess(images.decode_for_preprocess(path, spec, data), spec)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -506,9 +507,15 @@ def classify_batch(paths: list[Path], decoded: list[np.ndarray | ImageDecodeErro
         if isinstance(error, ImageDecodeError):
             rows[path] = error_row(path, error.kind, error.detail, provider)
     for row_logits, i in zip(logits, good):
-        if np.isfinite(row_logits).all():
-            rows[paths[i]] = prediction_row(paths[i], softmax(row_logits[None])[0], labels, top_k, provider)
-        else:  # a tampered or foreign model: NaN or Inf is not an answer, however it ranks
-            rows[paths[i]] = error_row(paths[i], "non_finite", "the model produced non-finite logits (NaN or "
-                                       "Inf) for this image", provider)
+        rows[paths[i]] = row_for_logits(paths[i], row_logits, labels, top_k, provider)
     return rows
+
+
+def row_for_logits(path: str | os.PathLike[str], logits: np.ndarray, labels: list[str], top_k: int,
+                   provider: str) -> dict:
+    """One image's row from its logits: its top-k, or a `non_finite` error row when any logit is NaN or Inf (a
+    tampered or foreign model: NaN is not an answer, however it ranks)."""
+    if not np.isfinite(logits).all():
+        return error_row(path, "non_finite", "the model produced non-finite logits (NaN or Inf) for this image",
+                         provider)
+    return prediction_row(path, softmax(logits[None])[0], labels, top_k, provider)

@@ -18,7 +18,7 @@ import numpy as np
 from vitdeploy.benchmark.variants import EAGER, VARIANTS, BenchSettings
 from vitdeploy.errors import CheckFailed, ConfigError
 
-SCHEMA = "vitdeploy.benchmark/1"
+SCHEMA = "vitdeploy.bench/1"
 
 
 @dataclass

@@ -1,0 +1,172 @@
+"""`vitdeploy triton`: the repository parses with Triton's own protobuf schema, carries dims without the batch axis
+and the exported file byte for byte, and refuses what Triton would refuse at load."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from typer.testing import CliRunner
+
+from vitdeploy.cli import app
+from vitdeploy.errors import EXIT_BAD_INPUT
+from vitdeploy.serving.triton import TritonOptions, render_pbtxt, write_triton_repository
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def model_config_pb2() -> ModuleType:
+    """Triton's ModelConfig schema as tritonclient ships it. Loaded from its file: the tritonclient.grpc package
+    imports grpcio first, which the [serve] extra does not need; the schema itself needs only protobuf."""
+    tritonclient = pytest.importorskip("tritonclient")
+    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_config(path: Path):
+    from google.protobuf import text_format
+
+    schema = model_config_pb2()
+    return text_format.Parse(path.read_text(), schema.ModelConfig()), schema
+
+
+@pytest.fixture(scope="module")
+def default_repo(tiny_onnx: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("triton") / "repo"
+    result = runner.invoke(app, ["triton", str(tiny_onnx), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_the_default_repository_parses_with_tritons_schema(default_repo: Path, tiny_onnx: Path) -> None:
+    config, schema = parse_config(default_repo / "tiny" / "config.pbtxt")
+    assert config.name == "tiny" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
+    (inp,), (out,) = config.input, config.output
+    # dims leave out the batch axis: Triton adds it because max_batch_size > 0
+    assert (inp.name, list(inp.dims), inp.data_type) == ("pixel_values", [3, 16, 16], schema.TYPE_FP32)
+    assert (out.name, list(out.dims), out.data_type) == ("logits", [3], schema.TYPE_FP32)
+    assert out.label_filename == "labels.txt"
+    assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert [(g.kind, g.count) for g in config.instance_group] == [(schema.ModelInstanceGroup.KIND_CPU, 1)]
+    assert not config.HasField("optimization")  # GPU accelerators only when asked for
+
+
+def test_the_repository_holds_the_export_byte_for_byte_with_labels_and_a_readme(default_repo: Path,
+                                                                                 tiny_onnx: Path) -> None:
+    model_dir = default_repo / "tiny"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
+    assert (model_dir / "labels.txt").read_text().splitlines() == ["cat", "dog", "bird"]
+    readme = (default_repo / "README.md").read_text()
+    assert "tritonserver --model-repository=/models" in readme and 'client.infer("tiny"' in readme
+    assert "resize the shorter side to 16 px (bilinear)" in readme and "mean [0.5, 0.5, 0.5]" in readme
+
+
+def test_gpu_options_write_the_accelerators_asked_for(tiny_onnx: Path, tmp_path: Path) -> None:
+    options = TritonOptions(name="vit-gpu", device="gpu", instances=2, max_batch_size=16, preferred_batch_sizes=(8, 16),
+                            tensorrt="fp16")
+    repo = write_triton_repository(tiny_onnx, tmp_path, options)
+    config, schema = parse_config(repo.model_dir / "config.pbtxt")
+    assert [(g.kind, g.count) for g in config.instance_group] == [(schema.ModelInstanceGroup.KIND_GPU, 2)]
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
+    (trt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    assert trt.parameters["trt_profile_max_shapes"] == "pixel_values:16x3x16x16"
+
+    graphs = write_triton_repository(tiny_onnx, tmp_path, TritonOptions(
+        name="vit-graphs", device="gpu", cuda_graphs=True, dynamic_batching=False))
+    config, _ = parse_config(graphs.model_dir / "config.pbtxt")
+    (cuda,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert cuda.name == "cuda" and cuda.parameters["enable_cuda_graph"] == "1"
+    assert config.WhichOneof("scheduling_choice") is None
+
+
+def test_from_bench_takes_the_recommended_batch_and_the_budget_left(tiny_onnx: Path, tmp_path: Path) -> None:
+    from vitdeploy.runtime import load_model_info
+
+    config = load_model_info(tiny_onnx).model_config
+    assert config is not None
+    report = {"schema": "vitdeploy.bench/1", "results": [], "model": {"config": config.to_dict()},
+              "recommendation": {"p99_budget_ms": 50.0, "best": None, "per_variant": {
+                  "ort-cpu": {"batch_size": 8, "p99_ms": 20.5, "images_per_s": 400.0}, "ort-cuda": None}}}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(report))
+    repo = write_triton_repository(tiny_onnx, tmp_path / "repo", TritonOptions(from_bench=path))
+    parsed, _ = parse_config(repo.model_dir / "config.pbtxt")
+    assert parsed.max_batch_size == 8 and list(parsed.dynamic_batching.preferred_batch_size) == [8]
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 29500  # 50 ms budget - 20.5 ms p99
+    assert "batch 8 meets the p99 budget of 50.0 ms" in repo.notes[0]
+
+    result = runner.invoke(app, ["triton", str(tiny_onnx), "--out", str(tmp_path / "r2"), "--device", "gpu",
+                                 "--from-bench", str(path)])
+    assert result.exit_code == EXIT_BAD_INPUT and "no batch size recommendation for ort-cuda" in result.output
+
+
+@pytest.fixture(scope="module")
+def fixed_batch_onnx(tiny_onnx: Path, tmp_path_factory) -> Path:
+    import onnx
+
+    proto = onnx.load(str(tiny_onnx))
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    path = tmp_path_factory.mktemp("fixed") / "fixed.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--name", "../escape"], "not a valid repository directory name"),
+    (["--name", "a b"], "not a valid repository directory name"),
+    (["--name", ".hidden"], "not a valid repository directory name"),
+    (["--tensorrt", "fp16"], "add --device gpu"),
+    (["--device", "gpu", "--cuda-graphs"], "--no-dynamic-batching"),
+    (["--device", "tpu"], "unknown --device"),
+    (["--max-batch-size", "8", "--preferred-batch-sizes", "16"], "at most --max-batch-size"),
+])
+def test_bad_names_and_contradictory_options_exit_2_without_writing(tiny_onnx: Path, tmp_path: Path, args: list[str],
+                                                                    fragment: str) -> None:
+    result = runner.invoke(app, ["triton", str(tiny_onnx), "--out", str(tmp_path / "repo"), *args])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert fragment in " ".join(result.output.split())
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_model_with_a_fixed_batch_axis_is_refused(fixed_batch_onnx: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["triton", str(fixed_batch_onnx), "--out", str(tmp_path / "repo")])
+    assert result.exit_code == EXIT_BAD_INPUT
+    # Refused when the model is opened (the input contract every consumer checks), before Triton could refuse it.
+    assert "batch axis is fixed at 1" in " ".join(result.output.split())
+    assert not (tmp_path / "repo").exists()
+
+
+def test_triton_needs_neither_torch_nor_onnx_nor_the_serve_extra(tiny_onnx: Path, tmp_path: Path) -> None:
+    from builders import without_modules
+
+    bench = tmp_path / "bench.json"  # --from-bench reads the report without torch too
+    bench.write_text(json.dumps({"schema": "vitdeploy.bench/1", "results": [], "recommendation": {
+        "p99_budget_ms": 40.0, "per_variant": {"ort-cpu": {"batch_size": 4, "p99_ms": 10.0, "images_per_s": 1.0}}}}))
+    code = without_modules("torch", "onnx", "starlette", "uvicorn", "tritonclient", why="core install only")
+    done = subprocess.run([sys.executable, "-c", code, "triton", str(tiny_onnx), "--out", str(tmp_path / "repo"),
+                           "--from-bench", str(bench)],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "max_batch_size: 4" in (tmp_path / "repo" / "tiny" / "config.pbtxt").read_text()
+
+
+def test_the_text_format_writer_quotes_strings_and_leaves_enums_and_numbers_bare() -> None:
+    from vitdeploy.serving.triton import Enum
+
+    text = render_pbtxt({"name": 'a"b', "kind": Enum("KIND_GPU"), "count": 2, "flag": True, "dims": [3, 4]})
+    assert text == 'name: "a\\"b"\nkind: KIND_GPU\ncount: 2\nflag: true\ndims: [ 3, 4 ]\n'

@@ -1,0 +1,87 @@
+"""The one place a served model runs: open a .onnx through a runtime -> run a batch -> logits.
+
+`vitdeploy serve` and the Triton writer see a model only through `Runner`, so another runtime (OpenVINO, ...)
+plugs in by adding an opener to RUNTIMES; `--runtime NAME` picks it. ONNX Runtime is the only one for now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from vitdeploy.errors import ConfigError, ModelFileError
+from vitdeploy.onnx_file import INPUT_NAME, OnnxModelInfo
+from vitdeploy.progress import to_stderr
+
+
+class Runner(Protocol):
+    """An open model: what it takes and gives, and a call that runs one batch."""
+
+    runtime: str  # the --runtime name
+    provider: str  # what really runs it, e.g. CPUExecutionProvider
+    info: OnnxModelInfo  # labels, preprocessing, model config from the file's metadata
+    input_shape: tuple[int | str | None, ...]  # [batch, C, H, W] as the graph declares it (batch: a name if dynamic)
+    num_classes: int
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) float32 -> (N, num_classes) float32 logits."""
+        ...
+
+
+@dataclass
+class OrtRunner:
+    session: object  # onnxruntime.InferenceSession
+    provider: str
+    info: OnnxModelInfo
+    input_shape: tuple[int | str | None, ...]
+    num_classes: int
+    runtime: str = "ort"
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        from vitdeploy.runtime import run_batch
+
+        return run_batch(self.session, pixel_values)
+
+
+def open_ort(path: Path, device: str, threads: int | None, log: Callable[[str], None]) -> OrtRunner:
+    # predict's opener: it checks that the graph's input size and outputs agree with the metadata.
+    from vitdeploy.prediction import open_model
+
+    model = open_model(path, device=device, threads=threads, log=log)
+    shape = tuple(model.session.get_inputs()[0].shape)
+    return OrtRunner(model.session, model.provider, model.info, shape, len(model.info.labels))
+
+
+RUNTIMES: dict[str, Callable[[Path, str, int | None, Callable[[str], None]], Runner]] = {"ort": open_ort}
+
+
+def open_runner(
+    path: Path, runtime: str = "ort", device: str = "auto", threads: int | None = None,
+    log: Callable[[str], None] = to_stderr,
+) -> Runner:
+    """Open `path` with the named runtime; an unknown name is a usage error (exit code 2) naming the known ones."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown --runtime {runtime!r}; supported: {', '.join(RUNTIMES)}")
+    return RUNTIMES[runtime](path, device, threads, log)
+
+
+def check_dynamic_batch(path: Path | str, shape: tuple[int | str | None, ...]) -> None:
+    """Refuse a graph whose first axis is a fixed size: neither Triton's batcher nor serve's could batch it
+    (Triton refuses it at load: the first dimension must be -1)."""
+    if shape and isinstance(shape[0], int):
+        raise ModelFileError(
+            f"{path}: input {INPUT_NAME!r} has a fixed batch axis ({list(shape)}); batching needs a dynamic one "
+            "(-1). Export it with vitdeploy export, which makes the batch axis dynamic"
+        )
+
+
+def item_shape(path: Path | str, shape: tuple[int | str | None, ...]) -> tuple[int, ...]:
+    """[batch, C, H, W] -> (C, H, W); every one of them must be a fixed size."""
+    item = shape[1:]
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in item):
+        raise ModelFileError(f"{path}: input {INPUT_NAME!r} must be [batch, C, H, W] with fixed C, H, W; got {list(shape)}")
+    return tuple(int(d) for d in item)  # type: ignore[arg-type]

@@ -1,0 +1,149 @@
+"""`vitdeploy serve`: open the model, build the app, listen, and on Ctrl-C / SIGTERM drain and return.
+
+uvicorn runs the app. On the first SIGINT or SIGTERM it stops accepting connections, lets every request in flight
+finish (the batcher keeps running until the last one is answered), then the app's lifespan stops the worker and
+serve() returns normally: exit code 0. A second Ctrl-C stops without waiting.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from PIL import Image
+
+from vitdeploy.errors import ConfigError, VitDeployError
+from vitdeploy.onnx_file import resolve_model
+from vitdeploy.progress import to_stderr
+from vitdeploy.serving.app import create_app, model_stats
+from vitdeploy.serving.batcher import DynamicBatcher
+from vitdeploy.serving.protocol import ModelSignature
+from vitdeploy.serving.runner import RUNTIMES, check_dynamic_batch, item_shape, open_runner
+from vitdeploy.serving.triton import check_name, default_name
+
+# Time the drain may take before uvicorn closes what is still open.
+GRACEFUL_SHUTDOWN_S = 30
+
+
+@dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    runtime: str = "ort"
+    device: str = "auto"
+    threads: int | None = None
+    name: str | None = None
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0
+    max_body_mb: float = 64.0
+    decode_threads: int = 2
+    top_k: int = 5
+
+
+@dataclass
+class ServeSummary:
+    model: str
+    name: str
+    url: str
+    provider: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedServer:
+    """Everything but the event loop: tests run `server` in a thread, serve() runs it in the main thread."""
+
+    server: uvicorn.Server
+    app: Any  # the Starlette app
+    sock: socket.socket
+    url: str
+    summary: ServeSummary
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, except that a signal which asked for a graceful stop is not raised again afterwards
+    (uvicorn re-raises it so that the process dies of it; a drained server exits 0)."""
+
+    log: Callable[[str], None] = to_stderr
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+            return
+        if not self.should_exit:
+            self.log(f"{signal.Signals(sig).name}: draining requests in flight, then stopping")
+        self.should_exit = True
+
+
+def prepare(model: Path | None, settings: ServeSettings, log: Callable[[str], None] = to_stderr) -> PreparedServer:
+    check_settings(settings)
+    path = resolve_model(model)
+    name = check_name(settings.name or default_name(path))
+    sock = listen(settings.host, settings.port)  # a port in use fails before the model loads
+    try:
+        runner = open_runner(path, settings.runtime, settings.device, settings.threads, log)
+        check_dynamic_batch(path, runner.input_shape)
+        signature = ModelSignature(name, item_shape(path, runner.input_shape), runner.num_classes,
+                                   settings.max_batch_size)
+    except BaseException:
+        sock.close()
+        raise
+    batcher = DynamicBatcher(runner.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000)
+    app = create_app(runner, signature, batcher, max_body_bytes=round(settings.max_body_mb * 2**20),
+                     decode_threads=settings.decode_threads, top_k=settings.top_k)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    server = DrainingServer(config)
+    server.log = log
+    return PreparedServer(server, app, sock, url, ServeSummary(str(path), name, url, runner.provider))
+
+
+def serve(model: Path | None, settings: ServeSettings, log: Callable[[str], None] = to_stderr) -> ServeSummary:
+    """Serve until Ctrl-C or SIGTERM, then drain; returns what was served."""
+    prepared = prepare(model, settings, log)
+    s = prepared.summary
+    log(f"serving {s.model} as {s.name!r} on {prepared.url} ({s.provider}; batches of up to "
+        f"{settings.max_batch_size}, queue delay {settings.max_queue_delay_ms:g} ms); Ctrl-C stops")
+    with warnings.catch_warnings():
+        # Images between 1x and 2x Image.MAX_IMAGE_PIXELS are refused by the decoder itself; the warning is noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            prepared.server.run(sockets=[prepared.sock])
+        finally:
+            prepared.sock.close()
+    s.stats = model_stats(prepared.app.state.serving)
+    return s
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: any free one), before the app starts, so the URL is known."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        raise VitDeployError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def check_settings(settings: ServeSettings) -> None:
+    if settings.runtime not in RUNTIMES:
+        raise ConfigError(f"unknown --runtime {settings.runtime!r}; supported: {', '.join(RUNTIMES)}")
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, not {settings.port}")
+    if settings.max_batch_size < 1 or settings.max_queue_delay_ms < 0:
+        raise ConfigError("--max-batch-size must be at least 1 and --max-queue-delay-ms not negative")
+    if settings.max_body_mb <= 0 or settings.top_k < 1 or settings.decode_threads < 1:
+        raise ConfigError("--max-body-mb, --top-k and --decode-threads must be positive")

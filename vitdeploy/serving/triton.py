@@ -1,0 +1,363 @@
+"""`vitdeploy triton`: a Triton Inference Server model repository for a vitdeploy .onnx, loadable the first time.
+
+    DIR/<name>/config.pbtxt   platform onnxruntime_onnx, max_batch_size, dims WITHOUT the batch axis,
+                              dynamic_batching, instance_group, GPU accelerators only when asked for
+    DIR/<name>/1/model.onnx   the exported file, byte for byte (its external .data file beside it, if any)
+    DIR/<name>/labels.txt     one label per line, named by the output's label_filename
+    DIR/README.md             the tritonserver and client commands, and the preprocessing clients must apply
+
+Core install only: the model is described through ONNX Runtime (no torch, no onnx package) and the file is copied.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitdeploy.config import PreprocessSpec
+from vitdeploy.errors import ConfigError, VitDeployError
+from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, resolve_model
+from vitdeploy.serving.protocol import PLATFORM
+from vitdeploy.serving.runner import check_dynamic_batch, item_shape
+
+DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+TENSORRT_PRECISIONS = ("fp32", "fp16")
+# bench variant whose --p99-budget recommendation sizes the batches, per --device
+BENCH_VARIANT = {"cpu": "ort-cpu", "gpu": "ort-cuda"}
+# A name Triton, a file system and a URL path all take as it is.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+LABELS_FILE = "labels.txt"
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.01-py3"
+
+
+class Enum(str):
+    """A protobuf enum value: written without quotes."""
+
+
+@dataclass
+class TritonOptions:
+    name: str | None = None  # default: the file name without .onnx
+    device: str = "cpu"  # cpu | gpu: instance_group kind
+    instances: int = 1  # model instances (per GPU with --device gpu)
+    max_batch_size: int | None = None  # default 32, or the bench recommendation
+    max_queue_delay_ms: float | None = None  # default 2 ms, or the p99 budget left by the recommended batch
+    preferred_batch_sizes: tuple[int, ...] = ()  # default none (Triton forms the largest batch it can)
+    dynamic_batching: bool = True
+    from_bench: Path | None = None  # a `vitdeploy bench --p99-budget` report
+    tensorrt: str | None = None  # fp32 | fp16: ONNX Runtime's TensorRT accelerator (GPU only)
+    cuda_graphs: bool = False  # GPU only; needs one input shape per call, so no dynamic batching
+
+
+@dataclass
+class TritonRepository:
+    root: Path
+    model_dir: Path
+    name: str
+    config_text: str
+    config: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repository": str(self.root), "model": str(self.model_dir), "name": self.name,
+                "config": self.config, "notes": self.notes}
+
+
+# ------------------------------------------------------------------------------------------ the config
+
+
+def render_pbtxt(message: dict[str, Any], indent: int = 0) -> str:
+    """A nested dict as protobuf text format: lists of messages in [ ], scalars quoted unless numbers or Enum,
+    map fields given as {"__map__": {key: value}} written as repeated key/value entries."""
+    pad = "  " * indent
+    lines = []
+    for key, value in message.items():
+        if isinstance(value, dict) and "__map__" in value:
+            for k, v in value["__map__"].items():
+                lines.append(f"{pad}{key} {{ key: {_scalar(k)} value: {_value(v, indent + 1)} }}")
+        elif isinstance(value, dict):
+            lines.append(f"{pad}{key} {{\n{render_pbtxt(value, indent + 1)}{pad}}}")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            items = ",\n".join(f"{pad}  {{\n{render_pbtxt(v, indent + 2)}{pad}  }}" for v in value)
+            lines.append(f"{pad}{key} [\n{items}\n{pad}]")
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(value)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _value(value: Any, indent: int) -> str:
+    return f"{{ {render_pbtxt(value, 0).strip()} }}" if isinstance(value, dict) else _scalar(value)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, Enum)):
+        return str(value)
+    return json.dumps(str(value), ensure_ascii=False)  # quoted; names and parameters are checked to be plain
+
+
+def build_config(name: str, info: OnnxModelInfo, shape: tuple, options: TritonOptions,
+                 batching: dict[str, Any]) -> dict[str, Any]:
+    """The model configuration as a dict in the shape of Triton's ModelConfig message."""
+    channels, height, width = item_shape(info.path, shape)
+    config: dict[str, Any] = {
+        "name": name,
+        "platform": PLATFORM,
+        "max_batch_size": batching["max_batch_size"],
+        # dims leave out the batch axis: with max_batch_size > 0 Triton adds it ([-1, 3, H, W] in metadata)
+        "input": [{"name": INPUT_NAME, "data_type": Enum("TYPE_FP32"), "format": Enum("FORMAT_NCHW"),
+                   "dims": [channels, height, width]}],
+        "output": [{"name": OUTPUT_NAME, "data_type": Enum("TYPE_FP32"), "dims": [len(info.labels)],
+                    "label_filename": LABELS_FILE}],
+    }
+    if options.dynamic_batching:
+        dynamic: dict[str, Any] = {}
+        if batching["preferred_batch_sizes"]:
+            dynamic["preferred_batch_size"] = list(batching["preferred_batch_sizes"])
+        dynamic["max_queue_delay_microseconds"] = batching["max_queue_delay_us"]
+        config["dynamic_batching"] = dynamic
+    config["instance_group"] = [{"count": options.instances, "kind": Enum(DEVICES[options.device])}]
+    accelerator = gpu_accelerator(options, batching["max_batch_size"], (channels, height, width))
+    if accelerator:
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [accelerator]}}
+    return config
+
+
+def gpu_accelerator(options: TritonOptions, max_batch: int, item: tuple[int, int, int]) -> dict[str, Any] | None:
+    """ONNX Runtime's TensorRT (or CUDA) execution accelerator with the parameters asked for, else None."""
+    params: dict[str, str] = {}
+    if options.tensorrt:
+        dims = "x".join(str(d) for d in item)
+        params = {
+            "precision_mode": options.tensorrt.upper(),
+            "max_workspace_size_bytes": str(1 << 30),
+            # One engine for every batch size the batcher forms, built once and cached across restarts.
+            "trt_profile_min_shapes": f"{INPUT_NAME}:1x{dims}",
+            "trt_profile_opt_shapes": f"{INPUT_NAME}:{max_batch}x{dims}",
+            "trt_profile_max_shapes": f"{INPUT_NAME}:{max_batch}x{dims}",
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": "/tmp/vitdeploy-trt-cache",
+        }
+        if options.cuda_graphs:
+            params["trt_cuda_graph_enable"] = "1"
+        return {"name": "tensorrt", "parameters": {"__map__": params}}
+    if options.cuda_graphs:
+        return {"name": "cuda", "parameters": {"__map__": {"enable_cuda_graph": "1"}}}
+    return None
+
+
+# ------------------------------------------------------------------------------------- batching policy
+
+
+def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[str, Any], list[str]]:
+    """max_batch_size, preferred sizes and queue delay: explicit options first, then a bench report, then defaults.
+
+    From a report made with `vitdeploy bench --p99-budget MS`: the recommended batch size (the largest whose p99
+    meets the budget) becomes the preferred and the largest batch, and the queue delay is what the budget leaves
+    after that batch's p99, so that waiting plus running stays within it.
+    """
+    notes: list[str] = []
+    max_batch, preferred, delay_ms = 32, (), 2.0
+    if options.from_bench is not None:
+        rec = bench_recommendation(options.from_bench, BENCH_VARIANT[options.device], info)
+        max_batch, preferred = rec["batch_size"], (rec["batch_size"],)
+        delay_ms = max(0.0, rec["p99_budget_ms"] - rec["p99_ms"])
+        notes.append(
+            f"from {options.from_bench}: batch {rec['batch_size']} meets the p99 budget of {rec['p99_budget_ms']} ms "
+            f"on {BENCH_VARIANT[options.device]} (p99 {rec['p99_ms']} ms), leaving {delay_ms:.3f} ms of queue delay"
+        )
+    if options.max_batch_size is not None:
+        max_batch = options.max_batch_size
+    if options.preferred_batch_sizes:
+        preferred = tuple(options.preferred_batch_sizes)
+    if options.max_queue_delay_ms is not None:
+        delay_ms = options.max_queue_delay_ms
+    if max_batch < 1 or delay_ms < 0 or any(b < 1 or b > max_batch for b in preferred):
+        raise ConfigError(
+            f"batch sizes must be at least 1 and preferred ones at most --max-batch-size ({max_batch}), the queue "
+            f"delay not negative; got preferred {list(preferred)}, delay {delay_ms} ms"
+        )
+    return {"max_batch_size": max_batch, "preferred_batch_sizes": preferred,
+            "max_queue_delay_us": round(delay_ms * 1000)}, notes
+
+
+def bench_recommendation(path: Path, variant: str, info: OnnxModelInfo) -> dict[str, Any]:
+    from vitdeploy.benchmark.report import load_report
+
+    report = load_report(path)
+    measured = (report.get("model") or {}).get("config")
+    if measured and info.model_config is not None and measured != info.model_config.to_dict():
+        raise ConfigError(f"{path} measured a different model (its config differs from {info.path}'s)")
+    recommendation = report.get("recommendation") or {}
+    per_variant = recommendation.get("per_variant") or {}
+    rec = per_variant.get(variant)
+    if not rec:
+        have = [name for name, r in per_variant.items() if r]
+        raise ConfigError(
+            f"{path} has no batch size recommendation for {variant}"
+            + (f" (it has one for: {', '.join(have)})" if have else "")
+            + f"; run `vitdeploy bench MODEL --variants {variant} --p99-budget MS --output {path.name}`"
+        )
+    return {**rec, "p99_budget_ms": recommendation["p99_budget_ms"]}
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def check_options(options: TritonOptions) -> None:
+    if options.device not in DEVICES:
+        raise ConfigError(f"unknown --device {options.device!r}; choose one of: {', '.join(DEVICES)}")
+    if options.instances < 1:
+        raise ConfigError("--instances must be at least 1")
+    if options.tensorrt is not None and options.tensorrt not in TENSORRT_PRECISIONS:
+        raise ConfigError(f"unknown --tensorrt {options.tensorrt!r}; choose one of: {', '.join(TENSORRT_PRECISIONS)}")
+    if options.device == "cpu" and (options.tensorrt or options.cuda_graphs):
+        raise ConfigError("--tensorrt and --cuda-graphs are GPU accelerators; add --device gpu")
+    if options.cuda_graphs and options.dynamic_batching:
+        raise ConfigError(
+            "--cuda-graphs: ONNX Runtime replays a captured CUDA graph only for the input shape it was captured "
+            "with, and dynamic batching changes the batch size from call to call; add --no-dynamic-batching "
+            "(and have every client send the same batch size)"
+        )
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            f"model name {name!r} is not a valid repository directory name: use letters, digits, '_', '-' and "
+            "'.', starting with a letter or digit, at most 128 characters (--name)"
+        )
+    return name
+
+
+def default_name(model: Path) -> str:
+    """The file name without .onnx: model.int8.onnx -> model.int8."""
+    return model.name.removesuffix(".onnx")
+
+
+def describe_model(path: Path) -> tuple[OnnxModelInfo, tuple]:
+    """Metadata and input shape through ONNX Runtime (cheap: optimizations off, CPU)."""
+    from vitdeploy.runtime import make_session, model_info_from_session
+
+    session, _ = make_session(path, device="cpu", graph_optimization="disabled")
+    return model_info_from_session(session, path), tuple(session.get_inputs()[0].shape)
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def write_triton_repository(model: Path | None, out: Path, options: TritonOptions) -> TritonRepository:
+    """Write (or replace) DIR/<name>/ for `model` and DIR/README.md. Refuses, before writing anything, a model
+    whose batch axis is fixed, a bad name, a model folder already there that is not a Triton model folder."""
+    check_options(options)
+    path = resolve_model(model)
+    name = check_name(options.name or default_name(path))
+    info, shape = describe_model(path)
+    check_dynamic_batch(path, shape)
+    if any("\n" in label or "\r" in label for label in info.labels):
+        raise ConfigError(f"{path}: a label contains a line break, which labels.txt cannot hold")
+    batching, notes = batching_policy(options, info)
+    config = build_config(name, info, shape, options, batching)
+    text = f"# Written by vitdeploy triton from {path.name}\n" + render_pbtxt(config)
+
+    model_dir = out / name
+    if model_dir.exists() and not (model_dir / "config.pbtxt").is_file():
+        raise ConfigError(f"{model_dir} exists and is not a Triton model folder; choose another --out or --name")
+    version_dir = model_dir / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(path, version_dir / "model.onnx")
+        external = path.with_name(path.name + ".data")
+        if external.is_file():  # the graph names its weights file; it keeps its name beside the copy
+            shutil.copyfile(external, version_dir / external.name)
+    except OSError as e:
+        raise VitDeployError(f"cannot write the Triton repository under {out}: {e}") from None
+    (model_dir / LABELS_FILE).write_text("".join(label + "\n" for label in info.labels), encoding="utf-8")
+    (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
+    (out / "README.md").write_text(repository_readme(name, info, config, out), encoding="utf-8")
+    return TritonRepository(out, model_dir, name, text, config, notes)
+
+
+def preprocessing_steps(spec: PreprocessSpec) -> list[str]:
+    order = "BGR (channels reversed)" if spec.channel_order == "BGR" else "RGB"
+    return [
+        "decode to 8-bit RGB (EXIF orientation applied, transparency composited on white)",
+        f"resize the shorter side to {spec.resize_size} px ({spec.interpolation}), keeping the aspect ratio",
+        f"center-crop {spec.image_size}x{spec.image_size}",
+        f"scale to [0, 1], subtract mean {list(spec.mean)}, divide by std {list(spec.std)}, channel order {order}",
+        f"float32, NCHW: [batch, 3, {spec.image_size}, {spec.image_size}]",
+    ]
+
+
+def repository_readme(name: str, info: OnnxModelInfo, config: dict[str, Any], out: Path) -> str:
+    spec = info.preprocess
+    steps = "\n".join(f"{i}. {step}" for i, step in enumerate(preprocessing_steps(spec), 1))
+    opset = info.export.get("opset")
+    batching = config.get("dynamic_batching")
+    gpus = " --gpus all" if config["instance_group"][0]["kind"] == "KIND_GPU" else ""
+    return f"""# Triton model repository: {name}
+
+Written by `vitdeploy triton` from `{info.path}`.
+
+```
+{out.name}/
+  {name}/
+    config.pbtxt     platform {PLATFORM}, max_batch_size {config['max_batch_size']}, {len(info.labels)} classes
+    labels.txt       one label per line (the output's label_filename)
+    1/model.onnx     the exported file, unchanged
+```
+
+Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] (already preprocessed), output `{OUTPUT_NAME}` FP32
+[batch, {len(info.labels)}]. Dynamic batching: {json.dumps(batching) if batching else "off"}.
+
+## Serve it
+
+From the folder that holds this README (any Triton release whose ONNX Runtime reads opset {opset or "?"} will do):
+
+```
+docker run --rm{gpus} -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\
+    {TRITON_IMAGE} tritonserver --model-repository=/models
+```
+
+Then:
+
+```
+curl -sf localhost:8000/v2/health/ready && echo ready
+curl -s localhost:8000/v2/models/{name}
+```
+
+`vitdeploy serve {name}/1/model.onnx --name {name}` (from this folder) serves the same file with the same
+protocol on a laptop, on the same port, so the client below talks to either unchanged.
+
+## Client
+
+The server takes preprocessed tensors. Preprocess exactly as vitdeploy does:
+
+{steps}
+
+With vitdeploy installed, `vitdeploy.prediction.load_model_input(path, spec)` is that function. A client:
+
+```python
+import numpy as np
+import tritonclient.http as httpclient
+from vitdeploy.config import PreprocessSpec
+from vitdeploy.prediction import load_model_input
+
+spec = PreprocessSpec.from_dict({json.dumps(spec.to_dict())})
+batch = np.stack([load_model_input("cat.jpg", spec)])
+client = httpclient.InferenceServerClient("localhost:8000")
+pixels = httpclient.InferInput("{INPUT_NAME}", list(batch.shape), "FP32")
+pixels.set_data_from_numpy(batch)
+logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
+labels = open("{name}/{LABELS_FILE}").read().splitlines()
+print(labels[int(logits[0].argmax())])
+```
+
+(`pip install "vitdeploy[serve]"` brings tritonclient.)
+"""
