@@ -18,6 +18,7 @@ DEFAULT_MODELS_DIR = Path("models")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GELU_FORMS = ("erf", "tanh")
 RESIZE_MODES = ("shorter_side", "stretch")
 
 
@@ -32,9 +33,13 @@ class ModelConfig:
     num_heads: int = 4  # attention heads; dim must be a multiple
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * dim
     dropout: float = 0.0  # dropout on embeddings, attention output and MLP
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float = 1e-6  # timm's ViTs: 1e-6; Hugging Face's: 1e-12
+    qkv_bias: bool = True  # q, k and v Linear layers with a bias
+    gelu: str = "erf"  # the MLP's GELU: "erf" (exact, nn.GELU) or "tanh" (the tanh approximation)
 
     def __post_init__(self) -> None:
+        if self.gelu not in GELU_FORMS:
+            raise ConfigError(f"gelu must be one of {', '.join(GELU_FORMS)}, not {self.gelu!r}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dim % self.num_heads:
