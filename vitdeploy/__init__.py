@@ -5,6 +5,6 @@ The functions below mirror the CLI commands (see vitdeploy.api); importing the p
 
 __version__ = "0.1.0"
 
-from vitdeploy.api import export, predict, train, verify  # noqa: E402
+from vitdeploy.api import export, import_model, predict, train, verify  # noqa: E402
 
-__all__ = ["__version__", "export", "predict", "train", "verify"]
+__all__ = ["__version__", "export", "import_model", "predict", "train", "verify"]

@@ -2,13 +2,14 @@
 
     import vitdeploy
     result = vitdeploy.training(preset="digits")                      # -> TrainResult
+    imported = vitdeploy.import_model("vit-hf/", "models/vit")      # -> ImportResult (a timm or HF checkpoint)
     exported = vitdeploy.export(result.best, opset=17)             # -> ExportResult
     report = vitdeploy.verify(exported.path, batch_sizes=(1, 7))   # -> ParityReport (report.passed)
     summary = vitdeploy.predict(["samples/"], model=exported.path) # -> PredictSummary (summary.rows)
     figures = vitdeploy.bench(exported.path, batch_sizes=(1, 32))  # -> BenchReport
 
 The CLI commands call these functions. Each imports its stage only when called, so `import vitdeploy` stays light
-and needs no torch; train, export and verify raise extras.MissingExtra (exit code 2 in the CLI) without the
+and needs no torch; train, import, export and verify raise extras.MissingExtra (exit code 2 in the CLI) without the
 [train] extra. Failures raise errors.VitDeployError subclasses, each carrying its documented exit code.
 """
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from vitdeploy.onnx_export import ExportResult
     from vitdeploy.parity import ParityReport
     from vitdeploy.prediction import PredictSummary
+    from vitdeploy.pretrained import ImportResult
     from vitdeploy.training import TrainResult
 
 PathLike = str | os.PathLike[str]
@@ -64,6 +66,24 @@ def train(
         workers=workers,
     )
     return run_training(request, console=console)
+
+
+def import_model(
+    source: PathLike,
+    out: PathLike | None = None,
+    *,
+    timm_model: str | None = None,
+    labels: PathLike | None = None,
+    notify: Callable[[str], None] = to_stderr,
+) -> ImportResult:
+    """Import a timm or Hugging Face ViT checkpoint you already have (`vitdeploy import`) as a bundle (default
+    models/<its name>): a Hugging Face model folder, or a timm state dict with `timm_model` (its timm name) or timm's
+    config.json beside it. Needs neither timm nor transformers. Raises errors.CheckpointError (exit code 2) for what
+    is not a plain ViT or does not fit its config."""
+    require("train", "vitdeploy import")
+    from vitdeploy.pretrained import import_checkpoint
+
+    return import_checkpoint(source, out, timm_model=timm_model, labels=labels, notify=notify)
 
 
 def export(
@@ -141,4 +161,4 @@ def predict(
     return run_predict(request, log=log)
 
 
-__all__ = ["export", "predict", "train", "verify"]
+__all__ = ["export", "import_model", "predict", "train", "verify"]

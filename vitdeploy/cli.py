@@ -156,6 +156,49 @@ def samples(
     console.print(f"wrote {len(written)} held-out images to {out_dir}/ (never seen in training)")
 
 
+@app.command("import")
+@handle_errors
+def import_(
+    source: Annotated[
+        Path, typer.Argument(help="A Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin), "
+                             "or a timm state dict (.safetensors, .pth, .bin).")
+    ],
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Bundle folder to write. Default: models/<its name>.")
+    ] = None,
+    timm_model: Annotated[
+        Optional[str], typer.Option(help="The timm model name of a state dict (e.g. vit_tiny_patch16_224) when "
+                                    "timm's config.json is not beside it.")
+    ] = None,
+    labels: Annotated[
+        Optional[Path], typer.Option(help="Class names, one per line (default: the checkpoint's own, else class_N).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+) -> None:
+    """Import a timm or Hugging Face ViT checkpoint you already have as a bundle (no download, no timm or
+    transformers needed); export, verify, predict, bench and train --init then work on it.
+
+    Refused, naming what was found: what is not a plain ViT (register tokens, layer scale, q/k norm, average or
+    attention pooling, fc_norm, distillation tokens, a non-square patch grid, relative position bias), tensors
+    missing, extra or misshapen, and pickles holding anything but tensors. Exit codes: 0 imported; 2 bad input.
+
+    Example: vitdeploy import vit_tiny.safetensors --timm-model vit_tiny_patch16_224 -o models/vit-ti
+    """
+    import vitdeploy
+
+    result = vitdeploy.import_model(source, out, timm_model=timm_model, labels=labels, notify=print_note)
+    spec = result.preprocess
+    console.print(
+        f"imported {result.format} {result.architecture}: {result.parameters / 1e6:.1f}M parameters, "
+        f"{len(result.labels)} classes, {spec.image_size} px ({spec.resize_mode} resize to {spec.resize_size}, "
+        f"crop fraction {spec.crop_fraction:.3g}, {spec.interpolation}, mean {spec.mean}, std {spec.std}) "
+        f"-> {result.bundle}",
+        highlight=False, soft_wrap=True,
+    )
+    if json_output:
+        print_json(result.to_dict())
+
+
 # Commands of the later stages (export, verify, predict, bench) are registered below this line.
 
 
