@@ -51,19 +51,23 @@ def train(
     image_size: int | None = None,
     device: str = "auto",
     resume: PathLike | None = None,
+    init: PathLike | None = None,
     stop_after_steps: int | None = None,
     workers: int = 2,
     console: Console | None = None,
 ) -> TrainResult:
     """Train a ViT (default: the `digits` preset on the embedded scikit-learn digits, or `data`, an image folder
-    with one subfolder per class) and write best/ and last/ bundles into `out` (default models/<name>)."""
+    with one subfolder per class) and write best/ and last/ bundles into `out` (default models/<name>).
+
+    `init`: fine-tune from a bundle's weights (e.g. one made by import_model) with fine-tuning defaults; a new head
+    when the data's classes differ, position embeddings interpolated when `image_size` differs."""
     require("train", "vitdeploy.training")
     from vitdeploy.training import TrainRequest, train as run_training
 
     request = TrainRequest(
         preset=preset, data=_path(data), out=_path(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        image_size=image_size, device=device, resume=_path(resume), stop_after_steps=stop_after_steps,
-        workers=workers,
+        image_size=image_size, device=device, resume=_path(resume), init=_path(init),
+        stop_after_steps=stop_after_steps, workers=workers,
     )
     return run_training(request, console=console)
 

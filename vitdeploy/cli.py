@@ -113,6 +113,11 @@ def train(
     image_size: Annotated[Optional[int], typer.Option(help="Override the preset's input size (pixels).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (cuda fails clearly when not usable).")] = "auto",
     resume: Annotated[Optional[Path], typer.Option(help="Continue a run from its last/ bundle (or any bundle).")] = None,
+    init: Annotated[
+        Optional[Path], typer.Option(help="Fine-tune from this bundle's weights (e.g. from vitdeploy import): new head "
+                                     "when the data's classes differ, position embeddings interpolated for another "
+                                     "--image-size, fine-tuning defaults (fewer epochs, lower learning rate).")
+    ] = None,
     stop_after_steps: Annotated[
         Optional[int], typer.Option(help="Stop early after this many optimizer steps, as Ctrl-C would "
                                     "(the schedule still spans all epochs; --resume continues).")
@@ -123,12 +128,14 @@ def train(
     """Train a ViT and write best/ and last/ model bundles.
 
     Example: vitdeploy train --epochs 30 --out models/digits
+    Fine-tuning: vitdeploy train --init models/vit_tiny_patch16_224 --data photos/
     """
     import vitdeploy
 
     result = vitdeploy.train(
         preset, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, image_size=image_size,
-        device=device, resume=resume, stop_after_steps=stop_after_steps, workers=workers, console=console,
+        device=device, resume=resume, init=init, stop_after_steps=stop_after_steps, workers=workers,
+        console=console,
     )
     if json_output and result.main_process:
         print_json(result.to_dict())

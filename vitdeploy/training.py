@@ -25,7 +25,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vitdeploy import provenance
+from vitdeploy import finetune, provenance
 from vitdeploy.bundle import (
     DEFAULT_MODELS_DIR,
     BundleInfo,
@@ -56,6 +56,7 @@ class TrainRequest:
     image_size: int | None = None
     device: str = "auto"
     resume: Path | None = None
+    init: Path | None = None  # fine-tune from this bundle's weights (finetune.py)
     stop_after_steps: int | None = None  # stop like Ctrl-C after this many steps in this invocation
     workers: int = 2
 
@@ -98,6 +99,7 @@ class RunPlan:
     spec: PreprocessSpec
     data: Path | None
     out: Path
+    init: str | None = None  # the bundle a fine-tuning run started from
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -106,10 +108,14 @@ class RunPlan:
 def plan_run(request: TrainRequest) -> RunPlan:
     """Resolve preset defaults and overrides; for --resume, start from the bundle and refuse a different config."""
     if request.resume is not None:
+        if request.init is not None:
+            raise ConfigError("--resume continues a run; --init starts one: pass only one of them")
         return _plan_resume(request)
-    preset = get_preset(request.preset or "digits")
     overrides = {k: v for k, v in (("epochs", request.epochs), ("batch_size", request.batch_size),
                                    ("lr", request.lr), ("seed", request.seed)) if v is not None}
+    if request.init is not None:
+        return finetune.plan_init(request, overrides)
+    preset = get_preset(request.preset or "digits")
     train_cfg = dataclasses.replace(preset.train, **overrides)
     model_cfg = preset.model
     if request.image_size:
@@ -150,7 +156,8 @@ def _plan_resume(request: TrainRequest) -> RunPlan:
         )
     run_dir = Path(request.out) if request.out else Path(request.resume).resolve().parent
     data = Path(saved["data"]) if saved.get("data") else None
-    return RunPlan(saved.get("preset", "custom"), info.model, info.train, info.preprocess, data, run_dir)
+    return RunPlan(saved.get("preset", "custom"), info.model, info.train, info.preprocess, data, run_dir,
+                   saved.get("init"))
 
 
 def _check_train_config(cfg: TrainConfig) -> None:
@@ -286,7 +293,7 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
         raise ConfigError(f"batch size {cfg.batch_size} must be divisible by the {procs.world} processes")
     data = load_training_data(plan.data, plan.spec, cfg.val_fraction, request.workers)
     model_cfg = dataclasses.replace(plan.model, num_classes=len(data.labels))
-    if request.resume is None and model_cfg.num_classes != plan.model.num_classes:
+    if request.resume is None and plan.init is None and model_cfg.num_classes != plan.model.num_classes:
         console.print(f"head sized for the data: {len(data.labels)} classes")
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
@@ -294,6 +301,8 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
         model, info = load_bundle(request.resume)
         if info.labels != data.labels:
             raise ConfigError(f"cannot resume: the data's classes {data.labels} differ from the bundle's {info.labels}")
+    elif plan.init is not None:
+        model = finetune.initial_model(Path(plan.init), model_cfg, data.labels, console.print)
     else:
         model = build_model(model_cfg)
     model.to(device)
@@ -339,7 +348,8 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
                 "seed": cfg.seed,
                 "device": str(device),
                 "processes": procs.world,
-                "run": {"preset": plan.preset, "data": str(plan.data.resolve()) if plan.data else None},
+                "run": {"preset": plan.preset, "data": str(plan.data.resolve()) if plan.data else None,
+                        "init": plan.init},
             },
         )
 
