@@ -132,3 +132,27 @@ def sample_photos(folder: Path) -> list[Path]:
                 img.save(path, fmt, **({"quality": 92} if fmt == "JPEG" else {}))
                 paths.append(path)
     return paths
+
+
+def predict_against_reference(onnx_path: Path, photos: list[Path], reference: np.ndarray) -> dict[str, Any]:
+    """vitdeploy predict on `photos` against the reference logits (the source library's preprocessing and model):
+    top-1 agreement from predict's rows, and the largest |logit difference| of predict's own pipeline (its
+    decoding, preprocessing and session), overall and per file format."""
+    import vitdeploy
+    from vitdeploy.prediction import load_model_input, open_model
+
+    def quiet(_: str) -> None:
+        pass
+
+    summary = vitdeploy.predict([str(p) for p in photos], model=onnx_path, log=quiet)
+    predicted = {row["path"]: row["label"] for row in summary.rows}
+    loaded = open_model(onnx_path, device="cpu", log=quiet)
+    batch = np.stack([load_model_input(p, loaded.info.preprocess) for p in photos])
+    diffs = np.abs(loaded.session.run(None, {"pixel_values": batch})[0] - reference).max(1)
+    agree = [predicted[str(p)] == loaded.info.labels[int(i)] for p, i in zip(photos, reference.argmax(1))]
+    return {
+        "images": len(photos), "top1_agreement": sum(agree) / len(agree), "max_abs_logit_diff": float(diffs.max()),
+        "max_abs_logit_diff_by_format": {s: float(max(d for p, d in zip(photos, diffs) if p.suffix == s))
+                                         for s in sorted({p.suffix for p in photos})},
+        "reference_max_abs_logit": float(np.abs(reference).max()),
+    }

@@ -22,6 +22,7 @@ from checkpoints import (  # noqa: E402
     VIT_TI16,
     hf_logits,
     hf_vit,
+    predict_against_reference,
     sample_photos,
     save_hf,
     save_timm,
@@ -48,6 +49,12 @@ def vitdeploy_logits(bundle: Path, x: np.ndarray) -> np.ndarray:
     model, _ = load_bundle(bundle)
     with torch.no_grad():
         return model(torch.from_numpy(x)).numpy()
+
+
+def logit_diff(bundle: Path, reference, seed: int, size: int = 32) -> float:
+    """Largest |logit difference| between a bundle and the reference transformers model, same random inputs."""
+    x = np.random.default_rng(seed).standard_normal((3, 3, size, size), dtype=np.float32)
+    return float(np.abs(vitdeploy_logits(bundle, x) - hf_logits(reference, x)).max())
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +97,7 @@ def ti16(tmp_path_factory) -> tuple[object, Path, Path]:
 def test_hugging_face_folder_gives_the_reference_logits(small_hf, tmp_path: Path) -> None:
     model, folder = small_hf
     result = import_model(folder, tmp_path / "b", notify=quiet)
-    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32), dtype=np.float32)
-    diff = np.abs(vitdeploy_logits(result.bundle, x) - hf_logits(model, x)).max()
-    assert diff < LOGIT_ATOL, diff
+    assert logit_diff(result.bundle, model, seed=0) < LOGIT_ATOL
     info = read_bundle_info(result.bundle)
     assert info.labels == LABELS
     assert info.model.layer_norm_eps == 1e-12 and info.model.gelu == "erf" and info.model.qkv_bias
@@ -109,17 +114,14 @@ def test_tanh_gelu_and_qkv_without_bias_give_the_reference_logits_and_export(tmp
     model = hf_vit(LABELS, seed=3, **SMALL, hidden_act="gelu_pytorch_tanh", qkv_bias=False)
     result = import_model(save_hf(model, tmp_path / "hf"), tmp_path / "b", notify=quiet)
     assert (result.model.gelu, result.model.qkv_bias) == ("tanh", False)
-    x = np.random.default_rng(4).standard_normal((3, 3, 32, 32), dtype=np.float32)
-    assert np.abs(vitdeploy_logits(result.bundle, x) - hf_logits(model, x)).max() < LOGIT_ATOL
+    assert logit_diff(result.bundle, model, seed=4) < LOGIT_ATOL
     assert export_onnx(result.bundle, opset=17).parity.passed
 
 
 def test_timm_checkpoint_with_its_config_gives_the_reference_logits(small_timm, tmp_path: Path) -> None:
     model, path = small_timm
     result = import_model(path, tmp_path / "b", notify=quiet)
-    x = np.random.default_rng(1).standard_normal((5, 3, 32, 32), dtype=np.float32)
-    diff = np.abs(vitdeploy_logits(result.bundle, x) - hf_logits(model, x)).max()
-    assert diff < LOGIT_ATOL, diff
+    assert logit_diff(result.bundle, model, seed=1) < LOGIT_ATOL
     info = read_bundle_info(result.bundle)
     assert info.labels == LABELS and info.model.layer_norm_eps == 1e-6
     spec = info.preprocess  # pretrained_cfg: bicubic, crop_pct 0.875 -> shorter side floor(32 / 0.875) = 36
@@ -136,10 +138,9 @@ def test_a_wrong_layer_norm_eps_would_show(small_timm, tmp_path: Path) -> None:
     model, path = small_timm
     wrong = ViTForImageClassification(model.config.__class__(**{**model.config.to_dict(), "layer_norm_eps": 1e-12}))
     wrong.load_state_dict(model.state_dict())
-    x = np.random.default_rng(1).standard_normal((5, 3, 32, 32), dtype=np.float32)
-    ours = vitdeploy_logits(import_model(path, tmp_path / "b", notify=quiet).bundle, x)
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32), dtype=np.float32)
     eps_effect = np.abs(hf_logits(wrong.eval(), x) - hf_logits(model, x)).max()
-    assert np.abs(ours - hf_logits(model, x)).max() < eps_effect / 5
+    assert logit_diff(import_model(path, tmp_path / "b", notify=quiet).bundle, model, seed=1) < eps_effect / 5
 
 
 @pytest.mark.parametrize("which", [1, 2], ids=["safetensors", "pth"])
@@ -149,9 +150,7 @@ def test_timm_vit_ti16_named_on_the_command_line(ti16, tmp_path: Path, which: in
                                "--json"])
     assert done.exit_code == 0, done.output
     assert "class_0..class_9" in done.output  # no labels in a bare state dict: named, with a warning
-    x = np.random.default_rng(2).standard_normal((2, 3, 224, 224), dtype=np.float32)
-    diff = np.abs(vitdeploy_logits(tmp_path / "b", x) - hf_logits(model, x)).max()
-    assert diff < LOGIT_ATOL, diff
+    assert logit_diff(tmp_path / "b", model, seed=2, size=224) < LOGIT_ATOL
     info = read_bundle_info(tmp_path / "b")
     assert (info.model.dim, info.model.depth, info.model.num_heads, info.model.image_size) == (192, 12, 3, 224)
     # timm's defaults for vit_* (no config.json): bicubic, crop_pct 0.9, mean/std 0.5
@@ -378,21 +377,6 @@ def test_import_export_verify_predict(small_timm, tmp_path: Path) -> None:
     assert len(rows) == len(photos) and all(row["ok"] and row["label"] in LABELS for row in rows)
 
 
-def predict_against_reference(onnx_path: Path, paths: list[Path], reference: np.ndarray, labels: list[str]) -> float:
-    """vitdeploy predict's top-1 must equal the reference's on every image; returns max |logit diff| of the same
-    pipeline (predict's decode + preprocess + session)."""
-    import vitdeploy
-    from vitdeploy.prediction import load_model_input, open_model
-
-    summary = vitdeploy.predict([str(p) for p in paths], model=onnx_path, log=quiet)
-    by_path = {row["path"]: row["label"] for row in summary.rows}
-    assert [by_path[str(p)] for p in paths] == [labels[i] for i in reference.argmax(1)]
-    loaded = open_model(onnx_path, device="cpu", log=quiet)
-    batch = np.stack([load_model_input(p, loaded.info.preprocess) for p in paths])
-    ours = loaded.session.run(None, {"pixel_values": batch})[0]
-    return float(np.abs(ours - reference).max())
-
-
 def test_real_photos_match_hugging_face_preprocessing_and_model(small_hf, tmp_path: Path) -> None:
     from PIL import Image
     from transformers import ViTImageProcessor
@@ -405,9 +389,9 @@ def test_real_photos_match_hugging_face_preprocessing_and_model(small_hf, tmp_pa
     onnx_path = export_onnx(result.bundle, verify=False).path
     processor = ViTImageProcessor.from_pretrained(folder)
     pixels = processor(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="np")["pixel_values"]
-    diff = predict_against_reference(onnx_path, paths, hf_logits(model, pixels), LABELS)
-    print(f"Hugging Face ViTImageProcessor + model vs vitdeploy predict: max |logit diff| {diff:.2e}")
-    assert diff < 1e-4
+    found = predict_against_reference(onnx_path, paths, hf_logits(model, pixels))
+    print(f"Hugging Face ViTImageProcessor + model vs vitdeploy predict: {found}")
+    assert found["top1_agreement"] == 1.0 and found["max_abs_logit_diff"] < 1e-4
 
 
 def test_real_photos_match_timm_eval_transform_and_model(small_timm, tmp_path: Path) -> None:
@@ -421,6 +405,7 @@ def test_real_photos_match_timm_eval_transform_and_model(small_timm, tmp_path: P
     onnx_path = export_onnx(result.bundle, verify=False).path
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the config.json's pretrained_cfg
     pixels = np.stack([timm_eval_transform(Image.open(p), 32, 0.875, mean, std) for p in paths])
-    diff = predict_against_reference(onnx_path, paths, hf_logits(model, pixels), LABELS)
-    print(f"timm eval transform + reference model vs vitdeploy predict: max |logit diff| {diff:.2e}")
-    assert diff < 1e-3
+    found = predict_against_reference(onnx_path, paths, hf_logits(model, pixels))
+    print(f"timm eval transform + reference model vs vitdeploy predict: {found}")
+    # JPEGs at least twice the 36 px resize size are decoded at reduced scale (predict's documented draft)
+    assert found["top1_agreement"] == 1.0 and found["max_abs_logit_diff"] < 1e-3
