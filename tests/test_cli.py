@@ -21,7 +21,7 @@ COMMANDS = sorted(get_command(app).commands)  # type: ignore[attr-defined]
 
 
 def test_expected_commands_exist() -> None:
-    assert {"train", "export", "verify", "predict", "bench", "samples", "triton", "serve"} <= set(COMMANDS)
+    assert {"train", "import", "export", "verify", "predict", "bench", "samples", "explain", "triton", "serve"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -45,11 +45,11 @@ def test_help_does_not_import_torch() -> None:
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "export", "verify", "samples"])
+@pytest.mark.parametrize("command", ["train", "export", "verify", "samples", "import x"])
 def test_training_commands_without_the_training_extra_say_how_to_install_it(tmp_path: Path, command: str) -> None:
     from builders import WITHOUT_TRAINING_EXTRA
 
-    done = subprocess.run([sys.executable, "-c", WITHOUT_TRAINING_EXTRA, command], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TRAINING_EXTRA, *command.split()], capture_output=True, text=True,
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert done.returncode == EXIT_BAD_INPUT, done.stderr
     assert 'pip install "vitdeploy[train]"' in done.stderr and "torch" in done.stderr
@@ -95,16 +95,23 @@ def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Pa
     assert "Traceback" not in err and "BrokenPipe" not in err
 
 
-@pytest.mark.parametrize("command", ["train", "export", "verify", "predict", "bench", "explain", "triton", "serve"])
+# `import` is a Python keyword: its function is import_model.
+PACKAGE_FUNCTIONS = {"train": "train", "import": "import_model", "export": "export", "verify": "verify",
+                     "predict": "predict", "bench": "bench", "explain": "explain", "triton": "triton", "serve": "serve"}
+
+
+@pytest.mark.parametrize("command", PACKAGE_FUNCTIONS)
 def test_the_package_top_mirrors_each_command(command: str) -> None:
-    """`from vitdeploy import train, export, ...`: every CLI option is a keyword of the package-level function."""
+    """`from vitdeploy import train, import_model, export, ...`: every CLI option is a keyword of the package-level
+    function."""
     import inspect
 
     import vitdeploy
 
+    function = getattr(vitdeploy, PACKAGE_FUNCTIONS[command])
     options = {p.name for p in get_command(app).commands[command].params} - {"json_output"}
-    assert options <= set(inspect.signature(getattr(vitdeploy, command)).parameters)
-    assert getattr(vitdeploy, command).__doc__
+    assert options <= set(inspect.signature(function).parameters)
+    assert function.__doc__
 
 
 def test_the_cli_passes_its_options_to_the_package_function(monkeypatch) -> None:

@@ -257,3 +257,58 @@ def test_preprocess_batch_stacks_and_handles_empty():
     assert batch.shape == (3, 3, 8, 8)
     np.testing.assert_array_equal(batch[1], preprocess(smooth_rgb(8, 8, 1), spec))
     assert images.preprocess_batch([], spec).shape == (0, 3, 8, 8)
+
+
+# --- geometry: torchvision's (timm's eval transform), Hugging Face's straight resize ------------------------------
+
+
+def torchvision_resize_center_crop(img: Image.Image, resize: int, crop: int, interpolation: str) -> np.ndarray:
+    """torchvision's Resize(int) + CenterCrop as documented: shorter side to `resize`, longer side truncated,
+    crop offset round((size - crop) / 2), on the fully resized image."""
+    w, h = img.size
+    new = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+    full = img.resize(new, images.RESAMPLE[interpolation])
+    left, top = int(round((new[0] - crop) / 2.0)), int(round((new[1] - crop) / 2.0))
+    return np.asarray(full.crop((left, top, left + crop, top + crop)), np.int16)
+
+
+@pytest.mark.parametrize("size", [(640, 427), (200, 377), (377, 427), (150, 100)])  # landscape, portrait, up-scaled
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_shorter_side_resize_and_crop_follow_torchvision(size, interpolation):
+    img = smooth_rgb(*size, seed=3)
+    got = np.asarray(images.resized_center_crop(img, 248, 224, interpolation), np.int16)
+    # within one level of rounding (Pillow's weights for a sub-box differ in the last bit), on a few pixels only
+    diff = np.abs(got - torchvision_resize_center_crop(img, 248, 224, interpolation))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+def test_shorter_side_size_truncates_and_crop_offset_rounds_half_to_even():
+    assert images.shorter_side_size((640, 427), 248) == (371, 248)  # 371.7 -> 371, as torchvision
+    assert images.crop_offset(371, 224) == 74  # 73.5 -> 74
+    assert images.crop_offset(369, 224) == 72  # 72.5 -> 72
+
+
+def test_stretch_mode_resizes_both_sides_then_crops():
+    # 40 x 20, the left half black: stretched to 10 x 10 the black half stays the left half (not cropped away)
+    arr = np.full((20, 40, 3), 255, np.uint8)
+    arr[:, :20] = 0
+    spec = PreprocessSpec(image_size=10, resize_size=10, interpolation="nearest", mean=(0, 0, 0), std=(1, 1, 1),
+                          resize_mode="stretch")
+    x = preprocess(Image.fromarray(arr), spec)
+    np.testing.assert_array_equal(x[0, 0], [0] * 5 + [1] * 5)
+    cropped = PreprocessSpec(image_size=8, resize_size=10, interpolation="nearest", mean=(0, 0, 0), std=(1, 1, 1),
+                             resize_mode="stretch")
+    np.testing.assert_array_equal(preprocess(Image.fromarray(arr), cropped)[0, 0], [0] * 4 + [1] * 4)
+
+
+def test_stretch_mode_decodes_jpegs_in_full(tmp_path):
+    path = tmp_path / "big.jpg"
+    smooth_rgb(1100, 700).save(path, "JPEG", quality=92)
+    spec = PreprocessSpec(image_size=224, resize_size=224, resize_mode="stretch")
+    assert decode_for_preprocess(path, spec).size == (1100, 700)  # a drafted copy would add a second resampling
+
+
+def test_specs_from_before_the_resize_mode_read_as_shorter_side():
+    old = {"image_size": 224, "resize_size": 256, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3,
+           "channel_order": "RGB"}
+    assert PreprocessSpec.from_dict(old).resize_mode == "shorter_side"

@@ -2,6 +2,7 @@
 
     import vitdeploy
     result = vitdeploy.train(preset="digits")                      # -> TrainResult
+    imported = vitdeploy.import_model("vit-hf/", "models/vit")      # -> ImportResult (a timm or HF checkpoint)
     exported = vitdeploy.export(result.best, opset=17)             # -> ExportResult
     report = vitdeploy.verify(exported.path, batch_sizes=(1, 7))   # -> ParityReport (report.passed)
     summary = vitdeploy.predict(["samples/"], model=exported.path) # -> PredictSummary (summary.rows)
@@ -11,7 +12,7 @@
     maps = vitdeploy.explain(["samples/"], bundle=result.best)     # -> ExplainResult (PNGs + maps)
 
 The CLI commands call these functions. Each imports its stage only when called, so `import vitdeploy` stays light
-and needs no torch; train, export and verify raise extras.MissingExtra (exit code 2 in the CLI) without the
+and needs no torch; train, import, export and verify raise extras.MissingExtra (exit code 2 in the CLI) without the
 [train] extra. Failures raise errors.VitDeployError subclasses, each carrying its documented exit code.
 """
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from vitdeploy.prediction import PredictSummary
     from vitdeploy.serving.server import ServeSummary
     from vitdeploy.serving.triton import TritonRepository
+    from vitdeploy.pretrained import ImportResult
     from vitdeploy.training import TrainResult
 
 PathLike = str | os.PathLike[str]
@@ -56,21 +58,43 @@ def train(
     image_size: int | None = None,
     device: str = "auto",
     resume: PathLike | None = None,
+    init: PathLike | None = None,
     stop_after_steps: int | None = None,
     workers: int = 2,
     console: Console | None = None,
 ) -> TrainResult:
     """Train a ViT (default: the `digits` preset on the embedded scikit-learn digits, or `data`, an image folder
-    with one subfolder per class) and write best/ and last/ bundles into `out` (default models/<name>)."""
+    with one subfolder per class) and write best/ and last/ bundles into `out` (default models/<name>).
+
+    `init`: fine-tune from a bundle's weights (e.g. one made by import_model) with fine-tuning defaults; a new head
+    when the data's classes differ, position embeddings interpolated when `image_size` differs."""
     require("train", "vitdeploy.training")
     from vitdeploy.training import TrainRequest, train as run_training
 
     request = TrainRequest(
         preset=preset, data=_path(data), out=_path(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        image_size=image_size, device=device, resume=_path(resume), stop_after_steps=stop_after_steps,
-        workers=workers,
+        image_size=image_size, device=device, resume=_path(resume), init=_path(init),
+        stop_after_steps=stop_after_steps, workers=workers,
     )
     return run_training(request, console=console)
+
+
+def import_model(
+    source: PathLike,
+    out: PathLike | None = None,
+    *,
+    timm_model: str | None = None,
+    labels: PathLike | None = None,
+    notify: Callable[[str], None] = to_stderr,
+) -> ImportResult:
+    """Import a timm or Hugging Face ViT checkpoint you already have (`vitdeploy import`) as a bundle (default
+    models/<its name>): a Hugging Face model folder, or a timm state dict with `timm_model` (its timm name) or timm's
+    config.json beside it. Needs neither timm nor transformers. Raises errors.CheckpointError (exit code 2) for what
+    is not a plain ViT or does not fit its config."""
+    require("train", "vitdeploy import")
+    from vitdeploy.pretrained import import_checkpoint
+
+    return import_checkpoint(source, out, timm_model=timm_model, labels=labels, notify=notify)
 
 
 def export(
@@ -290,4 +314,4 @@ def serve(
     return run_server(_path(model), settings, log=log)
 
 
-__all__ = ["bench", "explain", "export", "predict", "serve", "train", "triton", "verify"]
+__all__ = ["bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify"]

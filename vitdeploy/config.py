@@ -6,6 +6,7 @@ Torch-free: the deployment path (predict, runtime) reads these too.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ DEFAULT_MODELS_DIR = Path("models")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GELU_FORMS = ("erf", "tanh")
+RESIZE_MODES = ("shorter_side", "stretch")
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,13 @@ class ModelConfig:
     num_heads: int = 4  # attention heads; dim must be a multiple
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * dim
     dropout: float = 0.0  # dropout on embeddings, attention output and MLP
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float = 1e-6  # timm's ViTs: 1e-6; Hugging Face's: 1e-12
+    qkv_bias: bool = True  # q, k and v Linear layers with a bias
+    gelu: str = "erf"  # the MLP's GELU: "erf" (exact, nn.GELU) or "tanh" (the tanh approximation)
 
     def __post_init__(self) -> None:
+        if self.gelu not in GELU_FORMS:
+            raise ConfigError(f"gelu must be one of {', '.join(GELU_FORMS)}, not {self.gelu!r}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dim % self.num_heads:
@@ -65,8 +72,12 @@ class PreprocessSpec:
     """THE preprocessing definition: decoded RGB image -> float32 [C, H, W] model input.
 
     Steps (implemented once, in images.preprocess):
-      1. resize so the shorter side equals `resize_size` (aspect ratio kept), with `interpolation`;
-      2. center-crop `image_size` x `image_size`;
+      1. resize with `interpolation`, per `resize_mode`:
+         "shorter_side": the shorter side to `resize_size`, aspect ratio kept (timm's eval transform, with
+             resize_size = floor(image_size / crop_pct));
+         "stretch": to `resize_size` x `resize_size`, aspect ratio not kept (Hugging Face's ViTImageProcessor,
+             where resize_size = image_size, and timm's crop_mode "squash");
+      2. center-crop `image_size` x `image_size` (the crop fraction is image_size / resize_size);
       3. scale uint8 to [0, 1], subtract `mean` and divide by `std` per channel;
       4. lay out as `channel_order` channels first (CHW).
     """
@@ -77,12 +88,15 @@ class PreprocessSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     channel_order: str = "RGB"
+    resize_mode: str = "shorter_side"  # shorter_side | stretch (bundles and files from before it: shorter_side)
 
     def __post_init__(self) -> None:
         if self.resize_size < self.image_size:
             raise ConfigError("resize_size must be >= image_size")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise ConfigError(f"unknown interpolation {self.interpolation!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"unknown resize mode {self.resize_mode!r} (one of {', '.join(RESIZE_MODES)})")
         if self.channel_order not in ("RGB", "BGR"):
             raise ConfigError(f"unknown channel order {self.channel_order!r}")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -94,6 +108,17 @@ class PreprocessSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
         return _from_dict(cls, d)
+
+    @property
+    def crop_fraction(self) -> float:
+        """The share of the resized image's side that the center crop keeps (timm's crop_pct)."""
+        return self.image_size / self.resize_size
+
+    def resized(self, image_size: int) -> PreprocessSpec:
+        """The same preprocessing for another input size: same crop fraction, resize mode, filter and statistics."""
+        return dataclasses.replace(
+            self, image_size=image_size, resize_size=math.floor(image_size * self.resize_size / self.image_size)
+        )
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,10 @@ class ConfigError(VitDeployError):
     """An unknown preset or an invalid combination of settings."""
 
 
+class CheckpointError(VitDeployError):
+    """A checkpoint to import (timm, Hugging Face) is missing, unreadable, inconsistent, or not a plain ViT."""
+
+
 class ModelFileError(VitDeployError):
     """An .onnx file is missing, not ONNX, truncated, or does not describe itself."""
 

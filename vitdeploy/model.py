@@ -47,9 +47,9 @@ class Attention(nn.Module):
         # NOTE: divide by sqrt(d) rather than multiply by its reciprocal: ORT's attention matcher only knows the
         # Div spelling. For the presets' head sizes (16, 64: powers of 4) both are bit-identical.
         self.scale_divisor = math.sqrt(self.head_dim)
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.k = nn.Linear(cfg.dim, cfg.dim)
-        self.v = nn.Linear(cfg.dim, cfg.dim)
+        self.q = nn.Linear(cfg.dim, cfg.dim, bias=cfg.qkv_bias)
+        self.k = nn.Linear(cfg.dim, cfg.dim, bias=cfg.qkv_bias)
+        self.v = nn.Linear(cfg.dim, cfg.dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.proj_drop = nn.Dropout(cfg.dropout)
         # Opt-in for `vitdeploy explain` (explain.maps.record_attention): when on, forward keeps a reference to
@@ -82,7 +82,7 @@ class Mlp(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc1 = nn.Linear(cfg.dim, cfg.mlp_hidden)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate="tanh" if cfg.gelu == "tanh" else "none")
         self.fc2 = nn.Linear(cfg.mlp_hidden, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -127,7 +127,8 @@ class VisionTransformer(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

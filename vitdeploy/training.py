@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from vitdeploy import provenance
+from vitdeploy import finetune, provenance
 from vitdeploy.bundle import (
     CONFIG_FILE,
     BundleInfo,
@@ -61,6 +61,7 @@ class TrainRequest:
     image_size: int | None = None
     device: str = "auto"
     resume: Path | None = None
+    init: Path | None = None  # fine-tune from this bundle's weights (finetune.py)
     stop_after_steps: int | None = None  # stop like Ctrl-C after this many steps in this invocation
     workers: int = 2
 
@@ -103,6 +104,7 @@ class RunPlan:
     spec: PreprocessSpec
     data: Path | None
     out: Path
+    init: str | None = None  # the bundle a fine-tuning run started from
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -111,10 +113,14 @@ class RunPlan:
 def plan_run(request: TrainRequest) -> RunPlan:
     """Resolve preset defaults and overrides; for --resume, start from the bundle and refuse a different config."""
     if request.resume is not None:
+        if request.init is not None:
+            raise ConfigError("--resume continues a run; --init starts one: pass only one of them")
         return _plan_resume(request)
-    preset = get_preset(request.preset or "digits")
     overrides = {k: v for k, v in (("epochs", request.epochs), ("batch_size", request.batch_size),
                                    ("lr", request.lr), ("seed", request.seed)) if v is not None}
+    if request.init is not None:
+        return finetune.plan_init(request, overrides)
+    preset = get_preset(request.preset or "digits")
     train_cfg = dataclasses.replace(preset.train, **overrides)
     model_cfg = preset.model
     if request.image_size:
@@ -155,7 +161,8 @@ def _plan_resume(request: TrainRequest) -> RunPlan:
         )
     run_dir = Path(request.out) if request.out else Path(request.resume).resolve().parent
     data = Path(saved["data"]) if saved.get("data") else None
-    return RunPlan(saved.get("preset", "custom"), info.model, info.train, info.preprocess, data, run_dir)
+    return RunPlan(saved.get("preset", "custom"), info.model, info.train, info.preprocess, data, run_dir,
+                   saved.get("init"))
 
 
 def _check_train_config(cfg: TrainConfig) -> None:
@@ -304,7 +311,8 @@ class RunBundles:
                 "seed": plan.train.seed,
                 "device": str(self.procs.device),
                 "processes": self.procs.world,
-                "run": {"preset": plan.preset, "data": str(plan.data.resolve()) if plan.data else None},
+                "run": {"preset": plan.preset, "data": str(plan.data.resolve()) if plan.data else None,
+                        "init": plan.init},
             },
         )
 
@@ -386,6 +394,8 @@ def _initial_model_and_state(
     torch.manual_seed(plan.train.seed)  # identical initial weights on every process
     if request.resume is None:
         model_cfg = dataclasses.replace(plan.model, num_classes=len(data.labels))
+        if plan.init is not None:  # fine-tuning: the imported weights, the head re-initialised if classes differ
+            return finetune.initial_model(Path(plan.init), model_cfg, data.labels, console.print), TrainState()
         if model_cfg.num_classes != plan.model.num_classes:
             console.print(f"head sized for the data: {len(data.labels)} classes")
         return build_model(model_cfg), TrainState()
