@@ -21,7 +21,8 @@ from vitdeploy import runtime
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
 from vitdeploy.onnx_file import find_latest_model
-from vitdeploy.prediction import PredictRequest, expand_inputs, predict
+from vitdeploy.inputs import expand_inputs
+from vitdeploy.prediction import PredictRequest, predict
 
 REPO = Path(__file__).resolve().parents[1]
 

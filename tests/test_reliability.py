@@ -131,7 +131,7 @@ def test_recursive_globs_end_on_link_cycles_and_list_each_file_once(tiny_onnx, t
     smooth_rgb(22, 20).save(root / "a" / "b" / "two.png")
     (root / "a" / "b" / "up").symlink_to(root / "a")  # a cycle
     (root / "a" / "loop").symlink_to(root)  # and another
-    code = ("import sys, json; from vitdeploy.prediction import expand_inputs; "
+    code = ("import sys, json; from vitdeploy.inputs import expand_inputs; "
             "print(json.dumps([str(p) for p in expand_inputs(sys.argv[1:], recursive=True)[0]]))")
     done = subprocess.run([sys.executable, "-c", code, f"{root}/**/*.png", str(root)], capture_output=True,
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})

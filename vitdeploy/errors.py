@@ -51,6 +51,10 @@ class DeviceError(VitDeployError):
     """A requested device (e.g. --device cuda) is not really usable here."""
 
 
+class InputError(VitDeployError):
+    """No input matched, or the output path cannot be written (exit code 2)."""
+
+
 class WriteError(VitDeployError):
     """A file could not be written (a full disk, no permission): one line naming it, exit code 2."""
 

@@ -120,7 +120,7 @@ def run_bench(
 ) -> BenchReport:
     """What `vitdeploy bench` does: pick the model (a preset with random weights, or an exported file and its
     bundle, by default the newest under models/), then benchmark it."""
-    from vitdeploy.prediction import expand_inputs
+    from vitdeploy.inputs import expand_inputs
 
     if preset and (model or bundle):
         raise ConfigError("--preset builds and exports its own model: give either MODEL/--bundle or --preset")

@@ -21,9 +21,9 @@ import torch
 from vitdeploy import images
 from vitdeploy.bundle import BundleInfo, find_latest_bundle, load_bundle  # the package's only bundle import
 from vitdeploy.config import PreprocessSpec
-from vitdeploy.errors import ConfigError
+from vitdeploy.errors import ConfigError, InputError
 from vitdeploy.explanation import maps, render
-from vitdeploy.prediction import InputError, expand_inputs
+from vitdeploy.inputs import expand_inputs
 
 METHODS = maps.METHODS
 BATCH = 32  # images per forward pass: grad-rollout keeps every block's activations for the backward
