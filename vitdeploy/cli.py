@@ -161,8 +161,13 @@ def predict(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
     workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs.")] = 2,
-    device: Annotated[str, typer.Option(help="auto (CUDA only if a session really gets it) | cpu | cuda.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    runtime: Annotated[
+        Optional[str], typer.Option(help="ort | openvino | reference. Default: the runtime the file was made for "
+                                    "(an OpenVINO variant records it), else ort.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (ort: CUDA only if a session really gets it; openvino: CPU) | cpu "
+                                        "| cuda | tensorrt (ort) | gpu | npu (openvino).")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="The runtime's threads (default: one per core).")] = None,
     top_k: Annotated[int, typer.Option(help="Best labels listed per image.")] = 5,
     output_format: Annotated[
         str, typer.Option("--format", help="table | json | jsonl | csv (rows are written as each batch ends).")
@@ -173,11 +178,12 @@ def predict(
     recursive: Annotated[bool, typer.Option(help="Search folders recursively; lets globs use **.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
-    """Classify images with an exported model (ONNX Runtime only: no torch needed).
+    """Classify images with an exported model on ONNX Runtime (no torch needed), OpenVINO or the ONNX reference.
 
     Every input gets one row: its top-k labels, or an error (path, error type, message) for a file that could not
-    be decoded. Exit code 0: all succeeded; 4: some inputs failed; 2: no input matched, or the model or the output
-    file is unusable; 130: interrupted (finished rows are kept).
+    be decoded, with the runtime and provider that ran it. Exit code 0: all succeeded; 4: some inputs failed; 2: no
+    input matched, or the model, the runtime, its device or the output file is unusable; 130: interrupted
+    (finished rows are kept).
 
     Example: vitdeploy predict samples/ --model models/digits/best/model.onnx --format csv -o predictions.csv
     """
@@ -189,7 +195,8 @@ def predict(
             raise ConfigError(f"--json means --format json; it contradicts --format {output_format}")
         output_format = "json"
     summary = vitdeploy.predict(
-        inputs, model=model, batch_size=batch_size, workers=workers, device=device, threads=threads, top_k=top_k,
+        inputs, model=model, batch_size=batch_size, workers=workers, runtime=runtime, device=device, threads=threads,
+        top_k=top_k,
         output_format=output_format, output=output, recursive=recursive, progress=output_format != "json",
         log=print_note,
     )
@@ -197,7 +204,8 @@ def predict(
         print_prediction_table(summary.rows)
     console.print(
         f"{summary.images_ok} images ok, {summary.images_failed} failed, {summary.images_per_second:.1f} images/s "
-        f"on {summary.provider} ({summary.model})" + (f"; rows in {summary.output}" if summary.output else ""),
+        f"on {summary.runtime.get('runtime', 'ort')} {summary.provider} ({summary.model})"
+        + (f"; rows in {summary.output}" if summary.output else ""),
         highlight=False, soft_wrap=True,
     )
     if summary.interrupted:
@@ -324,22 +332,28 @@ def verify(
     ] = "1,7,32",
     atol: Annotated[Optional[float], typer.Option(help="Max absolute logit difference (fp32 default 1e-4).")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance added to atol (fp32 default 0).")] = None,
+    runtime: Annotated[
+        Optional[str], typer.Option(help="Runtimes, comma-separated: ort, openvino, reference. Default: every one "
+                                    "installed and usable here (the slow reference only on small models).")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
 ) -> None:
-    """Compare PyTorch with ONNX Runtime on real and random inputs, at several batch sizes, on every provider that
-    really works here; when parity fails, name the first block whose output diverges.
+    """Compare PyTorch with every runtime (ONNX Runtime on every provider that really works, OpenVINO, the ONNX
+    reference) on real and random inputs at several batch sizes, and the runtimes with each other on the same file;
+    when parity fails, name the first block whose output diverges.
 
     Exit codes: 0 every check passed; 2 bad input (missing bundle or file, not ONNX, truncated, file and bundle
-    do not match, external data outside the model's folder); 3 a parity check failed.
+    do not match, external data outside the model's folder, a runtime named that is not installed or usable, an
+    op a runtime cannot run); 3 a parity check failed.
 
-    Example: vitdeploy verify models/digits/best/model.onnx --batch-sizes 1,7,32,64
+    Example: vitdeploy verify models/digits/best/model.onnx --runtime ort,openvino,reference --batch-sizes 1,7,32
     """
     import vitdeploy
     from vitdeploy.errors import EXIT_CHECK_FAILED
     from vitdeploy.verification import parity_tables
 
     report = vitdeploy.verify(model, bundle=bundle, images=images, batch_sizes=parse_batch_sizes(batch_sizes),
-                              atol=atol, rtol=rtol)
+                              atol=atol, rtol=rtol, runtime=runtime, notify=print_note)
 
     n = report.inputs
     console.print(f"inputs: {n['real']} real images ({n['real_source']}) + {n['random']} random", highlight=False)

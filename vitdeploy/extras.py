@@ -14,6 +14,7 @@ from vitdeploy.errors import VitDeployError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "onnx", "onnxscript", "safetensors", "sklearn"),
     "plot": ("matplotlib",),
+    "openvino": ("openvino", "nncf"),
 }
 
 
@@ -22,10 +23,10 @@ class MissingExtra(VitDeployError):
 
 
 def missing_modules(extra: str) -> list[str]:
-    return [name for name in EXTRAS[extra] if not _importable(name)]
+    return [name for name in EXTRAS[extra] if not importable(name)]
 
 
-def _importable(name: str) -> bool:
+def importable(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # an import hook refused it, or a stub without a spec stands in for it

@@ -176,6 +176,14 @@ def external_data_locations(data: bytes) -> list[tuple[str, str]]:
     return found
 
 
+def metadata_props_from_bytes(data: bytes) -> dict[str, str]:
+    """A serialized ModelProto's metadata_props (field 14: StringStringEntryProto key = 1, value = 2), read from the
+    wire format like external_data_locations, so that choosing a runtime for a file needs no `onnx` package.
+    Raises ValueError when `data` is not a protobuf message."""
+    return {b"".join(_fields(entry, 1)).decode("utf-8", "replace"): b"".join(_fields(entry, 2)).decode("utf-8", "replace")
+            for entry in _fields(data, 14)}
+
+
 def _fields(message: bytes | memoryview, number: int, varint: bool = False) -> list[Any]:
     """The values of one field of a protobuf message: length-delimited payloads (or varints with `varint`)."""
     view, values, i = memoryview(message), [], 0

@@ -2,12 +2,14 @@
 
 One code path (check_parity) serves both `vitdeploy verify` and the check that `vitdeploy export` runs before it
 moves a file into place:
-  - the same inputs go through PyTorch once and through ONNX Runtime at every batch size, on every provider that a
-    session really gets;
+  - the same inputs go through PyTorch once and through every target (a runtime on a device: ONNX Runtime on each
+    provider that a session really gets, OpenVINO, the ONNX reference) at every batch size;
   - every sample's logits are compared with PyTorch's, and with its own batch-1 ONNX output (a sample's result
     must not depend on what else is in its batch);
+  - every target is compared with every other on the same samples (runtime against runtime on the same file);
   - the named intermediates (embed, block_i, norm) are exposed as extra outputs of an in-memory copy of the graph
-    and compared with forward_with_intermediates(), so a failure names the first block that diverges.
+    and compared with forward_with_intermediates() on each target, so a failure names the first block that
+    diverges, and on which runtime.
 
 Which ONNX tensor holds which intermediate is found by value, not by name: at export, every rank-3 float tensor
 of the graph is exposed and each PyTorch intermediate is matched, in execution order, to the first tensor equal to
@@ -27,11 +29,45 @@ from typing import Any
 import numpy as np
 
 from vitdeploy.errors import CheckFailed, ConfigError, ModelFileError
-from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, uses_external_data
-from vitdeploy.runtime import CUDA, make_session, run_in_batches, short_provider_name, usable_providers
+from vitdeploy.onnx_file import OUTPUT_NAME, uses_external_data
+from vitdeploy.runtimes import Description, open_runtime
+from vitdeploy.runtimes.ort import short_provider_name
 
 INTERMEDIATES_SAMPLES = 4  # samples run through the graph copy with intermediates exposed
 NOT_FOUND = "(no tensor matches)"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One runtime on one device, as check_parity runs it. max_samples: run only the first N inputs (the reference
+    runtime is too slow for all of them); precision None: the file's own."""
+
+    runtime: str
+    device: str = "cpu"
+    precision: str | None = None
+    max_samples: int | None = None
+
+
+def default_targets(runtimes: tuple[str, ...] | list[str] = ("ort",)) -> list[Target]:
+    """Every device each runtime really has here: ORT's CPU and, where a session gets them, CUDA and TensorRT;
+    OpenVINO's CPU (GPU, NPU where listed); the reference on REFERENCE_MAX_SAMPLES samples."""
+    from vitdeploy.runtimes import runtime_status
+
+    targets = []
+    for name in runtimes:
+        if name == "reference":
+            from vitdeploy.runtimes.reference import REFERENCE_MAX_SAMPLES
+
+            targets.append(Target(name, max_samples=REFERENCE_MAX_SAMPLES))
+        else:
+            targets += [Target(name, device) for device in runtime_status(name).devices]
+    return targets
+
+
+def target_key(description: Description) -> str:
+    """Where a target's results go in the report: ONNX Runtime's by provider (CPUExecutionProvider, as before other
+    runtimes existed), the others by label (openvino:CPU:fp32, reference)."""
+    return description.provider if description.runtime == "ort" else description.label
 
 
 @dataclass(frozen=True)
@@ -66,9 +102,9 @@ TOLERANCES = {
 
 @dataclass
 class ParityCase:
-    """One provider at one batch size, over all samples."""
+    """One target (runtime on a device) at one batch size, over all its samples."""
 
-    provider: str
+    provider: str  # the report key of the target (target_key)
     batch_size: int
     samples: int
     max_abs: float
@@ -78,6 +114,22 @@ class ParityCase:
     batch_invariance_max_abs: float  # vs the same samples' ONNX outputs at batch size 1
     passed: bool
     non_finite: int = 0  # samples whose ONNX logits hold NaN or Inf
+    runtime: str = "ort"
+    precision: str = "fp32"  # the precision the runtime ran in
+
+
+@dataclass
+class CrossCase:
+    """Runtime against runtime on the same file: two targets' batch-1 logits on the samples both ran."""
+
+    a: str
+    b: str
+    samples: int
+    max_abs: float
+    max_rel: float
+    min_cosine: float
+    top1_agreement: float
+    passed: bool
 
 
 @dataclass
@@ -96,7 +148,7 @@ class ParityReport:
     model_path: str
     precision: str
     tolerance: Tolerance
-    providers: list[str]  # as reported by the sessions themselves
+    providers: list[str]  # the targets' report keys, from what the sessions themselves report (target_key)
     batch_sizes: list[int]
     inputs: dict[str, Any]  # real: count, real_source, random: count
     cases: list[ParityCase]
@@ -104,11 +156,14 @@ class ParityReport:
     accuracy: dict[str, float] = field(default_factory=dict)  # on labelled real images: pytorch, onnx:<provider>
     notes: list[str] = field(default_factory=list)
     located: dict[str, str] = field(default_factory=dict)  # intermediates found by value (check_parity(None))
+    runtimes: list[dict[str, str]] = field(default_factory=list)  # each target's describe(): runtime, device, ...
+    cross: list[CrossCase] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         layers_ok = all(d.passed for diffs in self.layers.values() for d in diffs)
-        return bool(self.cases) and all(c.passed for c in self.cases) and layers_ok
+        cross_ok = all(c.passed for c in self.cross)
+        return bool(self.cases) and all(c.passed for c in self.cases) and layers_ok and cross_ok
 
     def first_divergence(self) -> dict[str, str]:
         """Per provider, the first intermediate (in execution order) outside tolerance."""
@@ -136,6 +191,10 @@ class ParityReport:
             if c.batch_invariance_max_abs > tol.atol:
                 why.append(f"output depends on the batch (|diff| vs batch 1: {c.batch_invariance_max_abs:.2e})")
             lines.append(f"{short_provider_name(c.provider)} batch {c.batch_size}: " + ("; ".join(why) or "outside rtol"))
+        for c in self.cross:
+            if not c.passed:
+                lines.append(f"{short_provider_name(c.a)} vs {short_provider_name(c.b)} on the same file: max |diff| "
+                             f"{c.max_abs:.2e}, top-1 agreement {c.top1_agreement:.1%}")
         for provider, name in self.first_divergence().items():
             lines.append(f"{short_provider_name(provider)}: first diverging intermediate: {name}")
         return lines
@@ -148,6 +207,7 @@ class ParityReport:
             "atol": self.tolerance.atol,
             "rtol": self.tolerance.rtol,
             "providers": self.providers,
+            "runtimes": sorted({r["runtime"] for r in self.runtimes}),
             "batch_sizes": self.batch_sizes,
             "samples": self.inputs,
             "max_abs": max(c.max_abs for c in self.cases),
@@ -163,9 +223,11 @@ class ParityReport:
             "precision": self.precision,
             "tolerance": asdict(self.tolerance),
             "providers": self.providers,
+            "runtimes": self.runtimes,
             "batch_sizes": self.batch_sizes,
             "inputs": self.inputs,
             "cases": [asdict(c) for c in self.cases],
+            "cross": [asdict(c) for c in self.cross],
             "layers": {p: [asdict(d) for d in diffs] for p, diffs in self.layers.items()},
             "first_divergence": self.first_divergence(),
             "accuracy": self.accuracy,
@@ -210,12 +272,14 @@ def check_parity(
     precision: str = "fp32",
     labels: np.ndarray | None = None,
     input_notes: dict[str, Any] | None = None,
+    targets: list[Target] | None = None,
 ) -> ParityReport:
-    """Compare PyTorch `model` with the ONNX file on `inputs` (N, C, H, W) float32 at every batch size and provider.
+    """Compare PyTorch `model` with the ONNX file on `inputs` (N, C, H, W) float32 at every batch size on every
+    target (default: ONNX Runtime on each provider that really works here), and the targets with each other.
 
     `intermediates` names the tensors that hold each block's output (as recorded in the file); None: find them by
-    value (what export does; the report's `located` holds what was found, to be recorded in the file).
-    `labels` (one per leading sample, may cover fewer than N) adds accuracy on those samples to the report.
+    value (what export does; the report's `located` holds what the first target found, to be recorded in the
+    file). `labels` (one per leading sample, may cover fewer than N) adds accuracy on those samples to the report.
     """
     from vitdeploy.model import logits_in_batches
 
@@ -236,27 +300,27 @@ def check_parity(
     if labels is not None and len(labels):
         report.accuracy["pytorch"] = float(np.mean(reference[: len(labels)].argmax(1) == labels))
 
-    for device in ("cpu", "cuda") if CUDA in usable_providers() else ("cpu",):
-        session, provider = make_session(onnx_path, device=device)
-        report.providers.append(provider)
-        outputs = {b: run_in_batches(session, inputs, b) for b in batch_sizes}
+    batch_one: dict[str, np.ndarray] = {}
+    for target in targets if targets is not None else default_targets():
+        session = open_runtime(target.runtime, onnx_path, target.device, target.precision)
+        key = target_key(session.description)
+        report.providers.append(key)
+        report.runtimes.append(session.describe())
+        count = len(inputs) if target.max_samples is None else min(len(inputs), max(target.max_samples, *batch_sizes))
+        if count < len(inputs):
+            report.notes.append(f"{key}: {count} of the {len(inputs)} samples (the {target.runtime} runtime is slow)")
+        outputs = {b: session.run_in_batches(inputs[:count], b) for b in batch_sizes}
+        batch_one[key] = outputs[1]
         for b in batch_sizes:
-            m = compare_logits(reference, outputs[b])
-            invariance = float(np.abs(outputs[b] - outputs[1]).max())
-            non_finite = int((~np.isfinite(outputs[b]).all(axis=1)).sum())
-            passed = (
-                not non_finite
-                and tolerance.allows(reference, outputs[b])
-                and m["top1_agreement"] >= tolerance.min_top1_agreement
-                and invariance <= tolerance.atol
-            )
-            report.cases.append(ParityCase(provider, b, len(inputs), **m, batch_invariance_max_abs=invariance,
-                                           passed=passed, non_finite=non_finite))
+            report.cases.append(_case(key, session.description, b, reference[:count], outputs[b], outputs[1],
+                                      tolerance))
         if labels is not None and len(labels):
-            report.accuracy[f"onnx:{provider}"] = float(np.mean(outputs[1][: len(labels)].argmax(1) == labels))
-        report.layers[provider] = compare_intermediates(
-            model, onnx_path, inputs[:INTERMEDIATES_SAMPLES], intermediates, tolerance, device
+            scored = labels[:count]
+            report.accuracy[f"onnx:{key}"] = float(np.mean(outputs[1][: len(scored)].argmax(1) == scored))
+        report.layers[key] = compare_intermediates(
+            model, onnx_path, inputs[:INTERMEDIATES_SAMPLES], intermediates, tolerance, target
         )
+    report.cross = _cross(batch_one, tolerance)
     if intermediates is None:
         layers = next(iter(report.layers.values()), [])
         report.located = {d.name: d.tensor for d in layers if d.passed and d.name != "logits"}
@@ -265,6 +329,33 @@ def check_parity(
     return report
 
 
+def _case(key: str, description: Description, batch_size: int, reference: np.ndarray, output: np.ndarray,
+          batch_one: np.ndarray, tolerance: Tolerance) -> ParityCase:
+    m = compare_logits(reference, output)
+    invariance = float(np.abs(output - batch_one).max())
+    non_finite = int((~np.isfinite(output).all(axis=1)).sum())
+    passed = (
+        not non_finite
+        and tolerance.allows(reference, output)
+        and m["top1_agreement"] >= tolerance.min_top1_agreement
+        and invariance <= tolerance.atol
+    )
+    return ParityCase(key, batch_size, len(output), **m, batch_invariance_max_abs=invariance, passed=passed,
+                      non_finite=non_finite, runtime=description.runtime, precision=description.precision)
+
+
+def _cross(outputs: dict[str, np.ndarray], tolerance: Tolerance) -> list[CrossCase]:
+    """Every pair of targets on the samples both ran, judged by the same tolerance as against PyTorch."""
+    keys, cases = list(outputs), []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            n = min(len(outputs[a]), len(outputs[b]))
+            left, right = outputs[a][:n], outputs[b][:n]
+            m = compare_logits(left, right)
+            passed = (bool(np.isfinite(right).all() and np.isfinite(left).all()) and tolerance.allows(left, right)
+                      and m["top1_agreement"] >= tolerance.min_top1_agreement)
+            cases.append(CrossCase(a, b, n, **m, passed=passed))
+    return cases
 
 
 def resolve_tolerance(precision: str, atol: float | None, rtol: float | None) -> Tolerance:
@@ -287,7 +378,7 @@ def resolve_tolerance(precision: str, atol: float | None, rtol: float | None) ->
 
 def compare_intermediates(
     model: Any, onnx_path: Path, inputs: np.ndarray, intermediates: dict[str, str] | None, tolerance: Tolerance,
-    device: str,
+    target: Target,
 ) -> list[LayerDiff]:
     """Compare each of forward_with_intermediates()'s values with the ONNX tensor that holds it, in execution order.
 
@@ -304,7 +395,7 @@ def compare_intermediates(
     cfg = model.cfg
     candidates = _token_tensors(onnx_path, cfg.num_patches + 1, cfg.dim) if intermediates is None else [
         t for name, t in intermediates.items() if name in named]
-    outputs = _run_with_outputs(onnx_path, inputs, candidates, device)
+    outputs = _run_with_outputs(onnx_path, inputs, candidates, target)
     diffs, start = [], 0
     for name, value in named.items():  # execution order: embed, block_0.., norm, logits
         reference = value.float().numpy()
@@ -357,8 +448,8 @@ def _token_tensors(onnx_path: Path, tokens: int, width: int) -> list[str]:
     return [name for node in proto.graph.node for name in node.output if fits(name)]
 
 
-def _run_with_outputs(onnx_path: Path, inputs: np.ndarray, tensors: list[str], device: str) -> dict[str, np.ndarray]:
-    """Run a copy of the model (never the file itself) with `tensors` added as graph outputs."""
+def _run_with_outputs(onnx_path: Path, inputs: np.ndarray, tensors: list[str], target: Target) -> dict[str, np.ndarray]:
+    """Run a copy of the model (never the file itself) with `tensors` added as graph outputs, on `target`."""
     import onnx
 
     proto = onnx.load(os.fspath(onnx_path), load_external_data=False)
@@ -367,15 +458,17 @@ def _run_with_outputs(onnx_path: Path, inputs: np.ndarray, tensors: list[str], d
         if name not in existing:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     names = [OUTPUT_NAME, *[t for t in tensors if t != OUTPUT_NAME]]
+    def run(model: str | bytes) -> dict[str, np.ndarray]:
+        session = open_runtime(target.runtime, model, target.device, target.precision)
+        return session.run_outputs(inputs, names)
+
     if not uses_external_data(proto):
-        session, _ = make_session(proto.SerializeToString(), device=device)
-        return dict(zip(names, session.run(names, {INPUT_NAME: inputs})))
+        return run(proto.SerializeToString())
     # External data is resolved relative to the model file, so the copy must sit beside the original.
     fd, copy_path = tempfile.mkstemp(prefix=".vitdeploy-verify-", suffix=".onnx", dir=onnx_path.parent)
     os.close(fd)
     try:
         onnx.save_model(proto, copy_path)
-        session, _ = make_session(copy_path, device=device)
+        return run(copy_path)
     finally:
-        os.unlink(copy_path)  # ORT has read the graph and the weights by now
-    return dict(zip(names, session.run(names, {INPUT_NAME: inputs})))
+        os.unlink(copy_path)

@@ -1,0 +1,67 @@
+"""The ONNX reference implementation (onnx.reference.ReferenceEvaluator) as a runtime: a slow oracle.
+
+It computes each op as the ONNX specification states it, in numpy, one node at a time, and shares no kernel with
+ONNX Runtime or OpenVINO, so agreement with them is evidence about the file rather than about one runtime. It is
+slow: about 0.05 s per image for the digits model and minutes per batch for ViT-Ti/16 (measured in
+benchmarks/runtimes.md), so verify runs it on fewer samples (REFERENCE_MAX_SAMPLES). It needs the `onnx` package
+(the [train] extra) and runs on the CPU only, in the file's own precision.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vitdeploy.errors import ConfigError, ModelFileError
+from vitdeploy.onnx_file import INPUT_NAME
+from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
+
+NAME = "reference"
+DEVICES = ("auto", "cpu")
+PROVIDER = "onnx.reference"
+# Samples verify runs through it: enough for every batch size up to 32, and seconds, not minutes, on small models.
+REFERENCE_MAX_SAMPLES = 32
+# Models above this many MACs per image are too slow for it to be chosen by default (ViT-Ti/16 has 1.25 G).
+DEFAULT_MAX_GMACS = 0.1
+_ELEMENT_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}  # onnx.TensorProto data types
+
+
+class ReferenceSession(Session):
+    def __init__(self, model: str | os.PathLike[str] | bytes, device: str = "auto"):
+        import onnx
+        from google.protobuf.message import DecodeError
+        from onnx.reference import ReferenceEvaluator
+
+        if device not in DEVICES:
+            raise ConfigError(f"the reference runtime runs on the CPU only, not {device!r}")
+        self.path = None if isinstance(model, bytes) else Path(model)
+        try:
+            if self.path is not None:
+                check_model_file(self.path)
+                proto = onnx.load(os.fspath(self.path))  # external data beside it is read too
+            else:
+                proto = onnx.load_model_from_string(model)
+        except DecodeError:
+            raise ModelFileError(f"{self.path or 'model bytes'} is not an ONNX model (it does not parse)") from None
+        try:
+            self.evaluator = ReferenceEvaluator(proto)
+        except NotImplementedError as e:  # raised for an op it has no implementation of, naming it
+            raise ModelFileError(f"{self.path or 'model bytes'}: the reference runtime cannot run it: {e}") from None
+        self.metadata = {p.key: p.value for p in proto.metadata_props}
+        self.inputs = [_tensor(v) for v in proto.graph.input]
+        self.outputs = [_tensor(v) for v in proto.graph.output]
+        self.description = Description(NAME, "cpu", PROVIDER, str(export_record(self.metadata).get("precision", "fp32")))
+
+    def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        results = self.evaluator.run(list(names), {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(names, results)}
+
+
+def _tensor(value: object) -> TensorSpec:
+    tensor_type = value.type.tensor_type  # type: ignore[attr-defined]
+    dims = (tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
+            if tensor_type.HasField("shape") else None)
+    return TensorSpec(value.name, _ELEMENT_TYPES.get(tensor_type.elem_type, str(tensor_type.elem_type)), dims)  # type: ignore[attr-defined]
