@@ -161,6 +161,7 @@ def bench(
     bundle: PathLike | None = None,
     preset: str | None = None,
     variants: str | Sequence[str] | None = None,
+    runtimes: str | Sequence[str] | None = None,
     batch_sizes: Sequence[int] = (1, 8, 32),
     warmup_iters: int = 3,
     warmup_seconds: float = 1.0,
@@ -177,7 +178,9 @@ def bench(
     log: Callable[[str], None] = to_stderr,
 ) -> BenchReport:
     """Benchmark an exported model (default: the newest .onnx under models/) and the variant files export wrote
-    beside it, or a `preset` with random weights, against PyTorch eager, interleaved, with the fair protocol.
+    beside it, or a `preset` with random weights, against PyTorch eager, interleaved, with the fair protocol, on
+    every runtime (or `runtimes`: "ort,openvino"); report.best_variant names the fastest variant per batch size
+    that passed its accuracy check on its runtime.
 
     `p99_budget` adds report.recommendation; `baseline` (an earlier `output`) adds report.regression, whose
     "regressed" list names every variant slower than the baseline by more than `max_regress` percent (the CLI
@@ -193,7 +196,7 @@ def bench(
     settings = benchmark.BenchSettings(
         batch_sizes=tuple(batch_sizes), variants=tuple(n.strip() for n in names if n.strip()) if names else None,
         warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters, min_seconds=min_seconds,
-        threads=threads,
+        threads=threads, runtimes=_runtimes(runtimes),
     )
     baseline_report = benchmark.load_report(Path(baseline)) if baseline else None  # before minutes of measuring
     with benchmark.progress_display(Console(stderr=True), settings, json_output=not progress) as on_point:

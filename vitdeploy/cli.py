@@ -244,8 +244,11 @@ def export(
     ] = False,
     precision: Annotated[
         Optional[list[str]],
-        typer.Option(help="fp32 (default), fp16, int8; several as fp16,int8 or repeated. fp16 (for GPUs, built "
-                     "from the fused graph) goes to MODEL.fp16.onnx, int8 (for CPUs) to MODEL.int8.onnx."),
+        typer.Option(help="fp32 (default), fp16, int8, ov-bf16, ov-int8; several as fp16,int8 or repeated. fp16 "
+                     "(ONNX Runtime on GPUs, built from the fused graph) goes to MODEL.fp16.onnx, int8 (ONNX Runtime "
+                     "on CPUs) to MODEL.int8.onnx; ov-bf16 (OpenVINO in bf16, on CPUs with AVX512_BF16 or AMX) to "
+                     "MODEL.ov-bf16.onnx and ov-int8 (NNCF INT8 for OpenVINO) to MODEL.ov-int8.onnx: each judged "
+                     "on the runtime it is for."),
     ] = None,
     max_accuracy_drop: Annotated[
         float, typer.Option(help="Accuracy gate: percentage points of held-out accuracy a variant may lose against "
@@ -271,7 +274,7 @@ def export(
     unsupported opset or precision); 3 parity failed (nothing written), or a variant failed the accuracy gate
     (that variant not written; the fp32 file and the variants that passed were).
 
-    Example: vitdeploy export models/digits/best --optimize --precision fp16,int8
+    Example: vitdeploy export models/digits/best --optimize --precision fp16,int8,ov-bf16,ov-int8
     """
     import vitdeploy
     from vitdeploy.parity import ParityError
@@ -388,7 +391,12 @@ def bench(
     ] = None,
     variants: Annotated[
         Optional[str], typer.Option(help="Comma-separated: torch, ort-cpu, ort-cpu-fused, ort-cpu-int8, torch-cuda, "
-                                    "ort-cuda, ort-cuda-graph, ort-cuda-fp16. Default: all that can run here.")
+                                    "ort-cuda, ort-cuda-graph, ort-cuda-fp16, ort-tensorrt, ov-cpu, ov-cpu-bf16, "
+                                    "ov-cpu-int8. Default: all that can run here.")
+    ] = None,
+    runtimes: Annotated[
+        Optional[str], typer.Option(help="Only these runtimes' variants, comma-separated: ort, openvino (PyTorch "
+                                    "eager stays as the baseline). Default: every runtime.")
     ] = None,
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
     warmup_iters: Annotated[int, typer.Option(help="Warm-up runs per variant and batch size (at least).")] = 3,
@@ -415,12 +423,15 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option(help="Save latency and throughput against batch size (PNG).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")] = False,
 ) -> None:
-    """Benchmark PyTorch eager against ONNX Runtime (and CUDA variants where CUDA really works), interleaved.
+    """Benchmark PyTorch eager against ONNX Runtime and OpenVINO in every precision (and CUDA / TensorRT variants
+    where they really work), interleaved, and name the fastest variant that passed its accuracy check.
 
-    Times the files export wrote: model.onnx, and beside it model.fp32-opt.onnx, model.int8.onnx and
-    model.fp16.onnx when they exist (a missing one is skipped, naming the export command that makes it).
-    Reports p50/p90/p99/mean/std latency, images/s, speed-up against eager in the same run, cold start, model
-    FLOPs utilisation against this machine's measured matmul peak, and each file's accuracy check from export.
+    Times the files export wrote: model.onnx, and beside it model.fp32-opt.onnx, model.int8.onnx,
+    model.fp16.onnx, model.ov-bf16.onnx and model.ov-int8.onnx when they exist (a missing one is skipped, naming
+    the export command that makes it). Reports p50/p90/p99/mean/std latency, images/s, speed-up against eager and
+    against ONNX Runtime fp32 in the same run, cold start, model FLOPs utilisation against this machine's peak at
+    the variant's precision, each file's accuracy check from export, and per batch size the fastest variant whose
+    check passed on its runtime (untested variants are never recommended).
     On a terminal, stderr shows the batch size and variants being measured and the time left (not with --json).
 
     Exit codes: 0 done; 2 bad input (no model, unknown variant, a variant requested that cannot run here: no
@@ -432,7 +443,8 @@ def bench(
     from vitdeploy import benchmark as bench_module
 
     report = vitdeploy.bench(
-        model, bundle=bundle, preset=preset, variants=variants, batch_sizes=parse_batch_sizes(batch_sizes),
+        model, bundle=bundle, preset=preset, variants=variants, runtimes=runtimes,
+        batch_sizes=parse_batch_sizes(batch_sizes),
         warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters, min_seconds=min_seconds,
         threads=threads, end_to_end=end_to_end, p99_budget=p99_budget, baseline=baseline, max_regress=max_regress,
         output=output, plot=plot, progress=not json_output, log=print_note,

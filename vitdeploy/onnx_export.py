@@ -106,7 +106,7 @@ def onnxruntime_max_opset() -> int:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from vitdeploy.runtime import CPU
+    from vitdeploy.runtimes.ort import CPU
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],

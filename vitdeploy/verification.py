@@ -136,7 +136,7 @@ def export_parity(model: Any, info: BundleInfo, onnx_path: Path) -> ParityReport
     runtimes = ["ort"] + [name for name in ("openvino",) if runtime_status(name).usable]
     report = check_parity(
         model, onnx_path, inputs, EXPORT_BATCH_SIZES, resolve_tolerance(meta.precision, None, None), None,
-        meta.precision, labels, counts, default_targets(runtimes),
+        meta.precision, labels, counts, default_targets(runtimes), layers_on_first_only=True,
     )
     report.notes[:0] = notes
     return report
