@@ -46,21 +46,25 @@ class Target:
     device: str = "cpu"
     precision: str | None = None
     max_samples: int | None = None
+    optional: bool = False  # chosen by default rather than named: a file it cannot run is noted and skipped
 
 
-def default_targets(runtimes: tuple[str, ...] | list[str] = ("ort",)) -> list[Target]:
+def default_targets(runtimes: tuple[str, ...] | list[str] = ("ort",), optional: bool = False) -> list[Target]:
     """Every device each runtime really has here: ORT's CPU and, where a session gets them, CUDA and TensorRT;
-    OpenVINO's CPU (GPU, NPU where listed); the reference on REFERENCE_MAX_SAMPLES samples."""
+    OpenVINO's CPU (GPU, NPU where listed); the reference on REFERENCE_MAX_SAMPLES samples. `optional`: the
+    runtimes were chosen by default, so one that cannot run the file is skipped with a note (ONNX Runtime never:
+    a file it cannot load is a bad file)."""
     from vitdeploy.runtimes import runtime_status
 
     targets = []
     for name in runtimes:
+        skippable = optional and name != "ort"
         if name == "reference":
             from vitdeploy.runtimes.reference import REFERENCE_MAX_SAMPLES
 
-            targets.append(Target(name, max_samples=REFERENCE_MAX_SAMPLES))
+            targets.append(Target(name, max_samples=REFERENCE_MAX_SAMPLES, optional=skippable))
         else:
-            targets += [Target(name, device) for device in runtime_status(name).devices]
+            targets += [Target(name, device, optional=skippable) for device in runtime_status(name).devices]
     return targets
 
 
@@ -83,6 +87,14 @@ class Tolerance:
     def allows(self, reference: np.ndarray, candidate: np.ndarray) -> bool:
         return bool(np.all(np.abs(candidate - reference) <= self.atol + self.rtol * np.abs(reference)))
 
+    def agrees(self, top1_agreement: float, samples: int) -> bool:
+        """At least min_top1_agreement of the samples with the same top-1 class; where that allows any
+        disagreement at all, one disagreeing sample always passes: below 100 samples a single near-tie flipping
+        would otherwise fail a 99% criterion that the sample count cannot resolve."""
+        if top1_agreement >= self.min_top1_agreement:
+            return True
+        return self.min_top1_agreement < 1.0 and round((1.0 - top1_agreement) * samples) <= 1
+
 
 # Per precision, as recorded by export in the file's metadata. fp32: ONNX Runtime's own fp32 validation
 # tolerance (1e-4); measured fp32 differences here are ~1e-6, so this leaves a 100x margin without hiding a bug.
@@ -91,12 +103,16 @@ class Tolerance:
 # by at most 0.13 (digits, static), 0.06 (digits, dynamic), 0.02 / 0.04 (ViT-Ti): 0.5 leaves a margin and still
 # fails a broken quantization. Static INT8 is calibrated on real images; random noise can fall outside those
 # ranges (digits: up to 0.49 on noise vs 0.07 on the same number of real images), so int8 is judged on the real
-# images only. The accuracy gate at export (vitdeploy.optimize) decides whether a variant is handed out at all;
-# these tolerances re-check the file.
+# images only. bf16 (OpenVINO's ov-bf16: 8 significant bits, 3 fewer than fp16) has no standard either: fp16's
+# rtol with a larger atol; measured on real held-out images (OpenVINO CPU, AMX): 3.4e-2 (digits). Judged on real
+# images, as int8.
+# The accuracy gate at export (vitdeploy.precision) decides whether a variant is handed out at all; these
+# tolerances re-check the file.
 TOLERANCES = {
     "fp32": Tolerance(atol=1e-4, rtol=0.0),
     "fp16": Tolerance(atol=1e-1, rtol=5e-2, min_top1_agreement=0.99),
     "int8": Tolerance(atol=0.5, rtol=0.0, min_top1_agreement=0.99, real_images_only=True),
+    "bf16": Tolerance(atol=0.25, rtol=5e-2, min_top1_agreement=0.99, real_images_only=True),
 }
 
 
@@ -186,7 +202,7 @@ class ParityReport:
             why = []
             if c.max_abs > tol.atol:
                 why.append(f"max |diff| {c.max_abs:.2e} > atol {tol.atol:g}")
-            if c.top1_agreement < tol.min_top1_agreement:
+            if not tol.agrees(c.top1_agreement, c.samples):
                 why.append(f"top-1 agreement {c.top1_agreement:.1%}")
             if c.batch_invariance_max_abs > tol.atol:
                 why.append(f"output depends on the batch (|diff| vs batch 1: {c.batch_invariance_max_abs:.2e})")
@@ -305,7 +321,13 @@ def check_parity(
 
     batch_one: dict[str, np.ndarray] = {}
     for index, target in enumerate(targets if targets is not None else default_targets()):
-        session = open_runtime(target.runtime, onnx_path, target.device, target.precision)
+        try:
+            session = open_runtime(target.runtime, onnx_path, target.device, target.precision)
+        except ModelFileError as e:
+            if not target.optional:
+                raise
+            report.notes.append(f"{target.runtime} skipped: {e}")
+            continue
         key = target_key(session.description)
         report.providers.append(key)
         report.runtimes.append(session.describe())
@@ -319,7 +341,8 @@ def check_parity(
                                       tolerance))
         if labels is not None and len(labels):
             scored = labels[:count]
-            report.accuracy[f"onnx:{key}"] = float(np.mean(outputs[1][: len(scored)].argmax(1) == scored))
+            name = f"onnx:{key}" + (f" (first {len(scored)} images)" if len(scored) < len(labels) else "")
+            report.accuracy[name] = float(np.mean(outputs[1][: len(scored)].argmax(1) == scored))
         if index == 0 or not layers_on_first_only:
             report.layers[key] = compare_intermediates(
                 model, onnx_path, inputs[:INTERMEDIATES_SAMPLES], intermediates, tolerance, target
@@ -341,7 +364,7 @@ def _case(key: str, description: Description, batch_size: int, reference: np.nda
     passed = (
         not non_finite
         and tolerance.allows(reference, output)
-        and m["top1_agreement"] >= tolerance.min_top1_agreement
+        and tolerance.agrees(m["top1_agreement"], len(output))
         and invariance <= tolerance.atol
     )
     return ParityCase(key, batch_size, len(output), **m, batch_invariance_max_abs=invariance, passed=passed,
@@ -357,7 +380,7 @@ def _cross(outputs: dict[str, np.ndarray], tolerance: Tolerance) -> list[CrossCa
             left, right = outputs[a][:n], outputs[b][:n]
             m = compare_logits(left, right)
             passed = (bool(np.isfinite(right).all() and np.isfinite(left).all()) and tolerance.allows(left, right)
-                      and m["top1_agreement"] >= tolerance.min_top1_agreement)
+                      and tolerance.agrees(m["top1_agreement"], n))
             cases.append(CrossCase(a, b, n, **m, passed=passed))
     return cases
 

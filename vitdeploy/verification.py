@@ -174,7 +174,8 @@ def verify(
     from vitdeploy.runtimes.reference import DEFAULT_MAX_GMACS
 
     too_slow = ("reference",) if count_macs(info.model).gmacs > DEFAULT_MAX_GMACS else ()
-    targets = runtime_targets(select_runtimes(runtimes, notify, exclude_by_default=too_slow), meta)
+    targets = runtime_targets(select_runtimes(runtimes, notify, exclude_by_default=too_slow), meta,
+                              optional=runtimes is None)
     model, info = load_bundle(bundle_dir)
     precision = meta.precision
     tolerance = resolve_tolerance(precision, atol, rtol)
@@ -192,16 +193,17 @@ def verify(
     return report
 
 
-def runtime_targets(runtimes: list[str], meta: OnnxModelInfo) -> list[Target]:
-    """The targets for these runtimes; a file made for one runtime (an OpenVINO variant whose precision is a setting
-    of that runtime, such as ov-bf16) is checked on that runtime only."""
+def runtime_targets(runtimes: list[str], meta: OnnxModelInfo, optional: bool = False) -> list[Target]:
+    """The targets for these runtimes (`optional`: chosen by default, so each may be skipped where it cannot run
+    the file); a file made for one runtime (an OpenVINO variant whose precision is a setting of that runtime, such
+    as ov-bf16) is checked on that runtime only."""
     made_for = meta.export.get("runtime")
     if made_for and meta.export.get("inference_precision") not in (None, "fp32"):
         runtimes = [name for name in runtimes if name == made_for]
         if not runtimes:
             raise ConfigError(f"{meta.path} is {made_for}'s {meta.export.get('variant')} variant: verify it with "
                               f"--runtime {made_for}")
-    return default_targets(runtimes)
+    return default_targets(runtimes, optional)
 
 
 def _bundle_for(path: Path, meta: OnnxModelInfo) -> Path:

@@ -10,6 +10,7 @@ benchmarks/runtimes.md), so verify runs it on fewer samples (REFERENCE_MAX_SAMPL
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,8 +49,10 @@ class ReferenceSession(Session):
             raise ModelFileError(f"{self.path or 'model bytes'} is not an ONNX model (it does not parse)") from None
         try:
             self.evaluator = ReferenceEvaluator(proto)
-        except NotImplementedError as e:  # raised for an op it has no implementation of, naming it
-            raise ModelFileError(f"{self.path or 'model bytes'}: the reference runtime cannot run it: {e}") from None
+        except RuntimeError as e:  # onnx.reference raises RuntimeError (NotImplementedError for unknown domains)
+            # for an op, or an op version, it has no implementation of; the message names the op
+            raise ModelFileError(f"{self.path or 'model bytes'}: the reference runtime cannot run it: "
+                                 f"{_missing_op(str(e))}") from None
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.inputs = [_tensor(v) for v in proto.graph.input]
         self.outputs = [_tensor(v) for v in proto.graph.output]
@@ -58,6 +61,18 @@ class ReferenceSession(Session):
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         results = self.evaluator.run(list(names), {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(names, results)}
+
+
+def _missing_op(message: str) -> str:
+    """onnx.reference's refusal, shortened to the op (and version or domain) it has no implementation of."""
+    versioned = re.search(r"No implementation for operator '([^']+)' domain '([^']*)' and version (\d+)", message)
+    if versioned:
+        op, domain, version = versioned.groups()
+        return f"no implementation of op {op} (domain {domain or 'ai.onnx'}) at opset {version}"
+    unknown = re.search(r"Node type '([^']+)' from domain '([^']*)' is unknown", message)
+    if unknown:
+        return f"no implementation of op {unknown.group(1)} (domain {unknown.group(2)})"
+    return message.strip().splitlines()[0]
 
 
 def _tensor(value: object) -> TensorSpec:
