@@ -72,7 +72,7 @@ def measure(bundle: Path, settings: bench.BenchSettings, log: Any) -> dict[str, 
         runners: list[bench.Runner] = [bench.TorchRunner(bench.VARIANTS["torch"], under_test)]
         for name, (file, file_precision, description) in FILES.items():
             if (work / file).is_file():
-                spec = bench.VariantSpec(name, "onnxruntime", "cpu", file_precision, description)
+                spec = bench.VariantSpec(name, "ort", "cpu", file_precision, description)
                 runners.append(bench.OrtCpuRunner(spec, work / file, threads))
 
         def batch_for(batch_size: int) -> np.ndarray:

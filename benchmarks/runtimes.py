@@ -102,11 +102,13 @@ def markdown(reports: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         gate_of = {g["variant"]: g for g in r["gates"]}
-        for row in sorted(bench["results"], key=lambda x: (x["batch_size"], list(bench["variants"]).index(x["variant"]))):
+        order = list(bench["variants"])
+        for row in sorted(bench["results"], key=lambda x: (x["batch_size"], order.index(x["variant"]))):
             variant = bench["variants"][row["variant"]]
             accuracy = (variant.get("accuracy") or {}).get("summary") or {}
             status = (bench.get("best_variant") or {}).get("gate", {}).get(row["variant"], "")
-            acc = (f"{accuracy['accuracy']:.2%} | {-accuracy['accuracy_drop_pt']:+.2f} pt | "
+            acc = (f"{accuracy['accuracy']:.2%} | "
+                   f"{100 * (accuracy['accuracy'] - accuracy['reference_accuracy']):+.2f} pt | "
                    f"{accuracy['top1_agreement']:.2%}") if "accuracy" in accuracy else "| |"
             lines.append(
                 f"| {row['variant']} | {row.get('runtime')} {row.get('provider')} {row.get('precision')} | "
@@ -118,8 +120,8 @@ def markdown(reports: list[dict[str, Any]]) -> str:
         for batch_size, pick in ((bench.get("best_variant") or {}).get("per_batch_size") or {}).items():
             lines.append(f"- batch {batch_size}: " + ("none" if pick is None else
                          f"{pick['variant']} ({pick['runtime']} {pick['provider']} {pick['precision']}), "
-                         f"{_ratio(pick['speedup_vs_ort_fp32'])} ORT fp32, accuracy drop {pick['accuracy_drop_pt']:.2f} "
-                         f"pt, top-1 agreement {pick['top1_agreement']:.2%} ({pick['check']})"))
+                         f"{_ratio(pick['speedup_vs_ort_fp32'])} ORT fp32, accuracy drop "
+                         f"{pick['accuracy_drop_pt']:.2f} pt, top-1 agreement {pick['top1_agreement']:.2%} ({pick['check']})"))
         failed = [g for g in r["gates"] if not g["written"]]
         for g in failed:
             lines.append(f"- not written (failed its gate): {g['variant']}: {'; '.join(g['gate']['failures'])}")

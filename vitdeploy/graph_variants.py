@@ -216,7 +216,8 @@ def to_ov_int8(model_path: Path, calibration: np.ndarray, workdir: Path) -> tupl
         quantized = nncf.quantize(source, dataset, model_type=nncf.ModelType.TRANSFORMER,
                                   subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(names=kept))
     settings = {"method": "nncf", "tool": f"nncf {nncf.__version__} quantize, ONNX backend",
-                "format": "QDQ (ONNX)", "model_type": "transformer", "preset": "mixed (NNCF's default for transformers)",
+                "format": "QDQ (ONNX)", "model_type": "transformer",
+                "preset": "mixed (NNCF's default for transformers)",
                 "calibration_images": len(calibration),
                 "quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node),
                 "kept_fp32": "patch embedding, head, attention's activation x activation MatMuls"}
@@ -227,7 +228,8 @@ def fp32_nodes(proto: onnx.ModelProto) -> list[str]:
     """Names of the nodes INT8 leaves in fp32: the patch embedding (Conv), the head (the last Linear) and the two
     activation x activation MatMuls of each attention."""
     weights = {t.name for t in proto.graph.initializer}
-    linear = [n.name for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in weights for i in n.input)]
+    linear = [n.name for n in proto.graph.node
+              if n.op_type in ("MatMul", "Gemm") and any(i in weights for i in n.input)]
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
     return convs + linear[-1:] + linear_matmuls(proto)[1]
 

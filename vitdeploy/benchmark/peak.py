@@ -188,7 +188,7 @@ def gemm_model(precision: str) -> bytes:
         "MatMulInteger", (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32))
     graph = helper.make_graph(
         [helper.make_node(op, ["a", "b"], ["y"])], "gemm",
-        [helper.make_tensor_value_info("a", types[0], ["n", "n"]), helper.make_tensor_value_info("b", types[1], ["n", "n"])],
+        [helper.make_tensor_value_info(name, elem, ["n", "n"]) for name, elem in zip("ab", types)],
         [helper.make_tensor_value_info("y", types[2], ["n", "n"])],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()

@@ -10,7 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.benchmark.artifacts import ModelUnderTest, describe_file, model_from_files, model_from_preset, plan_variants
+from vitdeploy.benchmark.artifacts import (
+    ModelUnderTest,
+    describe_file,
+    model_from_files,
+    model_from_preset,
+    plan_variants,
+)
 from vitdeploy.benchmark.end_to_end import end_to_end
 from vitdeploy.benchmark.environment import environment, optional_torch, warn_if_busy
 from vitdeploy.benchmark.protocol import cold_start, input_batch, measure_points

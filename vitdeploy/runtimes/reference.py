@@ -56,7 +56,8 @@ class ReferenceSession(Session):
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.inputs = [_tensor(v) for v in proto.graph.input]
         self.outputs = [_tensor(v) for v in proto.graph.output]
-        self.description = Description(NAME, "cpu", PROVIDER, str(export_record(self.metadata).get("precision", "fp32")))
+        precision = str(export_record(self.metadata).get("precision", "fp32"))
+        self.description = Description(NAME, "cpu", PROVIDER, precision)
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         results = self.evaluator.run(list(names), {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
@@ -79,4 +80,5 @@ def _tensor(value: object) -> TensorSpec:
     tensor_type = value.type.tensor_type  # type: ignore[attr-defined]
     dims = (tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
             if tensor_type.HasField("shape") else None)
-    return TensorSpec(value.name, _ELEMENT_TYPES.get(tensor_type.elem_type, str(tensor_type.elem_type)), dims)  # type: ignore[attr-defined]
+    elem = _ELEMENT_TYPES.get(tensor_type.elem_type, str(tensor_type.elem_type))
+    return TensorSpec(value.name, elem, dims)  # type: ignore[attr-defined]
