@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bundle_runs import bundle_parser, named_bundles
+
 import vitdeploy
 from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
 from vitdeploy.bundle import read_bundle_info
@@ -74,7 +76,8 @@ def _lscpu_model() -> str | None:
     return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), None)
 
 
-def markdown(reports: list[dict[str, Any]]) -> str:
+def markdown(reports: dict[str, dict[str, Any]]) -> str:
+    """runtimes.md from the reports, by result name."""
     lines = [
         "# Runtimes: one .onnx on ONNX Runtime and OpenVINO, every precision, gated",
         "",
@@ -84,12 +87,12 @@ def markdown(reports: list[dict[str, Any]]) -> str:
         "as reference, judged on the runtime each variant is made for.",
         "",
     ]
-    for r in reports:
+    for name, r in reports.items():
         bench = r["bench"]
         env = bench["environment"]
         versions = env.get("versions", {})
         lines += [
-            f"## {r['bundle']}",
+            f"## {name}: {r['bundle']}, {r['bench'].get('created_at', '')}",
             "",
             f"{_describe(r)}. {r.get('lscpu_model_name') or env.get('cpu')} ({', '.join(env.get('cpu_flags', []))}), "
             f"{bench['settings']['threads']} threads; load average before the run "
@@ -101,7 +104,6 @@ def markdown(reports: list[dict[str, Any]]) -> str:
             "top-1 agree | gate |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        gate_of = {g["variant"]: g for g in r["gates"]}
         order = list(bench["variants"])
         for row in sorted(bench["results"], key=lambda x: (x["batch_size"], order.index(x["variant"]))):
             variant = bench["variants"][row["variant"]]
@@ -148,21 +150,11 @@ def _describe(report: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundles", nargs="*", type=Path, help="trained bundle folders")
-    parser.add_argument("--name", action="append", help="result name per bundle (default: the run folder's name)")
-    parser.add_argument("--batch-sizes", default="1,32")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-seconds", type=float, default=3.0)
-    parser.add_argument("--min-iters", type=int, default=10)
-    parser.add_argument("--table-only", action="store_true", help="only rewrite runtimes.md")
-    args = parser.parse_args()
-    names = args.name or []
-    for i, bundle in enumerate([] if args.table_only else args.bundles):
-        name = names[i] if i < len(names) else bundle.resolve().parent.name
+    args = bundle_parser(__doc__, "runtimes.md", threads=2).parse_args()
+    for name, bundle in named_bundles(args):
         with tempfile.TemporaryDirectory(prefix="vitdeploy-runtimes-") as tmp:
             atomic_write_json(RESULTS / f"{name}.json", measure(bundle, args, Path(tmp)))
-    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    reports = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     atomic_write_bytes(HERE / "runtimes.md", markdown(reports).encode())
     print((HERE / "runtimes.md").read_text())
     return 0

@@ -22,7 +22,6 @@ Their accuracy is not judged: random weights have none to keep.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import tempfile
 from collections.abc import Collection

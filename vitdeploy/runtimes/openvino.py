@@ -130,9 +130,9 @@ class OpenVinoSession(Session):
         compiled = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         ran = {v: k for k, v in HINTS.items()}.get(compiled, compiled)
         self.inference_precision = ran
-        # An int8 file runs its quantized ops in int8 and the rest in the hint's precision.
+        # An int8 (fp16) file runs its quantized (fp16) ops so and the rest in the compiled precision.
         self.description = Description(NAME, ov_device.lower(), ov_device,
-                                       file_precision if file_precision == "int8" else ran)
+                                       file_precision if file_precision in ("int8", "fp16") else ran)
         self.request = self.compiled.create_infer_request()
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -144,13 +144,13 @@ class OpenVinoSession(Session):
 
 
 def _precision(record: dict, asked: str | None) -> tuple[str, str]:
-    """(the precision to compile with, the file's precision). Files made for OpenVINO record theirs
-    (ov-bf16: bf16; ov-int8: the precision of its unquantized ops); any other file runs in fp32 unless asked."""
+    """(the precision to compute in, the file's precision). Files made for OpenVINO record theirs (ov-bf16: bf16;
+    ov-int8: fp32 for the ops left unquantized); every other file computes in fp32 (an fp16 or int8 graph keeps the
+    precision of its own ops). Another precision may be named for an fp32 file only."""
     file_precision = str(record.get("precision", "fp32"))
-    recorded = record.get("inference_precision")
     if asked is None:
-        return (recorded or ("fp32" if file_precision in ("fp32", "int8") else file_precision)), file_precision
-    if file_precision not in ("fp32", "int8") and asked != file_precision:
+        return str(record.get("inference_precision") or "fp32"), file_precision
+    if file_precision != "fp32" and asked not in ("fp32", file_precision):
         raise ConfigError(f"the file is {file_precision}; OpenVINO cannot run it as {asked}")
     return asked, file_precision
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitdeploy.errors import ConfigError
+from vitdeploy.errors import ConfigError, DeviceError
 from vitdeploy.extras import MissingExtra, importable
 from vitdeploy.progress import to_stderr
 
@@ -91,14 +91,17 @@ def installed_runtimes() -> list[RuntimeStatus]:
 
 def select_runtimes(requested: tuple[str, ...] | None, notify: Callable[[str], None] = to_stderr,
                     exclude_by_default: tuple[str, ...] = ()) -> list[str]:
-    """The runtimes to use: the ones named (each must be usable, else MissingExtra / exit 2), or by default every
+    """The runtimes to use: the ones named (each must be installed, else MissingExtra, and usable, else
+    DeviceError: exit 2 either way), or by default every
     one installed and usable here, minus `exclude_by_default` (said through `notify`), with one line naming each
     missing one and its install command."""
     if requested:
         for name in requested:
             status = runtime_status(name)
+            if not status.installed:
+                raise MissingExtra(f"--runtime {name} is not installed here: {status.reason}")
             if not status.usable:
-                raise MissingExtra(f"--runtime {name} is not usable here: {status.reason}")
+                raise DeviceError(f"--runtime {name} is not usable here: {status.reason}")
         return list(requested)
     chosen = []
     for status in installed_runtimes():
