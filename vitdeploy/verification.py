@@ -230,7 +230,7 @@ def parity_tables(report: ParityReport) -> list[Any]:
     )
     for c in report.cases:
         cases.add_row(
-            _target_name(c.provider, c.runtime), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}",
+            _target_name(c.provider), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}",
             f"{c.max_rel:.2e}", f"{c.min_cosine:.7f}", f"{c.top1_agreement:.1%}", f"{c.batch_invariance_max_abs:.2e}",
             status(c.passed),
         )
@@ -239,7 +239,7 @@ def parity_tables(report: ParityReport) -> list[Any]:
         cross = Table("runtime", "against", "samples", "max |diff|", "max rel", "min cosine", "top-1 agree", "",
                       title="runtime against runtime on the same file (batch 1)", show_edge=False)
         for x in report.cross:
-            cross.add_row(short_provider_name(x.a), short_provider_name(x.b), str(x.samples), f"{x.max_abs:.2e}",
+            cross.add_row(_target_name(x.a), _target_name(x.b), str(x.samples), f"{x.max_abs:.2e}",
                           f"{x.max_rel:.2e}", f"{x.min_cosine:.7f}", f"{x.top1_agreement:.1%}", status(x.passed))
         tables.append(cross)
     for provider in report.first_divergence():
@@ -251,6 +251,6 @@ def parity_tables(report: ParityReport) -> list[Any]:
     return tables
 
 
-def _target_name(key: str, runtime: str) -> str:
-    """ort CPU, ort CUDA, openvino:CPU:fp32, reference."""
-    return f"ort {short_provider_name(key)}" if runtime == "ort" else key
+def _target_name(key: str) -> str:
+    """A report key for people: ort CPU, ort CUDA, openvino:CPU:fp32, reference."""
+    return f"ort {short_provider_name(key)}" if key.endswith("ExecutionProvider") else key
