@@ -25,7 +25,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from vitdeploy import graph_variants, runtime
+from vitdeploy import graph_variants
+from vitdeploy.runtimes import ort as runtime
 from vitdeploy import onnx_export as export
 from vitdeploy.atomic import atomic_write_json
 from vitdeploy.bundle import BundleInfo

@@ -12,7 +12,6 @@ there: it is a GPU format. Writes benchmarks/precision/<name>.json and regenerat
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bundle_runs import bundle_parser, named_bundles
 
 from vitdeploy import benchmark as bench
 from vitdeploy import accuracy_gate, precision
@@ -72,7 +73,7 @@ def measure(bundle: Path, settings: bench.BenchSettings, log: Any) -> dict[str, 
         runners: list[bench.Runner] = [bench.TorchRunner(bench.VARIANTS["torch"], under_test)]
         for name, (file, file_precision, description) in FILES.items():
             if (work / file).is_file():
-                spec = bench.VariantSpec(name, "onnxruntime", "cpu", file_precision, description)
+                spec = bench.VariantSpec(name, "ort", "cpu", file_precision, description)
                 runners.append(bench.OrtCpuRunner(spec, work / file, threads))
 
         def batch_for(batch_size: int) -> np.ndarray:
@@ -162,21 +163,11 @@ def _describe_model(report: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundles", nargs="*", type=Path, help="trained bundle folders")
-    parser.add_argument("--name", action="append", help="result name per bundle (default: the run folder's name)")
-    parser.add_argument("--batch-sizes", default="1,32")
-    parser.add_argument("--threads", type=int, help="default: one per CPU core")
-    parser.add_argument("--min-seconds", type=float, default=3.0)
-    parser.add_argument("--min-iters", type=int, default=10)
-    parser.add_argument("--table-only", action="store_true", help="only rewrite precision.md")
-    args = parser.parse_args()
+    args = bundle_parser(__doc__, "precision.md").parse_args()
     settings = bench.BenchSettings(batch_sizes=parse_batch_sizes(args.batch_sizes),
                                    threads=args.threads, min_seconds=args.min_seconds, min_iters=args.min_iters,
                                    warmup_seconds=1.0)
-    names = args.name or []
-    for i, bundle in enumerate([] if args.table_only else args.bundles):
-        name = names[i] if i < len(names) else bundle.resolve().parent.name
+    for name, bundle in named_bundles(args):
         report = measure(bundle, settings, lambda message: print(message, file=sys.stderr, flush=True))
         atomic_write_json(RESULTS / f"{name}.json", report)
     reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]

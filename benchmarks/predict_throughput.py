@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vitdeploy import images, runtime
+from vitdeploy import images
+from vitdeploy.runtimes import ort as runtime
 from vitdeploy import prediction as predict
 from vitdeploy.config import get_preset
 

@@ -111,7 +111,7 @@ def load(server: Server, bodies: list[tuple[bytes, dict[str, str]]], clients: in
 def model_only(session: Any, pixels: np.ndarray, clients: int) -> dict[str, float]:
     """images/s of the model alone, in this process with the servers idle: `clients` runs of batch 1, then one
     run of batch `clients` (what dynamic batching can at best turn 16 waiting requests into)."""
-    from vitdeploy.runtime import run_batch
+    from vitdeploy.runtimes.ort import run_batch
 
     one, many = pixels[:1], np.repeat(pixels[:1], clients, axis=0)
     started = time.perf_counter()
@@ -179,7 +179,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="vitdeploy-serve-bench-") as tmp:
         model = args.model or export_model(args.preset, Path(tmp))
-        from vitdeploy.runtime import load_model_info, make_session
+        from vitdeploy.runtimes.ort import load_model_info, make_session
 
         info = load_model_info(model)
         shape, classes = (1, 3, info.preprocess.image_size, info.preprocess.image_size), len(info.labels)

@@ -148,7 +148,7 @@ def predict_against_reference(onnx_path: Path, photos: list[Path], reference: np
     predicted = {row["path"]: row["label"] for row in summary.rows}
     loaded = open_model(onnx_path, device="cpu", log=quiet)
     batch = np.stack([load_model_input(p, loaded.info.preprocess) for p in photos])
-    diffs = np.abs(loaded.session.run(None, {"pixel_values": batch})[0] - reference).max(1)
+    diffs = np.abs(loaded.session.run(batch) - reference).max(1)
     agree = [predicted[str(p)] == loaded.info.labels[int(i)] for p, i in zip(photos, reference.argmax(1))]
     return {
         "images": len(photos), "top1_agreement": sum(agree) / len(agree), "max_abs_logit_diff": float(diffs.max()),

@@ -28,7 +28,7 @@ from vitdeploy.config import ModelConfig
 from vitdeploy.data import DIGITS_NAME
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, CheckFailed, ConfigError, DeviceError
 from vitdeploy.onnx_file import META_EXPORT
-from vitdeploy.runtime import CPU, cuda_status
+from vitdeploy.runtimes.ort import CPU, cuda_status
 
 # The digits' 10 classes, so that export's accuracy gate can judge the variants on the held-out digits.
 CFG = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=10)
@@ -89,11 +89,11 @@ def test_json_report_schema_and_numbers(cli_report: tuple[dict, Path]) -> None:
         assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["std_ms"] >= 0
         assert row["images_per_s"] == pytest.approx(row["batch_size"] / row["mean_ms"] * 1e3, rel=1e-3)
-        assert row["peak_gflops"] > 0
-        if row["variant"] == "ort-cpu-int8":
-            assert row["mfu"] is None  # an fp32 peak says nothing about int8 kernels
-        else:
-            assert row["mfu"] > 0
+        # Each row against the peak of its own precision (an fp32 peak says nothing about int8 kernels).
+        precision = "int8" if row["variant"] == "ort-cpu-int8" else "fp32"
+        assert row["precision"] == precision and row["runtime"] in ("torch", "ort")
+        assert row["peak_gflops"] == report["peaks"]["cpu"][precision]["gflops"] > 0
+        assert 0 < row["mfu"] <= 1.0
     eager = [r for r in report["results"] if r["variant"] == "torch"]
     assert all(r["speedup_vs_eager"] == 1.0 for r in eager)
 
@@ -256,9 +256,9 @@ def test_every_variant_sees_the_same_input() -> None:
 @pytest.mark.skipif(cuda_status().usable, reason="checks the behaviour without CUDA")
 def test_cuda_variants_skip_when_auto_and_fail_when_requested(exported: tuple[Path, Path]) -> None:
     model = bench.model_from_files(*exported)
-    names, skipped = bench.plan_variants(bench.BenchSettings(), model)
+    names, skipped = bench.plan_variants(bench.BenchSettings(runtimes=("ort",)), model)
     assert names == ["torch", *ORT_VARIANTS]
-    assert set(skipped) == {"torch-cuda", "ort-cuda", "ort-cuda-graph", "ort-cuda-fp16"}
+    assert set(skipped) == {"torch-cuda", "ort-cuda", "ort-cuda-graph", "ort-cuda-fp16", "ort-tensorrt"}
     assert all(reason for reason in skipped.values())
     with pytest.raises(DeviceError, match="ort-cuda"):
         bench.plan_variants(bench.BenchSettings(variants=("ort-cpu", "ort-cuda")), model)
@@ -309,16 +309,19 @@ WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['v
 
 
 def test_onnx_variants_are_benchmarked_without_torch(exported: tuple[Path, Path]) -> None:
-    done = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "bench", str(exported[0]), *QUICK, "--json"],
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "bench", str(exported[0]), *QUICK, "--runtimes", "ort",
+                           "--json"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert set(report["variants"]) == set(ORT_VARIANTS)
     assert report["skipped"]["torch"] == "PyTorch is not installed"
     assert report["environment"]["torch_threads"] is None
-    # The peak behind MFU is a torch matmul: without torch there is none, and no MFU.
-    assert report["peak_gflops"] == {} and all(r["mfu"] is None for r in report["results"])
-    assert "no fp32 matmul peak on cpu" in done.stderr
+    # Without torch the peak comes from numpy's and ONNX Runtime's GEMMs (and the ISA's figure): MFU still stands.
+    candidates = report["peaks"]["cpu"]["fp32"]["candidates"]
+    assert "GEMM numpy.matmul float32" in candidates and not any("torch" in name for name in candidates)
+    assert all(0 < r["mfu"] <= 1 for r in report["results"])
+    assert "without torch's GEMMs" in done.stderr
 
 
 class Terminal(io.StringIO):
@@ -385,7 +388,7 @@ def test_a_missing_variant_file_names_the_export_command_that_makes_it(
     onnx_path, bundle = exported
     alone = tmp_path / "model.onnx"
     shutil.copy(onnx_path, alone)  # no variants beside it; its metadata still names the bundle
-    names, skipped = bench.plan_variants(bench.BenchSettings(), bench.model_from_files(alone, None))
+    names, skipped = bench.plan_variants(bench.BenchSettings(runtimes=("ort",)), bench.model_from_files(alone, None))
     assert names == ["torch", "ort-cpu"]
     assert skipped["ort-cpu-int8"] == (f"no model.int8.onnx beside model.onnx: make it with "
                                        f"`vitdeploy export {bundle.resolve()} --out {alone} --precision int8`")
@@ -428,3 +431,88 @@ def test_preset_variants_are_built_as_export_builds_them() -> None:
     for name in ORT_VARIANTS:
         assert variants[name]["accuracy"] == {"judged": False, "passed": None, "check": None,
                                               "note": "accuracy not judged (random weights)", "summary": None}
+
+
+# ------------------------------------------------------------------------------------- MFU and the peak behind it
+
+
+class FakeGemm(bench.GemmRunner):
+    def __init__(self, name: str, precision: str = "fp32"):
+        self.precision = precision
+        super().__init__(name, "cpu", 1024)
+
+    def create(self) -> None:
+        pass
+
+    def infer(self) -> None:
+        pass
+
+
+def test_mfu_never_exceeds_100_percent_whatever_the_gemms_measured(monkeypatch) -> None:
+    """A variant faster than every GEMM measured (ORT reached 304 GFLOP/s against a 222 GFLOP/s torch.mm on the
+    AMD EPYC: 137% MFU) sets the peak itself, so no MFU can pass 100%; each precision gets its own peak, and a
+    precision with no GEMM and no ISA figure gets no MFU at all."""
+    from vitdeploy.benchmark import peak as peak_module
+
+    monkeypatch.setattr(peak_module, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    monkeypatch.setattr(peak_module, "cpu_clock_ghz", lambda: (2.1, "test"))
+    flops = 2.5e9  # per image
+    slow_gemm = FakeGemm("torch.mm float32 1 thread x 2")
+    timings = {slow_gemm: [2 * 1024**3 / 222e9]}  # 222 GFLOP/s
+    latencies = {"ort-cpu": 32 * flops / 304e9, "ov-cpu": 32 * flops / 250e9, "ov-cpu-bf16": 32 * flops / 900e9,
+                 "ort-cuda-fp16": 32 * flops / 5000e9}
+    points = [bench.PointResult(name, 32, [t, t * 1.3]) for name, t in latencies.items()]
+    achieved = {}
+    for p in points:
+        spec = bench.VARIANTS[p.variant]
+        achieved.setdefault((spec.device, spec.precision), {})[p.variant] = flops * 32 / min(p.latencies_s) / 1e9
+    peaks = bench.peaks(timings, achieved, threads=2)
+    fp32 = peaks["cpu"]["fp32"]
+    assert fp32.source == "variant ort-cpu" and fp32.gflops == pytest.approx(304)  # above the GEMM and the ISA (269)
+    assert fp32.candidates["ISA theoretical"] == pytest.approx(2 * 2.1 * 64)
+    assert peaks["cpu"]["bf16"].source == "ISA theoretical" and peaks["cpu"]["bf16"].gflops == pytest.approx(4300.8)
+    assert "cuda" not in peaks  # fp16 on CUDA: no GEMM measured, no ISA figure: no peak
+    bench.report.add_ratios(points, peaks, flops)
+    mfus = {p.variant: p.mfu for p in points}
+    assert all(m is None or 0 < m <= 1.0 for m in mfus.values())
+    assert mfus["ort-cuda-fp16"] is None and mfus["ov-cpu-bf16"] < 0.25  # against the bf16 peak, not fp32's
+    assert mfus["ort-cpu"] == pytest.approx(1 / 1.15, rel=1e-3)  # its mean rate over its own fastest run
+
+
+def test_theoretical_peak_needs_the_isa_and_a_clock(monkeypatch) -> None:
+    from vitdeploy.benchmark import peak as peak_module
+
+    assert bench.theoretical_gflops("fp32", 2, frozenset({"fma"}), (3.0, "x"))[0] == pytest.approx(2 * 3.0 * 32)
+    assert bench.theoretical_gflops("int8", 1, frozenset({"avx512_vnni"}), (2.0, "x"))[0] == pytest.approx(512)
+    assert bench.theoretical_gflops("bf16", 2, frozenset({"avx512f"}), (2.0, "x")) is None  # no bf16 hardware
+    monkeypatch.setattr(peak_module, "cpu_clock_ghz", lambda: None)
+    assert bench.theoretical_gflops("fp32", 2, frozenset({"avx512f"})) is None  # no clock known
+
+
+def test_the_fastest_variant_recommended_is_one_that_passed_its_gate() -> None:
+    def accuracy(passed: bool | None, runtimes: list[str], drop: float = 0.0) -> dict:
+        if passed is None:
+            return {"judged": False, "passed": None, "check": None, "summary": None}
+        summary = {"passed": passed, "runtimes": runtimes, "accuracy_drop_pt": drop, "top1_agreement": 0.995}
+        return {"judged": True, "passed": passed, "check": "accuracy gate", "summary": summary}
+
+    variants = {
+        "torch": {"runtime": "torch", "accuracy": None},
+        "ort-cpu": {"runtime": "ort", "accuracy": {**accuracy(True, ["ort"]), "check": "parity"}},
+        "ov-cpu": {"runtime": "openvino", "accuracy": accuracy(True, ["ort"])},  # checked on ORT only: untested
+        "ov-cpu-bf16": {"runtime": "openvino", "accuracy": accuracy(True, ["openvino"], 0.28)},
+        "ov-cpu-int8": {"runtime": "openvino", "accuracy": accuracy(False, ["openvino"], 0.9)},
+        "ort-cpu-int8": {"runtime": "ort", "accuracy": accuracy(None, [])},  # preset: random weights
+    }
+    p50 = {"torch": 50, "ort-cpu": 40, "ov-cpu": 10, "ov-cpu-bf16": 20, "ov-cpu-int8": 5, "ort-cpu-int8": 4}
+    report = report_from_rows([{"variant": v, "batch_size": 32, "p50_ms": ms} for v, ms in p50.items()])
+    report.variants = {name: {**v, "ran": {"runtime": v["runtime"]}} for name, v in variants.items()}
+    report.settings = bench.BenchSettings(batch_sizes=(32,))
+    bench.report.add_ratios(report.points, {}, 1e9)
+    best = bench.recommend_variant(report)
+    assert best["per_batch_size"]["32"]["variant"] == "ov-cpu-bf16"
+    assert best["per_batch_size"]["32"]["speedup_vs_ort_fp32"] == pytest.approx(2.0)
+    assert best["per_batch_size"]["32"]["accuracy_drop_pt"] == 0.28
+    assert best["gate"] == {"torch": "reference", "ort-cpu": "passed", "ov-cpu": "untested", "ov-cpu-bf16": "passed",
+                            "ov-cpu-int8": "failed", "ort-cpu-int8": "untested"}
+    assert best["never_recommended"] == ["ort-cpu-int8", "ov-cpu", "ov-cpu-int8"]

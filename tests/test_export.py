@@ -12,7 +12,8 @@ import torch
 from builders import LABELS, TINY, make_bundle
 from typer.testing import CliRunner
 
-from vitdeploy import onnx_export as export, onnx_file, runtime
+from vitdeploy import onnx_export as export, onnx_file
+from vitdeploy.runtimes import ort as runtime
 from vitdeploy.bundle import load_bundle
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError
@@ -86,7 +87,9 @@ def test_metadata_makes_the_file_self_describing(default_export):
     assert {"torch", "onnx", "vitdeploy"} <= versions and versions & {"onnxruntime", "onnxruntime-gpu"}
     assert meta.export["bundle"] == str(bundle)
     assert meta.parity["passed"] is True and meta.parity["max_abs"] <= ATOL
-    assert meta.parity["batch_sizes"] == [1, 7] and meta.parity["providers"][-1] == runtime.CPU
+    assert meta.parity["batch_sizes"] == [1, 7] and meta.parity["providers"][0] == runtime.CPU
+    # ONNX Runtime always; OpenVINO (f32) too where it is installed
+    assert meta.parity["runtimes"] in (["ort"], ["openvino", "ort"])
     # The intermediates verify needs to say where parity breaks, all of them found in the graph.
     assert list(meta.intermediates) == ["embed", "block_0", "block_1", "norm"]
     tensors = {t for n in proto.graph.node for t in n.output}
@@ -107,7 +110,9 @@ def test_other_supported_opsets_export_and_verify(tmp_path, opset):
     verified = runner.invoke(app, ["verify", str(out), "--bundle", str(bundle), "--batch-sizes", "1,7,32", "--json"])
     assert verified.exit_code == 0, verified.output
     report = json.loads(verified.stdout)
-    assert report["passed"] and [c["batch_size"] for c in report["cases"]] == [1, 7, 32]
+    assert report["passed"]
+    for name in {r["runtime"] for r in report["runtimes"]}:  # ORT, and OpenVINO and the reference where installed
+        assert [c["batch_size"] for c in report["cases"] if c["runtime"] == name] == [1, 7, 32]
 
 
 @pytest.mark.parametrize("opset", [8, 21, 99])

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from builders import make_bundle  # noqa: E402
 
-from vitdeploy import accuracy_gate, graph_variants, parity, precision, runtime  # noqa: E402
+from vitdeploy import accuracy_gate, graph_variants, parity, precision
+from vitdeploy.runtimes import ort as runtime  # noqa: E402
 from vitdeploy import onnx_export as export  # noqa: E402
 from vitdeploy.cli import app  # noqa: E402
 from vitdeploy.config import ModelConfig  # noqa: E402

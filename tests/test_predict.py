@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from builders import SPEC, WITHOUT_TRAINING_EXTRA, png_header_only, smooth_rgb
 from vitdeploy import prediction as predict_module
-from vitdeploy import runtime
+from vitdeploy.runtimes import ort as runtime
+from vitdeploy.runtimes.ort import OrtSession
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
 from vitdeploy.onnx_file import find_latest_model
@@ -141,8 +142,8 @@ def test_predict_input_tensor_equals_training_evaluation_tensor(tmp_path, tiny_o
     expected = {str(path): training.val_x[i].numpy() for i, (path, _) in enumerate(split.val)}
 
     fed: list[np.ndarray] = []
-    real_run_batch = runtime.run_batch
-    monkeypatch.setattr(runtime, "run_batch", lambda s, x: fed.append(x.copy()) or real_run_batch(s, x))
+    real_run = OrtSession.run
+    monkeypatch.setattr(OrtSession, "run", lambda s, x: fed.append(x.copy()) or real_run(s, x))
     rows = run(PredictRequest([str(p) for p in val_files], model=tiny_onnx, output_format="jsonl",
                               output=tmp_path / "rows.jsonl"))
 
@@ -289,15 +290,15 @@ def test_json_flag_is_format_json_on_stdout(tiny_onnx, good_images):
 
 def test_interrupted_run_keeps_finished_rows_and_valid_json(tmp_path, tiny_onnx, good_images, monkeypatch):
     calls = []
-    real_run_batch = runtime.run_batch
+    real_run = OrtSession.run
 
     def interrupt_second_batch(session, x):
         calls.append(len(x))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_run_batch(session, x)
+        return real_run(session, x)
 
-    monkeypatch.setattr(runtime, "run_batch", interrupt_second_batch)
+    monkeypatch.setattr(OrtSession, "run", interrupt_second_batch)
     out = tmp_path / "rows.json"
     result = cli(*map(str, good_images), "--model", str(tiny_onnx), "--format", "json", "-o", str(out),
                  "--batch-size", "3")

@@ -17,7 +17,7 @@ from builders import smooth_rgb
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from vitdeploy import runtime
+from vitdeploy.runtimes import ort as runtime
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, EXIT_PARTIAL, ModelFileError
 

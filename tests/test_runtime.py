@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vitdeploy import runtime
+from vitdeploy.runtimes import ort as runtime
 from builders import LABELS, SPEC, TINY
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 

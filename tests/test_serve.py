@@ -46,7 +46,7 @@ def server(tiny_onnx: Path):
 
 @pytest.fixture(scope="module")
 def session(tiny_onnx: Path):
-    from vitdeploy.runtime import make_session
+    from vitdeploy.runtimes.ort import make_session
 
     return make_session(tiny_onnx, device="cpu", threads=1)[0]
 
@@ -86,7 +86,7 @@ def stats(server) -> dict[str, Any]:
 
 def preprocessed(paths: list[Path], tiny_onnx: Path) -> np.ndarray:
     from vitdeploy.prediction import load_model_input
-    from vitdeploy.runtime import load_model_info
+    from vitdeploy.runtimes.ort import load_model_info
 
     spec = load_model_info(tiny_onnx).preprocess
     return np.stack([load_model_input(p, spec) for p in paths])
@@ -118,7 +118,7 @@ def test_tritons_client_infer_gives_the_logits_of_run_batch_and_the_labels_of_pr
         server, session, image_files: list[Path], tiny_onnx: Path, binary: bool) -> None:
     import tritonclient.http as triton
 
-    from vitdeploy.runtime import run_batch
+    from vitdeploy.runtimes.ort import run_batch
 
     batch = preprocessed(image_files, tiny_onnx)
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
@@ -166,7 +166,7 @@ def test_the_image_endpoint_returns_the_labels_of_predict(server, image_files: l
 
 
 def test_sixteen_concurrent_clients_are_batched_and_no_request_is_lost(server, session) -> None:
-    from vitdeploy.runtime import run_batch
+    from vitdeploy.runtimes.ort import run_batch
 
     clients, per_client = 16, 4
     rng = np.random.default_rng(1)
@@ -345,9 +345,23 @@ def test_a_signal_drains_the_requests_in_flight_and_exits_0(tiny_onnx: Path, sig
 
 
 def test_an_unknown_runtime_exits_2_naming_the_supported_ones(tiny_onnx: Path) -> None:
-    result = runner.invoke(app, ["serve", str(tiny_onnx), "--runtime", "openvino", "--port", "0"])
+    result = runner.invoke(app, ["serve", str(tiny_onnx), "--runtime", "tflite", "--port", "0"])
     assert result.exit_code == EXIT_BAD_INPUT
-    assert "unknown --runtime 'openvino'; supported: ort" in result.output
+    assert "unknown runtime 'tflite'; choose from: ort, openvino, reference" in result.output
+
+
+def test_the_server_runs_on_openvino_through_the_runtime_layer(tiny_onnx: Path, image_files: list[Path]) -> None:
+    pytest.importorskip("openvino")
+    body = image_files[0].read_bytes()
+    labels = {}
+    for name in ("ort", "openvino"):
+        with running_server(tiny_onnx, DEADLINE_S, runtime=name) as served:
+            status, _, answer = request(served, "POST", "/classify?top_k=3", body, {"content-type": "image/png"})
+            assert status == 200
+            row = json.loads(answer)["predictions"][0]
+            assert row["runtime"] == name
+            labels[name] = [t["label"] for t in row["top_k"]]
+    assert labels["openvino"] == labels["ort"]
 
 
 def test_a_port_in_use_exits_2(tiny_onnx: Path) -> None:

@@ -93,7 +93,7 @@ def test_gpu_options_write_the_accelerators_asked_for(tiny_onnx: Path, tmp_path:
 
 
 def test_from_bench_takes_the_recommended_batch_and_the_budget_left(tiny_onnx: Path, tmp_path: Path) -> None:
-    from vitdeploy.runtime import load_model_info
+    from vitdeploy.runtimes.ort import load_model_info
 
     config = load_model_info(tiny_onnx).model_config
     assert config is not None

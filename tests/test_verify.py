@@ -13,7 +13,8 @@ from builders import TINY, corrupt_block_weight, make_bundle
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy import onnx_export as export, onnx_file, parity, runtime, verification as verify
+from vitdeploy import onnx_export as export, onnx_file, parity, verification as verify
+from vitdeploy.runtimes import ort as runtime
 from vitdeploy.cli import app, parse_batch_sizes
 from vitdeploy.config import ModelConfig
 from vitdeploy.errors import ConfigError, ModelFileError
@@ -34,7 +35,7 @@ def invoke_verify(*args: str):
 
 def test_verify_reports_every_batch_size_and_the_providers_sessions_really_got(exported):
     bundle, path = exported
-    result = invoke_verify(str(path), "--batch-sizes", "1,7,32", "--json")
+    result = invoke_verify(str(path), "--batch-sizes", "1,7,32", "--runtime", "ort", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["passed"] and report["failures"] == []
@@ -69,7 +70,10 @@ def test_a_corrupted_weight_fails_and_names_the_block(exported, tmp_path, block)
     assert result.exit_code == 3
     report = json.loads(result.stdout)
     assert not report["passed"]
-    assert report["first_divergence"] == {runtime.CPU: f"block_{block}"}
+    # Every runtime run (ORT, and OpenVINO and the reference where installed) traces it to the same block.
+    assert report["first_divergence"][runtime.CPU] == f"block_{block}"
+    assert set(report["first_divergence"].values()) == {f"block_{block}"}
+    assert set(report["first_divergence"]) == set(report["providers"])
     layers = {d["name"]: d["passed"] for d in report["layers"][runtime.CPU]}
     assert all(layers[f"block_{i}"] for i in range(block)) and layers["embed"]  # before the corruption: equal
     assert f"first diverging intermediate: block_{block}" in result.output  # the human lines on stderr too

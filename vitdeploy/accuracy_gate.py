@@ -17,7 +17,7 @@ import numpy as np
 
 from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.parity import compare_logits
-from vitdeploy.runtime import make_session, run_in_batches
+from vitdeploy.runtimes import open_runtime
 
 if TYPE_CHECKING:
     from vitdeploy.bundle import BundleInfo
@@ -58,6 +58,7 @@ class GateResult:
     max_abs: float  # max |logit difference| over all images and classes
     gate: AccuracyGate
     max_abs_allowed: float | None = None  # only the fused fp32 variant is also judged on its logits
+    runtime: dict[str, str] | None = None  # what ran it: runtime, device, provider, precision (Session.describe)
 
     @property
     def accuracy_drop_pt(self) -> float:
@@ -85,6 +86,8 @@ class GateResult:
             "precision": self.precision,
             "variant": self.variant,
             "providers": [self.provider],
+            "runtimes": [(self.runtime or {}).get("runtime", "ort")],
+            "runtime": self.runtime,
             "samples": {"real": self.images, "real_source": self.image_source, "random": 0},
             "batch_size": self.batch_size,
             "reference_accuracy": self.reference_accuracy,
@@ -127,11 +130,13 @@ def gate_data(model: Any, info: BundleInfo, limit: int = GATE_MAX_IMAGES) -> Gat
 
 def judge(
     variant: str, precision: str, model_path: Path | bytes, data: GateData, gate: AccuracyGate, device: str = "cpu",
-    max_abs_allowed: float | None = None,
+    max_abs_allowed: float | None = None, runtime: str = "ort",
 ) -> GateResult:
-    """Run the variant on the gate images (batches of GATE_BATCH_SIZE) and compare it with PyTorch fp32."""
-    session, provider = make_session(model_path, device=device)
-    logits = run_in_batches(session, data.inputs, GATE_BATCH_SIZE).astype(np.float32)
+    """Run the variant on `runtime` (as the file says it is to be run) on the gate images, in batches of
+    GATE_BATCH_SIZE, and compare it with PyTorch fp32."""
+    session = open_runtime(runtime, model_path, device=device)
+    provider = session.provider
+    logits = session.run_in_batches(data.inputs, GATE_BATCH_SIZE).astype(np.float32)
     diff = compare_logits(data.reference, logits)
     return GateResult(
         variant=variant,
@@ -146,6 +151,7 @@ def judge(
         max_abs=float(np.abs(logits - data.reference).max()) if np.isfinite(logits).all() else math.inf,
         gate=gate,
         max_abs_allowed=max_abs_allowed,
+        runtime=session.describe(),
     )
 
 

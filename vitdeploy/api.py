@@ -46,6 +46,13 @@ def _path(value: PathLike | None) -> Path | None:
     return Path(value) if value is not None else None
 
 
+def _runtimes(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """"ort,openvino" or ["ort", "openvino"] -> ("ort", "openvino"); None -> None (the default set)."""
+    from vitdeploy.runtimes import parse_runtimes
+
+    return parse_runtimes(value if value is None or isinstance(value, str) else ",".join(value))
+
+
 def train(
     preset: str | None = None,
     *,
@@ -132,14 +139,18 @@ def verify(
     batch_sizes: Sequence[int] = (1, 7, 32),
     atol: float | None = None,
     rtol: float | None = None,
+    runtime: str | Sequence[str] | None = None,
+    notify: Callable[[str], None] = to_stderr,
 ) -> ParityReport:
     """Compare an .onnx file (default: model.onnx of the latest bundle) with its bundle's PyTorch model on real and
-    random inputs at every batch size, on every provider that really works here. Returns the report whether or not
-    parity holds: check `report.passed`."""
+    random inputs at every batch size, on every runtime asked for ("ort,openvino,reference"; default: every one
+    installed and usable here) on every device it really has, and the runtimes with each other. Returns the report
+    whether or not parity holds: check `report.passed`. A runtime named but not usable raises (exit code 2)."""
     require("train", "vitdeploy.verify")
     from vitdeploy.verification import verify as run_verify
 
-    return run_verify(model, bundle, images, tuple(batch_sizes), atol, rtol)
+    return run_verify(model, bundle, images, tuple(batch_sizes), atol, rtol, runtimes=_runtimes(runtime),
+                      notify=notify)
 
 
 def predict(
@@ -148,6 +159,7 @@ def predict(
     model: PathLike | None = None,
     batch_size: int = 32,
     workers: int = 2,
+    runtime: str | None = None,
     device: str = "auto",
     threads: int | None = None,
     top_k: int = 5,
@@ -157,7 +169,8 @@ def predict(
     progress: bool = False,
     log: Callable[[str], None] = to_stderr,
 ) -> PredictSummary:
-    """Classify image files, folders or glob patterns with an exported model (ONNX Runtime only: no torch).
+    """Classify image files, folders or glob patterns with an exported model (no torch) on `runtime`: "ort",
+    "openvino" or "reference" (None: the runtime the file was made for, else ONNX Runtime).
 
     With the default output_format "table" and no `output`, the rows come back in `summary.rows`; otherwise they
     are written (json, jsonl, csv) to `output` or stdout as each batch ends.
@@ -166,7 +179,7 @@ def predict(
 
     request = PredictRequest(
         inputs=[os.fspath(i) for i in inputs], model=_path(model), batch_size=batch_size, workers=workers,
-        device=device, threads=threads, top_k=top_k, output_format=output_format, output=_path(output),
+        runtime=runtime, device=device, threads=threads, top_k=top_k, output_format=output_format, output=_path(output),
         recursive=recursive, progress=progress,
     )
     return run_predict(request, log=log)
@@ -178,6 +191,7 @@ def bench(
     bundle: PathLike | None = None,
     preset: str | None = None,
     variants: str | Sequence[str] | None = None,
+    runtimes: str | Sequence[str] | None = None,
     batch_sizes: Sequence[int] = (1, 8, 32),
     warmup_iters: int = 3,
     warmup_seconds: float = 1.0,
@@ -194,7 +208,9 @@ def bench(
     log: Callable[[str], None] = to_stderr,
 ) -> BenchReport:
     """Benchmark an exported model (default: the newest .onnx under models/) and the variant files export wrote
-    beside it, or a `preset` with random weights, against PyTorch eager, interleaved, with the fair protocol.
+    beside it, or a `preset` with random weights, against PyTorch eager, interleaved, with the fair protocol, on
+    every runtime (or `runtimes`: "ort,openvino"); report.best_variant names the fastest variant per batch size
+    that passed its accuracy check on its runtime.
 
     `p99_budget` adds report.recommendation; `baseline` (an earlier `output`) adds report.regression, whose
     "regressed" list names every variant slower than the baseline by more than `max_regress` percent (the CLI
@@ -210,7 +226,7 @@ def bench(
     settings = benchmark.BenchSettings(
         batch_sizes=tuple(batch_sizes), variants=tuple(n.strip() for n in names if n.strip()) if names else None,
         warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters, min_seconds=min_seconds,
-        threads=threads,
+        threads=threads, runtimes=_runtimes(runtimes),
     )
     baseline_report = benchmark.load_report(Path(baseline)) if baseline else None  # before minutes of measuring
     with benchmark.progress_display(Console(stderr=True), settings, json_output=not progress) as on_point:

@@ -211,8 +211,13 @@ def predict(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
     workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs.")] = 2,
-    device: Annotated[str, typer.Option(help="auto (CUDA only if a session really gets it) | cpu | cuda.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    runtime: Annotated[
+        Optional[str], typer.Option(help="ort | openvino | reference. Default: the runtime the file was made for "
+                                    "(an OpenVINO variant records it), else ort.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (ort: CUDA only if a session really gets it; openvino: CPU) | cpu "
+                                        "| cuda | tensorrt (ort) | gpu | npu (openvino).")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="The runtime's threads (default: one per core).")] = None,
     top_k: Annotated[int, typer.Option(help="Best labels listed per image.")] = 5,
     output_format: Annotated[
         str, typer.Option("--format", help="table | json | jsonl | csv (rows are written as each batch ends).")
@@ -223,11 +228,12 @@ def predict(
     recursive: Annotated[bool, typer.Option(help="Search folders recursively; lets globs use **.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
-    """Classify images with an exported model (ONNX Runtime only: no torch needed).
+    """Classify images with an exported model on ONNX Runtime (no torch needed), OpenVINO or the ONNX reference.
 
     Every input gets one row: its top-k labels, or an error (path, error type, message) for a file that could not
-    be decoded. Exit code 0: all succeeded; 4: some inputs failed; 2: no input matched, or the model or the output
-    file is unusable; 130: interrupted (finished rows are kept).
+    be decoded, with the runtime and provider that ran it. Exit code 0: all succeeded; 4: some inputs failed; 2: no
+    input matched, or the model, the runtime, its device or the output file is unusable; 130: interrupted
+    (finished rows are kept).
 
     Example: vitdeploy predict samples/ --model models/digits/best/model.onnx --format csv -o predictions.csv
     """
@@ -239,7 +245,8 @@ def predict(
             raise ConfigError(f"--json means --format json; it contradicts --format {output_format}")
         output_format = "json"
     summary = vitdeploy.predict(
-        inputs, model=model, batch_size=batch_size, workers=workers, device=device, threads=threads, top_k=top_k,
+        inputs, model=model, batch_size=batch_size, workers=workers, runtime=runtime, device=device, threads=threads,
+        top_k=top_k,
         output_format=output_format, output=output, recursive=recursive, progress=output_format != "json",
         log=print_note,
     )
@@ -247,7 +254,8 @@ def predict(
         print_prediction_table(summary.rows)
     console.print(
         f"{summary.images_ok} images ok, {summary.images_failed} failed, {summary.images_per_second:.1f} images/s "
-        f"on {summary.provider} ({summary.model})" + (f"; rows in {summary.output}" if summary.output else ""),
+        f"on {summary.runtime.get('runtime', 'ort')} {summary.provider} ({summary.model})"
+        + (f"; rows in {summary.output}" if summary.output else ""),
         highlight=False, soft_wrap=True,
     )
     if summary.interrupted:
@@ -286,8 +294,11 @@ def export(
     ] = False,
     precision: Annotated[
         Optional[list[str]],
-        typer.Option(help="fp32 (default), fp16, int8; several as fp16,int8 or repeated. fp16 (for GPUs, built "
-                     "from the fused graph) goes to MODEL.fp16.onnx, int8 (for CPUs) to MODEL.int8.onnx."),
+        typer.Option(help="fp32 (default), fp16, int8, ov-bf16, ov-int8; several as fp16,int8 or repeated. fp16 "
+                     "(ONNX Runtime on GPUs, built from the fused graph) goes to MODEL.fp16.onnx, int8 (ONNX Runtime "
+                     "on CPUs) to MODEL.int8.onnx; ov-bf16 (OpenVINO in bf16, on CPUs with AVX512_BF16 or AMX) to "
+                     "MODEL.ov-bf16.onnx and ov-int8 (NNCF INT8 for OpenVINO) to MODEL.ov-int8.onnx: each judged "
+                     "on the runtime it is for."),
     ] = None,
     max_accuracy_drop: Annotated[
         float, typer.Option(help="Accuracy gate: percentage points of held-out accuracy a variant may lose against "
@@ -313,7 +324,7 @@ def export(
     unsupported opset or precision); 3 parity failed (nothing written), or a variant failed the accuracy gate
     (that variant not written; the fp32 file and the variants that passed were).
 
-    Example: vitdeploy export models/digits/best --optimize --precision fp16,int8
+    Example: vitdeploy export models/digits/best --optimize --precision fp16,int8,ov-bf16,ov-int8
     """
     import vitdeploy
     from vitdeploy.parity import ParityError
@@ -374,22 +385,28 @@ def verify(
     ] = "1,7,32",
     atol: Annotated[Optional[float], typer.Option(help="Max absolute logit difference (fp32 default 1e-4).")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance added to atol (fp32 default 0).")] = None,
+    runtime: Annotated[
+        Optional[str], typer.Option(help="Runtimes, comma-separated: ort, openvino, reference. Default: every one "
+                                    "installed and usable here (the slow reference only on small models).")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
 ) -> None:
-    """Compare PyTorch with ONNX Runtime on real and random inputs, at several batch sizes, on every provider that
-    really works here; when parity fails, name the first block whose output diverges.
+    """Compare PyTorch with every runtime (ONNX Runtime on every provider that really works, OpenVINO, the ONNX
+    reference) on real and random inputs at several batch sizes, and the runtimes with each other on the same file;
+    when parity fails, name the first block whose output diverges.
 
     Exit codes: 0 every check passed; 2 bad input (missing bundle or file, not ONNX, truncated, file and bundle
-    do not match, external data outside the model's folder); 3 a parity check failed.
+    do not match, external data outside the model's folder, a runtime named that is not installed or usable, an
+    op a runtime cannot run); 3 a parity check failed.
 
-    Example: vitdeploy verify models/digits/best/model.onnx --batch-sizes 1,7,32,64
+    Example: vitdeploy verify models/digits/best/model.onnx --runtime ort,openvino,reference --batch-sizes 1,7,32
     """
     import vitdeploy
     from vitdeploy.errors import EXIT_CHECK_FAILED
     from vitdeploy.verification import parity_tables
 
     report = vitdeploy.verify(model, bundle=bundle, images=images, batch_sizes=parse_batch_sizes(batch_sizes),
-                              atol=atol, rtol=rtol)
+                              atol=atol, rtol=rtol, runtime=runtime, notify=print_note)
 
     n = report.inputs
     console.print(f"inputs: {n['real']} real images ({n['real_source']}) + {n['random']} random", highlight=False)
@@ -424,7 +441,12 @@ def bench(
     ] = None,
     variants: Annotated[
         Optional[str], typer.Option(help="Comma-separated: torch, ort-cpu, ort-cpu-fused, ort-cpu-int8, torch-cuda, "
-                                    "ort-cuda, ort-cuda-graph, ort-cuda-fp16. Default: all that can run here.")
+                                    "ort-cuda, ort-cuda-graph, ort-cuda-fp16, ort-tensorrt, ov-cpu, ov-cpu-bf16, "
+                                    "ov-cpu-int8. Default: all that can run here.")
+    ] = None,
+    runtimes: Annotated[
+        Optional[str], typer.Option(help="Only these runtimes' variants, comma-separated: ort, openvino (PyTorch "
+                                    "eager stays as the baseline). Default: every runtime.")
     ] = None,
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
     warmup_iters: Annotated[int, typer.Option(help="Warm-up runs per variant and batch size (at least).")] = 3,
@@ -451,12 +473,15 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option(help="Save latency and throughput against batch size (PNG).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")] = False,
 ) -> None:
-    """Benchmark PyTorch eager against ONNX Runtime (and CUDA variants where CUDA really works), interleaved.
+    """Benchmark PyTorch eager against ONNX Runtime and OpenVINO in every precision (and CUDA / TensorRT variants
+    where they really work), interleaved, and name the fastest variant that passed its accuracy check.
 
-    Times the files export wrote: model.onnx, and beside it model.fp32-opt.onnx, model.int8.onnx and
-    model.fp16.onnx when they exist (a missing one is skipped, naming the export command that makes it).
-    Reports p50/p90/p99/mean/std latency, images/s, speed-up against eager in the same run, cold start, model
-    FLOPs utilisation against this machine's measured matmul peak, and each file's accuracy check from export.
+    Times the files export wrote: model.onnx, and beside it model.fp32-opt.onnx, model.int8.onnx,
+    model.fp16.onnx, model.ov-bf16.onnx and model.ov-int8.onnx when they exist (a missing one is skipped, naming
+    the export command that makes it). Reports p50/p90/p99/mean/std latency, images/s, speed-up against eager and
+    against ONNX Runtime fp32 in the same run, cold start, model FLOPs utilisation against this machine's peak at
+    the variant's precision, each file's accuracy check from export, and per batch size the fastest variant whose
+    check passed on its runtime (untested variants are never recommended).
     On a terminal, stderr shows the batch size and variants being measured and the time left (not with --json).
 
     Exit codes: 0 done; 2 bad input (no model, unknown variant, a variant requested that cannot run here: no
@@ -468,7 +493,8 @@ def bench(
     from vitdeploy import benchmark as bench_module
 
     report = vitdeploy.bench(
-        model, bundle=bundle, preset=preset, variants=variants, batch_sizes=parse_batch_sizes(batch_sizes),
+        model, bundle=bundle, preset=preset, variants=variants, runtimes=runtimes,
+        batch_sizes=parse_batch_sizes(batch_sizes),
         warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters, min_seconds=min_seconds,
         threads=threads, end_to_end=end_to_end, p99_budget=p99_budget, baseline=baseline, max_regress=max_regress,
         output=output, plot=plot, progress=not json_output, log=print_note,
@@ -615,7 +641,7 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface; think first).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free one, printed at start).")] = 8000,
-    runtime: Annotated[str, typer.Option(help="What runs the model: ort (ONNX Runtime).")] = "ort",
+    runtime: Annotated[str, typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow).")] = "ort",
     device: Annotated[str, typer.Option(help="auto (CUDA only if a session really gets it) | cpu | cuda.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: one per core).")] = None,
     name: Annotated[

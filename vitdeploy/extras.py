@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "plot": ("matplotlib",),
     # `vitdeploy serve`'s server; the extra also brings tritonclient, for clients (not needed to serve).
     "serve": ("starlette", "uvicorn", "python_multipart"),
+    "openvino": ("openvino", "nncf"),
 }
 
 
@@ -25,10 +26,10 @@ class MissingExtra(VitDeployError):
 
 
 def missing_modules(extra: str) -> list[str]:
-    return [name for name in EXTRAS[extra] if not _importable(name)]
+    return [name for name in EXTRAS[extra] if not importable(name)]
 
 
-def _importable(name: str) -> bool:
+def importable(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # an import hook refused it, or a stub without a spec stands in for it

@@ -107,7 +107,7 @@ def onnxruntime_max_opset() -> int:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from vitdeploy.runtime import CPU
+    from vitdeploy.runtimes.ort import CPU
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
@@ -184,9 +184,9 @@ def export_onnx(
     """Export a bundle (default: the latest under models/) to `out` (default: BUNDLE/model.onnx).
 
     `exporter`: "torchscript" or "dynamo" (None: the default, falling back to dynamo where TorchScript's is gone).
-    `variants` (precision.requested_variants: fp32-opt, fp16, int8) are then built from that file and written
-    beside it (model.int8.onnx, ...) only if they pass the accuracy gate; precision.AccuracyGateFailed (exit 3)
-    when one does not.
+    `variants` (precision.requested_variants: fp32-opt, fp16, int8, ov-bf16, ov-int8) are then built from that file
+    and written beside it (model.int8.onnx, ...) only if they pass the accuracy gate on the runtime each is
+    for; precision.AccuracyGateFailed (exit 3) when one does not.
     """
     exporter = resolve_exporter(exporter, notify)
     check_opset(opset, exporter)  # before loading anything: a bad opset is a usage error

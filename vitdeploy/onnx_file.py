@@ -176,6 +176,16 @@ def external_data_locations(data: bytes) -> list[tuple[str, str]]:
     return found
 
 
+def metadata_props_from_bytes(data: bytes) -> dict[str, str]:
+    """A serialized ModelProto's metadata_props (field 14: StringStringEntryProto key = 1, value = 2), read from the
+    wire format like external_data_locations, so that choosing a runtime for a file needs no `onnx` package.
+    Raises ValueError when `data` is not a protobuf message."""
+    def text(entry: memoryview, number: int) -> str:
+        return b"".join(_fields(entry, number)).decode("utf-8", "replace")
+
+    return {text(entry, 1): text(entry, 2) for entry in _fields(data, 14)}
+
+
 def _fields(message: bytes | memoryview, number: int, varint: bool = False) -> list[Any]:
     """The values of one field of a protobuf message: length-delimited payloads (or varints with `varint`)."""
     view, values, i = memoryview(message), [], 0

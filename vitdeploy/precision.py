@@ -1,15 +1,19 @@
-"""The precision ladder: fused fp32, fp16 and INT8 variants of an exported model, each handed out only after it
-has been shown to be as accurate as the PyTorch fp32 model on the bundle's held-out real images.
+"""The precision ladder: fused fp32, fp16 and INT8 variants of an exported model for ONNX Runtime, bf16 and INT8
+variants for OpenVINO, each handed out only after it has been shown to be as accurate as the PyTorch fp32 model on
+the bundle's held-out real images, on the runtime it is made for.
 
     model.onnx (fp32, parity-checked by export)
       -> exact rewrites -> ORT transformer fusions (model_type="vit")                    the fused fp32 graph
-           -> model.fp32-opt.onnx   the fused graph                                        (CPU or GPU)
-           -> model.fp16.onnx       fp16 weights and activations, fp32 input and output    (GPU)
-           -> model.int8.onnx       INT8 dynamic quantization (--int8-method dynamic)      (CPU)
-      -> model.int8.onnx            INT8 static QDQ, calibrated on training images (default) (CPU)
-    each variant: staged beside its destination -> accuracy gate on the held-out images -> self-describing
-    metadata (the fp32 file's, plus precision, fusions, measured accuracy) -> moved into place; a variant that
-    fails the gate is not written.
+           -> model.fp32-opt.onnx   the fused graph                                        (ORT: CPU or GPU)
+           -> model.fp16.onnx       fp16 weights and activations, fp32 input and output    (ORT: GPU)
+           -> model.int8.onnx       INT8 dynamic quantization (--int8-method dynamic)      (ORT: CPU)
+      -> model.int8.onnx            INT8 static QDQ, calibrated on training images (default) (ORT: CPU)
+      -> model.ov-bf16.onnx         the same graph, run by OpenVINO in bf16 (AVX512_BF16 / AMX CPUs)
+      -> model.ov-int8.onnx         NNCF post-training INT8 (QDQ, transformer preset), calibrated on training
+                                    images; OpenVINO runs it with f32 pinned for the ops left unquantized
+    each variant: staged beside its destination with its self-describing metadata (the fp32 file's, plus precision,
+    runtime, fusions) -> accuracy gate on the held-out images, on its runtime -> the measured accuracy recorded ->
+    moved into place; a variant that fails the gate is not written.
 
 Building the graphs is graph_variants.py; judging them is accuracy_gate.py; this module runs the ladder.
 """
@@ -30,7 +34,14 @@ import numpy as np
 from vitdeploy.atomic import reported_as
 from vitdeploy.accuracy_gate import AccuracyGate, GateData, GateResult, gate_data, judge
 from vitdeploy.errors import CheckFailed, ConfigError, DataError
-from vitdeploy.graph_variants import FusionReport, fuse_transformer, to_fp16, to_int8_dynamic, to_int8_static
+from vitdeploy.graph_variants import (
+    FusionReport,
+    fuse_transformer,
+    to_fp16,
+    to_int8_dynamic,
+    to_int8_static,
+    to_ov_int8,
+)
 from vitdeploy.onnx_file import (
     META_EXPORT,
     META_INTERMEDIATES,
@@ -41,17 +52,22 @@ from vitdeploy.onnx_file import (
     set_metadata,
     variant_path,
 )
-from vitdeploy.runtime import CPU, short_provider_name
+from vitdeploy.runtimes.ort import CPU, short_provider_name
 
 if TYPE_CHECKING:
     import onnx
 
     from vitdeploy.bundle import BundleInfo
 
-PRECISIONS = ("fp32", "fp16", "int8")
-# Variant name -> file name part: model.onnx -> model.fp32-opt.onnx, model.fp16.onnx, model.int8.onnx.
+PRECISIONS = ("fp32", "fp16", "int8", "ov-bf16", "ov-int8")
+# Variant name -> file name part: model.onnx -> model.fp32-opt.onnx, model.fp16.onnx, model.int8.onnx, ...
 FUSED_FP32 = "fp32-opt"
-VARIANT_PRECISION = {FUSED_FP32: "fp32", "fp16": "fp16", "int8": "int8"}
+VARIANT_PRECISION = {FUSED_FP32: "fp32", "fp16": "fp16", "int8": "int8", "ov-bf16": "bf16", "ov-int8": "int8"}
+# The runtime each variant is made for, judged on, and run on by default (predict, bench); others: "ort".
+VARIANT_RUNTIME = {"ov-bf16": "openvino", "ov-int8": "openvino"}
+# OpenVINO variants: the precision OpenVINO computes in, as a setting of the runtime (recorded in the file). ov-int8
+# pins f32 for the ops NNCF leaves unquantized, so that nothing runs in bf16 unless it is named.
+INFERENCE_PRECISION = {"ov-bf16": "bf16", "ov-int8": "fp32"}
 # The fused fp32 graph must also match PyTorch's logits as closely as the plain export must (verify's fp32 atol).
 FUSED_FP32_ATOL = 1e-4
 INT8_METHODS = ("static", "dynamic")
@@ -128,11 +144,22 @@ def gate_device(variant: str) -> str:
 
 
 def check_request(variants: Sequence[str], int8_method: str) -> None:
+    """Refuse, before any work, what cannot be built here: an unknown variant or method, an OpenVINO variant
+    without OpenVINO (and NNCF for ov-int8), bf16 on a CPU that has no native bf16."""
     unknown = [v for v in variants if v not in VARIANT_PRECISION]
     if unknown:
         raise ConfigError(f"unknown variant(s) {unknown}; choose from: {', '.join(VARIANT_PRECISION)}")
     if int8_method not in INT8_METHODS:
         raise ConfigError(f"unknown INT8 method {int8_method!r}; choose one of: {', '.join(INT8_METHODS)}")
+    openvino_variants = [v for v in variants if VARIANT_RUNTIME.get(v) == "openvino"]
+    if openvino_variants:
+        from vitdeploy.extras import require
+
+        require("openvino", f"export --precision {','.join(openvino_variants)}")
+    if "ov-bf16" in variants:
+        from vitdeploy.runtimes.openvino import check_precision
+
+        check_precision("bf16")
 
 
 def calibration_inputs(info: BundleInfo, limit: int = CALIBRATION_IMAGES) -> np.ndarray:
@@ -175,10 +202,13 @@ def export_variants(
         fused: tuple[onnx.ModelProto, FusionReport] | None = None
         for variant in variants:
             started = time.perf_counter()
-            quantization = None
+            quantization, fusions = None, None
             if variant == "int8" and int8_method == "static":
                 proto, quantization = to_int8_static(base, calibration_inputs(info), staging)
-                fusions = None
+            elif variant == "ov-bf16":
+                proto = onnx.load(os.fspath(base))  # the same graph: bf16 is how OpenVINO runs it
+            elif variant == "ov-int8":
+                proto, quantization = to_ov_int8(base, calibration_inputs(info), staging)
             else:
                 fused = fused or fuse_transformer(base, info.model)
                 fusions = fused[1]
@@ -190,13 +220,14 @@ def export_variants(
                     proto, quantization = to_int8_dynamic(fused[0], staging)
             out = variant_path(base, variant)
             staged = staging / out.name
+            describe_variant(proto, base_meta, variant, fusions, quantization)  # the runtime judging it reads this
             save_onnx(proto, staged)
             onnx.checker.check_model(os.fspath(staged), full_check=True)  # verify's load_onnx insists on it too
             build_seconds = time.perf_counter() - started
             result = judge(variant, VARIANT_PRECISION[variant], staged, data, gate, gate_device(variant),
-                           FUSED_FP32_ATOL if variant == FUSED_FP32 else None)
+                           FUSED_FP32_ATOL if variant == FUSED_FP32 else None, VARIANT_RUNTIME.get(variant, "ort"))
             notes = _notes(variant, result, quantization)
-            _describe(proto, base_meta, variant, fusions, quantization, result)
+            set_metadata(proto, {META_PARITY: result.summary()})
             size = staged.stat().st_size
             if result.passed:
                 external = save_onnx(proto, staged)  # only metadata changed since the gate ran on this file
@@ -214,11 +245,13 @@ def export_variants(
     return results
 
 
-def _describe(
+def describe_variant(
     proto: onnx.ModelProto, base_meta: dict[str, str], variant: str, fusions: FusionReport | None,
-    quantization: dict[str, Any] | None, result: GateResult,
+    quantization: dict[str, Any] | None,
 ) -> None:
-    """The fp32 file's self-description, plus what makes this variant different and how it measured."""
+    """The fp32 file's self-description, plus what makes this variant different: precision, the runtime it is made
+    for (and, for OpenVINO, the precision it computes in), fusions, quantization. The gate's result is added once
+    it has run."""
     del proto.metadata_props[:]
     for key, value in base_meta.items():
         proto.metadata_props.add(key=key, value=value)
@@ -226,11 +259,14 @@ def _describe(
     export.update({
         "precision": VARIANT_PRECISION[variant],
         "variant": variant,
+        "runtime": VARIANT_RUNTIME.get(variant, "ort"),
         "optimization": {"transformer_fusions": fusions.to_dict() if fusions else None},
         "quantization": quantization,
     })
+    if variant in INFERENCE_PRECISION:
+        export["inference_precision"] = INFERENCE_PRECISION[variant]
     # The fp32 file's intermediates name tensors that fusion renamed or removed: verify cannot expose them here.
-    set_metadata(proto, {META_EXPORT: export, META_PARITY: result.summary(), META_INTERMEDIATES: {}})
+    set_metadata(proto, {META_EXPORT: export, META_PARITY: {}, META_INTERMEDIATES: {}})
 
 
 def _notes(variant: str, result: GateResult, quantization: dict[str, Any] | None) -> list[str]:
@@ -252,8 +288,11 @@ def variants_table(results: Sequence[VariantResult]) -> Any:
         g = r.gate
         short = r.fusions.shortfalls() if r.fusions else {}
         fusions = "-" if r.fusions is None else "all" if not short else ", ".join(f"{op} {n}" for op, n in short.items())
+        ran = g.runtime or {}
+        on = f"{ran.get('runtime', 'ort')} {short_provider_name(g.provider)}" + (
+            f" {ran['inference_precision']}" if ran.get("inference_precision") else "")
         table.add_row(
-            r.variant, short_provider_name(g.provider), str(g.images), f"{g.accuracy:.2%}",
+            r.variant, on, str(g.images), f"{g.accuracy:.2%}",
             f"{100 * (g.accuracy - g.reference_accuracy):+.2f} pt", f"{g.top1_agreement:.1%}", f"{g.max_abs:.1e}",
             fusions if not short else f"[yellow]{fusions}[/]",
             f"[green]{r.path.name}[/]" if r.written else "[red]FAIL: not written[/]",

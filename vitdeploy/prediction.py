@@ -1,9 +1,10 @@
-"""Batched ONNX Runtime inference on image files: `vitdeploy predict`.
+"""Batched inference on image files: `vitdeploy predict`, on ONNX Runtime (default), OpenVINO or the reference.
 
-numpy + Pillow + onnxruntime only (no torch): this is the path a deployment machine runs.
+numpy + Pillow + onnxruntime only (no torch, no onnx) on ONNX Runtime: this is the path a deployment machine runs.
 
     inputs -> expand (files, folders, globs) -> decode + preprocess in a thread pool (one batch ahead)
-           -> run_batch on the session -> softmax, top-k -> rows, written and flushed batch by batch
+           -> session.run on the runtime (vitdeploy.runtimes) -> softmax, top-k -> rows, written and flushed batch
+              by batch
 
 Every input gets exactly one row: a prediction, or an error (path, error type, message) for a file that could
 not be decoded; processing always continues. The preprocessing is the spec stored in the .onnx metadata, applied
@@ -29,7 +30,7 @@ import numpy as np
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-from vitdeploy import images, runtime, strict_json
+from vitdeploy import images, strict_json
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.atomic import reported_as
 from vitdeploy.errors import ConfigError, InputError
@@ -37,6 +38,8 @@ from vitdeploy.images import ImageDecodeError
 from vitdeploy.inputs import NoMatch, ordered_inputs
 from vitdeploy.onnx_file import OnnxModelInfo, resolve_model
 from vitdeploy.progress import live_progress, to_stderr
+from vitdeploy.runtimes import Session, open_runtime
+from vitdeploy.runtimes.registry import runtime_for_file
 
 FORMATS = ("table", "json", "jsonl", "csv")
 # What a terminal shows while predict runs: images done of all, images/s, failures so far, time left.
@@ -55,7 +58,8 @@ class PredictRequest:
     batch_size: int = 32
     workers: int = 2  # decoding threads
     device: str = "auto"
-    threads: int | None = None  # ONNX Runtime intra-op threads (None: its default, one per core)
+    threads: int | None = None  # the runtime's threads (None: its default, one per core)
+    runtime: str | None = None  # ort | openvino | reference; None: the one the file was made for, else ort
     top_k: int = 5
     output_format: str = "table"
     output: Path | None = None  # None: stdout
@@ -67,6 +71,7 @@ class PredictRequest:
 class PredictSummary:
     model: str
     provider: str
+    runtime: dict[str, str] = field(default_factory=dict)  # runtime, device, provider, precision
     images_ok: int = 0
     images_failed: int = 0
     seconds: float = 0.0  # decoding + inference + writing, from the first batch to the last
@@ -82,6 +87,7 @@ class PredictSummary:
         return {
             "model": self.model,
             "provider": self.provider,
+            "runtime": self.runtime,
             "images_ok": self.images_ok,
             "images_failed": self.images_failed,
             "seconds": round(self.seconds, 3),
@@ -96,22 +102,28 @@ class PredictSummary:
 
 @dataclass
 class LoadedModel:
-    session: Any  # onnxruntime.InferenceSession
+    session: Session
     provider: str
     info: OnnxModelInfo
+
+    @property
+    def runtime(self) -> str:
+        return self.session.description.runtime
 
 
 def open_model(
     path: Path, device: str = "auto", threads: int | None = None, log: Callable[[str], None] = to_stderr,
-    spin: bool = False,
+    spin: bool = False, runtime: str | None = None,
 ) -> LoadedModel:
-    """Open a vitdeploy .onnx on `device`; its input contract is checked against its metadata as it opens.
+    """Open a vitdeploy .onnx on `runtime` (None: the one the file was made for, else ONNX Runtime) and `device`;
+    its input contract is checked against its metadata as it opens.
 
     `spin` is off by default: the decoding threads need the CPU time that ORT's idle threads would otherwise burn
     busy-waiting after each run (benchmarks/predict_throughput.py measures both settings).
     """
-    session, provider = runtime.make_session(path, device=device, threads=threads, notify=log, spin=spin)
-    return LoadedModel(session, provider, runtime.model_info_from_session(session, path))
+    session = open_runtime(runtime or runtime_for_file(path), path, device=device, threads=threads, notify=log,
+                           spin=spin)
+    return LoadedModel(session, session.provider, session.model_info())
 
 
 def load_model_input(path: Path, spec: PreprocessSpec, data: bytes | None = None) -> np.ndarray:
@@ -135,18 +147,20 @@ def display_path(path: str | os.PathLike[str]) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def prediction_row(path: Path, probabilities: np.ndarray, labels: list[str], top_k: int, provider: str) -> dict:
+def prediction_row(path: Path, probabilities: np.ndarray, labels: list[str], top_k: int, provider: str,
+                   runtime: str = "ort") -> dict:
     order = np.argsort(-probabilities, kind="stable")[:top_k]
     top = [{"label": labels[i], "probability": round(float(probabilities[i]), PROBABILITY_DECIMALS)} for i in order]
     return {"path": display_path(path), "ok": True, "label": top[0]["label"], "probability": top[0]["probability"],
-            "top_k": top, "provider": provider}
+            "top_k": top, "runtime": runtime, "provider": provider}
 
 
-def error_row(path: str | os.PathLike[str], kind: str, message: str, provider: str) -> dict:
-    return {"path": display_path(path), "ok": False, "error": kind, "message": message, "provider": provider}
+def error_row(path: str | os.PathLike[str], kind: str, message: str, provider: str, runtime: str = "ort") -> dict:
+    return {"path": display_path(path), "ok": False, "error": kind, "message": message, "runtime": runtime,
+            "provider": provider}
 
 
-CSV_FIELDS = ("path", "ok", "label", "probability", "top_k", "error", "message", "provider")
+CSV_FIELDS = ("path", "ok", "label", "probability", "top_k", "error", "message", "runtime", "provider")
 
 
 class RowWriter:
@@ -303,8 +317,8 @@ def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> 
     if not any(isinstance(item, Path) for item in items):
         raise InputError(f"no input matched: {', '.join(i.text for i in items) or '(none given)'}")
     model_path = resolve_model(request.model)
-    model = open_model(model_path, request.device, request.threads, log)
-    summary = PredictSummary(model=str(model_path), provider=model.provider,
+    model = open_model(model_path, request.device, request.threads, log, runtime=request.runtime)
+    summary = PredictSummary(model=str(model_path), provider=model.provider, runtime=model.session.describe(),
                              output=str(request.output) if request.output else None)
     # Unbuffered: what write() accepted is in the file, so a failed batch can be cut off exactly.
     stream = open(request.output, "wb", buffering=0) if request.output else sys.stdout
@@ -339,7 +353,7 @@ def run_pipeline(items: list[Path | NoMatch], model: LoadedModel, request: Predi
     def rows_until(end: int, computed: dict[Path, dict]) -> list[dict]:
         """Rows of items[written:end]: the computed ones, and an error row for each input that matched nothing."""
         return [computed[item] if isinstance(item, Path)
-                else error_row(item.text, "no_match", "matched no file", model.provider)
+                else error_row(item.text, "no_match", "matched no file", model.provider, model.runtime)
                 for item in items[written:end]]
 
     started = time.perf_counter()
@@ -350,7 +364,7 @@ def run_pipeline(items: list[Path | NoMatch], model: LoadedModel, request: Predi
         with warnings.catch_warnings(), live_progress(request.progress, *PROGRESS_COLUMNS) as progress:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             task = progress.add_task("predict", total=len(paths), rate=0.0, failed=0)
-            overlap = model.provider != runtime.CPU
+            overlap = model.session.description.device != "cpu"
             for chunk, futures in _batches_ahead(pool, paths, spec, request.batch_size, overlap):
                 computed = classify_batch(chunk, [f.result() for f in futures], model, top_k)
                 end = position[chunk[-1]] + 1
@@ -373,25 +387,25 @@ def run_pipeline(items: list[Path | NoMatch], model: LoadedModel, request: Predi
 def classify_batch(paths: list[Path], decoded: list[np.ndarray | ImageDecodeError], model: LoadedModel,
                    top_k: int) -> dict[Path, dict]:
     """Rows for one batch: top-k for each decoded image whose logits are finite, an error row for the others."""
-    labels, provider = model.info.labels, model.provider
+    labels, provider, name = model.info.labels, model.provider, model.runtime
     good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
-    logits = (runtime.run_batch(model.session, np.stack([decoded[i] for i in good])) if good
+    logits = (model.session.run(np.stack([decoded[i] for i in good])) if good
               else np.zeros((0, len(labels)), np.float32))
     rows = {}
     for i, path in enumerate(paths):
         error = decoded[i]
         if isinstance(error, ImageDecodeError):
-            rows[path] = error_row(path, error.kind, error.detail, provider)
+            rows[path] = error_row(path, error.kind, error.detail, provider, name)
     for row_logits, i in zip(logits, good):
-        rows[paths[i]] = row_for_logits(paths[i], row_logits, labels, top_k, provider)
+        rows[paths[i]] = row_for_logits(paths[i], row_logits, labels, top_k, provider, name)
     return rows
 
 
 def row_for_logits(path: str | os.PathLike[str], logits: np.ndarray, labels: list[str], top_k: int,
-                   provider: str) -> dict:
+                   provider: str, runtime: str = "ort") -> dict:
     """One image's row from its logits: its top-k, or a `non_finite` error row when any logit is NaN or Inf (a
     tampered or foreign model: NaN is not an answer, however it ranks)."""
     if not np.isfinite(logits).all():
         return error_row(path, "non_finite", "the model produced non-finite logits (NaN or Inf) for this image",
-                         provider)
-    return prediction_row(path, softmax(logits[None])[0], labels, top_k, provider)
+                         provider, runtime)
+    return prediction_row(path, softmax(logits[None])[0], labels, top_k, provider, runtime)

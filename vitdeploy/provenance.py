@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 import vitdeploy
 
 
-def package_versions(names: tuple[str, ...] = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "pillow")) -> dict[str, str]:
+def package_versions(names: tuple[str, ...] = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
+                                               "numpy", "pillow")) -> dict[str, str]:
     versions = {"python": platform.python_version(), "vitdeploy": vitdeploy.__version__}
     for name in names:
         try:
@@ -57,3 +59,31 @@ def machine() -> dict[str, str | int | None]:
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
     }
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
+def cpu_clock_ghz() -> tuple[float, str] | None:
+    """(GHz, where it was read): cpufreq's maximum (turbo included), else /proc/cpuinfo's current clock."""
+    try:
+        khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
+        return khz / 1e6, "cpufreq maximum"
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.split(":", 1)[1]) / 1e3, "/proc/cpuinfo cpu MHz (may be below turbo)"
+    except (OSError, ValueError):
+        pass
+    return None

@@ -1,15 +1,18 @@
 """`vitdeploy verify`: the parity report of an .onnx file against the bundle it came from.
 
     .onnx + bundle -> do they belong together? -> inputs: real held-out images (or --images) through THE
-    preprocessing, plus random ones -> parity.check_parity at every batch size, on every provider that a session
-    really gets -> report (and, when it fails, the first block whose output diverges)
+    preprocessing, plus random ones -> parity.check_parity at every batch size, on every runtime asked for (default:
+    every one installed and usable here) and every device it really has -> report (and, when it fails, the first
+    block whose output diverges, and on which runtime)
 
-export runs the same comparison (export_parity) on its staged file before it moves the file into place.
+export runs the same comparison (export_parity) on its staged file before it moves the file into place, on every
+installed runtime but the reference (whose speed does not suit large models).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +22,10 @@ from vitdeploy.bundle import CONFIG_FILE, BundleInfo, find_latest_bundle, load_b
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import BundleError, ConfigError, DataError, ModelFileError
 from vitdeploy.onnx_file import DEFAULT_FILE_NAME, INPUT_NAME, META_INTERMEDIATES, OnnxModelInfo, load_onnx
-from vitdeploy.parity import ParityReport, check_parity, resolve_tolerance
-from vitdeploy.runtime import short_provider_name
+from vitdeploy.parity import ParityReport, Target, check_parity, default_targets, resolve_tolerance
+from vitdeploy.progress import to_stderr
+from vitdeploy.runtimes import runtime_status, select_runtimes
+from vitdeploy.runtimes.ort import short_provider_name
 
 if TYPE_CHECKING:
     import onnx
@@ -126,10 +131,12 @@ def export_parity(model: Any, info: BundleInfo, onnx_path: Path) -> ParityReport
         info, meta.preprocess, None, EXPORT_REAL_IMAGES, EXPORT_RANDOM_INPUTS, max(EXPORT_BATCH_SIZES),
         require_real=False,
     )
-    # intermediates=None: find each block's output tensor by value; export records what was found.
+    # intermediates=None: find each block's output tensor by value (on ONNX Runtime, the first target); export
+    # records what was found.
+    runtimes = ["ort"] + [name for name in ("openvino",) if runtime_status(name).usable]
     report = check_parity(
         model, onnx_path, inputs, EXPORT_BATCH_SIZES, resolve_tolerance(meta.precision, None, None), None,
-        meta.precision, labels, counts,
+        meta.precision, labels, counts, default_targets(runtimes), layers_on_first_only=True,
     )
     report.notes[:0] = notes
     return report
@@ -144,10 +151,14 @@ def verify(
     rtol: float | None = None,
     num_real: int = DEFAULT_REAL_IMAGES,
     num_random: int = DEFAULT_RANDOM_INPUTS,
+    runtimes: tuple[str, ...] | None = None,
+    notify: Callable[[str], None] = to_stderr,
 ) -> ParityReport:
     """The standalone parity report for a .onnx file (default: model.onnx in the latest bundle under models/).
 
     The bundle defaults to the folder holding the file when that is a bundle, else the one recorded at export.
+    `runtimes` (ort, openvino, reference): each must be usable here (else exit 2); None: every one installed and
+    usable, the reference only on models small enough for it (one line through `notify` for each left out).
     Returns the report whether or not parity holds (report.passed); bad input raises exit-2 errors.
     """
     if not batch_sizes or any(b < 1 for b in batch_sizes):
@@ -159,6 +170,12 @@ def verify(
     bundle_dir = Path(bundle) if bundle is not None else _bundle_for(path, meta)
     info = read_bundle_info(bundle_dir)
     check_matches_bundle(proto, meta, info, bundle_dir)
+    from vitdeploy.flops import count_macs
+    from vitdeploy.runtimes.reference import DEFAULT_MAX_GMACS
+
+    too_slow = ("reference",) if count_macs(info.model).gmacs > DEFAULT_MAX_GMACS else ()
+    targets = runtime_targets(select_runtimes(runtimes, notify, exclude_by_default=too_slow), meta,
+                              optional=runtimes is None)
     model, info = load_bundle(bundle_dir)
     precision = meta.precision
     tolerance = resolve_tolerance(precision, atol, rtol)
@@ -170,9 +187,23 @@ def verify(
     # (Variants record an empty set on purpose: fusion renamed or removed the tensors.)
     recorded = META_INTERMEDIATES in meta.raw
     intermediates = meta.intermediates if recorded else None if precision == "fp32" else {}
-    report = check_parity(model, path, inputs, batch_sizes, tolerance, intermediates, precision, labels, counts)
+    report = check_parity(model, path, inputs, batch_sizes, tolerance, intermediates, precision, labels, counts,
+                          targets)
     report.notes[:0] = notes
     return report
+
+
+def runtime_targets(runtimes: list[str], meta: OnnxModelInfo, optional: bool = False) -> list[Target]:
+    """The targets for these runtimes (`optional`: chosen by default, so each may be skipped where it cannot run
+    the file); a file made for one runtime (an OpenVINO variant whose precision is a setting of that runtime, such
+    as ov-bf16) is checked on that runtime only."""
+    made_for = meta.export.get("runtime")
+    if made_for and meta.export.get("inference_precision") not in (None, "fp32"):
+        runtimes = [name for name in runtimes if name == made_for]
+        if not runtimes:
+            raise ConfigError(f"{meta.path} is {made_for}'s {meta.export.get('variant')} variant: verify it with "
+                              f"--runtime {made_for}")
+    return default_targets(runtimes, optional)
 
 
 def _bundle_for(path: Path, meta: OnnxModelInfo) -> Path:
@@ -194,15 +225,23 @@ def parity_tables(report: ParityReport) -> list[Any]:
 
     tolerance = f"{report.precision}, atol {report.tolerance.atol:g}, rtol {report.tolerance.rtol:g}"
     cases = Table(
-        "provider", "batch", "samples", "max |diff|", "max rel", "min cosine", "top-1 agree", "vs batch 1", "",
-        title=f"parity: {report.model_path} ({tolerance})", show_edge=False,
+        "runtime", "batch", "samples", "max |diff|", "max rel", "min cosine", "top-1 agree", "vs batch 1", "",
+        title=f"parity with PyTorch: {report.model_path} ({tolerance})", show_edge=False,
     )
     for c in report.cases:
         cases.add_row(
-            short_provider_name(c.provider), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}", f"{c.max_rel:.2e}",
-            f"{c.min_cosine:.7f}", f"{c.top1_agreement:.1%}", f"{c.batch_invariance_max_abs:.2e}", status(c.passed),
+            _target_name(c.provider), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}",
+            f"{c.max_rel:.2e}", f"{c.min_cosine:.7f}", f"{c.top1_agreement:.1%}", f"{c.batch_invariance_max_abs:.2e}",
+            status(c.passed),
         )
     tables = [cases]
+    if report.cross:
+        cross = Table("runtime", "against", "samples", "max |diff|", "max rel", "min cosine", "top-1 agree", "",
+                      title="runtime against runtime on the same file (batch 1)", show_edge=False)
+        for x in report.cross:
+            cross.add_row(_target_name(x.a), _target_name(x.b), str(x.samples), f"{x.max_abs:.2e}",
+                          f"{x.max_rel:.2e}", f"{x.min_cosine:.7f}", f"{x.top1_agreement:.1%}", status(x.passed))
+        tables.append(cross)
     for provider in report.first_divergence():
         layers = Table("intermediate", "ONNX tensor", "max |diff|", "tolerance", "",
                        title=f"where it diverges ({short_provider_name(provider)})", show_edge=False)
@@ -210,3 +249,8 @@ def parity_tables(report: ParityReport) -> list[Any]:
             layers.add_row(d.name, d.tensor, f"{d.max_abs:.2e}", f"{d.tolerance:.2e}", status(d.passed))
         tables.append(layers)
     return tables
+
+
+def _target_name(key: str) -> str:
+    """A report key for people: ort CPU, ort CUDA, openvino:CPU:fp32, reference."""
+    return f"ort {short_provider_name(key)}" if key.endswith("ExecutionProvider") else key

@@ -3,16 +3,19 @@
     variants.py     the catalogue of variants, the settings of a run, why a device cannot run a variant
     artifacts.py    the model under test, the file each variant times, which variants can run
     protocol.py     THE timing protocol (identical inputs, warm-up, round-robin, minimums) and the timers
-    runners.py      PyTorch, ONNX Runtime CPU / CUDA (IO binding, CUDA graphs), the fp32 matmul peak
+    runners.py      PyTorch, ONNX Runtime CPU / CUDA / TensorRT (IO binding, CUDA graphs), OpenVINO
+    peak.py         the peak per device and precision behind MFU: measured GEMMs, the ISA's figure
     run.py          a whole benchmark: benchmark(), and run_bench() behind `vitdeploy bench`
     end_to_end.py   decode / preprocess / model split from image files to logits
     environment.py  the machine, versions, threads, GPUs and load a run was measured on
-    report.py       statistics, the JSON report, speed-up and MFU, recommendation and baseline comparison
+    report.py       statistics, the JSON report, speed-up and MFU, the fastest gated variant, batch-size
+                    recommendation and baseline comparison
     render.py       the results table, summary lines, plot, and live progress on a terminal
 
 Figures: p50 / p90 / p99 / mean / std latency, images/s, speed-up against PyTorch eager on the same device in the
-same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the fp32 matmul rate measured in the
-same rounds as the variants, so that a shared machine's load weighs on both sides of the ratio).
+same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the peak of the variant's precision:
+GEMMs measured in the same rounds as the variants, so that a shared machine's load weighs on both sides of the
+ratio, and the ISA's theoretical figure).
 """
 
 from vitdeploy.benchmark.artifacts import (
@@ -43,20 +46,24 @@ from vitdeploy.benchmark.render import (
     results_table,
     summary_lines,
 )
+from vitdeploy.benchmark.peak import GemmRunner, Peak, gemm_runners, peaks, theoretical_gflops
 from vitdeploy.benchmark.report import (
     SCHEMA,
     BenchReport,
     PointResult,
     check_regressions,
     compare_to_baseline,
+    gate_status,
     load_report,
+    mfu,
     recommend_batch_size,
+    recommend_variant,
 )
 from vitdeploy.benchmark.run import benchmark, run_bench
 from vitdeploy.benchmark.runners import (
-    MatmulPeakRunner,
     OrtCpuRunner,
     OrtCudaRunner,
+    SessionRunner,
     TorchRunner,
     make_runner,
     torch_threads,
@@ -64,6 +71,7 @@ from vitdeploy.benchmark.runners import (
 from vitdeploy.benchmark.variants import (
     DEFAULT_BATCH_SIZES,
     EAGER,
+    ORT_FP32,
     VARIANTS,
     BenchSettings,
     VariantSpec,
@@ -71,11 +79,12 @@ from vitdeploy.benchmark.variants import (
 )
 
 __all__ = [
-    "DEFAULT_BATCH_SIZES", "EAGER", "SCHEMA", "VARIANTS", "BenchReport", "BenchSettings", "ColdStart",
-    "CudaEventTimer", "MatmulPeakRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner", "OrtCudaRunner",
-    "PointResult", "Runner", "TerminalProgress", "Timer", "TorchRunner", "VariantSpec", "WallClock", "benchmark",
-    "build_variant_files", "check_regressions", "cold_start", "compare_to_baseline", "environment", "input_batch",
-    "load_report", "make_runner", "measure", "measure_points", "model_from_files", "model_from_preset",
-    "parse_variants", "plan_variants", "plot_report", "progress_display", "progress_wanted",
-    "recommend_batch_size", "results_table", "run_bench", "summary_lines", "torch_threads",
+    "DEFAULT_BATCH_SIZES", "EAGER", "ORT_FP32", "SCHEMA", "VARIANTS", "BenchReport", "BenchSettings", "ColdStart",
+    "CudaEventTimer", "GemmRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner", "OrtCudaRunner", "Peak",
+    "PointResult", "Runner", "SessionRunner", "TerminalProgress", "Timer", "TorchRunner", "VariantSpec", "WallClock",
+    "benchmark", "build_variant_files", "check_regressions", "cold_start", "compare_to_baseline", "environment",
+    "gate_status", "gemm_runners", "input_batch", "load_report", "make_runner", "measure", "measure_points", "mfu",
+    "model_from_files", "model_from_preset", "parse_variants", "peaks", "plan_variants", "plot_report",
+    "progress_display", "progress_wanted", "recommend_batch_size", "recommend_variant", "results_table", "run_bench",
+    "summary_lines", "theoretical_gflops", "torch_threads",
 ]

@@ -2,10 +2,12 @@
 
 Bench times the files `vitdeploy export` writes, never a rebuild of them:
 
-    model.onnx             ort-cpu, ort-cuda, ort-cuda-graph
+    model.onnx             ort-cpu, ort-cuda, ort-cuda-graph, ort-tensorrt, ov-cpu
     model.fp32-opt.onnx    ort-cpu-fused    (export --optimize)
     model.int8.onnx        ort-cpu-int8     (export --precision int8: static or dynamic, as its metadata says)
     model.fp16.onnx        ort-cuda-fp16    (export --precision fp16)
+    model.ov-bf16.onnx     ov-cpu-bf16      (export --precision ov-bf16)
+    model.ov-int8.onnx     ov-cpu-int8      (export --precision ov-int8)
 
 A variant whose file is missing, or was made from other weights than model.onnx, is skipped (refused when named
 in --variants) with the export command that makes it. Each file's metadata says what it is: its precision, its
@@ -20,7 +22,6 @@ Their accuracy is not judged: random weights have none to keep.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import tempfile
 from collections.abc import Collection
@@ -33,20 +34,17 @@ from vitdeploy.benchmark.variants import VARIANTS, BenchSettings, VariantSpec, r
 from vitdeploy.bundle import BundleInfo, load_bundle, read_bundle_info
 from vitdeploy.config import ModelConfig, get_preset
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
-from vitdeploy.graph_variants import fuse_transformer, to_fp16, to_int8_static
+from vitdeploy.graph_variants import fuse_transformer, to_fp16, to_int8_static, to_ov_int8
 from vitdeploy.onnx_file import (
     DEFAULT_FILE_NAME,
-    META_EXPORT,
-    META_INTERMEDIATES,
     OnnxModelInfo,
     parse_metadata,
     resolve_model,
     save_onnx,
-    set_metadata,
     variant_path,
 )
-from vitdeploy.precision import FUSED_FP32, VARIANT_PRECISION
-from vitdeploy.runtime import load_model_info
+from vitdeploy.precision import FUSED_FP32, VARIANT_PRECISION, describe_variant
+from vitdeploy.runtimes.ort import load_model_info
 
 # Random inputs set the static INT8 scales of a preset: more of them would not make the scales meaningful.
 PRESET_CALIBRATION_IMAGES = 32
@@ -138,28 +136,29 @@ def model_from_preset(name: str, workdir: Path, seed: int = 0, export_variants: 
 
 
 def build_variant_files(base: Path, config: ModelConfig, variants: Collection[str], seed: int = 0) -> None:
-    """Write the export variants (fp32-opt, fp16, int8) of `base` beside it with export's builders, without the
-    accuracy gate (there are no images to judge them on): static INT8 is calibrated on seeded random inputs.
+    """Write the export variants (fp32-opt, fp16, int8, ov-bf16, ov-int8) of `base` beside it with export's
+    builders, without the accuracy gate (there are no images to judge them on): INT8 is calibrated on seeded random
+    inputs.
 
-    Each file carries base's metadata with its own precision, variant and quantization, as export's do.
+    Each file carries base's metadata with its own precision, variant, runtime and quantization, as export's do.
     """
+    import onnx
+
     base_meta = load_model_info(base).raw
-    fused = fuse_transformer(base, config)[0] if {FUSED_FP32, "fp16"} & set(variants) else None
+    fused = fuse_transformer(base, config) if {FUSED_FP32, "fp16"} & set(variants) else None
     for variant in (v for v in VARIANT_PRECISION if v in variants):
-        quantization = None
-        if variant == "int8":
+        quantization, fusions = None, None
+        calibration = input_batch(config, PRESET_CALIBRATION_IMAGES, seed)
+        if variant in ("int8", "ov-int8"):
+            build = to_int8_static if variant == "int8" else to_ov_int8
             with tempfile.TemporaryDirectory(dir=base.parent) as workdir:
-                proto, quantization = to_int8_static(
-                    base, input_batch(config, PRESET_CALIBRATION_IMAGES, seed), Path(workdir))
+                proto, quantization = build(base, calibration, Path(workdir))
+        elif variant == "ov-bf16":
+            proto = onnx.load(str(base))
         else:
-            proto = to_fp16(fused) if variant == "fp16" else fused
-        del proto.metadata_props[:]
-        for key, value in base_meta.items():
-            proto.metadata_props.add(key=key, value=value)
-        export = {**json.loads(base_meta[META_EXPORT]), "precision": VARIANT_PRECISION[variant], "variant": variant,
-                  "quantization": quantization}
-        # Fusion and quantization rename the tensors that base's intermediates name.
-        set_metadata(proto, {META_EXPORT: export, META_INTERMEDIATES: {}})
+            assert fused is not None
+            proto, fusions = (to_fp16(fused[0]) if variant == "fp16" else fused[0]), fused[1]
+        describe_variant(proto, base_meta, variant, fusions, quantization)
         save_onnx(proto, variant_path(base, variant))
 
 
@@ -170,7 +169,7 @@ def model_from_files(onnx_path: Path | None, bundle: Path | None) -> ModelUnderT
     if info.export.get("variant"):
         base = path.with_name(path.stem.rpartition(".")[0] + path.suffix)
         raise ConfigError(f"{path} is the {info.export['variant']} variant of {base.name}: give {base}, and bench "
-                          "times the variants beside it (--variants ort-cpu-fused,ort-cpu-int8,ort-cuda-fp16)")
+                          "times the variants beside it (--variants ort-cpu-fused,ort-cpu-int8,ov-cpu-bf16,...)")
     if bundle is None:
         named = info.export.get("bundle")
         bundle = Path(named) if named and Path(named).is_dir() else None

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.runtime import load_model_info, make_session, run_batch
+from vitdeploy.runtimes.ort import load_model_info, make_session, run_batch
 
 
 def end_to_end(onnx_path: Path, paths: list[Path], batch_size: int, threads: int) -> dict[str, Any]:

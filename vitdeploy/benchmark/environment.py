@@ -15,7 +15,13 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from vitdeploy.runtime import cuda_status
+from vitdeploy.provenance import cpu_flags
+from vitdeploy.runtimes import installed_runtimes
+from vitdeploy.runtimes.ort import cuda_status, tensorrt_status
+
+# The vector extensions the peak and the precisions depend on, recorded with every run.
+INTERESTING_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+                               "amx_tile", "amx_bf16", "amx_int8"})
 
 
 @functools.cache
@@ -41,9 +47,24 @@ def environment(threads: int) -> dict[str, Any]:
         "versions": package_versions(),
         "onnxruntime_available_providers": ort.get_available_providers(),
         "onnxruntime_cuda": "usable" if cuda_status().usable else cuda_status().summary,
+        "onnxruntime_tensorrt": "usable" if tensorrt_status().usable else tensorrt_status().summary,
+        "runtimes": [status.to_dict() for status in installed_runtimes()],
+        "openvino_cpu_capabilities": _openvino_capabilities(),
+        "cpu_flags": sorted(cpu_flags() & INTERESTING_FLAGS),
         "gpus": gpus(),
         "load_average": _load_average(),
     }
+
+
+def _openvino_capabilities() -> list[str] | None:
+    """What OpenVINO's CPU plugin says this CPU runs natively (BF16, INT8, ...), where OpenVINO is installed."""
+    from vitdeploy.runtimes import runtime_status
+
+    if not runtime_status("openvino").usable:
+        return None
+    from vitdeploy.runtimes.openvino import capabilities
+
+    return capabilities("CPU")
 
 
 def gpus() -> list[dict[str, str]]:

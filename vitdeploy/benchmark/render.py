@@ -27,7 +27,7 @@ def results_table(report: BenchReport) -> Any:
     table = Table(title=f"{report.model['source']}: {report.model['macs_per_image']['gmacs']:.3f} GMACs/image, "
                         f"{report.settings.thread_count} threads; latencies in ms",
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column in ("variant", "batch", "p50", "p90", "p99", "mean", "std", "img/s", "×eager", "MFU"):
+    for column in ("variant", "batch", "p50", "p90", "p99", "mean", "std", "img/s", "×eager", "×ORT fp32", "MFU"):
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     for point in sorted(report.points, key=lambda p: (p.batch_size, list(report.variants).index(p.variant))):
         row = point.to_dict()
@@ -35,6 +35,7 @@ def results_table(report: BenchReport) -> Any:
             point.variant, str(point.batch_size), f"{row['p50_ms']:.1f}", f"{row['p90_ms']:.1f}",
             f"{row['p99_ms']:.1f}", f"{row['mean_ms']:.1f}", f"{row['std_ms']:.1f}", f"{row['images_per_s']:.1f}",
             f"{row['speedup_vs_eager']:.2f}" if row["speedup_vs_eager"] else "-",
+            f"{row['speedup_vs_ort_fp32']:.2f}" if row["speedup_vs_ort_fp32"] else "-",
             f"{row['mfu']:.1%}" if row["mfu"] is not None else "-",
         )
     return table
@@ -43,8 +44,10 @@ def results_table(report: BenchReport) -> Any:
 def summary_lines(report: BenchReport) -> list[str]:
     """Per variant its cold start, file and accuracy check; then peaks and the end-to-end split, one plain line each."""
     lines = [_variant_line(name, v) for name, v in report.variants.items()]
-    lines += [f"fp32 matmul peak ({device}), measured round-robin with the variants: {gflops:.1f} GFLOP/s"
-              for device, gflops in report.peak_gflops.items()]
+    lines += [f"{precision} peak ({device}): {peak['gflops']:.1f} GFLOP/s, from {peak['source']} (of "
+              + ", ".join(f"{k} {v:.0f}" for k, v in peak["candidates"].items()) + ")"
+              for device, by_precision in report.peaks.items() for precision, peak in by_precision.items()]
+    lines += _best_variant_lines(report.best_variant)
     if report.end_to_end:
         e2e = report.end_to_end
         split = ", ".join(f"{stage} {ms:.2f} ms ({e2e['share'][stage]:.0%})" for stage, ms in e2e["per_image_ms"].items())
@@ -63,6 +66,25 @@ def summary_lines(report: BenchReport) -> list[str]:
             f"against the baseline ({len(report.regression['compared'])} points compared, max "
             f"{report.regression['max_regress_pct']}%): " + ("; ".join(regressed) if regressed else "no regression")
         )
+    return lines
+
+
+def _best_variant_lines(best: dict[str, Any] | None) -> list[str]:
+    """The fastest variant that passed its accuracy check, per batch size; which variants could not be chosen."""
+    if not best:
+        return []
+    lines = []
+    for batch_size, pick in best["per_batch_size"].items():
+        if pick is None:
+            lines.append(f"batch {batch_size}: no variant passed an accuracy check on its runtime")
+            continue
+        speedup = f"{pick['speedup_vs_ort_fp32']:.2f}x ORT fp32" if pick["speedup_vs_ort_fp32"] else "no ORT fp32 run"
+        lines.append(f"batch {batch_size}: fastest variant that passed its accuracy check: {pick['variant']} "
+                     f"({pick['runtime']} {pick['provider']} {pick['precision']}), {pick['images_per_s']:.1f} "
+                     f"images/s, {speedup}, accuracy drop {pick['accuracy_drop_pt']:.2f} pt ({pick['check']})")
+    unchecked = [f"{name} ({best['gate'][name]})" for name in best["never_recommended"]]
+    if unchecked:
+        lines.append(f"never recommended (no passing accuracy check on their runtime): {', '.join(unchecked)}")
     return lines
 
 

@@ -1,22 +1,27 @@
 """The figures of a run and what is read from them: per-point statistics, the JSON report (schema SCHEMA), the
-speed-up and MFU ratios, the batch-size recommendation and the comparison with a baseline report.
+speed-up and MFU ratios, the fastest variant that passed its accuracy check, the batch-size recommendation and the
+comparison with a baseline report.
 
 Statistics are over the timed runs of one variant at one batch size (warm-up excluded): p50 / p90 / p99 / mean /
 std / min latency and images/s from the mean. Speed-up is against PyTorch eager on the same device at the same
-batch size in the same run; MFU is analytic FLOPs x images/s over the run's measured fp32 matmul peak.
+batch size in the same run, and against ONNX Runtime fp32 on the CPU; MFU is analytic FLOPs x images/s over the
+peak of the variant's own precision on its device (peak.py), and no MFU where there is no such peak.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitdeploy.benchmark.variants import EAGER, VARIANTS, BenchSettings
+from vitdeploy.benchmark.variants import EAGER, ORT_FP32, VARIANTS, BenchSettings
 from vitdeploy.errors import CheckFailed, ConfigError
+
+if TYPE_CHECKING:
+    from vitdeploy.benchmark.peak import Peak
 
 SCHEMA = "vitdeploy.bench/1"
 
@@ -29,8 +34,9 @@ class PointResult:
     batch_size: int
     latencies_s: list[float]
     speedup_vs_eager: float | None = None
-    peak_gflops: float | None = None  # the run's matmul peak on this device, which MFU divides by
+    peak_gflops: float | None = None  # the peak of this variant's precision on its device, which MFU divides by
     mfu: float | None = None
+    speedup_vs_ort_fp32: float | None = None
 
     @property
     def iterations(self) -> int:
@@ -62,6 +68,7 @@ class PointResult:
             "min_ms": round(float(lat.min()) * 1e3, 4),
             "images_per_s": round(self.images_per_s, 3),
             "speedup_vs_eager": round(self.speedup_vs_eager, 3) if self.speedup_vs_eager else None,
+            "speedup_vs_ort_fp32": round(self.speedup_vs_ort_fp32, 3) if self.speedup_vs_ort_fp32 else None,
             "peak_gflops": round(self.peak_gflops, 2) if self.peak_gflops else None,
             "mfu": round(self.mfu, 4) if self.mfu is not None else None,
         }
@@ -72,9 +79,10 @@ class BenchReport:
     model: dict[str, Any]
     settings: BenchSettings
     environment: dict[str, Any]
-    peak_gflops: dict[str, float]  # device -> the fastest single matmul of the run, as GFLOP/s
-    # name -> runtime, device, precision, providers, cold start, and the file it ran (artifacts.describe_file):
-    # path, graph_ops (ONNX files), quantization and accuracy (the check export ran on the file)
+    peak_gflops: dict[str, float]  # device -> its fp32 peak, GFLOP/s (peaks has every precision and its source)
+    # name -> runtime, device, precision, what ran it (ran: runtime, device, provider, precision), providers, cold
+    # start, and the file it ran (artifacts.describe_file): path, graph_ops (ONNX files), quantization and accuracy
+    # (the check export ran on the file)
     variants: dict[str, dict[str, Any]]
     skipped: dict[str, str]  # variant -> why it did not run
     points: list[PointResult]
@@ -82,6 +90,8 @@ class BenchReport:
     created_at: str = ""
     recommendation: dict[str, Any] | None = None  # set by recommend_batch_size (--p99-budget)
     regression: dict[str, Any] | None = None  # set by compare_to_baseline (--baseline)
+    peaks: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> precision -> Peak.to_dict()
+    best_variant: dict[str, Any] | None = None  # set by recommend_variant
 
     def point(self, variant: str, batch_size: int) -> PointResult | None:
         return next((p for p in self.points if p.variant == variant and p.batch_size == batch_size), None)
@@ -94,27 +104,78 @@ class BenchReport:
             "settings": self.settings.to_dict(),
             "environment": self.environment,
             "peak_gflops": self.peak_gflops,
+            "peaks": self.peaks,
             "variants": self.variants,
             "skipped": self.skipped,
-            "results": [p.to_dict() for p in self.points],
+            "results": [{**p.to_dict(), **self.variants.get(p.variant, {}).get("ran", {})} for p in self.points],
+            "best_variant": self.best_variant,
             "end_to_end": self.end_to_end,
             "recommendation": self.recommendation,
             "regression": self.regression,
         }
 
 
-def add_ratios(points: list[PointResult], peak_gflops: dict[str, float], flops_per_image: float) -> None:
-    """Set each point's speed-up against eager on its device, and its MFU against the device's peak.
-
-    MFU is against the fp32 peak, so it is only stated for fp32 variants.
-    """
+def add_ratios(points: list[PointResult], peaks: dict[str, dict[str, Peak]], flops_per_image: float) -> None:
+    """Set each point's speed-up against eager on its device and against ONNX Runtime fp32 on the CPU, and its MFU
+    against the peak of its own precision on its device (none where there is no such peak)."""
     for point in points:
         spec = VARIANTS[point.variant]
-        eager = next((p for p in points if p.variant == EAGER[spec.device] and p.batch_size == point.batch_size), None)
+        same_batch = {p.variant: p for p in points if p.batch_size == point.batch_size}
+        eager, ort_fp32 = same_batch.get(EAGER[spec.device]), same_batch.get(ORT_FP32)
         point.speedup_vs_eager = eager.mean_s / point.mean_s if eager else None
-        point.peak_gflops = peak_gflops.get(spec.device)
-        if point.peak_gflops and spec.precision == "fp32":
-            point.mfu = flops_per_image * point.images_per_s / (point.peak_gflops * 1e9)
+        point.speedup_vs_ort_fp32 = ort_fp32.mean_s / point.mean_s if ort_fp32 else None
+        peak = peaks.get("cuda" if spec.device == "tensorrt" else spec.device, {}).get(spec.precision)
+        point.peak_gflops = peak.gflops if peak else None
+        point.mfu = mfu(flops_per_image, point.images_per_s, peak)
+
+
+def mfu(flops_per_image: float, images_per_s: float, peak: Peak | None) -> float | None:
+    """Model FLOPs utilisation: at most 1.0, as the peak is at least every variant's fastest run (peak.py), of which
+    its mean rate (images_per_s) is at most."""
+    if peak is None or peak.gflops <= 0:
+        return None
+    return flops_per_image * images_per_s / (peak.gflops * 1e9)
+
+
+def gate_status(variant: dict[str, Any]) -> str:
+    """passed / failed / untested: the accuracy check export recorded in the variant's file, counted only when it
+    ran on the variant's runtime ("reference" for PyTorch eager, the model every check compares with)."""
+    if variant["runtime"] == "torch":
+        return "reference"
+    accuracy = variant.get("accuracy") or {}
+    if not accuracy.get("judged"):
+        return "untested"
+    if not accuracy.get("passed"):
+        return "failed"
+    judged_on = (accuracy.get("summary") or {}).get("runtimes") or ["ort"]  # files from before other runtimes
+    return "passed" if variant["runtime"] in judged_on else "untested"
+
+
+def recommend_variant(report: BenchReport) -> dict[str, Any]:
+    """Per batch size, the fastest ONNX variant whose accuracy check passed on its own runtime, with its speed-up
+    over ONNX Runtime fp32 and its accuracy drop; every variant's gate status beside it. A variant without a
+    passing check (untested, failed) is never recommended."""
+    status = {name: gate_status(v) for name, v in report.variants.items()}
+    per_batch: dict[str, Any] = {}
+    for batch_size in report.settings.batch_sizes:
+        candidates = [p for p in report.points if p.batch_size == batch_size and status[p.variant] == "passed"]
+        best = max(candidates, key=lambda p: p.images_per_s, default=None)
+        if best is None:
+            per_batch[str(batch_size)] = None
+            continue
+        summary = report.variants[best.variant]["accuracy"]["summary"]
+        per_batch[str(batch_size)] = {
+            "variant": best.variant,
+            **report.variants[best.variant].get("ran", {}),
+            "images_per_s": round(best.images_per_s, 3),
+            "speedup_vs_ort_fp32": round(best.speedup_vs_ort_fp32, 3) if best.speedup_vs_ort_fp32 else None,
+            "check": report.variants[best.variant]["accuracy"]["check"],
+            # parity (fp32): max |diff| within 1e-4 and every top-1 equal, so no accuracy is lost on its samples
+            "accuracy_drop_pt": summary.get("accuracy_drop_pt", 0.0),
+            "top1_agreement": summary.get("top1_agreement"),
+        }
+    return {"per_batch_size": per_batch, "gate": status,
+            "never_recommended": sorted(name for name, s in status.items() if s in ("untested", "failed"))}
 
 
 def recommend_batch_size(report: BenchReport, p99_budget_ms: float) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """A whole benchmark: plan the variants, create them (cold start), time them with the protocol at every batch size
-next to the matmul peak, optionally time the pipeline end to end, and assemble the report."""
+next to the GEMMs that measure the peak (peak.py), optionally time the pipeline end to end, and assemble the report
+with its recommendation (the fastest variant that passed its accuracy check, per batch size)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.benchmark.artifacts import ModelUnderTest, describe_file, model_from_files, model_from_preset, plan_variants
+from vitdeploy.benchmark.artifacts import (
+    ModelUnderTest,
+    describe_file,
+    model_from_files,
+    model_from_preset,
+    plan_variants,
+)
 from vitdeploy.benchmark.end_to_end import end_to_end
 from vitdeploy.benchmark.environment import environment, optional_torch, warn_if_busy
 from vitdeploy.benchmark.protocol import cold_start, input_batch, measure_points
-from vitdeploy.benchmark.report import BenchReport, add_ratios
-from vitdeploy.benchmark.runners import MatmulPeakRunner, make_runner, torch_threads
-from vitdeploy.benchmark.variants import EAGER, VARIANTS, BenchSettings, runtime_problem
+from vitdeploy.benchmark.peak import GemmRunner, gemm_runners, peaks
+from vitdeploy.benchmark.report import BenchReport, PointResult, add_ratios, recommend_variant
+from vitdeploy.benchmark.runners import make_runner, torch_threads
+from vitdeploy.benchmark.variants import VARIANTS, BenchSettings, runtime_problem
+from vitdeploy.extras import importable
 from vitdeploy.errors import ConfigError
 from vitdeploy.flops import count_macs
 
@@ -67,46 +76,59 @@ def benchmark(
             started = cold_start(runner, first_batch)
             variants[spec.name] = {
                 "runtime": spec.runtime, "device": spec.device, "precision": spec.precision,
-                "description": spec.description, "providers": runner.providers, "cold_start": started.to_dict(),
-                **describe_file(model, spec),
+                "ran": runner.ran, "description": spec.description, "providers": runner.providers,
+                "cold_start": started.to_dict(), **describe_file(model, spec),
             }
             log(f"{spec.name}: ready on {runner.providers[0]} (create {started.create_s * 1e3:.0f} ms)")
-        peak_runners = _peak_runners({r.spec.device for r in runners}, threads, log)
-        points = measure_points(runners, settings, batch_for, peak_runners, point_started)
+        gemms = _gemm_runners(runners, threads, log)
+        points = measure_points(runners, settings, batch_for, gemms, point_started)
         e2e = (end_to_end(model.onnx_path, end_to_end_images, max(settings.batch_sizes), threads)
                if end_to_end_images else None)
-    peak_gflops = {
-        r.spec.device: r.gflops([t for p in points if p.variant == r.spec.name for t in p.latencies_s])
-        for r in peak_runners
-    }
+    timed = {g: [t for p in points if p.variant == g.spec.name for t in p.latencies_s] for g in gemms}
     points = [p for p in points if p.variant in variants]
-    add_ratios(points, peak_gflops, macs.flops)
-    return BenchReport(
+    device_peaks = peaks(timed, _achieved(points, macs.flops), threads)
+    add_ratios(points, device_peaks, macs.flops)
+    report = BenchReport(
         model={"source": model.source, "onnx": str(model.onnx_path), "bundle": str(model.bundle) if model.bundle else None,
                "config": model.config.to_dict(), "macs_per_image": macs.to_dict()},
         settings=settings,
         environment=env,
-        peak_gflops={device: round(gflops, 2) for device, gflops in peak_gflops.items()},
+        peak_gflops={device: round(by_precision["fp32"].gflops, 2) for device, by_precision in device_peaks.items()
+                     if "fp32" in by_precision},
+        peaks={device: {p: peak.to_dict() for p, peak in by_precision.items()}
+               for device, by_precision in device_peaks.items()},
         variants=variants,
         skipped=skipped,
         points=points,
         end_to_end=e2e,
         created_at=now_iso(),
     )
+    report.best_variant = recommend_variant(report)
+    return report
 
 
-def _peak_runners(devices: set[str], threads: int, log: Log) -> list[MatmulPeakRunner]:
-    """One created matmul peak runner per device the variants use, where PyTorch eager can run on it: the peak is
-    a torch matmul."""
-    runners = []
-    for device in sorted(devices):
-        problem = runtime_problem(VARIANTS[EAGER[device]])
-        if problem:
-            log(f"no fp32 matmul peak on {device} ({problem}), so no MFU there")
-            continue
-        runners.append(MatmulPeakRunner(device, threads))
-        runners[-1].create()
-    return runners
+def _gemm_runners(runners: list[Any], threads: int, log: Log) -> list[GemmRunner]:
+    """The GEMMs of every device and precision the variants run in, created (peak.py says which)."""
+    devices = {"cuda" if r.spec.device == "tensorrt" else r.spec.device for r in runners}
+    precisions = {r.spec.precision for r in runners}
+    gemms = gemm_runners(devices, precisions, threads, optional_torch() is not None, importable("onnx"))
+    if optional_torch() is None:
+        log("PyTorch is not installed: the peak is measured without torch's GEMMs (numpy"
+            + (", ONNX Runtime" if importable("onnx") else "") + ") and the ISA's theoretical figure")
+    for gemm in gemms:
+        gemm.create()
+    return gemms
+
+
+def _achieved(points: list[PointResult], flops_per_image: float) -> dict[tuple[str, str], dict[str, float]]:
+    """(device, precision) -> variant -> the rate of its fastest run, GFLOP/s, over all batch sizes."""
+    achieved: dict[tuple[str, str], dict[str, float]] = collections.defaultdict(dict)
+    for point in points:
+        spec = VARIANTS[point.variant]
+        key = ("cuda" if spec.device == "tensorrt" else spec.device, spec.precision)
+        rate = flops_per_image * point.batch_size / min(point.latencies_s) / 1e9
+        achieved[key][point.variant] = max(rate, achieved[key].get(point.variant, 0.0))
+    return dict(achieved)
 
 
 def run_bench(

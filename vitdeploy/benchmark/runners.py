@@ -1,11 +1,11 @@
-"""The runners the protocol drives: PyTorch eager, ONNX Runtime on CPU, ONNX Runtime on CUDA (IO binding, optionally
-CUDA graphs), and the fp32 matmul that measures the machine's peak. Each exposes one inference (`infer`) and the
-timer that times it (protocol.WallClock or protocol.CudaEventTimer)."""
+"""The runners the protocol drives: PyTorch eager, ONNX Runtime on CPU, ONNX Runtime on CUDA or TensorRT (IO
+binding, optionally CUDA graphs), and any other runtime through the runtime interface (OpenVINO). Each exposes one
+inference (`infer`) and the timer that times it (protocol.WallClock or protocol.CudaEventTimer). The GEMMs that
+measure the machine's peak are in peak.py."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +18,8 @@ from vitdeploy.benchmark.protocol import CudaEventTimer, Runner, WallClock
 from vitdeploy.benchmark.variants import VariantSpec
 from vitdeploy.errors import DeviceError
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME
-from vitdeploy.runtime import CPU, CUDA, make_session
+from vitdeploy.runtimes import open_runtime
+from vitdeploy.runtimes.ort import CPU, CUDA, TENSORRT, make_session
 
 if TYPE_CHECKING:
     from vitdeploy.benchmark.artifacts import ModelUnderTest
@@ -45,6 +46,8 @@ class TorchRunner(Runner):
         self.spec = spec
         self.model_under_test = model
         self.providers = [f"torch-{spec.device}"]
+        self.ran = {"runtime": "torch", "device": spec.device, "provider": f"torch-{spec.device}",
+                    "precision": spec.precision}
 
     def create(self) -> None:
         import torch
@@ -75,6 +78,7 @@ class OrtCpuRunner(OrtRunner):
         self.session, _ = make_session(self.path, device="cpu", threads=self.threads)
         self.providers = self.session.get_providers()
         self.timer = WallClock()
+        self.ran = {"runtime": "ort", "device": "cpu", "provider": self.providers[0], "precision": self.spec.precision}
 
     def stage(self, batch: np.ndarray) -> None:
         self.feed = {INPUT_NAME: batch}
@@ -108,10 +112,15 @@ class OrtCudaRunner(OrtRunner):
             cuda_options["user_compute_stream"] = str(events.stream.cuda_stream)
         # Without torch's events: wall-clock around a run that returns synchronised (see infer).
         self.timer = events or WallClock()
-        session = ort.InferenceSession(os.fspath(self.path), options, providers=[(CUDA, cuda_options), CPU])
-        if session.get_providers()[0] != CUDA:
-            raise DeviceError(f"{self.spec.name}: the session fell back to CPU")
+        providers: list[Any] = [(CUDA, cuda_options), CPU]
+        if self.spec.device == "tensorrt":
+            providers.insert(0, TENSORRT)  # TensorRT takes the subgraphs it supports; CUDA runs the rest
+        session = ort.InferenceSession(os.fspath(self.path), options, providers=providers)
+        wanted = TENSORRT if self.spec.device == "tensorrt" else CUDA
+        if session.get_providers()[0] != wanted:
+            raise DeviceError(f"{self.spec.name}: the session fell back to {session.get_providers()[0]}")
         self.providers = session.get_providers()
+        self.ran = {"runtime": "ort", "device": self.spec.device, "provider": wanted, "precision": self.spec.precision}
         return session
 
     def create(self) -> None:
@@ -136,52 +145,34 @@ class OrtCudaRunner(OrtRunner):
         self.binding.synchronize_outputs()
 
 
-class MatmulPeakRunner(Runner):
-    """Square fp32 matmuls timed in the same rounds as the variants, all through the run: the fastest of them is
-    the machine's fp32 peak, sampled across the same stretch of time (and load) as the figures it is compared with.
+class SessionRunner(Runner):
+    """Any runtime through the runtime interface (vitdeploy.runtimes): OpenVINO here. The session's own
+    describe() says what ran it (device, inference precision)."""
 
-    On CPU the matmul runs on one thread and the peak is that rate times the thread count: a multi-threaded BLAS
-    call stalls whenever another process holds one of its cores, which would understate the peak (and put MFU
-    above 100%), while one core's rate scales to N cores at best, so the peak errs on the high side.
-    """
-
-    def __init__(self, device: str, threads: int):
-        self.spec = VariantSpec(f"matmul-peak-{device}", "torch", device, "fp32", "torch.mm of square fp32 matrices")
-        self.providers = [f"torch-{device}"]
-        # Large enough to reach the BLAS peak, small enough not to add much to each round.
-        self.size = 4096 if device == "cuda" else 1024
-        # FLOPs credited per run: on CPU, as if each of the `threads` cores had done one.
-        self.flops = 2 * self.size**3 * (1 if device == "cuda" else threads)
+    def __init__(self, spec: VariantSpec, path: Path, threads: int):
+        self.spec = spec
+        self.path = path
+        self.threads = threads
 
     def create(self) -> None:
-        import torch
-
-        if self.spec.device == "cuda":
-            # The fp32 peak must be real fp32: TF32 tensor cores would inflate it.
-            torch.backends.cuda.matmul.allow_tf32 = False
-        generator = torch.Generator().manual_seed(0)
-        self.a = torch.randn(self.size, self.size, generator=generator).to(self.spec.device)
-        self.b = torch.randn(self.size, self.size, generator=generator).to(self.spec.device)
-        self.mm = torch.mm
-        self.timer = (CudaEventTimer() if self.spec.device == "cuda"
-                      else WallClock(setting=functools.partial(torch_threads, 1)))
+        self.session = open_runtime(self.spec.runtime, self.path, self.spec.device, threads=self.threads)
+        self.ran = self.session.describe()
+        self.providers = [f"{self.spec.runtime}:{self.session.provider}"]
+        self.timer = WallClock()
 
     def stage(self, batch: np.ndarray) -> None:
-        pass  # the same matrices at every batch size
+        self.batch = batch
 
     def infer(self) -> None:
-        self.mm(self.a, self.b)
-
-    def gflops(self, latencies_s: list[float]) -> float:
-        """The fastest run's rate: what the hardware gives one uninterrupted GEMM (a mean rate would sink with the
-        load, and MFU above 100% would then be noise, not the model)."""
-        return self.flops / min(latencies_s) / 1e9
+        self.session.run(self.batch)
 
 
 def make_runner(spec: VariantSpec, model: ModelUnderTest, threads: int) -> Runner:
     """The runner for a catalogue variant on `model` (ONNX Runtime: on the file the variant times)."""
     if spec.runtime == "torch":
         return TorchRunner(spec, model)
-    if spec.device == "cuda":
+    if spec.runtime != "ort":
+        return SessionRunner(spec, model.file_path(spec), threads)
+    if spec.device in ("cuda", "tensorrt"):
         return OrtCudaRunner(spec, model.file_path(spec), threads)
     return OrtCpuRunner(spec, model.file_path(spec), threads)

@@ -1,7 +1,8 @@
 """What can be benchmarked: the catalogue of variants, the settings of a run, and why a variant cannot run here.
 
-A variant is one way of running the model: a runtime (PyTorch eager or ONNX Runtime) on a device (CPU or CUDA),
-on one file. The speed-up of every variant is measured against PyTorch eager on the same device (EAGER).
+A variant is one way of running the model: a runtime (PyTorch eager, ONNX Runtime or OpenVINO) on a device (CPU,
+CUDA, TensorRT), in one precision, on one file. The speed-up of every variant is measured against PyTorch eager on
+the same device (EAGER), and against ONNX Runtime fp32 on the CPU (ORT_FP32) for the recommendation.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ DEFAULT_BATCH_SIZES = (1, 8, 32)
 @dataclass(frozen=True)
 class VariantSpec:
     name: str
-    runtime: str  # "torch" | "onnxruntime"
-    device: str  # "cpu" | "cuda"
+    runtime: str  # "torch" | "ort" | "openvino"
+    device: str  # "cpu" | "cuda" | "tensorrt"
     precision: str
     description: str
-    # ONNX Runtime: the export variant whose file it times, model.<export_variant>.onnx beside model.onnx
-    # (artifacts.py); None: model.onnx itself.
+    # The export variant whose file it times, model.<export_variant>.onnx beside model.onnx (artifacts.py); None:
+    # model.onnx itself.
     export_variant: str | None = None
     cuda_graph: bool = False  # ONNX Runtime CUDA: capture each run as one CUDA graph
 
@@ -33,35 +34,52 @@ VARIANTS: dict[str, VariantSpec] = {
     v.name: v
     for v in (
         VariantSpec("torch", "torch", "cpu", "fp32", "PyTorch eager, inference_mode"),
-        VariantSpec("ort-cpu", "onnxruntime", "cpu", "fp32", "ONNX Runtime CPU on model.onnx, graph optimisation ALL"),
+        VariantSpec("ort-cpu", "ort", "cpu", "fp32", "ONNX Runtime CPU on model.onnx, graph optimisation ALL"),
         VariantSpec(
-            "ort-cpu-fused", "onnxruntime", "cpu", "fp32",
+            "ort-cpu-fused", "ort", "cpu", "fp32",
             "ONNX Runtime CPU on model.fp32-opt.onnx (transformer fusions applied offline by export --optimize)",
             export_variant="fp32-opt",
         ),
         VariantSpec(
-            "ort-cpu-int8", "onnxruntime", "cpu", "int8",
+            "ort-cpu-int8", "ort", "cpu", "int8",
             "ONNX Runtime CPU on model.int8.onnx (export --precision int8: static QDQ unless --int8-method dynamic)",
             export_variant="int8",
         ),
         VariantSpec("torch-cuda", "torch", "cuda", "fp32", "PyTorch eager on CUDA, input resident on the GPU"),
         VariantSpec(
-            "ort-cuda", "onnxruntime", "cuda", "fp32", "ONNX Runtime CUDA on model.onnx, IO binding (input/output on GPU)"
+            "ort-cuda", "ort", "cuda", "fp32", "ONNX Runtime CUDA on model.onnx, IO binding (input/output on GPU)"
         ),
         VariantSpec(
-            "ort-cuda-graph", "onnxruntime", "cuda", "fp32",
+            "ort-cuda-graph", "ort", "cuda", "fp32",
             "ONNX Runtime CUDA on model.onnx, IO binding + CUDA graph (one captured graph per batch size)",
             cuda_graph=True,
         ),
         VariantSpec(
-            "ort-cuda-fp16", "onnxruntime", "cuda", "fp16",
+            "ort-cuda-fp16", "ort", "cuda", "fp16",
             "ONNX Runtime CUDA on model.fp16.onnx (export --precision fp16), IO binding, fp32 input and output",
             export_variant="fp16",
         ),
+        VariantSpec(
+            "ort-tensorrt", "ort", "tensorrt", "fp32",
+            "ONNX Runtime TensorRT provider on model.onnx (CUDA runs what TensorRT does not take), IO binding",
+        ),
+        VariantSpec("ov-cpu", "openvino", "cpu", "fp32", "OpenVINO CPU on model.onnx, f32 pinned"),
+        VariantSpec(
+            "ov-cpu-bf16", "openvino", "cpu", "bf16",
+            "OpenVINO CPU on model.ov-bf16.onnx (export --precision ov-bf16): bf16 inference precision",
+            export_variant="ov-bf16",
+        ),
+        VariantSpec(
+            "ov-cpu-int8", "openvino", "cpu", "int8",
+            "OpenVINO CPU on model.ov-int8.onnx (export --precision ov-int8: NNCF INT8), f32 for the rest",
+            export_variant="ov-int8",
+        ),
     )
 }
-# The baseline every speed-up is measured against, per device.
-EAGER = {"cpu": "torch", "cuda": "torch-cuda"}
+# The baseline every speed-up is measured against, per device (TensorRT runs on the CUDA device).
+EAGER = {"cpu": "torch", "cuda": "torch-cuda", "tensorrt": "torch-cuda"}
+# The baseline of the recommendation: ONNX Runtime fp32 on the plain export, on the CPU.
+ORT_FP32 = "ort-cpu"
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class BenchSettings:
     min_seconds: float = 2.0
     threads: int | None = None  # None: one per CPU core
     seed: int = 0  # of the random input batch
+    runtimes: tuple[str, ...] | None = None  # only these runtimes' variants (PyTorch eager stays); None: all
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -86,6 +105,10 @@ class BenchSettings:
             raise ConfigError("iteration counts and durations must not be negative (min_iters at least 1)")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        known = {spec.runtime for spec in VARIANTS.values()} - {"torch"}
+        if self.runtimes is not None and (not self.runtimes or set(self.runtimes) - known):
+            raise ConfigError(f"unknown runtime(s) {sorted(set(self.runtimes) - known) or []}; bench runs: "
+                              f"{', '.join(sorted(known))}")
 
     @property
     def thread_count(self) -> int:
@@ -93,8 +116,11 @@ class BenchSettings:
 
     @property
     def requested(self) -> list[str]:
-        """The variants asked for, in catalogue order when none were named."""
-        return list(self.variants) if self.variants else list(VARIANTS)
+        """The variants asked for, in catalogue order when none were named (those of `runtimes`, and eager)."""
+        if self.variants:
+            return list(self.variants)
+        return [name for name, spec in VARIANTS.items()
+                if self.runtimes is None or spec.runtime == "torch" or spec.runtime in self.runtimes]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,23 +132,43 @@ class BenchSettings:
             "min_seconds": self.min_seconds,
             "threads": self.thread_count,
             "seed": self.seed,
+            "runtimes": list(self.runtimes) if self.runtimes else None,
         }
 
 
 def runtime_problem(spec: VariantSpec) -> str | None:
     """Why this machine cannot run `spec`, or None. PyTorch needs torch installed, and on CUDA torch must see the
-    GPU; ONNX Runtime on CUDA needs a real CUDA session (runtime.cuda_status)."""
+    GPU; ONNX Runtime on CUDA / TensorRT needs a real session on that provider (runtimes.ort); OpenVINO must be
+    installed, with the device, and bf16 only where the CPU runs it natively."""
     if spec.runtime == "torch":
         torch = optional_torch()
         if torch is None:
             return "PyTorch is not installed"
         return "torch sees no CUDA device" if spec.device == "cuda" and not torch.cuda.is_available() else None
-    if spec.device != "cuda":
+    if spec.runtime == "openvino":
+        return _openvino_problem(spec)
+    if spec.device == "cpu":
         return None
-    from vitdeploy.runtime import cuda_status
+    from vitdeploy.runtimes.ort import cuda_status, tensorrt_status
 
-    status = cuda_status()
+    status = tensorrt_status() if spec.device == "tensorrt" else cuda_status()
     return None if status.usable else status.summary or status.reason
+
+
+def _openvino_problem(spec: VariantSpec) -> str | None:
+    from vitdeploy.runtimes import runtime_status
+
+    status = runtime_status("openvino")
+    if not status.usable:
+        return status.reason
+    if spec.device not in status.devices:
+        return f"OpenVINO has no {spec.device.upper()} device here"
+    if spec.precision in ("bf16", "fp16"):
+        from vitdeploy.runtimes.openvino import CAPABILITY, capabilities
+
+        if CAPABILITY[spec.precision] not in capabilities(spec.device.upper()):
+            return f"this {spec.device.upper()} does not run {spec.precision} natively"
+    return None
 
 
 def parse_variants(text: str | None) -> tuple[str, ...] | None:

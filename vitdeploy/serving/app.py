@@ -164,7 +164,7 @@ async def classify(request: Request) -> Response:
         except ImageDecodeError as e:
             raise RequestError(400, f"{name}: {e.detail}", kind=e.kind, file=name) from None
     logits = await state.batcher.infer(np.stack(pixels))
-    rows = [row_for_logits(name, row, state.runner.info.labels, top_k, state.runner.provider)
+    rows = [row_for_logits(name, row, state.runner.info.labels, top_k, state.runner.provider, state.runner.runtime)
             for (name, _), row in zip(uploads, logits)]
     return JSONResponse({"model": state.signature.name, "predictions": rows})
 

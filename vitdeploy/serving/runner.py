@@ -1,7 +1,7 @@
-"""The one place a served model runs: open a .onnx through a runtime -> run a batch -> logits.
+"""The one place a served model runs: open a .onnx through the runtime layer -> run a batch -> logits.
 
-`vitdeploy serve` and the Triton writer see a model only through `Runner`, so another runtime (OpenVINO, ...)
-plugs in by adding an opener to RUNTIMES; `--runtime NAME` picks it. ONNX Runtime is the only one for now.
+`vitdeploy serve` sees a model only through `Runner`; `--runtime ort|openvino|reference` picks the runtime
+(vitdeploy.runtimes), opened exactly as predict opens it, input contract checked.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from typing import Protocol
 
 import numpy as np
 
-from vitdeploy.errors import ConfigError, ModelFileError
+from vitdeploy.errors import ModelFileError
 from vitdeploy.onnx_file import INPUT_NAME, OnnxModelInfo
 from vitdeploy.progress import to_stderr
+from vitdeploy.runtimes.base import Session
+from vitdeploy.runtimes.registry import check_name
 
 
 class Runner(Protocol):
@@ -33,40 +35,31 @@ class Runner(Protocol):
 
 
 @dataclass
-class OrtRunner:
-    session: object  # onnxruntime.InferenceSession
+class SessionRunner:
+    session: Session
     provider: str
     info: OnnxModelInfo
     input_shape: tuple[int | str | None, ...]
     num_classes: int
-    runtime: str = "ort"
+    runtime: str
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
-        from vitdeploy.runtime import run_batch
-
-        return run_batch(self.session, pixel_values)
-
-
-def open_ort(path: Path, device: str, threads: int | None, log: Callable[[str], None]) -> OrtRunner:
-    # predict's opener: it checks that the graph's input size and outputs agree with the metadata.
-    from vitdeploy.prediction import open_model
-
-    model = open_model(path, device=device, threads=threads, log=log)
-    shape = tuple(model.session.get_inputs()[0].shape)
-    return OrtRunner(model.session, model.provider, model.info, shape, len(model.info.labels))
-
-
-RUNTIMES: dict[str, Callable[[Path, str, int | None, Callable[[str], None]], Runner]] = {"ort": open_ort}
+        return self.session.run(pixel_values)
 
 
 def open_runner(
     path: Path, runtime: str = "ort", device: str = "auto", threads: int | None = None,
     log: Callable[[str], None] = to_stderr,
 ) -> Runner:
-    """Open `path` with the named runtime; an unknown name is a usage error (exit code 2) naming the known ones."""
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown --runtime {runtime!r}; supported: {', '.join(RUNTIMES)}")
-    return RUNTIMES[runtime](path, device, threads, log)
+    """Open `path` on the named runtime as predict does; an unknown name is a usage error (exit code 2) naming the
+    known ones, a known one that is not installed names its install command."""
+    from vitdeploy.prediction import open_model
+
+    check_name(runtime)
+    model = open_model(path, device=device, threads=threads, log=log, runtime=runtime)
+    model_input = next(i for i in model.session.inputs if i.name == INPUT_NAME)
+    return SessionRunner(model.session, model.provider, model.info, tuple(model_input.shape or ()),
+                         len(model.info.labels), runtime)
 
 
 def check_dynamic_batch(path: Path | str, shape: tuple[int | str | None, ...]) -> None:

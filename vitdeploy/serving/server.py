@@ -25,7 +25,8 @@ from vitdeploy.progress import to_stderr
 from vitdeploy.serving.app import create_app, model_stats
 from vitdeploy.serving.batcher import DynamicBatcher
 from vitdeploy.serving.protocol import ModelSignature
-from vitdeploy.serving.runner import RUNTIMES, check_dynamic_batch, item_shape, open_runner
+from vitdeploy.runtimes.registry import check_name as check_runtime_name
+from vitdeploy.serving.runner import check_dynamic_batch, item_shape, open_runner
 from vitdeploy.serving.triton import check_name, default_name
 
 # Time the drain may take before uvicorn closes what is still open.
@@ -139,8 +140,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def check_settings(settings: ServeSettings) -> None:
-    if settings.runtime not in RUNTIMES:
-        raise ConfigError(f"unknown --runtime {settings.runtime!r}; supported: {', '.join(RUNTIMES)}")
+    check_runtime_name(settings.runtime)
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, not {settings.port}")
     if settings.max_batch_size < 1 or settings.max_queue_delay_ms < 0:

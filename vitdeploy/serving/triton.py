@@ -243,7 +243,7 @@ def default_name(model: Path) -> str:
 
 def describe_model(path: Path) -> tuple[OnnxModelInfo, tuple]:
     """Metadata and input shape through ONNX Runtime (cheap: optimizations off, CPU)."""
-    from vitdeploy.runtime import make_session, model_info_from_session
+    from vitdeploy.runtimes.ort import make_session, model_info_from_session
 
     session, _ = make_session(path, device="cpu", graph_optimization="disabled")
     return model_info_from_session(session, path), tuple(session.get_inputs()[0].shape)

@@ -1,0 +1,149 @@
+"""The runtime interface: one .onnx file open on one runtime, run batch by batch, saying what really ran it.
+
+Every consumer (verify, predict, bench, the precision gate) opens a model through registry.open_runtime and uses
+only this interface:
+
+    session = open_runtime("openvino", path, device="cpu")   # a Session
+    logits = session.run(batch)                              # float32 (N, C, H, W) -> (N, num_classes)
+    session.describe()  # {"runtime": "openvino", "device": "cpu", "provider": "CPU", "precision": "fp32"}
+
+A Session reports what its runtime says it runs on (ORT's session providers, OpenVINO's compiled device and
+inference precision), never what was asked for. Imports numpy and vitdeploy's torch- and onnx-free modules only.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vitdeploy.errors import DeviceError, ModelFileError
+from vitdeploy.onnx_file import INPUT_NAME, META_EXPORT, OUTPUT_NAME, OnnxModelInfo, check_io_names, parse_metadata
+
+
+class PrecisionError(DeviceError):
+    """A runtime was asked for a precision this hardware does not run natively (exit code 2): refused, never
+    emulated."""
+
+
+@dataclass(frozen=True)
+class Description:
+    """What ran a model: the runtime, the device asked of it, the provider or plugin that really ran it, and the
+    arithmetic precision it ran in (the file's, or the one the runtime was told to use, e.g. OpenVINO bf16)."""
+
+    runtime: str  # ort | openvino | reference
+    device: str  # cpu | cuda | tensorrt | gpu | npu
+    provider: str  # CPUExecutionProvider, CUDAExecutionProvider, OpenVINO's device name (CPU), onnx.reference
+    precision: str  # fp32 | fp16 | bf16 | int8
+
+    @property
+    def label(self) -> str:
+        """Short and unique within a run, for tables and report keys: ort:CPU, openvino:CPU:bf16, reference."""
+        provider = self.provider.removesuffix("ExecutionProvider")
+        if self.runtime == "reference":
+            return "reference"
+        return f"{self.runtime}:{provider}" + (f":{self.precision}" if self.runtime == "openvino" else "")
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output as the runtime reads it: dims are ints where fixed, names where symbolic."""
+
+    name: str
+    elem_type: str  # "float32", "float16", ...
+    shape: tuple[int | str | None, ...] | None  # None: rank unknown
+
+
+class Session(abc.ABC):
+    """One model file open on one runtime."""
+
+    path: Path | None  # None: opened from bytes
+    description: Description
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metadata: dict[str, str]  # the file's metadata_props, as the runtime read them
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) float32 -> logits (N, num_classes) float32 on the host."""
+        return self.run_outputs(batch, [OUTPUT_NAME])[OUTPUT_NAME]
+
+    @abc.abstractmethod
+    def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named graph outputs for one batch."""
+
+    def run_in_batches(self, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+        """Logits for any number of samples, run `batch_size` at a time."""
+        return np.concatenate([self.run(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+    def describe(self) -> dict[str, str]:
+        return self.description.to_dict()
+
+    @property
+    def provider(self) -> str:
+        return self.description.provider
+
+    def model_info(self) -> OnnxModelInfo:
+        """The file's self-description, with the graph checked against it (check_input_contract)."""
+        name = self.path if self.path is not None else "model bytes"
+        check_io_names(name, [i.name for i in self.inputs], [o.name for o in self.outputs])
+        info = parse_metadata(name, self.metadata)
+        check_input_contract(self, info)
+        return info
+
+
+def check_input_contract(session: Session, info: OnnxModelInfo) -> None:
+    """The graph must take float32 [batch, C, S, S] with a symbolic batch and give [batch, len(labels)] logits, as its
+    metadata says; otherwise every consumer (predict, bench, serve) would fail later, inside the runtime."""
+    model_input = next(i for i in session.inputs if i.name == INPUT_NAME)
+    shape, size = model_input.shape, info.preprocess.image_size
+    channels = info.model_config.in_channels if info.model_config else 3
+    problems = []
+    if model_input.elem_type != "float32":
+        problems.append(f"input {INPUT_NAME} is {model_input.elem_type}, not float32")
+    if shape is None or len(shape) != 4:
+        rank = "an unknown number of" if shape is None else str(len(shape))
+        problems.append(f"input {INPUT_NAME} has {rank} dimensions, not 4 (batch, channels, height, width)")
+    else:
+        batch, got_channels, height, width = shape
+        if isinstance(batch, int):
+            problems.append(f"the batch axis is fixed at {batch} (it must be symbolic: re-export with vitdeploy "
+                            "export, which writes a dynamic batch axis)")
+        if isinstance(got_channels, int) and got_channels != channels:
+            problems.append(f"the graph takes {got_channels} input channel(s), the model config {channels}")
+        if all(isinstance(d, int) for d in (height, width)) and (height, width) != (size, size):
+            problems.append(f"the graph takes {height}x{width} images but its metadata says {size}x{size}")
+    output_shape = next(o for o in session.outputs if o.name == OUTPUT_NAME).shape
+    num_classes = output_shape[-1] if output_shape else None
+    if isinstance(num_classes, int) and num_classes != len(info.labels):
+        problems.append(f"the graph has {num_classes} outputs but {len(info.labels)} labels")
+    if problems:
+        raise ModelFileError(f"{info.path}: " + "; ".join(problems))
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse a missing, empty or unsafe file before a runtime reads it (each runtime's own message is worse)."""
+    from vitdeploy.onnx_file import check_external_data_file
+
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model file")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: model file is empty")
+    check_external_data_file(path)  # vitdeploy's own check, not only the runtime's
+
+
+def export_record(metadata: dict[str, str]) -> dict:
+    """The export facts a vitdeploy file records (precision, variant, runtime, ...); {} for other files."""
+    try:
+        record = json.loads(metadata.get(META_EXPORT, "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}

@@ -1,0 +1,164 @@
+"""OpenVINO: an .onnx file compiled for one OpenVINO device, in a precision that is always explicit.
+
+OpenVINO's CPU plugin runs fp32 models in bf16 by default on CPUs with AVX512_BF16 or AMX (its
+INFERENCE_PRECISION_HINT defaults to bf16 there): logits then differ from fp32 by about 1e-2, silently. vitdeploy
+never leaves the hint to the plugin: an fp32 file is compiled with f32 pinned; bf16 is used only when named (the
+ov-bf16 variant, or precision="bf16"), and refused where the device does not list BF16 among its optimization
+capabilities (the plugin's own report of AVX512_BF16 / AMX support), rather than emulated. The precision the
+compiled model reports back is what describe() says.
+
+Devices: "cpu" (and "auto", which is the CPU: OpenVINO's AUTO plugin would choose for itself, and vitdeploy says
+what ran), "gpu" and "npu" where OpenVINO lists them. Reads the file's metadata from OpenVINO's own model
+(rt_info "framework"), so it needs neither onnx nor torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
+from vitdeploy.onnx_file import INPUT_NAME
+from vitdeploy.runtimes.base import Description, PrecisionError, Session, TensorSpec, check_model_file, export_record
+
+NAME = "openvino"
+DEVICES = ("auto", "cpu", "gpu", "npu")
+# vitdeploy precision -> OpenVINO inference precision hint, and the optimization capability a device must list.
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
+# OpenVINO's element types -> numpy's names.
+_ELEMENT_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64"}
+
+
+def core() -> ov.Core:
+    """One Core per process: it loads the device plugins once."""
+    global _CORE
+    if _CORE is None:
+        _CORE = ov.Core()
+    return _CORE
+
+
+_CORE: ov.Core | None = None
+
+
+def available_devices() -> list[str]:
+    """OpenVINO's device names here, lower case: ['cpu'], plus 'gpu' / 'npu' where their plugins find hardware."""
+    return sorted({d.split(".")[0].lower() for d in core().available_devices})
+
+
+def device_name(device: str) -> str:
+    """vitdeploy's device -> OpenVINO's; refuses a device OpenVINO does not list here."""
+    if device not in DEVICES:
+        raise ConfigError(f"unknown OpenVINO device {device!r}; choose one of: {', '.join(DEVICES)}")
+    wanted = "cpu" if device == "auto" else device
+    if wanted not in available_devices():
+        raise DeviceError(f"OpenVINO has no {wanted.upper()} device here (it lists: "
+                          f"{', '.join(d.upper() for d in available_devices())})")
+    return wanted.upper()
+
+
+def capabilities(device: str = "CPU") -> list[str]:
+    return list(core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
+
+
+def check_precision(precision: str, device: str = "CPU") -> None:
+    """Refuse a precision the device does not run natively (never emulated: a slow bf16 would look like a bug)."""
+    if precision not in HINTS:
+        raise ConfigError(f"OpenVINO runs fp32, bf16 or fp16 (int8 comes from a quantized file), not {precision!r}")
+    if CAPABILITY[precision] not in capabilities(device):
+        raise PrecisionError(
+            f"OpenVINO {device} does not support {precision} natively here (its optimization capabilities: "
+            f"{', '.join(capabilities(device))}); {precision} needs "
+            + ("AVX512_BF16 or AMX on a CPU" if precision == "bf16" else "AVX512_FP16 or AMX-FP16 on a CPU")
+        )
+
+
+def _element(port: ov.Output) -> TensorSpec:
+    shape = port.get_partial_shape()
+    dims = None if shape.rank.is_dynamic else tuple(d.get_length() if d.is_static else None for d in shape)
+    return TensorSpec(port.get_any_name(), _ELEMENT_TYPES.get(port.get_element_type().get_type_name(),
+                                                              port.get_element_type().get_type_name()), dims)
+
+
+def _read(source: Path | bytes) -> ov.Model:
+    """Read an ONNX file (or serialized ModelProto) into OpenVINO; an op it cannot convert is named."""
+    try:
+        if isinstance(source, bytes):
+            return core().read_model(model=source, weights=b"")  # bytes: OpenVINO's ONNX frontend reads the proto
+        return core().read_model(str(source))
+    except RuntimeError as e:  # OpenVINO raises RuntimeError for every failure: the message says which one
+        raise ModelFileError(f"{source if isinstance(source, Path) else 'model bytes'}: "
+                             f"{_conversion_failure(str(e))}") from None
+
+
+def _conversion_failure(message: str) -> str:
+    ops = re.search(r"No conversion rule found for operations: ([^\n]+)", message)
+    if ops:
+        return f"OpenVINO cannot run op(s) {ops.group(1).strip()} (no conversion rule in its ONNX frontend)"
+    lines = [line for line in message.splitlines() if line.strip() and not line.startswith(("Exception from",
+                                                                                                "Check "))]
+    return "OpenVINO cannot read it: " + (lines[0] if lines else message.strip())
+
+
+class OpenVinoSession(Session):
+    """One compiled model and one infer request: each run() is a synchronous inference on `threads` threads."""
+
+    def __init__(self, model: str | Path | bytes, device: str = "auto", precision: str | None = None,
+                 threads: int | None = None):
+        self.path = None if isinstance(model, bytes) else Path(model)
+        if self.path is not None:
+            check_model_file(self.path)
+        ov_device = device_name(device)
+        self.model = _read(self.path if self.path is not None else model)  # type: ignore[arg-type]
+        self.metadata = {k: _text(v) for k, v in _framework_info(self.model).items()}
+        precision, file_precision = _precision(export_record(self.metadata), precision)
+        check_precision(precision, ov_device)
+        self.inputs = [_element(p) for p in self.model.inputs]
+        self.outputs = [_element(p) for p in self.model.outputs]
+        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.compiled = core().compile_model(self.model, ov_device, config)
+        except RuntimeError as e:  # OpenVINO's only exception type; the message names the failure
+            raise ModelFileError(f"{self.path or 'model bytes'}: OpenVINO {ov_device} cannot compile it: "
+                                 f"{_conversion_failure(str(e))}") from None
+        compiled = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        ran = {v: k for k, v in HINTS.items()}.get(compiled, compiled)
+        self.inference_precision = ran
+        # An int8 (fp16) file runs its quantized (fp16) ops so and the rest in the compiled precision.
+        self.description = Description(NAME, ov_device.lower(), ov_device,
+                                       file_precision if file_precision in ("int8", "fp16") else ran)
+        self.request = self.compiled.create_infer_request()
+
+    def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        results = self.request.infer({INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        return {name: np.array(results[self.compiled.output(name)], dtype=np.float32) for name in names}
+
+    def describe(self) -> dict[str, str]:
+        return {**self.description.to_dict(), "inference_precision": self.inference_precision}
+
+
+def _precision(record: dict, asked: str | None) -> tuple[str, str]:
+    """(the precision to compute in, the file's precision). Files made for OpenVINO record theirs (ov-bf16: bf16;
+    ov-int8: fp32 for the ops left unquantized); every other file computes in fp32 (an fp16 or int8 graph keeps the
+    precision of its own ops). Another precision may be named for an fp32 file only."""
+    file_precision = str(record.get("precision", "fp32"))
+    if asked is None:
+        return str(record.get("inference_precision") or "fp32"), file_precision
+    if file_precision != "fp32" and asked not in ("fp32", file_precision):
+        raise ConfigError(f"the file is {file_precision}; OpenVINO cannot run it as {asked}")
+    return asked, file_precision
+
+
+def _framework_info(model: ov.Model) -> dict:
+    info = model.get_rt_info()
+    return dict(info["framework"]) if "framework" in info else {}
+
+
+def _text(value: object) -> str:
+    return value.astype(str) if hasattr(value, "astype") else str(value)
