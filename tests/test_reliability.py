@@ -85,6 +85,19 @@ def test_verify_says_non_finite_output_rather_than_a_tolerance(nan_onnx, tiny_on
     assert not any("atol" in line for line in report["failures"])
 
 
+def test_bench_says_a_variant_answers_nan_and_never_recommends_it(nan_onnx, tiny_onnx):
+    quick = ["--warmup-iters", "0", "--warmup-seconds", "0", "--min-iters", "1", "--min-seconds", "0", "--threads", "1"]
+    result = runner.invoke(app, ["bench", str(nan_onnx), "--variants", "ort-cpu", "--batch-sizes", "2", *quick, "--json"])
+    assert result.exit_code == EXIT_OK, result.output
+    report = strict_loads(result.stdout)
+    assert report["variants"]["ort-cpu"]["cold_start"]["finite_outputs"] is False
+    assert report["best_variant"]["gate"]["ort-cpu"] == "failed" and "ort-cpu" in report["best_variant"]["never_recommended"]
+    assert "NON-FINITE" in result.stderr
+    healthy = strict_loads(runner.invoke(app, ["bench", str(tiny_onnx), "--variants", "ort-cpu", "--batch-sizes", "2",
+                                               *quick, "--json"]).stdout)
+    assert healthy["variants"]["ort-cpu"]["cold_start"]["finite_outputs"] is True
+
+
 # ------------------------------------------------------------------------------------------ the input contract
 
 

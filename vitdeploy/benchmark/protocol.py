@@ -107,6 +107,10 @@ class Runner(abc.ABC):
         """One timed inference; its latency in seconds."""
         return self.timer.time(self.infer)
 
+    def logits(self) -> np.ndarray | None:
+        """The staged batch's logits on the host (untimed), or None where the runner does not produce any."""
+        return None
+
 
 def input_batch(cfg: ModelConfig, batch_size: int, seed: int) -> np.ndarray:
     """The batch every variant sees at this batch size: seeded per batch size, standard normal (the scale of a
@@ -120,19 +124,24 @@ class ColdStart:
     create_s: float  # building the model or creating the session
     first_run_s: float  # the first inference after it, on `first_batch_size`
     first_batch_size: int
+    finite_outputs: bool | None = None  # every logit of that batch finite; None where the runner cannot say
 
     def to_dict(self) -> dict[str, Any]:
         return {"create_ms": round(self.create_s * 1e3, 2), "first_run_ms": round(self.first_run_s * 1e3, 2),
-                "first_batch_size": self.first_batch_size}
+                "first_batch_size": self.first_batch_size, "finite_outputs": self.finite_outputs}
 
 
 def cold_start(runner: Runner, batch: np.ndarray) -> ColdStart:
-    """Create the runner and run it once on `batch`, timing both."""
+    """Create the runner and run it once on `batch`, timing both; then (untimed) check that its logits are finite:
+    a variant that answers NaN is fast at nothing."""
     started = time.perf_counter()
     runner.create()
     created = time.perf_counter() - started
     runner.stage(batch)
-    return ColdStart(created, runner.run(), int(batch.shape[0]))
+    first_run = runner.run()
+    logits = runner.logits()
+    finite = None if logits is None else bool(np.isfinite(logits).all())
+    return ColdStart(created, first_run, int(batch.shape[0]), finite)
 
 
 def measure(

@@ -95,6 +95,8 @@ def _variant_line(name: str, v: dict[str, Any]) -> str:
         quantization = v.get("quantization")
         method = f", {quantization['method']} INT8" if quantization else ""
         line += f"; {Path(v['file']).name}{method}: {v['accuracy']['note']}"
+    if v["cold_start"].get("finite_outputs") is False:
+        line += "; NON-FINITE logits (NaN or Inf) on the benchmark's inputs: never recommended"
     return line
 
 

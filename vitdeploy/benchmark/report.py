@@ -142,6 +142,8 @@ def gate_status(variant: dict[str, Any]) -> str:
     ran on the variant's runtime ("reference" for PyTorch eager, the model every check compares with)."""
     if variant["runtime"] == "torch":
         return "reference"
+    if (variant.get("cold_start") or {}).get("finite_outputs") is False:
+        return "failed"  # NaN or Inf logits on the benchmark's own inputs: whatever the file's record says
     accuracy = variant.get("accuracy") or {}
     if not accuracy.get("judged"):
         return "untested"

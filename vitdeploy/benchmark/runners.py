@@ -63,6 +63,10 @@ class TorchRunner(Runner):
     def infer(self) -> None:
         self.model(self.input)
 
+    def logits(self) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(self.input).float().cpu().numpy()
+
 
 class OrtRunner(Runner):
     """ONNX Runtime on one .onnx file, with `threads` intra-op threads."""
@@ -85,6 +89,9 @@ class OrtCpuRunner(OrtRunner):
 
     def infer(self) -> None:
         self.session.run([OUTPUT_NAME], self.feed)
+
+    def logits(self) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], self.feed)[0]
 
 
 class OrtCudaRunner(OrtRunner):
@@ -144,6 +151,10 @@ class OrtCudaRunner(OrtRunner):
         self.session.run_with_iobinding(self.binding)
         self.binding.synchronize_outputs()
 
+    def logits(self) -> np.ndarray:
+        self.infer()
+        return self.output.numpy()
+
 
 class SessionRunner(Runner):
     """Any runtime through the runtime interface (vitdeploy.runtimes): OpenVINO here. The session's own
@@ -165,6 +176,9 @@ class SessionRunner(Runner):
 
     def infer(self) -> None:
         self.session.run(self.batch)
+
+    def logits(self) -> np.ndarray:
+        return self.session.run(self.batch)
 
 
 def make_runner(spec: VariantSpec, model: ModelUnderTest, threads: int) -> Runner:
