@@ -27,6 +27,7 @@ import torch
 
 from vitdeploy import graph_variants
 from vitdeploy.runtimes import ort as runtime
+from vitdeploy.runtimes.registry import open_runtime
 from vitdeploy import onnx_export as export
 from vitdeploy.atomic import atomic_write_json
 from vitdeploy.bundle import BundleInfo
@@ -75,9 +76,8 @@ def main() -> int:
                     path = Path(tmp) / f"{exporter}.onnx"
                     save_onnx(proto, path)
                     _, fusions = graph_variants.fuse_transformer(path, preset.model)
-                    session, _ = runtime.make_session(path, device="cpu")
-                    parity = {b: float(np.abs(runtime.run_in_batches(session, inputs, b) - reference).max())
-                              for b in (1, 7)}
+                    session = open_runtime("ort", path, device="cpu")
+                    parity = {b: float(np.abs(session.run_in_batches(inputs, b) - reference).max()) for b in (1, 7)}
                     facts[exporter] = {
                         "nodes": len(proto.graph.node),
                         "nodes_after_ort_optimizer": ort_optimized_nodes(path),

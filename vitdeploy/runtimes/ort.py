@@ -260,11 +260,6 @@ def run_batch(session: ort.InferenceSession, pixel_values: np.ndarray) -> np.nda
     return binding.copy_outputs_to_cpu()[0]
 
 
-def run_in_batches(session: ort.InferenceSession, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits for any number of samples, run `batch_size` at a time."""
-    return np.concatenate([run_batch(session, inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
-
-
 def short_provider_name(provider: str) -> str:
     """CUDAExecutionProvider -> CUDA, for tables and one-line messages."""
     return provider.removesuffix("ExecutionProvider")
