@@ -1,7 +1,7 @@
 """The training engine: one epoch of optimizer steps (`train_one_epoch`) and held-out evaluation (`evaluate`).
 
 Also what those two use: AdamW with its warm-up/cosine schedule, each epoch's sample order, mixed precision,
-the stop flag (Ctrl-C, --stop-after-steps) and the progress display. `vitdeploy.train` wires them into a run.
+the stop flag (Ctrl-C, --stop-after-steps) and the progress display. `vitdeploy.training` wires them into a run.
 """
 
 from __future__ import annotations
