@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from vitdeploy import onnx_export as export, onnx_file, parity, verification as verify
 from vitdeploy.runtimes import ort as runtime
-from vitdeploy.cli import app, parse_batch_sizes
+from vitdeploy.cli import app
+from vitdeploy.config import parse_batch_sizes
 from vitdeploy.config import ModelConfig
 from vitdeploy.errors import ConfigError, ModelFileError
 

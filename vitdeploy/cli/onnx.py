@@ -1,0 +1,159 @@
+"""`vitdeploy export` and `verify`: the .onnx file and its proof."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vitdeploy.cli import app, console, handle_errors, print_json, print_note
+from vitdeploy.config import parse_batch_sizes
+
+
+@app.command()
+@handle_errors
+def export(
+    bundle: Annotated[
+        Optional[Path], typer.Argument(help="Model bundle folder. Default: the latest bundle under models/.")
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset; an unsupported one is refused, naming the range.")] = 17,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file. Default: BUNDLE/model.onnx.")] = None,
+    verify: Annotated[bool, typer.Option(help="Check parity with PyTorch before the file is moved into place.")] = True,
+    optimize: Annotated[
+        bool, typer.Option(help="Also write MODEL.fp32-opt.onnx: ONNX Runtime's transformer fusions applied offline "
+                           "(Attention, SkipLayerNormalization, BiasGelu), with the fusion counts reported.")
+    ] = False,
+    precision: Annotated[
+        Optional[list[str]],
+        typer.Option(help="fp32 (default), fp16, int8, ov-bf16, ov-int8; several as fp16,int8 or repeated. fp16 "
+                     "(ONNX Runtime on GPUs, built from the fused graph) goes to MODEL.fp16.onnx, int8 (ONNX Runtime "
+                     "on CPUs) to MODEL.int8.onnx; ov-bf16 (OpenVINO in bf16, on CPUs with AVX512_BF16 or AMX) to "
+                     "MODEL.ov-bf16.onnx and ov-int8 (NNCF INT8 for OpenVINO) to MODEL.ov-int8.onnx: each judged "
+                     "on the runtime it is for."),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="Accuracy gate: percentage points of held-out accuracy a variant may lose against "
+                            "PyTorch fp32 (it must also agree on top-1 for at least 99% of the images).")
+    ] = 0.5,
+    int8_method: Annotated[
+        str, typer.Option(help="static: QDQ, per-channel weights, activation ranges calibrated on the bundle's "
+                          "training images (faster here, batch-independent); dynamic: activations scaled per batch.")
+    ] = "static",
+    exporter: Annotated[
+        Optional[str], typer.Option(help="torchscript (default; falls back to dynamo where torch no longer has it) "
+                                    "or dynamo. Both give the same file contract, parity check and per-block report.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+) -> None:
+    """Export a bundle to one self-describing ONNX file (dynamic batch), parity-checked before it is written.
+
+    With --optimize / --precision, faster variants are written beside it (model.onnx -> model.fp32-opt.onnx,
+    model.fp16.onnx, model.int8.onnx), each only after the accuracy gate on the bundle's held-out images passed;
+    each file records its precision, fusions and measured accuracy, so predict, verify and bench run it alone.
+
+    Exit codes: 0 exported (and parity held, and every variant passed the gate); 2 bad input (no bundle,
+    unsupported opset or precision); 3 parity failed (nothing written), or a variant failed the accuracy gate
+    (that variant not written; the fp32 file and the variants that passed were).
+
+    Example: vitdeploy export models/digits/best --optimize --precision fp16,int8,ov-bf16,ov-int8
+    """
+    import vitdeploy
+    from vitdeploy.parity import ParityError
+    from vitdeploy.precision import AccuracyGateFailed, variants_table
+    from vitdeploy.verification import parity_tables
+
+    try:
+        result = vitdeploy.export(bundle, out, opset=opset, verify=verify, optimize=optimize,
+                                  precision=precision or ["fp32"], max_accuracy_drop=max_accuracy_drop,
+                                  int8_method=int8_method, exporter=exporter, notify=print_note)
+    except ParityError as e:
+        for table in parity_tables(e.report):
+            console.print(table)
+        if json_output:
+            print_json({"error": str(e), "parity": e.report.to_dict()})
+        raise
+    except AccuracyGateFailed as e:
+        console.print(variants_table(e.results))
+        if json_output:
+            print_json({"error": str(e), **(e.export.to_dict() if e.export else {})})
+        raise
+    size = f"{result.size_bytes / 1e6:.2f} MB"
+    if result.external_data:
+        size += f", weights in {result.external_data.name}"
+    console.print(
+        f"exported {result.path} ({result.exporter} exporter, opset {result.opset}, {result.num_nodes} nodes, {size}) "
+        f"in {result.export_seconds:.1f} s",
+        highlight=False, soft_wrap=True,
+    )
+    if result.parity:
+        s = result.parity.summary()
+        console.print(
+            f"parity ok on {', '.join(s['providers'])} at batch sizes {s['batch_sizes']}: max |diff| "
+            f"{s['max_abs']:.2e}, top-1 agreement {s['top1_agreement']:.0%} ({result.verify_seconds:.1f} s)",
+            highlight=False, soft_wrap=True,
+        )
+    if result.variants:
+        console.print(variants_table(result.variants))
+    if json_output:
+        print_json(result.to_dict())
+
+
+@app.command()
+@handle_errors
+def verify(
+    model: Annotated[
+        Optional[Path], typer.Argument(help="The .onnx file. Default: model.onnx in the latest bundle under models/.")
+    ] = None,
+    bundle: Annotated[
+        Optional[Path], typer.Option(help="The bundle it came from. Default: the file's folder, else the one "
+                                     "recorded at export.")
+    ] = None,
+    images: Annotated[
+        Optional[Path], typer.Option(help="Real images to compare on. Default: the bundle's held-out split.")
+    ] = None,
+    batch_sizes: Annotated[
+        str, typer.Option(help="Batch sizes to run, comma-separated (1 is always added).")
+    ] = "1,7,32",
+    atol: Annotated[Optional[float], typer.Option(help="Max absolute logit difference (fp32 default 1e-4).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance added to atol (fp32 default 0).")] = None,
+    runtime: Annotated[
+        Optional[str], typer.Option(help="Runtimes, comma-separated: ort, openvino, reference. Default: every one "
+                                    "installed and usable here (the slow reference only on small models).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
+) -> None:
+    """Compare PyTorch with every runtime (ONNX Runtime on every provider that really works, OpenVINO, the ONNX
+    reference) on real and random inputs at several batch sizes, and the runtimes with each other on the same file;
+    when parity fails, name the first block whose output diverges.
+
+    Exit codes: 0 every check passed; 2 bad input (missing bundle or file, not ONNX, truncated, file and bundle
+    do not match, external data outside the model's folder, a runtime named that is not installed or usable, an
+    op a runtime cannot run); 3 a parity check failed.
+
+    Example: vitdeploy verify models/digits/best/model.onnx --runtime ort,openvino,reference --batch-sizes 1,7,32
+    """
+    import vitdeploy
+    from vitdeploy.errors import EXIT_CHECK_FAILED
+    from vitdeploy.verification import parity_tables
+
+    report = vitdeploy.verify(model, bundle=bundle, images=images, batch_sizes=parse_batch_sizes(batch_sizes),
+                              atol=atol, rtol=rtol, runtime=runtime, notify=print_note)
+
+    n = report.inputs
+    console.print(f"inputs: {n['real']} real images ({n['real_source']}) + {n['random']} random", highlight=False)
+    for table in parity_tables(report):
+        console.print(table)
+    if report.accuracy:
+        scores = ", ".join(f"{name} {value:.1%}" for name, value in report.accuracy.items())
+        console.print(f"top-1 accuracy on the {n['real']} labelled held-out images: {scores}", highlight=False)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    for line in report.failures():
+        console.print(f"[red]FAIL[/] {line}", highlight=False, soft_wrap=True)
+    if report.passed:
+        console.print(f"[green]parity ok[/] on {', '.join(report.providers)}", highlight=False)
+    if json_output:
+        print_json(report.to_dict())
+    if not report.passed:
+        raise typer.Exit(EXIT_CHECK_FAILED)

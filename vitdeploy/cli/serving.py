@@ -1,0 +1,126 @@
+"""`vitdeploy triton` and `serve`: a Triton model repository, and the same protocol served locally."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vitdeploy.cli import app, console, handle_errors, print_json, print_note
+from vitdeploy.config import parse_batch_sizes
+
+
+@app.command()
+@handle_errors
+def triton(
+    model: Annotated[
+        Optional[Path], typer.Argument(help="The .onnx to put in the repository. Default: the newest .onnx under models/.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Repository folder; the model goes to OUT/<name>/.")] = Path("triton"),
+    name: Annotated[
+        Optional[str], typer.Option(help="Model name in the repository and in URLs. Default: the file name "
+                                    "without .onnx.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu | gpu: the instance_group kind.")] = "cpu",
+    instances: Annotated[int, typer.Option(help="Model instances (per GPU with --device gpu).")] = 1,
+    max_batch_size: Annotated[
+        Optional[int], typer.Option(help="Largest batch Triton forms. Default: 32, or the --from-bench recommendation.")
+    ] = None,
+    max_queue_delay_ms: Annotated[
+        Optional[float], typer.Option(help="How long a request may wait for a batch to fill. Default: 2 ms, or what "
+                                      "the p99 budget of --from-bench leaves.")
+    ] = None,
+    preferred_batch_sizes: Annotated[
+        Optional[str], typer.Option(help="Batch sizes Triton should aim for, comma-separated. Default: none, or the "
+                                    "--from-bench recommendation.")
+    ] = None,
+    dynamic_batching: Annotated[bool, typer.Option(help="Write a dynamic_batching block.")] = True,
+    from_bench: Annotated[
+        Optional[Path], typer.Option(help="A `vitdeploy bench --p99-budget MS --output F.json` report: its "
+                                     "recommended batch size (ort-cpu, or ort-cuda with --device gpu) sets the "
+                                     "preferred and largest batch, the budget left after its p99 the queue delay.")
+    ] = None,
+    tensorrt: Annotated[
+        Optional[str], typer.Option(help="fp32 | fp16: run through ONNX Runtime's TensorRT accelerator "
+                                    "(--device gpu), one engine profile for batch 1..max, engines cached.")
+    ] = None,
+    cuda_graphs: Annotated[
+        bool, typer.Option(help="Replay CUDA graphs (--device gpu). A graph holds one input shape, so this needs "
+                           "--no-dynamic-batching and clients that always send the same batch size.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+) -> None:
+    """Write a Triton Inference Server model repository: OUT/<name>/config.pbtxt, 1/model.onnx, labels.txt, and
+    OUT/README.md with the tritonserver and client commands and the preprocessing clients must apply.
+
+    Needs only the core install. Refuses a model whose batch axis is fixed (Triton would refuse it at load) and a
+    name that is not a plain directory name (exit code 2).
+
+    Example: vitdeploy triton models/digits/best/model.onnx --out triton --name digits --device gpu --tensorrt fp16
+    """
+    import vitdeploy
+
+    repo = vitdeploy.triton(
+        model, out=out, name=name, device=device, instances=instances, max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms,
+        preferred_batch_sizes=parse_batch_sizes(preferred_batch_sizes, "--preferred-batch-sizes")
+        if preferred_batch_sizes else (),
+        dynamic_batching=dynamic_batching, from_bench=from_bench, tensorrt=tensorrt, cuda_graphs=cuda_graphs,
+    )
+    for note in repo.notes:
+        print_note(note)
+    console.print(f"wrote Triton model {repo.name!r} to {repo.model_dir}/ (see {repo.root / 'README.md'})",
+                  highlight=False, soft_wrap=True)
+    if json_output:
+        print_json(repo.to_dict())
+
+
+@app.command()
+@handle_errors
+def serve(
+    model: Annotated[
+        Optional[Path], typer.Argument(help="The .onnx to serve. Default: the newest .onnx under models/.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface; think first).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one, printed at start).")] = 8000,
+    runtime: Annotated[str, typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow).")] = "ort",
+    device: Annotated[str, typer.Option(help="auto (CUDA only if a session really gets it) | cpu | cuda.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    name: Annotated[
+        Optional[str], typer.Option(help="Model name in URLs (/v2/models/NAME). Default: the file name without .onnx, "
+                                    "as `vitdeploy triton` names it.")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Most images per model call (and per request).")] = 32,
+    max_queue_delay_ms: Annotated[
+        float, typer.Option(help="How long the oldest waiting request may wait for a batch to fill.")
+    ] = 2.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB); larger ones get 413.")] = 64.0,
+    decode_threads: Annotated[int, typer.Option(help="Threads decoding uploaded images for /classify.")] = 2,
+    top_k: Annotated[int, typer.Option(help="Labels /classify returns per image (?top_k= overrides).")] = 5,
+) -> None:
+    """Serve a model over HTTP with the Open Inference Protocol (v2: what Triton and KServe speak) and an image
+    endpoint, batching concurrent requests dynamically.
+
+    Endpoints: /v2/health/live, /v2/health/ready, /v2/models/NAME (metadata), /v2/models/NAME/ready,
+    /v2/models/NAME/infer (FP32 tensors, JSON or binary), /v2/models/NAME/stats (batch sizes run), and
+    POST /classify (image bytes or multipart files -> top-k labels, preprocessed as predict does).
+    Ctrl-C or SIGTERM drains the requests in flight and exits 0. Needs the serve extra: pip install "vitdeploy\\[serve]".
+
+    Example: vitdeploy serve models/digits/best/model.onnx --port 8000 --max-batch-size 32 --max-queue-delay-ms 2
+    """
+    import vitdeploy
+
+    summary = vitdeploy.serve(
+        model, host=host, port=port, runtime=runtime, device=device, threads=threads, name=name,
+        max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms, max_body_mb=max_body_mb,
+        decode_threads=decode_threads, top_k=top_k, log=print_note,
+    )
+    s = summary.stats
+    batches = ", ".join(f"{b['batch_size']}: {b['compute_infer']['count']}" for b in s.get("batch_stats", []))
+    console.print(
+        f"stopped: {s.get('inference_stats', {}).get('success', {}).get('count', 0)} requests answered, "
+        f"{s.get('inference_count', 0)} images in {s.get('execution_count', 0)} model calls "
+        f"(batch size: calls {{{batches}}}), {s.get('refused_requests', 0)} refused",
+        highlight=False, soft_wrap=True,
+    )
