@@ -225,26 +225,51 @@ class FakeRunner(bench.Runner):
         self.calls.append(self.spec.name)
 
 
-def test_protocol_interleaves_and_meets_both_minimums() -> None:
+def test_block_schedule_alternates_and_gives_every_variant_the_same_blocks() -> None:
+    schedule = bench.block_schedule(["a", "b", "c"], ["peak"], count=4)
+    assert [(b.runner, b.kind) for b in schedule if b.round == 0] == [("a", "warmup"), ("b", "warmup"),
+                                                                     ("c", "warmup")]
+    rounds = [[b.runner for b in schedule if b.round == r] for r in range(1, 5)]
+    # Each round: every variant once, the order rotated by one, then the companion in a block of its own.
+    assert rounds == [["a", "b", "c", "peak"], ["b", "c", "a", "peak"], ["c", "a", "b", "peak"],
+                      ["a", "b", "c", "peak"]]
+    timed = [b.runner for b in schedule if b.kind == "timed"]
+    assert {name: timed.count(name) for name in "abc"} == {"a": 4, "b": 4, "c": 4}
+    assert all(b.kind == "companion" for b in schedule if b.runner == "peak")
+    assert all(x != y for x, y in zip(timed, timed[1:]))  # blocks alternate: never two of a variant in a row
+
+
+def test_protocol_runs_in_blocks_and_meets_both_minimums() -> None:
     calls: list[str] = []
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        calls.append("idle")
+
     # Latencies exact in binary floating point, so the sums cross the thresholds exactly where expected.
     fast, slow = FakeRunner("fast", 0.125, calls), FakeRunner("slow", 0.375, calls)
     settings = bench.BenchSettings(warmup_iters=2, warmup_seconds=0.5, min_iters=3, min_seconds=1.0)
-    timed = bench.measure([fast, slow], settings)
-    # Warm-up: fast needs 4 runs for 0.5 s, slow 2 (the count) -> 2 rounds of both, then 2 of fast alone.
-    # Timed: fast needs 8 runs for 1 s, slow 3 (the count); both run in every round until slow is satisfied.
-    assert calls[:6] == ["fast", "slow", "fast", "slow", "fast", "fast"]
-    assert len(timed["fast"]) == 8 and len(timed["slow"]) == 3
-    assert calls[6:] == ["fast", "slow"] * 3 + ["fast"] * 5
+    blocks = bench.Blocks(count=2, idle_s=0.25, block_warmup_calls=1)
+    timed = bench.measure([fast, slow], settings, blocks=blocks, sleep=sleep)
+    # Warm-up round: fast 4 runs (0.5 s), slow 2 (the count). Each timed block: one untimed call, then at least
+    # ceil(3 / 2) = 2 runs and 0.5 s: fast 4 runs, slow 2. Round 2 starts with slow (rotated).
+    assert calls == (["idle", *["fast"] * 4, "idle", *["slow"] * 2]
+                     + ["idle", *["fast"] * 5, "idle", *["slow"] * 3]
+                     + ["idle", *["slow"] * 3, "idle", *["fast"] * 5])
+    assert pauses == [0.25] * 6
+    assert len(timed["fast"]) == 8 and len(timed["slow"]) == 4  # both blocks' runs pooled, warm-ups excluded
 
 
-def test_companion_runs_every_round_without_deciding_when_to_stop() -> None:
+def test_companions_run_in_blocks_of_their_own_and_do_not_decide_when_to_stop() -> None:
     calls: list[str] = []
     model, peak = FakeRunner("model", 0.5, calls), FakeRunner("peak", 10.0, calls)
     settings = bench.BenchSettings(warmup_iters=1, warmup_seconds=0, min_iters=2, min_seconds=1.0)
-    timed = bench.measure([model], settings, companions=[peak])
-    assert calls == ["model", "peak"] * 3  # 1 warm-up round, 2 timed rounds
-    assert len(timed["model"]) == len(timed["peak"]) == 2
+    blocks = bench.Blocks(count=2, idle_s=0, block_warmup_calls=0, companion_calls=2)
+    timed = bench.measure([model], settings, companions=[peak], blocks=blocks)
+    # Each block of the model: 1 run (ceil(2 / 2) runs, 0.5 s); each of the peak: its 2 calls, whatever they take.
+    assert calls == ["model"] + ["model", "peak", "peak"] * 2
+    assert len(timed["model"]) == 2 and len(timed["peak"]) == 4
 
 
 def test_every_variant_sees_the_same_input() -> None:
@@ -341,7 +366,7 @@ def test_json_and_non_terminal_output_carry_no_progress(exported: tuple[Path, Pa
     code, stdout, stderr = run_cli_stderr(str(exported[0]), "--variants", "ort-cpu", "--batch-sizes", "1,2", *QUICK,
                                           "--json")
     assert code == 0 and json.loads(stdout)["schema"] == bench.SCHEMA
-    assert "batch 2: timing ort-cpu round-robin" in stderr  # the log line, not a live display
+    assert "batch 2: timing ort-cpu in alternating blocks" in stderr  # the log line, not a live display
     assert " left" not in stderr and "\x1b[" not in stderr
 
 
@@ -349,10 +374,11 @@ def test_progress_names_the_point_and_estimates_the_time_left() -> None:
     now = [100.0]
     console = Console(file=Terminal(), force_terminal=True, width=120)
     settings = bench.BenchSettings(batch_sizes=(1, 8), warmup_seconds=1.0, min_seconds=2.0)
-    with bench.TerminalProgress(console, settings, clock=lambda: now[0]) as progress:
+    blocks = bench.Blocks(count=3, idle_s=0.25)  # 1 s idle per variant and point: 4 blocks (warm-up + 3)
+    with bench.TerminalProgress(console, settings, clock=lambda: now[0], blocks=blocks) as progress:
         progress(1, ["torch", "ort-cpu"])
-        assert progress.time_left.at(100.0) == (12.0, True)  # 2 points x 2 variants x (1 + 2) s at least
-        assert progress.time_left.at(110.0) == (10.0, True)  # this point outlasts 6 s: so will the next one
+        assert progress.time_left.at(100.0) == (16.0, True)  # 2 points x 2 variants x (1 + 2 + 1) s at least
+        assert progress.time_left.at(110.0) == (10.0, True)  # this point outlasts 8 s: so will the next one
         now[0] += 20.0
         progress(8, ["torch", "ort-cpu"])
         assert progress.time_left.at(120.0) == (20.0, False)  # the first point took 20 s: one more like it

@@ -2,7 +2,7 @@
 
     variants.py     the catalogue of variants, the settings of a run, why a device cannot run a variant
     artifacts.py    the model under test, the file each variant times, which variants can run
-    protocol.py     THE timing protocol (identical inputs, warm-up, round-robin, minimums) and the timers
+    protocol.py     THE timing protocol (identical inputs, warm-up, alternating blocks, minimums) and the timers
     runners.py      PyTorch, ONNX Runtime CPU / CUDA / TensorRT (IO binding, CUDA graphs), OpenVINO
     peak.py         the peak per device and precision behind MFU: measured GEMMs, the ISA's figure
     run.py          a whole benchmark: benchmark(), and run_bench() behind `vitdeploy bench`
@@ -14,7 +14,7 @@
 
 Figures: p50 / p90 / p99 / mean / std latency, images/s, speed-up against PyTorch eager on the same device in the
 same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the peak of the variant's precision:
-GEMMs measured in the same rounds as the variants, so that a shared machine's load weighs on both sides of the
+GEMMs measured in the same rounds as the variants (in blocks of their own), so that a shared machine's load weighs on both sides of the
 ratio, and the ISA's theoretical figure).
 """
 
@@ -28,11 +28,14 @@ from vitdeploy.benchmark.artifacts import (
 )
 from vitdeploy.benchmark.environment import environment
 from vitdeploy.benchmark.protocol import (
+    Block,
+    Blocks,
     ColdStart,
     CudaEventTimer,
     Runner,
     Timer,
     WallClock,
+    block_schedule,
     cold_start,
     input_batch,
     measure,
@@ -79,10 +82,10 @@ from vitdeploy.benchmark.variants import (
 )
 
 __all__ = [
-    "DEFAULT_BATCH_SIZES", "EAGER", "ORT_FP32", "SCHEMA", "VARIANTS", "BenchReport", "BenchSettings", "ColdStart",
+    "DEFAULT_BATCH_SIZES", "EAGER", "ORT_FP32", "SCHEMA", "VARIANTS", "Block", "Blocks", "BenchReport", "BenchSettings", "ColdStart",
     "CudaEventTimer", "GemmRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner", "OrtCudaRunner", "Peak",
     "PointResult", "Runner", "SessionRunner", "TerminalProgress", "Timer", "TorchRunner", "VariantSpec", "WallClock",
-    "benchmark", "build_variant_files", "check_regressions", "cold_start", "compare_to_baseline", "environment",
+    "benchmark", "block_schedule", "build_variant_files", "check_regressions", "cold_start", "compare_to_baseline", "environment",
     "gate_status", "gemm_runners", "input_batch", "load_report", "make_runner", "measure", "measure_points", "mfu",
     "model_from_files", "model_from_preset", "parse_variants", "peaks", "plan_variants", "plot_report",
     "progress_display", "progress_wanted", "recommend_batch_size", "recommend_variant", "results_table", "run_bench",

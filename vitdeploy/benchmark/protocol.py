@@ -4,14 +4,32 @@
     before timing (e.g. copied to the GPU), so that no copy is timed on one side only.
   - Cold start apart: creating the model or session, then its first inference, is timed once (cold_start) and
     reported apart from the steady state.
-  - Warm-up by count AND by time: each variant runs at least `warmup_iters` times and `warmup_seconds` untimed.
-  - Then at least `min_iters` timed runs AND at least `min_seconds` of timed runs per variant and batch size.
-  - Round-robin: variants run one inference each per round, so machine drift and other processes hit all of them
-    alike. Companions (the matmul peak behind MFU) run once in every round but do not decide when a point is done.
+  - Warm-up by count AND by time: each variant first runs at least `warmup_iters` times and `warmup_seconds`
+    untimed (a warm-up round, one block per variant).
+  - Interleaved in blocks: then `Blocks.count` rounds; in each round every variant runs one block of timed calls,
+    in an order that rotates from round to round (block_schedule). A block is at least 1/count of the variant's
+    `min_iters` and of its `min_seconds`, so every variant gets the same number of blocks and together at least
+    `min_iters` runs and `min_seconds` of runs. Machine drift and other processes still hit all variants alike
+    (each point is spread over the whole time the point takes), as the protocol wants.
+  - Idle between blocks: before each block the machine is left alone for `Blocks.idle_s`, so that the previous
+    block's thread pool has stopped spinning, and the block's first call is untimed (it wakes this variant's own
+    pool). The percentiles pool the per-call latencies of all of a variant's blocks.
+  - The GEMMs that measure the peak behind MFU (companions) run in blocks of their own at the end of each round,
+    after the same idle time: never inside a variant's block, and they do not decide when a point is done.
   - One timing loop (measure) for every runner: a runner exposes one inference (`infer`) and its timer decides
     how it is timed: on CPU, perf_counter around the call (WallClock); on CUDA, CUDA events recorded on the
     stream the work runs on (CudaEventTimer), or perf_counter around a call that returns synchronised when torch
     cannot see the GPU.
+
+Why blocks and not one call per variant per round (the protocol until c9361bf): ONNX Runtime's intra-op threads
+busy-wait after a call (its default, session.intra_op.allow_spinning=1). Measured on a 2-core AMD EPYC (Zen 5),
+ViT-Ti/16 at batch 1, 2 threads (benchmarks/bench_protocol.md): after an ORT call the process kept 0.8 of a core
+busy for 40 ms (OpenVINO's and torch's pools: 5 ms; ORT with spinning off: none). A batch-1 call lasts about
+20 ms, so under per-call alternation the next variant ran its whole call beside ORT's spinning thread on a 2-core
+machine, and ORT fp32's own p50 rose by about half when it merely shared the run with ORT int8 (24.5 -> 36.9 ms,
+issue 18). With blocks and 0.1 s idle (2.5x the longest spin measured) a variant's figure beside two other
+runtimes agrees with its figure alone (bench_protocol.md). Spinning is left on: it is how ORT runs by default, and
+it is part of each variant's own calls within its block.
 
 measure() is one point (all runners at one batch size); measure_points() stages each batch size and measures it.
 Scripts that time their own runners (benchmarks/precision.py) call these, as benchmark() does.
@@ -144,23 +162,73 @@ def cold_start(runner: Runner, batch: np.ndarray) -> ColdStart:
     return ColdStart(created, first_run, int(batch.shape[0]), finite)
 
 
+@dataclass(frozen=True)
+class Blocks:
+    """How a point is interleaved (see the module docstring for the measurement behind the defaults)."""
+
+    count: int = 5  # timed blocks per variant and point
+    idle_s: float = 0.1  # nothing runs for this long before each block: ORT's pool spins ~40 ms after a call
+    block_warmup_calls: int = 1  # untimed calls at the start of each block (wake the variant's own pool)
+    companion_calls: int = 2  # timed calls of each companion per round
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.idle_s < 0 or self.block_warmup_calls < 0 or self.companion_calls < 1:
+            raise ValueError(f"invalid block settings: {self}")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One entry of a point's schedule: which runner runs, in which round (0: the warm-up round), and as what."""
+
+    round: int
+    runner: str
+    kind: str  # "warmup" | "timed" | "companion"
+
+
+def block_schedule(names: Sequence[str], companions: Sequence[str], count: int) -> list[Block]:
+    """The order of a point's blocks: a warm-up round (every variant once, in order), then `count` timed rounds,
+    the variants' order rotated by one each round so that none always follows the same one, each round closed by
+    one block per companion."""
+    schedule = [Block(0, name, "warmup") for name in names]
+    for r in range(1, count + 1):
+        shift = (r - 1) % len(names) if names else 0
+        schedule += [Block(r, name, "timed") for name in [*names[shift:], *names[:shift]]]
+        schedule += [Block(r, name, "companion") for name in companions]
+    return schedule
+
+
 def measure(
-    runners: Sequence[Runner], settings: BenchSettings, companions: Sequence[Runner] = ()
+    runners: Sequence[Runner], settings: BenchSettings, companions: Sequence[Runner] = (),
+    blocks: Blocks = Blocks(), sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, list[float]]:
-    """One point: warm up, then time all runners round-robin until each has min_iters runs and min_seconds of
-    runs. Returns runner name -> timed latencies in seconds, companions included."""
-
-    def satisfied(times: list[float], iters: int, seconds: float) -> bool:
-        return len(times) >= iters and sum(times) >= seconds
-
-    warm: dict[str, list[float]] = {r.spec.name: [] for r in [*runners, *companions]}
-    timed: dict[str, list[float]] = {r.spec.name: [] for r in [*runners, *companions]}
-    for log, iters, seconds in ((warm, settings.warmup_iters, settings.warmup_seconds),
-                                (timed, settings.min_iters, settings.min_seconds)):
-        while pending := [r for r in runners if not satisfied(log[r.spec.name], iters, seconds)]:
-            for runner in [*pending, *companions]:
-                log[runner.spec.name].append(runner.run())
+    """One point, in blocks (block_schedule): each variant gets `blocks.count` blocks of timed runs, which
+    together reach min_iters runs and min_seconds of runs. Returns runner name -> timed latencies in seconds
+    (every block's, pooled), companions included."""
+    by_name = {r.spec.name: r for r in [*runners, *companions]}
+    timed: dict[str, list[float]] = {name: [] for name in by_name}
+    per_block_iters = -(-settings.min_iters // blocks.count)
+    per_block_seconds = settings.min_seconds / blocks.count
+    for block in block_schedule([r.spec.name for r in runners], [c.spec.name for c in companions], blocks.count):
+        runner = by_name[block.runner]
+        sleep(blocks.idle_s)  # let the previous block's thread pool go idle
+        if block.kind == "warmup":
+            _run_until(runner, settings.warmup_iters, settings.warmup_seconds)
+            continue
+        for _ in range(blocks.block_warmup_calls):
+            runner.run()
+        if block.kind == "companion":
+            timed[block.runner] += [runner.run() for _ in range(blocks.companion_calls)]
+        else:
+            timed[block.runner] += _run_until(runner, per_block_iters, per_block_seconds)
     return timed
+
+
+def _run_until(runner: Runner, iters: int, seconds: float) -> list[float]:
+    """Timed runs of `runner` until there are at least `iters` of them and they add up to `seconds`."""
+    times: list[float] = []
+    while len(times) < iters or sum(times) < seconds:
+        times.append(runner.run())
+    return times
 
 
 def measure_points(
@@ -169,6 +237,7 @@ def measure_points(
     batch_for: Callable[[int], np.ndarray],
     companions: Sequence[Runner] = (),
     on_point: Callable[[int, list[str]], None] | None = None,
+    blocks: Blocks = Blocks(),
 ) -> list[PointResult]:
     """Every batch size of `settings`, in order: stage `batch_for(batch_size)` on every runner, then measure.
 
@@ -182,6 +251,6 @@ def measure_points(
             runner.stage(batch)
         if on_point:
             on_point(batch_size, [r.spec.name for r in runners])
-        timed = measure(runners, settings, companions)
+        timed = measure(runners, settings, companions, blocks)
         points += [PointResult(name, batch_size, latencies) for name, latencies in timed.items()]
     return points

@@ -63,7 +63,7 @@ def benchmark(
         return input_batch(model.config, batch_size, settings.seed)
 
     def point_started(batch_size: int, point_names: list[str]) -> None:
-        log(f"batch {batch_size}: timing {', '.join(point_names)} round-robin")
+        log(f"batch {batch_size}: timing {', '.join(point_names)} in alternating blocks")
         if on_point:
             on_point(batch_size, point_names)
 

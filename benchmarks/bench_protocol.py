@@ -1,0 +1,151 @@
+"""A benchmark of the benchmark: does timing one variant beside others change its figure? (issue 18, section 1)
+
+    python benchmarks/bench_protocol.py spin MODEL_DIR          # how long each runtime's pool keeps the CPU busy
+    python benchmarks/bench_protocol.py compare MODEL_DIR --before OLD_TREE --repeats 3
+
+MODEL_DIR holds model.onnx and model.int8.onnx as `vitdeploy export BUNDLE --precision int8` leaves them (a
+ViT-Ti/16 trained briefly on benchmarks/photo_regions.py's folder is enough: the speed does not depend on the
+weights).
+
+spin: after one batch-1 inference, the process's CPU time is sampled every 5 ms (CLOCK_PROCESS_CPUTIME_ID counts
+every thread) while the calling thread sleeps: cores busy per window, i.e. the pool's threads still spinning with
+nothing to do. For ORT with spinning on (its default) and off (session.intra_op.allow_spinning=0), OpenVINO
+(f32 pinned) and PyTorch eager.
+
+compare: `vitdeploy bench MODEL --batch-sizes 1` run as a subprocess, each variant alone and the three together
+(ort-cpu, ort-cpu-int8, ov-cpu: two runtimes), with the package of the tree given by --before (the old per-call
+round-robin: an export of main at c9361bf) and of this tree (blocks). Runs alternate between trees and between
+alone and together, so the machine's drift hits both; each repeat reports together/alone of every variant's p50,
+from the same repeat. Writes benchmarks/results/bench_protocol.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+VITDEPLOY = Path(sys.executable).parent / "vitdeploy"
+VARIANTS = ("ort-cpu", "ort-cpu-int8", "ov-cpu")
+WINDOW_S = 0.005
+
+
+def busy_after_call(run: Any, calls: int = 20, horizon_s: float = 0.4) -> list[float]:
+    """Cores busy (CPU seconds / wall seconds) in each WINDOW_S window after a call, the median over `calls`
+    calls, the first window starting as the call returns."""
+    run()  # warm
+    profiles = []
+    for _ in range(calls):
+        run()
+        last_cpu, last_wall = time.process_time(), time.perf_counter()
+        profile = []
+        while len(profile) < horizon_s / WINDOW_S:
+            time.sleep(WINDOW_S)
+            cpu, wall = time.process_time(), time.perf_counter()
+            profile.append((cpu - last_cpu) / (wall - last_wall))
+            last_cpu, last_wall = cpu, wall
+        profiles.append(profile)
+        time.sleep(0.3)
+    return [round(float(x), 2) for x in np.median(np.asarray(profiles), axis=0)]
+
+
+def spin(model_dir: Path, threads: int) -> dict[str, Any]:
+    from vitdeploy.bundle import load_bundle
+    from vitdeploy.onnx_file import INPUT_NAME
+    from vitdeploy.runtimes import open_runtime
+    from vitdeploy.runtimes.ort import make_session
+
+    batch = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    runs: dict[str, Any] = {}
+    for spinning in (True, False):
+        session, _ = make_session(model_dir / "model.onnx", device="cpu", threads=threads, spin=spinning)
+        runs[f"ort-cpu spin={'on' if spinning else 'off'}"] = lambda s=session: s.run(None, {INPUT_NAME: batch})
+    ov = open_runtime("openvino", model_dir / "model.onnx", "cpu", threads=threads)
+    runs["ov-cpu"] = lambda: ov.run(batch)
+    import torch
+
+    torch.set_num_threads(threads)
+    model = load_bundle(model_dir)[0].eval()
+    tensor = torch.from_numpy(batch)
+
+    def eager() -> None:
+        with torch.inference_mode():
+            model(tensor)
+
+    runs["torch"] = eager
+    result = {}
+    for name, run in runs.items():
+        profile = busy_after_call(run)
+        quiet = next((i for i, busy in enumerate(profile) if all(b < 0.1 for b in profile[i:])), len(profile))
+        result[name] = {"busy_cores_per_5ms": profile, "busy_until_ms": round(quiet * WINDOW_S * 1e3, 1)}
+        print(f"{name}: busy until {quiet * WINDOW_S * 1e3:.0f} ms after the call; first windows "
+              f"{profile[:12]}", flush=True)
+    return result
+
+
+def bench_once(tree: Path, model_dir: Path, variants: tuple[str, ...], threads: int) -> dict[str, float]:
+    """variant -> batch-1 p50 (ms) of one `vitdeploy bench` run with the package in `tree`."""
+    command = [os.fspath(VITDEPLOY), "bench", os.fspath(model_dir / "model.onnx"), "--variants", ",".join(variants),
+               "--batch-sizes", "1", "--threads", str(threads), "--json"]
+    env = {**os.environ, "PYTHONPATH": os.fspath(tree)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    return {row["variant"]: row["p50_ms"] for row in report["results"]}
+
+
+def compare(model_dir: Path, before: Path, repeats: int, threads: int) -> dict[str, Any]:
+    trees = {"before": before, "after": REPO}
+    repeats_out = []
+    for repeat in range(repeats):
+        entry: dict[str, Any] = {"load_before": os.getloadavg()}
+        for label, tree in trees.items():
+            together = bench_once(tree, model_dir, VARIANTS, threads)
+            alone = {v: bench_once(tree, model_dir, (v,), threads)[v] for v in VARIANTS}
+            ratio = {v: round(together[v] / alone[v], 3) for v in VARIANTS}
+            entry[label] = {"alone_p50_ms": alone, "together_p50_ms": together, "together_over_alone": ratio}
+            print(f"repeat {repeat + 1} {label}: " + ", ".join(
+                f"{v} alone {alone[v]:.2f} ms, together {together[v]:.2f} ms ({ratio[v]:.2f}x)" for v in VARIANTS),
+                flush=True)
+        entry["load_after"] = os.getloadavg()
+        repeats_out.append(entry)
+        trees = dict(reversed(list(trees.items())))  # the other tree first next time
+    return {"variants": list(VARIANTS), "threads": threads, "repeats": repeats_out}
+
+
+def machine() -> dict[str, Any]:
+    from vitdeploy.provenance import machine as describe, package_versions
+
+    return {**describe(), "versions": package_versions(), "load_average": os.getloadavg()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("spin", "compare"))
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--before", type=Path, help="compare: the tree of the old package (e.g. git archive c9361bf)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    out = REPO / "benchmarks" / "results" / "bench_protocol.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    if args.what == "spin":
+        results["spin"] = {"machine": machine(), **spin(args.model_dir, args.threads)}
+    else:
+        if not args.before:
+            parser.error("compare needs --before")
+        results["compare"] = {"machine": machine(), **compare(args.model_dir, args.before, args.repeats, args.threads)}
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
