@@ -101,8 +101,8 @@ def bench_once(tree: Path, model_dir: Path, variants: tuple[str, ...], threads: 
     return {row["variant"]: row["p50_ms"] for row in report["results"]}
 
 
-def compare(model_dir: Path, before: Path, repeats: int, threads: int) -> dict[str, Any]:
-    trees = {"before": before, "after": REPO}
+def compare(model_dir: Path, before: Path, after: Path, repeats: int, threads: int) -> dict[str, Any]:
+    trees = {"before": before, "after": after}
     repeats_out = []
     for repeat in range(repeats):
         entry: dict[str, Any] = {"load_before": os.getloadavg()}
@@ -117,7 +117,8 @@ def compare(model_dir: Path, before: Path, repeats: int, threads: int) -> dict[s
         entry["load_after"] = os.getloadavg()
         repeats_out.append(entry)
         trees = dict(reversed(list(trees.items())))  # the other tree first next time
-    return {"variants": list(VARIANTS), "threads": threads, "repeats": repeats_out}
+    return {"variants": list(VARIANTS), "threads": threads, "trees": {k: os.fspath(v) for k, v in trees.items()},
+            "repeats": repeats_out}
 
 
 def machine() -> dict[str, Any]:
@@ -131,6 +132,8 @@ def main() -> None:
     parser.add_argument("what", choices=("spin", "compare"))
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--before", type=Path, help="compare: the tree of the old package (e.g. git archive c9361bf)")
+    parser.add_argument("--after", type=Path, default=REPO, help="compare: the tree of the new package (default: "
+                        "this one; a frozen copy, e.g. git archive HEAD, keeps edits out of a long run)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -141,7 +144,8 @@ def main() -> None:
     else:
         if not args.before:
             parser.error("compare needs --before")
-        results["compare"] = {"machine": machine(), **compare(args.model_dir, args.before, args.repeats, args.threads)}
+        results["compare"] = {"machine": machine(), **compare(args.model_dir, args.before, args.after, args.repeats,
+                                                                  args.threads)}
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

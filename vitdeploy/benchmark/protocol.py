@@ -6,7 +6,7 @@
     reported apart from the steady state.
   - Warm-up by count AND by time: each variant first runs at least `warmup_iters` times and `warmup_seconds`
     untimed (a warm-up round, one block per variant).
-  - Interleaved in blocks: then `Blocks.count` rounds; in each round every variant runs one block of timed calls,
+  - Interleaved in blocks: then `Blocks.count` rounds (at most `min_iters`); in each round every variant runs one block of timed calls,
     in an order that rotates from round to round (block_schedule). A block is at least 1/count of the variant's
     `min_iters` and of its `min_seconds`, so every variant gets the same number of blocks and together at least
     `min_iters` runs and `min_seconds` of runs. Machine drift and other processes still hit all variants alike
@@ -206,9 +206,10 @@ def measure(
     (every block's, pooled), companions included."""
     by_name = {r.spec.name: r for r in [*runners, *companions]}
     timed: dict[str, list[float]] = {name: [] for name in by_name}
-    per_block_iters = -(-settings.min_iters // blocks.count)
-    per_block_seconds = settings.min_seconds / blocks.count
-    for block in block_schedule([r.spec.name for r in runners], [c.spec.name for c in companions], blocks.count):
+    count = min(blocks.count, settings.min_iters)  # no more blocks than timed runs asked for
+    per_block_iters = -(-settings.min_iters // count)
+    per_block_seconds = settings.min_seconds / count
+    for block in block_schedule([r.spec.name for r in runners], [c.spec.name for c in companions], count):
         runner = by_name[block.runner]
         sleep(blocks.idle_s)  # let the previous block's thread pool go idle
         if block.kind == "warmup":
