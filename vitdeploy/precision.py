@@ -52,7 +52,7 @@ from vitdeploy.onnx_file import (
     set_metadata,
     variant_path,
 )
-from vitdeploy.runtimes.ort import CPU, short_provider_name
+from vitdeploy.runtimes.ort import CPU
 
 if TYPE_CHECKING:
     import onnx
@@ -276,26 +276,3 @@ def _notes(variant: str, result: GateResult, quantization: dict[str, Any] | None
     if quantization and quantization["method"] == "dynamic":
         notes.append("dynamic quantization scales activations per batch: outputs depend slightly on the batch")
     return notes
-
-
-def variants_table(results: Sequence[VariantResult]) -> Any:
-    """The gate for people: one row per variant; fusion counts, and any that fell short, in the last column."""
-    from rich.table import Table
-
-    table = Table("variant", "on", "images", "accuracy", "change", "top-1 agree", "max |diff|", "fusions", "",
-                  title="precision variants vs PyTorch fp32", show_edge=False)
-    for r in results:
-        g = r.gate
-        short = r.fusions.shortfalls() if r.fusions else {}
-        fusions = "-" if r.fusions is None else "all" if not short else ", ".join(f"{op} {n}" for op, n in short.items())
-        ran = g.runtime or {}
-        on = f"{ran.get('runtime', 'ort')} {short_provider_name(g.provider)}" + (
-            f" {ran['inference_precision']}" if ran.get("inference_precision") else "")
-        table.add_row(
-            r.variant, on, str(g.images), f"{g.accuracy:.2%}",
-            f"{100 * (g.accuracy - g.reference_accuracy):+.2f} pt", f"{g.top1_agreement:.1%}", f"{g.max_abs:.1e}",
-            fusions if not short else f"[yellow]{fusions}[/]",
-            f"[green]{r.path.name}[/]" if r.written else "[red]FAIL: not written[/]",
-        )
-    return table
-

@@ -25,7 +25,6 @@ from vitdeploy.onnx_file import DEFAULT_FILE_NAME, INPUT_NAME, META_INTERMEDIATE
 from vitdeploy.parity import ParityReport, Target, check_parity, default_targets, resolve_tolerance
 from vitdeploy.progress import to_stderr
 from vitdeploy.runtimes import runtime_status, select_runtimes
-from vitdeploy.runtimes.ort import short_provider_name
 
 if TYPE_CHECKING:
     import onnx
@@ -214,43 +213,3 @@ def _bundle_for(path: Path, meta: OnnxModelInfo) -> Path:
         return Path(recorded)
     raise BundleError(f"cannot tell which bundle {path} came from: pass --bundle DIR")
 
-
-
-def parity_tables(report: ParityReport) -> list[Any]:
-    """The report for people: one row per provider and batch size; where parity failed, each intermediate."""
-    from rich.table import Table
-
-    def status(passed: bool) -> str:
-        return "[green]ok[/]" if passed else "[red]FAIL[/]"
-
-    tolerance = f"{report.precision}, atol {report.tolerance.atol:g}, rtol {report.tolerance.rtol:g}"
-    cases = Table(
-        "runtime", "batch", "samples", "max |diff|", "max rel", "min cosine", "top-1 agree", "vs batch 1", "",
-        title=f"parity with PyTorch: {report.model_path} ({tolerance})", show_edge=False,
-    )
-    for c in report.cases:
-        cases.add_row(
-            _target_name(c.provider), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}",
-            f"{c.max_rel:.2e}", f"{c.min_cosine:.7f}", f"{c.top1_agreement:.1%}", f"{c.batch_invariance_max_abs:.2e}",
-            status(c.passed),
-        )
-    tables = [cases]
-    if report.cross:
-        cross = Table("runtime", "against", "samples", "max |diff|", "max rel", "min cosine", "top-1 agree", "",
-                      title="runtime against runtime on the same file (batch 1)", show_edge=False)
-        for x in report.cross:
-            cross.add_row(_target_name(x.a), _target_name(x.b), str(x.samples), f"{x.max_abs:.2e}",
-                          f"{x.max_rel:.2e}", f"{x.min_cosine:.7f}", f"{x.top1_agreement:.1%}", status(x.passed))
-        tables.append(cross)
-    for provider in report.first_divergence():
-        layers = Table("intermediate", "ONNX tensor", "max |diff|", "tolerance", "",
-                       title=f"where it diverges ({short_provider_name(provider)})", show_edge=False)
-        for d in report.layers[provider]:
-            layers.add_row(d.name, d.tensor, f"{d.max_abs:.2e}", f"{d.tolerance:.2e}", status(d.passed))
-        tables.append(layers)
-    return tables
-
-
-def _target_name(key: str) -> str:
-    """A report key for people: ort CPU, ort CUDA, openvino:CPU:fp32, reference."""
-    return f"ort {short_provider_name(key)}" if key.endswith("ExecutionProvider") else key

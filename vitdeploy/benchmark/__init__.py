@@ -10,7 +10,7 @@
     environment.py  the machine, versions, threads, GPUs and load a run was measured on
     report.py       statistics, the JSON report, speed-up and MFU, the fastest gated variant, batch-size
                     recommendation and baseline comparison
-    render.py       the results table, summary lines, plot, and live progress on a terminal
+    render.py       summary lines, plot, and live progress on a terminal (the table: vitdeploy.cli.tables)
 
 Figures: p50 / p90 / p99 / mean / std latency, images/s, speed-up against PyTorch eager on the same device in the
 same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the peak of the variant's precision:
@@ -46,7 +46,6 @@ from vitdeploy.benchmark.render import (
     plot_report,
     progress_display,
     progress_wanted,
-    results_table,
     summary_lines,
 )
 from vitdeploy.benchmark.peak import GemmRunner, Peak, gemm_runners, peaks, theoretical_gflops
@@ -88,6 +87,6 @@ __all__ = [
     "benchmark", "block_schedule", "build_variant_files", "check_regressions", "cold_start", "compare_to_baseline", "environment",
     "gate_status", "gemm_runners", "input_batch", "load_report", "make_runner", "measure", "measure_points", "mfu",
     "model_from_files", "model_from_preset", "parse_variants", "peaks", "plan_variants", "plot_report",
-    "progress_display", "progress_wanted", "recommend_batch_size", "recommend_variant", "results_table", "run_bench",
+    "progress_display", "progress_wanted", "recommend_batch_size", "recommend_variant", "run_bench",
     "summary_lines", "theoretical_gflops", "torch_threads",
 ]

@@ -1,5 +1,5 @@
-"""For people: the rich results table, one plain line per fact beside it, the plot, and the live progress of a
-run on a terminal."""
+"""For people: one plain line per fact beside the results table (vitdeploy.cli.tables), the plot, and the live
+progress of a run on a terminal."""
 
 from __future__ import annotations
 
@@ -18,28 +18,6 @@ from vitdeploy.benchmark.protocol import Blocks
 from vitdeploy.benchmark.report import BenchReport
 from vitdeploy.benchmark.variants import BenchSettings
 from vitdeploy.errors import ConfigError
-
-
-def results_table(report: BenchReport) -> Any:
-    """The figures as a rich Table, grouped by batch size."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=f"{report.model['source']}: {report.model['macs_per_image']['gmacs']:.3f} GMACs/image, "
-                        f"{report.settings.thread_count} threads; latencies in ms",
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column in ("variant", "batch", "p50", "p90", "p99", "mean", "std", "img/s", "×eager", "×ORT fp32", "MFU"):
-        table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
-    for point in sorted(report.points, key=lambda p: (p.batch_size, list(report.variants).index(p.variant))):
-        row = point.to_dict()
-        table.add_row(
-            point.variant, str(point.batch_size), f"{row['p50_ms']:.1f}", f"{row['p90_ms']:.1f}",
-            f"{row['p99_ms']:.1f}", f"{row['mean_ms']:.1f}", f"{row['std_ms']:.1f}", f"{row['images_per_s']:.1f}",
-            f"{row['speedup_vs_eager']:.2f}" if row["speedup_vs_eager"] else "-",
-            f"{row['speedup_vs_ort_fp32']:.2f}" if row["speedup_vs_ort_fp32"] else "-",
-            f"{row['mfu']:.1%}" if row["mfu"] is not None else "-",
-        )
-    return table
 
 
 def summary_lines(report: BenchReport) -> list[str]:

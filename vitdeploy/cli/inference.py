@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -66,7 +66,9 @@ def predict(
         log=print_note,
     )
     if summary.rows:
-        print_prediction_table(summary.rows)
+        from vitdeploy.cli.tables import prediction_table, print_table
+
+        print_table(Console(), prediction_table(summary.rows))  # on stdout: the table is the table format's data
     console.print(
         f"{summary.images_ok} images ok, {summary.images_failed} failed, {summary.images_per_second:.1f} images/s "
         f"on {summary.runtime.get('runtime', 'ort')} {summary.provider} ({summary.model})"
@@ -78,20 +80,6 @@ def predict(
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary.images_failed:
         raise typer.Exit(EXIT_PARTIAL)
-
-
-def print_prediction_table(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Column, Table
-
-    # Paths fold onto several lines rather than being cut short: a row must name its file.
-    table = Table(Column("path", overflow="fold"), "label", "probability", "top-k", show_edge=False)
-    for row in rows:
-        if row["ok"]:
-            others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top_k"][1:])
-            table.add_row(row["path"], row["label"], f"{row['probability']:.3f}", others)
-        else:
-            table.add_row(row["path"], f"[red]{row['error']}[/]", "", row["message"])
-    Console().print(table)
 
 
 @app.command()
@@ -159,6 +147,7 @@ def bench(
     """
     import vitdeploy
     from vitdeploy import benchmark as bench_module
+    from vitdeploy.cli.tables import bench_table, print_table
 
     report = vitdeploy.bench(
         model, bundle=bundle, preset=preset, variants=variants, runtimes=runtimes,
@@ -167,7 +156,7 @@ def bench(
         threads=threads, end_to_end=end_to_end, p99_budget=p99_budget, baseline=baseline, max_regress=max_regress,
         output=output, plot=plot, progress=not json_output, log=print_note,
     )
-    console.print(bench_module.results_table(report))
+    print_table(console, bench_table(report))
     for line in bench_module.summary_lines(report):
         print_note(line)
     if json_output:

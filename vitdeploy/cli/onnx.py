@@ -60,8 +60,8 @@ def export(
     """
     import vitdeploy
     from vitdeploy.parity import ParityError
-    from vitdeploy.precision import AccuracyGateFailed, variants_table
-    from vitdeploy.verification import parity_tables
+    from vitdeploy.cli.tables import parity_tables, print_table, variants_table
+    from vitdeploy.precision import AccuracyGateFailed
 
     try:
         result = vitdeploy.export(bundle, out, opset=opset, verify=verify, optimize=optimize,
@@ -69,12 +69,12 @@ def export(
                                   int8_method=int8_method, exporter=exporter, notify=print_note)
     except ParityError as e:
         for table in parity_tables(e.report):
-            console.print(table)
+            print_table(console, table)
         if json_output:
             print_json({"error": str(e), "parity": e.report.to_dict()})
         raise
     except AccuracyGateFailed as e:
-        console.print(variants_table(e.results))
+        print_table(console, variants_table(e.results))
         if json_output:
             print_json({"error": str(e), **(e.export.to_dict() if e.export else {})})
         raise
@@ -94,7 +94,7 @@ def export(
             highlight=False, soft_wrap=True,
         )
     if result.variants:
-        console.print(variants_table(result.variants))
+        print_table(console, variants_table(result.variants))
     if json_output:
         print_json(result.to_dict())
 
@@ -134,8 +134,8 @@ def verify(
     Example: vitdeploy verify models/digits/best/model.onnx --runtime ort,openvino,reference --batch-sizes 1,7,32
     """
     import vitdeploy
+    from vitdeploy.cli.tables import parity_tables, print_table
     from vitdeploy.errors import EXIT_CHECK_FAILED
-    from vitdeploy.verification import parity_tables
 
     report = vitdeploy.verify(model, bundle=bundle, images=images, batch_sizes=parse_batch_sizes(batch_sizes),
                               atol=atol, rtol=rtol, runtime=runtime, notify=print_note)
@@ -143,7 +143,7 @@ def verify(
     n = report.inputs
     console.print(f"inputs: {n['real']} real images ({n['real_source']}) + {n['random']} random", highlight=False)
     for table in parity_tables(report):
-        console.print(table)
+        print_table(console, table)
     if report.accuracy:
         scores = ", ".join(f"{name} {value:.1%}" for name, value in report.accuracy.items())
         console.print(f"top-1 accuracy on the {n['real']} labelled held-out images: {scores}", highlight=False)
