@@ -1,6 +1,7 @@
 """A benchmark of the benchmark: does timing one variant beside others change its figure? (issue 18, section 1)
 
     python benchmarks/bench_protocol.py spin MODEL_DIR          # how long each runtime's pool keeps the CPU busy
+    python benchmarks/bench_protocol.py cause MODEL_DIR         # per-call alternation with ORT spinning on / off
     python benchmarks/bench_protocol.py compare MODEL_DIR --before OLD_TREE --repeats 3
 
 MODEL_DIR holds model.onnx and model.int8.onnx as `vitdeploy export BUNDLE --precision int8` leaves them (a
@@ -11,6 +12,11 @@ spin: after one batch-1 inference, the process's CPU time is sampled every 5 ms 
 every thread) while the calling thread sleeps: cores busy per window, i.e. the pool's threads still spinning with
 nothing to do. For ORT with spinning on (its default) and off (session.intra_op.allow_spinning=0), OpenVINO
 (f32 pinned) and PyTorch eager.
+
+cause: in one process, ORT fp32's batch-1 latency (median of 60 calls) alone; alternating call by call with ORT
+int8 and OpenVINO (the old protocol) with ORT's threads spinning (its default) and with spinning off; and in blocks
+of 20 calls after 0.1 s idle (the new protocol). If spinning is the cause, per-call alternation with spinning off
+comes back to the figure alone. Repeated --repeats times, the four orders rotated.
 
 compare: `vitdeploy bench MODEL --batch-sizes 1` run as a subprocess, each variant alone and the three together
 (ort-cpu, ort-cpu-int8, ov-cpu: two runtimes), with the package of the tree given by --before (the old per-call
@@ -91,6 +97,74 @@ def spin(model_dir: Path, threads: int) -> dict[str, Any]:
     return result
 
 
+def sessions(model_dir: Path, threads: int, spin: bool) -> dict[str, Any]:
+    """name -> one batch-1 inference: ORT fp32 and int8 (spinning as asked) and OpenVINO f32."""
+    from vitdeploy.onnx_file import INPUT_NAME
+    from vitdeploy.runtimes import open_runtime
+    from vitdeploy.runtimes.ort import make_session
+
+    batch = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    calls: dict[str, Any] = {}
+    for name, file in (("ort-cpu", "model.onnx"), ("ort-cpu-int8", "model.int8.onnx")):
+        session, _ = make_session(model_dir / file, device="cpu", threads=threads, spin=spin)
+        calls[name] = lambda s=session: s.run(None, {INPUT_NAME: batch})
+    ov = open_runtime("openvino", model_dir / "model.onnx", "cpu", threads=threads)
+    calls["ov-cpu"] = lambda: ov.run(batch)
+    return calls
+
+
+def timed(call: Any) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def cause(model_dir: Path, threads: int, repeats: int, calls: int = 60) -> dict[str, Any]:
+    """ORT fp32's p50 (ms) alone, per call beside ORT int8 and OpenVINO (spinning on, off), and in blocks."""
+    spinning, quiet = sessions(model_dir, threads, True), sessions(model_dir, threads, False)
+    for run in [*spinning.values(), *quiet.values()]:
+        for _ in range(5):
+            run()
+
+    def alone() -> list[float]:
+        return [timed(spinning["ort-cpu"]) for _ in range(calls)]
+
+    def per_call(runs: dict[str, Any]) -> list[float]:
+        out = []
+        for _ in range(calls):
+            for name, run in runs.items():
+                latency = timed(run)
+                if name == "ort-cpu":
+                    out.append(latency)
+        return out
+
+    def blocks(block: int = 20) -> list[float]:
+        out = []
+        for _ in range(calls // block):
+            for name, run in spinning.items():
+                time.sleep(0.1)
+                run()
+                latencies = [timed(run) for _ in range(block)]
+                if name == "ort-cpu":
+                    out += latencies
+        return out
+
+    modes = {"alone": alone, "per call, spinning on": lambda: per_call(spinning),
+             "per call, spinning off": lambda: per_call(quiet), "blocks, spinning on": blocks}
+    results: list[dict[str, Any]] = []
+    for repeat in range(repeats):
+        order = list(modes)[repeat % len(modes):] + list(modes)[:repeat % len(modes)]
+        entry: dict[str, Any] = {"load_before": os.getloadavg()}
+        for mode in order:
+            entry[mode] = round(float(np.median(modes[mode]())) * 1e3, 2)
+        entry["over_alone"] = {m: round(entry[m] / entry["alone"], 3) for m in modes}
+        entry["load_after"] = os.getloadavg()
+        print(f"repeat {repeat + 1}: ort-cpu p50 " + ", ".join(f"{m} {entry[m]:.2f} ms ({entry['over_alone'][m]:.2f}x)"
+                                                               for m in modes), flush=True)
+        results.append(entry)
+    return {"threads": threads, "calls": calls, "repeats": results}
+
+
 def bench_once(tree: Path, model_dir: Path, variants: tuple[str, ...], threads: int) -> dict[str, float]:
     """variant -> batch-1 p50 (ms) of one `vitdeploy bench` run with the package in `tree`."""
     command = [os.fspath(VITDEPLOY), "bench", os.fspath(model_dir / "model.onnx"), "--variants", ",".join(variants),
@@ -129,7 +203,7 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("spin", "compare"))
+    parser.add_argument("what", choices=("spin", "cause", "compare"))
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--before", type=Path, help="compare: the tree of the old package (e.g. git archive c9361bf)")
     parser.add_argument("--after", type=Path, default=REPO, help="compare: the tree of the new package (default: "
@@ -137,15 +211,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    out = REPO / "benchmarks" / "results" / "bench_protocol.json"
-    results = json.loads(out.read_text()) if out.exists() else {}
+    if args.what == "compare" and not args.before:
+        parser.error("compare needs --before")
     if args.what == "spin":
-        results["spin"] = {"machine": machine(), **spin(args.model_dir, args.threads)}
+        result = spin(args.model_dir, args.threads)
+    elif args.what == "cause":
+        result = cause(args.model_dir, args.threads, args.repeats)
     else:
-        if not args.before:
-            parser.error("compare needs --before")
-        results["compare"] = {"machine": machine(), **compare(args.model_dir, args.before, args.after, args.repeats,
-                                                                  args.threads)}
+        result = compare(args.model_dir, args.before, args.after, args.repeats, args.threads)
+    out = REPO / "benchmarks" / "results" / "bench_protocol.json"
+    results = json.loads(out.read_text()) if out.exists() else {}  # each mode keeps the others' results
+    results[args.what] = {"machine": machine(), **result}
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

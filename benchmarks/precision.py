@@ -5,7 +5,7 @@
 
 For each bundle: export model.onnx and its variants exactly as `vitdeploy export --optimize --precision fp16,int8`
 does (each judged by the accuracy gate on the held-out images), plus dynamic INT8 for comparison; then time
-PyTorch eager, ONNX Runtime fp32 (plain and fused), INT8 (static and dynamic) and fp16 round-robin on the same
+PyTorch eager, ONNX Runtime fp32 (plain and fused), INT8 (static and dynamic) and fp16 in alternating blocks on the same
 batch (vitdeploy.benchmark's runners and its public protocol, measure_points). fp16 is timed on ORT's CPU provider only to show what it costs
 there: it is a GPU format. Writes benchmarks/precision/<name>.json and regenerates benchmarks/precision.md.
 """
@@ -83,7 +83,7 @@ def measure(bundle: Path, settings: bench.BenchSettings, log: Any) -> dict[str, 
             return data.inputs.repeat(-(-batch_size // len(data.inputs)), axis=0)[:batch_size]
 
         def point_started(batch_size: int, names: list[str]) -> None:
-            log(f"batch {batch_size}: timing {', '.join(names)} round-robin")
+            log(f"batch {batch_size}: timing {', '.join(names)} in alternating blocks")
 
         with bench.torch_threads(threads):
             env = bench.environment(threads)

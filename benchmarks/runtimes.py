@@ -9,7 +9,7 @@ For each bundle, into a work folder, exactly the product's path:
      ONNX Runtime and OpenVINO) and its variants, each judged by the accuracy gate on the bundle's held-out images
      on the runtime it is made for; a variant that fails is not written (its figures are kept here);
   2. `vitdeploy bench --runtimes ort,openvino`: PyTorch eager, ONNX Runtime fp32 and int8, OpenVINO fp32 (f32
-     pinned), bf16 and int8, round-robin on the same inputs, with MFU against each precision's peak, and the
+     pinned), bf16 and int8, in alternating blocks on the same inputs, with MFU against each precision's peak, and the
      fastest gated variant per batch size.
 Writes benchmarks/runtimes/<name>.json and regenerates benchmarks/runtimes.md.
 """

@@ -78,6 +78,7 @@ def test_json_report_schema_and_numbers(cli_report: tuple[dict, Path]) -> None:
     assert set(report["variants"]) == {"torch", *ORT_VARIANTS}
     assert report["model"]["macs_per_image"]["total"] > 0
     assert report["settings"]["threads"] == 1 and report["environment"]["threads"] == 1
+    assert report["protocol"]["interleaving"] == "blocks" and report["protocol"]["blocks"] == 2  # min_iters 2
     assert report["environment"]["cpu_count"] >= 1 and report["environment"]["versions"]["onnxruntime-gpu"]
     assert report["peak_gflops"]["cpu"] > 0
     points = {(r["variant"], r["batch_size"]) for r in report["results"]}

@@ -64,7 +64,7 @@ def test_a_narrow_terminal_folds_the_table_and_keeps_every_number_on_one_line() 
 
 
 def test_columns_are_grouped_to_fit_beside_the_key() -> None:
-    assert column_groups([5, 10, 10, 10], width=40) == [[1, 2], [3]]  # 7 + 12 + 12 = 31; + 12 > 40
+    assert column_groups([5, 10, 10, 10], width=40) == [[1, 2], [3]]  # 8 + 13 + 13 = 34; + 13 > 40
     assert column_groups([5, 10, 10, 10], width=200) == [[1, 2, 3]]
     assert column_groups([5, 60, 3], width=40) == [[1], [2]]  # too wide for any group: a group of its own
 

@@ -14,8 +14,8 @@
 
 Figures: p50 / p90 / p99 / mean / std latency, images/s, speed-up against PyTorch eager on the same device in the
 same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the peak of the variant's precision:
-GEMMs measured in the same rounds as the variants (in blocks of their own), so that a shared machine's load weighs on both sides of the
-ratio, and the ISA's theoretical figure).
+GEMMs measured in the same rounds as the variants, in blocks of their own, so that a shared machine's load weighs
+on both sides of the ratio, and the ISA's theoretical figure).
 """
 
 from vitdeploy.benchmark.artifacts import (
@@ -81,12 +81,12 @@ from vitdeploy.benchmark.variants import (
 )
 
 __all__ = [
-    "DEFAULT_BATCH_SIZES", "EAGER", "ORT_FP32", "SCHEMA", "VARIANTS", "Block", "Blocks", "BenchReport", "BenchSettings", "ColdStart",
-    "CudaEventTimer", "GemmRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner", "OrtCudaRunner", "Peak",
-    "PointResult", "Runner", "SessionRunner", "TerminalProgress", "Timer", "TorchRunner", "VariantSpec", "WallClock",
-    "benchmark", "block_schedule", "build_variant_files", "check_regressions", "cold_start", "compare_to_baseline", "environment",
-    "gate_status", "gemm_runners", "input_batch", "load_report", "make_runner", "measure", "measure_points", "mfu",
-    "model_from_files", "model_from_preset", "parse_variants", "peaks", "plan_variants", "plot_report",
-    "progress_display", "progress_wanted", "recommend_batch_size", "recommend_variant", "run_bench",
-    "summary_lines", "theoretical_gflops", "torch_threads",
+    "DEFAULT_BATCH_SIZES", "EAGER", "ORT_FP32", "SCHEMA", "VARIANTS", "Block", "Blocks", "BenchReport",
+    "BenchSettings", "ColdStart", "CudaEventTimer", "GemmRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner",
+    "OrtCudaRunner", "Peak", "PointResult", "Runner", "SessionRunner", "TerminalProgress", "Timer", "TorchRunner",
+    "VariantSpec", "WallClock", "benchmark", "block_schedule", "build_variant_files", "check_regressions",
+    "cold_start", "compare_to_baseline", "environment", "gate_status", "gemm_runners", "input_batch", "load_report",
+    "make_runner", "measure", "measure_points", "mfu", "model_from_files", "model_from_preset", "parse_variants",
+    "peaks", "plan_variants", "plot_report", "progress_display", "progress_wanted", "recommend_batch_size",
+    "recommend_variant", "run_bench", "summary_lines", "theoretical_gflops", "torch_threads",
 ]

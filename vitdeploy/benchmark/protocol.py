@@ -6,8 +6,8 @@
     reported apart from the steady state.
   - Warm-up by count AND by time: each variant first runs at least `warmup_iters` times and `warmup_seconds`
     untimed (a warm-up round, one block per variant).
-  - Interleaved in blocks: then `Blocks.count` rounds (at most `min_iters`); in each round every variant runs one block of timed calls,
-    in an order that rotates from round to round (block_schedule). A block is at least 1/count of the variant's
+  - Interleaved in blocks: then `Blocks.count` rounds (at most `min_iters`); in each round every variant runs one
+    block of timed calls, in an order that rotates from round to round (block_schedule). A block is at least 1/count of the variant's
     `min_iters` and of its `min_seconds`, so every variant gets the same number of blocks and together at least
     `min_iters` runs and `min_seconds` of runs. Machine drift and other processes still hit all variants alike
     (each point is spread over the whole time the point takes), as the protocol wants.
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -171,6 +172,14 @@ class Blocks:
     block_warmup_calls: int = 1  # untimed calls at the start of each block (wake the variant's own pool)
     companion_calls: int = 2  # timed calls of each companion per round
 
+    def fitted(self, settings: BenchSettings) -> Blocks:
+        """These blocks for `settings`: no more blocks than timed runs asked for (min_iters)."""
+        return dataclasses.replace(self, count=min(self.count, settings.min_iters))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"interleaving": "blocks", "blocks": self.count, "idle_s": self.idle_s,
+                "block_warmup_calls": self.block_warmup_calls, "companion_calls": self.companion_calls}
+
     def __post_init__(self) -> None:
         if self.count < 1 or self.idle_s < 0 or self.block_warmup_calls < 0 or self.companion_calls < 1:
             raise ValueError(f"invalid block settings: {self}")
@@ -206,7 +215,7 @@ def measure(
     (every block's, pooled), companions included."""
     by_name = {r.spec.name: r for r in [*runners, *companions]}
     timed: dict[str, list[float]] = {name: [] for name in by_name}
-    count = min(blocks.count, settings.min_iters)  # no more blocks than timed runs asked for
+    count = blocks.fitted(settings).count
     per_block_iters = -(-settings.min_iters // count)
     per_block_seconds = settings.min_seconds / count
     for block in block_schedule([r.spec.name for r in runners], [c.spec.name for c in companions], count):

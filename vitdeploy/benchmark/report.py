@@ -92,6 +92,7 @@ class BenchReport:
     regression: dict[str, Any] | None = None  # set by compare_to_baseline (--baseline)
     peaks: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> precision -> Peak.to_dict()
     best_variant: dict[str, Any] | None = None  # set by recommend_variant
+    protocol: dict[str, Any] = field(default_factory=dict)  # how points were interleaved (protocol.Blocks)
 
     def point(self, variant: str, batch_size: int) -> PointResult | None:
         return next((p for p in self.points if p.variant == variant and p.batch_size == batch_size), None)
@@ -102,6 +103,7 @@ class BenchReport:
             "created_at": self.created_at,
             "model": self.model,
             "settings": self.settings.to_dict(),
+            "protocol": self.protocol,
             "environment": self.environment,
             "peak_gflops": self.peak_gflops,
             "peaks": self.peaks,

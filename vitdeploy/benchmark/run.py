@@ -19,7 +19,7 @@ from vitdeploy.benchmark.artifacts import (
 )
 from vitdeploy.benchmark.end_to_end import end_to_end
 from vitdeploy.benchmark.environment import environment, optional_torch, warn_if_busy
-from vitdeploy.benchmark.protocol import cold_start, input_batch, measure_points
+from vitdeploy.benchmark.protocol import Blocks, cold_start, input_batch, measure_points
 from vitdeploy.benchmark.peak import GemmRunner, gemm_runners, peaks
 from vitdeploy.benchmark.report import BenchReport, PointResult, add_ratios, recommend_variant
 from vitdeploy.benchmark.runners import make_runner, torch_threads
@@ -102,6 +102,7 @@ def benchmark(
         points=points,
         end_to_end=e2e,
         created_at=now_iso(),
+        protocol=Blocks().fitted(settings).to_dict(),
     )
     report.best_variant = recommend_variant(report)
     return report

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from vitdeploy.parity import ParityReport
     from vitdeploy.precision import VariantResult
 
-GAP = 2  # spaces between columns in plain text; Rich's SIMPLE_HEAD puts a padding of 1 on each side
+GAP = 2  # spaces between columns in plain text
+RICH_GAP = 3  # what Rich's SIMPLE_HEAD puts beside each column: a padding of 1 on each side and a separator
 
 
 @dataclass(frozen=True)
@@ -79,17 +80,17 @@ KEY_SHARE = 3  # a wrappable key column takes at most 1/KEY_SHARE of the width w
 
 def column_groups(widths: Sequence[int], width: int) -> list[list[int]]:
     """The columns after the first, in order, split into groups that fit `width` beside the first column (each
-    column costs its width + 2 for padding; the first at most width / KEY_SHARE, as it may wrap). A column too wide
+    column costs its width + RICH_GAP; the first at most width / KEY_SHARE, as it may wrap). A column too wide
     for any group gets one of its own."""
-    key = min(widths[0], width // KEY_SHARE) + 2
+    key = min(widths[0], width // KEY_SHARE) + RICH_GAP
     groups: list[list[int]] = [[]]
     used = key
     for i, w in enumerate(widths[1:], start=1):
-        if groups[-1] and used + w + 2 > width:
+        if groups[-1] and used + w + RICH_GAP > width:
             groups.append([])
             used = key
         groups[-1].append(i)
-        used += w + 2
+        used += w + RICH_GAP
     return groups
 
 
@@ -100,8 +101,8 @@ def print_table(console: Console, table: Table) -> None:
         console.print(plain_text(table), markup=False, highlight=False, soft_wrap=True)
         return
     widths = table.widths()
-    key = min(widths[0], console.width // KEY_SHARE) + 2
-    if any(key + w + 2 > console.width for i, w in enumerate(widths) if i in table.right):
+    key = min(widths[0], console.width // KEY_SHARE) + RICH_GAP
+    if any(key + w + RICH_GAP > console.width for i, w in enumerate(widths) if i in table.right):
         console.print(plain_text(table), markup=False, highlight=False, soft_wrap=True)
         return
     groups = column_groups(widths, console.width) if len(widths) > 1 else [[]]
@@ -192,7 +193,8 @@ def variants_table(results: Sequence[VariantResult]) -> Table:
     for r in results:
         g = r.gate
         short = r.fusions.shortfalls() if r.fusions else {}
-        fusions = "-" if r.fusions is None else "all" if not short else ", ".join(f"{op} {n}" for op, n in short.items())
+        fusions = ("-" if r.fusions is None else "all" if not short
+                   else ", ".join(f"{op} {n}" for op, n in short.items()))
         ran = g.runtime or {}
         on = f"{ran.get('runtime', 'ort')} {short_provider_name(g.provider)}" + (
             f" {ran['inference_precision']}" if ran.get("inference_precision") else "")
