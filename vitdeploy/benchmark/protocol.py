@@ -7,9 +7,9 @@
   - Warm-up by count AND by time: each variant first runs at least `warmup_iters` times and `warmup_seconds`
     untimed (a warm-up round, one block per variant).
   - Interleaved in blocks: then `Blocks.count` rounds (at most `min_iters`); in each round every variant runs one
-    block of timed calls, in an order that rotates from round to round (block_schedule). A block is at least 1/count of the variant's
-    `min_iters` and of its `min_seconds`, so every variant gets the same number of blocks and together at least
-    `min_iters` runs and `min_seconds` of runs. Machine drift and other processes still hit all variants alike
+    block of timed calls, in an order that rotates from round to round (block_schedule). A block is at least
+    1/count of the variant's `min_iters` and of its `min_seconds`, so every variant gets the same number of blocks
+    and together at least `min_iters` runs and `min_seconds` of runs. Machine drift and other processes still hit all variants alike
     (each point is spread over the whole time the point takes), as the protocol wants.
   - Idle between blocks: before each block the machine is left alone for `Blocks.idle_s`, so that the previous
     block's thread pool has stopped spinning, and the block's first call is untimed (it wakes this variant's own
