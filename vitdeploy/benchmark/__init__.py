@@ -2,7 +2,8 @@
 
     variants.py     the catalogue of variants, the settings of a run, why a device cannot run a variant
     artifacts.py    the model under test, the file each variant times, which variants can run
-    protocol.py     THE timing protocol (identical inputs, warm-up, alternating blocks, minimums) and the timers
+    timing.py       the Runner interface, the timers (wall clock, CUDA events), the input every variant sees
+    protocol.py     THE timing protocol (identical inputs, warm-up, alternating blocks, minimums)
     runners.py      PyTorch, ONNX Runtime CPU / CUDA / TensorRT (IO binding, CUDA graphs), OpenVINO
     peak.py         the peak per device and precision behind MFU: measured GEMMs, the ISA's figure
     run.py          a whole benchmark: benchmark(), and run_bench() behind `vitdeploy bench`
@@ -27,20 +28,8 @@ from vitdeploy.benchmark.artifacts import (
     plan_variants,
 )
 from vitdeploy.benchmark.environment import environment
-from vitdeploy.benchmark.protocol import (
-    Block,
-    Blocks,
-    ColdStart,
-    CudaEventTimer,
-    Runner,
-    Timer,
-    WallClock,
-    block_schedule,
-    cold_start,
-    input_batch,
-    measure,
-    measure_points,
-)
+from vitdeploy.benchmark.protocol import Block, Blocks, ColdStart, block_schedule, cold_start, measure, measure_points
+from vitdeploy.benchmark.timing import CudaEventTimer, Runner, Timer, WallClock, input_batch, torch_threads
 from vitdeploy.benchmark.render import (
     TerminalProgress,
     plot_report,
@@ -68,7 +57,6 @@ from vitdeploy.benchmark.runners import (
     SessionRunner,
     TorchRunner,
     make_runner,
-    torch_threads,
 )
 from vitdeploy.benchmark.variants import (
     DEFAULT_BATCH_SIZES,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.benchmark.protocol import input_batch
+from vitdeploy.benchmark.timing import input_batch
 from vitdeploy.benchmark.variants import VARIANTS, BenchSettings, VariantSpec, runtime_problem
 from vitdeploy.bundle import BundleInfo, load_bundle, read_bundle_info
 from vitdeploy.config import ModelConfig, get_preset

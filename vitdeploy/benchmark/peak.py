@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.benchmark.protocol import CudaEventTimer, Runner, WallClock
+from vitdeploy.benchmark.timing import CudaEventTimer, Runner, WallClock, torch_threads
 from vitdeploy.benchmark.variants import VariantSpec
 from vitdeploy.provenance import cpu_clock_ghz, cpu_flags
 
@@ -119,8 +119,6 @@ class TorchGemm(GemmRunner):
 
     def create(self) -> None:
         import torch
-
-        from vitdeploy.benchmark.runners import torch_threads
 
         if self.spec.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 peak must be real fp32, not TF32

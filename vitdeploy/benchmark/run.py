@@ -19,10 +19,11 @@ from vitdeploy.benchmark.artifacts import (
 )
 from vitdeploy.benchmark.end_to_end import end_to_end
 from vitdeploy.benchmark.environment import environment, optional_torch, warn_if_busy
-from vitdeploy.benchmark.protocol import Blocks, cold_start, input_batch, measure_points
+from vitdeploy.benchmark.protocol import Blocks, cold_start, measure_points
 from vitdeploy.benchmark.peak import GemmRunner, gemm_runners, peaks
 from vitdeploy.benchmark.report import BenchReport, PointResult, add_ratios, recommend_variant
-from vitdeploy.benchmark.runners import make_runner, torch_threads
+from vitdeploy.benchmark.runners import make_runner
+from vitdeploy.benchmark.timing import input_batch, torch_threads
 from vitdeploy.benchmark.variants import VARIANTS, BenchSettings, runtime_problem
 from vitdeploy.extras import importable
 from vitdeploy.errors import ConfigError

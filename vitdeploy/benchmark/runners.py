@@ -1,20 +1,17 @@
 """The runners the protocol drives: PyTorch eager, ONNX Runtime on CPU, ONNX Runtime on CUDA or TensorRT (IO
 binding, optionally CUDA graphs), and any other runtime through the runtime interface (OpenVINO). Each exposes one
-inference (`infer`) and the timer that times it (protocol.WallClock or protocol.CudaEventTimer). The GEMMs that
+inference (`infer`) and the timer that times it (timing.WallClock or timing.CudaEventTimer). The GEMMs that
 measure the machine's peak are in peak.py."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitdeploy.benchmark.environment import optional_torch
-from vitdeploy.benchmark.protocol import CudaEventTimer, Runner, WallClock
+from vitdeploy.benchmark.timing import CudaEventTimer, Runner, WallClock
 from vitdeploy.benchmark.variants import VariantSpec
 from vitdeploy.errors import DeviceError
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME
@@ -23,22 +20,6 @@ from vitdeploy.runtimes.ort import CPU, CUDA, TENSORRT, make_session
 
 if TYPE_CHECKING:
     from vitdeploy.benchmark.artifacts import ModelUnderTest
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op thread count inside the block, where torch is installed (ONNX Runtime sessions get theirs
-    at creation)."""
-    torch = optional_torch()
-    if torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class TorchRunner(Runner):
