@@ -238,6 +238,8 @@ def test_block_schedule_alternates_and_gives_every_variant_the_same_blocks() -> 
     assert {name: timed.count(name) for name in "abc"} == {"a": 4, "b": 4, "c": 4}
     assert all(b.kind == "companion" for b in schedule if b.runner == "peak")
     assert all(x != y for x, y in zip(timed, timed[1:]))  # blocks alternate: never two of a variant in a row
+    two = bench.block_schedule(["a", "b"], [], count=3)
+    assert [b.runner for b in two if b.kind == "timed"] == ["a", "b"] * 3  # two variants simply alternate
 
 
 def test_protocol_runs_in_blocks_and_meets_both_minimums() -> None:
@@ -254,12 +256,13 @@ def test_protocol_runs_in_blocks_and_meets_both_minimums() -> None:
     blocks = bench.Blocks(count=2, idle_s=0.25, block_warmup_calls=1)
     timed = bench.measure([fast, slow], settings, blocks=blocks, sleep=sleep)
     # Warm-up round: fast 4 runs (0.5 s), slow 2 (the count). Each timed block: one untimed call, then at least
-    # ceil(3 / 2) = 2 runs and 0.5 s: fast 4 runs, slow 2. Round 2 starts with slow (rotated).
+    # ceil(3 / 2) = 2 runs and 0.5 s: fast 4 runs, slow 2 (plus the untimed call each).
     assert calls == (["idle", *["fast"] * 4, "idle", *["slow"] * 2]
-                     + ["idle", *["fast"] * 5, "idle", *["slow"] * 3]
-                     + ["idle", *["slow"] * 3, "idle", *["fast"] * 5])
+                     + ["idle", *["fast"] * 5, "idle", *["slow"] * 3] * 2)
     assert pauses == [0.25] * 6
     assert len(timed["fast"]) == 8 and len(timed["slow"]) == 4  # both blocks' runs pooled, warm-ups excluded
+    with pytest.raises(ConfigError):
+        bench.Blocks(count=0)
 
 
 def test_companions_run_in_blocks_of_their_own_and_do_not_decide_when_to_stop() -> None:

@@ -48,6 +48,7 @@ import numpy as np
 from vitdeploy.benchmark.report import PointResult
 from vitdeploy.benchmark.timing import Runner
 from vitdeploy.benchmark.variants import BenchSettings
+from vitdeploy.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Blocks:
 
     def __post_init__(self) -> None:
         if self.count < 1 or self.idle_s < 0 or self.block_warmup_calls < 0 or self.companion_calls < 1:
-            raise ValueError(f"invalid block settings: {self}")
+            raise ConfigError(f"invalid block settings: {self}")
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,11 @@ class Block:
 
 def block_schedule(names: Sequence[str], companions: Sequence[str], count: int) -> list[Block]:
     """The order of a point's blocks: a warm-up round (every variant once, in order), then `count` timed rounds,
-    the variants' order rotated by one each round so that none always follows the same one, each round closed by
-    one block per companion."""
+    each closed by one block per companion. With three variants or more, their order rotates by one each round,
+    so that none always follows the same one and none runs twice in a row (two variants simply alternate)."""
     schedule = [Block(0, name, "warmup") for name in names]
     for r in range(1, count + 1):
-        shift = (r - 1) % len(names) if names else 0
+        shift = (r - 1) % len(names) if len(names) > 2 else 0
         schedule += [Block(r, name, "timed") for name in [*names[shift:], *names[:shift]]]
         schedule += [Block(r, name, "companion") for name in companions]
     return schedule
