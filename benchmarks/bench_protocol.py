@@ -22,7 +22,7 @@ compare: `vitdeploy bench MODEL --batch-sizes 1` run as a subprocess, each varia
 (ort-cpu, ort-cpu-int8, ov-cpu: two runtimes), with the package of the tree given by --before (the old per-call
 round-robin: an export of main at c9361bf) and of this tree (blocks). Runs alternate between trees and between
 alone and together, so the machine's drift hits both; each repeat reports together/alone of every variant's p50,
-from the same repeat. Writes benchmarks/results/bench_protocol.json.
+from the same repeat. Each run is appended to benchmarks/results/bench_protocol.json under its mode.
 """
 
 from __future__ import annotations
@@ -220,8 +220,8 @@ def main() -> None:
     else:
         result = compare(args.model_dir, args.before, args.after, args.repeats, args.threads)
     out = REPO / "benchmarks" / "results" / "bench_protocol.json"
-    results = json.loads(out.read_text()) if out.exists() else {}  # each mode keeps the others' results
-    results[args.what] = {"machine": machine(), **result}
+    results = json.loads(out.read_text()) if out.exists() else {}  # every run of every mode is kept
+    results.setdefault(args.what, []).append({"machine": machine(), **result})
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
