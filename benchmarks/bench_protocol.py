@@ -2,6 +2,7 @@
 
     python benchmarks/bench_protocol.py spin MODEL_DIR          # how long each runtime's pool keeps the CPU busy
     python benchmarks/bench_protocol.py cause MODEL_DIR         # per-call alternation with ORT spinning on / off
+    python benchmarks/bench_protocol.py inproc MODEL_DIR --before OLD_TREE --repeats 8
     python benchmarks/bench_protocol.py compare MODEL_DIR --before OLD_TREE --repeats 3
 
 MODEL_DIR holds model.onnx and model.int8.onnx as `vitdeploy export BUNDLE --precision int8` leaves them (a
@@ -13,10 +14,16 @@ every thread) while the calling thread sleeps: cores busy per window, i.e. the p
 nothing to do. For ORT with spinning on (its default) and off (session.intra_op.allow_spinning=0), OpenVINO
 (f32 pinned) and PyTorch eager.
 
-cause: in one process, ORT fp32's batch-1 latency (median of 60 calls) alone; alternating call by call with ORT
-int8 and OpenVINO (the old protocol) with ORT's threads spinning (its default) and with spinning off; and in blocks
-of 20 calls after 0.1 s idle (the new protocol). If spinning is the cause, per-call alternation with spinning off
-comes back to the figure alone. Repeated --repeats times, the four orders rotated.
+cause: in one process, ORT fp32's batch-1 latency (median of 60 calls) alone, alternating call by call with ORT
+int8 and OpenVINO (the old protocol), and in blocks of 20 calls after 0.1 s idle (the new protocol), with ORT's
+threads spinning (its default); alone and call by call with spinning off (session.intra_op.allow_spinning=0). If
+spinning is the cause, call by call costs nothing over alone when nothing spins. Repeated --repeats times, the
+order of the modes rotated.
+
+inproc: the same question in one process, so that the runs compared follow each other within seconds: the runners
+and peak GEMMs `vitdeploy bench` creates, timed by the old protocol's measure() (loaded from OLD_TREE's
+vitdeploy/benchmark/protocol.py) and by this tree's, each variant alone and the three together, default settings
+(warm-up 3 runs and 1 s, at least 10 runs and 2 s), batch 1. The order of old and new alternates per repeat.
 
 compare: `vitdeploy bench MODEL --batch-sizes 1` run as a subprocess, each variant alone and the three together
 (ort-cpu, ort-cpu-int8, ov-cpu: two runtimes), with the package of the tree given by --before (the old per-call
@@ -126,8 +133,8 @@ def cause(model_dir: Path, threads: int, repeats: int, calls: int = 60) -> dict[
         for _ in range(5):
             run()
 
-    def alone() -> list[float]:
-        return [timed(spinning["ort-cpu"]) for _ in range(calls)]
+    def alone(runs: dict[str, Any]) -> list[float]:
+        return [timed(runs["ort-cpu"]) for _ in range(calls)]
 
     def per_call(runs: dict[str, Any]) -> list[float]:
         out = []
@@ -149,20 +156,67 @@ def cause(model_dir: Path, threads: int, repeats: int, calls: int = 60) -> dict[
                     out += latencies
         return out
 
-    modes = {"alone": alone, "per call, spinning on": lambda: per_call(spinning),
-             "per call, spinning off": lambda: per_call(quiet), "blocks, spinning on": blocks}
+    modes = {"alone": lambda: alone(spinning), "per call, spinning on": lambda: per_call(spinning),
+             "blocks, spinning on": blocks, "alone, spinning off": lambda: alone(quiet),
+             "per call, spinning off": lambda: per_call(quiet)}
     results: list[dict[str, Any]] = []
     for repeat in range(repeats):
         order = list(modes)[repeat % len(modes):] + list(modes)[:repeat % len(modes)]
         entry: dict[str, Any] = {"load_before": os.getloadavg()}
         for mode in order:
             entry[mode] = round(float(np.median(modes[mode]())) * 1e3, 2)
-        entry["over_alone"] = {m: round(entry[m] / entry["alone"], 3) for m in modes}
+        # Spinning off changes ORT's speed itself: each mode against alone with the same spinning.
+        entry["over_alone"] = {m: round(entry[m] / entry["alone, spinning off" if "off" in m else "alone"], 3)
+                               for m in modes}
         entry["load_after"] = os.getloadavg()
         print(f"repeat {repeat + 1}: ort-cpu p50 " + ", ".join(f"{m} {entry[m]:.2f} ms ({entry['over_alone'][m]:.2f}x)"
                                                                for m in modes), flush=True)
         results.append(entry)
     return {"threads": threads, "calls": calls, "repeats": results}
+
+
+def inproc(model_dir: Path, before: Path, repeats: int, threads: int) -> dict[str, Any]:
+    """variant -> p50 alone and together, per protocol and repeat, and their ratio."""
+    import importlib.util
+
+    from vitdeploy import benchmark as bench
+
+    spec = importlib.util.spec_from_file_location("old_protocol", before / "vitdeploy/benchmark/protocol.py")
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    protocols = {"before": old.measure, "after": bench.measure}
+    settings = bench.BenchSettings(batch_sizes=(1,), threads=threads)
+    model = bench.model_from_files(model_dir / "model.onnx", None)
+    batch = bench.input_batch(model.config, 1, settings.seed)
+    runners = {name: bench.make_runner(bench.VARIANTS[name], model, threads) for name in VARIANTS}
+    with bench.torch_threads(threads):
+        for runner in runners.values():
+            bench.cold_start(runner, batch)
+        gemms = bench.gemm_runners({"cpu"}, {"fp32", "int8"}, threads, True, True)
+        for gemm in gemms:
+            gemm.create()
+
+        def p50s(measure: Any, names: tuple[str, ...]) -> dict[str, float]:
+            precisions = {runners[n].spec.precision for n in names}
+            companions = [g for g in gemms if g.precision in precisions]  # as bench picks them
+            timed = measure([runners[n] for n in names], settings, companions)
+            return {n: round(float(np.median(timed[n])) * 1e3, 2) for n in names}
+
+        out = []
+        for repeat in range(repeats):
+            entry: dict[str, Any] = {"load_before": os.getloadavg()}
+            order = list(protocols) if repeat % 2 == 0 else list(reversed(protocols))
+            for label in order:
+                together = p50s(protocols[label], VARIANTS)
+                alone = {v: p50s(protocols[label], (v,))[v] for v in VARIANTS}
+                ratio = {v: round(together[v] / alone[v], 3) for v in VARIANTS}
+                entry[label] = {"alone_p50_ms": alone, "together_p50_ms": together, "together_over_alone": ratio}
+                print(f"repeat {repeat + 1} {label}: " + ", ".join(
+                    f"{v} alone {alone[v]:.2f} ms, together {together[v]:.2f} ms ({ratio[v]:.2f}x)"
+                    for v in VARIANTS), flush=True)
+            entry["load_after"] = os.getloadavg()
+            out.append(entry)
+    return {"variants": list(VARIANTS), "threads": threads, "before": os.fspath(before), "repeats": out}
 
 
 def bench_once(tree: Path, model_dir: Path, variants: tuple[str, ...], threads: int) -> dict[str, float]:
@@ -203,7 +257,7 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("spin", "cause", "compare"))
+    parser.add_argument("what", choices=("spin", "cause", "inproc", "compare"))
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--before", type=Path, help="compare: the tree of the old package (e.g. git archive c9361bf)")
     parser.add_argument("--after", type=Path, default=REPO, help="compare: the tree of the new package (default: "
@@ -211,12 +265,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if args.what == "compare" and not args.before:
-        parser.error("compare needs --before")
+    if args.what in ("inproc", "compare") and not args.before:
+        parser.error(f"{args.what} needs --before")
     if args.what == "spin":
         result = spin(args.model_dir, args.threads)
     elif args.what == "cause":
         result = cause(args.model_dir, args.threads, args.repeats)
+    elif args.what == "inproc":
+        result = inproc(args.model_dir, args.before, args.repeats, args.threads)
     else:
         result = compare(args.model_dir, args.before, args.after, args.repeats, args.threads)
     out = REPO / "benchmarks" / "results" / "bench_protocol.json"
