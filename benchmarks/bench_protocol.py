@@ -4,6 +4,7 @@
     python benchmarks/bench_protocol.py cause MODEL_DIR         # per-call alternation with ORT spinning on / off
     python benchmarks/bench_protocol.py inproc MODEL_DIR --before OLD_TREE --repeats 8
     python benchmarks/bench_protocol.py compare MODEL_DIR --before OLD_TREE --repeats 3
+    python benchmarks/bench_protocol.py summary                 # the tables of bench_protocol.md, from the JSON
 
 MODEL_DIR holds model.onnx and model.int8.onnx as `vitdeploy export BUNDLE --precision int8` leaves them (a
 ViT-Ti/16 trained briefly on benchmarks/photo_regions.py's folder is enough: the speed does not depend on the
@@ -183,6 +184,7 @@ def inproc(model_dir: Path, before: Path, repeats: int, threads: int) -> dict[st
 
     spec = importlib.util.spec_from_file_location("old_protocol", before / "vitdeploy/benchmark/protocol.py")
     old = importlib.util.module_from_spec(spec)
+    sys.modules["old_protocol"] = old  # dataclasses look their module up there
     spec.loader.exec_module(old)
     protocols = {"before": old.measure, "after": bench.measure}
     settings = bench.BenchSettings(batch_sizes=(1,), threads=threads)
@@ -249,6 +251,42 @@ def compare(model_dir: Path, before: Path, after: Path, repeats: int, threads: i
             "repeats": repeats_out}
 
 
+def load(entry: dict[str, Any]) -> str:
+    return f"{entry['load_before'][0]:.1f} / {entry['load_after'][0]:.1f}"
+
+
+def summary(results: dict[str, Any]) -> str:
+    """Markdown: per run of inproc and compare, each repeat's together/alone ratio per variant and protocol, and
+    the median over repeats; per run of cause, each mode against alone."""
+    lines = []
+    for mode in ("inproc", "compare"):
+        for n, run in enumerate(results.get(mode, []), start=1):
+            variants = run["variants"]
+            lines += [f"\n### {mode}, run {n} ({len(run['repeats'])} repeats, {run['threads']} threads)\n",
+                      "| repeat | load 1-min before / after | " + " | ".join(
+                          f"{v} {label}" for label in ("before", "after") for v in variants) + " |",
+                      "|---" * (2 + 2 * len(variants)) + "|"]
+            for i, entry in enumerate(run["repeats"], start=1):
+                lines.append(f"| {i} | {load(entry)} | " + " | ".join(
+                    f"{entry[label]['together_over_alone'][v]:.2f}" for label in ("before", "after")
+                    for v in variants) + " |")
+            lines.append("| **median** | | " + " | ".join(
+                f"**{np.median([e[label]['together_over_alone'][v] for e in run['repeats']]):.2f}**"
+                for label in ("before", "after") for v in variants) + " |")
+    for n, run in enumerate(results.get("cause", []), start=1):
+        modes = list(run["repeats"][0]["over_alone"])
+        lines += [f"\n### cause, run {n} (ORT fp32 p50 in ms, and x its figure alone with the same spinning)\n",
+                  "| repeat | load 1-min before / after | " + " | ".join(modes) + " |",
+                  "|---" * (2 + len(modes)) + "|"]
+        for i, entry in enumerate(run["repeats"], start=1):
+            lines.append(f"| {i} | {load(entry)} | " + " | ".join(
+                f"{entry[m]:.1f} ({entry['over_alone'][m]:.2f}x)" for m in modes) + " |")
+        lines.append("| **median** | | " + " | ".join(
+            f"**{np.median([e[m] for e in run['repeats']]):.1f} "
+            f"({np.median([e['over_alone'][m] for e in run['repeats']]):.2f}x)**" for m in modes) + " |")
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, Any]:
     from vitdeploy.provenance import machine as describe, package_versions
 
@@ -257,14 +295,20 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("spin", "cause", "inproc", "compare"))
-    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("what", choices=("spin", "cause", "inproc", "compare", "summary"))
+    parser.add_argument("model_dir", type=Path, nargs="?")
     parser.add_argument("--before", type=Path, help="compare: the tree of the old package (e.g. git archive c9361bf)")
     parser.add_argument("--after", type=Path, default=REPO, help="compare: the tree of the new package (default: "
                         "this one; a frozen copy, e.g. git archive HEAD, keeps edits out of a long run)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    out = REPO / "benchmarks" / "results" / "bench_protocol.json"
+    if args.what == "summary":
+        print(summary(json.loads(out.read_text())))
+        return
+    if not args.model_dir:
+        parser.error(f"{args.what} needs MODEL_DIR")
     if args.what in ("inproc", "compare") and not args.before:
         parser.error(f"{args.what} needs --before")
     if args.what == "spin":
@@ -275,7 +319,6 @@ def main() -> None:
         result = inproc(args.model_dir, args.before, args.repeats, args.threads)
     else:
         result = compare(args.model_dir, args.before, args.after, args.repeats, args.threads)
-    out = REPO / "benchmarks" / "results" / "bench_protocol.json"
     results = json.loads(out.read_text()) if out.exists() else {}  # every run of every mode is kept
     results.setdefault(args.what, []).append({"machine": machine(), **result})
     out.parent.mkdir(exist_ok=True)
