@@ -24,7 +24,8 @@ order of the modes rotated.
 inproc: the same question in one process, so that the runs compared follow each other within seconds: the runners
 and peak GEMMs `vitdeploy bench` creates, timed by the old protocol's measure() (loaded from OLD_TREE's
 vitdeploy/benchmark/protocol.py) and by this tree's, each variant alone and the three together, default settings
-(warm-up 3 runs and 1 s, at least 10 runs and 2 s), batch 1. The order of old and new alternates per repeat.
+(warm-up 3 runs and 1 s, at least 10 runs and 2 s), batch 1. The order of old and new, and of alone and together,
+alternates per repeat.
 
 compare: `vitdeploy bench MODEL --batch-sizes 1` run as a subprocess, each variant alone and the three together
 (ort-cpu, ort-cpu-int8, ov-cpu: two runtimes), with the package of the tree given by --before (the old per-call
@@ -209,8 +210,14 @@ def inproc(model_dir: Path, before: Path, repeats: int, threads: int) -> dict[st
             entry: dict[str, Any] = {"load_before": os.getloadavg()}
             order = list(protocols) if repeat % 2 == 0 else list(reversed(protocols))
             for label in order:
-                together = p50s(protocols[label], VARIANTS)
-                alone = {v: p50s(protocols[label], (v,))[v] for v in VARIANTS}
+                # Alone first in every other repeat, so that a load rising (or falling) through a repeat does not
+                # always favour the same side.
+                if repeat % 2:
+                    alone = {v: p50s(protocols[label], (v,))[v] for v in VARIANTS}
+                    together = p50s(protocols[label], VARIANTS)
+                else:
+                    together = p50s(protocols[label], VARIANTS)
+                    alone = {v: p50s(protocols[label], (v,))[v] for v in VARIANTS}
                 ratio = {v: round(together[v] / alone[v], 3) for v in VARIANTS}
                 entry[label] = {"alone_p50_ms": alone, "together_p50_ms": together, "together_over_alone": ratio}
                 print(f"repeat {repeat + 1} {label}: " + ", ".join(
