@@ -141,12 +141,9 @@ def predict_against_reference(onnx_path: Path, photos: list[Path], reference: np
     import vitdeploy
     from vitdeploy.prediction import load_model_input, open_model
 
-    def quiet(_: str) -> None:
-        pass
-
-    summary = vitdeploy.predict([str(p) for p in photos], model=onnx_path, log=quiet)
+    summary = vitdeploy.predict([str(p) for p in photos], model=onnx_path)
     predicted = {row["path"]: row["label"] for row in summary.rows}
-    loaded = open_model(onnx_path, device="cpu", log=quiet)
+    loaded = open_model(onnx_path, device="cpu")
     batch = np.stack([load_model_input(p, loaded.info.preprocess) for p in photos])
     diffs = np.abs(loaded.session.run(batch) - reference).max(1)
     agree = [predicted[str(p)] == loaded.info.labels[int(i)] for p, i in zip(photos, reference.argmax(1))]

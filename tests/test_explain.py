@@ -14,7 +14,6 @@ import pytest
 import torch
 from builders import TINY
 from PIL import Image
-from rich.console import Console
 from typer.testing import CliRunner
 
 from vitdeploy import images
@@ -38,8 +37,7 @@ INK_LEVEL = 0.5
 @pytest.fixture(scope="module")
 def digits_bundle(tmp_path_factory) -> Path:
     """A digits model trained briefly, with its recorded held-out split."""
-    result = train(TrainRequest(preset="digits", epochs=QUICK_EPOCHS, out=tmp_path_factory.mktemp("digits")),
-                   console=Console(quiet=True))
+    result = train(TrainRequest(preset="digits", epochs=QUICK_EPOCHS, out=tmp_path_factory.mktemp("digits")))
     return result.best
 
 

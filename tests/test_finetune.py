@@ -4,19 +4,17 @@ interpolated for another image size, fine-tuning defaults)."""
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rich.console import Console
 from typer.testing import CliRunner
 
 pytest.importorskip("transformers")
 
-from builders import smooth_rgb  # noqa: E402
+from builders import captured_notes, smooth_rgb  # noqa: E402
 from checkpoints import SMALL, hf_vit, save_hf  # noqa: E402
 from vitdeploy import import_model  # noqa: E402
 from vitdeploy.bundle import load_bundle, read_bundle_info  # noqa: E402
@@ -34,7 +32,7 @@ def imported(tmp_path_factory) -> Path:
     """A Hugging Face ViT (32 px, patch 8) imported as a bundle."""
     root = tmp_path_factory.mktemp("pretrained")
     folder = save_hf(hf_vit(SOURCE_LABELS, **SMALL), root / "hf")
-    return import_model(folder, root / "bundle", notify=lambda _: None).bundle
+    return import_model(folder, root / "bundle").bundle
 
 
 def image_folder(root: Path, classes: list[str], per_class: int = 10) -> Path:
@@ -130,8 +128,8 @@ def test_fine_tuning_defaults_are_overridable_and_conflicts_are_refused(imported
 
 def test_fine_tuning_at_another_size_runs(imported: Path, tmp_path: Path) -> None:
     data = image_folder(tmp_path / "photos", ["a", "b"], per_class=6)
-    out = io.StringIO()
-    result = train(TrainRequest(init=imported, data=data, image_size=48, epochs=1, batch_size=4,
-                                out=tmp_path / "run"), console=Console(file=out, width=200))
-    assert "interpolated from 4x4 to 6x6" in out.getvalue() and result.epochs == 1
+    with captured_notes() as notes:
+        result = train(TrainRequest(init=imported, data=data, image_size=48, epochs=1, batch_size=4,
+                                    out=tmp_path / "run"))
+    assert any("interpolated from 4x4 to 6x6" in note for note in notes) and result.epochs == 1
     assert read_bundle_info(result.last).model.image_size == 48

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from builders import make_bundle  # noqa: E402
 
+from vitdeploy.requests import VerifyRequest
 from vitdeploy import accuracy_gate, graph_variants, parity, precision
 from vitdeploy.runtimes import ort as runtime  # noqa: E402
 from vitdeploy import onnx_export as export  # noqa: E402
@@ -90,7 +91,7 @@ def test_variant_files_describe_themselves(ladder, variant, precision):
 def test_verify_knows_each_precision(ladder, variant):
     from vitdeploy import verification as verify
 
-    report = verify.verify(ladder[2][variant].path, batch_sizes=(1, 7), num_real=16, num_random=8)
+    report = verify.verify(VerifyRequest(ladder[2][variant].path, batch_sizes=(1, 7)), num_real=16, num_random=8)
     assert report.passed, report.failures()
     expected = precision.VARIANT_PRECISION[variant]
     assert report.precision == expected and report.tolerance == parity.TOLERANCES[expected]

@@ -20,7 +20,7 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +37,10 @@ from vitdeploy.errors import ConfigError, InputError
 from vitdeploy.images import ImageDecodeError
 from vitdeploy.inputs import NoMatch, ordered_inputs
 from vitdeploy.onnx_file import OnnxModelInfo, resolve_model
-from vitdeploy.progress import live_progress, to_stderr
+from vitdeploy.progress import live_progress
 from vitdeploy.runtimes import Session, open_runtime
 from vitdeploy.runtimes.registry import runtime_for_file
+from vitdeploy.requests import PredictRequest
 
 FORMATS = ("table", "json", "jsonl", "csv")
 # What a terminal shows while predict runs: images done of all, images/s, failures so far, time left.
@@ -49,22 +50,6 @@ PROGRESS_COLUMNS = (
 )
 # Probabilities are written rounded: enough to rank and compare, short enough to read.
 PROBABILITY_DECIMALS = 6
-
-
-@dataclass
-class PredictRequest:
-    inputs: list[str]  # files, folders or glob patterns
-    model: Path | None = None  # an .onnx file or a folder to search; None: the newest .onnx under models/
-    batch_size: int = 32
-    workers: int = 2  # decoding threads
-    device: str = "auto"
-    threads: int | None = None  # the runtime's threads (None: its default, one per core)
-    runtime: str | None = None  # ort | openvino | reference; None: the one the file was made for, else ort
-    top_k: int = 5
-    output_format: str = "table"
-    output: Path | None = None  # None: stdout
-    recursive: bool = False
-    progress: bool = True  # live progress on stderr, when it is a terminal
 
 
 @dataclass
@@ -78,6 +63,11 @@ class PredictSummary:
     interrupted: bool = False
     output: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)  # kept only for the table format
+
+    @property
+    def passed(self) -> bool:
+        """Every input got its prediction (the CLI: exit code 4 otherwise, 130 when interrupted)."""
+        return not self.images_failed and not self.interrupted
 
     @property
     def images_per_second(self) -> float:
@@ -112,8 +102,7 @@ class LoadedModel:
 
 
 def open_model(
-    path: Path, device: str = "auto", threads: int | None = None, log: Callable[[str], None] = to_stderr,
-    spin: bool = False, runtime: str | None = None,
+    path: Path, device: str = "auto", threads: int | None = None, spin: bool = False, runtime: str | None = None,
 ) -> LoadedModel:
     """Open a vitdeploy .onnx on `runtime` (None: the one the file was made for, else ONNX Runtime) and `device`;
     its input contract is checked against its metadata as it opens.
@@ -121,7 +110,7 @@ def open_model(
     `spin` is off by default: the decoding threads need the CPU time that ORT's idle threads would otherwise burn
     busy-waiting after each run (benchmarks/predict_throughput.py measures both settings).
     """
-    session = open_runtime(runtime or runtime_for_file(path), path, device=device, threads=threads, notify=log,
+    session = open_runtime(runtime or runtime_for_file(path), path, device=device, threads=threads,
                            spin=spin)
     return LoadedModel(session, session.provider, session.model_info())
 
@@ -301,7 +290,7 @@ def _batches_ahead(
         yield pending.popleft()
 
 
-def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> PredictSummary:
+def predict(request: PredictRequest) -> PredictSummary:
     """Run the request; rows go to request.output (or stdout) as they are ready, one per input, in input order.
     Returns the summary.
 
@@ -317,7 +306,7 @@ def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> 
     if not any(isinstance(item, Path) for item in items):
         raise InputError(f"no input matched: {', '.join(i.text for i in items) or '(none given)'}")
     model_path = resolve_model(request.model)
-    model = open_model(model_path, request.device, request.threads, log, runtime=request.runtime)
+    model = open_model(model_path, request.device, request.threads, runtime=request.runtime)
     summary = PredictSummary(model=str(model_path), provider=model.provider, runtime=model.session.describe(),
                              output=str(request.output) if request.output else None)
     # Unbuffered: what write() accepted is in the file, so a failed batch can be cut off exactly.

@@ -13,8 +13,9 @@ from typing import Any
 
 from vitdeploy.benchmark.environment import optional_torch
 from vitdeploy.errors import ConfigError
+from vitdeploy.requests import BenchRequest
 
-DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_BATCH_SIZES = BenchRequest.batch_sizes
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,14 @@ ORT_FP32 = "ort-cpu"
 
 @dataclass(frozen=True)
 class BenchSettings:
+    """How a benchmark times its variants; the defaults are `vitdeploy bench`'s (requests.BenchRequest)."""
+
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     variants: tuple[str, ...] | None = None  # None: every variant that can run here
-    warmup_iters: int = 3
-    warmup_seconds: float = 1.0
-    min_iters: int = 10
-    min_seconds: float = 2.0
+    warmup_iters: int = BenchRequest.warmup_iters
+    warmup_seconds: float = BenchRequest.warmup_seconds
+    min_iters: int = BenchRequest.min_iters
+    min_seconds: float = BenchRequest.min_seconds
     threads: int | None = None  # None: one per CPU core
     seed: int = 0  # of the random input batch
     runtimes: tuple[str, ...] | None = None  # only these runtimes' variants (PyTorch eager stays); None: all

@@ -10,6 +10,7 @@ serve).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from vitdeploy import strict_json
-from vitdeploy.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, VitDeployError
+from vitdeploy.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PARTIAL, VitDeployError
 
 app = typer.Typer(
     name="vitdeploy",
@@ -30,6 +31,31 @@ app = typer.Typer(
 )
 # Human-facing output goes to stderr so that --json leaves stdout clean for scripts.
 console = Console(stderr=True)
+
+
+class StderrNotes(logging.Handler):
+    """Renders vitdeploy's log records as plain lines on stderr: the one place the CLI shows what the library says.
+
+    Plain text, never Rich markup: an install command's `vitdeploy[openvino]` and a shape's `[batch, 3, H, W]` print
+    as written. sys.stderr is looked up at each record, so a test's captured stream gets them too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                text = f"{record.levelname.lower()}: {text}"
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except Exception:  # logging's own contract: a failing handler reports through handleError, never raises
+            self.handleError(record)
+
+
+def show_library_notes() -> None:
+    """Send the `vitdeploy` logger's INFO and above to stderr (once per process, however many commands run)."""
+    logger = logging.getLogger("vitdeploy")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(handler, StderrNotes) for handler in logger.handlers):
+        logger.addHandler(StderrNotes())
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,6 +99,7 @@ def root(
 
     Exit codes: 0 ok, 1 internal error, 2 bad input, 3 a check failed, 4 some inputs failed, 130 interrupted.
     """
+    show_library_notes()
 
 
 def print_json(obj: Any) -> None:
@@ -81,7 +108,23 @@ def print_json(obj: Any) -> None:
 
 
 def print_note(line: str) -> None:
-    console.print(line, highlight=False, soft_wrap=True)
+    """One line for a person on stderr, printed as written (no markup)."""
+    console.print(escape(line), highlight=False, soft_wrap=True)
+
+
+def finish(result: Any, *, partial: bool = False) -> None:
+    """The one place a result becomes an exit code. Results say `passed`; when they did not pass: 130 if
+    interrupted (what finished was kept), else 4 for commands where some inputs failed (`partial`: predict,
+    explain), else 3, a check failed (verify, export's accuracy gate, bench against --baseline)."""
+    if result.passed:
+        return
+    if getattr(result, "interrupted", False):
+        console.print("[yellow]interrupted[/]: everything finished was kept")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if not partial:
+        for line in result.failures():
+            console.print(f"[red]FAIL[/] {escape(line)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_PARTIAL if partial else EXIT_CHECK_FAILED)
 
 
 # The commands live in one module per stage; importing them registers them on `app` (in this order in --help).

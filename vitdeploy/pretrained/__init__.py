@@ -18,7 +18,7 @@ pickle loaded with weights_only=True, which never runs code) following the two l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from vitdeploy.bundle import BundleInfo, save_bundle
 from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec
 from vitdeploy.errors import CheckpointError
 from vitdeploy.model import build_model, count_parameters
-from vitdeploy.progress import to_stderr
 from vitdeploy.pretrained.common import (
     HF,
     MAX_LISTED,
@@ -49,6 +48,9 @@ from vitdeploy.pretrained.common import (
 )
 from vitdeploy.pretrained.huggingface import hf_recipe
 from vitdeploy.pretrained.timm import timm_recipe
+
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class ImportResult:
@@ -83,14 +85,13 @@ def import_checkpoint(
     out: str | Path | None = None,
     timm_model: str | None = None,
     labels: str | Path | None = None,
-    notify: Callable[[str], None] = to_stderr,
 ) -> ImportResult:
     """Import a timm or Hugging Face ViT checkpoint as a bundle at `out` (default models/<its name>)."""
     notes: list[str] = []
 
     def note(line: str) -> None:
         notes.append(line)
-        notify(line)
+        logger.info(line)
 
     found = find_source(Path(source), timm_model)
     state = read_state_dict(found.weights, note)

@@ -10,18 +10,19 @@ A runtime module is imported only when it is used, so a deployment install witho
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitdeploy.errors import ConfigError, DeviceError
 from vitdeploy.extras import MissingExtra, importable
-from vitdeploy.progress import to_stderr
 
 if TYPE_CHECKING:
     from vitdeploy.runtimes.base import Session
+
+logger = logging.getLogger(__name__)
 
 RUNTIMES = ("ort", "openvino", "reference")
 # runtime -> (the extra that brings it, or None when the core install does, the modules it imports)
@@ -89,11 +90,10 @@ def installed_runtimes() -> list[RuntimeStatus]:
     return [runtime_status(name) for name in RUNTIMES]
 
 
-def select_runtimes(requested: tuple[str, ...] | None, notify: Callable[[str], None] = to_stderr,
-                    exclude_by_default: tuple[str, ...] = ()) -> list[str]:
+def select_runtimes(requested: tuple[str, ...] | None, exclude_by_default: tuple[str, ...] = ()) -> list[str]:
     """The runtimes to use: the ones named (each must be installed, else MissingExtra, and usable, else
     DeviceError: exit 2 either way), or by default every
-    one installed and usable here, minus `exclude_by_default` (said through `notify`), with one line naming each
+    one installed and usable here, minus `exclude_by_default` (said in a log line), with one line naming each
     missing one and its install command."""
     if requested:
         for name in requested:
@@ -106,10 +106,10 @@ def select_runtimes(requested: tuple[str, ...] | None, notify: Callable[[str], N
     chosen = []
     for status in installed_runtimes():
         if not status.usable:
-            notify(f"runtime {status.name} skipped: {status.reason}")
+            logger.info("runtime %s skipped: %s", status.name, status.reason)
         elif status.name in exclude_by_default:
-            notify(f"runtime {status.name} skipped by default here (too slow for this model; name it with "
-                   f"--runtime to run it anyway)")
+            logger.info("runtime %s skipped by default here (too slow for this model; name it with --runtime to "
+                        "run it anyway)", status.name)
         else:
             chosen.append(status.name)
     return chosen
@@ -121,7 +121,6 @@ def open_runtime(
     device: str = "auto",
     precision: str | None = None,
     threads: int | None = None,
-    notify: Callable[[str], None] = to_stderr,
     spin: bool = True,
 ) -> Session:
     """Open `model` (a path, or a serialized ModelProto) on runtime `name`.
@@ -141,7 +140,7 @@ def open_runtime(
     if name == "ort":
         from vitdeploy.runtimes.ort import OrtSession
 
-        session: Session = OrtSession(model, device, threads, notify, spin)
+        session: Session = OrtSession(model, device, threads, spin)
     else:
         from vitdeploy.runtimes.reference import ReferenceSession
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -15,7 +14,6 @@ import numpy as np
 
 from vitdeploy.errors import ModelFileError
 from vitdeploy.onnx_file import INPUT_NAME, OnnxModelInfo
-from vitdeploy.progress import to_stderr
 from vitdeploy.runtimes.base import Session
 from vitdeploy.runtimes.registry import check_name
 
@@ -49,14 +47,13 @@ class SessionRunner:
 
 def open_runner(
     path: Path, runtime: str = "ort", device: str = "auto", threads: int | None = None,
-    log: Callable[[str], None] = to_stderr,
 ) -> Runner:
     """Open `path` on the named runtime as predict does; an unknown name is a usage error (exit code 2) naming the
     known ones, a known one that is not installed names its install command."""
     from vitdeploy.prediction import open_model
 
     check_name(runtime)
-    model = open_model(path, device=device, threads=threads, log=log, runtime=runtime)
+    model = open_model(path, device=device, threads=threads, runtime=runtime)
     model_input = next(i for i in model.session.inputs if i.name == INPUT_NAME)
     return SessionRunner(model.session, model.provider, model.info, tuple(model_input.shape or ()),
                          len(model.info.labels), runtime)

@@ -23,6 +23,7 @@ from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, resolve_model
 from vitdeploy.serving.protocol import PLATFORM
 from vitdeploy.serving.runner import check_dynamic_batch, item_shape
+from vitdeploy.requests import TritonOptions
 
 DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 TENSORRT_PRECISIONS = ("fp32", "fp16")
@@ -36,20 +37,6 @@ TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.01-py3"
 
 class Enum(str):
     """A protobuf enum value: written without quotes."""
-
-
-@dataclass
-class TritonOptions:
-    name: str | None = None  # default: the file name without .onnx
-    device: str = "cpu"  # cpu | gpu: instance_group kind
-    instances: int = 1  # model instances (per GPU with --device gpu)
-    max_batch_size: int | None = None  # default 32, or the bench recommendation
-    max_queue_delay_ms: float | None = None  # default 2 ms, or the p99 budget left by the recommended batch
-    preferred_batch_sizes: tuple[int, ...] = ()  # default none (Triton forms the largest batch it can)
-    dynamic_batching: bool = True
-    from_bench: Path | None = None  # a `vitdeploy bench --p99-budget` report
-    tensorrt: str | None = None  # fp32 | fp16: ONNX Runtime's TensorRT accelerator (GPU only)
-    cuda_graphs: bool = False  # GPU only; needs one input shape per call, so no dynamic batching
 
 
 @dataclass
