@@ -104,9 +104,8 @@ def import_(
     """Import a timm or Hugging Face ViT checkpoint you already have as a bundle (no download, no timm or
     transformers needed); export, verify, predict, bench and train --init then work on it.
 
-    Refused, naming what was found: what is not a plain ViT (register tokens, layer scale, q/k norm, average or
-    attention pooling, fc_norm, distillation tokens, a non-square patch grid, relative position bias), tensors
-    missing, extra or misshapen, and pickles holding anything but tensors. Exit codes: 0 imported; 2 bad input.
+    Refused, naming what was found: anything that is not a plain ViT, tensors missing, extra or misshapen, pickles
+    holding anything but tensors (the full list: docs/pretrained.md). Exit codes: 0 imported; 2 bad input.
 
     Example: vitdeploy import vit_tiny.safetensors --timm-model vit_tiny_patch16_224 -o models/vit-ti
     """

@@ -2,9 +2,8 @@
 
     SOURCE -> which format: a Hugging Face model folder (config.json + model.safetensors | pytorch_model.bin), or a
               timm state dict (.safetensors | .pth | .bin) with its model name or timm's config.json beside it
-           -> refuse what is not a plain ViT, naming what was found (register tokens, layer scale, q/k norm,
-              pooling other than the class token, distillation token, non-square patch grid, relative position
-              bias, ...): nothing is loaded that would silently compute another function
+           -> refuse what is not a plain ViT, naming what was found (the list: docs/pretrained.md): nothing is
+              loaded that would silently compute another function
            -> ModelConfig (dims, heads, depth, patch, input size, LayerNorm eps, qkv bias, GELU form), the labels
               and the source's own evaluation preprocessing (PreprocessSpec)
            -> every tensor mapped onto vitdeploy's names (timm's packed qkv rows are [q; k; v]); missing, extra
