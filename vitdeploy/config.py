@@ -226,3 +226,16 @@ def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> tuple[int, ..
     if not sizes or any(b < 1 for b in sizes):
         raise ConfigError(f"{option} wants positive integers separated by commas, e.g. 1,7,32; got {text!r}")
     return sizes
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The resolved configuration of a run."""
+
+    preset: str
+    model: ModelConfig
+    train: TrainConfig
+    spec: PreprocessSpec
+    data: Path | None
+    out: Path
+    init: str | None = None  # the bundle a fine-tuning run started from

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from vitdeploy.bundle import load_bundle, read_bundle_info
-from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, TrainConfig
+from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, RunPlan, TrainConfig
 from vitdeploy.errors import ConfigError
 from vitdeploy.model import VisionTransformer, build_model
 
 if TYPE_CHECKING:
-    from vitdeploy.training import RunPlan, TrainRequest
+    from vitdeploy.requests import TrainRequest
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ FINETUNE = TrainConfig(epochs=10, batch_size=32, lr=1e-4, weight_decay=0.05, war
 
 def plan_init(request: TrainRequest, overrides: dict[str, object]) -> RunPlan:
     """The run of `train --init`: the bundle's architecture and preprocessing, fine-tuning defaults."""
-    from vitdeploy.training import RunPlan
-
     if request.preset is not None:
         raise ConfigError("--init takes the architecture from the bundle; drop --preset")
     info = read_bundle_info(request.init)

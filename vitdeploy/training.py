@@ -31,7 +31,15 @@ from vitdeploy.bundle import (
     read_bundle_info,
     save_bundle,
 )
-from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec, TrainConfig, config_diff, get_preset
+from vitdeploy.config import (
+    DEFAULT_MODELS_DIR,
+    ModelConfig,
+    PreprocessSpec,
+    RunPlan,
+    TrainConfig,
+    config_diff,
+    get_preset,
+)
 from vitdeploy.data import TrainingData, load_training_data
 from vitdeploy.distributed import Processes, distributed
 from vitdeploy.engine import (
@@ -77,19 +85,6 @@ class TrainResult:
             "interrupted": self.interrupted,
             "resume_command": self.resume_command,
         }
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """The resolved configuration of a run."""
-
-    preset: str
-    model: ModelConfig
-    train: TrainConfig
-    spec: PreprocessSpec
-    data: Path | None
-    out: Path
-    init: str | None = None  # the bundle a fine-tuning run started from
 
 
 # ------------------------------------------------------------------------------------------------ planning

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from vitdeploy.cli import app, console, finish, handle_errors, print_json, print_note
+from vitdeploy.cli.app import app, console, finish, handle_errors, print_json, print_note
 from vitdeploy.cli.options import (
     BatchSizes,
     BundleOption,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitdeploy.cli import app, console, finish, handle_errors, print_json
+from vitdeploy.cli.app import app, console, finish, handle_errors, print_json
 from vitdeploy.cli.options import BatchSizes, JsonFlag, RuntimeList
 from vitdeploy.config import parse_batch_sizes
 from vitdeploy.requests import ExportRequest, VerifyRequest

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitdeploy.cli import app, handle_errors, print_json, print_note
+from vitdeploy.cli.app import app, handle_errors, print_json, print_note
 from vitdeploy.cli.options import JsonFlag, Threads
 from vitdeploy.config import parse_batch_sizes
 from vitdeploy.requests import DEFAULT_TRITON_DIR, ServeSettings, TritonOptions

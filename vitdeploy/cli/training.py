@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitdeploy.cli import app, console, handle_errors, print_json
+from vitdeploy.cli.app import app, console, handle_errors, print_json
 from vitdeploy.cli.options import BundleOption, JsonFlag
 from vitdeploy.errors import EXIT_INTERRUPTED
 from vitdeploy.extras import require
