@@ -12,6 +12,7 @@ from builders import make_bundle  # noqa: E402
 
 from vitdeploy import accuracy_gate, graph_variants, parity, precision
 from vitdeploy.runtimes import ort as runtime  # noqa: E402
+from vitdeploy.variants import EXPORT
 from vitdeploy import onnx_export as export  # noqa: E402
 from vitdeploy.cli import app  # noqa: E402
 from vitdeploy.config import ModelConfig  # noqa: E402
@@ -92,8 +93,8 @@ def test_verify_knows_each_precision(ladder, variant):
 
     report = verify.verify(ladder[2][variant].path, batch_sizes=(1, 7), num_real=16, num_random=8)
     assert report.passed, report.failures()
-    expected = precision.VARIANT_PRECISION[variant]
-    assert report.precision == expected and report.tolerance == parity.TOLERANCES[expected]
+    expected = EXPORT[variant].precision
+    assert report.precision == expected and report.tolerance == EXPORT[variant].tolerance
     judged = 16 if variant == "int8" else 24  # int8 is calibrated for real images: noise is not judged
     assert {c.samples for c in report.cases} == {judged}
 
@@ -176,7 +177,7 @@ def test_gate_arithmetic():
 
 def test_fused_fp32_is_also_held_to_logit_parity():
     result = accuracy_gate.GateResult("fp32-opt", "fp32", runtime.CPU, 10, "x", 32, 0.9, 0.9, 1.0, max_abs=1e-3,
-                                 gate=accuracy_gate.AccuracyGate(), max_abs_allowed=precision.FUSED_FP32_ATOL)
+                                 gate=accuracy_gate.AccuracyGate(), max_abs_allowed=EXPORT["fp32-opt"].gate_max_abs)
     assert not result.passed and "max |diff|" in result.failures()[0]
 
 
