@@ -170,14 +170,14 @@ def _on_file(name: str, runtime: str, device: str, variant: str, what: str, deta
     """A bench variant that times export variant `variant`: precision and file come from its row."""
     row = EXPORT[variant]
     return VariantSpec(name, runtime, device, row.precision,
-                       f"{what} on MODEL.{row.name}.onnx (export {row.export_flag}: {row.help}){detail}", row)
+                       f"{what} on model.{row.name}.onnx (export {row.export_flag}){detail}", row)
 
 
 BENCH_VARIANTS: tuple[VariantSpec, ...] = (
     VariantSpec("torch", "torch", "cpu", "fp32", "PyTorch eager, inference_mode"),
     VariantSpec("ort-cpu", "ort", "cpu", "fp32", "ONNX Runtime CPU on model.onnx, graph optimisation ALL"),
-    _on_file("ort-cpu-fused", "ort", "cpu", "fp32-opt", "ONNX Runtime CPU"),
-    _on_file("ort-cpu-int8", "ort", "cpu", "int8", "ONNX Runtime CPU"),
+    _on_file("ort-cpu-fused", "ort", "cpu", "fp32-opt", "ONNX Runtime CPU", ": transformer fusions applied offline"),
+    _on_file("ort-cpu-int8", "ort", "cpu", "int8", "ONNX Runtime CPU", ": static QDQ unless --int8-method dynamic"),
     VariantSpec("torch-cuda", "torch", "cuda", "fp32", "PyTorch eager on CUDA, input resident on the GPU"),
     VariantSpec("ort-cuda", "ort", "cuda", "fp32", "ONNX Runtime CUDA on model.onnx, IO binding (input/output on GPU)"),
     VariantSpec("ort-cuda-graph", "ort", "cuda", "fp32",
@@ -187,7 +187,7 @@ BENCH_VARIANTS: tuple[VariantSpec, ...] = (
     VariantSpec("ort-tensorrt", "ort", "tensorrt", "fp32",
                 "ONNX Runtime TensorRT provider on model.onnx (CUDA runs what TensorRT does not take), IO binding"),
     VariantSpec("ov-cpu", "openvino", "cpu", "fp32", "OpenVINO CPU on model.onnx, f32 pinned"),
-    _on_file("ov-cpu-bf16", "openvino", "cpu", "ov-bf16", "OpenVINO CPU", ", bf16 inference precision"),
-    _on_file("ov-cpu-int8", "openvino", "cpu", "ov-int8", "OpenVINO CPU"),
+    _on_file("ov-cpu-bf16", "openvino", "cpu", "ov-bf16", "OpenVINO CPU", ": bf16 inference precision"),
+    _on_file("ov-cpu-int8", "openvino", "cpu", "ov-int8", "OpenVINO CPU", ": NNCF INT8, f32 for the rest"),
 )
 VARIANTS: dict[str, VariantSpec] = {v.name: v for v in BENCH_VARIANTS}

@@ -38,7 +38,7 @@ from vitdeploy.graph_variants import VariantSource
 from vitdeploy.onnx_file import DEFAULT_FILE_NAME, OnnxModelInfo, parse_metadata, resolve_model, save_onnx
 from vitdeploy.precision import describe_variant
 from vitdeploy.runtimes.ort import load_model_info
-from vitdeploy.variants import EXPORT_VARIANTS
+from vitdeploy.variants import EXPORT
 
 # Random inputs set the static INT8 scales of a preset: more of them would not make the scales meaningful.
 PRESET_CALIBRATION_IMAGES = 32
@@ -140,7 +140,7 @@ def build_variant_files(base: Path, config: ModelConfig, variants: Collection[st
     with tempfile.TemporaryDirectory(dir=base.parent) as workdir:
         source = VariantSource(base, config, Path(workdir),
                                lambda: input_batch(config, PRESET_CALIBRATION_IMAGES, seed))
-        for row in (v for v in EXPORT_VARIANTS if v.builder and v.name in variants):
+        for row in (v for v in EXPORT.values() if v.builder and v.name in variants):
             built = row.build(source)
             describe_variant(built.proto, base_meta, row.name, built.fusions, built.quantization)
             save_onnx(built.proto, row.path(base))
