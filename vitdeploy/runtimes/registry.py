@@ -131,7 +131,7 @@ def open_runtime(
     a named one must be the file's, except that OpenVINO may run an fp32 file in bf16 or fp16 where the device
     supports it natively. spin: ORT's idle threads busy-wait (see ort.make_session); the others ignore it.
     """
-    if name is None:
+    if not name:
         name = "ort" if isinstance(model, bytes) else runtime_for_file(model)
     check_runtime_name(name)
     status = runtime_status(name)

@@ -92,9 +92,9 @@ def prepare(model: Path | None, settings: ServeSettings, log: Callable[[str], No
         # Opened as predict opens it (idle threads do not spin: the decoders need the cores), contract checked.
         session = open_runtime(settings.runtime, path, settings.device, threads=settings.threads, notify=log,
                                spin=False)
+        num_classes = session.num_classes  # reads the file's description, checking its input contract, first
         check_dynamic_batch(path, session.input_shape)
-        signature = ModelSignature(name, item_shape(path, session.input_shape), session.num_classes,
-                                   settings.max_batch_size)
+        signature = ModelSignature(name, item_shape(path, session.input_shape), num_classes, settings.max_batch_size)
     except BaseException:
         sock.close()
         raise
