@@ -23,6 +23,7 @@ from vitdeploy.errors import EXIT_BAD_INPUT, ConfigError, DeviceError, ModelFile
 from vitdeploy.extras import MissingExtra
 from vitdeploy.runtimes import open_runtime, registry
 from vitdeploy.runtimes.ort import PROBE_MODEL, tensorrt_status
+from vitdeploy.variants import EXPORT
 
 openvino_installed = runtimes.runtime_status("openvino").usable
 needs_openvino = pytest.mark.skipif(not openvino_installed, reason='needs pip install "vitdeploy[openvino]"')
@@ -59,7 +60,9 @@ def test_every_runtime_runs_the_file_and_says_what_ran_it(tiny_onnx, batch, name
     session = open_runtime(name, tiny_onnx, device="cpu")
     described = session.describe()
     assert described["runtime"] == name and described["device"] == "cpu" and described["precision"] == "fp32"
-    assert session.model_info().labels == LABELS
+    assert session.info.labels == session.labels == LABELS and session.runtime == name
+    assert session.num_classes == 3 and session.input_shape[1:] == (3, 16, 16)
+    assert not isinstance(session.input_shape[0], int)  # the batch axis is dynamic on every runtime
     reference = open_runtime("ort", tiny_onnx, device="cpu").run(batch)
     logits = session.run(batch)
     assert logits.shape == (5, 3) and logits.dtype == np.float32
@@ -232,8 +235,8 @@ def test_openvino_bf16_and_int8_variants_of_the_default_bundle_are_gated(digits_
             session = open_runtime("openvino", r.path)
             recorded = json.loads(session.metadata["vitdeploy.export"])
             assert recorded["runtime"] == "openvino" and recorded["variant"] == r.variant
-            assert session.describe()["precision"] == precision.VARIANT_PRECISION[r.variant]
-            assert session.describe()["inference_precision"] == precision.INFERENCE_PRECISION[r.variant]
+            assert session.describe()["precision"] == EXPORT[r.variant].precision
+            assert session.describe()["inference_precision"] == EXPORT[r.variant].inference_precision
             assert json.loads(session.metadata["vitdeploy.parity"])["passed"]
     int8 = next(r for r in results if r.variant == "ov-int8")
     assert int8.quantization["method"] == "nncf" and int8.quantization["format"] == "QDQ (ONNX)"

@@ -33,8 +33,6 @@ from vitdeploy.bundle import (
 )
 from vitdeploy.config import (
     DEFAULT_MODELS_DIR,
-    ModelConfig,
-    PreprocessSpec,
     RunPlan,
     TrainConfig,
     config_diff,

@@ -1,6 +1,7 @@
 """Fair latency / throughput benchmark of one ViT across runtimes: benchmark(...) -> BenchReport.
 
-    variants.py     the catalogue of variants, the settings of a run, why a device cannot run a variant
+    variants.py     the settings of a run, why a device cannot run a variant (the catalogue of variants is
+                    vitdeploy.variants.BENCH_VARIANTS: a runtime on a device, timing one export variant's file)
     artifacts.py    the model under test, the file each variant times, which variants can run
     protocol.py     THE timing protocol (identical inputs, warm-up, round-robin, minimums) and the timers
     runners.py      PyTorch, ONNX Runtime CPU / CUDA / TensorRT (IO binding, CUDA graphs), OpenVINO

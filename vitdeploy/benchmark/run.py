@@ -154,7 +154,7 @@ def run_bench(
         if preset:
             # Only the files of variants that can run here are built.
             specs = [VARIANTS[name] for name in settings.requested]
-            files = [s.export_variant for s in specs if s.export_variant and runtime_problem(s) is None]
+            files = [s.export.name for s in specs if s.export and runtime_problem(s) is None]
             logger.info("building %s with random weights (seed %d) and exporting it%s", preset, settings.seed,
                         f", with {', '.join(f'model.{v}.onnx' for v in files)} built as export builds them" if files
                         else "")

@@ -1,7 +1,8 @@
-"""What can be benchmarked: the catalogue of variants, the settings of a run, and why a variant cannot run here.
+"""What can be benchmarked: the settings of a run, and why a variant cannot run here.
 
 A variant is one way of running the model: a runtime (PyTorch eager, ONNX Runtime or OpenVINO) on a device (CPU,
-CUDA, TensorRT), in one precision, on one file. The speed-up of every variant is measured against PyTorch eager on
+CUDA, TensorRT), on one file (an export variant), in that file's precision: the catalogue is
+vitdeploy.variants.BENCH_VARIANTS, each row pointing at the export variant whose file it times. The speed-up of every variant is measured against PyTorch eager on
 the same device (EAGER), and against ONNX Runtime fp32 on the CPU (ORT_FP32) for the recommendation.
 """
 
@@ -14,69 +15,11 @@ from typing import Any
 from vitdeploy.benchmark.environment import optional_torch
 from vitdeploy.errors import ConfigError
 from vitdeploy.requests import BenchRequest
+from vitdeploy.variants import VARIANTS, VariantSpec
 
 DEFAULT_BATCH_SIZES = BenchRequest.batch_sizes
 
 
-@dataclass(frozen=True)
-class VariantSpec:
-    name: str
-    runtime: str  # "torch" | "ort" | "openvino"
-    device: str  # "cpu" | "cuda" | "tensorrt"
-    precision: str
-    description: str
-    # The export variant whose file it times, model.<export_variant>.onnx beside model.onnx (artifacts.py); None:
-    # model.onnx itself.
-    export_variant: str | None = None
-    cuda_graph: bool = False  # ONNX Runtime CUDA: capture each run as one CUDA graph
-
-
-VARIANTS: dict[str, VariantSpec] = {
-    v.name: v
-    for v in (
-        VariantSpec("torch", "torch", "cpu", "fp32", "PyTorch eager, inference_mode"),
-        VariantSpec("ort-cpu", "ort", "cpu", "fp32", "ONNX Runtime CPU on model.onnx, graph optimisation ALL"),
-        VariantSpec(
-            "ort-cpu-fused", "ort", "cpu", "fp32",
-            "ONNX Runtime CPU on model.fp32-opt.onnx (transformer fusions applied offline by export --optimize)",
-            export_variant="fp32-opt",
-        ),
-        VariantSpec(
-            "ort-cpu-int8", "ort", "cpu", "int8",
-            "ONNX Runtime CPU on model.int8.onnx (export --precision int8: static QDQ unless --int8-method dynamic)",
-            export_variant="int8",
-        ),
-        VariantSpec("torch-cuda", "torch", "cuda", "fp32", "PyTorch eager on CUDA, input resident on the GPU"),
-        VariantSpec(
-            "ort-cuda", "ort", "cuda", "fp32", "ONNX Runtime CUDA on model.onnx, IO binding (input/output on GPU)"
-        ),
-        VariantSpec(
-            "ort-cuda-graph", "ort", "cuda", "fp32",
-            "ONNX Runtime CUDA on model.onnx, IO binding + CUDA graph (one captured graph per batch size)",
-            cuda_graph=True,
-        ),
-        VariantSpec(
-            "ort-cuda-fp16", "ort", "cuda", "fp16",
-            "ONNX Runtime CUDA on model.fp16.onnx (export --precision fp16), IO binding, fp32 input and output",
-            export_variant="fp16",
-        ),
-        VariantSpec(
-            "ort-tensorrt", "ort", "tensorrt", "fp32",
-            "ONNX Runtime TensorRT provider on model.onnx (CUDA runs what TensorRT does not take), IO binding",
-        ),
-        VariantSpec("ov-cpu", "openvino", "cpu", "fp32", "OpenVINO CPU on model.onnx, f32 pinned"),
-        VariantSpec(
-            "ov-cpu-bf16", "openvino", "cpu", "bf16",
-            "OpenVINO CPU on model.ov-bf16.onnx (export --precision ov-bf16): bf16 inference precision",
-            export_variant="ov-bf16",
-        ),
-        VariantSpec(
-            "ov-cpu-int8", "openvino", "cpu", "int8",
-            "OpenVINO CPU on model.ov-int8.onnx (export --precision ov-int8: NNCF INT8), f32 for the rest",
-            export_variant="ov-int8",
-        ),
-    )
-}
 # The baseline every speed-up is measured against, per device (TensorRT runs on the CUDA device).
 EAGER = {"cpu": "torch", "cuda": "torch-cuda", "tensorrt": "torch-cuda"}
 # The baseline of the recommendation: ONNX Runtime fp32 on the plain export, on the CPU.

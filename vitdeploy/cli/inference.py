@@ -23,6 +23,7 @@ from vitdeploy.cli.options import (
 from vitdeploy.config import parse_batch_sizes
 from vitdeploy.errors import ConfigError
 from vitdeploy.requests import BenchRequest, ExplainRequest, PredictRequest
+from vitdeploy.variants import VARIANTS as BENCH_VARIANTS
 
 
 @app.command()
@@ -110,9 +111,8 @@ def bench(
                                     "instead of a file, to compare with published figures.")
     ] = None,
     variants: Annotated[
-        Optional[str], typer.Option(help="Comma-separated: torch, ort-cpu, ort-cpu-fused, ort-cpu-int8, torch-cuda, "
-                                    "ort-cuda, ort-cuda-graph, ort-cuda-fp16, ort-tensorrt, ov-cpu, ov-cpu-bf16, "
-                                    "ov-cpu-int8. Default: all that can run here.")
+        Optional[str], typer.Option(help=f"Comma-separated: {', '.join(BENCH_VARIANTS)}. Default: all that can run "
+                                    "here.")
     ] = None,
     runtimes: Annotated[
         Optional[str], typer.Option(help="Only these runtimes' variants, comma-separated: ort, openvino (PyTorch "

@@ -11,6 +11,7 @@ from vitdeploy.cli.app import app, console, finish, handle_errors, print_json
 from vitdeploy.cli.options import BatchSizes, JsonFlag, RuntimeList
 from vitdeploy.config import parse_batch_sizes
 from vitdeploy.requests import ExportRequest, VerifyRequest
+from vitdeploy.variants import precision_help
 
 
 @app.command()
@@ -28,11 +29,7 @@ def export(
     ] = ExportRequest.optimize,
     precision: Annotated[
         Optional[list[str]],
-        typer.Option(help="fp32 (default), fp16, int8, ov-bf16, ov-int8; several as fp16,int8 or repeated. fp16 "
-                     "(ONNX Runtime on GPUs, built from the fused graph) goes to MODEL.fp16.onnx, int8 (ONNX Runtime "
-                     "on CPUs) to MODEL.int8.onnx; ov-bf16 (OpenVINO in bf16, on CPUs with AVX512_BF16 or AMX) to "
-                     "MODEL.ov-bf16.onnx and ov-int8 (NNCF INT8 for OpenVINO) to MODEL.ov-int8.onnx: each judged "
-                     "on the runtime it is for."),
+        typer.Option(help=precision_help()),
     ] = None,
     max_accuracy_drop: Annotated[
         float, typer.Option(help="Accuracy gate: percentage points of held-out accuracy a variant may lose against "

@@ -275,13 +275,8 @@ class OrtSession(Session):
     """An ONNX Runtime session behind the runtime interface."""
 
     def __init__(self, model: str | os.PathLike[str] | bytes, device: str = "auto", threads: int | None = None,
-                 spin: bool = True, graph_optimization: str = "all",
-                 session: ort.InferenceSession | None = None):
-        """Open `model`; or, with `session`, wrap that open session of `model`."""
-        if session is None:
-            session, _ = make_session(model, device, threads, graph_optimization, spin)
-        self.session = session
-        provider = session.get_providers()[0]
+                 spin: bool = True, graph_optimization: str = "all"):
+        self.session, provider = make_session(model, device, threads, graph_optimization, spin)
         self.path = None if isinstance(model, bytes) else Path(model)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.inputs = [_tensor(i) for i in self.session.get_inputs()]
@@ -297,14 +292,12 @@ class OrtSession(Session):
         return dict(zip(names, self.session.run(list(names), feed)))
 
 
+def open_to_read(path: str | os.PathLike[str]) -> OrtSession:
+    """A session opened to read what the file is (Session.info, input_shape), not to run it fast: CPU, graph
+    optimizations off, so it is cheap. numpy + onnxruntime only (no onnx/torch needed)."""
+    return OrtSession(path, device="cpu", graph_optimization="disabled")
+
+
 def load_model_info(path: str | os.PathLike[str]) -> OnnxModelInfo:
-    """Validate a vitdeploy .onnx file (exists, is ONNX, describes itself) and return its metadata.
-
-    Reads through ONNX Runtime (no onnx/torch needed); with optimizations off, so it is cheap.
-    """
-    return OrtSession(path, device="cpu", graph_optimization="disabled").model_info()
-
-
-def model_info_from_session(session: ort.InferenceSession, path: str | os.PathLike[str]) -> OnnxModelInfo:
-    """model_info() for code that holds an InferenceSession of `path` itself."""
-    return OrtSession(path, session=session).model_info()
+    """Validate a vitdeploy .onnx file (exists, is ONNX, describes itself, its graph matches) -> its description."""
+    return open_to_read(path).info

@@ -53,7 +53,7 @@ def install_command(name: str) -> str:
 
 def runtime_status(name: str) -> RuntimeStatus:
     """Installed (its modules import) and usable (it has a device here)."""
-    check_name(name)
+    check_runtime_name(name)
     missing = [module for module in _NEEDS[name][1] if not importable(module)]
     if missing:
         return RuntimeStatus(name, False, False, f"{name} needs {', '.join(missing)}, which this installation "
@@ -71,7 +71,7 @@ def runtime_status(name: str) -> RuntimeStatus:
     return RuntimeStatus(name, True, True, "", ("cpu",))
 
 
-def check_name(name: str) -> None:
+def check_runtime_name(name: str) -> None:
     if name not in RUNTIMES:
         raise ConfigError(f"unknown runtime {name!r}; choose from: {', '.join(RUNTIMES)}")
 
@@ -82,7 +82,7 @@ def parse_runtimes(text: str | None) -> tuple[str, ...] | None:
         return None
     names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
     for name in names:
-        check_name(name)
+        check_runtime_name(name)
     return names or None
 
 
@@ -116,20 +116,23 @@ def select_runtimes(requested: tuple[str, ...] | None, exclude_by_default: tuple
 
 
 def open_runtime(
-    name: str,
+    name: str | None,
     model: str | os.PathLike[str] | bytes,
     device: str = "auto",
     precision: str | None = None,
     threads: int | None = None,
     spin: bool = True,
 ) -> Session:
-    """Open `model` (a path, or a serialized ModelProto) on runtime `name`.
+    """Open `model` (a path, or a serialized ModelProto) on runtime `name` (None: the one the file was made for,
+    else ort). The session carries the file's description (Session.info, checked as it is first read).
 
     precision: None runs the file as it is made (its recorded precision; OpenVINO pins fp32 for fp32 files);
     a named one must be the file's, except that OpenVINO may run an fp32 file in bf16 or fp16 where the device
     supports it natively. spin: ORT's idle threads busy-wait (see ort.make_session); the others ignore it.
     """
-    check_name(name)
+    if not name:
+        name = "ort" if isinstance(model, bytes) else runtime_for_file(model)
+    check_runtime_name(name)
     status = runtime_status(name)
     if not status.installed:
         raise MissingExtra(status.reason)

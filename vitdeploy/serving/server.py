@@ -21,13 +21,13 @@ from PIL import Image
 
 from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.onnx_file import resolve_model
+from vitdeploy.requests import ServeSettings
+from vitdeploy.runtimes import open_runtime
+from vitdeploy.runtimes.registry import check_runtime_name
 from vitdeploy.serving.app import create_app, model_stats
 from vitdeploy.serving.batcher import DynamicBatcher
-from vitdeploy.serving.protocol import ModelSignature
-from vitdeploy.runtimes.registry import check_name as check_runtime_name
-from vitdeploy.serving.runner import check_dynamic_batch, item_shape, open_runner
-from vitdeploy.serving.triton import check_name, default_name
-from vitdeploy.requests import ServeSettings
+from vitdeploy.serving.protocol import ModelSignature, check_dynamic_batch, item_shape
+from vitdeploy.serving.triton import check_model_name, default_name
 
 logger = logging.getLogger(__name__)
 
@@ -71,25 +71,26 @@ class DrainingServer(uvicorn.Server):
 def prepare(model: Path | None, settings: ServeSettings) -> PreparedServer:
     check_settings(settings)
     path = resolve_model(model)
-    name = check_name(settings.name or default_name(path))
+    name = check_model_name(settings.name or default_name(path))
     sock = listen(settings.host, settings.port)  # a port in use fails before the model loads
     try:
-        runner = open_runner(path, settings.runtime, settings.device, settings.threads)
-        check_dynamic_batch(path, runner.input_shape)
-        signature = ModelSignature(name, item_shape(path, runner.input_shape), runner.num_classes,
-                                   settings.max_batch_size)
+        # Opened as predict opens it (idle threads do not spin: the decoders need the cores), contract checked.
+        session = open_runtime(settings.runtime, path, settings.device, threads=settings.threads, spin=False)
+        num_classes = session.num_classes  # reads the file's description, checking its input contract, first
+        check_dynamic_batch(path, session.input_shape)
+        signature = ModelSignature(name, item_shape(path, session.input_shape), num_classes, settings.max_batch_size)
     except BaseException:
         sock.close()
         raise
-    batcher = DynamicBatcher(runner.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000)
-    app = create_app(runner, signature, batcher, max_body_bytes=round(settings.max_body_mb * 2**20),
+    batcher = DynamicBatcher(session.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000)
+    app = create_app(session, signature, batcher, max_body_bytes=round(settings.max_body_mb * 2**20),
                      decode_threads=settings.decode_threads, top_k=settings.top_k)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = DrainingServer(config)
-    return PreparedServer(server, app, sock, url, ServeSummary(str(path), name, url, runner.provider))
+    return PreparedServer(server, app, sock, url, ServeSummary(str(path), name, url, session.provider))
 
 
 def serve(model: Path | None, settings: ServeSettings) -> ServeSummary:
