@@ -68,9 +68,9 @@ def test_fine_tuning_from_an_imported_bundle(imported: Path, tmp_path: Path) -> 
 
 def test_the_initial_model_holds_the_bundle_weights_and_a_new_head(imported: Path) -> None:
     source, info = load_bundle(imported)
-    lines: list[str] = []
     torch.manual_seed(0)
-    model = initial_model(imported, dataclasses.replace(info.model, num_classes=3), ["a", "b", "c"], lines.append)
+    with captured_notes() as lines:
+        model = initial_model(imported, dataclasses.replace(info.model, num_classes=3), ["a", "b", "c"])
     got, want = model.state_dict(), source.state_dict()
     assert all(torch.equal(got[k], v) for k, v in non_head(want).items())
     assert torch.equal(got["pos_embed"], want["pos_embed"])
@@ -80,8 +80,8 @@ def test_the_initial_model_holds_the_bundle_weights_and_a_new_head(imported: Pat
 
 def test_the_same_classes_keep_the_head(imported: Path) -> None:
     source, info = load_bundle(imported)
-    lines: list[str] = []
-    model = initial_model(imported, info.model, SOURCE_LABELS, lines.append)
+    with captured_notes() as lines:
+        model = initial_model(imported, info.model, SOURCE_LABELS)
     assert torch.equal(model.state_dict()["head.weight"], source.state_dict()["head.weight"]) and not lines
 
 
@@ -90,8 +90,8 @@ def test_another_image_size_interpolates_the_position_embeddings(imported: Path)
     plan = plan_run(TrainRequest(init=imported, image_size=48))
     assert plan.model.image_size == 48 and plan.spec.image_size == 48
     assert (plan.spec.resize_mode, plan.spec.interpolation, plan.spec.mean) == ("stretch", "bilinear", (0.5,) * 3)
-    lines: list[str] = []
-    model = initial_model(imported, plan.model, SOURCE_LABELS, lines.append)
+    with captured_notes() as lines:
+        model = initial_model(imported, plan.model, SOURCE_LABELS)
     pos = model.state_dict()["pos_embed"]
     assert pos.shape == (1, 1 + 6 * 6, info.model.dim)
     assert torch.equal(pos[:, 0], source.pos_embed[:, 0])  # the class token's embedding is kept

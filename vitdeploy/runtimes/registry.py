@@ -90,7 +90,7 @@ def installed_runtimes() -> list[RuntimeStatus]:
     return [runtime_status(name) for name in RUNTIMES]
 
 
-def select_runtimes(requested: tuple[str, ...] | None, exclude_by_default: tuple[str, ...] = ()) -> list[str]:
+def select_runtimes(requested: tuple[str, ...] | None, *, exclude_by_default: tuple[str, ...] = ()) -> list[str]:
     """The runtimes to use: the ones named (each must be installed, else MissingExtra, and usable, else
     DeviceError: exit 2 either way), or by default every
     one installed and usable here, minus `exclude_by_default` (said in a log line), with one line naming each
