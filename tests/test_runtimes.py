@@ -20,7 +20,7 @@ from builders import LABELS, captured_notes, smooth_rgb
 from vitdeploy import runtimes
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, ConfigError, DeviceError, ModelFileError
-from vitdeploy.extras import MissingExtra
+from vitdeploy.errors import MissingExtra
 from vitdeploy.runtimes import open_runtime, registry
 from vitdeploy.runtimes.ort import PROBE_MODEL, tensorrt_status
 from vitdeploy.variants import EXPORT
@@ -33,16 +33,6 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def batch() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((5, 3, 16, 16), dtype=np.float32)
-
-
-@pytest.fixture(scope="module")
-def digits_bundle(tmp_path_factory) -> Path:
-    """The default bundle as `vitdeploy train` makes it (the digits preset on the embedded digits), two steps in:
-    the architecture, data, preprocessing and held-out split of the default, in seconds."""
-    from vitdeploy.training import TrainRequest, train
-
-    return train(TrainRequest(preset="digits", out=tmp_path_factory.mktemp("digits") / "run", epochs=1,
-                              stop_after_steps=2)).last
 
 
 @pytest.fixture(scope="module")
@@ -220,11 +210,7 @@ def test_openvino_bf16_and_int8_variants_of_the_default_bundle_are_gated(digits_
     shutil.copy(digits_onnx, base)
     model, info = load_bundle(digits_bundle)
     wanted = ["ov-int8"] + (["ov-bf16"] if "BF16" in capabilities() else [])
-    try:
-        results = precision.export_variants(model, info, base, wanted)
-    except precision.AccuracyGateFailed as e:
-        results = e.results
-        assert all(f"{r.variant}: " in str(e) for r in results if not r.written)
+    results = precision.export_variants(model, info, base, wanted)
     assert [r.variant for r in results] == wanted
     for r in results:
         gate = r.gate.summary()

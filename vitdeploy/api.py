@@ -13,7 +13,7 @@ fields as keyword arguments; the defaults live in the request classes only.
     maps = vitdeploy.explain(["samples/"], bundle=result.best)     # -> ExplainResult (PNGs + maps)
 
 Each function imports its stage only when called, so `import vitdeploy` stays light and needs no torch; train,
-import, export and verify raise extras.MissingExtra (exit code 2 in the CLI) without the [train] extra. Bad input
+import, export and verify raise errors.MissingExtra (exit code 2 in the CLI) without the [train] extra. Bad input
 raises an errors.VitDeployError subclass carrying its documented exit code; a check that ran and failed does not
 raise: the result says so in `.passed` (the CLI turns it into exit code 3). Notes go to the `vitdeploy` logger.
 """
@@ -107,7 +107,7 @@ def verify(model: PathLike | VerifyRequest | None = None, /, **options: Any) -> 
     from vitdeploy.runtimes import parse_runtimes
     from vitdeploy.verification import verify as run_verify
 
-    if isinstance(options.get("runtime"), str):
+    if "runtime" in options:
         options["runtime"] = parse_runtimes(options["runtime"])
     return run_verify(_first(VerifyRequest, model, "model", options))
 
@@ -135,11 +135,13 @@ def bench(model: PathLike | BenchRequest | None = None, /, **options: Any) -> Be
     (report.passed is then False). `output` saves the JSON report, `plot` a PNG. Needs torch only for the PyTorch
     variants and presets.
     """
-    from vitdeploy.benchmark import run_request
+    from vitdeploy.benchmark import parse_variants, run_request
+    from vitdeploy.runtimes import parse_runtimes
 
-    for name in ("variants", "runtimes"):
-        if isinstance(options.get(name), str):
-            options[name] = tuple(v.strip() for v in options[name].split(",") if v.strip()) or None
+    if "variants" in options:
+        options["variants"] = parse_variants(options["variants"])
+    if "runtimes" in options:
+        options["runtimes"] = parse_runtimes(options["runtimes"])
     return run_request(_first(BenchRequest, model, "model", options))
 
 

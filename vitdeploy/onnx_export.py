@@ -215,19 +215,16 @@ def export_onnx(
     model, info = load_bundle(bundle_dir)
     if variants:
         from vitdeploy.accuracy_gate import AccuracyGate, gate_data
-        from vitdeploy.precision import AccuracyGateFailed, check_request, export_variants
+        from vitdeploy.precision import check_request, export_variants
 
         check_request(variants, int8_method)  # usage errors, and no held-out images, before anything is written
         data = gate_data(model, info)
     result = export_model(model, info, Path(out) if out else bundle_dir / DEFAULT_FILE_NAME, opset, verify,
                           bundle_dir, exporter)
     if variants:
-        try:
-            result.variants = export_variants(
-                model, info, result.path, variants, gate or AccuracyGate(), data, int8_method
-            )
-        except AccuracyGateFailed as e:  # a result, not an error: the file and the variants that passed are written
-            result.variants = e.results
+        # A variant failing its gate is a result, not an error: it is not written, the others are (result.passed).
+        result.variants = export_variants(model, info, result.path, variants, gate or AccuracyGate(), data,
+                                          int8_method)
     return result
 
 
@@ -274,7 +271,7 @@ def export_model(
 
         parity = None
         if verify:
-            from vitdeploy.parity import ParityError
+            from vitdeploy.errors import ParityError
             from vitdeploy.verification import export_parity
 
             parity = export_parity(model, info, staged)

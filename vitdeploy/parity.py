@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.errors import CheckFailed, ConfigError, ModelFileError
+from vitdeploy.errors import ConfigError, ModelFileError
 from vitdeploy.intermediates import LayerDiff, compare_intermediates
 from vitdeploy.runtimes import Description, open_runtime
 from vitdeploy.runtimes.ort import short_provider_name
@@ -191,13 +191,6 @@ class ParityReport:
         }
 
 
-class ParityError(CheckFailed):
-    """Parity failed (exit code 3); carries the report."""
-
-    def __init__(self, report: ParityReport, consequence: str = ""):
-        detail = "; ".join(report.failures()) or "no comparison ran"
-        super().__init__(f"parity check failed ({detail})" + (f": {consequence}" if consequence else ""))
-        self.report = report
 
 
 

@@ -33,8 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from vitdeploy import images, strict_json
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.atomic import reported_as
-from vitdeploy.errors import ConfigError, InputError
-from vitdeploy.images import ImageDecodeError
+from vitdeploy.errors import ConfigError, ImageDecodeError, InputError
 from vitdeploy.inputs import NoMatch, ordered_inputs
 from vitdeploy.onnx_file import resolve_model
 from vitdeploy.progress import live_progress

@@ -9,10 +9,12 @@ the same device (EAGER), and against ONNX Runtime fp32 on the CPU (ORT_FP32) for
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vitdeploy.benchmark.environment import optional_torch
+from vitdeploy.config import comma_list
 from vitdeploy.errors import ConfigError
 from vitdeploy.requests import BenchRequest
 from vitdeploy.variants import VARIANTS, VariantSpec
@@ -117,5 +119,6 @@ def _openvino_problem(spec: VariantSpec) -> str | None:
     return None
 
 
-def parse_variants(text: str | None) -> tuple[str, ...] | None:
-    return tuple(part.strip() for part in text.split(",") if part.strip()) if text else None
+def parse_variants(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """'ort-cpu,ov-cpu' -> ('ort-cpu', 'ov-cpu'); None or '' -> None (every variant that can run here)."""
+    return comma_list(text) or None

@@ -58,7 +58,7 @@ def export(
     Example: vitdeploy export models/digits/best --optimize --precision fp16,int8,ov-bf16,ov-int8
     """
     import vitdeploy
-    from vitdeploy.parity import ParityError
+    from vitdeploy.errors import ParityError
     from vitdeploy.precision import variants_table
     from vitdeploy.verification import parity_tables
 

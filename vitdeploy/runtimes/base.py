@@ -24,14 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vitdeploy.errors import DeviceError, ModelFileError
+from vitdeploy.errors import ModelFileError
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.onnx_file import INPUT_NAME, META_EXPORT, OUTPUT_NAME, OnnxModelInfo, check_io_names, parse_metadata
 
 
-class PrecisionError(DeviceError):
-    """A runtime was asked for a precision this hardware does not run natively (exit code 2): refused, never
-    emulated."""
 
 
 @dataclass(frozen=True)

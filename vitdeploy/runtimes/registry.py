@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitdeploy.errors import ConfigError, DeviceError
-from vitdeploy.extras import MissingExtra, importable
+from vitdeploy.config import comma_list
+from vitdeploy.errors import ConfigError, DeviceError, MissingExtra
+from vitdeploy.extras import importable
 
 if TYPE_CHECKING:
     from vitdeploy.runtimes.base import Session
@@ -76,11 +78,9 @@ def check_runtime_name(name: str) -> None:
         raise ConfigError(f"unknown runtime {name!r}; choose from: {', '.join(RUNTIMES)}")
 
 
-def parse_runtimes(text: str | None) -> tuple[str, ...] | None:
+def parse_runtimes(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """'ort,openvino' -> ('ort', 'openvino'); None or '' -> None (the default set). Unknown names are refused."""
-    if not text:
-        return None
-    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    names = comma_list(text, lower=True)
     for name in names:
         check_runtime_name(name)
     return names or None

@@ -31,10 +31,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitdeploy import __version__
-from vitdeploy.images import ImageDecodeError
+from vitdeploy.errors import ImageDecodeError, RequestError
 from vitdeploy.prediction import load_model_input, row_for_logits
 from vitdeploy.serving.batcher import DynamicBatcher
-from vitdeploy.serving.protocol import HEADER_LENGTH, VERSION, ModelSignature, RequestError, encode_infer_response, \
+from vitdeploy.serving.protocol import HEADER_LENGTH, VERSION, ModelSignature, encode_infer_response, \
     parse_infer_request
 from vitdeploy.runtimes.base import Session
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.errors import ModelFileError
+from vitdeploy.errors import ModelFileError, RequestError
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -51,17 +51,6 @@ def item_shape(path: object, shape: tuple[int | str | None, ...]) -> tuple[int, 
     return tuple(int(d) for d in item)  # type: ignore[arg-type]
 
 
-class RequestError(Exception):
-    """A request the server refuses: HTTP status + a message for the client (sent as {"error": message})."""
-
-    def __init__(self, status: int, message: str, **details: Any):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.details = details
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.message, **self.details}
 
 
 @dataclass(frozen=True)
