@@ -329,10 +329,10 @@ class Terminal(io.StringIO):
 
 
 def test_progress_is_shown_only_on_a_terminal_and_never_with_json() -> None:
-    assert bench.progress_wanted(json_output=False, stream=Terminal())
-    assert not bench.progress_wanted(json_output=True, stream=Terminal())
-    assert not bench.progress_wanted(json_output=False, stream=io.StringIO())
-    with bench.progress_display(Console(file=Terminal()), bench.BenchSettings(), json_output=True) as on_point:
+    assert bench.progress_wanted(enabled=True, stream=Terminal())
+    assert not bench.progress_wanted(enabled=False, stream=Terminal())
+    assert not bench.progress_wanted(enabled=True, stream=io.StringIO())
+    with bench.progress_display(Console(file=Terminal()), bench.BenchSettings(), enabled=False) as on_point:
         assert on_point is None
 
 

@@ -21,7 +21,7 @@ from vitdeploy.runtimes import ort as runtime
 from vitdeploy.runtimes.ort import OrtSession
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
-from vitdeploy.onnx_file import find_latest_model
+from vitdeploy.discovery import find_latest_model
 from vitdeploy.inputs import expand_inputs
 from vitdeploy.prediction import PredictRequest, predict
 

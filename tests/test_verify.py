@@ -42,7 +42,7 @@ def test_verify_reports_every_batch_size_and_the_providers_sessions_really_got(e
     report = json.loads(result.stdout)
     assert report["passed"] and report["failures"] == []
     assert report["providers"] == [p for p in runtime.usable_providers()[::-1]]  # cpu first, cuda when real
-    assert {(c["provider"], c["batch_size"]) for c in report["cases"]} == {
+    assert {(c["target"], c["batch_size"]) for c in report["cases"]} == {
         (p, b) for p in report["providers"] for b in (1, 7, 32)
     }
     for case in report["cases"]:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitdeploy.atomic import reported_as
-from vitdeploy.bundle import BundleInfo, find_latest_bundle, load_bundle, sha256_bytes
+from vitdeploy.bundle import BundleInfo, load_bundle, sha256_bytes
+from vitdeploy.discovery import find_latest_bundle
 from vitdeploy.errors import ConfigError
 from vitdeploy.requests import ExportRequest
 from vitdeploy.onnx_file import (

@@ -70,7 +70,7 @@ def target_key(description: Description) -> str:
 class ParityCase:
     """One target (runtime on a device) at one batch size, over all its samples."""
 
-    provider: str  # the report key of the target (target_key)
+    target: str  # the report key of the runtime on its device (target_key): CPUExecutionProvider, openvino:CPU:fp32
     batch_size: int
     samples: int
     max_abs: float
@@ -135,7 +135,7 @@ class ParityReport:
             if c.passed:
                 continue
             if c.non_finite:
-                lines.append(f"{short_provider_name(c.provider)} batch {c.batch_size}: non-finite output (NaN or Inf) "
+                lines.append(f"{short_provider_name(c.target)} batch {c.batch_size}: non-finite output (NaN or Inf) "
                              f"for {c.non_finite} of {c.samples} samples")
                 continue
             why = []
@@ -145,7 +145,7 @@ class ParityReport:
                 why.append(f"top-1 agreement {c.top1_agreement:.1%}")
             if c.batch_invariance_max_abs > tol.atol:
                 why.append(f"output depends on the batch (|diff| vs batch 1: {c.batch_invariance_max_abs:.2e})")
-            lines.append(f"{short_provider_name(c.provider)} batch {c.batch_size}: " + ("; ".join(why) or "outside rtol"))
+            lines.append(f"{short_provider_name(c.target)} batch {c.batch_size}: " + ("; ".join(why) or "outside rtol"))
         for c in self.cross:
             if not c.passed:
                 lines.append(f"{short_provider_name(c.a)} vs {short_provider_name(c.b)} on the same file: max |diff| "

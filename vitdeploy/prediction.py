@@ -35,7 +35,7 @@ from vitdeploy.config import PreprocessSpec
 from vitdeploy.atomic import reported_as
 from vitdeploy.errors import ConfigError, ImageDecodeError, InputError
 from vitdeploy.inputs import NoMatch, ordered_inputs
-from vitdeploy.onnx_file import resolve_model
+from vitdeploy.discovery import resolve_model
 from vitdeploy.progress import live_progress
 from vitdeploy.requests import PredictRequest
 from vitdeploy.runtimes import Session, open_runtime

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitdeploy.bundle import CONFIG_FILE, BundleInfo, find_latest_bundle, load_bundle, read_bundle_info
+from vitdeploy.bundle import CONFIG_FILE, BundleInfo, load_bundle, read_bundle_info
+from vitdeploy.discovery import find_latest_bundle
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import BundleError, ConfigError, DataError, ModelFileError
 from vitdeploy.onnx_file import DEFAULT_FILE_NAME, INPUT_NAME, META_INTERMEDIATES, OnnxModelInfo, load_onnx
@@ -222,7 +223,7 @@ def parity_tables(report: ParityReport) -> list[Any]:
     )
     for c in report.cases:
         cases.add_row(
-            _target_name(c.provider), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}",
+            _target_name(c.target), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}",
             f"{c.max_rel:.2e}", f"{c.min_cosine:.7f}", f"{c.top1_agreement:.1%}", f"{c.batch_invariance_max_abs:.2e}",
             status(c.passed),
         )

@@ -35,7 +35,8 @@ from vitdeploy.bundle import BundleInfo, load_bundle, read_bundle_info
 from vitdeploy.config import ModelConfig, get_preset
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 from vitdeploy.graph_variants import VariantSource
-from vitdeploy.onnx_file import DEFAULT_FILE_NAME, OnnxModelInfo, parse_metadata, resolve_model, save_onnx
+from vitdeploy.onnx_file import DEFAULT_FILE_NAME, OnnxModelInfo, parse_metadata, save_onnx
+from vitdeploy.discovery import resolve_model
 from vitdeploy.precision import describe_variant
 from vitdeploy.runtimes.ort import load_model_info
 from vitdeploy.variants import EXPORT

@@ -179,7 +179,7 @@ def run_request(request: BenchRequest) -> BenchReport:
         threads=request.threads, runtimes=request.runtimes,
     )
     baseline = load_report(request.baseline) if request.baseline else None  # before minutes of measuring
-    with progress_display(Console(stderr=True), settings, json_output=not request.progress) as on_point:
+    with progress_display(Console(stderr=True), settings, enabled=request.progress) as on_point:
         report = run_bench(request.model, request.bundle, request.preset, settings, list(request.end_to_end) or None,
                            on_point=on_point)
     if request.p99_budget is not None:

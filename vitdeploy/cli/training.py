@@ -74,7 +74,8 @@ def samples(
     Example: vitdeploy samples samples/ && vitdeploy predict samples/*.png
     """
     require("train", "vitdeploy samples")
-    from vitdeploy.bundle import find_latest_bundle, read_bundle_info
+    from vitdeploy.bundle import read_bundle_info
+    from vitdeploy.discovery import find_latest_bundle
     from vitdeploy.data import write_heldout_samples
 
     info = read_bundle_info(bundle or find_latest_bundle())

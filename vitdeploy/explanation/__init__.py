@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from vitdeploy import images
-from vitdeploy.bundle import BundleInfo, find_latest_bundle, load_bundle  # the package's only bundle import
+from vitdeploy.bundle import BundleInfo, load_bundle  # the package's only bundle import
+from vitdeploy.discovery import find_latest_bundle
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, InputError
 from vitdeploy.explanation import maps, render

@@ -68,7 +68,6 @@ class ProviderStatus:
     summary: str = ""  # a few words, for the one line that `auto` prints
 
 
-CudaStatus = ProviderStatus  # its name before TensorRT was probed too
 
 
 @contextlib.contextmanager

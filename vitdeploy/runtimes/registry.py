@@ -172,7 +172,7 @@ def runtime_for_file(path: str | os.PathLike[str]) -> str:
     """The runtime a file was made for (an OpenVINO variant records "openvino"); "ort" for every other file. Read
     from the file's metadata on the wire, without the onnx package; a file that does not parse gets "ort", whose
     loader then says what is wrong with it."""
-    from vitdeploy.onnx_file import metadata_props_from_bytes
+    from vitdeploy.onnx_wire import metadata_props_from_bytes
     from vitdeploy.runtimes.base import export_record
 
     try:

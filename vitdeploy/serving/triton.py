@@ -20,7 +20,8 @@ from typing import Any
 
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, VitDeployError
-from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, resolve_model
+from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
+from vitdeploy.discovery import resolve_model
 from vitdeploy.requests import TritonOptions
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
 
