@@ -39,6 +39,7 @@ from vitdeploy.discovery import resolve_model
 from vitdeploy.progress import live_progress
 from vitdeploy.requests import PredictRequest
 from vitdeploy.runtimes import Session, open_runtime
+from vitdeploy.strict_json import record
 
 FORMATS = ("table", "json", "jsonl", "csv")
 # What a terminal shows while predict runs: images done of all, images/s, failures so far, time left.
@@ -72,17 +73,8 @@ class PredictSummary:
         return self.images_ok / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "provider": self.provider,
-            "runtime": self.runtime,
-            "images_ok": self.images_ok,
-            "images_failed": self.images_failed,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.images_per_second, 2),
-            "interrupted": self.interrupted,
-            "output": self.output,
-        }
+        return record(self, exclude=("rows",), seconds=round(self.seconds, 3),
+                      images_per_second=round(self.images_per_second, 2))
 
 
 # ----------------------------------------------------------------------------------------------- the model

@@ -53,6 +53,7 @@ from vitdeploy.engine import (
 from vitdeploy.errors import BundleError, ConfigError
 from vitdeploy.model import VisionTransformer, build_model
 from vitdeploy.requests import TrainRequest
+from vitdeploy.strict_json import record
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +73,8 @@ class TrainResult:
     main_process: bool = True  # False on torchrun ranks > 0, which print nothing
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "bundle": str(self.best or self.last),
-            "best": str(self.best) if self.best else None,
-            "last": str(self.last),
-            "val_accuracy": self.val_accuracy,
-            "epochs": self.epochs,
-            "steps": self.steps,
-            "seconds": round(self.seconds, 3),
-            "interrupted": self.interrupted,
-            "resume_command": self.resume_command,
-        }
+        return {"bundle": str(self.best or self.last),
+                **record(self, exclude=("run_dir", "history", "main_process"), seconds=round(self.seconds, 3))}
 
 
 # ------------------------------------------------------------------------------------------------ planning

@@ -25,6 +25,7 @@ from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, InputError
 from vitdeploy.explanation import maps, render
 from vitdeploy.inputs import expand_inputs
+from vitdeploy.strict_json import record
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,8 @@ class ExplainResult:
         return not self.images_failed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "method": self.method, "class": self.class_label, "out_dir": self.out_dir,
-                "images_ok": self.images_ok, "images_failed": self.images_failed,
-                "seconds": round(self.seconds, 3), "results": self.rows}
+        return record(self, exclude=("class_label", "rows"), **{"class": self.class_label}, images_ok=self.images_ok,
+                      images_failed=self.images_failed, seconds=round(self.seconds, 3), results=self.rows)
 
 
 def class_index(label: str, labels: list[str]) -> int:
@@ -202,8 +202,7 @@ class GuideResult:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "bundle": self.bundle, "images": self.images,
-                "mean_attention_distance": self.mean_attention_distance, "seconds": round(self.seconds, 3)}
+        return record(self, seconds=round(self.seconds, 3))
 
 
 def guide(bundle: Path | None = None, out: Path = Path("guide.png")) -> GuideResult:
