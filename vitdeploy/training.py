@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 
 from vitdeploy import finetune, provenance
 from vitdeploy.bundle import (
@@ -299,10 +298,10 @@ def train(request: TrainRequest) -> TrainResult:
     module's logger and the progress bar to stderr, from the main process only."""
     plan = plan_run(request)
     with distributed(request.device) as procs:
-        return _train(plan, request, procs, Console(stderr=True, quiet=not procs.is_main))
+        return _train(plan, request, procs)
 
 
-def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Console) -> TrainResult:
+def _train(plan: RunPlan, request: TrainRequest, procs: Processes) -> TrainResult:
     say = logger.info if procs.is_main else _silent
     started = time.perf_counter()
     cfg = plan.train
@@ -324,7 +323,7 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
     precision = MixedPrecision(procs.device)
     bundles = RunBundles(plan, data, procs, model, optimizer, scheduler)
 
-    progress = TrainProgress(console, cfg.epochs, total_steps, state.steps_done(steps_per_epoch), state.epoch)
+    progress = TrainProgress(procs.is_main, cfg.epochs, total_steps, state.steps_done(steps_per_epoch), state.epoch)
     with StopFlag(request.stop_after_steps) as stop, progress:
         for epoch in range(state.epoch, cfg.epochs):
             ran = train_one_epoch(
