@@ -14,6 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.slow  # builds Hugging Face reference models
+
 pytest.importorskip("transformers")
 
 from builders import captured_notes  # noqa: E402

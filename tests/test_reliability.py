@@ -255,6 +255,7 @@ save_bundle(folder, build_model(TINY), info, train_state={"epoch": 2})
 """
 
 
+@pytest.mark.slow
 def test_a_save_killed_before_any_of_its_renames_leaves_the_previous_bundle(tmp_path):
     import torch
 
@@ -330,6 +331,7 @@ def test_a_pickled_train_state_is_refused_without_passing_on_torchs_advice(tmp_p
     assert "weights_only" not in str(caught.value) and "False" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_training_onto_a_full_disk_exits_2_naming_the_file(small_disk):
     result = runner.invoke(app, ["train", "--preset", "tiny", "--epochs", "1", "--out", str(small_disk / "run")])
     assert result.exit_code == EXIT_BAD_INPUT, result.output
