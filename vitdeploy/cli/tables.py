@@ -159,7 +159,7 @@ def parity_tables(report: ParityReport) -> list[Table]:
     cases = Table(f"parity with PyTorch: {report.model_path} ({tolerance})", columns, numeric(columns, "runtime", ""))
     for c in report.cases:
         cases.add_row(
-            _target_name(c.provider), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}", f"{c.max_rel:.2e}",
+            _target_name(c.target), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}", f"{c.max_rel:.2e}",
             f"{c.min_cosine:.7f}", f"{c.top1_agreement:.1%}", f"{c.batch_invariance_max_abs:.2e}", _passed(c.passed),
         )
     tables = [cases]
