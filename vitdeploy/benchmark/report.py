@@ -2,8 +2,8 @@
 speed-up and MFU ratios, the fastest variant that passed its accuracy check, the batch-size recommendation and the
 comparison with a baseline report.
 
-Statistics are over the timed runs of one variant at one batch size (warm-up excluded): p50 / p90 / p99 / mean /
-std / min latency and images/s from the mean. Speed-up is against PyTorch eager on the same device at the same
+Statistics are over the timed runs of one variant at one batch size, pooled over its blocks (warm-up excluded):
+p50 / p90 / p99 / mean / std / min latency and images/s from the mean. Speed-up is against PyTorch eager on the same device at the same
 batch size in the same run, and against ONNX Runtime fp32 on the CPU; MFU is analytic FLOPs x images/s over the
 peak of the variant's own precision on its device (peak.py), and no MFU where there is no such peak.
 """
