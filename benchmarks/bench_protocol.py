@@ -244,8 +244,12 @@ def compare(model_dir: Path, before: Path, after: Path, repeats: int, threads: i
     for repeat in range(repeats):
         entry: dict[str, Any] = {"load_before": os.getloadavg()}
         for label, tree in trees.items():
-            together = bench_once(tree, model_dir, VARIANTS, threads)
-            alone = {v: bench_once(tree, model_dir, (v,), threads)[v] for v in VARIANTS}
+            if repeat % 2:  # alone first in every other repeat, as in inproc
+                alone = {v: bench_once(tree, model_dir, (v,), threads)[v] for v in VARIANTS}
+                together = bench_once(tree, model_dir, VARIANTS, threads)
+            else:
+                together = bench_once(tree, model_dir, VARIANTS, threads)
+                alone = {v: bench_once(tree, model_dir, (v,), threads)[v] for v in VARIANTS}
             ratio = {v: round(together[v] / alone[v], 3) for v in VARIANTS}
             entry[label] = {"alone_p50_ms": alone, "together_p50_ms": together, "together_over_alone": ratio}
             print(f"repeat {repeat + 1} {label}: " + ", ".join(
