@@ -266,13 +266,16 @@ def test_protocol_runs_in_blocks_and_meets_both_minimums() -> None:
 
 def test_companions_run_in_blocks_of_their_own_and_do_not_decide_when_to_stop() -> None:
     calls: list[str] = []
-    model, peak = FakeRunner("model", 0.5, calls), FakeRunner("peak", 10.0, calls)
+    model = FakeRunner("model", 0.5, calls)
+    peak, other = FakeRunner("peak", 10.0, calls), FakeRunner("other", 10.0, calls)
     settings = bench.BenchSettings(warmup_iters=1, warmup_seconds=0, min_iters=2, min_seconds=1.0)
     blocks = bench.Blocks(count=2, idle_s=0, block_warmup_calls=0, companion_calls=2)
-    timed = bench.measure([model], settings, companions=[peak], blocks=blocks)
-    # Each block of the model: 1 run (ceil(2 / 2) runs, 0.5 s); each of the peak: its 2 calls, whatever they take.
-    assert calls == ["model"] + ["model", "peak", "peak"] * 2
-    assert len(timed["model"]) == 2 and len(timed["peak"]) == 4
+    timed = bench.measure([model], settings, companions=[peak, other], blocks=blocks,
+                          sleep=lambda seconds: calls.append("idle"))
+    # Each block of the model: 1 run (ceil(2 / 2) runs, 0.5 s); each companion: its 2 calls, whatever they take,
+    # the companions back to back after one idle time.
+    assert calls == ["idle", "model"] + ["idle", "model", "idle", "peak", "peak", "other", "other"] * 2
+    assert len(timed["model"]) == 2 and len(timed["peak"]) == len(timed["other"]) == 4
 
 
 def test_every_variant_sees_the_same_input() -> None:

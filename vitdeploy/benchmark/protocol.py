@@ -15,7 +15,8 @@
     block's thread pool has stopped spinning, and the block's first call is untimed (it wakes this variant's own
     pool). The percentiles pool the per-call latencies of all of a variant's blocks.
   - The GEMMs that measure the peak behind MFU (companions) run in blocks of their own at the end of each round,
-    after the same idle time: never inside a variant's block, and they do not decide when a point is done.
+    back to back after the same idle time: never inside a variant's block, and they do not decide when a point
+    is done (the peak is each GEMM's fastest run).
   - One timing loop (measure) for every runner: a runner exposes one inference (`infer`) and its timer decides
     how it is timed: on CPU, perf_counter around the call (WallClock); on CUDA, CUDA events recorded on the
     stream the work runs on (CudaEventTimer), or perf_counter around a call that returns synchronised when torch
@@ -24,12 +25,13 @@
 Why blocks and not one call per variant per round (the protocol until c9361bf): ONNX Runtime's intra-op threads
 busy-wait after a call (its default, session.intra_op.allow_spinning=1). Measured on a 2-core AMD EPYC (Zen 5),
 ViT-Ti/16 at batch 1, 2 threads (benchmarks/bench_protocol.md): after an ORT call the process kept 0.8 of a core
-busy for 40 ms (OpenVINO's and torch's pools: 5 ms; ORT with spinning off: none). A batch-1 call lasts about
-20 ms, so under per-call alternation the next variant ran its whole call beside ORT's spinning thread on a 2-core
-machine, and ORT fp32's own p50 rose by about half when it merely shared the run with ORT int8 (24.5 -> 36.9 ms,
-issue 18). With blocks and 0.1 s idle (2.5x the longest spin measured) a variant's figure beside two other
-runtimes agrees with its figure alone (bench_protocol.md). Spinning is left on: it is how ORT runs by default, and
-it is part of each variant's own calls within its block.
+busy for 40-60 ms (OpenVINO's and torch's pools: 5-15 ms; ORT with spinning off: none), and after numpy's GEMM
+(OpenBLAS, one of the peak GEMMs) for 100 ms. A batch-1 call lasts about 20 ms, so under per-call alternation the
+next variant ran its whole call beside a spinning thread on a 2-core machine: ORT fp32's own p50 rose by about
+half when it merely shared the run with ORT int8 (24.5 -> 36.9 ms, issue 18); beside ORT int8 and OpenVINO, the
+medians over 6 repeats were 1.41x (ORT fp32), 1.13x (ORT int8) and 1.76x (OpenVINO) their figures alone. In blocks
+they were 0.96x, 1.00x and 0.98x. The idle time is 0.2 s, twice the longest spin measured. Spinning is left on:
+it is how ORT runs by default, and within a block it only serves the variant's own next call.
 
 measure() is one point (all runners at one batch size); measure_points() stages each batch size and measures it.
 Scripts that time their own runners (benchmarks/precision.py) call these, as benchmark() does.
@@ -81,7 +83,9 @@ class Blocks:
     """How a point is interleaved (see the module docstring for the measurement behind the defaults)."""
 
     count: int = 5  # timed blocks per variant and point
-    idle_s: float = 0.1  # nothing runs for this long before each block: ORT's pool spins ~40 ms after a call
+    # Nothing runs for this long before each block: after a call ORT's pool spins 40-60 ms, OpenBLAS's (numpy,
+    # one of the peak GEMMs) 100 ms.
+    idle_s: float = 0.2
     block_warmup_calls: int = 1  # untimed calls at the start of each block (wake the variant's own pool)
     companion_calls: int = 2  # timed calls of each companion per round
 
@@ -131,9 +135,12 @@ def measure(
     count = blocks.fitted(settings).count
     per_block_iters = -(-settings.min_iters // count)
     per_block_seconds = settings.min_seconds / count
+    previous = None
     for block in block_schedule([r.spec.name for r in runners], [c.spec.name for c in companions], count):
         runner = by_name[block.runner]
-        sleep(blocks.idle_s)  # let the previous block's thread pool go idle
+        if not (block.kind == previous == "companion"):  # the GEMMs' blocks run back to back: one idle for all
+            sleep(blocks.idle_s)  # let the previous block's thread pools go idle
+        previous = block.kind
         if block.kind == "warmup":
             _run_until(runner, settings.warmup_iters, settings.warmup_seconds)
             continue
