@@ -13,7 +13,7 @@ weights).
 spin: after one batch-1 inference, the process's CPU time is sampled every 5 ms (CLOCK_PROCESS_CPUTIME_ID counts
 every thread) while the calling thread sleeps: cores busy per window, i.e. the pool's threads still spinning with
 nothing to do. For ORT with spinning on (its default) and off (session.intra_op.allow_spinning=0), OpenVINO
-(f32 pinned) and PyTorch eager.
+(f32 pinned), PyTorch eager, and the peak GEMMs bench times beside the variants (numpy's is OpenBLAS).
 
 cause: in one process, ORT fp32's batch-1 latency (median of 60 calls) alone, alternating call by call with ORT
 int8 and OpenVINO (the old protocol), and in blocks of 20 calls after 0.1 s idle (the new protocol), with ORT's
@@ -96,6 +96,11 @@ def spin(model_dir: Path, threads: int) -> dict[str, Any]:
             model(tensor)
 
     runs["torch"] = eager
+    from vitdeploy.benchmark.peak import gemm_runners
+
+    for gemm in gemm_runners({"cpu"}, {"fp32", "int8"}, threads, True, True):  # the peak GEMMs behind MFU
+        gemm.create()
+        runs[gemm.spec.name] = gemm.infer
     result = {}
     for name, run in runs.items():
         profile = busy_after_call(run)
