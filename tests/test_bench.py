@@ -229,13 +229,12 @@ def test_block_schedule_alternates_and_gives_every_variant_the_same_blocks() -> 
     schedule = bench.block_schedule(["a", "b", "c"], ["peak"], count=4)
     assert [(b.runner, b.kind) for b in schedule if b.round == 0] == [("a", "warmup"), ("b", "warmup"),
                                                                      ("c", "warmup")]
-    rounds = [[b.runner for b in schedule if b.round == r] for r in range(1, 5)]
-    # Each round: every variant once, the order rotated by one, then the companion in a block of its own.
-    assert rounds == [["a", "b", "c", "peak"], ["b", "c", "a", "peak"], ["c", "a", "b", "peak"],
-                      ["a", "b", "c", "peak"]]
+    rounds = [[b.runner for b in schedule if b.round == r] for r in range(1, 6)]
+    # Each round: every variant once, the order rotated by one; the companion in a block of its own at the end.
+    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"], ["peak"]]
     timed = [b.runner for b in schedule if b.kind == "timed"]
     assert {name: timed.count(name) for name in "abc"} == {"a": 4, "b": 4, "c": 4}
-    assert all(b.kind == "companion" for b in schedule if b.runner == "peak")
+    assert [b.kind for b in schedule if b.runner == "peak"] == ["companion"] and schedule[-1].runner == "peak"
     assert all(x != y for x, y in zip(timed, timed[1:]))  # blocks alternate: never two of a variant in a row
     two = bench.block_schedule(["a", "b"], [], count=3)
     assert [b.runner for b in two if b.kind == "timed"] == ["a", "b"] * 3  # two variants simply alternate
@@ -272,9 +271,9 @@ def test_companions_run_in_blocks_of_their_own_and_do_not_decide_when_to_stop() 
     blocks = bench.Blocks(count=2, idle_s=0, block_warmup_calls=0, companion_calls=2)
     timed = bench.measure([model], settings, companions=[peak, other], blocks=blocks,
                           sleep=lambda seconds: calls.append("idle"))
-    # Each block of the model: 1 run (ceil(2 / 2) runs, 0.5 s); each companion: its 2 calls, whatever they take,
-    # the companions back to back after one idle time.
-    assert calls == ["idle", "model"] + ["idle", "model", "idle", "peak", "peak", "other", "other"] * 2
+    # Each block of the model: 1 run (ceil(2 / 2) runs, 0.5 s); then each companion once, its 2 calls per timed
+    # round whatever they take, the companions back to back after one idle time.
+    assert calls == ["idle", "model"] + ["idle", "model"] * 2 + ["idle", *["peak"] * 4, *["other"] * 4]
     assert len(timed["model"]) == 2 and len(timed["peak"]) == len(timed["other"]) == 4
 
 

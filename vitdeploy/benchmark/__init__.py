@@ -16,8 +16,7 @@
 
 Figures: p50 / p90 / p99 / mean / std latency, images/s, speed-up against PyTorch eager on the same device in the
 same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the peak of the variant's precision:
-GEMMs measured in the same rounds as the variants, in blocks of their own, so that a shared machine's load weighs
-on both sides of the ratio, and the ISA's theoretical figure).
+GEMMs measured at every point, in blocks of their own after the variants', and the ISA's theoretical figure).
 """
 
 from vitdeploy.benchmark.artifacts import (

@@ -1,8 +1,8 @@
 """The peak rate MFU divides by: the highest rate this hardware gives at a precision, per device.
 
 For each precision a variant runs in, the peak is the largest of:
-  - GEMMs of that precision measured in the same rounds as the variants, in blocks of their own (protocol.measure's
-    companions: never inside a variant's block, where their threads would take its CPU), each
+  - GEMMs of that precision measured at every point, in blocks of their own after the variants' (protocol.measure's
+    companions: never before a variant's timed block, where their spinning threads would take its CPU), each
     by several implementations, because no one library is fastest on every CPU: fp32 by torch.mm (one thread,
     credited times the thread count, and all threads), numpy's matmul and an ONNX Runtime MatMul (MLAS); bf16
     by torch.mm on bf16 tensors; int8 by an ONNX Runtime MatMulInteger. The fastest run of each counts (a mean

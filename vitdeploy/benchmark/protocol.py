@@ -14,9 +14,10 @@
   - Idle between blocks: before each block the machine is left alone for `Blocks.idle_s`, so that the previous
     block's thread pool has stopped spinning, and the block's first call is untimed (it wakes this variant's own
     pool). The percentiles pool the per-call latencies of all of a variant's blocks.
-  - The GEMMs that measure the peak behind MFU (companions) run in blocks of their own at the end of each round,
-    back to back after the same idle time: never inside a variant's block, and they do not decide when a point
-    is done (the peak is each GEMM's fastest run).
+  - The GEMMs that measure the peak behind MFU (companions) run in blocks of their own after the point's last
+    timed block, back to back after the same idle time: never before a variant's timed block (numpy's OpenBLAS
+    threads spin 100 ms and more after a GEMM), and they do not decide when a point is done. The peak is each
+    GEMM's fastest run, which drift during the point does not favour.
   - One timing loop (measure) for every runner: a runner exposes one inference (`infer`) and its timer decides
     how it is timed: on CPU, perf_counter around the call (WallClock); on CUDA, CUDA events recorded on the
     stream the work runs on (CudaEventTimer), or perf_counter around a call that returns synchronised when torch
@@ -87,7 +88,7 @@ class Blocks:
     # one of the peak GEMMs) 100 ms.
     idle_s: float = 0.2
     block_warmup_calls: int = 1  # untimed calls at the start of each block (wake the variant's own pool)
-    companion_calls: int = 2  # timed calls of each companion per round
+    companion_calls: int = 2  # timed calls of each companion per timed round, all in its one block
 
     def fitted(self, settings: BenchSettings) -> Blocks:
         """These blocks for `settings`: no more blocks than timed runs asked for (min_iters)."""
@@ -113,14 +114,14 @@ class Block:
 
 def block_schedule(names: Sequence[str], companions: Sequence[str], count: int) -> list[Block]:
     """The order of a point's blocks: a warm-up round (every variant once, in order), then `count` timed rounds,
-    each closed by one block per companion. With three variants or more, their order rotates by one each round,
-    so that none always follows the same one and none runs twice in a row (two variants simply alternate)."""
+    then one block per companion, after every timed block. With three variants or more, their order rotates by
+    one each round, so that none always follows the same one and none runs twice in a row (two variants simply
+    alternate)."""
     schedule = [Block(0, name, "warmup") for name in names]
     for r in range(1, count + 1):
         shift = (r - 1) % len(names) if len(names) > 2 else 0
         schedule += [Block(r, name, "timed") for name in [*names[shift:], *names[:shift]]]
-        schedule += [Block(r, name, "companion") for name in companions]
-    return schedule
+    return schedule + [Block(count + 1, name, "companion") for name in companions]
 
 
 def measure(
@@ -147,7 +148,7 @@ def measure(
         for _ in range(blocks.block_warmup_calls):
             runner.run()
         if block.kind == "companion":
-            timed[block.runner] += [runner.run() for _ in range(blocks.companion_calls)]
+            timed[block.runner] += [runner.run() for _ in range(blocks.companion_calls * count)]
         else:
             timed[block.runner] += _run_until(runner, per_block_iters, per_block_seconds)
     return timed

@@ -155,7 +155,7 @@ class TerminalProgress:
 
     A point is expected to last the protocol's minimum, (warmup_seconds + min_seconds) per variant plus the idle
     time before its blocks, until one has finished; then the mean of the finished points (min_iters, and the
-    matmul peak's blocks in every round, make points last longer than the minimum).
+    matmul peak's blocks, make points last longer than the minimum).
     """
 
     def __init__(self, console: Console, settings: BenchSettings, clock: Callable[[], float] = time.monotonic,
