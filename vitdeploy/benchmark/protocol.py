@@ -29,10 +29,12 @@ ViT-Ti/16 at batch 1, 2 threads (benchmarks/bench_protocol.md): after an ORT cal
 busy for 40-60 ms (OpenVINO's and torch's pools: 5-15 ms; ORT with spinning off: none), and after numpy's GEMM
 (OpenBLAS, one of the peak GEMMs) for 100 ms. A batch-1 call lasts about 20 ms, so under per-call alternation the
 next variant ran its whole call beside a spinning thread on a 2-core machine: ORT fp32's own p50 rose by about
-half when it merely shared the run with ORT int8 (24.5 -> 36.9 ms, issue 18); beside ORT int8 and OpenVINO, the
-medians over 6 repeats were 1.41x (ORT fp32), 1.13x (ORT int8) and 1.76x (OpenVINO) their figures alone. In blocks
-they were 0.96x, 1.00x and 0.98x. The idle time is 0.2 s, twice the longest spin measured. Spinning is left on:
-it is how ORT runs by default, and within a block it only serves the variant's own next call.
+half when it merely shared the run with ORT int8 (24.5 -> 36.9 ms, issue 18). Beside ORT int8 and OpenVINO, in
+the same 3 repeats (load 3.6-4.5), the medians were 1.57x (ORT fp32), 1.41x (ORT int8) and 1.93x (OpenVINO) their
+figures alone per call, and 0.99x, 1.23x, 1.02x in blocks (ORT int8 scattered 0.72-1.43x: not settled). The
+idle time is 0.2 s, twice the longest spin measured; the GEMMs run after the timed blocks because under load a
+spinning thread's wall time stretches past any fixed idle time. Spinning is left on: it is how ORT runs by
+default, and within a block it only serves the variant's own next call.
 
 measure() is one point (all runners at one batch size); measure_points() stages each batch size and measures it.
 Scripts that time their own runners (benchmarks/precision.py) call these, as benchmark() does.
