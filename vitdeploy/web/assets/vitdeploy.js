@@ -193,15 +193,24 @@ function verticalPass(img, outHeight, {ksize, bounds, kk}) {
   return {width, height: outHeight, data: out};
 }
 
-// Pillow's NEAREST resize is an affine transform: the source pixel under each output pixel's center.
+// Pillow's NEAREST resize is an affine scaling: the source position starts half a step in and is accumulated
+// step by step (not multiplied), then truncated.
+function nearestPositions(inSize, in0, in1, outSize) {
+  const step = Math.fround(in1 - in0) / outSize;
+  const positions = new Int32Array(outSize);
+  let at = in0 + step * 0.5;
+  for (let i = 0; i < outSize; i++, at += step) positions[i] = Math.min(inSize - 1, Math.max(0, Math.trunc(at)));
+  return positions;
+}
+
 function nearest(img, outWidth, outHeight, box) {
   const out = new Uint8Array(outWidth * outHeight * 3);
-  const sx = (box[2] - box[0]) / outWidth, sy = (box[3] - box[1]) / outHeight;
+  const xs = nearestPositions(img.width, box[0], box[2], outWidth);
+  const ys = nearestPositions(img.height, box[1], box[3], outHeight);
   for (let y = 0; y < outHeight; y++) {
-    const yin = Math.min(img.height - 1, Math.max(0, Math.floor(box[1] + (y + 0.5) * sy)));
     for (let x = 0; x < outWidth; x++) {
-      const xin = Math.min(img.width - 1, Math.max(0, Math.floor(box[0] + (x + 0.5) * sx)));
-      out.set(img.data.subarray((yin * img.width + xin) * 3, (yin * img.width + xin) * 3 + 3), (y * outWidth + x) * 3);
+      const p = (ys[y] * img.width + xs[x]) * 3;
+      out.set(img.data.subarray(p, p + 3), (y * outWidth + x) * 3);
     }
   }
   return {width: outWidth, height: outHeight, data: out};
@@ -209,6 +218,10 @@ function nearest(img, outWidth, outHeight, box) {
 
 export function resize(img, outWidth, outHeight, interpolation, box = [0, 0, img.width, img.height]) {
   box = box.map(Math.fround);
+  if (outWidth === img.width && outHeight === img.height && box[0] === 0 && box[1] === 0 &&
+      box[2] === outWidth && box[3] === outHeight) {
+    return {width: img.width, height: img.height, data: img.data.slice()};
+  }
   if (interpolation === 'nearest') return nearest(img, outWidth, outHeight, box);
   const filter = FILTERS[interpolation];
   const needHorizontal = outWidth !== img.width || box[0] !== 0 || box[2] !== outWidth;
