@@ -5,6 +5,7 @@ The functions below mirror the CLI commands (see vitdeploy.api); importing the p
 
 __version__ = "0.1.0"
 
-from vitdeploy.api import bench, explain, export, import_model, predict, serve, train, triton, verify  # noqa: E402
+from vitdeploy.api import bench, explain, export, import_model, predict, serve, train, triton, verify, web  # noqa: E402
 
-__all__ = ["__version__", "bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify"]
+__all__ = ["__version__", "bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify",
+           "web"]

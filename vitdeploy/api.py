@@ -10,6 +10,7 @@
     vitdeploy.serve(exported.path, port=8000)                      # serves until Ctrl-C -> ServeSummary
     figures = vitdeploy.bench(exported.path, batch_sizes=(1, 32))  # -> BenchReport
     maps = vitdeploy.explain(["samples/"], bundle=result.best)     # -> ExplainResult (PNGs + maps)
+    folder = vitdeploy.web(exported.path, out="web")               # -> WebFolder (a static page + onnxruntime-web)
 
 The CLI commands call these functions. Each imports its stage only when called, so `import vitdeploy` stays light
 and needs no torch; train, import, export and verify raise extras.MissingExtra (exit code 2 in the CLI) without the
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from vitdeploy.serving.triton import TritonRepository
     from vitdeploy.pretrained import ImportResult
     from vitdeploy.training import TrainResult
+    from vitdeploy.web.folder import WebFolder
 
 PathLike = str | os.PathLike[str]
 
@@ -330,4 +332,14 @@ def serve(
     return run_server(_path(model), settings, log=log)
 
 
-__all__ = ["bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify"]
+def web(model: PathLike | None = None, *, out: PathLike = "web") -> WebFolder:
+    """Write a static folder that runs an exported .onnx (default: the newest under models/) in a browser with
+    onnxruntime-web: index.html, vitdeploy.js (the model's preprocessing, as predict does it), the file,
+    onnxruntime-web's files, the transformers.js layout, serve.py and README.md. No torch needed; npm installs
+    onnxruntime-web into the cache the first time."""
+    from vitdeploy.web.folder import write_web_folder
+
+    return write_web_folder(_path(model), Path(out))
+
+
+__all__ = ["bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify", "web"]

@@ -27,11 +27,11 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
     workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs.")] = 2,
     runtime: Annotated[
-        Optional[str], typer.Option(help="ort | openvino | reference. Default: the runtime the file was made for "
+        Optional[str], typer.Option(help="ort | openvino | reference | web (onnxruntime-web in headless Chromium). Default: the runtime the file was made for "
                                     "(an OpenVINO variant records it), else ort.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto (ort: CUDA only if a session really gets it; openvino: CPU) | cpu "
-                                        "| cuda | tensorrt (ort) | gpu | npu (openvino).")] = "auto",
+                                        "| cuda | tensorrt (ort) | gpu | npu (openvino) | wasm | webgpu (web).")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="The runtime's threads (default: one per core).")] = None,
     top_k: Annotated[int, typer.Option(help="Best labels listed per image.")] = 5,
     output_format: Annotated[

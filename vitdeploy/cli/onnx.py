@@ -118,8 +118,9 @@ def verify(
     atol: Annotated[Optional[float], typer.Option(help="Max absolute logit difference (fp32 default 1e-4).")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance added to atol (fp32 default 0).")] = None,
     runtime: Annotated[
-        Optional[str], typer.Option(help="Runtimes, comma-separated: ort, openvino, reference. Default: every one "
-                                    "installed and usable here (the slow reference only on small models).")
+        Optional[str], typer.Option(help="Runtimes, comma-separated: ort, openvino, reference, web. Default: every one "
+                                    "installed and usable here (the slow reference only on small models; web only "
+                                    "when named).")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
 ) -> None:

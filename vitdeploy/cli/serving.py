@@ -124,3 +124,33 @@ def serve(
         f"(batch size: calls {{{batches}}}), {s.get('refused_requests', 0)} refused",
         highlight=False, soft_wrap=True,
     )
+
+
+@app.command()
+@handle_errors
+def web(
+    model: Annotated[
+        Optional[Path], typer.Argument(help="The .onnx to put in the folder. Default: the newest .onnx under models/.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write (replaced if `vitdeploy web` wrote "
+                                      "it; refused if it holds anything else).")] = Path("web"),
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+) -> None:
+    """Write a static folder that runs the model in a browser with onnxruntime-web: index.html, vitdeploy.js (the
+    model's own preprocessing, bit-identical with predict's), the .onnx, onnxruntime-web's files (no CDN), the
+    transformers.js layout, serve.py and a README with the headers multithreaded WebAssembly needs.
+
+    onnxruntime-web is installed with npm into ~/.cache/vitdeploy the first time. Refused (exit code 2): a file over
+    onnxruntime-web's 2 GiB limit, one with external data, a variant made for another runtime.
+
+    Example: vitdeploy web models/digits/best/model.onnx -o web && python3 web/serve.py 8000
+    """
+    import vitdeploy
+
+    folder = vitdeploy.web(model, out=out)
+    console.print(f"wrote {folder.path}/ ({len(folder.files)} files, {folder.size_bytes / 2**20:.1f} MiB) for "
+                  f"{folder.model}: serve it with `python3 {folder.path / 'serve.py'}` (see its README.md)",
+                  highlight=False, soft_wrap=True)
+    if json_output:
+        print_json({"path": str(folder.path), "model": str(folder.model), "files": list(folder.files),
+                    "size_bytes": folder.size_bytes})
