@@ -97,7 +97,8 @@ def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Pa
 
 # `import` is a Python keyword: its function is import_model.
 PACKAGE_FUNCTIONS = {"train": "train", "import": "import_model", "export": "export", "verify": "verify",
-                     "predict": "predict", "bench": "bench", "explain": "explain", "triton": "triton", "serve": "serve"}
+                     "predict": "predict", "bench": "bench", "explain": "explain", "triton": "triton", "serve": "serve",
+                     "web": "web"}
 
 
 @pytest.mark.parametrize("command", PACKAGE_FUNCTIONS)

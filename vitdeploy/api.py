@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from vitdeploy.serving.triton import TritonRepository
     from vitdeploy.pretrained import ImportResult
     from vitdeploy.training import TrainResult
-    from vitdeploy.web.folder import WebFolder
+    from vitdeploy.browser.folder import WebFolder
 
 PathLike = str | os.PathLike[str]
 
@@ -337,7 +337,7 @@ def web(model: PathLike | None = None, *, out: PathLike = "web") -> WebFolder:
     onnxruntime-web: index.html, vitdeploy.js (the model's preprocessing, as predict does it), the file,
     onnxruntime-web's files, the transformers.js layout, serve.py and README.md. No torch needed; npm installs
     onnxruntime-web into the cache the first time."""
-    from vitdeploy.web.folder import write_web_folder
+    from vitdeploy.browser.folder import write_web_folder
 
     return write_web_folder(_path(model), Path(out))
 

@@ -51,7 +51,7 @@ class RuntimeStatus:
 
 def install_command(name: str) -> str:
     if name == "web":
-        from vitdeploy.web.toolchain import install_commands
+        from vitdeploy.browser.toolchain import install_commands
 
         return install_commands()
     extra = _NEEDS[name][0]

@@ -1,5 +1,5 @@
 """onnxruntime-web in a headless Chromium as a runtime: the same .onnx a browser page would run, on WebAssembly
-(1 or more threads) or WebGPU, driven from Python over loopback (vitdeploy.web.browser).
+(1 or more threads) or WebGPU, driven from Python over loopback (vitdeploy.browser.driver).
 
     session = open_runtime("web", path, device="wasm", threads=2)   # starts a browser; session.close() ends it
     session.run(batch)                       # the tensor goes to the page, onnxruntime-web runs it
@@ -25,14 +25,14 @@ import numpy as np
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 from vitdeploy.onnx_file import OUTPUT_NAME, external_data_locations, metadata_props_from_bytes
 from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
-from vitdeploy.web import toolchain
-from vitdeploy.web.browser import Browser, PageError, page_files
+from vitdeploy.browser import toolchain
+from vitdeploy.browser.driver import Browser, PageError, page_files
 
 log = logging.getLogger(__name__)
 
 NAME = "web"
 DEVICES = ("auto", "wasm", "webgpu")
-ASSETS = Path(__file__).resolve().parent.parent / "web" / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "browser" / "assets"
 RUNTIME_PAGE = "harness.html"
 # onnxruntime-web reads the whole file into the WebAssembly heap (32-bit: 4 GiB at most) and builds its weights
 # there too; protobuf cannot hold a message over 2 GiB in one file either. So 2 GiB, weights included.
@@ -163,8 +163,9 @@ def _load_error(name: object, device: str, message: str) -> Exception:
                               f"op {op} (opset {version}, node {node!r}) with these types")
     if unknown:
         domain, op, version = unknown.groups()
+        opset = f", opset {version}" if int(version) >= 0 else ""  # -1: a domain it does not know at all
         return ModelFileError(f"{name}: onnxruntime-web {toolchain.ORT_WEB_VERSION} ({device}) has no op {op} "
-                              f"(domain {domain or 'ai.onnx'}, opset {version})")
+                              f"(domain {domain or 'ai.onnx'}{opset})")
     if "WebGPU is not usable" in message:
         return DeviceError(f"--device webgpu: {message}")
     return ModelFileError(f"{name}: onnxruntime-web could not load it: {message}")
