@@ -24,9 +24,11 @@ from vitdeploy.browser import toolchain
 
 runner = CliRunner()
 WEB_STATUS = runtimes.runtime_status("web")
-needs_browser = pytest.mark.skipif(not WEB_STATUS.installed, reason=f"no web runtime here: {WEB_STATUS.reason}")
-needs_ort_web = pytest.mark.skipif(toolchain.ort_web_dist() is None and toolchain.missing_parts() != [],
-                                   reason="onnxruntime-web is not in the cache and npm cannot install it")
+# The tests never install anything: .ci/run does (apt-get, npm); where it could not, they skip and say why.
+NO_ORT_WEB = f"onnxruntime-web is not in {toolchain.cache_dir()}: {toolchain.npm_command()}"
+WEB_READY = WEB_STATUS.installed and toolchain.ort_web_dist() is not None
+needs_browser = pytest.mark.skipif(not WEB_READY, reason=f"no web runtime here: {WEB_STATUS.reason or NO_ORT_WEB}")
+needs_ort_web = pytest.mark.skipif(toolchain.ort_web_dist() is None, reason=NO_ORT_WEB)
 # The preprocessing cases: both resize modes, both filters (and nearest), at ViT and digits scales.
 SPECS = [PreprocessSpec(image_size=size, resize_size=resize, interpolation=interpolation, resize_mode=mode)
          for mode in ("shorter_side", "stretch") for interpolation in ("bilinear", "bicubic")
@@ -57,8 +59,8 @@ def photos() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def web_session(tiny_onnx):
-    if not WEB_STATUS.installed:
-        pytest.skip(f"no web runtime here: {WEB_STATUS.reason}")
+    if not WEB_READY:
+        pytest.skip(f"no web runtime here: {WEB_STATUS.reason or NO_ORT_WEB}")
     session = open_runtime("web", tiny_onnx, device="wasm", threads=1)
     yield session
     session.close()

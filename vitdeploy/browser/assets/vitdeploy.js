@@ -218,9 +218,10 @@ function nearest(img, outWidth, outHeight, box) {
 
 export function resize(img, outWidth, outHeight, interpolation, box = [0, 0, img.width, img.height]) {
   box = box.map(Math.fround);
-  if (outWidth === img.width && outHeight === img.height && box[0] === 0 && box[1] === 0 &&
-      box[2] === outWidth && box[3] === outHeight) {
-    return {width: img.width, height: img.height, data: img.data.slice()};
+  // Pillow's shortcut: a box at whole pixels whose size is the output size is a crop
+  if (Number.isInteger(box[0]) && Number.isInteger(box[1]) && Math.fround(box[2] - box[0]) === outWidth &&
+      Math.fround(box[3] - box[1]) === outHeight) {
+    return crop(img, box[0], box[1], outWidth, outHeight);
   }
   if (interpolation === 'nearest') return nearest(img, outWidth, outHeight, box);
   const filter = FILTERS[interpolation];
