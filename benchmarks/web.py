@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import tempfile
 import time
@@ -32,14 +31,21 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from checkpoints import VIT_TI16, hf_vit, sample_photos, save_hf, save_timm, timm_state_dict  # noqa: E402
+from checkpoints import (
+    VIT_TI16,
+    hf_vit,
+    sample_photos,
+    save_hf,
+    save_timm,
+    timm_state_dict,
+)
 
-import vitdeploy  # noqa: E402
-from vitdeploy import images  # noqa: E402
-from vitdeploy.atomic import atomic_write_json  # noqa: E402
-from vitdeploy.config import PreprocessSpec  # noqa: E402
-from vitdeploy.provenance import machine, now_iso, package_versions  # noqa: E402
-from vitdeploy.runtimes import open_runtime  # noqa: E402
+import vitdeploy
+from vitdeploy import images
+from vitdeploy.atomic import atomic_write_json
+from vitdeploy.config import PreprocessSpec
+from vitdeploy.provenance import machine, now_iso, package_versions
+from vitdeploy.runtimes import open_runtime
 
 LABELS = [f"class_{i}" for i in range(10)]
 
@@ -77,7 +83,7 @@ def through_the_page(path: Path, photos: list[Path]) -> dict[str, Any]:
     on images.preprocess (full decode), and against `vitdeploy predict`'s top-1 (which drafts large JPEGs)."""
     rows = {Path(r["path"]).name: r for r in vitdeploy.predict([str(p) for p in photos], model=path, top_k=1,
                                                                    log=quiet).rows}
-    ort = open_runtime("ort", path, threads=1)
+    ort = open_runtime("ort", path, threads=1, notify=quiet)
     info = ort.model_info()
     per_photo, worst_logit, worst_input, agree = {}, 0.0, 0.0, 0
     with open_runtime("web", path, threads=1) as web:
@@ -135,8 +141,9 @@ def preprocessing_bound(photos: list[Path], seed: int = 0) -> dict[str, Any]:
 def speed(path: Path, blocks: int = 3, seconds: float = 3.0) -> dict[str, Any]:
     """Batch 1 latency, ORT in Python (session.run) vs onnxruntime-web on the page (session.run, timed with
     performance.now in the page, no transfer), 1 and 2 threads each, interleaved in blocks of ~`seconds`."""
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    sessions = {f"ort-python-{t}t": open_runtime("ort", path, threads=t) for t in (1, 2)}
+    sessions = {f"ort-python-{t}t": open_runtime("ort", path, threads=t, notify=quiet) for t in (1, 2)}
+    size = sessions["ort-python-1t"].model_info().preprocess.image_size
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     sessions.update({f"web-wasm-{t}t": open_runtime("web", path, threads=t) for t in (1, 2)})
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for name, session in sessions.items():  # warm-up

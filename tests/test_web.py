@@ -14,13 +14,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vitdeploy import images, runtimes
+from vitdeploy.browser import toolchain
 from vitdeploy.cli import app
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 from vitdeploy.extras import MissingExtra
 from vitdeploy.runtimes import open_runtime
 from vitdeploy.runtimes import web as web_runtime
-from vitdeploy.browser import toolchain
 
 runner = CliRunner()
 WEB_STATUS = runtimes.runtime_status("web")

@@ -53,10 +53,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (BaseHTTPRequestHandler's name)
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("web server: " + format, *args)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].lstrip("/") or "index.html"
         if path == "api/next":
             return self._send(*self.server.broker.next_job())
@@ -68,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, source if isinstance(source, bytes) else Path(source).read_bytes(),
                    CONTENT_TYPES.get(Path(path).suffix, "application/octet-stream"))
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         path = self.path.lstrip("/")
         kind, _, job_id = path.removeprefix("api/").partition("/")

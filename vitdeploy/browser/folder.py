@@ -22,12 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitdeploy.atomic import reported_as
+from vitdeploy.browser import toolchain
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError
-from vitdeploy.onnx_file import OnnxModelInfo, metadata_props_from_bytes, parse_metadata, resolve_model
+from vitdeploy.onnx_file import (
+    OnnxModelInfo,
+    metadata_props_from_bytes,
+    parse_metadata,
+    resolve_model,
+)
 from vitdeploy.runtimes.base import check_model_file
 from vitdeploy.runtimes.web import ASSETS, check_variant, check_web_file
-from vitdeploy.browser import toolchain
 
 PAGE_FILES = ("index.html", "vitdeploy.js", "serve.py")
 MARKER = "vitdeploy.js"  # a folder holding it (and model.onnx) is one this command wrote, and may be replaced

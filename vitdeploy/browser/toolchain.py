@@ -87,7 +87,7 @@ def ensure_ort_web() -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".install-") as staging:
         command = [npm, "install", "--prefix", staging, "--no-audit", "--no-fund", f"onnxruntime-web@{ORT_WEB_VERSION}"]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=NPM_INSTALL_TIMEOUT_S)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=NPM_INSTALL_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
             raise MissingExtra(f"`{' '.join(command)}` did not finish in {NPM_INSTALL_TIMEOUT_S} s") from None
         staged = Path(staging) / "node_modules" / "onnxruntime-web" / "dist"

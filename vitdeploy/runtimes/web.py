@@ -22,11 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
-from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
-from vitdeploy.onnx_file import OUTPUT_NAME, external_data_locations, metadata_props_from_bytes
-from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
 from vitdeploy.browser import toolchain
 from vitdeploy.browser.driver import Browser, PageError, page_files
+from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
+from vitdeploy.onnx_file import (
+    OUTPUT_NAME,
+    external_data_locations,
+    metadata_props_from_bytes,
+)
+from vitdeploy.runtimes.base import (
+    Description,
+    Session,
+    TensorSpec,
+    check_model_file,
+    export_record,
+)
 
 log = logging.getLogger(__name__)
 
