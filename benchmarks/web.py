@@ -50,10 +50,6 @@ from vitdeploy.runtimes import open_runtime
 LABELS = [f"class_{i}" for i in range(10)]
 
 
-def quiet(_: str) -> None:
-    pass
-
-
 def load() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
@@ -67,12 +63,12 @@ def imported_vit(fmt: str, work: Path) -> Path:
     if fmt == "timm":
         source = save_timm(timm_state_dict(source), work / "timm" / "model.safetensors")
         timm_name = "vit_tiny_patch16_224"
-    imported = vitdeploy.import_model(source, work / f"{fmt}-bundle", timm_model=timm_name, notify=quiet)
-    return vitdeploy.export(imported.bundle, opset=17, notify=quiet).path
+    imported = vitdeploy.import_model(source, work / f"{fmt}-bundle", timm_model=timm_name)
+    return vitdeploy.export(imported.bundle, opset=17).path
 
 
 def parity(path: Path, photos: Path | None) -> dict[str, Any]:
-    report = vitdeploy.verify(path, images=photos, batch_sizes=(1, 7), runtime="web", notify=quiet)
+    report = vitdeploy.verify(path, images=photos, batch_sizes=(1, 7), runtime="web")
     cases = {str(c.batch_size): {"max_abs": c.max_abs, "top1_agreement": c.top1_agreement, "samples": c.samples}
              for c in report.cases}
     return {"passed": report.passed, "inputs": report.inputs, "cases": cases, "runtimes": report.runtimes}
@@ -81,10 +77,9 @@ def parity(path: Path, photos: Path | None) -> dict[str, Any]:
 def through_the_page(path: Path, photos: list[Path]) -> dict[str, Any]:
     """Each photo decoded and preprocessed by the page's JavaScript and run there, against the same file run by ORT
     on images.preprocess (full decode), and against `vitdeploy predict`'s top-1 (which drafts large JPEGs)."""
-    rows = {Path(r["path"]).name: r for r in vitdeploy.predict([str(p) for p in photos], model=path, top_k=1,
-                                                                   log=quiet).rows}
-    ort = open_runtime("ort", path, threads=1, notify=quiet)
-    info = ort.model_info()
+    rows = {Path(r["path"]).name: r for r in vitdeploy.predict([str(p) for p in photos], model=path, top_k=1).rows}
+    ort = open_runtime("ort", path, threads=1)
+    info = ort.info
     per_photo, worst_logit, worst_input, agree = {}, 0.0, 0.0, 0
     with open_runtime("web", path, threads=1) as web:
         for photo in photos:
@@ -141,8 +136,8 @@ def preprocessing_bound(photos: list[Path], seed: int = 0) -> dict[str, Any]:
 def speed(path: Path, blocks: int = 3, seconds: float = 3.0) -> dict[str, Any]:
     """Batch 1 latency, ORT in Python (session.run) vs onnxruntime-web on the page (session.run, timed with
     performance.now in the page, no transfer), 1 and 2 threads each, interleaved in blocks of ~`seconds`."""
-    sessions = {f"ort-python-{t}t": open_runtime("ort", path, threads=t, notify=quiet) for t in (1, 2)}
-    size = sessions["ort-python-1t"].model_info().preprocess.image_size
+    sessions = {f"ort-python-{t}t": open_runtime("ort", path, threads=t) for t in (1, 2)}
+    size = sessions["ort-python-1t"].info.preprocess.image_size
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     sessions.update({f"web-wasm-{t}t": open_runtime("web", path, threads=t) for t in (1, 2)})
     times: dict[str, list[float]] = {name: [] for name in sessions}

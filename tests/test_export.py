@@ -17,7 +17,7 @@ from vitdeploy.runtimes import ort as runtime
 from vitdeploy.bundle import load_bundle
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError
-from vitdeploy.parity import ParityError
+from vitdeploy.errors import ParityError
 
 runner = CliRunner()
 # fp32 parity the issue demands; measured differences on these tiny models are ~1e-7.

@@ -206,14 +206,14 @@ def test_predict_on_a_full_disk_exits_2_naming_the_file_and_keeps_every_complete
 def test_predict_runs_vitdeploys_own_external_data_check(tiny_bundle, images, tmp_path, monkeypatch):
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    from vitdeploy import onnx_export, onnx_file
+    from vitdeploy import onnx_export, onnx_file, onnx_wire
 
     monkeypatch.setattr(onnx_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # as if the model were over 2 GB
     path = onnx_export.export_onnx(tiny_bundle, tmp_path / "deploy" / "m.onnx", verify=False).path
     proto = onnx.load(str(path), load_external_data=False)
     expected = [(t.name, ExternalDataInfo(t).location) for t in proto.graph.initializer if uses_external_data(t)]
     # The wire-format reader (no onnx package needed) sees what onnx sees.
-    assert expected and onnx_file.external_data_locations(path.read_bytes()) == expected
+    assert expected and onnx_wire.external_data_locations(path.read_bytes()) == expected
     assert runner.invoke(app, ["predict", str(images[0]), "--model", str(path)]).exit_code == EXIT_OK
     for tensor in proto.graph.initializer:
         for entry in tensor.external_data:
@@ -224,7 +224,7 @@ def test_predict_runs_vitdeploys_own_external_data_check(tiny_bundle, images, tm
     result = runner.invoke(app, ["predict", str(images[0]), "--model", str(path)])
     assert result.exit_code == EXIT_BAD_INPUT and "outside the model's folder" in result.output
     with pytest.raises(ValueError):
-        onnx_file.external_data_locations(b"\x0f\xff\xff")  # not a protobuf message
+        onnx_wire.external_data_locations(b"\x0f\xff\xff")  # not a protobuf message
 
 
 # ------------------------------------------------------------------------------------------ bundles

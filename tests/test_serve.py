@@ -95,7 +95,7 @@ def preprocessed(paths: list[Path], tiny_onnx: Path) -> np.ndarray:
 def predict_rows(paths: list[Path], tiny_onnx: Path) -> list[dict]:
     import vitdeploy
 
-    return vitdeploy.predict(paths, model=tiny_onnx, device="cpu", threads=1, top_k=3, log=lambda line: None).rows
+    return vitdeploy.predict(paths, model=tiny_onnx, device="cpu", threads=1, top_k=3).rows
 
 
 # ------------------------------------------------------------------------------------- Triton's client

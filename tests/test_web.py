@@ -90,7 +90,7 @@ def test_the_web_runtime_runs_only_when_named(monkeypatch):
     asked: list[str] = []
     real = runtimes.registry.runtime_status
     monkeypatch.setattr(runtimes.registry, "runtime_status", lambda name: asked.append(name) or real(name))
-    assert "web" not in runtimes.select_runtimes(None, lambda line: None)
+    assert "web" not in runtimes.select_runtimes(None)
     assert "web" not in asked  # not even asked about (where a GPU exists, that would start a browser)
 
 
@@ -202,7 +202,7 @@ def test_the_browser_gives_ort_logits(tiny_onnx, threads):
         assert got.shape == (7, 3)
         np.testing.assert_allclose(got, expected, atol=1e-5)
         np.testing.assert_allclose(session.run(x[:1]), expected[:1], atol=1e-5)
-        assert session.model_info().labels == ["cat", "dog", "bird"]
+        assert session.info.labels == ["cat", "dog", "bird"]
 
 
 @needs_browser
@@ -213,7 +213,7 @@ def test_verify_runtime_web_is_within_1e_4_of_pytorch(tiny_onnx):
     report = vitdeploy.verify(tiny_onnx, bundle=tiny_onnx.parent / "tiny-bundle", batch_sizes=(1, 7),
                               runtime="web")
     assert report.passed
-    web = [case for case in report.cases if case.provider.startswith("web:")]
+    web = [case for case in report.cases if case.target.startswith("web:")]
     assert {case.batch_size for case in web} == {1, 7}
     assert all(case.max_abs <= 1e-4 and case.top1_agreement == 1.0 for case in web)
 
@@ -246,14 +246,14 @@ def test_prediction_through_the_page_agrees_with_vitdeploy_predict(web_session, 
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
-    spec = web_session.model_info().preprocess
+    spec = web_session.info.preprocess
     for name, data in photos.items():
         pixels, logits = web_session.predict_image(data)
         python = images.preprocess(images.decode_image(name, data=data), spec)
         np.testing.assert_array_equal(pixels, python)
         expected = session.run(None, {"pixel_values": python[None]})[0][0]
         assert np.abs(logits - expected).max() <= 1e-5
-        assert web_session.model_info().labels[int(logits.argmax())] == by_name[name]["label"]
+        assert web_session.info.labels[int(logits.argmax())] == by_name[name]["label"]
 
 
 @needs_browser
@@ -321,6 +321,7 @@ def test_the_written_folder_runs_in_the_browser(tiny_onnx, photos, tmp_path):
 
 
 def folder_spec(path: Path) -> dict:
-    from vitdeploy.onnx_file import META_PREPROCESS, metadata_props_from_bytes
+    from vitdeploy.onnx_file import META_PREPROCESS
+    from vitdeploy.onnx_wire import metadata_props_from_bytes
 
     return json.loads(metadata_props_from_bytes(path.read_bytes())[META_PREPROCESS])

@@ -11,18 +11,21 @@ A runtime module is imported only when it is used, so a deployment install witho
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitdeploy.errors import ConfigError, DeviceError
-from vitdeploy.extras import MissingExtra, importable
-from vitdeploy.progress import to_stderr
+from vitdeploy.config import comma_list
+from vitdeploy.errors import ConfigError, DeviceError, MissingExtra
+from vitdeploy.extras import importable
 
 if TYPE_CHECKING:
     from vitdeploy.runtimes.base import Session
+
+logger = logging.getLogger(__name__)
 
 RUNTIMES = ("ort", "openvino", "reference", "web")
 # Runtimes used only when named (--runtime web): each start costs a browser.
@@ -60,7 +63,7 @@ def install_command(name: str) -> str:
 
 def runtime_status(name: str) -> RuntimeStatus:
     """Installed (its modules import) and usable (it has a device here)."""
-    check_name(name)
+    check_runtime_name(name)
     if name == "web":
         from vitdeploy.runtimes.web import web_status
 
@@ -83,18 +86,16 @@ def runtime_status(name: str) -> RuntimeStatus:
     return RuntimeStatus(name, True, True, "", ("cpu",))
 
 
-def check_name(name: str) -> None:
+def check_runtime_name(name: str) -> None:
     if name not in RUNTIMES:
         raise ConfigError(f"unknown runtime {name!r}; choose from: {', '.join(RUNTIMES)}")
 
 
-def parse_runtimes(text: str | None) -> tuple[str, ...] | None:
+def parse_runtimes(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """'ort,openvino' -> ('ort', 'openvino'); None or '' -> None (the default set). Unknown names are refused."""
-    if not text:
-        return None
-    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    names = comma_list(text, lower=True)
     for name in names:
-        check_name(name)
+        check_runtime_name(name)
     return names or None
 
 
@@ -102,11 +103,10 @@ def installed_runtimes() -> list[RuntimeStatus]:
     return [runtime_status(name) for name in RUNTIMES]
 
 
-def select_runtimes(requested: tuple[str, ...] | None, notify: Callable[[str], None] = to_stderr,
-                    exclude_by_default: tuple[str, ...] = ()) -> list[str]:
+def select_runtimes(requested: tuple[str, ...] | None, *, exclude_by_default: tuple[str, ...] = ()) -> list[str]:
     """The runtimes to use: the ones named (each must be installed, else MissingExtra, and usable, else
     DeviceError: exit 2 either way), or by default every
-    one installed and usable here, minus `exclude_by_default` (said through `notify`), with one line naming each
+    one installed and usable here, minus `exclude_by_default` (said in a log line), with one line naming each
     missing one and its install command."""
     if requested:
         for name in requested:
@@ -119,31 +119,33 @@ def select_runtimes(requested: tuple[str, ...] | None, notify: Callable[[str], N
     chosen = []  # NAMED_ONLY runtimes are not even asked about: they run when named
     for status in (runtime_status(name) for name in RUNTIMES if name not in NAMED_ONLY):
         if not status.usable:
-            notify(f"runtime {status.name} skipped: {status.reason}")
+            logger.info("runtime %s skipped: %s", status.name, status.reason)
         elif status.name in exclude_by_default:
-            notify(f"runtime {status.name} skipped by default here (too slow for this model; name it with "
-                   f"--runtime to run it anyway)")
+            logger.info("runtime %s skipped by default here (too slow for this model; name it with --runtime to "
+                        "run it anyway)", status.name)
         else:
             chosen.append(status.name)
     return chosen
 
 
 def open_runtime(
-    name: str,
+    name: str | None,
     model: str | os.PathLike[str] | bytes,
     device: str = "auto",
     precision: str | None = None,
     threads: int | None = None,
-    notify: Callable[[str], None] = to_stderr,
     spin: bool = True,
 ) -> Session:
-    """Open `model` (a path, or a serialized ModelProto) on runtime `name`.
+    """Open `model` (a path, or a serialized ModelProto) on runtime `name` (None: the one the file was made for,
+    else ort). The session carries the file's description (Session.info, checked as it is first read).
 
     precision: None runs the file as it is made (its recorded precision; OpenVINO pins fp32 for fp32 files);
     a named one must be the file's, except that OpenVINO may run an fp32 file in bf16 or fp16 where the device
     supports it natively. spin: ORT's idle threads busy-wait (see ort.make_session); the others ignore it.
     """
-    check_name(name)
+    if not name:
+        name = "ort" if isinstance(model, bytes) else runtime_for_file(model)
+    check_runtime_name(name)
     status = runtime_status(name)
     if not status.installed:
         raise MissingExtra(status.reason)
@@ -154,7 +156,7 @@ def open_runtime(
     if name == "ort":
         from vitdeploy.runtimes.ort import OrtSession
 
-        session: Session = OrtSession(model, device, threads, notify, spin)
+        session: Session = OrtSession(model, device, threads, spin)
     elif name == "web":
         from vitdeploy.runtimes.web import WebSession
 
@@ -187,7 +189,7 @@ def runtime_for_file(path: str | os.PathLike[str]) -> str:
     """The runtime a file was made for (an OpenVINO variant records "openvino"); "ort" for every other file. Read
     from the file's metadata on the wire, without the onnx package; a file that does not parse gets "ort", whose
     loader then says what is wrong with it."""
-    from vitdeploy.onnx_file import metadata_props_from_bytes
+    from vitdeploy.onnx_wire import metadata_props_from_bytes
     from vitdeploy.runtimes.base import export_record
 
     try:
