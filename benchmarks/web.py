@@ -2,6 +2,7 @@
 ONNX Runtime in Python, and the page's JavaScript preprocessing against images.preprocess.
 
     python benchmarks/web.py --digits models/digits/best/model.onnx --output benchmarks/results/web.json
+    (--parts preprocessing,digits,vit,speed: measure some now, keep the rest of --output)
 
 1. verify --runtime web (PyTorch vs the browser, batch 1 and 7) on the digits model and on ViT-Ti/16 imported from a
    Hugging Face and a timm checkpoint (random weights: no download here; tests/checkpoints.py makes them);
@@ -97,7 +98,7 @@ def through_the_page(path: Path, photos: list[Path]) -> dict[str, Any]:
             "max_input_diff": worst_input, "per_photo": per_photo}
 
 
-def preprocessing_bound(photos: list[Path], seed: int = 0) -> dict[str, Any]:
+def preprocessing_bound(photos: list[Path], work: Path, seed: int = 0) -> dict[str, Any]:
     """The page's uint8 crop vs images.py's, on every case: the max pixel difference (0 means bit-identical)."""
     rng = np.random.default_rng(seed)
     specs = [PreprocessSpec(image_size=size, resize_size=resize, interpolation=interpolation, resize_mode=mode)
@@ -117,20 +118,22 @@ def preprocessing_bound(photos: list[Path], seed: int = 0) -> dict[str, Any]:
                               resize_mode=str(rng.choice(["shorter_side", "stretch"])))
         cases.append((f"random-{i}-{w}x{h}.png", buffer.getvalue(), spec))
     worst, differing, values = 0, 0, 0
-    with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "tiny.onnx"
-        from builders import export_tiny_onnx
-
-        export_tiny_onnx(model)
-        with open_runtime("web", model) as web:
-            for name, data, spec in cases:
-                _, crop = web.preprocess_image(data, spec.to_dict())
-                decoded = images.decode_image(name, data=data)
-                resize = images.stretched_center_crop if spec.resize_mode == "stretch" else images.resized_center_crop
-                expected = np.asarray(resize(decoded, spec.resize_size, spec.image_size, spec.interpolation))
-                diff = np.abs(crop.astype(int) - expected.astype(int))
-                worst, differing, values = max(worst, int(diff.max())), differing + int((diff > 0).sum()), values + diff.size
+    with open_runtime("web", tiny_model(work)) as web:
+        for name, data, spec in cases:
+            _, crop = web.preprocess_image(data, spec.to_dict())
+            decoded = images.decode_image(name, data=data)
+            resize = images.stretched_center_crop if spec.resize_mode == "stretch" else images.resized_center_crop
+            expected = np.asarray(resize(decoded, spec.resize_size, spec.image_size, spec.interpolation))
+            diff = np.abs(crop.astype(int) - expected.astype(int))
+            worst, differing, values = max(worst, int(diff.max())), differing + int((diff > 0).sum()), values + diff.size
     return {"cases": len(cases), "max_pixel_diff": worst, "differing_values": differing, "values": values}
+
+
+def tiny_model(work: Path) -> Path:
+    """Any model serves the preprocessing jobs (the spec comes with each job): the test suite's tiny one."""
+    from builders import export_tiny_onnx
+
+    return export_tiny_onnx(work / "tiny.onnx")
 
 
 def speed(path: Path, blocks: int = 3, seconds: float = 3.0) -> dict[str, Any]:
@@ -166,27 +169,34 @@ def speed(path: Path, blocks: int = 3, seconds: float = 3.0) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--digits", type=Path, help="the exported digits model (its bundle beside it)")
+    parser.add_argument("--parts", default="preprocessing,digits,vit,speed",
+                        help="what to measure now; the others are kept from --output when it exists")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "web.json")
     args = parser.parse_args()
-    web = open_runtime("web", args.digits) if args.digits else None
-    result: dict[str, Any] = {"when": now_iso(), "machine": machine(), "versions": package_versions(),
-                              "browser": web.versions if web else {}, "load_start": load()}
-    if web:
-        web.close()
+    parts = set(args.parts.split(","))
+    result: dict[str, Any] = json.loads(args.output.read_text()) if args.output.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        with open_runtime("web", args.digits or tiny_model(work)) as web:
+            result.update(when=now_iso(), machine=machine(), versions=package_versions(), browser=web.versions)
         photos = sample_photos(work / "photos")
-        result["preprocessing"] = preprocessing_bound(photos)
-        print(json.dumps({"preprocessing": result["preprocessing"]}), flush=True)
+        if "preprocessing" in parts:
+            result["preprocessing"] = {**preprocessing_bound(photos, work), "load": load()}
+            print(json.dumps({"preprocessing": result["preprocessing"]}), flush=True)
         models = {"digits": args.digits} if args.digits else {}
-        models.update({f"vit-ti16-{fmt}": imported_vit(fmt, work) for fmt in ("huggingface", "timm")})
+        if parts & {"vit", "speed"}:
+            models.update({f"vit-ti16-{fmt}": imported_vit(fmt, work) for fmt in ("huggingface", "timm")})
         for name, path in models.items():
+            if ("digits" if name == "digits" else "vit") not in parts:
+                continue
             result[name] = {"parity": parity(path, None if name == "digits" else work / "photos"),
                             "page": through_the_page(path, photos), "load": load()}
-            print(json.dumps({name: {k: v for k, v in result[name].items()}}, default=str)[:2000], flush=True)
-        result["speed_vit_ti16_batch1"] = speed(models["vit-ti16-timm"])
-        result["load_end"] = load()
-    print(json.dumps(result["speed_vit_ti16_batch1"], indent=2))
+            print(json.dumps({name: result[name]}, default=str)[:1500], flush=True)
+        if "speed" in parts:
+            started = load()
+            result["speed_vit_ti16_batch1"] = {**speed(models["vit-ti16-timm"]), "load_before": started,
+                                               "load_after": load()}
+            print(json.dumps(result["speed_vit_ti16_batch1"], indent=2), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.output, result)
 

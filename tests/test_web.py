@@ -325,3 +325,46 @@ def folder_spec(path: Path) -> dict:
     from vitdeploy.onnx_wire import metadata_props_from_bytes
 
     return json.loads(metadata_props_from_bytes(path.read_bytes())[META_PREPROCESS])
+
+
+@needs_browser
+@pytest.mark.slow
+def test_the_folders_page_loads_the_model_behind_its_serve_py(tiny_onnx, tmp_path):
+    """index.html, served by the folder's own serve.py (with the isolation headers), loads the model on 2 threads."""
+    import socket
+    import subprocess
+    import sys
+
+    import vitdeploy
+
+    folder = vitdeploy.web(tiny_onnx, tmp_path / "site")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(folder.path / "serve.py"), str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port)
+        dom = subprocess.run(
+            [toolchain.find_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+             f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=120, check=False).stdout
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert '<p id="note">3 classes, wasm, 2 thread(s)</p>' in dom, dom[-500:]
+
+
+def _wait_for_port(port: int, seconds: float = 30.0) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
