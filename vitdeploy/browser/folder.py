@@ -29,7 +29,7 @@ from vitdeploy.discovery import resolve_model
 from vitdeploy.onnx_file import OnnxModelInfo, parse_metadata
 from vitdeploy.onnx_wire import metadata_props_from_bytes
 from vitdeploy.runtimes.base import check_model_file
-from vitdeploy.runtimes.web import ASSETS, check_variant, check_web_file
+from vitdeploy.runtimes.web import ASSETS, check_variant, check_web_file, check_web_size
 
 PAGE_FILES = ("index.html", "vitdeploy.js", "serve.py")
 MARKER = "vitdeploy.js"  # a folder holding it (and model.onnx) is one this command wrote, and may be replaced
@@ -48,6 +48,7 @@ class WebFolder:
 def write_web_folder(model: Path | None, out: Path) -> WebFolder:
     path = resolve_model(model)
     check_model_file(path)
+    check_web_size(path, path.stat().st_size)
     data = path.read_bytes()
     check_web_file(path, data)
     metadata = metadata_props_from_bytes(data)

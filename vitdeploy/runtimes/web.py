@@ -62,6 +62,7 @@ class WebSession(Session):
         name = self.path or "model bytes"
         if self.path is not None:
             check_model_file(self.path)
+            check_web_size(name, self.path.stat().st_size)  # before reading a file that may be many GiB
         data = model if isinstance(model, bytes) else self.path.read_bytes()
         check_web_file(name, data)
         try:
@@ -132,12 +133,16 @@ class WebSession(Session):
         self.close()
 
 
-def check_web_file(name: object, data: bytes) -> None:
-    """What onnxruntime-web cannot load, refused before a browser starts."""
-    if len(data) > WEB_MAX_MODEL_BYTES:
-        raise ModelFileError(f"{name} is {len(data) / 2**30:.2f} GiB: onnxruntime-web loads at most "
+def check_web_size(name: object, size: int) -> None:
+    if size > WEB_MAX_MODEL_BYTES:
+        raise ModelFileError(f"{name} is {size / 2**30:.2f} GiB: onnxruntime-web loads at most "
                              f"{WEB_MAX_MODEL_BYTES / 2**30:.0f} GiB (the model and its weights share a 4 GiB "
                              "WebAssembly heap); export a smaller or int8 variant")
+
+
+def check_web_file(name: object, data: bytes) -> None:
+    """What onnxruntime-web cannot load, refused before a browser starts."""
+    check_web_size(name, len(data))
     try:
         external = external_data_locations(data)
     except ValueError:
