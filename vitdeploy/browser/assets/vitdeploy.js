@@ -149,48 +149,41 @@ function coefficients(inSize, in0, in1, outSize, filter) {
 
 const clip8 = (v) => { const q = v >> PRECISION_BITS; return q < 0 ? 0 : q > 255 ? 255 : q; };
 
-function horizontalPass(img, rowOffset, rows, outWidth, {ksize, bounds, kk}) {
-  const out = new Uint8Array(outWidth * rows * 3);
-  for (let y = 0; y < rows; y++) {
-    const row = (y + rowOffset) * img.width * 3;
-    for (let xx = 0; xx < outWidth; xx++) {
-      const xmin = bounds[xx * 2], xmax = bounds[xx * 2 + 1], k = xx * ksize;
+// One pass of Pillow's separable convolution, along `lines` of the image: each output value sums the taps
+// lineStart + line * lineStep + (tap + xmin) * tapStep of one channel, in fixed point, rounded and clipped.
+// The horizontal pass runs along rows (taps 3 bytes apart), the vertical along columns (taps a row apart).
+function convolve(data, lines, lineStart, lineStep, tapStep, out, outLineStep, outStep, {ksize, bounds, kk}) {
+  const outLength = bounds.length / 2;
+  for (let line = 0; line < lines; line++) {
+    const base = lineStart + line * lineStep;
+    for (let o = 0; o < outLength; o++) {
+      const xmin = bounds[o * 2], xmax = bounds[o * 2 + 1], k = o * ksize;
       let s0 = HALF, s1 = HALF, s2 = HALF;
-      for (let x = 0; x < xmax; x++) {
-        const p = row + (x + xmin) * 3, w = kk[k + x];
-        s0 += img.data[p] * w;
-        s1 += img.data[p + 1] * w;
-        s2 += img.data[p + 2] * w;
+      for (let t = 0; t < xmax; t++) {
+        const p = base + (t + xmin) * tapStep, w = kk[k + t];
+        s0 += data[p] * w;
+        s1 += data[p + 1] * w;
+        s2 += data[p + 2] * w;
       }
-      const o = (y * outWidth + xx) * 3;
-      out[o] = clip8(s0);
-      out[o + 1] = clip8(s1);
-      out[o + 2] = clip8(s2);
+      const q = line * outLineStep + o * outStep;
+      out[q] = clip8(s0);
+      out[q + 1] = clip8(s1);
+      out[q + 2] = clip8(s2);
     }
   }
+  return out;
+}
+
+function horizontalPass(img, rowOffset, rows, outWidth, coeffs) {
+  const out = new Uint8Array(outWidth * rows * 3);
+  convolve(img.data, rows, rowOffset * img.width * 3, img.width * 3, 3, out, outWidth * 3, 3, coeffs);
   return {width: outWidth, height: rows, data: out};
 }
 
-function verticalPass(img, outHeight, {ksize, bounds, kk}) {
-  const width = img.width;
-  const out = new Uint8Array(width * outHeight * 3);
-  for (let yy = 0; yy < outHeight; yy++) {
-    const ymin = bounds[yy * 2], ymax = bounds[yy * 2 + 1], k = yy * ksize;
-    for (let xx = 0; xx < width; xx++) {
-      let s0 = HALF, s1 = HALF, s2 = HALF;
-      for (let y = 0; y < ymax; y++) {
-        const p = ((y + ymin) * width + xx) * 3, w = kk[k + y];
-        s0 += img.data[p] * w;
-        s1 += img.data[p + 1] * w;
-        s2 += img.data[p + 2] * w;
-      }
-      const o = (yy * width + xx) * 3;
-      out[o] = clip8(s0);
-      out[o + 1] = clip8(s1);
-      out[o + 2] = clip8(s2);
-    }
-  }
-  return {width, height: outHeight, data: out};
+function verticalPass(img, outHeight, coeffs) {
+  const out = new Uint8Array(img.width * outHeight * 3);
+  convolve(img.data, img.width, 0, 3, img.width * 3, out, 3, img.width * 3, coeffs);
+  return {width: img.width, height: outHeight, data: out};
 }
 
 // Pillow's NEAREST resize is an affine scaling: the source position starts half a step in and is accumulated
