@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,9 @@ def test_the_browser_gives_ort_logits(tiny_onnx, threads):
         np.testing.assert_allclose(got, expected, atol=1e-5)
         np.testing.assert_allclose(session.run(x[:1]), expected[:1], atol=1e-5)
         assert session.info.labels == ["cat", "dog", "bird"]
+        group = session.browser.process.pid
+    with pytest.raises(ProcessLookupError):  # closing ended the browser and every process it started
+        os.killpg(group, 0)
 
 
 @needs_browser

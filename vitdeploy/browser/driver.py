@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -156,8 +157,10 @@ class Browser:
         url = f"http://127.0.0.1:{self.server.server_address[1]}/{page}"
         flags = (*CHROMIUM_FLAGS, *(WEBGPU_FLAGS if gpu else NO_GPU_FLAGS), f"--user-data-dir={self.profile}")
         with open(self.log_path, "wb") as browser_log:
+            # Its own process group: close() ends the browser and every process it started (renderers, a
+            # wrapper script's child), never anything else.
             self.process = subprocess.Popen([executable, *flags, url], stdin=subprocess.DEVNULL,
-                                            stdout=browser_log, stderr=browser_log)
+                                            stdout=browser_log, stderr=browser_log, start_new_session=True)
         try:
             self.info: dict = self._wait_ready(startup_timeout)
         except BaseException:
@@ -196,14 +199,9 @@ class Browser:
         return " / ".join(text[-lines:]) or "(the browser said nothing)"
 
     def close(self) -> None:
-        if getattr(self, "process", None) is not None and self.process.poll() is None:
+        if getattr(self, "process", None) is not None:
             self.broker.jobs.put({"op": "stop", "id": "0"})
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            _end_group(self.process)
         self.server.shutdown()
         self.server.server_close()
         shutil.rmtree(self.profile, ignore_errors=True)
@@ -213,6 +211,24 @@ class Browser:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the browser's process group, then SIGKILL to whatever of it is left. The browser is reaped only
+    at the end, so that its pid (the group's id) cannot be reused by another process in between."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            break
+        time.sleep(0.05)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # renderers and helpers that outlived the browser
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def page_files(assets: Path, dist: Path, model: Path | bytes, names: tuple[str, ...]) -> dict[str, Path | bytes]:

@@ -22,8 +22,10 @@ ORT_WEB_VERSION = "1.31.1"
 # The files a page needs: the ES module (WebAssembly + WebGPU through JSEP) and the WebAssembly build it loads.
 ORT_WEB_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm")
 BROWSER_ENV = "VITDEPLOY_BROWSER"
-BROWSER_CANDIDATES = ("chromium-headless-shell", "/usr/lib/chromium/chromium-headless-shell",
-                      "/usr/lib/chromium/headless_shell", "chromium", "chromium-browser", "google-chrome")
+# The binaries before the /usr/bin wrappers: Debian's wrapper scripts run the browser as their child (no exec).
+BROWSER_CANDIDATES = ("/usr/lib/chromium/chromium-headless-shell", "/usr/lib/chromium/headless_shell",
+                      "chromium-headless-shell", "/usr/lib/chromium/chromium", "chromium", "chromium-browser",
+                      "google-chrome")
 BROWSER_INSTALL = "apt-get install -y chromium-headless-shell"
 NPM_INSTALL_TIMEOUT_S = 600
 
