@@ -24,8 +24,8 @@ from pathlib import Path
 from vitdeploy.atomic import reported_as
 from vitdeploy.browser import toolchain
 from vitdeploy.config import PreprocessSpec
-from vitdeploy.errors import ConfigError
 from vitdeploy.discovery import resolve_model
+from vitdeploy.errors import ConfigError
 from vitdeploy.onnx_file import OnnxModelInfo, parse_metadata
 from vitdeploy.onnx_wire import metadata_props_from_bytes
 from vitdeploy.runtimes.base import check_model_file
