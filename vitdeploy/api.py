@@ -167,20 +167,25 @@ def predict(
     output: PathLike | None = None,
     recursive: bool = False,
     progress: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    resume: bool = False,
     log: Callable[[str], None] = to_stderr,
 ) -> PredictSummary:
     """Classify image files, folders or glob patterns with an exported model (no torch) on `runtime`: "ort",
     "openvino" or "reference" (None: the runtime the file was made for, else ONNX Runtime).
 
     With the default output_format "table" and no `output`, the rows come back in `summary.rows`; otherwise they
-    are written (json, jsonl, csv) to `output` or stdout as each batch ends.
+    are written (json, jsonl, csv; parquet to a file) to `output` or stdout as each batch ends. engine "ray" runs
+    on Ray Data (a local Ray, or the cluster at `address`); `resume` keeps the rows already in `output` and skips
+    their inputs.
     """
     from vitdeploy.prediction import PredictRequest, predict as run_predict
 
     request = PredictRequest(
         inputs=[os.fspath(i) for i in inputs], model=_path(model), batch_size=batch_size, workers=workers,
         runtime=runtime, device=device, threads=threads, top_k=top_k, output_format=output_format, output=_path(output),
-        recursive=recursive, progress=progress,
+        recursive=recursive, progress=progress, engine=engine, address=address, resume=resume,
     )
     return run_predict(request, log=log)
 

@@ -25,7 +25,8 @@ def predict(
                      "(model.int8.onnx beside model.onnx)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
-    workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs.")] = 2,
+    workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs (--engine ray: Ray "
+                                         "actors, each decoding and holding one model session).")] = 2,
     runtime: Annotated[
         Optional[str], typer.Option(help="ort | openvino | reference. Default: the runtime the file was made for "
                                     "(an OpenVINO variant records it), else ort.")
@@ -35,13 +36,22 @@ def predict(
     threads: Annotated[Optional[int], typer.Option(help="The runtime's threads (default: one per core).")] = None,
     top_k: Annotated[int, typer.Option(help="Best labels listed per image.")] = 5,
     output_format: Annotated[
-        str, typer.Option("--format", help="table | json | jsonl | csv (rows are written as each batch ends).")
+        str, typer.Option("--format", help="table | json | jsonl | csv | parquet (rows are written as each batch "
+                          "ends; a Parquet file is renamed into place when complete).")
     ] = "table",
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Write rows to this file instead of stdout.")
     ] = None,
     recursive: Annotated[bool, typer.Option(help="Search folders recursively; lets globs use **.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    engine: Annotated[str, typer.Option(help="local (this process) | ray (Ray Data: local Ray, or --address; "
+                                        "--format parquet or jsonl).")] = "local",
+    address: Annotated[
+        Optional[str], typer.Option(help="--engine ray: an existing Ray cluster (e.g. ray://head:10001 or auto). "
+                                    "Default: start Ray on this machine.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Keep the rows already in --output (jsonl, parquet) and skip their "
+                                         "inputs: rerun an interrupted run.")] = False,
 ) -> None:
     """Classify images with an exported model on ONNX Runtime (no torch needed), OpenVINO or the ONNX reference.
 
@@ -51,6 +61,9 @@ def predict(
     (finished rows are kept).
 
     Example: vitdeploy predict samples/ --model models/digits/best/model.onnx --format csv -o predictions.csv
+
+    On a cluster: vitdeploy predict images/ --engine ray --workers 8 --format parquet -o predictions.parquet
+    (needs pip install "vitdeploy\\[ray]"; docs/scale.md).
     """
     import vitdeploy
     from vitdeploy.errors import EXIT_PARTIAL
@@ -63,7 +76,7 @@ def predict(
         inputs, model=model, batch_size=batch_size, workers=workers, runtime=runtime, device=device, threads=threads,
         top_k=top_k,
         output_format=output_format, output=output, recursive=recursive, progress=output_format != "json",
-        log=print_note,
+        engine=engine, address=address, resume=resume, log=print_note,
     )
     if summary.rows:
         print_prediction_table(summary.rows)
