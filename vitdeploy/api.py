@@ -180,14 +180,18 @@ def predict(
     on Ray Data (a local Ray, or the cluster at `address`); `resume` keeps the rows already in `output` and skips
     their inputs.
     """
-    from vitdeploy.prediction import PredictRequest, predict as run_predict
+    from vitdeploy.prediction import PredictRequest, predict as run_locally
 
     request = PredictRequest(
         inputs=[os.fspath(i) for i in inputs], model=_path(model), batch_size=batch_size, workers=workers,
         runtime=runtime, device=device, threads=threads, top_k=top_k, output_format=output_format, output=_path(output),
         recursive=recursive, progress=progress, engine=engine, address=address, resume=resume,
     )
-    return run_predict(request, log=log)
+    if engine == "ray":
+        from vitdeploy.ray_prediction import predict_on_ray
+
+        return predict_on_ray(request)
+    return run_locally(request, log=log)
 
 
 def bench(

@@ -214,15 +214,14 @@ def plan(request: PredictRequest, elsewhere: bool = False) -> Plan:
 
 def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> PredictSummary:
     """Run the request; rows go to request.output (or stdout) as they are ready, one per input, in input order.
-    Returns the summary. request.engine "ray" runs it on Ray Data (vitdeploy.ray_prediction) instead.
+    Returns the summary. The local engine: vitdeploy.ray_prediction.predict_on_ray runs a request on Ray Data.
 
     Ctrl-C stops after the batch in progress: the summary comes back with interrupted=True and every
     finished row is already written (Parquet: the file is completed with them and renamed into place).
     """
-    if request.engine == "ray":
-        from vitdeploy.ray_prediction import predict_on_ray
-
-        return predict_on_ray(request)
+    if request.engine != "local":
+        raise ConfigError(f"prediction.predict runs --engine local; --engine {request.engine} is "
+                          "vitdeploy.predict(..., engine=...)")
     work = plan(request)
     model = open_model(work.model_path, request.device, request.threads, log, runtime=request.runtime)
     summary = PredictSummary(model=str(work.model_path), provider=model.provider,
