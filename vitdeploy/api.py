@@ -294,10 +294,12 @@ def triton(
     from_bench: PathLike | None = None,
     tensorrt: str | None = None,
     cuda_graphs: bool = False,
+    storage_uri: str | None = None,
 ) -> TritonRepository:
     """Write a Triton Inference Server model repository for an exported .onnx (default: the newest under models/):
     OUT/<name>/config.pbtxt, OUT/<name>/1/model.onnx (the file, byte for byte), OUT/<name>/labels.txt and
-    OUT/README.md. Batch sizes and queue delay come from the arguments, else from a `bench --p99-budget` report
+    OUT/README.md, and KServe's OUT/inferenceservice.yaml (storageUri `storage_uri`, else a placeholder); the
+    written folder is checked against its .onnx. Batch sizes and queue delay come from the arguments, else from a `bench --p99-budget` report
     (`from_bench`), else defaults (32, 2 ms). Core install only: no torch, no onnx, no tritonclient."""
     from vitdeploy.serving.triton import TritonOptions, write_triton_repository
 
@@ -305,6 +307,7 @@ def triton(
         name=name, device=device, instances=instances, max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms, preferred_batch_sizes=tuple(preferred_batch_sizes),
         dynamic_batching=dynamic_batching, from_bench=_path(from_bench), tensorrt=tensorrt, cuda_graphs=cuda_graphs,
+        storage_uri=storage_uri,
     )
     return write_triton_repository(_path(model), Path(out), options)
 
