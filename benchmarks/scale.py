@@ -1,0 +1,147 @@
+"""predict on Ray Data against local predict on this machine, Ray's start-up cost, and per-core ViT-B/16 throughput.
+
+    python benchmarks/scale.py                                   # vit-ti16, 32 and 96 JPEGs (640x480), 2 workers
+    python benchmarks/scale.py --output benchmarks/results/scale-vit-ti16.json
+
+What it measures, each figure with the load average just before it:
+  - Ray start-up: ray.init(num_cpus=cores, include_dashboard=False) wall time, and the resident memory (RSS) of
+    the processes it started (GCS, raylet, idle workers), summed over this process's children, before any actor;
+  - local predict vs --engine ray on the same JPEGs (two sizes, so that the fixed cost -- Ray: actor start-up and
+    model transfer -- and the per-image cost separate: per-image = (t_large - t_small) / (n_large - n_small));
+    both write Parquet; the Ray runs reuse the Ray started above, as a cluster would be already up;
+  - ViT-B/16 (random weights, 224 px) on ONNX Runtime with 1 thread at batch 8: images/s per core and the RSS one
+    session adds, for sizing a cluster on paper (benchmarks/scale.md).
+Weights are random (speed does not depend on them); the images are scikit-learn's two photos, cropped into
+distinct 640x480 JPEGs (benchmarks/predict_throughput.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from predict_throughput import export_random_model, make_jpegs  # noqa: E402
+
+import vitdeploy  # noqa: E402
+
+
+def load() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def children_rss_mb() -> float:
+    import psutil
+
+    total = 0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:  # gone meanwhile
+            continue
+    return total / 2**20
+
+
+def ray_startup(cpus: int) -> dict:
+    import ray
+
+    before = load()
+    began = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    seconds = time.perf_counter() - began
+    time.sleep(2)  # let the idle workers Ray prestarts come up, so their memory counts
+    return {"seconds": round(seconds, 2), "children_rss_mb": round(children_rss_mb(), 1), "load_before": before}
+
+
+def timed_predict(files: list[Path], model: Path, out: Path, **engine) -> dict:
+    before = load()
+    began = time.perf_counter()
+    summary = vitdeploy.predict([str(f) for f in files], model=model, output_format="parquet", output=out, **engine)
+    wall = time.perf_counter() - began
+    assert summary.images_ok == len(files), summary.to_dict()
+    return {"images": len(files), "wall_s": round(wall, 3), "images_per_s": round(len(files) / wall, 2),
+            "load_before": before}
+
+
+def per_image(small: dict, large: dict) -> dict:
+    slope = (large["wall_s"] - small["wall_s"]) / (large["images"] - small["images"])
+    return {"per_image_ms": round(1000 * slope, 2), "fixed_s": round(small["wall_s"] - slope * small["images"], 2)}
+
+
+def vit_b_per_core(folder: Path, batch: int = 8, runs: int = 3) -> dict:
+    import psutil
+
+    from vitdeploy.runtimes import open_runtime
+
+    path = export_random_model("vit-b16", folder / "vit-b16.onnx")
+    rss = psutil.Process().memory_info().rss
+    session = open_runtime("ort", path, device="cpu", threads=1)
+    pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    session.run(pixels)  # warm-up
+    before = load()
+    began = time.perf_counter()
+    for _ in range(runs):
+        session.run(pixels)
+    seconds = time.perf_counter() - began
+    return {"images_per_s_per_core": round(batch * runs / seconds, 2), "batch": batch, "threads": 1,
+            "session_rss_mb": round((psutil.Process().memory_info().rss - rss) / 2**20, 1),
+            "file_mb": round(path.stat().st_size / 2**20, 1), "load_before": before}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="vit-ti16")
+    parser.add_argument("--sizes", type=int, nargs=2, default=(32, 96), help="two image counts")
+    parser.add_argument("--workers", type=int, default=2, help="Ray actors (1 thread each)")
+    parser.add_argument("--skip-vit-b", action="store_true", help="skip the ViT-B/16 per-core measurement")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    import onnxruntime
+    import pyarrow
+    import ray
+
+    cores = os.cpu_count() or 1
+    report: dict = {"cpu": cpu_model(), "cores": cores, "python": platform.python_version(),
+                    "versions": {"ray": ray.__version__, "pyarrow": pyarrow.__version__,
+                                 "onnxruntime": onnxruntime.__version__, "vitdeploy": vitdeploy.__version__},
+                    "preset": args.preset, "workers": args.workers}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = export_random_model(args.preset, folder / f"{args.preset}.onnx")
+        files = make_jpegs(folder, max(args.sizes))
+        small, large = files[: min(args.sizes)], files
+        report["ray_startup"] = ray_startup(cores)
+        runs = {}
+        for name, engine in (("local", {"workers": 2}), ("ray", {"engine": "ray", "workers": args.workers})):
+            runs[name] = [timed_predict(subset, model, folder / f"{name}-{len(subset)}.parquet", **engine)
+                          for subset in (small, large)]
+        report["ray_rss_after_runs_mb"] = round(children_rss_mb(), 1)
+        ray.shutdown()
+        report["runs"] = runs
+        report["per_image"] = {name: per_image(*pair) for name, pair in runs.items()}
+        if not args.skip_vit_b:
+            report["vit_b16"] = vit_b_per_core(folder)
+    report["load_after"] = load()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
