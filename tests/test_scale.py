@@ -186,6 +186,26 @@ def test_ray_resume_appends_jsonl_rows_for_the_files_not_done(tmp_path, images, 
         {k: v for k, v in by_path(local_rows).items() if k not in map(str, first)}
 
 
+@pytest.mark.slow
+def test_a_ray_actor_gives_non_finite_and_unreadable_rows(tmp_path, images, tiny_onnx, local_ray):
+    import numpy as np
+    from onnx import numpy_helper
+
+    from vitdeploy.ray_prediction import ActorSpec, Classifier, model_files
+
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(tiny_onnx)
+    (bias,) = [t for t in proto.graph.initializer if list(t.dims) == [3]]  # the head's bias: one per class
+    bias.CopyFrom(numpy_helper.from_array(np.full(3, np.nan, np.float32), bias.name))
+    onnx.save(proto, tmp_path / "nan.onnx")
+    spec = ActorSpec(local_ray.put(model_files(tmp_path / "nan.onnx")), "nan.onnx", None, "cpu", 1, 5)
+    png = (images / "smooth0.png").read_bytes()
+    batch = {"path": np.array(["a.png", "gone.png"], dtype=object), "bytes": np.array([png, None], dtype=object)}
+    rows = Classifier(spec)(batch).to_pylist()
+    assert [(r["path"], r["ok"], r["error"], r["probability"]) for r in rows] == \
+        [("a.png", False, "non_finite", None), ("gone.png", False, "unreadable", None)]
+
+
 # ---------------------------------------------------------------------------------------------------- KServe
 
 
