@@ -108,6 +108,25 @@ def test_a_failed_parquet_run_leaves_no_file_and_an_existing_one_untouched(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["rows.parquet"]
 
 
+def test_an_interrupted_parquet_run_completes_the_file_with_the_finished_rows(tmp_path, images, tiny_onnx,
+                                                                              monkeypatch, local_rows):
+    pytest.importorskip("pyarrow")
+    real, calls = prediction.classify_batch, []
+
+    def interrupted_on_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prediction, "classify_batch", interrupted_on_third_batch)
+    out = tmp_path / "rows.parquet"
+    summary = vitdeploy.predict([str(images)], model=tiny_onnx, output_format="parquet", output=out, batch_size=2)
+    assert summary.interrupted
+    assert read_parquet(out) == local_rows[:4]  # two whole batches, readable: the footer was written
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.parquet"]
+
+
 @pytest.mark.parametrize("output_format", ["parquet", "jsonl"])
 def test_resume_keeps_the_rows_written_and_skips_their_files(tmp_path, images, tiny_onnx, local_rows, monkeypatch,
                                                              output_format):
