@@ -80,13 +80,13 @@ class Classifier:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         paths = [str(p) for p in batch["path"]]
-        decoded = [decode_one(p, self.model.info.preprocess, data) for p, data in zip(paths, batch["bytes"])
-                   if data is not None]
-        readable = [p for p, data in zip(paths, batch["bytes"]) if data is not None]
-        rows = classify_batch(readable, decoded, self.model, self.top_k)
-        unread = {p: error_row(p, "unreadable", "the file could not be read", self.model.provider,
-                               self.model.runtime) for p, data in zip(paths, batch["bytes"]) if data is None}
-        return rows_to_table([rows.get(p) or unread[p] for p in paths])
+        readable = [(p, data) for p, data in zip(paths, batch["bytes"]) if data is not None]
+        decoded = [decode_one(p, self.model.info.preprocess, data) for p, data in readable]
+        rows = classify_batch([p for p, _ in readable], decoded, self.model, self.top_k)
+        for p in paths:  # read_by_byte_name could not read it
+            rows.setdefault(p, error_row(p, "unreadable", "the file could not be read", self.model.provider,
+                                         self.model.runtime))
+        return rows_to_table([rows[p] for p in paths])
 
 
 def read_by_byte_name(batch: dict[str, np.ndarray]) -> dict[str, list]:
