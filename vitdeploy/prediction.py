@@ -35,8 +35,8 @@ from vitdeploy.images import ImageDecodeError
 from vitdeploy.inputs import NoMatch, ordered_inputs
 from vitdeploy.onnx_file import OnnxModelInfo, resolve_model
 from vitdeploy.prediction_rows import (
-    FORMATS, PreviousRows, RowWriter, ParquetRowWriter, check_writable, display_path, error_row, open_row_writer, output_format_for,
-    read_previous_rows, row_for_logits,
+    ParquetRowWriter, PreviousRows, RowWriter, check_writable, display_path, error_row, open_row_writer,
+    output_format_for, read_previous_rows, row_for_logits,
 )
 from vitdeploy.progress import live_progress, to_stderr
 from vitdeploy.runtimes import Session, open_runtime
