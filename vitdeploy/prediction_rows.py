@@ -175,13 +175,13 @@ class RowWriter:
     """
 
     def __init__(self, stream: IO[bytes] | IO[str], output_format: str, model: str, provider: str,
-                 path: Path | None = None):
+                 path: Path | None = None, written: int = 0):
         self.stream = stream
         self.path = path  # the output file, when rows go to one (else stdout)
         self.format = output_format
         self.count = 0
         self.kept: list[dict] = []
-        self.written = stream.tell() if path is not None else 0  # bytes of complete rows in the file
+        self.written = written  # bytes of complete rows in the file (--resume: those it had)
         if output_format == "csv":
             self._emit(_csv_line(CSV_FIELDS))
         elif output_format == "json":
@@ -292,10 +292,11 @@ def open_row_writer(output_format: str, output: Path | None, model: str, provide
     # Unbuffered: what write() accepted is in the file, so a failed batch can be cut off exactly.
     with reported_as(output):
         stream = open(output, "r+b" if previous is not None else "wb", buffering=0)
-    if previous is not None:
-        stream.truncate(previous.complete_bytes)
-        stream.seek(previous.complete_bytes)
-    return RowWriter(stream, output_format, model, provider, output)
+    if previous is None:
+        return RowWriter(stream, output_format, model, provider, output)
+    stream.truncate(previous.complete_bytes)
+    stream.seek(previous.complete_bytes)
+    return RowWriter(stream, output_format, model, provider, output, previous.complete_bytes)
 
 
 # ----------------------------------------------------------------------------------------------- --resume
