@@ -208,6 +208,7 @@ def stream_rows(request: PredictRequest, spec: ActorSpec, files: list[Path], uri
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # our own progress line; Ray's bars would interleave with it
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines are not ours to show
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": we did that
     spelled = {display_path(os.path.abspath(p)): display_path(p) for p in files}
     seen: set[str] = set()
     began = time.perf_counter()
