@@ -21,12 +21,13 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from predict_throughput import export_random_model, make_jpegs  # noqa: E402
@@ -68,38 +69,100 @@ def ray_startup(cpus: int) -> dict:
     return {"seconds": round(seconds, 2), "children_rss_mb": round(children_rss_mb(), 1), "load_before": before}
 
 
+class CpuMeter:
+    """CPU seconds used by this process and every process below it (Ray's actors included), sampled every 0.2 s
+    so that processes that exit before the end (Ray Data stops its actors) still count. On a shared machine CPU
+    seconds per image are steadier than wall time, which depends on what else runs."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.seen: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _snapshot(self) -> None:
+        import psutil
+
+        for child in self.me.children(recursive=True):
+            try:
+                times = child.cpu_times()
+            except psutil.Error:  # gone meanwhile: its last sample stands
+                continue
+            self.seen[child.pid] = times.user + times.system
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.2):
+            self._snapshot()
+
+    def __enter__(self) -> CpuMeter:
+        self._snapshot()
+        self.base = dict(self.seen)
+        times = self.me.cpu_times()
+        self.own = times.user + times.system
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._snapshot()
+        times = self.me.cpu_times()
+        self.seconds = (times.user + times.system - self.own) + sum(
+            used - self.base.get(pid, 0.0) for pid, used in self.seen.items())
+
+
 def timed_predict(files: list[Path], model: Path, out: Path, **engine) -> dict:
     before = load()
     began = time.perf_counter()
-    summary = vitdeploy.predict([str(f) for f in files], model=model, output_format="parquet", output=out, **engine)
+    with CpuMeter() as cpu:
+        summary = vitdeploy.predict([str(f) for f in files], model=model, output_format="parquet", output=out,
+                                    **engine)
     wall = time.perf_counter() - began
     assert summary.images_ok == len(files), summary.to_dict()
     return {"images": len(files), "wall_s": round(wall, 3), "images_per_s": round(len(files) / wall, 2),
-            "load_before": before}
+            "cpu_s": round(cpu.seconds, 2), "load_before": before}
 
 
 def per_image(small: dict, large: dict) -> dict:
-    slope = (large["wall_s"] - small["wall_s"]) / (large["images"] - small["images"])
-    return {"per_image_ms": round(1000 * slope, 2), "fixed_s": round(small["wall_s"] - slope * small["images"], 2)}
+    """Wall and CPU time per image (the slope between the two sizes) and the fixed cost (the intercept)."""
+    images = large["images"] - small["images"]
+    figures = {}
+    for key in ("wall_s", "cpu_s"):
+        slope = (large[key] - small[key]) / images
+        figures[key.replace("_s", "_per_image_ms")] = round(1000 * slope, 2)
+        figures[key.replace("_s", "_fixed_s")] = round(small[key] - slope * small["images"], 2)
+    return figures
+
+
+VIT_B_PROBE = """
+import json, sys, time, numpy as np, psutil
+from pathlib import Path
+from vitdeploy.runtimes import open_runtime
+path, batch, runs = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+me = psutil.Process()
+rss = me.memory_info().rss
+session = open_runtime("ort", path, device="cpu", threads=1)
+pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+session.run(pixels)  # warm-up
+began, cpu = time.perf_counter(), time.process_time()
+for _ in range(runs):
+    session.run(pixels)
+wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+print(json.dumps({"images_per_s_per_core": round(batch * runs / wall, 2),
+                  "images_per_cpu_s": round(batch * runs / cpu, 2),
+                  "session_rss_mb": round((me.memory_info().rss - rss) / 2**20, 1)}))
+"""
 
 
 def vit_b_per_core(folder: Path, batch: int = 8, runs: int = 3) -> dict:
-    import psutil
-
-    from vitdeploy.runtimes import open_runtime
-
+    """ViT-B/16 on ONNX Runtime with 1 thread, in a fresh process (so its RSS is the session's alone)."""
     path = export_random_model("vit-b16", folder / "vit-b16.onnx")
-    rss = psutil.Process().memory_info().rss
-    session = open_runtime("ort", path, device="cpu", threads=1)
-    pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-    session.run(pixels)  # warm-up
     before = load()
-    began = time.perf_counter()
-    for _ in range(runs):
-        session.run(pixels)
-    seconds = time.perf_counter() - began
-    return {"images_per_s_per_core": round(batch * runs / seconds, 2), "batch": batch, "threads": 1,
-            "session_rss_mb": round((psutil.Process().memory_info().rss - rss) / 2**20, 1),
+    done = subprocess.run([sys.executable, "-c", VIT_B_PROBE, str(path), str(batch), str(runs)],
+                          capture_output=True, text=True, check=True)
+    return {**json.loads(done.stdout.splitlines()[-1]), "batch": batch, "threads": 1,
             "file_mb": round(path.stat().st_size / 2**20, 1), "load_before": before}
 
 
