@@ -29,6 +29,7 @@ import numpy as np
 
 from vitdeploy.errors import ConfigError, DeviceError
 from vitdeploy.extras import require
+from vitdeploy.images import IMAGE_SUFFIXES
 from vitdeploy.inputs import NoMatch
 from vitdeploy.prediction import (
     PROGRESS_COLUMNS, PredictRequest, PredictSummary, classify_batch, decode_one, open_model, plan, write_rows,
@@ -175,9 +176,11 @@ def dataset(files: list[Path], uris: list[str], request: PredictRequest, spec: A
     named = [display_path(os.path.abspath(p)) for p in files if _utf8(p)]
     sources = []
     # Reading is I/O: it asks for no CPU, so the actors may hold every core without starving it.
-    if named or uris:
-        sources.append(ray.data.read_binary_files(named + uris, include_paths=True, num_cpus=0,
-                                                  ignore_missing_paths=True))
+    if named:
+        sources.append(ray.data.read_binary_files(named, include_paths=True, num_cpus=0, ignore_missing_paths=True))
+    if uris:  # folders there contribute their image files, as local folders do
+        suffixes = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
+        sources.append(ray.data.read_binary_files(uris, include_paths=True, num_cpus=0, file_extensions=suffixes))
     odd = [{"path": display_path(os.path.abspath(p)), "name": os.fsencode(os.path.abspath(p))}
            for p in files if not _utf8(p)]
     if odd:
