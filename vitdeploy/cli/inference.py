@@ -33,7 +33,8 @@ def predict(
     ] = None,
     device: Annotated[str, typer.Option(help="auto (ort: CUDA only if a session really gets it; openvino: CPU) | cpu "
                                         "| cuda | tensorrt (ort) | gpu | npu (openvino).")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="The runtime's threads (default: one per core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="The runtime's threads (default: one per core; --engine ray: "
+                                                   "per actor, default 1, and the CPUs each reserves).")] = None,
     top_k: Annotated[int, typer.Option(help="Best labels listed per image.")] = 5,
     output_format: Annotated[
         str, typer.Option("--format", help="table | json | jsonl | csv | parquet (rows are written as each batch "
