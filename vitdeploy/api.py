@@ -117,11 +117,18 @@ def predict(inputs: Sequence[PathLike] | PredictRequest, /, **options: Any) -> P
     "openvino" or "reference" (None: the runtime the file was made for, else ONNX Runtime).
 
     With the default output_format "table" and no `output`, the rows come back in `summary.rows`; otherwise they
-    are written (json, jsonl, csv) to `output` or stdout as each batch ends. `summary.passed`: no input failed.
+    are written (json, jsonl, csv; parquet to a file) to `output` or stdout as each batch ends. engine "ray" runs
+    on Ray Data (a local Ray, or the cluster at `address`); `resume` keeps the rows already in `output` and skips
+    their inputs. `summary.passed`: no input failed.
     """
-    from vitdeploy.prediction import predict as run_predict
+    request = _first(PredictRequest, inputs, "inputs", options)
+    if request.engine == "ray":
+        from vitdeploy.ray_prediction import predict_on_ray  # says how to install Ray when it is missing
 
-    return run_predict(_first(PredictRequest, inputs, "inputs", options))
+        return predict_on_ray(request)
+    from vitdeploy.prediction import predict as run_locally
+
+    return run_locally(request)
 
 
 def bench(model: PathLike | BenchRequest | None = None, /, **options: Any) -> BenchReport:
@@ -168,8 +175,10 @@ def triton(model: PathLike | None = None, /, out: PathLike = DEFAULT_TRITON_DIR,
            options: TritonOptions | None = None, **fields: Any) -> TritonRepository:
     """Write a Triton Inference Server model repository for an exported .onnx (default: the newest under models/):
     OUT/<name>/config.pbtxt, OUT/<name>/1/model.onnx (the file, byte for byte), OUT/<name>/labels.txt and
-    OUT/README.md. Batch sizes and queue delay come from the options, else from a `bench --p99-budget` report
-    (`from_bench`), else defaults (32, 2 ms). Core install only: no torch, no onnx, no tritonclient."""
+    OUT/README.md, and KServe's OUT/inferenceservice.yaml (storageUri `storage_uri`, else a placeholder); the
+    written folder is checked against its .onnx. Batch sizes and queue delay come from the options, else from a
+    `bench --p99-budget` report (`from_bench`), else defaults (32, 2 ms). Core install only: no torch, no onnx,
+    no tritonclient."""
     from vitdeploy.serving.triton import write_triton_repository
 
     return write_triton_repository(Path(model) if model is not None else None, Path(out),

@@ -12,9 +12,6 @@ from contextlib import contextmanager
 from typing import Any
 
 
-def to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()

@@ -55,13 +55,19 @@ def triton(
         bool, typer.Option(help="Replay CUDA graphs (--device gpu). A graph holds one input shape, so this needs "
                            "--no-dynamic-batching and clients that always send the same batch size.")
     ] = TritonOptions.cuda_graphs,
+    storage_uri: Annotated[
+        Optional[str], typer.Option(help="KServe: where OUT will be uploaded (s3://, gs://, pvc://...), written as "
+                                    "the InferenceService's storageUri. Default: a placeholder to replace.")
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Write a Triton Inference Server model repository: OUT/<name>/config.pbtxt, 1/model.onnx, labels.txt, and
-    OUT/README.md with the tritonserver and client commands and the preprocessing clients must apply.
+    """Write a Triton Inference Server model repository: OUT/<name>/config.pbtxt, 1/model.onnx, labels.txt,
+    OUT/inferenceservice.yaml (KServe, Triton runtime, protocol v2), and OUT/README.md with the tritonserver,
+    kubectl and client commands and the preprocessing clients must apply.
 
-    Needs only the core install. Refuses a model whose batch axis is fixed (Triton would refuse it at load) and a
-    name that is not a plain directory name (exit code 2).
+    Needs only the core install. Refuses a model whose batch axis is fixed (Triton would refuse it at load), a
+    name that is not a plain directory name, and a written folder that does not match its .onnx (names, data
+    types, dims, labels) (exit code 2).
 
     Example: vitdeploy triton models/digits/best/model.onnx --out triton --name digits --device gpu --tensorrt fp16
     """
@@ -73,6 +79,7 @@ def triton(
         preferred_batch_sizes=parse_batch_sizes(preferred_batch_sizes, "--preferred-batch-sizes")
         if preferred_batch_sizes else (),
         dynamic_batching=dynamic_batching, from_bench=from_bench, tensorrt=tensorrt, cuda_graphs=cuda_graphs,
+        storage_uri=storage_uri,
     ))
     for note in repo.notes:
         print_note(note)

@@ -5,6 +5,9 @@
     DIR/<name>/1/model.onnx   the exported file, byte for byte (its external .data file beside it, if any)
     DIR/<name>/labels.txt     one label per line, named by the output's label_filename
     DIR/README.md             the tritonserver and client commands, and the preprocessing clients must apply
+    DIR/inferenceservice.yaml KServe's InferenceService for DIR (vitdeploy.serving.kserve)
+
+What was written is then checked against the .onnx it holds (vitdeploy.serving.repository_check).
 
 Core install only: the model is described through ONNX Runtime (no torch, no onnx package) and the file is copied.
 """
@@ -23,7 +26,9 @@ from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
 from vitdeploy.discovery import resolve_model
 from vitdeploy.requests import TritonOptions
+from vitdeploy.serving import kserve
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
+from vitdeploy.serving.repository_check import check_model_folder
 
 DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 TENSORRT_PRECISIONS = ("fp32", "fp16")
@@ -47,10 +52,11 @@ class TritonRepository:
     config_text: str
     config: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    inference_service: dict[str, Any] = field(default_factory=dict)  # KServe's, written to DIR/kserve.FILE_NAME
 
     def to_dict(self) -> dict[str, Any]:
         return {"repository": str(self.root), "model": str(self.model_dir), "name": self.name,
-                "config": self.config, "notes": self.notes}
+                "config": self.config, "notes": self.notes, "inference_service": self.inference_service}
 
 
 # ------------------------------------------------------------------------------------------ the config
@@ -202,6 +208,8 @@ def check_options(options: TritonOptions) -> None:
         raise ConfigError(f"unknown --device {options.device!r}; choose one of: {', '.join(DEVICES)}")
     if options.instances < 1:
         raise ConfigError("--instances must be at least 1")
+    if options.storage_uri is not None:
+        kserve.check_storage_uri(options.storage_uri)
     if options.tensorrt is not None and options.tensorrt not in TENSORRT_PRECISIONS:
         raise ConfigError(f"unknown --tensorrt {options.tensorrt!r}; choose one of: {', '.join(TENSORRT_PRECISIONS)}")
     if options.device == "cpu" and (options.tensorrt or options.cuda_graphs):
@@ -247,6 +255,10 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     batching, notes = batching_policy(options, info)
     config = build_config(name, info, shape, options, batching)
     text = f"# Written by vitdeploy triton from {path.name}\n" + render_pbtxt(config)
+    storage_uri = options.storage_uri or kserve.PLACEHOLDER_URI.format(folder=out.resolve().name)
+    if options.storage_uri is None:
+        notes.append(f"{kserve.FILE_NAME}: storageUri is a placeholder; upload {out} and pass --storage-uri")
+    service = kserve.inference_service(name, storage_uri, options.device)
 
     model_dir = out / name
     if model_dir.exists() and not (model_dir / "config.pbtxt").is_file():
@@ -262,8 +274,12 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
         raise VitDeployError(f"cannot write the Triton repository under {out}: {e}") from None
     (model_dir / LABELS_FILE).write_text("".join(label + "\n" for label in info.labels), encoding="utf-8")
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
-    (out / "README.md").write_text(repository_readme(name, info, config, out), encoding="utf-8")
-    return TritonRepository(out, model_dir, name, text, config, notes)
+    kserve_section = kserve.readme_section(name, service, options.storage_uri is None, OUTPUT_NAME)
+    (out / "README.md").write_text(repository_readme(name, info, config, out) + kserve_section, encoding="utf-8")
+    (out / kserve.FILE_NAME).write_text(f"# Written by vitdeploy triton for {name}\n" + kserve.render_yaml(service),
+                                        encoding="utf-8")
+    check_model_folder(model_dir)  # what Triton will load, against the file it holds
+    return TritonRepository(out, model_dir, name, text, config, notes, service)
 
 
 def preprocessing_steps(spec: PreprocessSpec) -> list[str]:
