@@ -39,3 +39,12 @@ def tiny_bundle(tmp_path_factory) -> Path:
 def tiny_onnx(tmp_path_factory) -> Path:
     """A tiny exported .onnx (labels cat, dog, bird), shared read-only."""
     return export_tiny_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory) -> Path:
+    """A small Hugging Face ViT folder (save_pretrained, labels a, b, c), shared read-only; needs transformers."""
+    pytest.importorskip("transformers")
+    from checkpoints import SMALL, hf_vit, save_hf
+
+    return save_hf(hf_vit(["a", "b", "c"], **SMALL), tmp_path_factory.mktemp("hf") / "vit")

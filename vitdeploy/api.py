@@ -69,19 +69,21 @@ def train(
     stop_after_steps: int | None = None,
     workers: int = 2,
     console: Console | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train a ViT (default: the `digits` preset on the embedded scikit-learn digits, or `data`, an image folder
     with one subfolder per class) and write best/ and last/ bundles into `out` (default models/<name>).
 
     `init`: fine-tune from a bundle's weights (e.g. one made by import_model) with fine-tuning defaults; a new head
-    when the data's classes differ, position embeddings interpolated when `image_size` differs."""
+    when the data's classes differ, position embeddings interpolated when `image_size` differs.
+    `out` must be new, empty or a run folder vitdeploy wrote, unless `force` (outputs.py)."""
     require("train", "vitdeploy.training")
     from vitdeploy.training import TrainRequest, train as run_training
 
     request = TrainRequest(
         preset=preset, data=_path(data), out=_path(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         image_size=image_size, device=device, resume=_path(resume), init=_path(init),
-        stop_after_steps=stop_after_steps, workers=workers,
+        stop_after_steps=stop_after_steps, workers=workers, force=force,
     )
     return run_training(request, console=console)
 
@@ -93,15 +95,17 @@ def import_model(
     timm_model: str | None = None,
     labels: PathLike | None = None,
     notify: Callable[[str], None] = to_stderr,
+    force: bool = False,
 ) -> ImportResult:
     """Import a timm or Hugging Face ViT checkpoint you already have (`vitdeploy import`) as a bundle (default
     models/<its name>): a Hugging Face model folder, or a timm state dict with `timm_model` (its timm name) or timm's
     config.json beside it. Needs neither timm nor transformers. Raises errors.CheckpointError (exit code 2) for what
-    is not a plain ViT or does not fit its config."""
+    is not a plain ViT or does not fit its config; errors.InputError (exit code 2) for an `out` that is not new,
+    empty or a bundle, unless `force`."""
     require("train", "vitdeploy import")
     from vitdeploy.pretrained import import_checkpoint
 
-    return import_checkpoint(source, out, timm_model=timm_model, labels=labels, notify=notify)
+    return import_checkpoint(source, out, timm_model=timm_model, labels=labels, notify=notify, force=force)
 
 
 def export(
@@ -221,7 +225,11 @@ def bench(
 
     from vitdeploy import benchmark
     from vitdeploy.atomic import atomic_write_json
+    from vitdeploy.outputs import check_output_file
 
+    for path, option in ((output, "--output"), (plot, "--plot")):
+        if path:
+            check_output_file(path, option)  # before minutes of measuring
     names = variants.split(",") if isinstance(variants, str) else variants
     settings = benchmark.BenchSettings(
         batch_sizes=tuple(batch_sizes), variants=tuple(n.strip() for n in names if n.strip()) if names else None,
@@ -254,6 +262,7 @@ def explain(
     recursive: bool = False,
     guide: bool = False,
     log: Callable[[str], None] = to_stderr,
+    force: bool = False,
 ) -> ExplainResult | GuideResult:
     """What the model looks at: for each image, one PNG in `out` (default explain/) with the input as the model saw
     it, its top-k labels and an attention map (`method`: rollout, cls, grad-rollout for `class_label`); the
@@ -268,7 +277,7 @@ def explain(
             raise ConfigError("--guide draws from the bundle's held-out images; give no IMAGES with it")
         return draw_guide(_path(bundle), _path(out) or Path("guide.png"))
     return explain_images([os.fspath(i) for i in inputs], _path(bundle), _path(out) or Path("explain"), method,
-                         class_label, top_k, recursive, log=log)
+                         class_label, top_k, recursive, log=log, force=force)
 
 
 def triton(
@@ -285,6 +294,7 @@ def triton(
     from_bench: PathLike | None = None,
     tensorrt: str | None = None,
     cuda_graphs: bool = False,
+    force: bool = False,
 ) -> TritonRepository:
     """Write a Triton Inference Server model repository for an exported .onnx (default: the newest under models/):
     OUT/<name>/config.pbtxt, OUT/<name>/1/model.onnx (the file, byte for byte), OUT/<name>/labels.txt and
@@ -297,7 +307,7 @@ def triton(
         max_queue_delay_ms=max_queue_delay_ms, preferred_batch_sizes=tuple(preferred_batch_sizes),
         dynamic_batching=dynamic_batching, from_bench=_path(from_bench), tensorrt=tensorrt, cuda_graphs=cuda_graphs,
     )
-    return write_triton_repository(_path(model), Path(out), options)
+    return write_triton_repository(_path(model), Path(out), options, force=force)
 
 
 def serve(

@@ -84,6 +84,12 @@ def print_note(line: str) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
 
+# Every command that writes a folder takes it (the rule: vitdeploy/outputs.py).
+Force = Annotated[bool, typer.Option(
+    "--force", help="Write into the output folder even if it holds files vitdeploy did not write (files of the "
+    "same names are replaced).")]
+
+
 # The commands live in one module per stage; importing them registers them on `app` (in this order in --help).
 from vitdeploy.cli import training, onnx, inference, serving  # noqa: E402,F401
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from vitdeploy.cli import app, console, handle_errors, print_json, print_note
+from vitdeploy.cli import Force, app, console, handle_errors, print_json, print_note
 from vitdeploy.config import parse_batch_sizes
 from vitdeploy.errors import EXIT_INTERRUPTED, ConfigError
 
@@ -205,6 +205,7 @@ def explain(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout (each image's patch map as numbers).")
     ] = False,
+    force: Force = False,
 ) -> None:
     """Show what the model looks at: per image, one PNG with the input as the model saw it, the top-k labels and
     an attention heat map over its patches. With --guide, one PNG of the mechanism itself on this model.
@@ -220,6 +221,7 @@ def explain(
     result = vitdeploy.explain(
         inputs or [], bundle=bundle, out=out, method=method, class_label=class_label, top_k=top_k,
         recursive=recursive, guide=guide, log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True),
+        force=force,
     )
     if guide:
         console.print(f"wrote {result.path}: the mechanism on {result.bundle} ({result.seconds:.1f} s)", highlight=False)

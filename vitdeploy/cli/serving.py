@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitdeploy.cli import app, console, handle_errors, print_json, print_note
+from vitdeploy.cli import Force, app, console, handle_errors, print_json, print_note
 from vitdeploy.config import parse_batch_sizes
 
 
@@ -50,6 +50,7 @@ def triton(
                            "--no-dynamic-batching and clients that always send the same batch size.")
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+    force: Force = False,
 ) -> None:
     """Write a Triton Inference Server model repository: OUT/<name>/config.pbtxt, 1/model.onnx, labels.txt, and
     OUT/README.md with the tritonserver and client commands and the preprocessing clients must apply.
@@ -66,7 +67,7 @@ def triton(
         max_queue_delay_ms=max_queue_delay_ms,
         preferred_batch_sizes=parse_batch_sizes(preferred_batch_sizes, "--preferred-batch-sizes")
         if preferred_batch_sizes else (),
-        dynamic_batching=dynamic_batching, from_bench=from_bench, tensorrt=tensorrt, cuda_graphs=cuda_graphs,
+        dynamic_batching=dynamic_batching, from_bench=from_bench, tensorrt=tensorrt, cuda_graphs=cuda_graphs, force=force,
     )
     for note in repo.notes:
         print_note(note)

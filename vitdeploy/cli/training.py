@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitdeploy.cli import app, console, handle_errors, print_json, print_note
+from vitdeploy.cli import Force, app, console, handle_errors, print_json, print_note
 from vitdeploy.errors import EXIT_INTERRUPTED
 from vitdeploy.extras import require
 
@@ -41,6 +41,7 @@ def train(
     ] = None,
     workers: Annotated[int, typer.Option(help="Threads decoding images of a --data folder.")] = 2,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+    force: Force = False,
 ) -> None:
     """Train a ViT and write best/ and last/ model bundles.
 
@@ -52,7 +53,7 @@ def train(
     result = vitdeploy.train(
         preset, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, image_size=image_size,
         device=device, resume=resume, init=init, stop_after_steps=stop_after_steps, workers=workers,
-        console=console,
+        console=console, force=force,
     )
     if json_output and result.main_process:
         print_json(result.to_dict())
@@ -66,6 +67,7 @@ def samples(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the PNG files into.")] = Path("samples"),
     bundle: Annotated[Optional[Path], typer.Option(help="Bundle whose held-out split to use (default: latest).")] = None,
     count: Annotated[int, typer.Option(help="How many held-out images to write.")] = 8,
+    force: Force = False,
 ) -> None:
     """Write held-out images of a bundle's dataset as PNG files, named with their true label.
 
@@ -74,7 +76,9 @@ def samples(
     require("train", "vitdeploy samples")
     from vitdeploy.bundle import find_latest_bundle, read_bundle_info
     from vitdeploy.data import write_heldout_samples
+    from vitdeploy.outputs import SAMPLES, check_output_folder
 
+    check_output_folder(out_dir, SAMPLES, force=force, option="OUT_DIR")
     info = read_bundle_info(bundle or find_latest_bundle())
     written = write_heldout_samples(info.dataset, info.labels, out_dir, count)
     console.print(f"wrote {len(written)} held-out images to {out_dir}/ (never seen in training)")
@@ -98,6 +102,7 @@ def import_(
         Optional[Path], typer.Option(help="Class names, one per line (default: the checkpoint's own, else class_N).")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+    force: Force = False,
 ) -> None:
     """Import a timm or Hugging Face ViT checkpoint you already have as a bundle (no download, no timm or
     transformers needed); export, verify, predict, bench and train --init then work on it.
@@ -110,7 +115,8 @@ def import_(
     """
     import vitdeploy
 
-    result = vitdeploy.import_model(source, out, timm_model=timm_model, labels=labels, notify=print_note)
+    result = vitdeploy.import_model(source, out, timm_model=timm_model, labels=labels, notify=print_note,
+                                    force=force)
     spec = result.preprocess
     console.print(
         f"imported {result.format} {result.architecture}: {result.parameters / 1e6:.1f}M parameters, "

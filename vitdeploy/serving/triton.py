@@ -20,6 +20,7 @@ from typing import Any
 
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, VitDeployError
+from vitdeploy.outputs import TRITON, check_output_folder
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, resolve_model
 from vitdeploy.serving.protocol import PLATFORM
 from vitdeploy.serving.runner import check_dynamic_batch, item_shape
@@ -178,11 +179,13 @@ def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[s
         preferred = tuple(options.preferred_batch_sizes)
     if options.max_queue_delay_ms is not None:
         delay_ms = options.max_queue_delay_ms
-    if max_batch < 1 or delay_ms < 0 or any(b < 1 or b > max_batch for b in preferred):
-        raise ConfigError(
-            f"batch sizes must be at least 1 and preferred ones at most --max-batch-size ({max_batch}), the queue "
-            f"delay not negative; got preferred {list(preferred)}, delay {delay_ms} ms"
-        )
+    if max_batch < 1:  # Triton's 0 means "no batch axis"; a vitdeploy model always has one
+        raise ConfigError(f"--max-batch-size must be at least 1, got {max_batch}")
+    if delay_ms < 0:
+        raise ConfigError(f"--max-queue-delay-ms must not be negative, got {delay_ms}")
+    if any(b < 1 or b > max_batch for b in preferred):
+        raise ConfigError(f"--preferred-batch-sizes must lie between 1 and --max-batch-size ({max_batch}); got "
+                          f"{', '.join(map(str, preferred))}")
     return {"max_batch_size": max_batch, "preferred_batch_sizes": preferred,
             "max_queue_delay_us": round(delay_ms * 1000)}, notes
 
@@ -252,10 +255,13 @@ def describe_model(path: Path) -> tuple[OnnxModelInfo, tuple]:
 # ------------------------------------------------------------------------------------------- writing
 
 
-def write_triton_repository(model: Path | None, out: Path, options: TritonOptions) -> TritonRepository:
+def write_triton_repository(model: Path | None, out: Path, options: TritonOptions,
+                            force: bool = False) -> TritonRepository:
     """Write (or replace) DIR/<name>/ for `model` and DIR/README.md. Refuses, before writing anything, a model
-    whose batch axis is fixed, a bad name, a model folder already there that is not a Triton model folder."""
+    whose batch axis is fixed, a bad name, a model folder already there that is not a Triton model folder, and an
+    `out` that is not a new or empty folder or a repository vitdeploy wrote (unless `force`; outputs.py)."""
     check_options(options)
+    check_output_folder(out, TRITON, force=force, option="--out")
     path = resolve_model(model)
     name = check_name(options.name or default_name(path))
     info, shape = describe_model(path)
