@@ -184,8 +184,8 @@ def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[s
     if delay_ms < 0:
         raise ConfigError(f"--max-queue-delay-ms must not be negative, got {delay_ms}")
     if any(b < 1 or b > max_batch for b in preferred):
-        raise ConfigError(f"--preferred-batch-sizes must lie between 1 and --max-batch-size ({max_batch}); got "
-                          f"{', '.join(map(str, preferred))}")
+        raise ConfigError(f"--preferred-batch-sizes must be at least 1 and at most --max-batch-size ({max_batch}); "
+                          f"got {', '.join(map(str, preferred))}")
     return {"max_batch_size": max_batch, "preferred_batch_sizes": preferred,
             "max_queue_delay_us": round(delay_ms * 1000)}, notes
 
