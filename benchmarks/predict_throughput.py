@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vitdeploy import images
+from vitdeploy.runtimes import Session, open_runtime
 from vitdeploy.runtimes import ort as runtime
 from vitdeploy import prediction as predict
 from vitdeploy.config import get_preset
@@ -70,15 +71,15 @@ def export_random_model(preset: str, out: Path) -> Path:
     return out
 
 
-def time_model_only(model: predict.LoadedModel, batches: list[np.ndarray]) -> tuple[float, float]:
+def time_model_only(model: Session, batches: list[np.ndarray]) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) to run every batch."""
     wall, cpu = time.perf_counter(), time.process_time()
     for batch in batches:
-        runtime.run_batch(model.session, batch)
+        runtime.run_batch(model.session, batch)  # the InferenceSession itself, as predict's OrtSession runs it
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def time_end_to_end(model: predict.LoadedModel, paths: list[Path], batch_size: int, workers: int) -> tuple[float, float]:
+def time_end_to_end(model: Session, paths: list[Path], batch_size: int, workers: int) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) for predict's pipeline on the files."""
     request = predict.PredictRequest(inputs=[], batch_size=batch_size, workers=workers, output_format="jsonl")
     summary = predict.PredictSummary(model=str(model.info.path), provider=model.provider)
@@ -111,9 +112,9 @@ def main() -> None:
         folder = Path(tmp)
         model_path = args.model or export_random_model(args.preset, folder / f"{args.preset}.onnx")
         paths = make_jpegs(folder, args.images)
-        model = predict.open_model(model_path, device=args.device, threads=args.threads)
-        spinning = predict.open_model(model_path, device=args.device, threads=args.threads, spin=True)
-        spec = model.info.preprocess
+        model = open_runtime("ort", model_path, args.device, threads=args.threads, spin=False)  # as predict opens it
+        spinning = open_runtime("ort", model_path, args.device, threads=args.threads, spin=True)
+        spec = model.preprocess
         inputs = np.stack([predict.load_model_input(p, spec) for p in paths])
         batches = [inputs[i : i + args.batch_size] for i in range(0, len(inputs), args.batch_size)]
         for warm in (model, spinning):  # warm-up: first-run allocations and kernel selection

@@ -70,10 +70,9 @@ def deploy(arch: str, formats: list[str], work: Path) -> dict[str, Any]:
             source = save_timm(timm_state_dict(source), work / f"{fmt}-timm" / "model.safetensors")
         started = time.perf_counter()
         name = {"vit-ti16": "vit_tiny_patch16_224", "vit-b16": "vit_base_patch16_224"}[arch]
-        imported = vitdeploy.import_model(source, work / f"{fmt}-bundle", timm_model=name if fmt == "timm" else None,
-                                          notify=quiet)
+        imported = vitdeploy.import_model(source, work / f"{fmt}-bundle", timm_model=name if fmt == "timm" else None)
         import_seconds = time.perf_counter() - started
-        exported = vitdeploy.export(imported.bundle, opset=17, notify=quiet)
+        exported = vitdeploy.export(imported.bundle, opset=17)
         report = vitdeploy.verify(exported.path, images=work / "photos", batch_sizes=(1, 7))
         if fmt == "timm":
             spec = imported.preprocess
@@ -112,7 +111,7 @@ def finetune(per_class: int, epochs: int, work: Path) -> dict[str, Any]:
     write_folder(work / "regions", per_class)
     model = hf_vit([f"imagenet_{i}" for i in range(1000)], **VIT_TI16, **TIMM_SETTINGS)
     source = save_timm(timm_state_dict(save_hf(model, work / "hf")), work / "timm" / "vit_tiny.safetensors")
-    bundle = vitdeploy.import_model(source, work / "imported", timm_model="vit_tiny_patch16_224", notify=quiet).bundle
+    bundle = vitdeploy.import_model(source, work / "imported", timm_model="vit_tiny_patch16_224").bundle
     request = TrainRequest(init=bundle, data=work / "regions", epochs=epochs, out=work / "run", device="cpu")
     plan = plan_run(request)
     data = load_training_data(plan.data, plan.spec, plan.train.val_fraction)

@@ -47,7 +47,7 @@ before = peak_mb()
 def attempt():
     started = time.perf_counter()
     try:
-        vitdeploy.import_model(sys.argv[1], sys.argv[2], notify=lambda line: None)
+        vitdeploy.import_model(sys.argv[1], sys.argv[2])
         outcome = "imported"
     except VitDeployError as e:
         outcome = "refused: " + str(e)

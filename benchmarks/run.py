@@ -46,7 +46,7 @@ def main() -> int:
             min_seconds=args.min_seconds, min_iters=args.min_iters, warmup_seconds=2.0, threads=args.threads,
         )
         for preset in bench.parse_variants(args.presets) or presets:
-            report = bench.run_bench(None, None, preset, settings, log=lambda line: print(line, file=sys.stderr))
+            report = bench.run_bench(None, None, preset, settings)
             suffix = f"-t{args.threads}" if args.threads else ""
             atomic_write_json(RESULTS / f"{args.suite}-{preset}{suffix}.json", report.to_dict())
             bench.plot_report(report, RESULTS / f"{args.suite}-{preset}{suffix}.png")

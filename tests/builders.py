@@ -4,6 +4,7 @@ deliberately corrupted copies. Plain functions; the shared, session-scoped insta
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import struct
 import zlib
@@ -144,7 +145,7 @@ def running_server(model: Path, deadline_s: float = 60, **settings: Any) -> Iter
 
     from vitdeploy.serving.server import ServeSettings, prepare
 
-    prepared = prepare(model, ServeSettings(port=0, device="cpu", threads=1, **settings), log=lambda line: None)
+    prepared = prepare(model, ServeSettings(port=0, device="cpu", threads=1, **settings))
     thread = threading.Thread(target=prepared.server.run, kwargs={"sockets": [prepared.sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + deadline_s
@@ -157,3 +158,23 @@ def running_server(model: Path, deadline_s: float = 60, **settings: Any) -> Iter
         prepared.server.should_exit = True
         thread.join(deadline_s)
         assert not thread.is_alive()
+
+
+@contextlib.contextmanager
+def captured_notes(name: str = "vitdeploy") -> Iterator[list[str]]:
+    """The messages vitdeploy logs (at INFO and above) while the block runs, as a list of strings."""
+    notes: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            notes.append(record.getMessage())
+
+    logger, handler = logging.getLogger(name), Collect(logging.INFO)
+    before = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield notes
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)

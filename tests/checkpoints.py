@@ -139,17 +139,15 @@ def predict_against_reference(onnx_path: Path, photos: list[Path], reference: np
     top-1 agreement from predict's rows, and the largest |logit difference| of predict's own pipeline (its
     decoding, preprocessing and session), overall and per file format."""
     import vitdeploy
-    from vitdeploy.prediction import load_model_input, open_model
+    from vitdeploy.prediction import load_model_input
+    from vitdeploy.runtimes import open_runtime
 
-    def quiet(_: str) -> None:
-        pass
-
-    summary = vitdeploy.predict([str(p) for p in photos], model=onnx_path, log=quiet)
+    summary = vitdeploy.predict([str(p) for p in photos], model=onnx_path)
     predicted = {row["path"]: row["label"] for row in summary.rows}
-    loaded = open_model(onnx_path, device="cpu", log=quiet)
-    batch = np.stack([load_model_input(p, loaded.info.preprocess) for p in photos])
-    diffs = np.abs(loaded.session.run(batch) - reference).max(1)
-    agree = [predicted[str(p)] == loaded.info.labels[int(i)] for p, i in zip(photos, reference.argmax(1))]
+    session = open_runtime(None, onnx_path, device="cpu")
+    batch = np.stack([load_model_input(p, session.preprocess) for p in photos])
+    diffs = np.abs(session.run(batch) - reference).max(1)
+    agree = [predicted[str(p)] == session.labels[int(i)] for p, i in zip(photos, reference.argmax(1))]
     return {
         "images": len(photos), "top1_agreement": sum(agree) / len(agree), "max_abs_logit_diff": float(diffs.max()),
         "max_abs_logit_diff_by_format": {s: float(max(d for p, d in zip(photos, diffs) if p.suffix == s))

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).parent))  # tests import builders.py
+from builders import export_tiny_onnx, make_bundle  # tests/ is on pytest's pythonpath (pyproject.toml)
 
-from builders import export_tiny_onnx, make_bundle  # noqa: E402
+# 8 epochs of the digits preset: about 5 s on 2 idle cores, ~65% held-out accuracy; enough for attention that
+# follows the strokes (the default 60 epochs reach ~99%) and for gates judged on the 359 held-out digits.
+QUICK_EPOCHS = 8
 
 
 def pytest_configure() -> None:
@@ -39,6 +41,15 @@ def tiny_bundle(tmp_path_factory) -> Path:
 def tiny_onnx(tmp_path_factory) -> Path:
     """A tiny exported .onnx (labels cat, dog, bird), shared read-only."""
     return export_tiny_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory) -> Path:
+    """The default model (the digits preset on the embedded digits) trained briefly: the default's architecture,
+    data, preprocessing and recorded held-out split. Shared read-only."""
+    from vitdeploy.training import TrainRequest, train
+
+    return train(TrainRequest(preset="digits", epochs=QUICK_EPOCHS, out=tmp_path_factory.mktemp("digits"))).best
 
 
 @pytest.fixture(scope="session")

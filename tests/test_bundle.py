@@ -11,15 +11,8 @@ import pytest
 import torch
 
 from vitdeploy.atomic import atomic_write, atomic_write_many
-from vitdeploy.bundle import (
-    CONFIG_FILE,
-    BundleInfo,
-    bundle_file,
-    find_latest_bundle,
-    load_bundle,
-    load_train_state,
-    save_bundle,
-)
+from vitdeploy.bundle import CONFIG_FILE, BundleInfo, bundle_file, load_bundle, load_train_state, save_bundle
+from vitdeploy.discovery import find_latest_bundle
 from vitdeploy.config import ModelConfig, get_preset
 from vitdeploy.errors import BundleError
 from vitdeploy.model import build_model

@@ -11,6 +11,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from vitdeploy import requests
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT
 from vitdeploy.training import TrainRequest, train
@@ -45,6 +46,7 @@ def test_help_does_not_import_torch() -> None:
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "export", "verify", "samples", "import x"])
 def test_training_commands_without_the_training_extra_say_how_to_install_it(tmp_path: Path, command: str) -> None:
     from builders import WITHOUT_TRAINING_EXTRA
@@ -56,6 +58,7 @@ def test_training_commands_without_the_training_extra_say_how_to_install_it(tmp_
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_help_and_version_work_without_the_training_extra(tmp_path: Path) -> None:
     from builders import WITHOUT_TRAINING_EXTRA
 
@@ -65,6 +68,7 @@ def test_help_and_version_work_without_the_training_extra(tmp_path: Path) -> Non
         assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_samples_writes_heldout_digits_named_by_label(tmp_path: Path) -> None:
     result = train(TrainRequest(preset="tiny", out=tmp_path / "run", epochs=1, stop_after_steps=1))
     out = runner.invoke(app, ["samples", str(tmp_path / "s"), "--bundle", str(result.last), "--count", "5"])
@@ -98,34 +102,70 @@ def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Pa
 # `import` is a Python keyword: its function is import_model.
 PACKAGE_FUNCTIONS = {"train": "train", "import": "import_model", "export": "export", "verify": "verify",
                      "predict": "predict", "bench": "bench", "explain": "explain", "triton": "triton", "serve": "serve"}
+# Each command's options, one request class; triton and serve take the model (and triton the folder) beside it.
+REQUESTS = {"train": requests.TrainRequest, "import": requests.ImportRequest, "export": requests.ExportRequest,
+            "verify": requests.VerifyRequest, "predict": requests.PredictRequest, "bench": requests.BenchRequest,
+            "explain": requests.ExplainRequest, "triton": requests.TritonOptions, "serve": requests.ServeSettings}
+BESIDE_THE_REQUEST = {"triton": {"model", "out"}, "serve": {"model"}}
 
 
 @pytest.mark.parametrize("command", PACKAGE_FUNCTIONS)
-def test_the_package_top_mirrors_each_command(command: str) -> None:
-    """`from vitdeploy import train, import_model, export, ...`: every CLI option is a keyword of the package-level
-    function."""
-    import inspect
+def test_every_option_of_a_command_is_a_field_of_its_request(command: str) -> None:
+    """One source per option: `from vitdeploy import train, import_model, export, ...` take the request class's
+    fields as keywords, and every CLI option (but --json) is one of them."""
+    import dataclasses
 
     import vitdeploy
 
-    function = getattr(vitdeploy, PACKAGE_FUNCTIONS[command])
+    fields = {f.name for f in dataclasses.fields(REQUESTS[command])} | BESIDE_THE_REQUEST.get(command, set())
     options = {p.name for p in get_command(app).commands[command].params} - {"json_output"}
-    assert options <= set(inspect.signature(function).parameters)
-    assert function.__doc__
+    assert options <= fields, options - fields
+    assert getattr(vitdeploy, PACKAGE_FUNCTIONS[command]).__doc__
 
 
-def test_the_cli_passes_its_options_to_the_package_function(monkeypatch) -> None:
+def test_cli_defaults_are_the_request_defaults() -> None:
+    """The defaults a person sees in --help are the ones the Python API uses: both read the request classes."""
+    import dataclasses
+
+    for command, kind in REQUESTS.items():
+        params = {p.name: p for p in get_command(app).commands[command].params}
+        for f in dataclasses.fields(kind):
+            if f.name in params and f.default is not dataclasses.MISSING and f.default is not None:
+                default = params[f.name].default
+                if default is None:  # the option left out: the request's own default applies
+                    continue
+                if isinstance(f.default, tuple) and isinstance(default, str):  # "1,8,32" -> (1, 8, 32)
+                    default = tuple(int(v) for v in default.split(","))
+                assert default == f.default, (command, f.name, default, f.default)
+
+
+def test_the_cli_passes_one_request_to_the_package_function(monkeypatch) -> None:
     import vitdeploy
     from vitdeploy.errors import ConfigError
 
-    received = {}
+    received = []
 
-    def fake_export(bundle=None, out=None, **options):
-        received.update(bundle=bundle, out=out, **options)
+    def fake_export(request):
+        received.append(request)
         raise ConfigError("stop here")
 
     monkeypatch.setattr(vitdeploy, "export", fake_export)
     result = runner.invoke(app, ["export", "b", "--opset", "18", "--exporter", "dynamo", "--precision", "int8"])
     assert result.exit_code == EXIT_BAD_INPUT and "stop here" in result.output
-    assert received["bundle"] == Path("b") and received["opset"] == 18 and received["exporter"] == "dynamo"
-    assert received["precision"] == ["int8"] and received["verify"] is True
+    request = received[0]
+    assert isinstance(request, requests.ExportRequest)
+    assert request.bundle == Path("b") and request.opset == 18 and request.exporter == "dynamo"
+    assert request.precision == ("int8",) and request.verify is True
+
+
+def test_the_api_takes_a_request_or_its_fields(tmp_path: Path, monkeypatch) -> None:
+    import vitdeploy
+    from vitdeploy import prediction
+
+    seen = []
+    monkeypatch.setattr(prediction, "predict", seen.append)
+    vitdeploy.predict([tmp_path], model=str(tmp_path / "m.onnx"), batch_size=4)
+    vitdeploy.predict(requests.PredictRequest([str(tmp_path)], batch_size=4, model=tmp_path / "m.onnx"))
+    assert seen[0] == seen[1] and seen[0].model == tmp_path / "m.onnx" and seen[0].inputs == [str(tmp_path)]
+    with pytest.raises(TypeError):
+        vitdeploy.predict([tmp_path], batch_sise=4)  # a misspelt option is an error, never ignored

@@ -14,7 +14,6 @@ import pytest
 import torch
 from builders import TINY
 from PIL import Image
-from rich.console import Console
 from typer.testing import CliRunner
 
 from vitdeploy import images
@@ -24,23 +23,13 @@ from vitdeploy.data import heldout_images
 from vitdeploy.explanation import maps
 from vitdeploy.onnx_export import export_model
 from vitdeploy.model import build_model
-from vitdeploy.training import TrainRequest, train
+
+pytestmark = pytest.mark.slow  # trains the digits model and draws figures
 
 pytest.importorskip("matplotlib")
 runner = CliRunner()
-# 8 epochs of the digits preset: about 5 s on 2 idle cores, ~65% held-out accuracy; enough for attention that
-# follows the strokes (the default 60 epochs reach ~99%).
-QUICK_EPOCHS = 8
 # A pixel is ink when the model's input, un-normalised, is at least half as bright as full ink.
 INK_LEVEL = 0.5
-
-
-@pytest.fixture(scope="module")
-def digits_bundle(tmp_path_factory) -> Path:
-    """A digits model trained briefly, with its recorded held-out split."""
-    result = train(TrainRequest(preset="digits", epochs=QUICK_EPOCHS, out=tmp_path_factory.mktemp("digits")),
-                   console=Console(quiet=True))
-    return result.best
 
 
 @pytest.fixture(scope="module")

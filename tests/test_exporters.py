@@ -8,13 +8,15 @@ from pathlib import Path
 
 import onnx
 import pytest
-from builders import corrupt_block_weight, make_bundle
+from builders import captured_notes, corrupt_block_weight, make_bundle
 from typer.testing import CliRunner
 
 from vitdeploy import onnx_export as export, onnx_file
 from vitdeploy.runtimes import ort as runtime
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError
+
+pytestmark = pytest.mark.slow  # both exporters, dynamo's takes seconds per export
 
 runner = CliRunner()
 
@@ -26,11 +28,10 @@ def exports(tmp_path_factory) -> dict[str, tuple[Path, Path, list[str]]]:
     made = {}
     for exporter in export.EXPORTERS:
         bundle = make_bundle(tmp_path_factory.mktemp(exporter) / "bundle")
-        said: list[str] = []
-        with pytest.MonkeyPatch.context() as mp:
+        with pytest.MonkeyPatch.context() as mp, captured_notes() as said:
             if exporter == "dynamo":
                 mp.setattr(export, "torchscript_exporter_available", lambda: False)
-            result = export.export_onnx(bundle, notify=said.append)
+            result = export.export_onnx(bundle)
         assert result.exporter == exporter and result.parity.passed
         made[exporter] = (bundle, result.path, said)
     return made

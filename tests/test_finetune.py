@@ -4,19 +4,19 @@ interpolated for another image size, fine-tuning defaults)."""
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rich.console import Console
 from typer.testing import CliRunner
+
+pytestmark = pytest.mark.slow  # imports and fine-tunes
 
 pytest.importorskip("transformers")
 
-from builders import smooth_rgb  # noqa: E402
+from builders import captured_notes, smooth_rgb  # noqa: E402
 from checkpoints import SMALL, hf_vit, save_hf  # noqa: E402
 from vitdeploy import import_model  # noqa: E402
 from vitdeploy.bundle import load_bundle, read_bundle_info  # noqa: E402
@@ -34,7 +34,7 @@ def imported(tmp_path_factory) -> Path:
     """A Hugging Face ViT (32 px, patch 8) imported as a bundle."""
     root = tmp_path_factory.mktemp("pretrained")
     folder = save_hf(hf_vit(SOURCE_LABELS, **SMALL), root / "hf")
-    return import_model(folder, root / "bundle", notify=lambda _: None).bundle
+    return import_model(folder, root / "bundle").bundle
 
 
 def image_folder(root: Path, classes: list[str], per_class: int = 10) -> Path:
@@ -70,9 +70,9 @@ def test_fine_tuning_from_an_imported_bundle(imported: Path, tmp_path: Path) -> 
 
 def test_the_initial_model_holds_the_bundle_weights_and_a_new_head(imported: Path) -> None:
     source, info = load_bundle(imported)
-    lines: list[str] = []
     torch.manual_seed(0)
-    model = initial_model(imported, dataclasses.replace(info.model, num_classes=3), ["a", "b", "c"], lines.append)
+    with captured_notes() as lines:
+        model = initial_model(imported, dataclasses.replace(info.model, num_classes=3), ["a", "b", "c"])
     got, want = model.state_dict(), source.state_dict()
     assert all(torch.equal(got[k], v) for k, v in non_head(want).items())
     assert torch.equal(got["pos_embed"], want["pos_embed"])
@@ -82,8 +82,8 @@ def test_the_initial_model_holds_the_bundle_weights_and_a_new_head(imported: Pat
 
 def test_the_same_classes_keep_the_head(imported: Path) -> None:
     source, info = load_bundle(imported)
-    lines: list[str] = []
-    model = initial_model(imported, info.model, SOURCE_LABELS, lines.append)
+    with captured_notes() as lines:
+        model = initial_model(imported, info.model, SOURCE_LABELS)
     assert torch.equal(model.state_dict()["head.weight"], source.state_dict()["head.weight"]) and not lines
 
 
@@ -92,8 +92,8 @@ def test_another_image_size_interpolates_the_position_embeddings(imported: Path)
     plan = plan_run(TrainRequest(init=imported, image_size=48))
     assert plan.model.image_size == 48 and plan.spec.image_size == 48
     assert (plan.spec.resize_mode, plan.spec.interpolation, plan.spec.mean) == ("stretch", "bilinear", (0.5,) * 3)
-    lines: list[str] = []
-    model = initial_model(imported, plan.model, SOURCE_LABELS, lines.append)
+    with captured_notes() as lines:
+        model = initial_model(imported, plan.model, SOURCE_LABELS)
     pos = model.state_dict()["pos_embed"]
     assert pos.shape == (1, 1 + 6 * 6, info.model.dim)
     assert torch.equal(pos[:, 0], source.pos_embed[:, 0])  # the class token's embedding is kept
@@ -130,8 +130,8 @@ def test_fine_tuning_defaults_are_overridable_and_conflicts_are_refused(imported
 
 def test_fine_tuning_at_another_size_runs(imported: Path, tmp_path: Path) -> None:
     data = image_folder(tmp_path / "photos", ["a", "b"], per_class=6)
-    out = io.StringIO()
-    result = train(TrainRequest(init=imported, data=data, image_size=48, epochs=1, batch_size=4,
-                                out=tmp_path / "run"), console=Console(file=out, width=200))
-    assert "interpolated from 4x4 to 6x6" in out.getvalue() and result.epochs == 1
+    with captured_notes() as notes:
+        result = train(TrainRequest(init=imported, data=data, image_size=48, epochs=1, batch_size=4,
+                                    out=tmp_path / "run"))
+    assert any("interpolated from 4x4 to 6x6" in note for note in notes) and result.epochs == 1
     assert read_bundle_info(result.last).model.image_size == 48

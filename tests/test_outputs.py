@@ -5,8 +5,6 @@ nothing. Each test failed at c9361bf."""
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 from pathlib import Path
 
 import pytest

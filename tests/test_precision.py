@@ -10,8 +10,10 @@ from typer.testing import CliRunner
 
 from builders import make_bundle  # noqa: E402
 
+from vitdeploy.requests import VerifyRequest
 from vitdeploy import accuracy_gate, graph_variants, parity, precision
 from vitdeploy.runtimes import ort as runtime  # noqa: E402
+from vitdeploy.variants import EXPORT
 from vitdeploy import onnx_export as export  # noqa: E402
 from vitdeploy.cli import app  # noqa: E402
 from vitdeploy.config import ModelConfig  # noqa: E402
@@ -90,10 +92,10 @@ def test_variant_files_describe_themselves(ladder, variant, precision):
 def test_verify_knows_each_precision(ladder, variant):
     from vitdeploy import verification as verify
 
-    report = verify.verify(ladder[2][variant].path, batch_sizes=(1, 7), num_real=16, num_random=8)
+    report = verify.verify(VerifyRequest(ladder[2][variant].path, batch_sizes=(1, 7)), num_real=16, num_random=8)
     assert report.passed, report.failures()
-    expected = precision.VARIANT_PRECISION[variant]
-    assert report.precision == expected and report.tolerance == parity.TOLERANCES[expected]
+    expected = EXPORT[variant].precision
+    assert report.precision == expected and report.tolerance == EXPORT[variant].tolerance
     judged = 16 if variant == "int8" else 24  # int8 is calibrated for real images: noise is not judged
     assert {c.samples for c in report.cases} == {judged}
 
@@ -144,7 +146,7 @@ def _sabotaged_int8(model_path, calibration, workdir):
 
 def test_the_gate_rejects_a_bad_variant_and_writes_nothing(tmp_path, monkeypatch):
     bundle = make_bundle(tmp_path / "b", CFG, dataset=DIGITS)
-    monkeypatch.setattr(precision, "to_int8_static", _sabotaged_int8)
+    monkeypatch.setattr(graph_variants, "to_int8_static", _sabotaged_int8)  # what the int8 row's builder calls
     result = runner.invoke(app, ["export", str(bundle), "--optimize", "--precision", "int8", "--json"])
     assert result.exit_code == EXIT_CHECK_FAILED, result.output
     report = json.loads(result.stdout)
@@ -176,7 +178,7 @@ def test_gate_arithmetic():
 
 def test_fused_fp32_is_also_held_to_logit_parity():
     result = accuracy_gate.GateResult("fp32-opt", "fp32", runtime.CPU, 10, "x", 32, 0.9, 0.9, 1.0, max_abs=1e-3,
-                                 gate=accuracy_gate.AccuracyGate(), max_abs_allowed=precision.FUSED_FP32_ATOL)
+                                 gate=accuracy_gate.AccuracyGate(), max_abs_allowed=EXPORT["fp32-opt"].gate_max_abs)
     assert not result.passed and "max |diff|" in result.failures()[0]
 
 
@@ -195,3 +197,41 @@ def test_unknown_precision_and_missing_held_out_images_are_bad_input(tmp_path):
     no_data = runner.invoke(app, ["export", str(bundle), "--precision", "int8"])
     assert no_data.exit_code == EXIT_BAD_INPUT and "held-out" in no_data.stderr
     assert not (bundle / "model.onnx").exists()  # refused before anything was written
+
+
+def test_one_table_holds_every_fact_about_a_variant():
+    from pathlib import Path
+
+    from vitdeploy import variants
+
+    assert precision.PRECISIONS == ("fp32", "fp16", "int8", "ov-bf16", "ov-int8")
+    assert variants.EXPORT["int8"].path(Path("m/model.onnx")) == Path("m/model.int8.onnx")
+    assert variants.PLAIN.path(Path("m/model.onnx")) == Path("m/model.onnx")
+    for row in variants.EXPORT_VARIANTS:
+        assert row.builder is None or callable(getattr(graph_variants, row.builder))
+        assert variants.tolerance_for(row.precision) == row.tolerance  # rows of one precision share verify's check
+        assert row.option == "optimize" or row.name in variants.precision_help()
+    for spec in variants.BENCH_VARIANTS:  # a bench variant's precision and file are its export variant's
+        assert spec.export is None or (spec.precision == spec.export.precision
+                                       and f"model.{spec.export.name}.onnx" in spec.description)
+    with pytest.raises(ValueError):
+        variants.VariantSpec("x", "ort", "cpu", "fp32", "", export=variants.EXPORT["int8"])
+
+
+def test_a_variant_added_by_one_row_is_requested_built_described_and_checked(tiny_onnx, tmp_path, monkeypatch):
+    import shutil
+
+    from vitdeploy import variants
+    from vitdeploy.benchmark.artifacts import build_variant_files
+    from vitdeploy.runtimes import open_runtime
+
+    row = variants.ExportVariant("fp32-copy", "fp32", "ort", "the same graph again", variants.FP32, "build_same_graph")
+    monkeypatch.setitem(variants.EXPORT, row.name, row)
+    assert precision.requested_variants(("fp32", "fp32-copy"), optimize=False) == ["fp32-copy"]
+    precision.check_request(["fp32-copy"], "static")  # known: no ConfigError
+    base = tmp_path / "model.onnx"
+    shutil.copy(tiny_onnx, base)
+    build_variant_files(base, runtime.load_model_info(base).model_config, ["fp32-copy"])  # export's builders
+    session = open_runtime(None, tmp_path / "model.fp32-copy.onnx", device="cpu")
+    assert session.info.export["variant"] == "fp32-copy" and session.info.export["runtime"] == "ort"
+    assert parity.resolve_tolerance(session.info.precision, None, None) == row.tolerance

@@ -14,8 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.slow  # builds Hugging Face reference models
+
 pytest.importorskip("transformers")
 
+from builders import captured_notes  # noqa: E402
 from checkpoints import (  # noqa: E402
     SMALL,
     TIMM_SETTINGS,
@@ -40,9 +43,6 @@ runner = CliRunner()
 LABELS = ["tabby", "collie", "heron", "tulip"]
 LOGIT_ATOL = 1e-5
 
-
-def quiet(_: str) -> None:
-    pass
 
 
 def vitdeploy_logits(bundle: Path, x: np.ndarray) -> np.ndarray:
@@ -96,7 +96,7 @@ def ti16(tmp_path_factory) -> tuple[object, Path, Path]:
 
 def test_hugging_face_folder_gives_the_reference_logits(small_hf, tmp_path: Path) -> None:
     model, folder = small_hf
-    result = import_model(folder, tmp_path / "b", notify=quiet)
+    result = import_model(folder, tmp_path / "b")
     assert logit_diff(result.bundle, model, seed=0) < LOGIT_ATOL
     info = read_bundle_info(result.bundle)
     assert info.labels == LABELS
@@ -112,7 +112,7 @@ def test_tanh_gelu_and_qkv_without_bias_give_the_reference_logits_and_export(tmp
     from vitdeploy.onnx_export import export_onnx
 
     model = hf_vit(LABELS, seed=3, **SMALL, hidden_act="gelu_pytorch_tanh", qkv_bias=False)
-    result = import_model(save_hf(model, tmp_path / "hf"), tmp_path / "b", notify=quiet)
+    result = import_model(save_hf(model, tmp_path / "hf"), tmp_path / "b")
     assert (result.model.gelu, result.model.qkv_bias) == ("tanh", False)
     assert logit_diff(result.bundle, model, seed=4) < LOGIT_ATOL
     assert export_onnx(result.bundle, opset=17).parity.passed
@@ -120,7 +120,7 @@ def test_tanh_gelu_and_qkv_without_bias_give_the_reference_logits_and_export(tmp
 
 def test_timm_checkpoint_with_its_config_gives_the_reference_logits(small_timm, tmp_path: Path) -> None:
     model, path = small_timm
-    result = import_model(path, tmp_path / "b", notify=quiet)
+    result = import_model(path, tmp_path / "b")
     assert logit_diff(result.bundle, model, seed=1) < LOGIT_ATOL
     info = read_bundle_info(result.bundle)
     assert info.labels == LABELS and info.model.layer_norm_eps == 1e-6
@@ -140,7 +140,7 @@ def test_a_wrong_layer_norm_eps_would_show(small_timm, tmp_path: Path) -> None:
     wrong.load_state_dict(model.state_dict())
     x = np.random.default_rng(1).standard_normal((3, 3, 32, 32), dtype=np.float32)
     eps_effect = np.abs(hf_logits(wrong.eval(), x) - hf_logits(model, x)).max()
-    assert logit_diff(import_model(path, tmp_path / "b", notify=quiet).bundle, model, seed=1) < eps_effect / 5
+    assert logit_diff(import_model(path, tmp_path / "b").bundle, model, seed=1) < eps_effect / 5
 
 
 @pytest.mark.parametrize("which", [1, 2], ids=["safetensors", "pth"])
@@ -162,10 +162,10 @@ def test_labels_file_names_the_classes_and_must_fit_the_head(small_hf, tmp_path:
     _, folder = small_hf
     names = tmp_path / "labels.txt"
     names.write_text("a\nb\nc\nd\n")
-    assert import_model(folder, tmp_path / "b", labels=names, notify=quiet).labels == ["a", "b", "c", "d"]
+    assert import_model(folder, tmp_path / "b", labels=names).labels == ["a", "b", "c", "d"]
     names.write_text("a\nb\n")
     with pytest.raises(CheckpointError, match="names 2 classes, the checkpoint's head has 4"):
-        import_model(folder, tmp_path / "c", labels=names, notify=quiet)
+        import_model(folder, tmp_path / "c", labels=names)
 
 
 def test_a_backbone_without_classifier_gets_a_new_head_for_labels(small_hf, tmp_path: Path) -> None:
@@ -176,10 +176,10 @@ def test_a_backbone_without_classifier_gets_a_new_head_for_labels(small_hf, tmp_
     backbone.load_state_dict(model.vit.state_dict(), strict=False)
     backbone.save_pretrained(tmp_path / "backbone")
     with pytest.raises(CheckpointError, match="no classifier: pass --labels"):
-        import_model(tmp_path / "backbone", tmp_path / "b", notify=quiet)
+        import_model(tmp_path / "backbone", tmp_path / "b")
     (tmp_path / "labels.txt").write_text("x\ny\nz\n")
-    notes: list[str] = []
-    result = import_model(tmp_path / "backbone", tmp_path / "b", labels=tmp_path / "labels.txt", notify=notes.append)
+    with captured_notes() as notes:
+        result = import_model(tmp_path / "backbone", tmp_path / "b", labels=tmp_path / "labels.txt")
     assert result.new_head and result.labels == ["x", "y", "z"]
     assert any("new head for the 3 classes" in n for n in notes)
     assert any("pooler" in n for n in notes)  # ViTModel's pooler is not part of a classifier: said, not hidden
@@ -211,7 +211,7 @@ def test_state_dicts_that_are_not_a_plain_vit_are_refused_by_name(small_timm, tm
     state.update({k: torch.zeros(shape) for k, shape in extra.items()})
     path = save_timm(state, tmp_path / "ckpt.safetensors", json.loads((small_timm[1].parent / "config.json").read_text()))
     with pytest.raises(CheckpointError, match=named) as err:
-        import_model(path, tmp_path / "b", notify=quiet)
+        import_model(path, tmp_path / "b")
     assert "not a plain ViT" in str(err.value) and not (tmp_path / "b").exists()
 
 
@@ -228,7 +228,7 @@ def test_state_dicts_that_are_not_a_plain_vit_are_refused_by_name(small_timm, tm
 ])
 def test_timm_model_names_that_are_not_a_plain_vit_are_refused(ti16, tmp_path: Path, name, named) -> None:
     with pytest.raises(CheckpointError, match=named):
-        import_model(ti16[1], tmp_path / "b", timm_model=name, notify=quiet)
+        import_model(ti16[1], tmp_path / "b", timm_model=name)
 
 
 @pytest.mark.parametrize("args, named", [
@@ -244,7 +244,7 @@ def test_timm_config_model_args_that_are_not_a_plain_vit_are_refused(small_timm,
     config["model_args"].update(args)
     path = save_timm(timm_state_dict_of(small_timm[1]), tmp_path / "model.safetensors", config)
     with pytest.raises(CheckpointError, match=named):
-        import_model(path, tmp_path / "b", notify=quiet)
+        import_model(path, tmp_path / "b")
 
 
 def timm_state_dict_of(path: Path) -> dict[str, torch.Tensor]:
@@ -268,7 +268,7 @@ def test_hugging_face_configs_that_are_not_a_plain_vit_are_refused(small_hf, tmp
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(CheckpointError, match=named):
-        import_model(folder, tmp_path / "b", notify=quiet)
+        import_model(folder, tmp_path / "b")
 
 
 def test_position_embeddings_without_the_class_token_are_named(small_timm, tmp_path: Path) -> None:
@@ -276,7 +276,7 @@ def test_position_embeddings_without_the_class_token_are_named(small_timm, tmp_p
     state["pos_embed"] = state["pos_embed"][:, 1:]  # timm's no_embed_class layout
     path = save_timm(state, tmp_path / "model.safetensors", json.loads((small_timm[1].parent / "config.json").read_text()))
     with pytest.raises(CheckpointError, match=r"pos_embed \(1, 16, 48\) in the file, \(1, 17, 48\) expected.*no_embed_class"):
-        import_model(path, tmp_path / "b", notify=quiet)
+        import_model(path, tmp_path / "b")
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_a_folder_with_neither_format_is_refused_naming_what_it_holds(tmp_path: 
 
 def test_a_state_dict_without_its_model_name_is_refused(ti16, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="--timm-model"):
-        import_model(ti16[1], tmp_path / "b", notify=quiet)
+        import_model(ti16[1], tmp_path / "b")
 
 
 def test_missing_and_extra_tensors_are_listed(small_timm, tmp_path: Path) -> None:
@@ -301,7 +301,7 @@ def test_missing_and_extra_tensors_are_listed(small_timm, tmp_path: Path) -> Non
     state["blocks.1.extra.weight"] = torch.zeros(3)
     path = save_timm(state, tmp_path / "model.safetensors", json.loads((small_timm[1].parent / "config.json").read_text()))
     with pytest.raises(CheckpointError) as err:
-        import_model(path, tmp_path / "b", notify=quiet)
+        import_model(path, tmp_path / "b")
     message = str(err.value)
     assert "missing blocks.1.mlp.fc2.weight, norm.bias" in message and "unexpected blocks.1.extra.weight" in message
 
@@ -329,7 +329,7 @@ def test_a_pickle_holding_objects_other_than_tensors_is_refused_without_running_
     state["payload"] = Payload(str(marker))
     torch.save(state, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match="pickled objects other than tensors"):
-        import_model(tmp_path / "evil.pth", tmp_path / "b", timm_model="vit_tiny_patch16_224", notify=quiet)
+        import_model(tmp_path / "evil.pth", tmp_path / "b", timm_model="vit_tiny_patch16_224")
     assert not marker.exists()
 
 
@@ -337,7 +337,7 @@ def test_a_state_dict_with_non_tensor_entries_is_refused(ti16, tmp_path: Path) -
     state = {**timm_state_dict_of(ti16[1]), "epoch": 3}
     torch.save(state, tmp_path / "odd.pth")
     with pytest.raises(CheckpointError, match=r"not tensors: epoch \(int\)"):
-        import_model(tmp_path / "odd.pth", tmp_path / "b", timm_model="vit_tiny_patch16_224", notify=quiet)
+        import_model(tmp_path / "odd.pth", tmp_path / "b", timm_model="vit_tiny_patch16_224")
 
 
 def test_import_needs_neither_timm_nor_transformers(small_hf, small_timm, tmp_path: Path) -> None:
@@ -387,7 +387,7 @@ def test_real_photos_match_hugging_face_preprocessing_and_model(small_hf, tmp_pa
 
     model, folder = small_hf
     paths = sample_photos(tmp_path / "photos")
-    result = import_model(folder, tmp_path / "b", notify=quiet)
+    result = import_model(folder, tmp_path / "b")
     onnx_path = export_onnx(result.bundle, verify=False).path
     processor = ViTImageProcessor.from_pretrained(folder)
     pixels = processor(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="np")["pixel_values"]
@@ -403,7 +403,7 @@ def test_real_photos_match_timm_eval_transform_and_model(small_timm, tmp_path: P
 
     model, path = small_timm
     paths = sample_photos(tmp_path / "photos")
-    result = import_model(path, tmp_path / "b", notify=quiet)
+    result = import_model(path, tmp_path / "b")
     onnx_path = export_onnx(result.bundle, verify=False).path
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the config.json's pretrained_cfg
     pixels = np.stack([timm_eval_transform(Image.open(p), 32, 0.875, mean, std) for p in paths])

@@ -208,14 +208,14 @@ def test_predict_on_a_full_disk_exits_2_naming_the_file_and_keeps_every_complete
 def test_predict_runs_vitdeploys_own_external_data_check(tiny_bundle, images, tmp_path, monkeypatch):
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    from vitdeploy import onnx_export, onnx_file
+    from vitdeploy import onnx_export, onnx_file, onnx_wire
 
     monkeypatch.setattr(onnx_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # as if the model were over 2 GB
     path = onnx_export.export_onnx(tiny_bundle, tmp_path / "deploy" / "m.onnx", verify=False).path
     proto = onnx.load(str(path), load_external_data=False)
     expected = [(t.name, ExternalDataInfo(t).location) for t in proto.graph.initializer if uses_external_data(t)]
     # The wire-format reader (no onnx package needed) sees what onnx sees.
-    assert expected and onnx_file.external_data_locations(path.read_bytes()) == expected
+    assert expected and onnx_wire.external_data_locations(path.read_bytes()) == expected
     assert runner.invoke(app, ["predict", str(images[0]), "--model", str(path)]).exit_code == EXIT_OK
     for tensor in proto.graph.initializer:
         for entry in tensor.external_data:
@@ -226,7 +226,7 @@ def test_predict_runs_vitdeploys_own_external_data_check(tiny_bundle, images, tm
     result = runner.invoke(app, ["predict", str(images[0]), "--model", str(path)])
     assert result.exit_code == EXIT_BAD_INPUT and "outside the model's folder" in result.output
     with pytest.raises(ValueError):
-        onnx_file.external_data_locations(b"\x0f\xff\xff")  # not a protobuf message
+        onnx_wire.external_data_locations(b"\x0f\xff\xff")  # not a protobuf message
 
 
 # ------------------------------------------------------------------------------------------ bundles
@@ -257,6 +257,7 @@ save_bundle(folder, build_model(TINY), info, train_state={"epoch": 2})
 """
 
 
+@pytest.mark.slow
 def test_a_save_killed_before_any_of_its_renames_leaves_the_previous_bundle(tmp_path):
     import torch
 
@@ -332,6 +333,7 @@ def test_a_pickled_train_state_is_refused_without_passing_on_torchs_advice(tmp_p
     assert "weights_only" not in str(caught.value) and "False" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_training_onto_a_full_disk_exits_2_naming_the_file(small_disk):
     result = runner.invoke(app, ["train", "--preset", "tiny", "--epochs", "1", "--out", str(small_disk / "run")])
     assert result.exit_code == EXIT_BAD_INPUT, result.output
@@ -447,7 +449,7 @@ def test_a_config_asking_for_more_than_the_weights_hold_is_refused_by_field_befo
     monkeypatch.setattr(vitdeploy.pretrained, "build_model", never_build)
     monkeypatch.setattr(vitdeploy.pretrained.common, "build_model", never_build)
     with pytest.raises(CheckpointError, match=re.escape(named)):
-        import_model(folder, tmp_path / "b", notify=lambda line: None)
+        import_model(folder, tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
@@ -481,8 +483,7 @@ def test_a_plain_pickle_is_refused_in_vitdeploys_words_only(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(CheckpointError, match="not a pickle of tensors"):
-            import_model(tmp_path / "plain.pth", tmp_path / "b", timm_model="vit_tiny_patch16_224",
-                         notify=lambda line: None)
+            import_model(tmp_path / "plain.pth", tmp_path / "b", timm_model="vit_tiny_patch16_224")
     assert [str(w.message) for w in caught] == []
 
 

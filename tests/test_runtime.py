@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vitdeploy.runtimes import ort as runtime
-from builders import LABELS, SPEC, TINY
+from builders import LABELS, SPEC, TINY, captured_notes
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 
 
@@ -26,7 +26,7 @@ def test_probe_model_bytes_are_the_onnx_helper_model():
 def test_usable_providers_match_what_a_session_really_gets():
     providers = runtime.usable_providers()
     assert providers[-1] == runtime.CPU
-    session, provider = runtime.make_session(runtime.PROBE_MODEL, device="auto", notify=lambda _: None)
+    session, provider = runtime.make_session(runtime.PROBE_MODEL, device="auto")
     assert provider == providers[0] == session.get_providers()[0]
 
 
@@ -47,9 +47,9 @@ def test_cuda_without_working_cuda_names_what_is_missing():
 
 @pytest.mark.skipif(runtime.cuda_status().usable, reason="CUDA works here")
 def test_auto_without_cuda_says_one_plain_line(capfd):
-    lines: list[str] = []
     runtime.cuda_status.__wrapped__()  # the uncached probe: the call that would print ORT's red fallback log
-    _, provider = runtime.make_session(runtime.PROBE_MODEL, device="auto", notify=lines.append)
+    with captured_notes() as lines:
+        _, provider = runtime.make_session(runtime.PROBE_MODEL, device="auto")
     assert provider == runtime.CPU
     assert len(lines) == 1 and lines[0].startswith("running on CPU")
     captured = capfd.readouterr()

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from vitdeploy.serving.protocol import HEADER_LENGTH, ModelSignature, RequestError, build_infer_request, \
+from vitdeploy.errors import RequestError
+from vitdeploy.serving.protocol import HEADER_LENGTH, ModelSignature, build_infer_request, \
     encode_infer_response, parse_infer_request, parse_infer_response
 
 SIGNATURE = ModelSignature("tiny", (3, 4, 4), num_classes=3, max_batch_size=8)

@@ -13,6 +13,7 @@ from builders import TINY, corrupt_block_weight, make_bundle
 from PIL import Image
 from typer.testing import CliRunner
 
+from vitdeploy.requests import VerifyRequest
 from vitdeploy import onnx_export as export, onnx_file, parity, verification as verify
 from vitdeploy.runtimes import ort as runtime
 from vitdeploy.cli import app
@@ -41,7 +42,7 @@ def test_verify_reports_every_batch_size_and_the_providers_sessions_really_got(e
     report = json.loads(result.stdout)
     assert report["passed"] and report["failures"] == []
     assert report["providers"] == [p for p in runtime.usable_providers()[::-1]]  # cpu first, cuda when real
-    assert {(c["provider"], c["batch_size"]) for c in report["cases"]} == {
+    assert {(c["target"], c["batch_size"]) for c in report["cases"]} == {
         (p, b) for p in report["providers"] for b in (1, 7, 32)
     }
     for case in report["cases"]:
@@ -87,7 +88,7 @@ def test_held_out_real_images_are_used_and_scored(tmp_path):
     cfg = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=10)
     bundle = make_bundle(tmp_path / "digits", cfg, dataset=dataset)
     path = export.export_onnx(bundle).path
-    report = verify.verify(path, batch_sizes=(1, 7, 32), num_real=40, num_random=8)
+    report = verify.verify(VerifyRequest(path, batch_sizes=(1, 7, 32)), num_real=40, num_random=8)
     assert report.passed, report.failures()
     assert report.inputs == {"real": 40, "real_source": f"held-out split of {DIGITS_NAME}", "random": 8}
     assert report.cases[0].samples == 48
@@ -104,7 +105,7 @@ def test_images_folder_replaces_the_held_out_split(exported, tmp_path):
         pixels = rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / ("sub" if i % 2 else "") / f"{i}.png")
     (folder / "notes.txt").write_text("not an image")
-    report = verify.verify(path, bundle, images=folder, batch_sizes=(1, 7))
+    report = verify.verify(VerifyRequest(path, bundle, images=folder, batch_sizes=(1, 7)))
     assert report.passed
     assert report.inputs == {"real": 5, "real_source": str(folder), "random": 32}
 

@@ -3,7 +3,12 @@
 The functions below mirror the CLI commands (see vitdeploy.api); importing the package loads no torch.
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# A library stays quiet unless its user configures logging; the CLI shows these notes on stderr.
+logging.getLogger("vitdeploy").addHandler(logging.NullHandler())
 
 from vitdeploy.api import bench, explain, export, import_model, predict, serve, train, triton, verify  # noqa: E402
 

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from vitdeploy.atomic import atomic_folder, atomic_write_many
-from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec, TrainConfig
+from vitdeploy.config import ModelConfig, PreprocessSpec, TrainConfig
+from vitdeploy.discovery import BUNDLE_MARKER
 from vitdeploy.errors import BundleError, ConfigError
 
 BUNDLE_FORMAT = 1
-CONFIG_FILE = "config.json"
+CONFIG_FILE = BUNDLE_MARKER  # the file that makes a folder a bundle
 # The names of bundles saved before files were named by content (config.json without "files").
 LEGACY_FILES = {"weights": "model.safetensors", "train_state": "train_state.pt"}
 # How save_bundle names each file: (stem, suffix) around the first 16 hex digits of its sha256.
@@ -257,20 +258,3 @@ def load_train_state(folder: str | os.PathLike[str]) -> dict:
     except Exception as e:  # torch raises several unrelated types (RuntimeError, EOFError, ...) for a corrupt file
         raise BundleError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
 
-
-def find_latest_bundle(root: str | os.PathLike[str] = DEFAULT_MODELS_DIR) -> Path:
-    """The most recently written bundle under `root`, preferring a run's `best/` over its `last/`.
-
-    A bundle is any folder with a config.json; ties go to `best`.
-    """
-    root = Path(root)
-    candidates = sorted(root.glob(f"**/{CONFIG_FILE}")) if root.is_dir() else []
-    if not candidates:
-        raise BundleError(f"no model bundle found under {root}/; train one first: vitdeploy train")
-
-    def key(p: Path) -> tuple[float, int]:
-        return (p.stat().st_mtime, 1 if p.parent.name == "best" else 0)
-
-    newest = max(candidates, key=key)
-    best = newest.parent.parent / "best" / CONFIG_FILE
-    return best.parent if newest.parent.name == "last" and best.is_file() else newest.parent

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,12 +218,35 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
+def comma_list(values: str | Sequence[str] | None, lower: bool = False) -> tuple[str, ...]:
+    """The one reading of a comma-separated option: "a, b" or ["a,b", "b"] -> ("a", "b"). Parts are stripped
+    (and lower-cased with `lower`), empty ones dropped, repeats kept once, in the order given; None -> ()."""
+    if values is None:
+        return ()
+    texts = [values] if isinstance(values, str) else list(values)
+    parts = (part.strip() for text in texts for part in text.split(","))
+    return tuple(dict.fromkeys(part.lower() if lower else part for part in parts if part))
+
+
 def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> tuple[int, ...]:
     """'1,7,32' -> (1, 7, 32); anything but positive integers is a usage error naming the option."""
     try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+        sizes = tuple(int(part) for part in comma_list(text))
     except ValueError:
         sizes = ()
     if not sizes or any(b < 1 for b in sizes):
         raise ConfigError(f"{option} wants positive integers separated by commas, e.g. 1,7,32; got {text!r}")
     return sizes
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The resolved configuration of a run."""
+
+    preset: str
+    model: ModelConfig
+    train: TrainConfig
+    spec: PreprocessSpec
+    data: Path | None
+    out: Path
+    init: str | None = None  # the bundle a fine-tuning run started from

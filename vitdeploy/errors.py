@@ -12,6 +12,8 @@ Exit codes (also in README.md):
 from __future__ import annotations
 
 import errno
+import os
+from typing import Any
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -51,6 +53,27 @@ class DeviceError(VitDeployError):
     """A requested device (e.g. --device cuda) is not really usable here."""
 
 
+class MissingExtra(VitDeployError):
+    """A command needs an optional part of vitdeploy that is not installed (exit code 2); the message names the
+    install command (extras.require)."""
+
+
+class PrecisionError(DeviceError):
+    """A runtime was asked for a precision this hardware does not run natively (exit code 2): refused, never
+    emulated."""
+
+
+class ImageDecodeError(VitDeployError):
+    """One input image could not be decoded safely; `kind` is a short machine-readable reason. Predict and explain
+    turn it into that input's error row."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = str(path)
+        self.kind = kind
+        self.detail = message
+
+
 class InputError(VitDeployError):
     """No input matched, or the output path cannot be written (exit code 2)."""
 
@@ -68,3 +91,26 @@ class CheckFailed(VitDeployError):
     """A verification gate failed (parity, accuracy, regression)."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+class ParityError(CheckFailed):
+    """Parity failed before a file was written (exit code 3); carries the parity.ParityReport that shows where."""
+
+    def __init__(self, report: Any, consequence: str = ""):
+        detail = "; ".join(report.failures()) or "no comparison ran"
+        super().__init__(f"parity check failed ({detail})" + (f": {consequence}" if consequence else ""))
+        self.report = report
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP status + a message for the client (sent as {"error": message}). Not a
+    VitDeployError: it ends one request, never the process."""
+
+    def __init__(self, status: int, message: str, **details: Any):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, **self.details}

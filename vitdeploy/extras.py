@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from vitdeploy.errors import VitDeployError
+from vitdeploy.errors import MissingExtra
 
 # extra -> the modules it brings (import names, not distribution names)
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -21,8 +21,6 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 
-class MissingExtra(VitDeployError):
-    """A command needs an optional part of vitdeploy that is not installed (exit code 2)."""
 
 
 def missing_modules(extra: str) -> list[str]:

@@ -12,7 +12,7 @@ training.py calls plan_init (run planning) and initial_model (model construction
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from vitdeploy.bundle import load_bundle, read_bundle_info
-from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, TrainConfig
+from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, RunPlan, TrainConfig
 from vitdeploy.errors import ConfigError
 from vitdeploy.model import VisionTransformer, build_model
 
 if TYPE_CHECKING:
-    from vitdeploy.training import RunPlan, TrainRequest
+    from vitdeploy.requests import TrainRequest
+
+logger = logging.getLogger(__name__)
 
 # Pretrained weights want small steps, or the first updates (through a new, random head) wreck them: against the
 # presets' from-scratch 60 epochs at 2e-3, 10 epochs at 1e-4, batch 32, the first epoch in ten warming up.
@@ -34,8 +36,6 @@ FINETUNE = TrainConfig(epochs=10, batch_size=32, lr=1e-4, weight_decay=0.05, war
 
 def plan_init(request: TrainRequest, overrides: dict[str, object]) -> RunPlan:
     """The run of `train --init`: the bundle's architecture and preprocessing, fine-tuning defaults."""
-    from vitdeploy.training import RunPlan
-
     if request.preset is not None:
         raise ConfigError("--init takes the architecture from the bundle; drop --preset")
     info = read_bundle_info(request.init)
@@ -49,7 +49,7 @@ def plan_init(request: TrainRequest, overrides: dict[str, object]) -> RunPlan:
                    init=str(Path(request.init).resolve()))
 
 
-def initial_model(bundle: Path, cfg: ModelConfig, labels: list[str], notify: Callable[[str], None]) -> VisionTransformer:
+def initial_model(bundle: Path, cfg: ModelConfig, labels: list[str]) -> VisionTransformer:
     """A model for `cfg` (the data's classes, maybe another image size) holding the bundle's weights.
 
     Seed torch before calling: the parts not taken from the bundle (a new head) keep build_model's init.
@@ -59,13 +59,14 @@ def initial_model(bundle: Path, cfg: ModelConfig, labels: list[str], notify: Cal
     state = source.state_dict()
     if info.labels != labels:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        notify(f"new head for the data's {len(labels)} classes (the bundle's {len(info.labels)} differ), "
-               "randomly initialised")
+        logger.info("new head for the data's %d classes (the bundle's %d differ), randomly initialised",
+                    len(labels), len(info.labels))
     if cfg.image_size != info.model.image_size:
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.image_size // cfg.patch_size)
         old = info.model.image_size // info.model.patch_size
-        notify(f"position embeddings interpolated from {old}x{old} to {cfg.image_size // cfg.patch_size}x"
-               f"{cfg.image_size // cfg.patch_size} patches ({info.model.image_size} -> {cfg.image_size} px, bicubic)")
+        new = cfg.image_size // cfg.patch_size
+        logger.info("position embeddings interpolated from %dx%d to %dx%d patches (%d -> %d px, bicubic)",
+                    old, old, new, new, info.model.image_size, cfg.image_size)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):
         raise ConfigError(f"{bundle} does not fit the fine-tuning model: missing {missing}, unexpected {unexpected}")

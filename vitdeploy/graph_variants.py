@@ -2,6 +2,7 @@
 NNCF's INT8 for OpenVINO.
 
 Pure graph-to-graph functions; whether a result may be handed out is the accuracy gate's decision (precision.py).
+The build_* functions at the end are the builders the variant table (vitdeploy.variants) names, one per row.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from vitdeploy.config import ModelConfig
 from vitdeploy.onnx_file import INPUT_NAME, copy_proto, save_onnx
+from vitdeploy.strict_json import record
 
 if TYPE_CHECKING:
     import onnx
@@ -49,7 +51,39 @@ class FusionReport:
         return {op: f"{found[op]} of {n}" for op, n in self.expected.items() if found[op] < n}
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "shortfalls": self.shortfalls()}
+        return record(self, shortfalls=self.shortfalls())
+
+
+@dataclass
+class VariantSource:
+    """What a variant is built from: the exported fp32 file and its model config, a folder for intermediate files,
+    and the calibration inputs the INT8 builders ask for (the bundle's training images at export, seeded random
+    inputs for bench's presets). The fused graph and the calibration inputs are made once, when first needed."""
+
+    base: Path
+    config: ModelConfig
+    workdir: Path
+    calibration: Callable[[], np.ndarray]
+    int8_method: str = "static"  # static | dynamic
+    _fused: tuple[onnx.ModelProto, FusionReport] | None = field(default=None, repr=False)
+    _calibration: np.ndarray | None = field(default=None, repr=False)
+
+    def fused(self) -> tuple[onnx.ModelProto, FusionReport]:
+        if self._fused is None:
+            self._fused = fuse_transformer(self.base, self.config)
+        return self._fused
+
+    def calibration_inputs(self) -> np.ndarray:
+        if self._calibration is None:
+            self._calibration = self.calibration()
+        return self._calibration
+
+
+@dataclass
+class BuiltGraph:
+    proto: onnx.ModelProto
+    fusions: FusionReport | None = None  # None: built without ORT's transformer fusions
+    quantization: dict[str, Any] | None = None  # the quantization settings, for the file's metadata
 
 
 # ---------------------------------------------------------------------------------------------------- graphs
@@ -232,6 +266,41 @@ def fp32_nodes(proto: onnx.ModelProto) -> list[str]:
               if n.op_type in ("MatMul", "Gemm") and any(i in weights for i in n.input)]
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
     return convs + linear[-1:] + linear_matmuls(proto)[1]
+
+
+# ---------------------------------------------------------------------------------------------------- builders
+
+
+def build_fused_fp32(source: VariantSource) -> BuiltGraph:
+    proto, fusions = source.fused()
+    return BuiltGraph(copy_proto(proto), fusions)
+
+
+def build_fp16(source: VariantSource) -> BuiltGraph:
+    proto, fusions = source.fused()
+    return BuiltGraph(to_fp16(proto), fusions)
+
+
+def build_int8(source: VariantSource) -> BuiltGraph:
+    """Static QDQ from the unfused graph, or (int8_method dynamic) dynamic quantization of the fused one."""
+    if source.int8_method == "dynamic":
+        proto, fusions = source.fused()
+        quantized, settings = to_int8_dynamic(proto, source.workdir)
+        return BuiltGraph(quantized, fusions, settings)
+    quantized, settings = to_int8_static(source.base, source.calibration_inputs(), source.workdir)
+    return BuiltGraph(quantized, None, settings)
+
+
+def build_same_graph(source: VariantSource) -> BuiltGraph:
+    """The fp32 graph unchanged: the variant is a setting of its runtime (ov-bf16: OpenVINO computes in bf16)."""
+    import onnx
+
+    return BuiltGraph(onnx.load(os.fspath(source.base)))
+
+
+def build_ov_int8(source: VariantSource) -> BuiltGraph:
+    quantized, settings = to_ov_int8(source.base, source.calibration_inputs(), source.workdir)
+    return BuiltGraph(quantized, None, settings)
 
 
 @contextlib.contextmanager

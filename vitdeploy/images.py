@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from vitdeploy.config import PreprocessSpec
-from vitdeploy.errors import VitDeployError
+from vitdeploy.errors import ImageDecodeError
 
 # Formats we decode. Everything else (EPS runs Ghostscript, for one) is refused before Pillow parses it.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
@@ -32,14 +32,6 @@ RESAMPLE = {
 }
 
 
-class ImageDecodeError(VitDeployError):
-    """One input image could not be decoded safely; `kind` is a short machine-readable reason."""
-
-    def __init__(self, path: str | os.PathLike[str], kind: str, message: str):
-        super().__init__(f"{path}: {message}")
-        self.path = str(path)
-        self.kind = kind
-        self.detail = message
 
 
 # decode_image drafts a JPEG only when its shorter side is at least this many times the target size; at 1x the

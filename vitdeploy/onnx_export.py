@@ -26,14 +26,16 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitdeploy.atomic import reported_as
-from vitdeploy.bundle import BundleInfo, find_latest_bundle, load_bundle, sha256_bytes
+from vitdeploy.bundle import BundleInfo, load_bundle, sha256_bytes
+from vitdeploy.discovery import find_latest_bundle
 from vitdeploy.errors import ConfigError
+from vitdeploy.requests import ExportRequest
 from vitdeploy.onnx_file import (
     DEFAULT_FILE_NAME,
     INPUT_NAME,
@@ -49,14 +51,16 @@ from vitdeploy.onnx_file import (
     set_metadata,
 )
 from vitdeploy.outputs import check_output_file
-from vitdeploy.progress import to_stderr
+from vitdeploy.strict_json import record
 
 if TYPE_CHECKING:
     from vitdeploy.accuracy_gate import AccuracyGate
     from vitdeploy.parity import ParityReport
     from vitdeploy.precision import VariantResult
 
-DEFAULT_OPSET = 17
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = ExportRequest.opset
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"
 EXPORTER_CALLS = {"torchscript": "torch.onnx.export(dynamo=False)", "dynamo": "torch.onnx.export(dynamo=True)"}
@@ -84,21 +88,18 @@ class ExportResult:
     variants: list[VariantResult] = field(default_factory=list)  # fused / fp16 / int8 files, when asked for
     notes: list[str] = field(default_factory=list)
 
+    def failures(self) -> list[str]:
+        """The variants that failed their accuracy gate (not written); parity failing writes nothing and raises."""
+        return [f"accuracy gate failed: {v.variant}: {', '.join(v.gate.failures())}: {v.path.name} not written"
+                for v in self.variants if not v.written]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures()
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "opset": self.opset,
-            "exporter": self.exporter,
-            "num_nodes": self.num_nodes,
-            "size_bytes": self.size_bytes,
-            "external_data": str(self.external_data) if self.external_data else None,
-            "weights_sha256": self.weights_sha256,
-            "export_seconds": round(self.export_seconds, 3),
-            "verify_seconds": round(self.verify_seconds, 3),
-            "parity": self.parity.to_dict() if self.parity else None,
-            "variants": [v.to_dict() for v in self.variants],
-            "notes": self.notes,
-        }
+        return {"passed": self.passed, **record(self, export_seconds=round(self.export_seconds, 3),
+                                                 verify_seconds=round(self.verify_seconds, 3))}
 
 
 @functools.cache
@@ -131,7 +132,7 @@ def torchscript_exporter_available() -> bool:
     return importlib.util.find_spec("torch.onnx._internal.torchscript_exporter") is not None
 
 
-def resolve_exporter(requested: str | None, notify: Callable[[str], None] = to_stderr) -> str:
+def resolve_exporter(requested: str | None) -> str:
     """The exporter to use: the requested one, or the default (dynamo, said in one line, where TorchScript's is gone).
 
     An explicitly requested TorchScript exporter that this torch no longer has is a usage error.
@@ -145,7 +146,7 @@ def resolve_exporter(requested: str | None, notify: Callable[[str], None] = to_s
         if requested:
             raise ConfigError(f"--exporter torchscript: torch {torch.__version__} no longer has the TorchScript-based "
                               "ONNX exporter; use --exporter dynamo")
-        notify(f"torch {torch.__version__} has no TorchScript-based ONNX exporter: exporting with dynamo")
+        logger.info("torch %s has no TorchScript-based ONNX exporter: exporting with dynamo", torch.__version__)
         exporter = "dynamo"
     return exporter
 
@@ -171,45 +172,49 @@ def check_opset(opset: int, exporter: str = DEFAULT_EXPORTER) -> None:
         )
 
 
+def export(request: ExportRequest) -> ExportResult:
+    """`vitdeploy export`: the file, then the variants asked for, each judged by the accuracy gate."""
+    from vitdeploy.accuracy_gate import AccuracyGate
+    from vitdeploy.precision import parse_precisions, requested_variants
+
+    variants = requested_variants(parse_precisions(request.precision), request.optimize)
+    return export_onnx(request.bundle, request.out, request.opset, request.verify, variants,
+                       AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method, request.exporter)
+
+
 def export_onnx(
     bundle: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
-    opset: int = DEFAULT_OPSET,
-    verify: bool = True,
+    opset: int = ExportRequest.opset,
+    verify: bool = ExportRequest.verify,
     variants: Sequence[str] = (),
     gate: AccuracyGate | None = None,
-    int8_method: str = "static",
+    int8_method: str = ExportRequest.int8_method,
     exporter: str | None = None,
-    notify: Callable[[str], None] = to_stderr,
 ) -> ExportResult:
     """Export a bundle (default: the latest under models/) to `out` (default: BUNDLE/model.onnx).
 
     `exporter`: "torchscript" or "dynamo" (None: the default, falling back to dynamo where TorchScript's is gone).
     `variants` (precision.requested_variants: fp32-opt, fp16, int8, ov-bf16, ov-int8) are then built from that file
     and written beside it (model.int8.onnx, ...) only if they pass the accuracy gate on the runtime each is
-    for; precision.AccuracyGateFailed (exit 3) when one does not.
+    for; the result's `passed` is False when one does not (the others are written).
     """
-    exporter = resolve_exporter(exporter, notify)
+    exporter = resolve_exporter(exporter)
     check_opset(opset, exporter)  # before loading anything: a bad opset is a usage error
     bundle_dir = Path(bundle) if bundle is not None else find_latest_bundle()
     model, info = load_bundle(bundle_dir)
     if variants:
         from vitdeploy.accuracy_gate import AccuracyGate, gate_data
-        from vitdeploy.precision import AccuracyGateFailed, check_request, export_variants
+        from vitdeploy.precision import check_request, export_variants
 
         check_request(variants, int8_method)  # usage errors, and no held-out images, before anything is written
         data = gate_data(model, info)
     result = export_model(model, info, Path(out) if out else bundle_dir / DEFAULT_FILE_NAME, opset, verify,
                           bundle_dir, exporter)
     if variants:
-        try:
-            result.variants = export_variants(
-                model, info, result.path, variants, gate or AccuracyGate(), data, int8_method
-            )
-        except AccuracyGateFailed as e:
-            result.variants = e.results
-            e.export = result
-            raise
+        # A variant failing its gate is a result, not an error: it is not written, the others are (result.passed).
+        result.variants = export_variants(model, info, result.path, variants, gate or AccuracyGate(), data,
+                                          int8_method)
     return result
 
 
@@ -256,7 +261,7 @@ def export_model(
 
         parity = None
         if verify:
-            from vitdeploy.parity import ParityError
+            from vitdeploy.errors import ParityError
             from vitdeploy.verification import export_parity
 
             parity = export_parity(model, info, staged)

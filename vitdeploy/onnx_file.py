@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec
+from vitdeploy.config import ModelConfig, PreprocessSpec
 from vitdeploy.errors import ModelFileError
+from vitdeploy.onnx_wire import external_data_locations
 
 if TYPE_CHECKING:
     import onnx
@@ -159,67 +160,6 @@ def check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
             )
 
 
-def external_data_locations(data: bytes) -> list[tuple[str, str]]:
-    """(initializer name, external-data location) for every initializer of a serialized ModelProto that keeps its
-    data in another file, read straight from protobuf's wire format, so that a deployment machine without the
-    `onnx` package can check them too. Field numbers are onnx.proto's: ModelProto.graph = 7,
-    GraphProto.initializer = 5, TensorProto.name = 8, .external_data = 13 (StringStringEntryProto key = 1,
-    value = 2), .data_location = 14 (EXTERNAL = 1). Raises ValueError when `data` is not a protobuf message."""
-    found = []
-    for graph in _fields(data, 7):
-        for tensor in _fields(graph, 5):
-            name = b"".join(_fields(tensor, 8)).decode("utf-8", "replace")
-            if 1 not in _fields(tensor, 14, varint=True):
-                continue
-            entries = {b"".join(_fields(e, 1)): b"".join(_fields(e, 2)) for e in _fields(tensor, 13)}
-            found.append((name, entries.get(b"location", b"").decode("utf-8", "replace")))
-    return found
-
-
-def metadata_props_from_bytes(data: bytes) -> dict[str, str]:
-    """A serialized ModelProto's metadata_props (field 14: StringStringEntryProto key = 1, value = 2), read from the
-    wire format like external_data_locations, so that choosing a runtime for a file needs no `onnx` package.
-    Raises ValueError when `data` is not a protobuf message."""
-    def text(entry: memoryview, number: int) -> str:
-        return b"".join(_fields(entry, number)).decode("utf-8", "replace")
-
-    return {text(entry, 1): text(entry, 2) for entry in _fields(data, 14)}
-
-
-def _fields(message: bytes | memoryview, number: int, varint: bool = False) -> list[Any]:
-    """The values of one field of a protobuf message: length-delimited payloads (or varints with `varint`)."""
-    view, values, i = memoryview(message), [], 0
-    while i < len(view):
-        key, i = _varint(view, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:  # varint
-            value, i = _varint(view, i)
-            if varint and field == number:
-                values.append(value)
-        elif wire == 2:  # length-delimited
-            size, i = _varint(view, i)
-            if not varint and field == number:
-                values.append(view[i : i + size])
-            i += size
-        elif wire in (1, 5):  # fixed 64 / 32 bits
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"wire type {wire}: not a protobuf message")
-    return values
-
-
-def _varint(view: memoryview, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(view):
-            raise ValueError("the message ends inside a field")
-        byte = view[i]
-        value |= (byte & 0x7F) << shift
-        i, shift = i + 1, shift + 7
-        if not byte & 0x80:
-            return value, i
-
-
 def check_external_data_file(path: Path) -> None:
     """Refuse a model file whose external data lies outside its folder, before any runtime reads it. A file that
     is not a protobuf message passes: loading it fails with the runtime's own account of what it is not."""
@@ -270,38 +210,3 @@ def check_io_names(path: str | os.PathLike[str], inputs: list[str], outputs: lis
 def variant_path(base: Path, variant: str) -> Path:
     """model.onnx -> model.int8.onnx (beside it)."""
     return base.with_name(f"{base.stem}.{variant}{base.suffix}")
-
-
-def is_variant(path: Path) -> bool:
-    """model.int8.onnx is a variant when model.onnx sits beside it."""
-    base_stem, dot, _variant = path.stem.rpartition(".")
-    return bool(dot) and path.with_name(base_stem + path.suffix).is_file()
-
-
-def find_latest_model(root: str | os.PathLike[str] = DEFAULT_MODELS_DIR) -> Path:
-    """The most recently written *.onnx under `root` (searched recursively, newest modification time).
-
-    Skipped: hidden files and folders (export stages its file in a hidden folder before moving it into place), and
-    precision variants written beside an export (X.int8.onnx, X.fp16.onnx, ... next to X.onnx): the default is
-    the plain export; a variant is run by naming it.
-    """
-    root = Path(root)
-    candidates = [
-        p for p in (root.rglob("*.onnx") if root.is_dir() else [])
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and not is_variant(p)
-    ]
-    if not candidates:
-        raise ModelFileError(f"no .onnx file under {root}/; run `vitdeploy export` first or pass --model FILE")
-    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
-
-
-def resolve_model(model: Path | None) -> Path:
-    """A model argument as the user gave it (a file, a folder to search, or None for models/) -> one .onnx."""
-    if model is None:
-        return find_latest_model()
-    if model.is_dir():
-        return find_latest_model(model)
-    if not model.exists():
-        raise ModelFileError(f"{model}: no such model file")
-    return model

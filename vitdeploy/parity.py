@@ -1,4 +1,5 @@
-"""Parity between PyTorch and an ONNX file: the comparison itself, its tolerances and its report.
+"""Parity between PyTorch and an ONNX file: the comparison itself and its report (the tolerances per precision are
+rows of vitdeploy.variants).
 
 One code path (check_parity) serves both `vitdeploy verify` and the check that `vitdeploy export` runs before it
 moves a file into place:
@@ -19,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.errors import CheckFailed, ConfigError, ModelFileError
+from vitdeploy.errors import ConfigError, ModelFileError
 from vitdeploy.intermediates import LayerDiff, compare_intermediates
 from vitdeploy.runtimes import Description, open_runtime
 from vitdeploy.runtimes.ort import short_provider_name
+from vitdeploy.variants import EXPORT_VARIANTS, Tolerance, tolerance_for
 
 INTERMEDIATES_SAMPLES = 4  # samples run through the graph copy with intermediates exposed
 
@@ -64,53 +66,11 @@ def target_key(description: Description) -> str:
     return description.provider if description.runtime == "ort" else description.label
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """When ONNX logits count as equal to PyTorch's: |onnx - torch| <= atol + rtol * |torch| everywhere, and at
-    least `min_top1_agreement` of the samples get the same top-1 class."""
-
-    atol: float
-    rtol: float
-    min_top1_agreement: float = 1.0
-    real_images_only: bool = False  # judge only the real images (random inputs are not what the variant is for)
-
-    def allows(self, reference: np.ndarray, candidate: np.ndarray) -> bool:
-        return bool(np.all(np.abs(candidate - reference) <= self.atol + self.rtol * np.abs(reference)))
-
-    def agrees(self, top1_agreement: float, samples: int) -> bool:
-        """At least min_top1_agreement of the samples with the same top-1 class; where that allows any
-        disagreement at all, one disagreeing sample always passes: below 100 samples a single near-tie flipping
-        would otherwise fail a 99% criterion that the sample count cannot resolve."""
-        if top1_agreement >= self.min_top1_agreement:
-            return True
-        return self.min_top1_agreement < 1.0 and round((1.0 - top1_agreement) * samples) <= 1
-
-
-# Per precision, as recorded by export in the file's metadata. fp32: ONNX Runtime's own fp32 validation
-# tolerance (1e-4); measured fp32 differences here are ~1e-6, so this leaves a 100x margin without hiding a bug.
-# fp16: ONNX Runtime's own fp16 validation tolerance (atol 1e-1, rtol 5e-2); measured here (digits bundle, ORT CPU)
-# 5e-3 at most. int8: no standard exists; on real held-out images the logits (|x| up to 4.5 for digits) differed
-# by at most 0.13 (digits, static), 0.06 (digits, dynamic), 0.02 / 0.04 (ViT-Ti): 0.5 leaves a margin and still
-# fails a broken quantization. Static INT8 is calibrated on real images; random noise can fall outside those
-# ranges (digits: up to 0.49 on noise vs 0.07 on the same number of real images), so int8 is judged on the real
-# images only. bf16 (OpenVINO's ov-bf16: 8 significant bits, 3 fewer than fp16) has no standard either: fp16's
-# rtol with a larger atol; measured on real held-out images (OpenVINO CPU, AMX): 3.4e-2 (digits), 1.9e-2 (ViT-Ti/16
-# on photo regions). Judged on real images, as int8.
-# The accuracy gate at export (vitdeploy.precision) decides whether a variant is handed out at all; these
-# tolerances re-check the file.
-TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4, rtol=0.0),
-    "fp16": Tolerance(atol=1e-1, rtol=5e-2, min_top1_agreement=0.99),
-    "int8": Tolerance(atol=0.5, rtol=0.0, min_top1_agreement=0.99, real_images_only=True),
-    "bf16": Tolerance(atol=0.25, rtol=5e-2, min_top1_agreement=0.99, real_images_only=True),
-}
-
-
 @dataclass
 class ParityCase:
     """One target (runtime on a device) at one batch size, over all its samples."""
 
-    provider: str  # the report key of the target (target_key)
+    target: str  # the report key of the runtime on its device (target_key): CPUExecutionProvider, openvino:CPU:fp32
     batch_size: int
     samples: int
     max_abs: float
@@ -175,7 +135,7 @@ class ParityReport:
             if c.passed:
                 continue
             if c.non_finite:
-                lines.append(f"{short_provider_name(c.provider)} batch {c.batch_size}: non-finite output (NaN or Inf) "
+                lines.append(f"{short_provider_name(c.target)} batch {c.batch_size}: non-finite output (NaN or Inf) "
                              f"for {c.non_finite} of {c.samples} samples")
                 continue
             why = []
@@ -185,7 +145,7 @@ class ParityReport:
                 why.append(f"top-1 agreement {c.top1_agreement:.1%}")
             if c.batch_invariance_max_abs > tol.atol:
                 why.append(f"output depends on the batch (|diff| vs batch 1: {c.batch_invariance_max_abs:.2e})")
-            lines.append(f"{short_provider_name(c.provider)} batch {c.batch_size}: " + ("; ".join(why) or "outside rtol"))
+            lines.append(f"{short_provider_name(c.target)} batch {c.batch_size}: " + ("; ".join(why) or "outside rtol"))
         for c in self.cross:
             if not c.passed:
                 lines.append(f"{short_provider_name(c.a)} vs {short_provider_name(c.b)} on the same file: max |diff| "
@@ -231,13 +191,6 @@ class ParityReport:
         }
 
 
-class ParityError(CheckFailed):
-    """Parity failed (exit code 3); carries the report."""
-
-    def __init__(self, report: ParityReport, consequence: str = ""):
-        detail = "; ".join(report.failures()) or "no comparison ran"
-        super().__init__(f"parity check failed ({detail})" + (f": {consequence}" if consequence else ""))
-        self.report = report
 
 
 
@@ -366,9 +319,10 @@ def _cross(outputs: dict[str, np.ndarray], tolerance: Tolerance) -> list[CrossCa
 
 
 def resolve_tolerance(precision: str, atol: float | None, rtol: float | None) -> Tolerance:
-    if precision not in TOLERANCES:
-        raise ModelFileError(f"no parity tolerances for precision {precision!r} (known: {', '.join(TOLERANCES)})")
-    base = TOLERANCES[precision]
+    base = tolerance_for(precision)
+    if base is None:
+        known = ", ".join(dict.fromkeys(v.precision for v in EXPORT_VARIANTS))
+        raise ModelFileError(f"no parity tolerances for precision {precision!r} (known: {known})")
     for name, value in (("atol", atol), ("rtol", rtol)):
         if value is not None and not value >= 0:
             raise ConfigError(f"--{name} must be >= 0, got {value}")

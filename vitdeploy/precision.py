@@ -15,7 +15,8 @@ the bundle's held-out real images, on the runtime it is made for.
     runtime, fusions) -> accuracy gate on the held-out images, on its runtime -> the measured accuracy recorded ->
     moved into place; a variant that fails the gate is not written.
 
-Building the graphs is graph_variants.py; judging them is accuracy_gate.py; this module runs the ladder.
+Each variant is a row of variants.py (precision, runtime, gate device, tolerances, builder); building the graphs is
+graph_variants.py; judging them is accuracy_gate.py; this module runs the ladder.
 """
 
 from __future__ import annotations
@@ -33,43 +34,20 @@ import numpy as np
 
 from vitdeploy.atomic import reported_as
 from vitdeploy.accuracy_gate import AccuracyGate, GateData, GateResult, gate_data, judge
-from vitdeploy.errors import CheckFailed, ConfigError, DataError
-from vitdeploy.graph_variants import (
-    FusionReport,
-    fuse_transformer,
-    to_fp16,
-    to_int8_dynamic,
-    to_int8_static,
-    to_ov_int8,
-)
-from vitdeploy.onnx_file import (
-    META_EXPORT,
-    META_INTERMEDIATES,
-    META_PARITY,
-    copy_proto,
-    read_metadata,
-    save_onnx,
-    set_metadata,
-    variant_path,
-)
+from vitdeploy.config import comma_list
+from vitdeploy.errors import ConfigError, DataError
+from vitdeploy.graph_variants import FusionReport, VariantSource
+from vitdeploy.onnx_file import META_EXPORT, META_INTERMEDIATES, META_PARITY, read_metadata, save_onnx, set_metadata
 from vitdeploy.runtimes.ort import CPU, short_provider_name
+from vitdeploy.strict_json import record
+from vitdeploy.variants import EXPORT, PRECISIONS, ExportVariant
 
 if TYPE_CHECKING:
     import onnx
 
     from vitdeploy.bundle import BundleInfo
 
-PRECISIONS = ("fp32", "fp16", "int8", "ov-bf16", "ov-int8")
-# Variant name -> file name part: model.onnx -> model.fp32-opt.onnx, model.fp16.onnx, model.int8.onnx, ...
-FUSED_FP32 = "fp32-opt"
-VARIANT_PRECISION = {FUSED_FP32: "fp32", "fp16": "fp16", "int8": "int8", "ov-bf16": "bf16", "ov-int8": "int8"}
-# The runtime each variant is made for, judged on, and run on by default (predict, bench); others: "ort".
-VARIANT_RUNTIME = {"ov-bf16": "openvino", "ov-int8": "openvino"}
-# OpenVINO variants: the precision OpenVINO computes in, as a setting of the runtime (recorded in the file). ov-int8
-# pins f32 for the ops NNCF leaves unquantized, so that nothing runs in bf16 unless it is named.
-INFERENCE_PRECISION = {"ov-bf16": "bf16", "ov-int8": "fp32"}
-# The fused fp32 graph must also match PyTorch's logits as closely as the plain export must (verify's fp32 atol).
-FUSED_FP32_ATOL = 1e-4
+# The variants themselves (precision, runtime, gate device, tolerances, builder) are rows of vitdeploy.variants.
 INT8_METHODS = ("static", "dynamic")
 CALIBRATION_IMAGES = 128  # training images whose activation ranges set the static INT8 scales
 
@@ -87,29 +65,9 @@ class VariantResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant,
-            "precision": self.precision,
-            "path": str(self.path),
-            "written": self.written,
-            "gate": self.gate.summary(),
-            "fusions": self.fusions.to_dict() if self.fusions else None,
-            "quantization": self.quantization,
-            "size_bytes": self.size_bytes,
-            "build_seconds": round(self.build_seconds, 3),
-            "notes": self.notes,
-        }
+        return record(self, gate=self.gate.summary(), build_seconds=round(self.build_seconds, 3))
 
 
-class AccuracyGateFailed(CheckFailed):
-    """At least one variant failed the accuracy gate (exit code 3); the ones that passed were written."""
-
-    def __init__(self, results: list[VariantResult]):
-        failed = [r for r in results if not r.written]
-        detail = "; ".join(f"{r.variant}: {', '.join(r.gate.failures())}" for r in failed)
-        super().__init__(f"accuracy gate failed ({detail}): {', '.join(str(r.path) for r in failed)} not written")
-        self.results = results
-        self.export: Any = None  # export.ExportResult of the fp32 file, which was written, when export raised this
 
 
 # ---------------------------------------------------------------------------------------------------- requests
@@ -117,7 +75,7 @@ class AccuracyGateFailed(CheckFailed):
 
 def parse_precisions(values: Sequence[str]) -> tuple[str, ...]:
     """['fp32,int8', 'fp16'] -> ('fp32', 'fp16', 'int8'): each option may list several, in any order."""
-    wanted = {p.strip().lower() for value in values for p in value.split(",") if p.strip()}
+    wanted = set(comma_list(values, lower=True))
     unknown = sorted(wanted - set(PRECISIONS))
     if unknown or not wanted:
         raise ConfigError(f"unknown precision(s) {unknown or values}; choose from: {', '.join(PRECISIONS)}")
@@ -125,19 +83,9 @@ def parse_precisions(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def requested_variants(precisions: Sequence[str], optimize: bool) -> list[str]:
-    """Variants to build beside the plain fp32 file: fp32-opt with --optimize, then fp16 and int8 as asked."""
-    return ([FUSED_FP32] if optimize else []) + [p for p in precisions if p != "fp32"]
-
-
-def gate_device(variant: str) -> str:
-    """Where a variant is judged: where it will be deployed, when that really works here.
-
-    fp16 is for GPUs: judged on CUDA when a session really gets it, else on ORT's CPU provider. NOTE: ORT's CPU
-    provider has no fp16 kernels for MatMul, Attention, BiasGelu, Conv or Gemm (ORT 1.31): it inserts casts and
-    runs them in fp32, so a CPU judgement covers the fp16 rounding of the weights and activations between ops,
-    not fp16 arithmetic inside the matmuls. INT8 is for CPUs.
-    """
-    return "auto" if variant == "fp16" else "cpu"
+    """Variants to build beside the plain fp32 file, in table order: fp32-opt with --optimize, the rest as asked."""
+    return [v.name for v in EXPORT.values()
+            if v.builder and (v.name in precisions or (optimize and v.option == "optimize"))]
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -146,20 +94,22 @@ def gate_device(variant: str) -> str:
 def check_request(variants: Sequence[str], int8_method: str) -> None:
     """Refuse, before any work, what cannot be built here: an unknown variant or method, an OpenVINO variant
     without OpenVINO (and NNCF for ov-int8), bf16 on a CPU that has no native bf16."""
-    unknown = [v for v in variants if v not in VARIANT_PRECISION]
+    built = [v for v in EXPORT.values() if v.builder]
+    unknown = [v for v in variants if v not in EXPORT or not EXPORT[v].builder]
     if unknown:
-        raise ConfigError(f"unknown variant(s) {unknown}; choose from: {', '.join(VARIANT_PRECISION)}")
+        raise ConfigError(f"unknown variant(s) {unknown}; choose from: {', '.join(v.name for v in built)}")
     if int8_method not in INT8_METHODS:
         raise ConfigError(f"unknown INT8 method {int8_method!r}; choose one of: {', '.join(INT8_METHODS)}")
-    openvino_variants = [v for v in variants if VARIANT_RUNTIME.get(v) == "openvino"]
+    openvino_variants = [v for v in variants if EXPORT[v].runtime == "openvino"]
     if openvino_variants:
         from vitdeploy.extras import require
 
         require("openvino", f"export --precision {','.join(openvino_variants)}")
-    if "ov-bf16" in variants:
-        from vitdeploy.runtimes.openvino import check_precision
+    for precision in dict.fromkeys(EXPORT[v].inference_precision for v in openvino_variants):
+        if precision not in (None, "fp32"):  # refused where the CPU does not run it natively
+            from vitdeploy.runtimes.openvino import check_precision
 
-        check_precision("bf16")
+            check_precision(precision)
 
 
 def calibration_inputs(info: BundleInfo, limit: int = CALIBRATION_IMAGES) -> np.ndarray:
@@ -186,7 +136,7 @@ def export_variants(
 ) -> list[VariantResult]:
     """Build each variant from the exported fp32 file `base`, judge it, and write the ones that pass beside it.
 
-    Raises AccuracyGateFailed (exit code 3) after the loop when any variant failed; the others were written.
+    A variant that failed is returned with written=False; the others were written.
     """
     import onnx
 
@@ -199,34 +149,20 @@ def export_variants(
     with reported_as(base.parent), tempfile.TemporaryDirectory(prefix=".vitdeploy-variants-",
                                                                 dir=base.parent) as staging_dir:
         staging = Path(staging_dir)
-        fused: tuple[onnx.ModelProto, FusionReport] | None = None
-        for variant in variants:
+        source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method)
+        for row in (EXPORT[name] for name in variants):
             started = time.perf_counter()
-            quantization, fusions = None, None
-            if variant == "int8" and int8_method == "static":
-                proto, quantization = to_int8_static(base, calibration_inputs(info), staging)
-            elif variant == "ov-bf16":
-                proto = onnx.load(os.fspath(base))  # the same graph: bf16 is how OpenVINO runs it
-            elif variant == "ov-int8":
-                proto, quantization = to_ov_int8(base, calibration_inputs(info), staging)
-            else:
-                fused = fused or fuse_transformer(base, info.model)
-                fusions = fused[1]
-                if variant == FUSED_FP32:
-                    proto = copy_proto(fused[0])
-                elif variant == "fp16":
-                    proto = to_fp16(fused[0])
-                else:
-                    proto, quantization = to_int8_dynamic(fused[0], staging)
-            out = variant_path(base, variant)
+            built = row.build(source)
+            proto, fusions, quantization = built.proto, built.fusions, built.quantization
+            out = row.path(base)
             staged = staging / out.name
-            describe_variant(proto, base_meta, variant, fusions, quantization)  # the runtime judging it reads this
+            describe_variant(proto, base_meta, row.name, fusions, quantization)  # the runtime judging it reads this
             save_onnx(proto, staged)
             onnx.checker.check_model(os.fspath(staged), full_check=True)  # verify's load_onnx insists on it too
             build_seconds = time.perf_counter() - started
-            result = judge(variant, VARIANT_PRECISION[variant], staged, data, gate, gate_device(variant),
-                           FUSED_FP32_ATOL if variant == FUSED_FP32 else None, VARIANT_RUNTIME.get(variant, "ort"))
-            notes = _notes(variant, result, quantization)
+            result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
+                           row.runtime)
+            notes = _notes(row, result, quantization)
             set_metadata(proto, {META_PARITY: result.summary()})
             size = staged.stat().st_size
             if result.passed:
@@ -237,11 +173,9 @@ def export_variants(
             elif out.exists():
                 notes.append(f"an earlier {out.name} is still there, from a previous export: it is not this one")
             results.append(VariantResult(
-                variant=variant, precision=VARIANT_PRECISION[variant], path=out, written=result.passed, gate=result,
+                variant=row.name, precision=row.precision, path=out, written=result.passed, gate=result,
                 fusions=fusions, quantization=quantization, size_bytes=size, build_seconds=build_seconds, notes=notes,
             ))
-    if any(not r.written for r in results):
-        raise AccuracyGateFailed(results)
     return results
 
 
@@ -255,23 +189,24 @@ def describe_variant(
     del proto.metadata_props[:]
     for key, value in base_meta.items():
         proto.metadata_props.add(key=key, value=value)
+    row = EXPORT[variant]
     export = json.loads(base_meta.get(META_EXPORT, "{}"))
     export.update({
-        "precision": VARIANT_PRECISION[variant],
+        "precision": row.precision,
         "variant": variant,
-        "runtime": VARIANT_RUNTIME.get(variant, "ort"),
+        "runtime": row.runtime,
         "optimization": {"transformer_fusions": fusions.to_dict() if fusions else None},
         "quantization": quantization,
     })
-    if variant in INFERENCE_PRECISION:
-        export["inference_precision"] = INFERENCE_PRECISION[variant]
+    if row.inference_precision is not None:
+        export["inference_precision"] = row.inference_precision
     # The fp32 file's intermediates name tensors that fusion renamed or removed: verify cannot expose them here.
     set_metadata(proto, {META_EXPORT: export, META_PARITY: {}, META_INTERMEDIATES: {}})
 
 
-def _notes(variant: str, result: GateResult, quantization: dict[str, Any] | None) -> list[str]:
+def _notes(row: ExportVariant, result: GateResult, quantization: dict[str, Any] | None) -> list[str]:
     notes = []
-    if variant == "fp16" and result.provider == CPU:
+    if row.precision == "fp16" and result.provider == CPU:
         notes.append("fp16 judged on ONNX Runtime's CPU provider (no usable CUDA here): its fp16 speed needs a GPU")
     if quantization and quantization["method"] == "dynamic":
         notes.append("dynamic quantization scales activations per batch: outputs depend slightly on the batch")

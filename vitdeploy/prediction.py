@@ -20,7 +20,7 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +33,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from vitdeploy import images, strict_json
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.atomic import reported_as
-from vitdeploy.errors import ConfigError, InputError
-from vitdeploy.images import ImageDecodeError
+from vitdeploy.errors import ConfigError, ImageDecodeError, InputError
 from vitdeploy.inputs import NoMatch, ordered_inputs
-from vitdeploy.onnx_file import OnnxModelInfo, resolve_model
-from vitdeploy.progress import live_progress, to_stderr
+from vitdeploy.discovery import resolve_model
+from vitdeploy.progress import live_progress
+from vitdeploy.requests import PredictRequest
 from vitdeploy.runtimes import Session, open_runtime
-from vitdeploy.runtimes.registry import runtime_for_file
+from vitdeploy.strict_json import record
 
 FORMATS = ("table", "json", "jsonl", "csv")
 # What a terminal shows while predict runs: images done of all, images/s, failures so far, time left.
@@ -49,22 +49,6 @@ PROGRESS_COLUMNS = (
 )
 # Probabilities are written rounded: enough to rank and compare, short enough to read.
 PROBABILITY_DECIMALS = 6
-
-
-@dataclass
-class PredictRequest:
-    inputs: list[str]  # files, folders or glob patterns
-    model: Path | None = None  # an .onnx file or a folder to search; None: the newest .onnx under models/
-    batch_size: int = 32
-    workers: int = 2  # decoding threads
-    device: str = "auto"
-    threads: int | None = None  # the runtime's threads (None: its default, one per core)
-    runtime: str | None = None  # ort | openvino | reference; None: the one the file was made for, else ort
-    top_k: int = 5
-    output_format: str = "table"
-    output: Path | None = None  # None: stdout
-    recursive: bool = False
-    progress: bool = True  # live progress on stderr, when it is a terminal
 
 
 @dataclass
@@ -80,50 +64,20 @@ class PredictSummary:
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)  # kept only for the table format
 
     @property
+    def passed(self) -> bool:
+        """Every input got its prediction (the CLI: exit code 4 otherwise, 130 when interrupted)."""
+        return not self.images_failed and not self.interrupted
+
+    @property
     def images_per_second(self) -> float:
         return self.images_ok / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "provider": self.provider,
-            "runtime": self.runtime,
-            "images_ok": self.images_ok,
-            "images_failed": self.images_failed,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.images_per_second, 2),
-            "interrupted": self.interrupted,
-            "output": self.output,
-        }
+        return record(self, exclude=("rows",), seconds=round(self.seconds, 3),
+                      images_per_second=round(self.images_per_second, 2))
 
 
 # ----------------------------------------------------------------------------------------------- the model
-
-
-@dataclass
-class LoadedModel:
-    session: Session
-    provider: str
-    info: OnnxModelInfo
-
-    @property
-    def runtime(self) -> str:
-        return self.session.description.runtime
-
-
-def open_model(
-    path: Path, device: str = "auto", threads: int | None = None, log: Callable[[str], None] = to_stderr,
-    spin: bool = False, runtime: str | None = None,
-) -> LoadedModel:
-    """Open a vitdeploy .onnx on `runtime` (None: the one the file was made for, else ONNX Runtime) and `device`;
-    its input contract is checked against its metadata as it opens.
-
-    `spin` is off by default: the decoding threads need the CPU time that ORT's idle threads would otherwise burn
-    busy-waiting after each run (benchmarks/predict_throughput.py measures both settings).
-    """
-    session = open_runtime(runtime or runtime_for_file(path), path, device=device, threads=threads, notify=log,
-                           spin=spin)
-    return LoadedModel(session, session.provider, session.model_info())
 
 
 def load_model_input(path: Path, spec: PreprocessSpec, data: bytes | None = None) -> np.ndarray:
@@ -301,7 +255,7 @@ def _batches_ahead(
         yield pending.popleft()
 
 
-def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> PredictSummary:
+def predict(request: PredictRequest) -> PredictSummary:
     """Run the request; rows go to request.output (or stdout) as they are ready, one per input, in input order.
     Returns the summary.
 
@@ -317,8 +271,11 @@ def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> 
     if not any(isinstance(item, Path) for item in items):
         raise InputError(f"no input matched: {', '.join(i.text for i in items) or '(none given)'}")
     model_path = resolve_model(request.model)
-    model = open_model(model_path, request.device, request.threads, log, runtime=request.runtime)
-    summary = PredictSummary(model=str(model_path), provider=model.provider, runtime=model.session.describe(),
+    # spin off: the decoding threads need the CPU time that ORT's idle threads would otherwise burn busy-waiting
+    # after each run (benchmarks/predict_throughput.py measures both settings).
+    session = open_runtime(request.runtime, model_path, request.device, threads=request.threads, spin=False)
+    session.info  # the input contract, checked before any output is written
+    summary = PredictSummary(model=str(model_path), provider=session.provider, runtime=session.describe(),
                              output=str(request.output) if request.output else None)
     # Unbuffered: what write() accepted is in the file, so a failed batch can be cut off exactly.
     stream = open(request.output, "wb", buffering=0) if request.output else sys.stdout
@@ -327,7 +284,7 @@ def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> 
         with reported_as(request.output or "stdout"):
             writer = RowWriter(stream, output_format, summary.model, summary.provider, request.output)
             try:
-                run_pipeline(items, model, request, writer, summary)
+                run_pipeline(items, session, request, writer, summary)
             except KeyboardInterrupt:
                 summary.interrupted = True
             finally:
@@ -339,12 +296,12 @@ def predict(request: PredictRequest, log: Callable[[str], None] = to_stderr) -> 
             stream.close()
 
 
-def run_pipeline(items: list[Path | NoMatch], model: LoadedModel, request: PredictRequest, writer: RowWriter,
+def run_pipeline(items: list[Path | NoMatch], session: Session, request: PredictRequest, writer: RowWriter,
                  summary: PredictSummary) -> None:
-    """Decode, preprocess and classify the files among `items` with an open model, writing one row per item, in
+    """Decode, preprocess and classify the files among `items` with an open session, writing one row per item, in
     order, batch by batch into `writer` and counting into `summary` (request.batch_size, workers and top_k apply;
     benchmarks call this directly with a list of paths)."""
-    spec, labels = model.info.preprocess, model.info.labels
+    spec, labels = session.preprocess, session.labels
     top_k = min(request.top_k, len(labels))
     paths = [item for item in items if isinstance(item, Path)]
     position = {path: i for i, path in enumerate(items) if isinstance(path, Path)}
@@ -353,7 +310,7 @@ def run_pipeline(items: list[Path | NoMatch], model: LoadedModel, request: Predi
     def rows_until(end: int, computed: dict[Path, dict]) -> list[dict]:
         """Rows of items[written:end]: the computed ones, and an error row for each input that matched nothing."""
         return [computed[item] if isinstance(item, Path)
-                else error_row(item.text, "no_match", "matched no file", model.provider, model.runtime)
+                else error_row(item.text, "no_match", "matched no file", session.provider, session.runtime)
                 for item in items[written:end]]
 
     started = time.perf_counter()
@@ -364,9 +321,9 @@ def run_pipeline(items: list[Path | NoMatch], model: LoadedModel, request: Predi
         with warnings.catch_warnings(), live_progress(request.progress, *PROGRESS_COLUMNS) as progress:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             task = progress.add_task("predict", total=len(paths), rate=0.0, failed=0)
-            overlap = model.session.description.device != "cpu"
+            overlap = session.description.device != "cpu"
             for chunk, futures in _batches_ahead(pool, paths, spec, request.batch_size, overlap):
-                computed = classify_batch(chunk, [f.result() for f in futures], model, top_k)
+                computed = classify_batch(chunk, [f.result() for f in futures], session, top_k)
                 end = position[chunk[-1]] + 1
                 rows = rows_until(end, computed)
                 writer.write(rows)
@@ -384,12 +341,12 @@ def run_pipeline(items: list[Path | NoMatch], model: LoadedModel, request: Predi
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def classify_batch(paths: list[Path], decoded: list[np.ndarray | ImageDecodeError], model: LoadedModel,
+def classify_batch(paths: list[Path], decoded: list[np.ndarray | ImageDecodeError], session: Session,
                    top_k: int) -> dict[Path, dict]:
     """Rows for one batch: top-k for each decoded image whose logits are finite, an error row for the others."""
-    labels, provider, name = model.info.labels, model.provider, model.runtime
+    labels, provider, name = session.labels, session.provider, session.runtime
     good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
-    logits = (model.session.run(np.stack([decoded[i] for i in good])) if good
+    logits = (session.run(np.stack([decoded[i] for i in good])) if good
               else np.zeros((0, len(labels)), np.float32))
     rows = {}
     for i, path in enumerate(paths):

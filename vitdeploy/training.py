@@ -11,6 +11,7 @@ makes `--resume` continue bit-for-bit where a run stopped.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shlex
 import time
 from collections.abc import Callable
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 
 from vitdeploy import finetune, provenance
 from vitdeploy.bundle import (
@@ -30,7 +30,13 @@ from vitdeploy.bundle import (
     read_bundle_info,
     save_bundle,
 )
-from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec, TrainConfig, config_diff, get_preset
+from vitdeploy.config import (
+    DEFAULT_MODELS_DIR,
+    RunPlan,
+    TrainConfig,
+    config_diff,
+    get_preset,
+)
 from vitdeploy.data import TrainingData, load_training_data
 from vitdeploy.distributed import Processes, distributed
 from vitdeploy.engine import (
@@ -46,26 +52,10 @@ from vitdeploy.engine import (
 from vitdeploy.errors import BundleError, ConfigError
 from vitdeploy.model import VisionTransformer, build_model
 from vitdeploy.outputs import BUNDLE, RUN, check_output_folder
+from vitdeploy.requests import TrainRequest
+from vitdeploy.strict_json import record
 
-
-@dataclass
-class TrainRequest:
-    """What the user asked for; None means "the preset's default" (or, with --resume, "the bundle's")."""
-
-    preset: str | None = None
-    data: Path | None = None
-    out: Path | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int | None = None
-    image_size: int | None = None
-    device: str = "auto"
-    resume: Path | None = None
-    init: Path | None = None  # fine-tune from this bundle's weights (finetune.py)
-    stop_after_steps: int | None = None  # stop like Ctrl-C after this many steps in this invocation
-    workers: int = 2
-    force: bool = False  # write into an --out folder that holds files vitdeploy did not write (outputs.py)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,30 +73,8 @@ class TrainResult:
     main_process: bool = True  # False on torchrun ranks > 0, which print nothing
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "bundle": str(self.best or self.last),
-            "best": str(self.best) if self.best else None,
-            "last": str(self.last),
-            "val_accuracy": self.val_accuracy,
-            "epochs": self.epochs,
-            "steps": self.steps,
-            "seconds": round(self.seconds, 3),
-            "interrupted": self.interrupted,
-            "resume_command": self.resume_command,
-        }
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """The resolved configuration of a run."""
-
-    preset: str
-    model: ModelConfig
-    train: TrainConfig
-    spec: PreprocessSpec
-    data: Path | None
-    out: Path
-    init: str | None = None  # the bundle a fine-tuning run started from
+        return {"bundle": str(self.best or self.last),
+                **record(self, exclude=("run_dir", "history", "main_process"), seconds=round(self.seconds, 3))}
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -331,22 +299,27 @@ class RunBundles:
 # -------------------------------------------------------------------------------------------- training
 
 
-def train(request: TrainRequest, console: Console | None = None) -> TrainResult:
-    """Train per `request`; write <out>/best and <out>/last bundles; return what happened."""
-    console = console or Console(stderr=True)
+def _silent(*args: object) -> None:
+    """Processes other than the main one say nothing (torchrun runs one per device)."""
+
+
+def train(request: TrainRequest) -> TrainResult:
+    """Train per `request`; write <out>/best and <out>/last bundles; return what happened. Notes go to this
+    module's logger and the progress bar to stderr, from the main process only."""
     plan = plan_run(request)
     _check_out(plan, request)
     with distributed(request.device) as procs:
-        return _train(plan, request, procs, console if procs.is_main else Console(quiet=True))
+        return _train(plan, request, procs)
 
 
-def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Console) -> TrainResult:
+def _train(plan: RunPlan, request: TrainRequest, procs: Processes) -> TrainResult:
+    say = logger.info if procs.is_main else _silent
     started = time.perf_counter()
     cfg = plan.train
     if cfg.batch_size % procs.world:
         raise ConfigError(f"batch size {cfg.batch_size} must be divisible by the {procs.world} processes")
     data = load_training_data(plan.data, plan.spec, cfg.val_fraction, request.workers)
-    model, state = _initial_model_and_state(plan, request, data, console)
+    model, state = _initial_model_and_state(plan, request, data, say)
     model.to(procs.device)
     steps_per_epoch = data.num_train // cfg.batch_size
     if steps_per_epoch == 0:
@@ -356,12 +329,12 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg))
     if request.resume is not None:
         state.restore(optimizer, scheduler)
-        console.print(f"resuming {request.resume} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+        say("resuming %s at epoch %d, step %d", request.resume, state.epoch + 1, state.step_in_epoch)
     trained = procs.wrap(model)
     precision = MixedPrecision(procs.device)
     bundles = RunBundles(plan, data, procs, model, optimizer, scheduler)
 
-    progress = TrainProgress(console, cfg.epochs, total_steps, state.steps_done(steps_per_epoch), state.epoch)
+    progress = TrainProgress(procs.is_main, cfg.epochs, total_steps, state.steps_done(steps_per_epoch), state.epoch)
     with StopFlag(request.stop_after_steps) as stop, progress:
         for epoch in range(state.epoch, cfg.epochs):
             ran = train_one_epoch(
@@ -386,20 +359,20 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
         metrics.update(epoch=state.epoch, step=steps_done)
         bundles.save(state, metrics, best=False)
         resume_command = f"vitdeploy train --resume {shlex.quote(str(bundles.last_dir))}"
-        console.print(f"[yellow]stopped after step {steps_done} of {total_steps}; saved {bundles.last_dir}[/]")
-        console.print(f"resume with: [bold]{resume_command}[/]")
+        say("stopped after step %d of %d; saved %s", steps_done, total_steps, bundles.last_dir)
+        say("resume with: %s", resume_command)
     have_best = (bundles.best_dir / CONFIG_FILE).is_file() and state.best_val_accuracy >= 0
     best = bundles.best_dir if have_best else None
     final_acc = state.best_val_accuracy if state.best_val_accuracy >= 0 else metrics["val_accuracy"]
     seconds = time.perf_counter() - started
     if not interrupted:
-        console.print(f"best held-out accuracy {final_acc:.2%}; bundle: {best}  ({seconds:.1f} s)")
+        say("best held-out accuracy %.2f%%; bundle: %s  (%.1f s)", 100 * final_acc, best, seconds)
     return TrainResult(plan.out, best, bundles.last_dir, final_acc, len(state.history), steps_done, seconds,
                        interrupted, resume_command, state.history, procs.is_main)
 
 
 def _initial_model_and_state(
-    plan: RunPlan, request: TrainRequest, data: TrainingData, console: Console
+    plan: RunPlan, request: TrainRequest, data: TrainingData, say: Callable[..., None]
 ) -> tuple[VisionTransformer, TrainState]:
     """A new model with its head sized for the data and a fresh state, or with --resume the bundle's model and
     train_state.pt."""
@@ -407,9 +380,9 @@ def _initial_model_and_state(
     if request.resume is None:
         model_cfg = dataclasses.replace(plan.model, num_classes=len(data.labels))
         if plan.init is not None:  # fine-tuning: the imported weights, the head re-initialised if classes differ
-            return finetune.initial_model(Path(plan.init), model_cfg, data.labels, console.print), TrainState()
+            return finetune.initial_model(Path(plan.init), model_cfg, data.labels), TrainState()
         if model_cfg.num_classes != plan.model.num_classes:
-            console.print(f"head sized for the data: {len(data.labels)} classes")
+            say("head sized for the data: %d classes", len(data.labels))
         return build_model(model_cfg), TrainState()
     model, info = load_bundle(request.resume)
     if info.labels != data.labels:

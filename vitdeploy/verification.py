@@ -11,26 +11,24 @@ installed runtime but the reference (whose speed does not suit large models).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitdeploy.bundle import CONFIG_FILE, BundleInfo, find_latest_bundle, load_bundle, read_bundle_info
+from vitdeploy.bundle import CONFIG_FILE, BundleInfo, load_bundle, read_bundle_info
+from vitdeploy.discovery import find_latest_bundle
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import BundleError, ConfigError, DataError, ModelFileError
 from vitdeploy.onnx_file import DEFAULT_FILE_NAME, INPUT_NAME, META_INTERMEDIATES, OnnxModelInfo, load_onnx
 from vitdeploy.parity import ParityReport, Target, check_parity, default_targets, resolve_tolerance
-from vitdeploy.progress import to_stderr
+from vitdeploy.requests import VerifyRequest
 from vitdeploy.runtimes import runtime_status, select_runtimes
 from vitdeploy.runtimes.ort import short_provider_name
 
 if TYPE_CHECKING:
     import onnx
 
-DEFAULT_BATCH_SIZES = (1, 7, 32)
 DEFAULT_REAL_IMAGES = 64
 DEFAULT_RANDOM_INPUTS = 32
 # Export checks a few samples at batch 1 and 7: odd and unlike the traced batch (2), which catches a batch size
@@ -143,24 +141,19 @@ def export_parity(model: Any, info: BundleInfo, onnx_path: Path) -> ParityReport
 
 
 def verify(
-    model_path: str | os.PathLike[str] | None = None,
-    bundle: str | os.PathLike[str] | None = None,
-    images: str | os.PathLike[str] | None = None,
-    batch_sizes: tuple[int, ...] | list[int] = DEFAULT_BATCH_SIZES,
-    atol: float | None = None,
-    rtol: float | None = None,
+    request: VerifyRequest,
     num_real: int = DEFAULT_REAL_IMAGES,
     num_random: int = DEFAULT_RANDOM_INPUTS,
-    runtimes: tuple[str, ...] | None = None,
-    notify: Callable[[str], None] = to_stderr,
 ) -> ParityReport:
     """The standalone parity report for a .onnx file (default: model.onnx in the latest bundle under models/).
 
     The bundle defaults to the folder holding the file when that is a bundle, else the one recorded at export.
     `runtimes` (ort, openvino, reference): each must be usable here (else exit 2); None: every one installed and
-    usable, the reference only on models small enough for it (one line through `notify` for each left out).
+    usable, the reference only on models small enough for it (one log line for each left out).
     Returns the report whether or not parity holds (report.passed); bad input raises exit-2 errors.
     """
+    model_path, bundle, images, batch_sizes = request.model, request.bundle, request.images, request.batch_sizes
+    atol, rtol, runtimes = request.atol, request.rtol, request.runtime
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ConfigError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     path = Path(model_path) if model_path is not None else find_latest_bundle() / DEFAULT_FILE_NAME
@@ -174,7 +167,7 @@ def verify(
     from vitdeploy.runtimes.reference import DEFAULT_MAX_GMACS
 
     too_slow = ("reference",) if count_macs(info.model).gmacs > DEFAULT_MAX_GMACS else ()
-    targets = runtime_targets(select_runtimes(runtimes, notify, exclude_by_default=too_slow), meta,
+    targets = runtime_targets(select_runtimes(runtimes, exclude_by_default=too_slow), meta,
                               optional=runtimes is None)
     model, info = load_bundle(bundle_dir)
     precision = meta.precision
@@ -230,7 +223,7 @@ def parity_tables(report: ParityReport) -> list[Any]:
     )
     for c in report.cases:
         cases.add_row(
-            _target_name(c.provider), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}",
+            _target_name(c.target), str(c.batch_size), str(c.samples), f"{c.max_abs:.2e}",
             f"{c.max_rel:.2e}", f"{c.min_cosine:.7f}", f"{c.top1_agreement:.1%}", f"{c.batch_invariance_max_abs:.2e}",
             status(c.passed),
         )

@@ -1,6 +1,7 @@
 """Fair latency / throughput benchmark of one ViT across runtimes: benchmark(...) -> BenchReport.
 
-    variants.py     the catalogue of variants, the settings of a run, why a device cannot run a variant
+    variants.py     the settings of a run, why a device cannot run a variant (the catalogue of variants is
+                    vitdeploy.variants.BENCH_VARIANTS: a runtime on a device, timing one export variant's file)
     artifacts.py    the model under test, the file each variant times, which variants can run
     protocol.py     THE timing protocol (identical inputs, warm-up, round-robin, minimums) and the timers
     runners.py      PyTorch, ONNX Runtime CPU / CUDA / TensorRT (IO binding, CUDA graphs), OpenVINO
@@ -51,15 +52,15 @@ from vitdeploy.benchmark.report import (
     SCHEMA,
     BenchReport,
     PointResult,
-    check_regressions,
     compare_to_baseline,
     gate_status,
     load_report,
     mfu,
     recommend_batch_size,
     recommend_variant,
+    regression_failures,
 )
-from vitdeploy.benchmark.run import benchmark, run_bench
+from vitdeploy.benchmark.run import benchmark, run_bench, run_request
 from vitdeploy.benchmark.runners import (
     OrtCpuRunner,
     OrtCudaRunner,
@@ -82,9 +83,9 @@ __all__ = [
     "DEFAULT_BATCH_SIZES", "EAGER", "ORT_FP32", "SCHEMA", "VARIANTS", "BenchReport", "BenchSettings", "ColdStart",
     "CudaEventTimer", "GemmRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner", "OrtCudaRunner", "Peak",
     "PointResult", "Runner", "SessionRunner", "TerminalProgress", "Timer", "TorchRunner", "VariantSpec", "WallClock",
-    "benchmark", "build_variant_files", "check_regressions", "cold_start", "compare_to_baseline", "environment",
+    "benchmark", "build_variant_files", "cold_start", "compare_to_baseline", "environment",
     "gate_status", "gemm_runners", "input_batch", "load_report", "make_runner", "measure", "measure_points", "mfu",
     "model_from_files", "model_from_preset", "parse_variants", "peaks", "plan_variants", "plot_report",
-    "progress_display", "progress_wanted", "recommend_batch_size", "recommend_variant", "results_table", "run_bench",
+    "progress_display", "progress_wanted", "recommend_batch_size", "recommend_variant", "regression_failures", "run_request", "results_table", "run_bench",
     "summary_lines", "theoretical_gflops", "torch_threads",
 ]

@@ -34,17 +34,12 @@ from vitdeploy.benchmark.variants import VARIANTS, BenchSettings, VariantSpec, r
 from vitdeploy.bundle import BundleInfo, load_bundle, read_bundle_info
 from vitdeploy.config import ModelConfig, get_preset
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
-from vitdeploy.graph_variants import fuse_transformer, to_fp16, to_int8_static, to_ov_int8
-from vitdeploy.onnx_file import (
-    DEFAULT_FILE_NAME,
-    OnnxModelInfo,
-    parse_metadata,
-    resolve_model,
-    save_onnx,
-    variant_path,
-)
-from vitdeploy.precision import FUSED_FP32, VARIANT_PRECISION, describe_variant
+from vitdeploy.graph_variants import VariantSource
+from vitdeploy.onnx_file import DEFAULT_FILE_NAME, OnnxModelInfo, parse_metadata, save_onnx
+from vitdeploy.discovery import resolve_model
+from vitdeploy.precision import describe_variant
 from vitdeploy.runtimes.ort import load_model_info
+from vitdeploy.variants import EXPORT
 
 # Random inputs set the static INT8 scales of a preset: more of them would not make the scales meaningful.
 PRESET_CALIBRATION_IMAGES = 32
@@ -104,7 +99,7 @@ class ModelUnderTest:
 
     def file_path(self, spec: VariantSpec) -> Path:
         """The file an ONNX Runtime variant times (it may not exist)."""
-        return variant_path(self.onnx_path, spec.export_variant) if spec.export_variant else self.onnx_path
+        return spec.export.path(self.onnx_path) if spec.export else self.onnx_path
 
     def read(self, path: Path) -> OnnxFile:
         """The file, read once."""
@@ -142,24 +137,14 @@ def build_variant_files(base: Path, config: ModelConfig, variants: Collection[st
 
     Each file carries base's metadata with its own precision, variant, runtime and quantization, as export's do.
     """
-    import onnx
-
     base_meta = load_model_info(base).raw
-    fused = fuse_transformer(base, config) if {FUSED_FP32, "fp16"} & set(variants) else None
-    for variant in (v for v in VARIANT_PRECISION if v in variants):
-        quantization, fusions = None, None
-        calibration = input_batch(config, PRESET_CALIBRATION_IMAGES, seed)
-        if variant in ("int8", "ov-int8"):
-            build = to_int8_static if variant == "int8" else to_ov_int8
-            with tempfile.TemporaryDirectory(dir=base.parent) as workdir:
-                proto, quantization = build(base, calibration, Path(workdir))
-        elif variant == "ov-bf16":
-            proto = onnx.load(str(base))
-        else:
-            assert fused is not None
-            proto, fusions = (to_fp16(fused[0]) if variant == "fp16" else fused[0]), fused[1]
-        describe_variant(proto, base_meta, variant, fusions, quantization)
-        save_onnx(proto, variant_path(base, variant))
+    with tempfile.TemporaryDirectory(dir=base.parent) as workdir:
+        source = VariantSource(base, config, Path(workdir),
+                               lambda: input_batch(config, PRESET_CALIBRATION_IMAGES, seed))
+        for row in (v for v in EXPORT.values() if v.builder and v.name in variants):
+            built = row.build(source)
+            describe_variant(built.proto, base_meta, row.name, built.fusions, built.quantization)
+            save_onnx(built.proto, row.path(base))
 
 
 def model_from_files(onnx_path: Path | None, bundle: Path | None) -> ModelUnderTest:
@@ -185,7 +170,8 @@ def model_from_files(onnx_path: Path | None, bundle: Path | None) -> ModelUnderT
 
 def export_command(model: ModelUnderTest, spec: VariantSpec) -> str:
     """The command that writes `spec`'s file beside model.onnx."""
-    flag = "--optimize" if spec.export_variant == FUSED_FP32 else f"--precision {spec.export_variant}"
+    assert spec.export is not None
+    flag = spec.export.export_flag
     default_out = model.bundle is not None and model.onnx_path.resolve() == (model.bundle / DEFAULT_FILE_NAME).resolve()
     out = "" if default_out else f" --out {model.onnx_path}"
     return f"vitdeploy export {model.bundle or 'BUNDLE'}{out} {flag}"
@@ -193,7 +179,7 @@ def export_command(model: ModelUnderTest, spec: VariantSpec) -> str:
 
 def file_problem(model: ModelUnderTest, spec: VariantSpec) -> str | None:
     """Why `spec`'s file cannot be timed as a variant of model.onnx, or None."""
-    if not spec.export_variant:
+    if not spec.export:
         return None
     path = model.file_path(spec)
     if not path.is_file():

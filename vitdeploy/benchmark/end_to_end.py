@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.runtimes.ort import load_model_info, make_session, run_batch
+from vitdeploy.runtimes import open_runtime
 
 
 def end_to_end(onnx_path: Path, paths: list[Path], batch_size: int, threads: int) -> dict[str, Any]:
     from vitdeploy import images
 
-    session, provider = make_session(onnx_path, device="cpu", threads=threads)
-    spec = load_model_info(onnx_path).preprocess
+    session = open_runtime("ort", onnx_path, "cpu", threads=threads)
+    spec = session.preprocess
     seconds = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
@@ -28,7 +28,7 @@ def end_to_end(onnx_path: Path, paths: list[Path], batch_size: int, threads: int
         after_decode = time.perf_counter()
         pixels = np.stack([images.preprocess(image, spec) for image in decoded])
         after_preprocess = time.perf_counter()
-        run_batch(session, pixels)
+        session.run(pixels)
         seconds["decode"] += after_decode - started
         seconds["preprocess"] += after_preprocess - after_decode
         seconds["model"] += time.perf_counter() - after_preprocess
@@ -36,7 +36,7 @@ def end_to_end(onnx_path: Path, paths: list[Path], batch_size: int, threads: int
     return {
         "images": len(paths),
         "batch_size": batch_size,
-        "provider": provider,
+        "provider": session.provider,
         "per_image_ms": {stage: round(s / len(paths) * 1e3, 3) for stage, s in seconds.items()},
         "share": {stage: round(s / total, 4) for stage, s in seconds.items()},
         "images_per_s": round(len(paths) / total, 3),

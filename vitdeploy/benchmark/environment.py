@@ -8,16 +8,18 @@ torch's thread count is recorded only where torch is installed.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from vitdeploy.provenance import cpu_flags
 from vitdeploy.runtimes import installed_runtimes
 from vitdeploy.runtimes.ort import cuda_status, tensorrt_status
+
+logger = logging.getLogger(__name__)
 
 # The vector extensions the peak and the precisions depend on, recorded with every run.
 INTERESTING_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
@@ -82,12 +84,12 @@ def gpus() -> list[dict[str, str]]:
     return [{"name": r[0], "driver": r[1], "memory": r[2]} for r in rows if len(r) == 3]
 
 
-def warn_if_busy(log: Callable[[str], None]) -> None:
+def warn_if_busy() -> None:
     cores = os.cpu_count() or 1
     load = (_load_average() or [0.0])[0]
     if load > 0.5 * cores:
-        log(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU, so the "
-            "figures will be noisy, and multi-threaded PyTorch can stall outright (compare with --threads 1)")
+        logger.warning("load average %.1f on %d cores: other processes compete for the CPU, so the figures will be "
+                       "noisy, and multi-threaded PyTorch can stall outright (compare with --threads 1)", load, cores)
 
 
 def _load_average() -> list[float] | None:

@@ -136,17 +136,17 @@ def plot_report(report: BenchReport, path: Path) -> Path:
     return path
 
 
-def progress_wanted(json_output: bool, stream: IO[str]) -> bool:
-    """A live display only for a person watching: `stream` is a terminal and no --json was asked for."""
-    return not json_output and stream.isatty()
+def progress_wanted(enabled: bool, stream: IO[str]) -> bool:
+    """A live display only for a person watching: asked for (not with --json) and `stream` is a terminal."""
+    return enabled and stream.isatty()
 
 
 @contextlib.contextmanager
 def progress_display(
-    console: Console, settings: BenchSettings, json_output: bool
+    console: Console, settings: BenchSettings, enabled: bool
 ) -> Iterator[Callable[[int, list[str]], None] | None]:
     """A TerminalProgress on `console` while the block runs, when progress_wanted; else nothing (None)."""
-    if not progress_wanted(json_output, console.file):
+    if not progress_wanted(enabled, console.file):
         yield None
         return
     with TerminalProgress(console, settings) as progress:

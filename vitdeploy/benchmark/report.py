@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitdeploy.benchmark.variants import EAGER, ORT_FP32, VARIANTS, BenchSettings
-from vitdeploy.errors import CheckFailed, ConfigError
+from vitdeploy.errors import ConfigError
 
 if TYPE_CHECKING:
     from vitdeploy.benchmark.peak import Peak
@@ -92,6 +92,14 @@ class BenchReport:
     regression: dict[str, Any] | None = None  # set by compare_to_baseline (--baseline)
     peaks: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> precision -> Peak.to_dict()
     best_variant: dict[str, Any] | None = None  # set by recommend_variant
+
+    def failures(self) -> list[str]:
+        """The checks that failed: a regression against the baseline, when one was given."""
+        return regression_failures(self.regression) if self.regression is not None else []
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures()
 
     def point(self, variant: str, batch_size: int) -> PointResult | None:
         return next((p for p in self.points if p.variant == variant and p.batch_size == batch_size), None)
@@ -229,11 +237,11 @@ def compare_to_baseline(report: BenchReport, baseline: dict[str, Any], max_regre
     return {"max_regress_pct": max_regress_pct, "compared": rows, "regressed": regressed}
 
 
-def check_regressions(comparison: dict[str, Any]) -> None:
+def regression_failures(comparison: dict[str, Any]) -> list[str]:
+    """Why a comparison with the baseline fails: nothing compared, or what got slower; [] when it holds."""
     if not comparison["compared"]:
-        raise CheckFailed("no variant and batch size in common with the baseline: nothing was compared")
+        return ["no variant and batch size in common with the baseline: nothing was compared"]
     if comparison["regressed"]:
-        raise CheckFailed(
-            f"slower than the baseline by more than {comparison['max_regress_pct']}%: "
-            + "; ".join(comparison["regressed"])
-        )
+        return [f"slower than the baseline by more than {comparison['max_regress_pct']}%: "
+                + "; ".join(comparison["regressed"])]
+    return []

@@ -5,6 +5,7 @@ with its recommendation (the fastest variant that passed its accuracy check, per
 from __future__ import annotations
 
 import collections
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,18 +28,14 @@ from vitdeploy.benchmark.variants import VARIANTS, BenchSettings, runtime_proble
 from vitdeploy.extras import importable
 from vitdeploy.errors import ConfigError
 from vitdeploy.flops import count_macs
+from vitdeploy.requests import BenchRequest
 
-Log = Callable[[str], None]
-
-
-def _quiet(message: str) -> None:
-    pass
+logger = logging.getLogger(__name__)
 
 
 def benchmark(
     model: ModelUnderTest,
     settings: BenchSettings = BenchSettings(),
-    log: Log = _quiet,
     end_to_end_images: list[Path] | None = None,
     on_point: Callable[[int, list[str]], None] | None = None,
 ) -> BenchReport:
@@ -53,9 +50,9 @@ def benchmark(
     for name, reason in skipped.items():
         by_reason[reason].append(name)
     for reason, skipped_names in by_reason.items():
-        log(f"skipping {', '.join(skipped_names)}: {reason}")
+        logger.info("skipping %s: %s", ", ".join(skipped_names), reason)
     threads = settings.thread_count
-    warn_if_busy(log)
+    warn_if_busy()
     macs = count_macs(model.config)
     variants: dict[str, dict[str, Any]] = {}
 
@@ -63,7 +60,7 @@ def benchmark(
         return input_batch(model.config, batch_size, settings.seed)
 
     def point_started(batch_size: int, point_names: list[str]) -> None:
-        log(f"batch {batch_size}: timing {', '.join(point_names)} round-robin")
+        logger.info("batch %d: timing %s round-robin", batch_size, ", ".join(point_names))
         if on_point:
             on_point(batch_size, point_names)
 
@@ -79,8 +76,8 @@ def benchmark(
                 "ran": runner.ran, "description": spec.description, "providers": runner.providers,
                 "cold_start": started.to_dict(), **describe_file(model, spec),
             }
-            log(f"{spec.name}: ready on {runner.providers[0]} (create {started.create_s * 1e3:.0f} ms)")
-        gemms = _gemm_runners(runners, threads, log)
+            logger.info("%s: ready on %s (create %.0f ms)", spec.name, runner.providers[0], started.create_s * 1e3)
+        gemms = _gemm_runners(runners, threads)
         points = measure_points(runners, settings, batch_for, gemms, point_started)
         e2e = (end_to_end(model.onnx_path, end_to_end_images, max(settings.batch_sizes), threads)
                if end_to_end_images else None)
@@ -107,14 +104,14 @@ def benchmark(
     return report
 
 
-def _gemm_runners(runners: list[Any], threads: int, log: Log) -> list[GemmRunner]:
+def _gemm_runners(runners: list[Any], threads: int) -> list[GemmRunner]:
     """The GEMMs of every device and precision the variants run in, created (peak.py says which)."""
     devices = {"cuda" if r.spec.device == "tensorrt" else r.spec.device for r in runners}
     precisions = {r.spec.precision for r in runners}
     gemms = gemm_runners(devices, precisions, threads, optional_torch() is not None, importable("onnx"))
     if optional_torch() is None:
-        log("PyTorch is not installed: the peak is measured without torch's GEMMs (numpy"
-            + (", ONNX Runtime" if importable("onnx") else "") + ") and the ISA's theoretical figure")
+        logger.info("PyTorch is not installed: the peak is measured without torch's GEMMs (numpy%s) and the ISA's "
+                    "theoretical figure", ", ONNX Runtime" if importable("onnx") else "")
     for gemm in gemms:
         gemm.create()
     return gemms
@@ -137,7 +134,6 @@ def run_bench(
     preset: str | None,
     settings: BenchSettings,
     end_to_end_inputs: list[str] | None = None,
-    log: Log = _quiet,
     on_point: Callable[[int, list[str]], None] | None = None,
 ) -> BenchReport:
     """What `vitdeploy bench` does: pick the model (a preset with random weights, or an exported file and its
@@ -158,10 +154,40 @@ def run_bench(
         if preset:
             # Only the files of variants that can run here are built.
             specs = [VARIANTS[name] for name in settings.requested]
-            files = [s.export_variant for s in specs if s.export_variant and runtime_problem(s) is None]
-            log(f"building {preset} with random weights (seed {settings.seed}) and exporting it"
-                + (f", with {', '.join(f'model.{v}.onnx' for v in files)} built as export builds them" if files else ""))
+            files = [s.export.name for s in specs if s.export and runtime_problem(s) is None]
+            logger.info("building %s with random weights (seed %d) and exporting it%s", preset, settings.seed,
+                        f", with {', '.join(f'model.{v}.onnx' for v in files)} built as export builds them" if files
+                        else "")
             under_test = model_from_preset(preset, Path(tmp), settings.seed, files)
         else:
             under_test = model_from_files(model, bundle)
-        return benchmark(under_test, settings, log, images or None, on_point)
+        return benchmark(under_test, settings, images or None, on_point)
+
+
+def run_request(request: BenchRequest) -> BenchReport:
+    """`vitdeploy bench`: the benchmark asked for, with its recommendation, baseline comparison, saved report and
+    plot; progress on stderr while it runs when request.progress and stderr is a terminal."""
+    from rich.console import Console
+
+    from vitdeploy.atomic import atomic_write_json
+    from vitdeploy.benchmark.render import plot_report, progress_display
+    from vitdeploy.benchmark.report import compare_to_baseline, load_report, recommend_batch_size
+
+    settings = BenchSettings(
+        batch_sizes=request.batch_sizes, variants=request.variants, warmup_iters=request.warmup_iters,
+        warmup_seconds=request.warmup_seconds, min_iters=request.min_iters, min_seconds=request.min_seconds,
+        threads=request.threads, runtimes=request.runtimes,
+    )
+    baseline = load_report(request.baseline) if request.baseline else None  # before minutes of measuring
+    with progress_display(Console(stderr=True), settings, enabled=request.progress) as on_point:
+        report = run_bench(request.model, request.bundle, request.preset, settings, list(request.end_to_end) or None,
+                           on_point=on_point)
+    if request.p99_budget is not None:
+        report.recommendation = recommend_batch_size(report, request.p99_budget)
+    if baseline is not None:
+        report.regression = compare_to_baseline(report, baseline, request.max_regress)
+    if request.output:
+        atomic_write_json(request.output, report.to_dict())
+    if request.plot:
+        plot_report(report, request.plot)
+    return report

@@ -1,81 +1,28 @@
-"""What can be benchmarked: the catalogue of variants, the settings of a run, and why a variant cannot run here.
+"""What can be benchmarked: the settings of a run, and why a variant cannot run here.
 
 A variant is one way of running the model: a runtime (PyTorch eager, ONNX Runtime or OpenVINO) on a device (CPU,
-CUDA, TensorRT), in one precision, on one file. The speed-up of every variant is measured against PyTorch eager on
+CUDA, TensorRT), on one file (an export variant), in that file's precision: the catalogue is
+vitdeploy.variants.BENCH_VARIANTS, each row pointing at the export variant whose file it times. The speed-up of every variant is measured against PyTorch eager on
 the same device (EAGER), and against ONNX Runtime fp32 on the CPU (ORT_FP32) for the recommendation.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vitdeploy.benchmark.environment import optional_torch
+from vitdeploy.config import comma_list
 from vitdeploy.errors import ConfigError
+from vitdeploy.requests import BenchRequest
+from vitdeploy.strict_json import record
+from vitdeploy.variants import VARIANTS, VariantSpec
 
-DEFAULT_BATCH_SIZES = (1, 8, 32)
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    name: str
-    runtime: str  # "torch" | "ort" | "openvino"
-    device: str  # "cpu" | "cuda" | "tensorrt"
-    precision: str
-    description: str
-    # The export variant whose file it times, model.<export_variant>.onnx beside model.onnx (artifacts.py); None:
-    # model.onnx itself.
-    export_variant: str | None = None
-    cuda_graph: bool = False  # ONNX Runtime CUDA: capture each run as one CUDA graph
+DEFAULT_BATCH_SIZES = BenchRequest.batch_sizes
 
 
-VARIANTS: dict[str, VariantSpec] = {
-    v.name: v
-    for v in (
-        VariantSpec("torch", "torch", "cpu", "fp32", "PyTorch eager, inference_mode"),
-        VariantSpec("ort-cpu", "ort", "cpu", "fp32", "ONNX Runtime CPU on model.onnx, graph optimisation ALL"),
-        VariantSpec(
-            "ort-cpu-fused", "ort", "cpu", "fp32",
-            "ONNX Runtime CPU on model.fp32-opt.onnx (transformer fusions applied offline by export --optimize)",
-            export_variant="fp32-opt",
-        ),
-        VariantSpec(
-            "ort-cpu-int8", "ort", "cpu", "int8",
-            "ONNX Runtime CPU on model.int8.onnx (export --precision int8: static QDQ unless --int8-method dynamic)",
-            export_variant="int8",
-        ),
-        VariantSpec("torch-cuda", "torch", "cuda", "fp32", "PyTorch eager on CUDA, input resident on the GPU"),
-        VariantSpec(
-            "ort-cuda", "ort", "cuda", "fp32", "ONNX Runtime CUDA on model.onnx, IO binding (input/output on GPU)"
-        ),
-        VariantSpec(
-            "ort-cuda-graph", "ort", "cuda", "fp32",
-            "ONNX Runtime CUDA on model.onnx, IO binding + CUDA graph (one captured graph per batch size)",
-            cuda_graph=True,
-        ),
-        VariantSpec(
-            "ort-cuda-fp16", "ort", "cuda", "fp16",
-            "ONNX Runtime CUDA on model.fp16.onnx (export --precision fp16), IO binding, fp32 input and output",
-            export_variant="fp16",
-        ),
-        VariantSpec(
-            "ort-tensorrt", "ort", "tensorrt", "fp32",
-            "ONNX Runtime TensorRT provider on model.onnx (CUDA runs what TensorRT does not take), IO binding",
-        ),
-        VariantSpec("ov-cpu", "openvino", "cpu", "fp32", "OpenVINO CPU on model.onnx, f32 pinned"),
-        VariantSpec(
-            "ov-cpu-bf16", "openvino", "cpu", "bf16",
-            "OpenVINO CPU on model.ov-bf16.onnx (export --precision ov-bf16): bf16 inference precision",
-            export_variant="ov-bf16",
-        ),
-        VariantSpec(
-            "ov-cpu-int8", "openvino", "cpu", "int8",
-            "OpenVINO CPU on model.ov-int8.onnx (export --precision ov-int8: NNCF INT8), f32 for the rest",
-            export_variant="ov-int8",
-        ),
-    )
-}
 # The baseline every speed-up is measured against, per device (TensorRT runs on the CUDA device).
 EAGER = {"cpu": "torch", "cuda": "torch-cuda", "tensorrt": "torch-cuda"}
 # The baseline of the recommendation: ONNX Runtime fp32 on the plain export, on the CPU.
@@ -84,12 +31,14 @@ ORT_FP32 = "ort-cpu"
 
 @dataclass(frozen=True)
 class BenchSettings:
+    """How a benchmark times its variants; the defaults are `vitdeploy bench`'s (requests.BenchRequest)."""
+
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     variants: tuple[str, ...] | None = None  # None: every variant that can run here
-    warmup_iters: int = 3
-    warmup_seconds: float = 1.0
-    min_iters: int = 10
-    min_seconds: float = 2.0
+    warmup_iters: int = BenchRequest.warmup_iters
+    warmup_seconds: float = BenchRequest.warmup_seconds
+    min_iters: int = BenchRequest.min_iters
+    min_seconds: float = BenchRequest.min_seconds
     threads: int | None = None  # None: one per CPU core
     seed: int = 0  # of the random input batch
     runtimes: tuple[str, ...] | None = None  # only these runtimes' variants (PyTorch eager stays); None: all
@@ -123,17 +72,7 @@ class BenchSettings:
                 if self.runtimes is None or spec.runtime == "torch" or spec.runtime in self.runtimes]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "batch_sizes": list(self.batch_sizes),
-            "variants": list(self.variants) if self.variants else None,
-            "warmup_iters": self.warmup_iters,
-            "warmup_seconds": self.warmup_seconds,
-            "min_iters": self.min_iters,
-            "min_seconds": self.min_seconds,
-            "threads": self.thread_count,
-            "seed": self.seed,
-            "runtimes": list(self.runtimes) if self.runtimes else None,
-        }
+        return record(self, threads=self.thread_count)
 
 
 def runtime_problem(spec: VariantSpec) -> str | None:
@@ -171,5 +110,6 @@ def _openvino_problem(spec: VariantSpec) -> str | None:
     return None
 
 
-def parse_variants(text: str | None) -> tuple[str, ...] | None:
-    return tuple(part.strip() for part in text.split(",") if part.strip()) if text else None
+def parse_variants(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """'ort-cpu,ov-cpu' -> ('ort-cpu', 'ov-cpu'); None or '' -> None (every variant that can run here)."""
+    return comma_list(text) or None

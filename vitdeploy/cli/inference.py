@@ -7,40 +7,53 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-from vitdeploy.cli import Force, app, console, handle_errors, print_json, print_note
+from vitdeploy.cli.app import app, console, finish, handle_errors, print_json, print_note
+from vitdeploy.cli.options import (
+    BatchSizes,
+    BundleOption,
+    Force,
+    InputsArgument,
+    JsonFlag,
+    ModelArgument,
+    OptionalInputsArgument,
+    Recursive,
+    Threads,
+    TopK,
+)
 from vitdeploy.config import parse_batch_sizes
-from vitdeploy.errors import EXIT_INTERRUPTED, ConfigError
+from vitdeploy.errors import ConfigError
+from vitdeploy.requests import BenchRequest, ExplainRequest, PredictRequest
+from vitdeploy.variants import VARIANTS as BENCH_VARIANTS
 
 
 @app.command()
 @handle_errors
 def predict(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (quote globs).")],
+    inputs: InputsArgument,
     model: Annotated[
         Optional[Path],
         typer.Option(help="The .onnx to run, or a folder to search. Default: the most recently modified "
                      "*.onnx anywhere under models/, skipping hidden folders and precision variants "
                      "(model.int8.onnx beside model.onnx)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
-    workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = PredictRequest.batch_size,
+    workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs.")] = PredictRequest.workers,
     runtime: Annotated[
         Optional[str], typer.Option(help="ort | openvino | reference. Default: the runtime the file was made for "
                                     "(an OpenVINO variant records it), else ort.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto (ort: CUDA only if a session really gets it; openvino: CPU) | cpu "
-                                        "| cuda | tensorrt (ort) | gpu | npu (openvino).")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="The runtime's threads (default: one per core).")] = None,
-    top_k: Annotated[int, typer.Option(help="Best labels listed per image.")] = 5,
+                                        "| cuda | tensorrt (ort) | gpu | npu (openvino).")] = PredictRequest.device,
+    threads: Threads = None,
+    top_k: TopK = PredictRequest.top_k,
     output_format: Annotated[
         str, typer.Option("--format", help="table | json | jsonl | csv (rows are written as each batch ends).")
-    ] = "table",
+    ] = PredictRequest.output_format,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Write rows to this file instead of stdout.")
     ] = None,
-    recursive: Annotated[bool, typer.Option(help="Search folders recursively; lets globs use **.")] = False,
+    recursive: Recursive = PredictRequest.recursive,
     json_output: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
     """Classify images with an exported model on ONNX Runtime (no torch needed), OpenVINO or the ONNX reference.
@@ -53,31 +66,24 @@ def predict(
     Example: vitdeploy predict samples/ --model models/digits/best/model.onnx --format csv -o predictions.csv
     """
     import vitdeploy
-    from vitdeploy.errors import EXIT_PARTIAL
 
     if json_output:
         if output_format not in ("table", "json"):
             raise ConfigError(f"--json means --format json; it contradicts --format {output_format}")
         output_format = "json"
-    summary = vitdeploy.predict(
+    summary = vitdeploy.predict(PredictRequest(
         inputs, model=model, batch_size=batch_size, workers=workers, runtime=runtime, device=device, threads=threads,
-        top_k=top_k,
-        output_format=output_format, output=output, recursive=recursive, progress=output_format != "json",
-        log=print_note,
-    )
+        top_k=top_k, output_format=output_format, output=output, recursive=recursive,
+        progress=output_format != "json",
+    ))
     if summary.rows:
         print_prediction_table(summary.rows)
-    console.print(
+    print_note(
         f"{summary.images_ok} images ok, {summary.images_failed} failed, {summary.images_per_second:.1f} images/s "
         f"on {summary.runtime.get('runtime', 'ort')} {summary.provider} ({summary.model})"
-        + (f"; rows in {summary.output}" if summary.output else ""),
-        highlight=False, soft_wrap=True,
+        + (f"; rows in {summary.output}" if summary.output else "")
     )
-    if summary.interrupted:
-        console.print("[yellow]interrupted[/]: every finished row was written")
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if summary.images_failed:
-        raise typer.Exit(EXIT_PARTIAL)
+    finish(summary, partial=True)
 
 
 def print_prediction_table(rows: list[dict[str, Any]]) -> None:
@@ -97,9 +103,7 @@ def print_prediction_table(rows: list[dict[str, Any]]) -> None:
 @app.command()
 @handle_errors
 def bench(
-    model: Annotated[
-        Optional[Path], typer.Argument(help="The .onnx file. Default: the newest .onnx under models/.")
-    ] = None,
+    model: ModelArgument = None,
     bundle: Annotated[
         Optional[Path], typer.Option(help="Its bundle, for the PyTorch variants. Default: the one recorded at export.")
     ] = None,
@@ -108,22 +112,25 @@ def bench(
                                     "instead of a file, to compare with published figures.")
     ] = None,
     variants: Annotated[
-        Optional[str], typer.Option(help="Comma-separated: torch, ort-cpu, ort-cpu-fused, ort-cpu-int8, torch-cuda, "
-                                    "ort-cuda, ort-cuda-graph, ort-cuda-fp16, ort-tensorrt, ov-cpu, ov-cpu-bf16, "
-                                    "ov-cpu-int8. Default: all that can run here.")
+        Optional[str], typer.Option(help=f"Comma-separated: {', '.join(BENCH_VARIANTS)}. Default: all that can run "
+                                    "here.")
     ] = None,
     runtimes: Annotated[
         Optional[str], typer.Option(help="Only these runtimes' variants, comma-separated: ort, openvino (PyTorch "
                                     "eager stays as the baseline). Default: every runtime.")
     ] = None,
-    batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
-    warmup_iters: Annotated[int, typer.Option(help="Warm-up runs per variant and batch size (at least).")] = 3,
-    warmup_seconds: Annotated[float, typer.Option(help="Warm-up time per variant and batch size (at least).")] = 1.0,
-    min_iters: Annotated[int, typer.Option(help="Timed runs per variant and batch size (at least).")] = 10,
-    min_seconds: Annotated[float, typer.Option(help="Timed seconds per variant and batch size (at least).")] = 2.0,
-    threads: Annotated[
-        Optional[int], typer.Option(help="Threads for torch and ONNX Runtime alike. Default: one per CPU core.")
-    ] = None,
+    batch_sizes: BatchSizes = ",".join(map(str, BenchRequest.batch_sizes)),
+    warmup_iters: Annotated[
+        int, typer.Option(help="Warm-up runs per variant and batch size (at least).")
+    ] = BenchRequest.warmup_iters,
+    warmup_seconds: Annotated[
+        float, typer.Option(help="Warm-up time per variant and batch size (at least).")
+    ] = BenchRequest.warmup_seconds,
+    min_iters: Annotated[int, typer.Option(help="Timed runs per variant and batch size (at least).")] = BenchRequest.min_iters,
+    min_seconds: Annotated[
+        float, typer.Option(help="Timed seconds per variant and batch size (at least).")
+    ] = BenchRequest.min_seconds,
+    threads: Threads = None,
     end_to_end: Annotated[
         Optional[list[str]], typer.Option(help="Images (files, folders, globs; repeatable) to time decode / "
                                           "preprocess / model from file to logits.")
@@ -136,10 +143,10 @@ def bench(
     ] = None,
     max_regress: Annotated[
         float, typer.Option(help="With --baseline: exit 3 when a variant's p50 got slower by more than this %.")
-    ] = 5.0,
+    ] = BenchRequest.max_regress,
     output: Annotated[Optional[Path], typer.Option(help="Save the JSON report to this file.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Save latency and throughput against batch size (PNG).")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")] = False,
+    json_output: JsonFlag = False,
 ) -> None:
     """Benchmark PyTorch eager against ONNX Runtime and OpenVINO in every precision (and CUDA / TensorRT variants
     where they really work), interleaved, and name the fastest variant that passed its accuracy check.
@@ -160,31 +167,29 @@ def bench(
     import vitdeploy
     from vitdeploy import benchmark as bench_module
 
-    report = vitdeploy.bench(
-        model, bundle=bundle, preset=preset, variants=variants, runtimes=runtimes,
-        batch_sizes=parse_batch_sizes(batch_sizes),
-        warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters, min_seconds=min_seconds,
-        threads=threads, end_to_end=end_to_end, p99_budget=p99_budget, baseline=baseline, max_regress=max_regress,
-        output=output, plot=plot, progress=not json_output, log=print_note,
-    )
+    from vitdeploy.benchmark.variants import parse_variants
+    from vitdeploy.runtimes import parse_runtimes
+
+    report = vitdeploy.bench(BenchRequest(
+        model, bundle=bundle, preset=preset, variants=parse_variants(variants), runtimes=parse_runtimes(runtimes),
+        batch_sizes=parse_batch_sizes(batch_sizes), warmup_iters=warmup_iters, warmup_seconds=warmup_seconds,
+        min_iters=min_iters, min_seconds=min_seconds, threads=threads, end_to_end=tuple(end_to_end or ()),
+        p99_budget=p99_budget, baseline=baseline, max_regress=max_regress, output=output, plot=plot,
+        progress=not json_output,
+    ))
     console.print(bench_module.results_table(report))
     for line in bench_module.summary_lines(report):
         print_note(line)
     if json_output:
         print_json(report.to_dict())
-    if report.regression is not None:
-        bench_module.check_regressions(report.regression)
+    finish(report)
 
 
 @app.command()
 @handle_errors
 def explain(
-    inputs: Annotated[
-        Optional[list[str]], typer.Argument(help="Image files, folders or glob patterns (quote globs).")
-    ] = None,
-    bundle: Annotated[
-        Optional[Path], typer.Option(help="Model bundle folder. Default: the latest bundle under models/.")
-    ] = None,
+    inputs: OptionalInputsArgument = None,
+    bundle: BundleOption = None,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Folder for the PNGs (default: explain/); with --guide, "
                                      "the PNG file (default: guide.png).")
@@ -192,20 +197,18 @@ def explain(
     method: Annotated[
         str, typer.Option(help="rollout: attention rollout through all blocks; cls: the last block's cls-token "
                           "attention, per head; grad-rollout: rollout weighted by the gradient of --class.")
-    ] = "rollout",
+    ] = ExplainRequest.method,
     class_label: Annotated[
         Optional[str], typer.Option("--class", help="grad-rollout: the label to explain (default: the predicted one).")
     ] = None,
-    top_k: Annotated[int, typer.Option(help="Best labels shown per image.")] = 5,
-    recursive: Annotated[bool, typer.Option(help="Search folders recursively; lets globs use **.")] = False,
+    top_k: TopK = ExplainRequest.top_k,
+    recursive: Recursive = ExplainRequest.recursive,
     guide: Annotated[
         bool, typer.Option("--guide", help="Instead: draw the ViT mechanism on this model (patches, embedding "
                            "filters, position embeddings, attention distance, rollout) into one PNG.")
     ] = False,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout (each image's patch map as numbers).")
-    ] = False,
-    force: Force = False,
+    json_output: JsonFlag = False,
+    force: Force = ExplainRequest.force,
 ) -> None:
     """Show what the model looks at: per image, one PNG with the input as the model saw it, the top-k labels and
     an attention heat map over its patches. With --guide, one PNG of the mechanism itself on this model.
@@ -216,23 +219,18 @@ def explain(
     Example: vitdeploy explain samples/*.png --method grad-rollout --class 3 -o explain/ && vitdeploy explain --guide
     """
     import vitdeploy
-    from vitdeploy.errors import EXIT_PARTIAL
 
-    result = vitdeploy.explain(
+    result = vitdeploy.explain(ExplainRequest(
         inputs or [], bundle=bundle, out=out, method=method, class_label=class_label, top_k=top_k,
-        recursive=recursive, guide=guide, log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True),
-        force=force,
-    )
+        recursive=recursive, guide=guide, force=force,
+    ))
     if guide:
-        console.print(f"wrote {result.path}: the mechanism on {result.bundle} ({result.seconds:.1f} s)", highlight=False)
+        print_note(f"wrote {result.path}: the mechanism on {result.bundle} ({result.seconds:.1f} s)")
         if json_output:
             print_json(result.to_dict())
         return
-    console.print(
-        f"{result.images_ok} images explained ({method}), {result.images_failed} failed, in {result.seconds:.1f} s; "
-        f"PNGs in {result.out_dir}/", highlight=False, soft_wrap=True,
-    )
+    print_note(f"{result.images_ok} images explained ({method}), {result.images_failed} failed, in "
+               f"{result.seconds:.1f} s; PNGs in {result.out_dir}/")
     if json_output:
         print_json(result.to_dict())
-    if result.images_failed:
-        raise typer.Exit(EXIT_PARTIAL)
+    finish(result, partial=True)

@@ -7,8 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitdeploy.cli import app, console, handle_errors, print_json, print_note
+from vitdeploy.cli.app import app, console, finish, handle_errors, print_json
+from vitdeploy.cli.options import BatchSizes, JsonFlag, RuntimeList
 from vitdeploy.config import parse_batch_sizes
+from vitdeploy.requests import ExportRequest, VerifyRequest
+from vitdeploy.variants import precision_help
 
 
 @app.command()
@@ -17,34 +20,30 @@ def export(
     bundle: Annotated[
         Optional[Path], typer.Argument(help="Model bundle folder. Default: the latest bundle under models/.")
     ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset; an unsupported one is refused, naming the range.")] = 17,
+    opset: Annotated[int, typer.Option(help="ONNX opset; an unsupported one is refused, naming the range.")] = ExportRequest.opset,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file. Default: BUNDLE/model.onnx.")] = None,
-    verify: Annotated[bool, typer.Option(help="Check parity with PyTorch before the file is moved into place.")] = True,
+    verify: Annotated[bool, typer.Option(help="Check parity with PyTorch before the file is moved into place.")] = ExportRequest.verify,
     optimize: Annotated[
         bool, typer.Option(help="Also write MODEL.fp32-opt.onnx: ONNX Runtime's transformer fusions applied offline "
                            "(Attention, SkipLayerNormalization, BiasGelu), with the fusion counts reported.")
-    ] = False,
+    ] = ExportRequest.optimize,
     precision: Annotated[
         Optional[list[str]],
-        typer.Option(help="fp32 (default), fp16, int8, ov-bf16, ov-int8; several as fp16,int8 or repeated. fp16 "
-                     "(ONNX Runtime on GPUs, built from the fused graph) goes to MODEL.fp16.onnx, int8 (ONNX Runtime "
-                     "on CPUs) to MODEL.int8.onnx; ov-bf16 (OpenVINO in bf16, on CPUs with AVX512_BF16 or AMX) to "
-                     "MODEL.ov-bf16.onnx and ov-int8 (NNCF INT8 for OpenVINO) to MODEL.ov-int8.onnx: each judged "
-                     "on the runtime it is for."),
+        typer.Option(help=precision_help()),
     ] = None,
     max_accuracy_drop: Annotated[
         float, typer.Option(help="Accuracy gate: percentage points of held-out accuracy a variant may lose against "
                             "PyTorch fp32 (it must also agree on top-1 for at least 99% of the images).")
-    ] = 0.5,
+    ] = ExportRequest.max_accuracy_drop,
     int8_method: Annotated[
         str, typer.Option(help="static: QDQ, per-channel weights, activation ranges calibrated on the bundle's "
                           "training images (faster here, batch-independent); dynamic: activations scaled per batch.")
-    ] = "static",
+    ] = ExportRequest.int8_method,
     exporter: Annotated[
         Optional[str], typer.Option(help="torchscript (default; falls back to dynamo where torch no longer has it) "
                                     "or dynamo. Both give the same file contract, parity check and per-block report.")
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+    json_output: JsonFlag = False,
 ) -> None:
     """Export a bundle to one self-describing ONNX file (dynamic batch), parity-checked before it is written.
 
@@ -59,24 +58,20 @@ def export(
     Example: vitdeploy export models/digits/best --optimize --precision fp16,int8,ov-bf16,ov-int8
     """
     import vitdeploy
-    from vitdeploy.parity import ParityError
-    from vitdeploy.precision import AccuracyGateFailed, variants_table
+    from vitdeploy.errors import ParityError
+    from vitdeploy.precision import variants_table
     from vitdeploy.verification import parity_tables
 
+    request = ExportRequest(bundle=bundle, out=out, opset=opset, verify=verify, optimize=optimize,
+                            precision=tuple(precision or ExportRequest.precision),
+                            max_accuracy_drop=max_accuracy_drop, int8_method=int8_method, exporter=exporter)
     try:
-        result = vitdeploy.export(bundle, out, opset=opset, verify=verify, optimize=optimize,
-                                  precision=precision or ["fp32"], max_accuracy_drop=max_accuracy_drop,
-                                  int8_method=int8_method, exporter=exporter, notify=print_note)
-    except ParityError as e:
+        result = vitdeploy.export(request)
+    except ParityError as e:  # nothing was written: an error, with the report that shows where
         for table in parity_tables(e.report):
             console.print(table)
         if json_output:
             print_json({"error": str(e), "parity": e.report.to_dict()})
-        raise
-    except AccuracyGateFailed as e:
-        console.print(variants_table(e.results))
-        if json_output:
-            print_json({"error": str(e), **(e.export.to_dict() if e.export else {})})
         raise
     size = f"{result.size_bytes / 1e6:.2f} MB"
     if result.external_data:
@@ -97,6 +92,7 @@ def export(
         console.print(variants_table(result.variants))
     if json_output:
         print_json(result.to_dict())
+    finish(result)
 
 
 @app.command()
@@ -112,16 +108,11 @@ def verify(
     images: Annotated[
         Optional[Path], typer.Option(help="Real images to compare on. Default: the bundle's held-out split.")
     ] = None,
-    batch_sizes: Annotated[
-        str, typer.Option(help="Batch sizes to run, comma-separated (1 is always added).")
-    ] = "1,7,32",
+    batch_sizes: BatchSizes = ",".join(map(str, VerifyRequest.batch_sizes)),
     atol: Annotated[Optional[float], typer.Option(help="Max absolute logit difference (fp32 default 1e-4).")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance added to atol (fp32 default 0).")] = None,
-    runtime: Annotated[
-        Optional[str], typer.Option(help="Runtimes, comma-separated: ort, openvino, reference. Default: every one "
-                                    "installed and usable here (the slow reference only on small models).")
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
+    runtime: RuntimeList = None,
+    json_output: JsonFlag = False,
 ) -> None:
     """Compare PyTorch with every runtime (ONNX Runtime on every provider that really works, OpenVINO, the ONNX
     reference) on real and random inputs at several batch sizes, and the runtimes with each other on the same file;
@@ -134,11 +125,11 @@ def verify(
     Example: vitdeploy verify models/digits/best/model.onnx --runtime ort,openvino,reference --batch-sizes 1,7,32
     """
     import vitdeploy
-    from vitdeploy.errors import EXIT_CHECK_FAILED
+    from vitdeploy.runtimes import parse_runtimes
     from vitdeploy.verification import parity_tables
 
-    report = vitdeploy.verify(model, bundle=bundle, images=images, batch_sizes=parse_batch_sizes(batch_sizes),
-                              atol=atol, rtol=rtol, runtime=runtime, notify=print_note)
+    report = vitdeploy.verify(VerifyRequest(model, bundle=bundle, images=images, atol=atol, rtol=rtol,
+                                            batch_sizes=parse_batch_sizes(batch_sizes), runtime=parse_runtimes(runtime)))
 
     n = report.inputs
     console.print(f"inputs: {n['real']} real images ({n['real_source']}) + {n['random']} random", highlight=False)
@@ -149,11 +140,8 @@ def verify(
         console.print(f"top-1 accuracy on the {n['real']} labelled held-out images: {scores}", highlight=False)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    for line in report.failures():
-        console.print(f"[red]FAIL[/] {line}", highlight=False, soft_wrap=True)
     if report.passed:
         console.print(f"[green]parity ok[/] on {', '.join(report.providers)}", highlight=False)
     if json_output:
         print_json(report.to_dict())
-    if not report.passed:
-        raise typer.Exit(EXIT_CHECK_FAILED)
+    finish(report)

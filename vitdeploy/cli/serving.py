@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitdeploy.cli import Force, app, console, handle_errors, print_json, print_note
+from vitdeploy.cli.app import app, handle_errors, print_json, print_note
+from vitdeploy.cli.options import Force, JsonFlag, Threads
 from vitdeploy.config import parse_batch_sizes
+from vitdeploy.requests import DEFAULT_TRITON_DIR, ServeSettings, TritonOptions
 
 
 @app.command()
@@ -17,13 +19,15 @@ def triton(
     model: Annotated[
         Optional[Path], typer.Argument(help="The .onnx to put in the repository. Default: the newest .onnx under models/.")
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Repository folder; the model goes to OUT/<name>/.")] = Path("triton"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Repository folder; the model goes to OUT/<name>/.")
+    ] = DEFAULT_TRITON_DIR,
     name: Annotated[
         Optional[str], typer.Option(help="Model name in the repository and in URLs. Default: the file name "
                                     "without .onnx.")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu | gpu: the instance_group kind.")] = "cpu",
-    instances: Annotated[int, typer.Option(help="Model instances (per GPU with --device gpu).")] = 1,
+    device: Annotated[str, typer.Option(help="cpu | gpu: the instance_group kind.")] = TritonOptions.device,
+    instances: Annotated[int, typer.Option(help="Model instances (per GPU with --device gpu).")] = TritonOptions.instances,
     max_batch_size: Annotated[
         Optional[int], typer.Option(help="Largest batch Triton forms. Default: 32, or the --from-bench recommendation.")
     ] = None,
@@ -35,7 +39,9 @@ def triton(
         Optional[str], typer.Option(help="Batch sizes Triton should aim for, comma-separated. Default: none, or the "
                                     "--from-bench recommendation.")
     ] = None,
-    dynamic_batching: Annotated[bool, typer.Option(help="Write a dynamic_batching block.")] = True,
+    dynamic_batching: Annotated[
+        bool, typer.Option(help="Write a dynamic_batching block.")
+    ] = TritonOptions.dynamic_batching,
     from_bench: Annotated[
         Optional[Path], typer.Option(help="A `vitdeploy bench --p99-budget MS --output F.json` report: its "
                                      "recommended batch size (ort-cpu, or ort-cuda with --device gpu) sets the "
@@ -48,9 +54,9 @@ def triton(
     cuda_graphs: Annotated[
         bool, typer.Option(help="Replay CUDA graphs (--device gpu). A graph holds one input shape, so this needs "
                            "--no-dynamic-batching and clients that always send the same batch size.")
-    ] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
-    force: Force = False,
+    ] = TritonOptions.cuda_graphs,
+    json_output: JsonFlag = False,
+    force: Force = TritonOptions.force,
 ) -> None:
     """Write a Triton Inference Server model repository: OUT/<name>/config.pbtxt, 1/model.onnx, labels.txt, and
     OUT/README.md with the tritonserver and client commands and the preprocessing clients must apply.
@@ -62,17 +68,17 @@ def triton(
     """
     import vitdeploy
 
-    repo = vitdeploy.triton(
-        model, out=out, name=name, device=device, instances=instances, max_batch_size=max_batch_size,
+    repo = vitdeploy.triton(model, out, TritonOptions(
+        name=name, device=device, instances=instances, max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms,
         preferred_batch_sizes=parse_batch_sizes(preferred_batch_sizes, "--preferred-batch-sizes")
         if preferred_batch_sizes else (),
-        dynamic_batching=dynamic_batching, from_bench=from_bench, tensorrt=tensorrt, cuda_graphs=cuda_graphs, force=force,
-    )
+        dynamic_batching=dynamic_batching, from_bench=from_bench, tensorrt=tensorrt, cuda_graphs=cuda_graphs,
+        force=force,
+    ))
     for note in repo.notes:
         print_note(note)
-    console.print(f"wrote Triton model {repo.name!r} to {repo.model_dir}/ (see {repo.root / 'README.md'})",
-                  highlight=False, soft_wrap=True)
+    print_note(f"wrote Triton model {repo.name!r} to {repo.model_dir}/ (see {repo.root / 'README.md'})")
     if json_output:
         print_json(repo.to_dict())
 
@@ -83,22 +89,36 @@ def serve(
     model: Annotated[
         Optional[Path], typer.Argument(help="The .onnx to serve. Default: the newest .onnx under models/.")
     ] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface; think first).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port (0: any free one, printed at start).")] = 8000,
-    runtime: Annotated[str, typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow).")] = "ort",
-    device: Annotated[str, typer.Option(help="auto (CUDA only if a session really gets it) | cpu | cuda.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface; think first).")
+    ] = ServeSettings.host,
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one, printed at start).")] = ServeSettings.port,
+    runtime: Annotated[
+        str, typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow).")
+    ] = ServeSettings.runtime,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA only if a session really gets it) | cpu | cuda.")
+    ] = ServeSettings.device,
+    threads: Threads = None,
     name: Annotated[
         Optional[str], typer.Option(help="Model name in URLs (/v2/models/NAME). Default: the file name without .onnx, "
                                     "as `vitdeploy triton` names it.")
     ] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Most images per model call (and per request).")] = 32,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Most images per model call (and per request).")
+    ] = ServeSettings.max_batch_size,
     max_queue_delay_ms: Annotated[
         float, typer.Option(help="How long the oldest waiting request may wait for a batch to fill.")
-    ] = 2.0,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB); larger ones get 413.")] = 64.0,
-    decode_threads: Annotated[int, typer.Option(help="Threads decoding uploaded images for /classify.")] = 2,
-    top_k: Annotated[int, typer.Option(help="Labels /classify returns per image (?top_k= overrides).")] = 5,
+    ] = ServeSettings.max_queue_delay_ms,
+    max_body_mb: Annotated[
+        float, typer.Option(help="Largest request body (MiB); larger ones get 413.")
+    ] = ServeSettings.max_body_mb,
+    decode_threads: Annotated[
+        int, typer.Option(help="Threads decoding uploaded images for /classify.")
+    ] = ServeSettings.decode_threads,
+    top_k: Annotated[
+        int, typer.Option(help="Labels /classify returns per image (?top_k= overrides).")
+    ] = ServeSettings.top_k,
 ) -> None:
     """Serve a model over HTTP with the Open Inference Protocol (v2: what Triton and KServe speak) and an image
     endpoint, batching concurrent requests dynamically.
@@ -112,16 +132,15 @@ def serve(
     """
     import vitdeploy
 
-    summary = vitdeploy.serve(
-        model, host=host, port=port, runtime=runtime, device=device, threads=threads, name=name,
+    summary = vitdeploy.serve(model, ServeSettings(
+        host=host, port=port, runtime=runtime, device=device, threads=threads, name=name,
         max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms, max_body_mb=max_body_mb,
-        decode_threads=decode_threads, top_k=top_k, log=print_note,
-    )
+        decode_threads=decode_threads, top_k=top_k,
+    ))
     s = summary.stats
     batches = ", ".join(f"{b['batch_size']}: {b['compute_infer']['count']}" for b in s.get("batch_stats", []))
-    console.print(
+    print_note(
         f"stopped: {s.get('inference_stats', {}).get('success', {}).get('count', 0)} requests answered, "
         f"{s.get('inference_count', 0)} images in {s.get('execution_count', 0)} model calls "
-        f"(batch size: calls {{{batches}}}), {s.get('refused_requests', 0)} refused",
-        highlight=False, soft_wrap=True,
+        f"(batch size: calls {{{batches}}}), {s.get('refused_requests', 0)} refused"
     )

@@ -7,9 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitdeploy.cli import Force, app, console, handle_errors, print_json, print_note
+from vitdeploy.cli.app import app, console, handle_errors, print_json
+from vitdeploy.cli.options import BundleOption, Force, JsonFlag
 from vitdeploy.errors import EXIT_INTERRUPTED
 from vitdeploy.extras import require
+from vitdeploy.requests import ImportRequest, TrainRequest
 
 
 @app.command()
@@ -28,7 +30,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the preset's).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for init, split, order and augmentation.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Override the preset's input size (pixels).")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda (cuda fails clearly when not usable).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (cuda fails clearly when not usable).")] = TrainRequest.device,
     resume: Annotated[Optional[Path], typer.Option(help="Continue a run from its last/ bundle (or any bundle).")] = None,
     init: Annotated[
         Optional[Path], typer.Option(help="Fine-tune from this bundle's weights (e.g. from vitdeploy import): new head "
@@ -39,9 +41,9 @@ def train(
         Optional[int], typer.Option(help="Stop early after this many optimizer steps, as Ctrl-C would "
                                     "(the schedule still spans all epochs; --resume continues).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Threads decoding images of a --data folder.")] = 2,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
-    force: Force = False,
+    workers: Annotated[int, typer.Option(help="Threads decoding images of a --data folder.")] = TrainRequest.workers,
+    json_output: JsonFlag = False,
+    force: Force = TrainRequest.force,
 ) -> None:
     """Train a ViT and write best/ and last/ model bundles.
 
@@ -50,11 +52,11 @@ def train(
     """
     import vitdeploy
 
-    result = vitdeploy.train(
-        preset, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, image_size=image_size,
-        device=device, resume=resume, init=init, stop_after_steps=stop_after_steps, workers=workers,
-        console=console, force=force,
-    )
+    result = vitdeploy.train(TrainRequest(
+        preset=preset, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        image_size=image_size, device=device, resume=resume, init=init, stop_after_steps=stop_after_steps,
+        workers=workers, force=force,
+    ))
     if json_output and result.main_process:
         print_json(result.to_dict())
     if result.interrupted:
@@ -65,7 +67,7 @@ def train(
 @handle_errors
 def samples(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the PNG files into.")] = Path("samples"),
-    bundle: Annotated[Optional[Path], typer.Option(help="Bundle whose held-out split to use (default: latest).")] = None,
+    bundle: BundleOption = None,
     count: Annotated[int, typer.Option(help="How many held-out images to write.")] = 8,
     force: Force = False,
 ) -> None:
@@ -74,7 +76,8 @@ def samples(
     Example: vitdeploy samples samples/ && vitdeploy predict samples/*.png
     """
     require("train", "vitdeploy samples")
-    from vitdeploy.bundle import find_latest_bundle, read_bundle_info
+    from vitdeploy.bundle import read_bundle_info
+    from vitdeploy.discovery import find_latest_bundle
     from vitdeploy.data import write_heldout_samples
     from vitdeploy.outputs import SAMPLES, check_output_folder
 
@@ -101,22 +104,21 @@ def import_(
     labels: Annotated[
         Optional[Path], typer.Option(help="Class names, one per line (default: the checkpoint's own, else class_N).")
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
-    force: Force = False,
+    json_output: JsonFlag = False,
+    force: Force = ImportRequest.force,
 ) -> None:
     """Import a timm or Hugging Face ViT checkpoint you already have as a bundle (no download, no timm or
     transformers needed); export, verify, predict, bench and train --init then work on it.
 
-    Refused, naming what was found: what is not a plain ViT (register tokens, layer scale, q/k norm, average or
-    attention pooling, fc_norm, distillation tokens, a non-square patch grid, relative position bias), tensors
-    missing, extra or misshapen, and pickles holding anything but tensors. Exit codes: 0 imported; 2 bad input.
+    Refused, naming what was found: anything that is not a plain ViT, tensors missing, extra or misshapen, pickles
+    holding anything but tensors (the full list: docs/pretrained.md). Exit codes: 0 imported; 2 bad input.
 
     Example: vitdeploy import vit_tiny.safetensors --timm-model vit_tiny_patch16_224 -o models/vit-ti
     """
     import vitdeploy
 
-    result = vitdeploy.import_model(source, out, timm_model=timm_model, labels=labels, notify=print_note,
-                                    force=force)
+    result = vitdeploy.import_model(ImportRequest(source, out=out, timm_model=timm_model, labels=labels,
+                                                  force=force))
     spec = result.preprocess
     console.print(
         f"imported {result.format} {result.architecture}: {result.parameters / 1e6:.1f}M parameters, "

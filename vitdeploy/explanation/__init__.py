@@ -9,8 +9,8 @@ maps.py computes (torch), render.py draws (matplotlib, imported lazily).
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,16 @@ import numpy as np
 import torch
 
 from vitdeploy import images
-from vitdeploy.bundle import BundleInfo, find_latest_bundle, load_bundle  # the package's only bundle import
+from vitdeploy.bundle import BundleInfo, load_bundle  # the package's only bundle import
+from vitdeploy.discovery import find_latest_bundle
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, InputError
 from vitdeploy.explanation import maps, render
 from vitdeploy.inputs import expand_inputs
 from vitdeploy.outputs import EXPLAIN, check_output_file, check_output_folder
+from vitdeploy.strict_json import record
+
+logger = logging.getLogger(__name__)
 
 METHODS = maps.METHODS
 BATCH = 32  # images per forward pass: grad-rollout keeps every block's activations for the backward
@@ -54,10 +58,14 @@ class ExplainResult:
     def images_failed(self) -> int:
         return len(self.rows) - self.images_ok
 
+    @property
+    def passed(self) -> bool:
+        """Every input was explained (the CLI: exit code 4 otherwise)."""
+        return not self.images_failed
+
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "method": self.method, "class": self.class_label, "out_dir": self.out_dir,
-                "images_ok": self.images_ok, "images_failed": self.images_failed,
-                "seconds": round(self.seconds, 3), "results": self.rows}
+        return record(self, exclude=("class_label", "rows"), **{"class": self.class_label}, images_ok=self.images_ok,
+                      images_failed=self.images_failed, seconds=round(self.seconds, 3), results=self.rows)
 
 
 def class_index(label: str, labels: list[str]) -> int:
@@ -95,7 +103,6 @@ def explain(
     class_label: str | None = None,
     top_k: int = 5,
     recursive: bool = False,
-    log: Callable[[str], None] = lambda line: None,
     force: bool = False,
 ) -> ExplainResult:
     """Explain each image with `method`: one PNG in `out_dir` per image, and a row with its top-k and patch map.
@@ -128,12 +135,12 @@ def explain(
             if i not in good:
                 result.rows.append({"path": str(path), "ok": False, "error": loaded[i].kind,
                                     "message": loaded[i].detail})
-                log(f"{path}: {loaded[i].kind}: {loaded[i].detail}")
+                logger.info("%s: %s: %s", path, loaded[i].kind, loaded[i].detail)
                 continue
             png = out_dir / _unique_name(path, method, png_names)
             row = _explained_row(path, png, loaded[i], found, good[i], info, top_k, method)
             result.rows.append(row)
-            log(f"{path}: {row['label']} ({row['probability']:.1%}) -> {png}")
+            logger.info("%s: %s (%.1f%%) -> %s", path, row["label"], 100 * row["probability"], png)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -199,8 +206,7 @@ class GuideResult:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "bundle": self.bundle, "images": self.images,
-                "mean_attention_distance": self.mean_attention_distance, "seconds": round(self.seconds, 3)}
+        return record(self, seconds=round(self.seconds, 3))
 
 
 def guide(bundle: Path | None = None, out: Path = Path("guide.png")) -> GuideResult:

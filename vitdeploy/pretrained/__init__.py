@@ -2,9 +2,8 @@
 
     SOURCE -> which format: a Hugging Face model folder (config.json + model.safetensors | pytorch_model.bin), or a
               timm state dict (.safetensors | .pth | .bin) with its model name or timm's config.json beside it
-           -> refuse what is not a plain ViT, naming what was found (register tokens, layer scale, q/k norm,
-              pooling other than the class token, distillation token, non-square patch grid, relative position
-              bias, ...): nothing is loaded that would silently compute another function
+           -> refuse what is not a plain ViT, naming what was found (the list: docs/pretrained.md): nothing is
+              loaded that would silently compute another function
            -> ModelConfig (dims, heads, depth, patch, input size, LayerNorm eps, qkv bias, GELU form), the labels
               and the source's own evaluation preprocessing (PreprocessSpec)
            -> the config checked against the tensor names and shapes (a safetensors header alone), naming the
@@ -20,7 +19,7 @@ pickle loaded with weights_only=True, which never runs code) following the two l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec
 from vitdeploy.errors import CheckpointError
 from vitdeploy.model import build_model, count_parameters
 from vitdeploy.outputs import BUNDLE, check_output_folder
-from vitdeploy.progress import to_stderr
 from vitdeploy.pretrained.common import (
     HF,
     MAX_LISTED,
@@ -54,6 +52,9 @@ from vitdeploy.pretrained.common import (
 )
 from vitdeploy.pretrained.huggingface import hf_recipe
 from vitdeploy.pretrained.timm import timm_recipe
+
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class ImportResult:
@@ -88,7 +89,6 @@ def import_checkpoint(
     out: str | Path | None = None,
     timm_model: str | None = None,
     labels: str | Path | None = None,
-    notify: Callable[[str], None] = to_stderr,
     force: bool = False,
 ) -> ImportResult:
     """Import a timm or Hugging Face ViT checkpoint as a bundle at `out` (default models/<its name>): a new folder,
@@ -97,7 +97,7 @@ def import_checkpoint(
 
     def note(line: str) -> None:
         notes.append(line)
-        notify(line)
+        logger.info(line)
 
     if out is not None:
         check_output_folder(out, BUNDLE, force=force)

@@ -7,7 +7,8 @@
     registry.py   which runtimes are installed and usable (and why not); open_runtime()
 """
 
-from vitdeploy.runtimes.base import Description, PrecisionError, Session, TensorSpec, export_record
+from vitdeploy.errors import PrecisionError
+from vitdeploy.runtimes.base import Description, Session, TensorSpec, export_record
 from vitdeploy.runtimes.registry import (
     RUNTIMES,
     RuntimeStatus,

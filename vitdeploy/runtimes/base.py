@@ -1,11 +1,13 @@
 """The runtime interface: one .onnx file open on one runtime, run batch by batch, saying what really ran it.
 
-Every consumer (verify, predict, bench, the precision gate) opens a model through registry.open_runtime and uses
-only this interface:
+Every consumer (verify, predict, serve, triton, bench, the precision gate) opens a model through
+registry.open_runtime and uses only this interface:
 
-    session = open_runtime("openvino", path, device="cpu")   # a Session
+    session = open_runtime("openvino", path, device="cpu")   # a Session (None: the runtime the file was made for)
     logits = session.run(batch)                              # float32 (N, C, H, W) -> (N, num_classes)
     session.describe()  # {"runtime": "openvino", "device": "cpu", "provider": "CPU", "precision": "fp32"}
+    session.info        # the file's self-description (labels, preprocessing, model config), checked against the
+                        # graph's input contract; session.labels, .preprocess, .input_shape, .num_classes
 
 A Session reports what its runtime says it runs on (ORT's session providers, OpenVINO's compiled device and
 inference precision), never what was asked for. Imports numpy and vitdeploy's torch- and onnx-free modules only.
@@ -14,20 +16,20 @@ inference precision), never what was asked for. Imports numpy and vitdeploy's to
 from __future__ import annotations
 
 import abc
+import functools
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vitdeploy.errors import DeviceError, ModelFileError
+from vitdeploy.errors import ModelFileError
+from vitdeploy.config import PreprocessSpec
 from vitdeploy.onnx_file import INPUT_NAME, META_EXPORT, OUTPUT_NAME, OnnxModelInfo, check_io_names, parse_metadata
+from vitdeploy.strict_json import record
 
 
-class PrecisionError(DeviceError):
-    """A runtime was asked for a precision this hardware does not run natively (exit code 2): refused, never
-    emulated."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Description:
         return f"{self.runtime}:{provider}" + (f":{self.precision}" if self.runtime == "openvino" else "")
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        return record(self)
 
 
 @dataclass(frozen=True)
@@ -87,15 +89,41 @@ class Session(abc.ABC):
 
     @property
     def provider(self) -> str:
+        """What really runs it, e.g. CPUExecutionProvider, OpenVINO's CPU."""
         return self.description.provider
 
-    def model_info(self) -> OnnxModelInfo:
-        """The file's self-description, with the graph checked against it (check_input_contract)."""
+    @property
+    def runtime(self) -> str:
+        """ort | openvino | reference."""
+        return self.description.runtime
+
+    @functools.cached_property
+    def info(self) -> OnnxModelInfo:
+        """The file's self-description (labels, preprocessing, model config, export record), with the graph checked
+        against it (check_input_contract): ModelFileError for a file vitdeploy did not write or that lies."""
         name = self.path if self.path is not None else "model bytes"
         check_io_names(name, [i.name for i in self.inputs], [o.name for o in self.outputs])
         info = parse_metadata(name, self.metadata)
         check_input_contract(self, info)
         return info
+
+    @property
+    def labels(self) -> list[str]:
+        return self.info.labels
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        """THE preprocessing its inputs need (images.preprocess with this spec)."""
+        return self.info.preprocess
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.info.labels)
+
+    @property
+    def input_shape(self) -> tuple[int | str | None, ...]:
+        """[batch, C, H, W] as the graph declares its input (batch: a name where it is dynamic)."""
+        return tuple(next(i for i in self.inputs if i.name == INPUT_NAME).shape or ())
 
 
 def check_input_contract(session: Session, info: OnnxModelInfo) -> None:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
+from vitdeploy.errors import ConfigError, DeviceError, ModelFileError, PrecisionError
 from vitdeploy.onnx_file import INPUT_NAME
-from vitdeploy.runtimes.base import Description, PrecisionError, Session, TensorSpec, check_model_file, export_record
+from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
 
 NAME = "openvino"
 DEVICES = ("auto", "cpu", "gpu", "npu")

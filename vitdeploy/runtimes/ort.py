@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
-from vitdeploy.progress import to_stderr
 from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
+
+logger = logging.getLogger(__name__)
 
 NAME = "ort"
 CPU = "CPUExecutionProvider"
@@ -66,7 +68,6 @@ class ProviderStatus:
     summary: str = ""  # a few words, for the one line that `auto` prints
 
 
-CudaStatus = ProviderStatus  # its name before TensorRT was probed too
 
 
 @contextlib.contextmanager
@@ -169,7 +170,7 @@ def usable_devices() -> list[str]:
     return ["cpu"] + [d for d, status in (("cuda", cuda_status), ("tensorrt", tensorrt_status)) if status().usable]
 
 
-def _providers_for(device: str, notify: Callable[[str], None]) -> list[str]:
+def _providers_for(device: str) -> list[str]:
     if device == "cpu":
         return [CPU]
     if device == "tensorrt":
@@ -182,7 +183,7 @@ def _providers_for(device: str, notify: Callable[[str], None]) -> list[str]:
         return [CUDA, CPU]
     if device == "cuda":
         raise DeviceError(f"--device cuda is not usable: {status.reason}")
-    notify(f"running on CPU ({status.summary}; --device cuda says more)")
+    logger.info("running on CPU (%s; --device cuda says more)", status.summary)
     return [CPU]
 
 
@@ -191,13 +192,12 @@ def make_session(
     device: str = "auto",
     threads: int | None = None,
     graph_optimization: str = "all",
-    notify: Callable[[str], None] = to_stderr,
     spin: bool = True,
 ) -> tuple[ort.InferenceSession, str]:
     """Create an InferenceSession on the requested device and return it with the provider it really uses.
 
     device: "cpu"; "cuda" / "tensorrt" (raise DeviceError naming what is missing when they do not really work);
-    "auto" (CUDA when a session really gets it, else CPU, said in one plain line through `notify`).
+    "auto" (CUDA when a session really gets it, else CPU, said in one log line).
     threads: intra-op threads (None: ORT's default, one per physical core).
     spin: let idle intra-op threads busy-wait for the next parallel section (ORT's default: fastest when the
     cores are otherwise idle). Turn it off when other threads of the process need the cores, as predict's
@@ -211,7 +211,7 @@ def make_session(
         )
     if isinstance(model, (str, os.PathLike)):
         check_model_file(Path(model))
-    providers = _providers_for(device, notify)
+    providers = _providers_for(device)
 
     options = ort.SessionOptions()
     options.graph_optimization_level = GRAPH_OPTIMIZATION[graph_optimization]
@@ -232,7 +232,7 @@ def make_session(
         # The probe worked but this model did not get the GPU provider (e.g. out of GPU memory): never silently.
         if device != "auto":
             raise DeviceError(f"--device {device}: this model's session fell back to {provider}")
-        notify("running on CPU (this model's CUDA session fell back to CPU)")
+        logger.info("running on CPU (this model's CUDA session fell back to CPU)")
     return session, provider
 
 
@@ -274,13 +274,8 @@ class OrtSession(Session):
     """An ONNX Runtime session behind the runtime interface."""
 
     def __init__(self, model: str | os.PathLike[str] | bytes, device: str = "auto", threads: int | None = None,
-                 notify: Callable[[str], None] = to_stderr, spin: bool = True, graph_optimization: str = "all",
-                 session: ort.InferenceSession | None = None):
-        """Open `model`; or, with `session`, wrap that open session of `model`."""
-        if session is None:
-            session, _ = make_session(model, device, threads, graph_optimization, notify, spin)
-        self.session = session
-        provider = session.get_providers()[0]
+                 spin: bool = True, graph_optimization: str = "all"):
+        self.session, provider = make_session(model, device, threads, graph_optimization, spin)
         self.path = None if isinstance(model, bytes) else Path(model)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.inputs = [_tensor(i) for i in self.session.get_inputs()]
@@ -296,14 +291,12 @@ class OrtSession(Session):
         return dict(zip(names, self.session.run(list(names), feed)))
 
 
+def open_to_read(path: str | os.PathLike[str]) -> OrtSession:
+    """A session opened to read what the file is (Session.info, input_shape), not to run it fast: CPU, graph
+    optimizations off, so it is cheap. numpy + onnxruntime only (no onnx/torch needed)."""
+    return OrtSession(path, device="cpu", graph_optimization="disabled")
+
+
 def load_model_info(path: str | os.PathLike[str]) -> OnnxModelInfo:
-    """Validate a vitdeploy .onnx file (exists, is ONNX, describes itself) and return its metadata.
-
-    Reads through ONNX Runtime (no onnx/torch needed); with optimizations off, so it is cheap.
-    """
-    return OrtSession(path, device="cpu", graph_optimization="disabled").model_info()
-
-
-def model_info_from_session(session: ort.InferenceSession, path: str | os.PathLike[str]) -> OnnxModelInfo:
-    """model_info() for code that holds an InferenceSession of `path` itself."""
-    return OrtSession(path, session=session).model_info()
+    """Validate a vitdeploy .onnx file (exists, is ONNX, describes itself, its graph matches) -> its description."""
+    return open_to_read(path).info

@@ -10,18 +10,22 @@ A runtime module is imported only when it is used, so a deployment install witho
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitdeploy.errors import ConfigError, DeviceError
-from vitdeploy.extras import MissingExtra, importable
-from vitdeploy.progress import to_stderr
+from vitdeploy.config import comma_list
+from vitdeploy.errors import ConfigError, DeviceError, MissingExtra
+from vitdeploy.extras import importable
+from vitdeploy.strict_json import record
 
 if TYPE_CHECKING:
     from vitdeploy.runtimes.base import Session
+
+logger = logging.getLogger(__name__)
 
 RUNTIMES = ("ort", "openvino", "reference")
 # runtime -> (the extra that brings it, or None when the core install does, the modules it imports)
@@ -41,8 +45,7 @@ class RuntimeStatus:
     devices: tuple[str, ...] = ()  # the devices a session really gets here
 
     def to_dict(self) -> dict[str, object]:
-        return {"runtime": self.name, "installed": self.installed, "usable": self.usable, "reason": self.reason,
-                "devices": list(self.devices)}
+        return {"runtime": self.name, **record(self, exclude=("name",))}
 
 
 def install_command(name: str) -> str:
@@ -52,7 +55,7 @@ def install_command(name: str) -> str:
 
 def runtime_status(name: str) -> RuntimeStatus:
     """Installed (its modules import) and usable (it has a device here)."""
-    check_name(name)
+    check_runtime_name(name)
     missing = [module for module in _NEEDS[name][1] if not importable(module)]
     if missing:
         return RuntimeStatus(name, False, False, f"{name} needs {', '.join(missing)}, which this installation "
@@ -70,18 +73,16 @@ def runtime_status(name: str) -> RuntimeStatus:
     return RuntimeStatus(name, True, True, "", ("cpu",))
 
 
-def check_name(name: str) -> None:
+def check_runtime_name(name: str) -> None:
     if name not in RUNTIMES:
         raise ConfigError(f"unknown runtime {name!r}; choose from: {', '.join(RUNTIMES)}")
 
 
-def parse_runtimes(text: str | None) -> tuple[str, ...] | None:
+def parse_runtimes(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """'ort,openvino' -> ('ort', 'openvino'); None or '' -> None (the default set). Unknown names are refused."""
-    if not text:
-        return None
-    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    names = comma_list(text, lower=True)
     for name in names:
-        check_name(name)
+        check_runtime_name(name)
     return names or None
 
 
@@ -89,11 +90,10 @@ def installed_runtimes() -> list[RuntimeStatus]:
     return [runtime_status(name) for name in RUNTIMES]
 
 
-def select_runtimes(requested: tuple[str, ...] | None, notify: Callable[[str], None] = to_stderr,
-                    exclude_by_default: tuple[str, ...] = ()) -> list[str]:
+def select_runtimes(requested: tuple[str, ...] | None, *, exclude_by_default: tuple[str, ...] = ()) -> list[str]:
     """The runtimes to use: the ones named (each must be installed, else MissingExtra, and usable, else
     DeviceError: exit 2 either way), or by default every
-    one installed and usable here, minus `exclude_by_default` (said through `notify`), with one line naming each
+    one installed and usable here, minus `exclude_by_default` (said in a log line), with one line naming each
     missing one and its install command."""
     if requested:
         for name in requested:
@@ -106,31 +106,33 @@ def select_runtimes(requested: tuple[str, ...] | None, notify: Callable[[str], N
     chosen = []
     for status in installed_runtimes():
         if not status.usable:
-            notify(f"runtime {status.name} skipped: {status.reason}")
+            logger.info("runtime %s skipped: %s", status.name, status.reason)
         elif status.name in exclude_by_default:
-            notify(f"runtime {status.name} skipped by default here (too slow for this model; name it with "
-                   f"--runtime to run it anyway)")
+            logger.info("runtime %s skipped by default here (too slow for this model; name it with --runtime to "
+                        "run it anyway)", status.name)
         else:
             chosen.append(status.name)
     return chosen
 
 
 def open_runtime(
-    name: str,
+    name: str | None,
     model: str | os.PathLike[str] | bytes,
     device: str = "auto",
     precision: str | None = None,
     threads: int | None = None,
-    notify: Callable[[str], None] = to_stderr,
     spin: bool = True,
 ) -> Session:
-    """Open `model` (a path, or a serialized ModelProto) on runtime `name`.
+    """Open `model` (a path, or a serialized ModelProto) on runtime `name` (None: the one the file was made for,
+    else ort). The session carries the file's description (Session.info, checked as it is first read).
 
     precision: None runs the file as it is made (its recorded precision; OpenVINO pins fp32 for fp32 files);
     a named one must be the file's, except that OpenVINO may run an fp32 file in bf16 or fp16 where the device
     supports it natively. spin: ORT's idle threads busy-wait (see ort.make_session); the others ignore it.
     """
-    check_name(name)
+    if not name:
+        name = "ort" if isinstance(model, bytes) else runtime_for_file(model)
+    check_runtime_name(name)
     status = runtime_status(name)
     if not status.installed:
         raise MissingExtra(status.reason)
@@ -141,7 +143,7 @@ def open_runtime(
     if name == "ort":
         from vitdeploy.runtimes.ort import OrtSession
 
-        session: Session = OrtSession(model, device, threads, notify, spin)
+        session: Session = OrtSession(model, device, threads, spin)
     else:
         from vitdeploy.runtimes.reference import ReferenceSession
 
@@ -170,7 +172,7 @@ def runtime_for_file(path: str | os.PathLike[str]) -> str:
     """The runtime a file was made for (an OpenVINO variant records "openvino"); "ort" for every other file. Read
     from the file's metadata on the wire, without the onnx package; a file that does not parse gets "ort", whose
     loader then says what is wrong with it."""
-    from vitdeploy.onnx_file import metadata_props_from_bytes
+    from vitdeploy.onnx_wire import metadata_props_from_bytes
     from vitdeploy.runtimes.base import export_record
 
     try:

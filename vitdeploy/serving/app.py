@@ -31,12 +31,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitdeploy import __version__
-from vitdeploy.images import ImageDecodeError
+from vitdeploy.errors import ImageDecodeError, RequestError
 from vitdeploy.prediction import load_model_input, row_for_logits
 from vitdeploy.serving.batcher import DynamicBatcher
-from vitdeploy.serving.protocol import HEADER_LENGTH, VERSION, ModelSignature, RequestError, encode_infer_response, \
+from vitdeploy.serving.protocol import HEADER_LENGTH, VERSION, ModelSignature, encode_infer_response, \
     parse_infer_request
-from vitdeploy.serving.runner import Runner
+from vitdeploy.runtimes.base import Session
 
 # JSON bodies above this size are parsed in a worker thread, so the event loop keeps accepting connections (a binary
 # body is one copy, parsed where it arrives).
@@ -44,18 +44,18 @@ PARSE_IN_THREAD_BYTES = 1 << 20
 
 
 class ServerState:
-    def __init__(self, runner: Runner, signature: ModelSignature, batcher: DynamicBatcher, decode_threads: int,
+    def __init__(self, session: Session, signature: ModelSignature, batcher: DynamicBatcher, decode_threads: int,
                  top_k: int):
-        self.runner, self.signature, self.batcher, self.top_k = runner, signature, batcher, top_k
+        self.session, self.signature, self.batcher, self.top_k = session, signature, batcher, top_k
         self.decoders = anyio.CapacityLimiter(decode_threads)
         self.disconnects = 0
         self.refused = 0
 
 
-def create_app(runner: Runner, signature: ModelSignature, batcher: DynamicBatcher, *, max_body_bytes: int,
+def create_app(session: Session, signature: ModelSignature, batcher: DynamicBatcher, *, max_body_bytes: int,
                decode_threads: int = 2, top_k: int = 5) -> Starlette:
     """The ASGI app; its lifespan starts the batcher's worker and stops it after the last request drained."""
-    state = ServerState(runner, signature, batcher, decode_threads, top_k)
+    state = ServerState(session, signature, batcher, decode_threads, top_k)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -150,9 +150,9 @@ async def stats(request: Request) -> Response:
 async def classify(request: Request) -> Response:
     """Images in, top-k labels out; several multipart files run as one request of that many samples."""
     state = _state(request)
-    top_k = _top_k(request, state.top_k, len(state.runner.info.labels))
+    top_k = _top_k(request, state.top_k, state.session.num_classes)
     uploads = await _uploads(request, state.signature.max_batch_size)
-    spec = state.runner.info.preprocess
+    spec = state.session.preprocess
 
     def decode(name: str, data: bytes) -> np.ndarray:
         return load_model_input(name, spec, data=data)  # type: ignore[arg-type]
@@ -164,7 +164,8 @@ async def classify(request: Request) -> Response:
         except ImageDecodeError as e:
             raise RequestError(400, f"{name}: {e.detail}", kind=e.kind, file=name) from None
     logits = await state.batcher.infer(np.stack(pixels))
-    rows = [row_for_logits(name, row, state.runner.info.labels, top_k, state.runner.provider, state.runner.runtime)
+    session = state.session
+    rows = [row_for_logits(name, row, session.labels, top_k, session.provider, session.runtime)
             for (name, _), row in zip(uploads, logits)]
     return JSONResponse({"model": state.signature.name, "predictions": rows})
 

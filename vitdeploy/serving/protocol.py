@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vitdeploy.errors import ModelFileError, RequestError
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -29,17 +30,27 @@ PLATFORM = "onnxruntime_onnx"
 VERSION = "1"
 
 
-class RequestError(Exception):
-    """A request the server refuses: HTTP status + a message for the client (sent as {"error": message})."""
+# ------------------------------------------------------------------------------------------- the served input
 
-    def __init__(self, status: int, message: str, **details: Any):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.details = details
 
-    def body(self) -> dict[str, Any]:
-        return {"error": self.message, **self.details}
+def check_dynamic_batch(path: object, shape: tuple[int | str | None, ...]) -> None:
+    """Refuse a graph whose first axis is a fixed size: neither Triton's batcher nor serve's could batch it
+    (Triton refuses it at load: the first dimension must be -1)."""
+    if shape and isinstance(shape[0], int):
+        raise ModelFileError(
+            f"{path}: input {INPUT_NAME!r} has a fixed batch axis ({list(shape)}); batching needs a dynamic one "
+            "(-1). Export it with vitdeploy export, which makes the batch axis dynamic"
+        )
+
+
+def item_shape(path: object, shape: tuple[int | str | None, ...]) -> tuple[int, ...]:
+    """[batch, C, H, W] -> (C, H, W); every one of them must be a fixed size."""
+    item = shape[1:]
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in item):
+        raise ModelFileError(f"{path}: input {INPUT_NAME!r} must be [batch, C, H, W] with fixed C, H, W; got {list(shape)}")
+    return tuple(int(d) for d in item)  # type: ignore[arg-type]
+
+
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ serve() returns normally: exit code 0. A second Ctrl-C stops without waiting.
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -20,32 +20,19 @@ import uvicorn
 from PIL import Image
 
 from vitdeploy.errors import ConfigError, VitDeployError
-from vitdeploy.onnx_file import resolve_model
-from vitdeploy.progress import to_stderr
+from vitdeploy.discovery import resolve_model
+from vitdeploy.requests import ServeSettings
+from vitdeploy.runtimes import open_runtime
+from vitdeploy.runtimes.registry import check_runtime_name
 from vitdeploy.serving.app import create_app, model_stats
 from vitdeploy.serving.batcher import DynamicBatcher
-from vitdeploy.serving.protocol import ModelSignature
-from vitdeploy.runtimes.registry import check_name as check_runtime_name
-from vitdeploy.serving.runner import check_dynamic_batch, item_shape, open_runner
-from vitdeploy.serving.triton import check_name, default_name
+from vitdeploy.serving.protocol import ModelSignature, check_dynamic_batch, item_shape
+from vitdeploy.serving.triton import check_model_name, default_name
+
+logger = logging.getLogger(__name__)
 
 # Time the drain may take before uvicorn closes what is still open.
 GRACEFUL_SHUTDOWN_S = 30
-
-
-@dataclass
-class ServeSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    runtime: str = "ort"
-    device: str = "auto"
-    threads: int | None = None
-    name: str | None = None
-    max_batch_size: int = 32
-    max_queue_delay_ms: float = 2.0
-    max_body_mb: float = 64.0
-    decode_threads: int = 2
-    top_k: int = 5
 
 
 @dataclass
@@ -72,48 +59,46 @@ class DrainingServer(uvicorn.Server):
     """uvicorn's server, except that a signal which asked for a graceful stop is not raised again afterwards
     (uvicorn re-raises it so that the process dies of it; a drained server exits 0)."""
 
-    log: Callable[[str], None] = to_stderr
-
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
             return
         if not self.should_exit:
-            self.log(f"{signal.Signals(sig).name}: draining requests in flight, then stopping")
+            logger.info("%s: draining requests in flight, then stopping", signal.Signals(sig).name)
         self.should_exit = True
 
 
-def prepare(model: Path | None, settings: ServeSettings, log: Callable[[str], None] = to_stderr) -> PreparedServer:
+def prepare(model: Path | None, settings: ServeSettings) -> PreparedServer:
     check_settings(settings)
     path = resolve_model(model)
-    name = check_name(settings.name or default_name(path))
+    name = check_model_name(settings.name or default_name(path))
     sock = listen(settings.host, settings.port)  # a port in use fails before the model loads
     try:
-        runner = open_runner(path, settings.runtime, settings.device, settings.threads, log)
-        check_dynamic_batch(path, runner.input_shape)
-        signature = ModelSignature(name, item_shape(path, runner.input_shape), runner.num_classes,
-                                   settings.max_batch_size)
+        # Opened as predict opens it (idle threads do not spin: the decoders need the cores), contract checked.
+        session = open_runtime(settings.runtime, path, settings.device, threads=settings.threads, spin=False)
+        num_classes = session.num_classes  # reads the file's description, checking its input contract, first
+        check_dynamic_batch(path, session.input_shape)
+        signature = ModelSignature(name, item_shape(path, session.input_shape), num_classes, settings.max_batch_size)
     except BaseException:
         sock.close()
         raise
-    batcher = DynamicBatcher(runner.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000)
-    app = create_app(runner, signature, batcher, max_body_bytes=round(settings.max_body_mb * 2**20),
+    batcher = DynamicBatcher(session.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000)
+    app = create_app(session, signature, batcher, max_body_bytes=round(settings.max_body_mb * 2**20),
                      decode_threads=settings.decode_threads, top_k=settings.top_k)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = DrainingServer(config)
-    server.log = log
-    return PreparedServer(server, app, sock, url, ServeSummary(str(path), name, url, runner.provider))
+    return PreparedServer(server, app, sock, url, ServeSummary(str(path), name, url, session.provider))
 
 
-def serve(model: Path | None, settings: ServeSettings, log: Callable[[str], None] = to_stderr) -> ServeSummary:
+def serve(model: Path | None, settings: ServeSettings) -> ServeSummary:
     """Serve until Ctrl-C or SIGTERM, then drain; returns what was served."""
-    prepared = prepare(model, settings, log)
+    prepared = prepare(model, settings)
     s = prepared.summary
-    log(f"serving {s.model} as {s.name!r} on {prepared.url} ({s.provider}; batches of up to "
-        f"{settings.max_batch_size}, queue delay {settings.max_queue_delay_ms:g} ms); Ctrl-C stops")
+    logger.info("serving %s as %r on %s (%s; batches of up to %d, queue delay %g ms); Ctrl-C stops", s.model, s.name,
+                prepared.url, s.provider, settings.max_batch_size, settings.max_queue_delay_ms)
     with warnings.catch_warnings():
         # Images between 1x and 2x Image.MAX_IMAGE_PIXELS are refused by the decoder itself; the warning is noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -20,10 +20,11 @@ from typing import Any
 
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, VitDeployError
+from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
+from vitdeploy.discovery import resolve_model
 from vitdeploy.outputs import TRITON, check_output_folder
-from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, resolve_model
-from vitdeploy.serving.protocol import PLATFORM
-from vitdeploy.serving.runner import check_dynamic_batch, item_shape
+from vitdeploy.requests import TritonOptions
+from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
 
 DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 TENSORRT_PRECISIONS = ("fp32", "fp16")
@@ -37,20 +38,6 @@ TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.01-py3"
 
 class Enum(str):
     """A protobuf enum value: written without quotes."""
-
-
-@dataclass
-class TritonOptions:
-    name: str | None = None  # default: the file name without .onnx
-    device: str = "cpu"  # cpu | gpu: instance_group kind
-    instances: int = 1  # model instances (per GPU with --device gpu)
-    max_batch_size: int | None = None  # default 32, or the bench recommendation
-    max_queue_delay_ms: float | None = None  # default 2 ms, or the p99 budget left by the recommended batch
-    preferred_batch_sizes: tuple[int, ...] = ()  # default none (Triton forms the largest batch it can)
-    dynamic_batching: bool = True
-    from_bench: Path | None = None  # a `vitdeploy bench --p99-budget` report
-    tensorrt: str | None = None  # fp32 | fp16: ONNX Runtime's TensorRT accelerator (GPU only)
-    cuda_graphs: bool = False  # GPU only; needs one input shape per call, so no dynamic batching
 
 
 @dataclass
@@ -230,7 +217,7 @@ def check_options(options: TritonOptions) -> None:
         )
 
 
-def check_name(name: str) -> str:
+def check_model_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(
             f"model name {name!r} is not a valid repository directory name: use letters, digits, '_', '-' and "
@@ -244,27 +231,21 @@ def default_name(model: Path) -> str:
     return model.name.removesuffix(".onnx")
 
 
-def describe_model(path: Path) -> tuple[OnnxModelInfo, tuple]:
-    """Metadata and input shape through ONNX Runtime (cheap: optimizations off, CPU)."""
-    from vitdeploy.runtimes.ort import make_session, model_info_from_session
-
-    session, _ = make_session(path, device="cpu", graph_optimization="disabled")
-    return model_info_from_session(session, path), tuple(session.get_inputs()[0].shape)
-
-
 # ------------------------------------------------------------------------------------------- writing
 
 
-def write_triton_repository(model: Path | None, out: Path, options: TritonOptions,
-                            force: bool = False) -> TritonRepository:
+def write_triton_repository(model: Path | None, out: Path, options: TritonOptions) -> TritonRepository:
     """Write (or replace) DIR/<name>/ for `model` and DIR/README.md. Refuses, before writing anything, a model
     whose batch axis is fixed, a bad name, a model folder already there that is not a Triton model folder, and an
-    `out` that is not a new or empty folder or a repository vitdeploy wrote (unless `force`; outputs.py)."""
+    `out` that is not a new or empty folder or a repository vitdeploy wrote (unless options.force; outputs.py)."""
     check_options(options)
-    check_output_folder(out, TRITON, force=force, option="--out")
+    check_output_folder(out, TRITON, force=options.force, option="--out")
     path = resolve_model(model)
-    name = check_name(options.name or default_name(path))
-    info, shape = describe_model(path)
+    name = check_model_name(options.name or default_name(path))
+    from vitdeploy.runtimes.ort import open_to_read
+
+    session = open_to_read(path)  # ONNX Runtime reads it: the file is Triton's onnxruntime backend's to run
+    info, shape = session.info, session.input_shape
     check_dynamic_batch(path, shape)
     if any("\n" in label or "\r" in label for label in info.labels):
         raise ConfigError(f"{path}: a label contains a line break, which labels.txt cannot hold")

@@ -1,0 +1,57 @@
+"""What the CLI prints for people: every message reaches stderr as written, whether it is an error or a note.
+
+Rich reads `[word]` as markup, so an unescaped `pip install "vitdeploy[openvino]"` used to print as
+`pip install "vitdeploy"`: the one command a user needed, cut off."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from vitdeploy import extras
+from vitdeploy.cli import app
+from vitdeploy.cli.app import handle_errors, print_note, show_library_notes
+from vitdeploy.errors import EXIT_BAD_INPUT
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("extra", sorted(extras.EXTRAS))
+def test_each_install_command_prints_verbatim_in_errors_and_notes(extra: str, monkeypatch, capsys) -> None:
+    command = f'pip install "vitdeploy[{extra}]"'
+    monkeypatch.setattr(extras, "importable", lambda name: name not in extras.EXTRAS[extra])
+
+    @handle_errors
+    def needs_the_extra() -> None:
+        extras.require(extra, "this command")
+
+    with pytest.raises(typer.Exit) as stopped:
+        needs_the_extra()
+    assert stopped.value.exit_code == EXIT_BAD_INPUT
+    show_library_notes()
+    logging.getLogger("vitdeploy.somewhere").info("skipping a variant: %s", command)  # a note, through logging
+    print_note(f"and a line the CLI prints itself: {command}")
+    err = capsys.readouterr().err
+    assert err.count(command) == 3, err
+
+
+def test_bench_names_the_openvino_extra_it_skips(tiny_onnx: Path, monkeypatch) -> None:
+    """The case found in the wild: `vitdeploy bench MODEL` on the core install skips the OpenVINO variants."""
+    from vitdeploy.runtimes import registry
+
+    monkeypatch.setattr(registry, "importable", lambda name: name not in ("openvino", "nncf"))
+    result = runner.invoke(app, ["bench", str(tiny_onnx), "--variants", "ort-cpu,ov-cpu", "--batch-sizes", "1",
+                                 "--warmup-iters", "0", "--warmup-seconds", "0", "--min-iters", "1",
+                                 "--min-seconds", "0", "--threads", "1"])
+    assert result.exit_code == EXIT_BAD_INPUT  # ov-cpu was named and cannot run here
+    assert 'pip install "vitdeploy[openvino]"' in result.stderr, result.stderr
+
+
+def test_shapes_in_notes_keep_their_brackets(capsys) -> None:
+    show_library_notes()
+    logging.getLogger("vitdeploy.runtimes").warning("input is [batch, 3, 224, 224], got [1, 3, 32, 32]")
+    assert "warning: input is [batch, 3, 224, 224], got [1, 3, 32, 32]" in capsys.readouterr().err
