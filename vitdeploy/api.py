@@ -68,7 +68,8 @@ def train(request: TrainRequest | None = None, /, **options: Any) -> TrainResult
     with one subfolder per class) and write best/ and last/ bundles into `out` (default models/<name>).
 
     `init`: fine-tune from a bundle's weights (e.g. one made by import_model) with fine-tuning defaults; a new head
-    when the data's classes differ, position embeddings interpolated when `image_size` differs."""
+    when the data's classes differ, position embeddings interpolated when `image_size` differs.
+    `out` must be new, empty or a run folder vitdeploy wrote, unless `force` (outputs.py)."""
     require("train", "vitdeploy.training")
     from vitdeploy.training import train as run_training
 
@@ -79,12 +80,14 @@ def import_model(source: PathLike | ImportRequest, out: PathLike | None = None, 
     """Import a timm or Hugging Face ViT checkpoint you already have (`vitdeploy import`) as a bundle (default
     models/<its name>): a Hugging Face model folder, or a timm state dict with `timm_model` (its timm name) or timm's
     config.json beside it. Needs neither timm nor transformers. Raises errors.CheckpointError (exit code 2) for what
-    is not a plain ViT or does not fit its config."""
+    is not a plain ViT or does not fit its config; errors.InputError (exit code 2) for an `out` that is not new,
+    empty or a bundle, unless `force`."""
     require("train", "vitdeploy import")
     from vitdeploy.pretrained import import_checkpoint
 
     request = _first(ImportRequest, source, "source", {"out": out, **options} if out is not None else options)
-    return import_checkpoint(request.source, request.out, timm_model=request.timm_model, labels=request.labels)
+    return import_checkpoint(request.source, request.out, timm_model=request.timm_model, labels=request.labels,
+                             force=request.force)
 
 
 def export(bundle: PathLike | ExportRequest | None = None, /, **options: Any) -> ExportResult:
@@ -143,13 +146,18 @@ def bench(model: PathLike | BenchRequest | None = None, /, **options: Any) -> Be
     variants and presets.
     """
     from vitdeploy.benchmark import parse_variants, run_request
+    from vitdeploy.outputs import check_output_file
     from vitdeploy.runtimes import parse_runtimes
 
     if "variants" in options:
         options["variants"] = parse_variants(options["variants"])
     if "runtimes" in options:
         options["runtimes"] = parse_runtimes(options["runtimes"])
-    return run_request(_first(BenchRequest, model, "model", options))
+    request = _first(BenchRequest, model, "model", options)
+    for path, option in ((request.output, "--output"), (request.plot, "--plot")):
+        if path is not None:
+            check_output_file(path, option)  # before minutes of measuring
+    return run_request(request)
 
 
 def explain(inputs: Sequence[PathLike] | ExplainRequest = (), /, **options: Any) -> ExplainResult | GuideResult:
@@ -168,7 +176,7 @@ def explain(inputs: Sequence[PathLike] | ExplainRequest = (), /, **options: Any)
             raise ConfigError("--guide draws from the bundle's held-out images; give no IMAGES with it")
         return draw_guide(request.bundle, request.out or DEFAULT_GUIDE_FILE)
     return explain_images(request.inputs, request.bundle, request.out or DEFAULT_EXPLAIN_DIR, request.method,
-                          request.class_label, request.top_k, request.recursive)
+                          request.class_label, request.top_k, request.recursive, force=request.force)
 
 
 def triton(model: PathLike | None = None, /, out: PathLike = DEFAULT_TRITON_DIR,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,6 +87,25 @@ def temp_beside(final: Path) -> Iterator[Path]:
         yield Path(name)
     finally:
         Path(name).unlink(missing_ok=True)  # already renamed on success
+
+
+@contextlib.contextmanager
+def atomic_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a new temporary folder beside `final` (which must not exist yet); on success rename it to `final` in
+    one step. A crash or Ctrl-C leaves no half-written (or empty) folder at `final`: at most a hidden
+    .<name>.<random>.tmp folder beside it, which the writer's next run may remove."""
+    final = Path(final)
+    with reported_as(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700; the folder should get the usual mode
+        yield tmp
+        with reported_as(final):
+            os.rename(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already renamed on success
 
 
 def atomic_write(final: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:

@@ -62,6 +62,7 @@ class TrainRequest(_Request):
     init: Path | None = None  # fine-tune from this bundle's weights (finetune.py)
     stop_after_steps: int | None = None  # stop like Ctrl-C after this many steps in this invocation
     workers: int = 2  # threads decoding the images of a data folder
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class ImportRequest(_Request):
     out: Path | None = None  # the bundle folder; None: models/<its name>
     timm_model: str | None = None  # the timm name of a state dict without timm's config.json beside it
     labels: Path | None = None  # class names, one per line
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
 
 
 @dataclass
@@ -163,6 +165,7 @@ class ExplainRequest(_Request):
     top_k: int = 5
     recursive: bool = False
     guide: bool = False  # instead: one PNG of the mechanism on this model
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -184,6 +187,7 @@ class TritonOptions(_Request):
     tensorrt: str | None = None  # fp32 | fp16: ONNX Runtime's TensorRT accelerator (GPU only)
     cuda_graphs: bool = False  # GPU only; needs one input shape per call, so no dynamic batching
     storage_uri: str | None = None  # KServe: where the repository is uploaded (default: a placeholder to replace)
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
 
 
 @dataclass

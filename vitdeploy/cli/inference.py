@@ -12,6 +12,7 @@ from vitdeploy.cli.app import app, console, finish, handle_errors, print_json, p
 from vitdeploy.cli.options import (
     BatchSizes,
     BundleOption,
+    Force,
     InputsArgument,
     JsonFlag,
     ModelArgument,
@@ -221,6 +222,7 @@ def explain(
                            "filters, position embeddings, attention distance, rollout) into one PNG.")
     ] = False,
     json_output: JsonFlag = False,
+    force: Force = ExplainRequest.force,
 ) -> None:
     """Show what the model looks at: per image, one PNG with the input as the model saw it, the top-k labels and
     an attention heat map over its patches. With --guide, one PNG of the mechanism itself on this model.
@@ -234,7 +236,7 @@ def explain(
 
     result = vitdeploy.explain(ExplainRequest(
         inputs or [], bundle=bundle, out=out, method=method, class_label=class_label, top_k=top_k,
-        recursive=recursive, guide=guide,
+        recursive=recursive, guide=guide, force=force,
     ))
     if guide:
         print_note(f"wrote {result.path}: the mechanism on {result.bundle} ({result.seconds:.1f} s)")

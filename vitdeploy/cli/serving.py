@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from vitdeploy.cli.app import app, handle_errors, print_json, print_note
-from vitdeploy.cli.options import JsonFlag, Threads
+from vitdeploy.cli.options import Force, JsonFlag, Threads
 from vitdeploy.config import parse_batch_sizes
 from vitdeploy.requests import DEFAULT_TRITON_DIR, ServeSettings, TritonOptions
 
@@ -60,6 +60,7 @@ def triton(
                                     "the InferenceService's storageUri. Default: a placeholder to replace.")
     ] = None,
     json_output: JsonFlag = False,
+    force: Force = TritonOptions.force,
 ) -> None:
     """Write a Triton Inference Server model repository: OUT/<name>/config.pbtxt, 1/model.onnx, labels.txt,
     OUT/inferenceservice.yaml (KServe, Triton runtime, protocol v2), and OUT/README.md with the tritonserver,
@@ -80,6 +81,7 @@ def triton(
         if preferred_batch_sizes else (),
         dynamic_batching=dynamic_batching, from_bench=from_bench, tensorrt=tensorrt, cuda_graphs=cuda_graphs,
         storage_uri=storage_uri,
+        force=force,
     ))
     for note in repo.notes:
         print_note(note)

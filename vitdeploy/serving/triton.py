@@ -25,6 +25,7 @@ from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
 from vitdeploy.discovery import resolve_model
+from vitdeploy.outputs import TRITON, check_output_folder
 from vitdeploy.requests import TritonOptions
 from vitdeploy.serving import kserve
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
@@ -171,11 +172,13 @@ def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[s
         preferred = tuple(options.preferred_batch_sizes)
     if options.max_queue_delay_ms is not None:
         delay_ms = options.max_queue_delay_ms
-    if max_batch < 1 or delay_ms < 0 or any(b < 1 or b > max_batch for b in preferred):
-        raise ConfigError(
-            f"batch sizes must be at least 1 and preferred ones at most --max-batch-size ({max_batch}), the queue "
-            f"delay not negative; got preferred {list(preferred)}, delay {delay_ms} ms"
-        )
+    if max_batch < 1:  # Triton's 0 means "no batch axis"; a vitdeploy model always has one
+        raise ConfigError(f"--max-batch-size must be at least 1, got {max_batch}")
+    if delay_ms < 0:
+        raise ConfigError(f"--max-queue-delay-ms must not be negative, got {delay_ms}")
+    if any(b < 1 or b > max_batch for b in preferred):
+        raise ConfigError(f"--preferred-batch-sizes must be at least 1 and at most --max-batch-size ({max_batch}); "
+                          f"got {', '.join(map(str, preferred))}")
     return {"max_batch_size": max_batch, "preferred_batch_sizes": preferred,
             "max_queue_delay_us": round(delay_ms * 1000)}, notes
 
@@ -241,8 +244,10 @@ def default_name(model: Path) -> str:
 
 def write_triton_repository(model: Path | None, out: Path, options: TritonOptions) -> TritonRepository:
     """Write (or replace) DIR/<name>/ for `model` and DIR/README.md. Refuses, before writing anything, a model
-    whose batch axis is fixed, a bad name, a model folder already there that is not a Triton model folder."""
+    whose batch axis is fixed, a bad name, a model folder already there that is not a Triton model folder, and an
+    `out` that is not a new or empty folder or a repository vitdeploy wrote (unless options.force; outputs.py)."""
     check_options(options)
+    check_output_folder(out, TRITON, force=options.force, option="--out")
     path = resolve_model(model)
     name = check_model_name(options.name or default_name(path))
     from vitdeploy.runtimes.ort import open_to_read
