@@ -283,6 +283,7 @@ def test_bad_settings_are_refused(bad: dict) -> None:
         bench.BenchSettings(**bad)
 
 
+@pytest.mark.slow
 def test_preset_end_to_end_and_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     for i in range(3):
@@ -307,6 +308,7 @@ WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['v
                  "runpy.run_module('vitdeploy', run_name='__main__')")
 
 
+@pytest.mark.slow
 def test_onnx_variants_are_benchmarked_without_torch(exported: tuple[Path, Path]) -> None:
     done = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "bench", str(exported[0]), *QUICK, "--runtimes", "ort",
                            "--json"],
@@ -419,6 +421,7 @@ def test_a_variant_file_is_refused_as_the_model(exported: tuple[Path, Path]) -> 
     assert code == EXIT_BAD_INPUT and "int8 variant of model.onnx" in stderr
 
 
+@pytest.mark.slow
 def test_preset_variants_are_built_as_export_builds_them() -> None:
     code, stdout = run_cli("--preset", "tiny", "--variants", ",".join(ORT_VARIANTS), "--batch-sizes", "1", *QUICK,
                            "--json")

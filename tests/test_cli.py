@@ -46,6 +46,7 @@ def test_help_does_not_import_torch() -> None:
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "export", "verify", "samples", "import x"])
 def test_training_commands_without_the_training_extra_say_how_to_install_it(tmp_path: Path, command: str) -> None:
     from builders import WITHOUT_TRAINING_EXTRA
@@ -57,6 +58,7 @@ def test_training_commands_without_the_training_extra_say_how_to_install_it(tmp_
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_help_and_version_work_without_the_training_extra(tmp_path: Path) -> None:
     from builders import WITHOUT_TRAINING_EXTRA
 
@@ -66,6 +68,7 @@ def test_help_and_version_work_without_the_training_extra(tmp_path: Path) -> Non
         assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_samples_writes_heldout_digits_named_by_label(tmp_path: Path) -> None:
     result = train(TrainRequest(preset="tiny", out=tmp_path / "run", epochs=1, stop_after_steps=1))
     out = runner.invoke(app, ["samples", str(tmp_path / "s"), "--bundle", str(result.last), "--count", "5"])

@@ -24,6 +24,8 @@ from vitdeploy.explanation import maps
 from vitdeploy.onnx_export import export_model
 from vitdeploy.model import build_model
 
+pytestmark = pytest.mark.slow  # trains the digits model and draws figures
+
 pytest.importorskip("matplotlib")
 runner = CliRunner()
 # A pixel is ink when the model's input, un-normalised, is at least half as bright as full ink.

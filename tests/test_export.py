@@ -97,6 +97,7 @@ def test_metadata_makes_the_file_self_describing(default_export):
     assert meta.intermediates["block_1"].startswith("/blocks.1/")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opset", [18, 20, 9])
 def test_other_supported_opsets_export_and_verify(tmp_path, opset):
     bundle = make_bundle(tmp_path / "b")
@@ -185,6 +186,7 @@ def test_no_verify_skips_parity(tmp_path):
     assert "vitdeploy.parity" not in {p.key for p in proto.metadata_props}
 
 
+@pytest.mark.slow
 def test_weights_go_to_one_external_file_above_the_threshold(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # as if the model were over 2 GB
     bundle = make_bundle(tmp_path / "b")

@@ -16,6 +16,8 @@ from vitdeploy.runtimes import ort as runtime
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # both exporters, dynamo's takes seconds per export
+
 runner = CliRunner()
 
 

@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.slow  # imports and fine-tunes
+
 pytest.importorskip("transformers")
 
 from builders import captured_notes, smooth_rgb  # noqa: E402

@@ -17,6 +17,7 @@ TINY = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, nu
     # ViT paper / timm: Ti/16 5.7M, S/16 22M, B/16 86M parameters (1000-class head).
     [("vit-ti16", 5.7), ("vit-s16", 22.0), ("vit-b16", 86.0)],
 )
+@pytest.mark.slow
 def test_published_presets_match_parameter_counts(preset: str, published_millions: float) -> None:
     cfg = get_preset(preset).model
     assert (cfg.image_size, cfg.patch_size, cfg.depth, cfg.mlp_ratio) == (224, 16, 12, 4.0)

@@ -322,6 +322,7 @@ def test_table_format_with_an_output_file_needs_an_explicit_format(tmp_path, tin
 
 # --------------------------------------------------------------------------------------------------- no torch
 
+@pytest.mark.slow
 def test_predict_runs_without_the_training_extra(tmp_path, tiny_onnx, good_images):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = [sys.executable, "-c", WITHOUT_TRAINING_EXTRA, "predict", *map(str, good_images[:3]), "--model", str(tiny_onnx),

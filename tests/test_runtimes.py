@@ -25,6 +25,8 @@ from vitdeploy.runtimes import open_runtime, registry
 from vitdeploy.runtimes.ort import PROBE_MODEL, tensorrt_status
 from vitdeploy.variants import EXPORT
 
+pytestmark = pytest.mark.slow  # the default digits bundle on every runtime, OpenVINO's INT8 gate
+
 openvino_installed = runtimes.runtime_status("openvino").usable
 needs_openvino = pytest.mark.skipif(not openvino_installed, reason='needs pip install "vitdeploy[openvino]"')
 runner = CliRunner()

@@ -313,6 +313,7 @@ def start_cli_server(tiny_onnx: Path, *args: str) -> tuple[subprocess.Popen, str
     raise AssertionError(f"the server did not start: {proc.communicate(timeout=DEADLINE_S)}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_drains_the_requests_in_flight_and_exits_0(tiny_onnx: Path, sig: signal.Signals) -> None:
     # A long queue delay keeps the requests waiting in the server when the signal arrives.
@@ -374,6 +375,7 @@ def test_a_port_in_use_exits_2(tiny_onnx: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
 
 
+@pytest.mark.slow
 def test_serve_without_the_extra_says_how_to_install_it_and_predict_and_export_do_not_need_it(
         tiny_onnx: Path, tiny_bundle: Path, image_files: list[Path], tmp_path: Path) -> None:
     code = without_modules("starlette", "uvicorn", "python_multipart", "tritonclient", why="no [serve] extra")

@@ -150,6 +150,7 @@ def test_a_model_with_a_fixed_batch_axis_is_refused(fixed_batch_onnx: Path, tmp_
     assert not (tmp_path / "repo").exists()
 
 
+@pytest.mark.slow
 def test_triton_needs_neither_torch_nor_onnx_nor_the_serve_extra(tiny_onnx: Path, tmp_path: Path) -> None:
     from builders import without_modules
 

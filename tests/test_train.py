@@ -20,6 +20,8 @@ from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError, DataError, DeviceError
 from vitdeploy.training import TrainRequest, train
 
+pytestmark = pytest.mark.slow  # every test trains (torchrun, resume, Ctrl-C)
+
 runner = CliRunner()
 
 

@@ -150,7 +150,7 @@ def test_vitdeploy_web_writes_the_folder(tiny_onnx, tmp_path):
     result = runner.invoke(app, ["web", str(tiny_onnx), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     expected = {"index.html", "vitdeploy.js", "serve.py", "README.md", "model.onnx", "onnx/model.onnx", "config.json",
-                "preprocessor_config.json", *(f"ort/{name}" for name in toolchain.ORT_WEB_FILES)}
+                "preprocessor_config.json", ".vitdeploy", *(f"ort/{name}" for name in toolchain.ORT_WEB_FILES)}
     assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == expected
     assert (out / "model.onnx").read_bytes() == (out / "onnx" / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
     config = json.loads((out / "config.json").read_text())
@@ -167,8 +167,11 @@ def test_vitdeploy_web_writes_the_folder(tiny_onnx, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(other)]).exit_code == 2
-    assert (other / "keep.txt").read_text() == "mine"
+    refused = runner.invoke(app, ["web", str(tiny_onnx), "-o", str(other)])
+    assert refused.exit_code == 2 and "keep.txt" in refused.output and not (other / "index.html").exists()
+    # --force writes the folder's files beside the others, which are kept
+    assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(other), "--force"]).exit_code == 0
+    assert (other / "keep.txt").read_text() == "mine" and (other / "ort" / "ort.min.mjs").is_file()
 
 
 @pytest.mark.parametrize("mode, interpolation, crop, processor, size", [

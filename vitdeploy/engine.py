@@ -6,6 +6,7 @@ the stop flag (Ctrl-C, --stop-after-steps) and the progress display. `vitdeploy.
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import threading
@@ -13,13 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from vitdeploy.config import TrainConfig
 from vitdeploy.data import TrainingData
 from vitdeploy.distributed import Processes
 from vitdeploy.model import VisionTransformer, cross_entropy
+from vitdeploy.progress import live_progress, stderr_is_terminal
+
+logger = logging.getLogger(__name__)
 
 EVAL_BATCH = 256
 
@@ -103,34 +106,33 @@ class StopFlag:
 
 
 class TrainProgress:
-    """On a terminal, a live bar over all steps; elsewhere (CI, log files) one line per epoch, and the bar once
-    when training ends."""
+    """On a terminal, a live bar over all steps (progress.live_progress, as predict and bench draw theirs);
+    elsewhere (CI, log files) one log line per epoch."""
 
-    def __init__(self, console: Console, epochs: int, total_steps: int, steps_done: int, epoch: int) -> None:
-        self.console, self.epochs = console, epochs
+    COLUMNS = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.3f}  val acc {task.fields[acc]}"), TimeElapsedColumn())
+
+    def __init__(self, enabled: bool, epochs: int, total_steps: int, steps_done: int, epoch: int) -> None:
+        self.enabled, self.epochs = enabled, epochs
         self._start = {"total": total_steps, "completed": steps_done, "epoch": f"{epoch + 1}/{epochs}"}
-        self._bar = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}  val acc {task.fields[acc]}"), TimeElapsedColumn(),
-            console=console, transient=False,
-        )
+        self._live = live_progress(enabled, *self.COLUMNS)
 
     def __enter__(self) -> TrainProgress:
-        self._bar.__enter__()
+        self._bar = self._live.__enter__()
         self._task = self._bar.add_task("train", loss=float("nan"), acc="-", **self._start)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._bar.__exit__(*exc)
+        self._live.__exit__(*exc)
 
     def step(self, epoch: int, train_loss: float) -> None:
         self._bar.update(self._task, advance=1, loss=train_loss, epoch=f"{epoch + 1}/{self.epochs}")
 
     def epoch_done(self, epoch: int, metrics: dict[str, float]) -> None:
         self._bar.update(self._task, acc=f"{metrics['val_accuracy']:.2%}")
-        if not self.console.is_terminal:
-            self.console.print(f"epoch {epoch + 1}/{self.epochs}: train loss {metrics['train_loss']:.4f}, "
-                               f"val loss {metrics['val_loss']:.4f}, val acc {metrics['val_accuracy']:.2%}")
+        if self.enabled and not stderr_is_terminal():  # a line written under a live bar would garble it
+            logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.2f%%", epoch + 1, self.epochs,
+                        metrics["train_loss"], metrics["val_loss"], 100 * metrics["val_accuracy"])
 
 
 # ---------------------------------------------------------------------------------------- epoch and eval

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vitdeploy.config import ModelConfig
+from vitdeploy.strict_json import record
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,7 @@ class MacCount:
         return 2 * self.total
 
     def to_dict(self) -> dict[str, int | float]:
-        parts = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        return {**parts, "total": self.total, "gmacs": self.gmacs}
+        return record(self, total=self.total, gmacs=self.gmacs)
 
 
 def count_macs(cfg: ModelConfig) -> MacCount:

@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from vitdeploy.config import ModelConfig
 from vitdeploy.onnx_file import INPUT_NAME, copy_proto, save_onnx
+from vitdeploy.strict_json import record
 
 if TYPE_CHECKING:
     import onnx
@@ -50,7 +51,7 @@ class FusionReport:
         return {op: f"{found[op]} of {n}" for op, n in self.expected.items() if found[op] < n}
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "shortfalls": self.shortfalls()}
+        return record(self, shortfalls=self.shortfalls())
 
 
 @dataclass

@@ -50,6 +50,8 @@ from vitdeploy.onnx_file import (
     save_onnx,
     set_metadata,
 )
+from vitdeploy.outputs import check_output_file
+from vitdeploy.strict_json import record
 
 if TYPE_CHECKING:
     from vitdeploy.accuracy_gate import AccuracyGate
@@ -96,21 +98,8 @@ class ExportResult:
         return not self.failures()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "path": str(self.path),
-            "opset": self.opset,
-            "exporter": self.exporter,
-            "num_nodes": self.num_nodes,
-            "size_bytes": self.size_bytes,
-            "external_data": str(self.external_data) if self.external_data else None,
-            "weights_sha256": self.weights_sha256,
-            "export_seconds": round(self.export_seconds, 3),
-            "verify_seconds": round(self.verify_seconds, 3),
-            "parity": self.parity.to_dict() if self.parity else None,
-            "variants": [v.to_dict() for v in self.variants],
-            "notes": self.notes,
-        }
+        return {"passed": self.passed, **record(self, export_seconds=round(self.export_seconds, 3),
+                                                 verify_seconds=round(self.verify_seconds, 3))}
 
 
 @functools.cache
@@ -245,7 +234,7 @@ def export_model(
     import onnx
 
     check_opset(opset, exporter)
-    out = Path(out)
+    out = check_output_file(out)  # a folder there, a file on the way, an unwritable place: exit 2
     model = getattr(model, "module", model).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -39,6 +39,7 @@ from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.graph_variants import FusionReport, VariantSource
 from vitdeploy.onnx_file import META_EXPORT, META_INTERMEDIATES, META_PARITY, read_metadata, save_onnx, set_metadata
 from vitdeploy.runtimes.ort import CPU, short_provider_name
+from vitdeploy.strict_json import record
 from vitdeploy.variants import EXPORT, PRECISIONS, ExportVariant
 
 if TYPE_CHECKING:
@@ -64,18 +65,7 @@ class VariantResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant,
-            "precision": self.precision,
-            "path": str(self.path),
-            "written": self.written,
-            "gate": self.gate.summary(),
-            "fusions": self.fusions.to_dict() if self.fusions else None,
-            "quantization": self.quantization,
-            "size_bytes": self.size_bytes,
-            "build_seconds": round(self.build_seconds, 3),
-            "notes": self.notes,
-        }
+        return record(self, gate=self.gate.summary(), build_seconds=round(self.build_seconds, 3))
 
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 
 from vitdeploy import finetune, provenance
 from vitdeploy.bundle import (
@@ -52,7 +51,9 @@ from vitdeploy.engine import (
 )
 from vitdeploy.errors import BundleError, ConfigError
 from vitdeploy.model import VisionTransformer, build_model
+from vitdeploy.outputs import BUNDLE, RUN, check_output_folder
 from vitdeploy.requests import TrainRequest
+from vitdeploy.strict_json import record
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +73,8 @@ class TrainResult:
     main_process: bool = True  # False on torchrun ranks > 0, which print nothing
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "bundle": str(self.best or self.last),
-            "best": str(self.best) if self.best else None,
-            "last": str(self.last),
-            "val_accuracy": self.val_accuracy,
-            "epochs": self.epochs,
-            "steps": self.steps,
-            "seconds": round(self.seconds, 3),
-            "interrupted": self.interrupted,
-            "resume_command": self.resume_command,
-        }
+        return {"bundle": str(self.best or self.last),
+                **record(self, exclude=("run_dir", "history", "main_process"), seconds=round(self.seconds, 3))}
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -141,6 +133,15 @@ def _plan_resume(request: TrainRequest) -> RunPlan:
     data = Path(saved["data"]) if saved.get("data") else None
     return RunPlan(saved.get("preset", "custom"), info.model, info.train, info.preprocess, data, run_dir,
                    saved.get("init"))
+
+
+def _check_out(plan: RunPlan, request: TrainRequest) -> None:
+    """The run folder (new, empty or a run's), unless --resume continues where its bundle is; best/ and last/ in
+    any case (new, empty or bundles): never a folder vitdeploy did not write, unless --force."""
+    if request.resume is None or request.out is not None:
+        check_output_folder(plan.out, RUN, force=request.force, option="--out")
+    for bundle in (plan.out / "best", plan.out / "last"):
+        check_output_folder(bundle, BUNDLE, force=request.force, option="--out")
 
 
 def _check_train_config(cfg: TrainConfig) -> None:
@@ -306,11 +307,12 @@ def train(request: TrainRequest) -> TrainResult:
     """Train per `request`; write <out>/best and <out>/last bundles; return what happened. Notes go to this
     module's logger and the progress bar to stderr, from the main process only."""
     plan = plan_run(request)
+    _check_out(plan, request)
     with distributed(request.device) as procs:
-        return _train(plan, request, procs, Console(stderr=True, quiet=not procs.is_main))
+        return _train(plan, request, procs)
 
 
-def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Console) -> TrainResult:
+def _train(plan: RunPlan, request: TrainRequest, procs: Processes) -> TrainResult:
     say = logger.info if procs.is_main else _silent
     started = time.perf_counter()
     cfg = plan.train
@@ -332,7 +334,7 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes, console: Cons
     precision = MixedPrecision(procs.device)
     bundles = RunBundles(plan, data, procs, model, optimizer, scheduler)
 
-    progress = TrainProgress(console, cfg.epochs, total_steps, state.steps_done(steps_per_epoch), state.epoch)
+    progress = TrainProgress(procs.is_main, cfg.epochs, total_steps, state.steps_done(steps_per_epoch), state.epoch)
     with StopFlag(request.stop_after_steps) as stop, progress:
         for epoch in range(state.epoch, cfg.epochs):
             ran = train_one_epoch(

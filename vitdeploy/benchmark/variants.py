@@ -17,6 +17,7 @@ from vitdeploy.benchmark.environment import optional_torch
 from vitdeploy.config import comma_list
 from vitdeploy.errors import ConfigError
 from vitdeploy.requests import BenchRequest
+from vitdeploy.strict_json import record
 from vitdeploy.variants import VARIANTS, VariantSpec
 
 DEFAULT_BATCH_SIZES = BenchRequest.batch_sizes
@@ -71,17 +72,7 @@ class BenchSettings:
                 if self.runtimes is None or spec.runtime == "torch" or spec.runtime in self.runtimes]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "batch_sizes": list(self.batch_sizes),
-            "variants": list(self.variants) if self.variants else None,
-            "warmup_iters": self.warmup_iters,
-            "warmup_seconds": self.warmup_seconds,
-            "min_iters": self.min_iters,
-            "min_seconds": self.min_seconds,
-            "threads": self.thread_count,
-            "seed": self.seed,
-            "runtimes": list(self.runtimes) if self.runtimes else None,
-        }
+        return record(self, threads=self.thread_count)
 
 
 def runtime_problem(spec: VariantSpec) -> str | None:

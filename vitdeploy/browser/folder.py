@@ -8,8 +8,9 @@
                                    what transformers.js reads (id2label; every preprocessing field explicit)
     OUT/serve.py, OUT/README.md    a server that sends the isolation headers; how to serve it
 
-The folder is staged beside OUT and renamed into place; an OUT that exists must be a folder this command wrote
-(or empty), never anything else.
+The folder is staged beside OUT and renamed into place. OUT follows outputs.py's rule: new, empty, or a folder this
+command wrote (its .vitdeploy marker says "web"), which is then replaced; with --force, a folder of other files,
+which are kept.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from vitdeploy.atomic import reported_as
 from vitdeploy.browser import toolchain
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.discovery import resolve_model
-from vitdeploy.errors import ConfigError
 from vitdeploy.onnx_file import OnnxModelInfo, parse_metadata
 from vitdeploy.onnx_wire import metadata_props_from_bytes
+from vitdeploy.outputs import FolderKind, check_output_folder, entries, marked, write_marker
 from vitdeploy.runtimes.base import check_model_file
 from vitdeploy.runtimes.web import ASSETS, check_variant, check_web_file, check_web_size
 
 PAGE_FILES = ("index.html", "vitdeploy.js", "serve.py")
-MARKER = "vitdeploy.js"  # a folder holding it (and model.onnx) is one this command wrote, and may be replaced
+WEB_KIND = "web"  # the kind in the folder's .vitdeploy marker (outputs.py's rule for -o)
+WEB = FolderKind("web folder", "vitdeploy web", marked(WEB_KIND))
 # Hugging Face's resample codes (PIL's): what transformers.js and transformers read from preprocessor_config.json.
 HF_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
 
@@ -45,7 +47,7 @@ class WebFolder:
     size_bytes: int
 
 
-def write_web_folder(model: Path | None, out: Path) -> WebFolder:
+def write_web_folder(model: Path | None, out: Path, force: bool = False) -> WebFolder:
     path = resolve_model(model)
     check_model_file(path)
     check_web_size(path, path.stat().st_size)
@@ -54,23 +56,17 @@ def write_web_folder(model: Path | None, out: Path) -> WebFolder:
     metadata = metadata_props_from_bytes(data)
     info = parse_metadata(path, metadata)
     check_variant(path, metadata, "wasm", info.precision)
+    check_output_folder(out, WEB, force=force)
     dist = toolchain.ensure_ort_web()
-    _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with reported_as(out), tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
         stage = Path(staging) / "folder"
         _write(stage, path, info, dist)
+        write_marker(stage, WEB_KIND)
         files = tuple(sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file()))
         size = sum((stage / f).stat().st_size for f in files)
-        _replace(stage, out, Path(staging))
+        _place(stage, out, Path(staging))
     return WebFolder(out, path, files, size)
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a folder; choose another -o")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise ConfigError(f"{out} exists, is not empty and was not written by vitdeploy web; choose another -o")
 
 
 def _write(stage: Path, model: Path, info: OnnxModelInfo, dist: Path) -> None:
@@ -98,8 +94,15 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
-def _replace(stage: Path, out: Path, staging: Path) -> None:
-    """Rename the staged folder into place; a previous folder goes into the staging area (removed with it)."""
+def _place(stage: Path, out: Path, staging: Path) -> None:
+    """Rename the staged folder into place; a previous web folder goes into the staging area (removed with it). A
+    folder of other files (--force) keeps them: the folder's files are moved in beside them, replacing namesakes."""
+    if out.is_dir() and entries(out) and not WEB.recognise(out):
+        for file in sorted(p for p in stage.rglob("*") if p.is_file()):
+            target = out / file.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, target)
+        return
     if out.exists():
         os.replace(out, staging / "previous")
     os.replace(stage, out)

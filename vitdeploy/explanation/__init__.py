@@ -25,6 +25,8 @@ from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, InputError
 from vitdeploy.explanation import maps, render
 from vitdeploy.inputs import expand_inputs
+from vitdeploy.outputs import EXPLAIN, check_output_file, check_output_folder
+from vitdeploy.strict_json import record
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,8 @@ class ExplainResult:
         return not self.images_failed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "method": self.method, "class": self.class_label, "out_dir": self.out_dir,
-                "images_ok": self.images_ok, "images_failed": self.images_failed,
-                "seconds": round(self.seconds, 3), "results": self.rows}
+        return record(self, exclude=("class_label", "rows"), **{"class": self.class_label}, images_ok=self.images_ok,
+                      images_failed=self.images_failed, seconds=round(self.seconds, 3), results=self.rows)
 
 
 def class_index(label: str, labels: list[str]) -> int:
@@ -102,12 +103,15 @@ def explain(
     class_label: str | None = None,
     top_k: int = 5,
     recursive: bool = False,
+    force: bool = False,
 ) -> ExplainResult:
     """Explain each image with `method`: one PNG in `out_dir` per image, and a row with its top-k and patch map.
 
-    Undecodable files (and inputs that matched nothing) get an error row; InputError when nothing matched at all.
+    Undecodable files (and inputs that matched nothing) get an error row; InputError when nothing matched at all,
+    or when `out_dir` is not a new or empty folder or one of explain's (unless `force`; outputs.py).
     """
     check_request(method, class_label)
+    check_output_folder(out_dir, EXPLAIN, force=force)
     if top_k < 1:
         raise ConfigError("--top-k must be at least 1")
     render.pyplot()  # fail before the model loads when matplotlib is missing
@@ -202,8 +206,7 @@ class GuideResult:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "bundle": self.bundle, "images": self.images,
-                "mean_attention_distance": self.mean_attention_distance, "seconds": round(self.seconds, 3)}
+        return record(self, seconds=round(self.seconds, 3))
 
 
 def guide(bundle: Path | None = None, out: Path = Path("guide.png")) -> GuideResult:
@@ -211,6 +214,7 @@ def guide(bundle: Path | None = None, out: Path = Path("guide.png")) -> GuideRes
     from vitdeploy.data import recorded_split_images
 
     render.pyplot()  # fail before the model loads when matplotlib is missing
+    check_output_file(out)
     started = time.perf_counter()
     bundle_dir = bundle or find_latest_bundle()
     model, info = load_bundle(bundle_dir)

@@ -19,7 +19,7 @@ import abc
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from vitdeploy.errors import ModelFileError
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.onnx_file import INPUT_NAME, META_EXPORT, OUTPUT_NAME, OnnxModelInfo, check_io_names, parse_metadata
+from vitdeploy.strict_json import record
 
 
 
@@ -50,7 +51,7 @@ class Description:
         return f"{self.runtime}:{provider}" + (f":{self.precision}" if self.runtime == "openvino" else "")
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        return record(self)
 
 
 @dataclass(frozen=True)

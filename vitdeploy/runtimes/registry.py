@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from vitdeploy.config import comma_list
 from vitdeploy.errors import ConfigError, DeviceError, MissingExtra
 from vitdeploy.extras import importable
+from vitdeploy.strict_json import record
 
 if TYPE_CHECKING:
     from vitdeploy.runtimes.base import Session
@@ -48,8 +49,7 @@ class RuntimeStatus:
     devices: tuple[str, ...] = ()  # the devices a session really gets here
 
     def to_dict(self) -> dict[str, object]:
-        return {"runtime": self.name, "installed": self.installed, "usable": self.usable, "reason": self.reason,
-                "devices": list(self.devices)}
+        return {"runtime": self.name, **record(self, exclude=("name",))}
 
 
 def install_command(name: str) -> str:
