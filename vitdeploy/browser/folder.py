@@ -28,7 +28,13 @@ from vitdeploy.config import PreprocessSpec
 from vitdeploy.discovery import resolve_model
 from vitdeploy.onnx_file import OnnxModelInfo, parse_metadata
 from vitdeploy.onnx_wire import metadata_props_from_bytes
-from vitdeploy.outputs import FolderKind, check_output_folder, entries, marked, write_marker
+from vitdeploy.outputs import (
+    FolderKind,
+    check_output_folder,
+    entries,
+    marked,
+    write_marker,
+)
 from vitdeploy.runtimes.base import check_model_file
 from vitdeploy.runtimes.web import ASSETS, check_variant, check_web_file, check_web_size
 
