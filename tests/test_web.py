@@ -343,7 +343,7 @@ def test_the_folders_page_loads_the_model_behind_its_serve_py(tiny_onnx, tmp_pat
 
     import vitdeploy
 
-    folder = vitdeploy.web(tiny_onnx, tmp_path / "site")
+    folder = vitdeploy.web(tiny_onnx, out=tmp_path / "site")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

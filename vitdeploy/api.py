@@ -40,6 +40,7 @@ from vitdeploy.requests import (
     TrainRequest,
     TritonOptions,
     VerifyRequest,
+    WebRequest,
     build,
 )
 
@@ -205,7 +206,7 @@ def serve(model: PathLike | None = None, /, settings: ServeSettings | None = Non
     return run_server(Path(model) if model is not None else None, build(ServeSettings, settings, fields))
 
 
-def web(model: PathLike | None = None, /, out: PathLike = "web", force: bool = False) -> WebFolder:
+def web(model: PathLike | WebRequest | None = None, /, **options: Any) -> WebFolder:
     """Write a static folder that runs an exported .onnx (default: the newest under models/) in a browser with
     onnxruntime-web: index.html, vitdeploy.js (the model's preprocessing, as predict does it), the file,
     onnxruntime-web's files, the transformers.js layout, serve.py and README.md. No torch needed; npm installs
@@ -213,7 +214,8 @@ def web(model: PathLike | None = None, /, out: PathLike = "web", force: bool = F
     other files, keeping them)."""
     from vitdeploy.browser.folder import write_web_folder
 
-    return write_web_folder(Path(model) if model is not None else None, Path(out), force)
+    request = _first(WebRequest, model, "model", options)
+    return write_web_folder(request.model, request.out, request.force)
 
 
 __all__ = ["bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify", "web"]

@@ -191,6 +191,15 @@ class TritonOptions(_Request):
 
 
 @dataclass
+class WebRequest(_Request):
+    """`vitdeploy web`: a static folder that runs the model in a browser."""
+
+    model: Path | None = None  # None: the newest .onnx under models/
+    out: Path = Path("web")
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
+
+
+@dataclass
 class ServeSettings(_Request):
     """`vitdeploy serve` (the model is an argument)."""
 

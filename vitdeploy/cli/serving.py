@@ -10,7 +10,7 @@ import typer
 from vitdeploy.cli.app import app, handle_errors, print_json, print_note
 from vitdeploy.cli.options import Force, JsonFlag, Threads
 from vitdeploy.config import parse_batch_sizes
-from vitdeploy.requests import DEFAULT_TRITON_DIR, ServeSettings, TritonOptions
+from vitdeploy.requests import DEFAULT_TRITON_DIR, ServeSettings, TritonOptions, WebRequest
 
 
 @app.command()
@@ -160,8 +160,8 @@ def web(
         Optional[Path], typer.Argument(help="The .onnx to put in the folder. Default: the newest .onnx under models/.")
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write: new, empty, or one `vitdeploy web` "
-                                      "wrote (then replaced).")] = Path("web"),
-    force: Force = False,
+                                      "wrote (then replaced).")] = WebRequest.out,
+    force: Force = WebRequest.force,
     json_output: JsonFlag = False,
 ) -> None:
     """Write a static folder that runs the model in a browser with onnxruntime-web: index.html, vitdeploy.js (the
@@ -176,7 +176,7 @@ def web(
     """
     import vitdeploy
 
-    folder = vitdeploy.web(model, out, force=force)
+    folder = vitdeploy.web(WebRequest(model, out=out, force=force))
     print_note(f"wrote {folder.path}/ ({len(folder.files)} files, {folder.size_bytes / 2**20:.1f} MiB) for "
                f"{folder.model}: serve it with `python3 {folder.path / 'serve.py'}` (see its README.md)")
     if json_output:
