@@ -50,3 +50,12 @@ def digits_bundle(tmp_path_factory) -> Path:
     from vitdeploy.training import TrainRequest, train
 
     return train(TrainRequest(preset="digits", epochs=QUICK_EPOCHS, out=tmp_path_factory.mktemp("digits"))).best
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory) -> Path:
+    """A small Hugging Face ViT folder (save_pretrained, labels a, b, c), shared read-only; needs transformers."""
+    pytest.importorskip("transformers")
+    from checkpoints import SMALL, hf_vit, save_hf
+
+    return save_hf(hf_vit(["a", "b", "c"], **SMALL), tmp_path_factory.mktemp("hf") / "vit")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -384,3 +386,110 @@ def test_the_server_never_answers_nan(nan_onnx, images):
         body, headers = build_infer_request(np.zeros((1, 3, 16, 16), np.float32), binary=False)
         status, text = post("/v2/models/nan/infer", body, headers)
         assert status == 500 and strict_loads(text)["kind"] == "non_finite"
+
+
+def test_a_bundles_first_save_interrupted_leaves_no_folder(tmp_path, monkeypatch):
+    """As train's first save of best/ under Ctrl-C: no empty best/ behind; a killed one's staging is cleaned up."""
+    from builders import make_bundle
+    from vitdeploy.bundle import load_bundle, save_bundle
+
+    model, info = load_bundle(make_bundle(tmp_path / "source"))
+    best = tmp_path / "run" / "best"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            save_bundle(best, model, info)
+    assert not best.exists() and list((tmp_path / "run").iterdir()) == []
+    (tmp_path / "run" / ".best.abcd1234.tmp").mkdir()  # what a SIGKILL in the same place leaves
+    save_bundle(best, model, info)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best"]
+    load_bundle(best)
+
+
+# ----------------------------------------------------------------------------- import: sizes from untrusted files
+
+
+def rewrite_config(hf_checkpoint: Path, folder: Path, **changes) -> Path:
+    shutil.copytree(hf_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+def never_build(*args, **kwargs):
+    raise AssertionError("a model was built before the config was checked against the weights")
+
+
+WIDE = {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072}
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"num_hidden_layers": 10000}, "num_hidden_layers is 10000, but the weights hold 2 blocks"),
+    ({"num_hidden_layers": 10000, **WIDE}, "num_hidden_layers is 10000, but the weights hold 2 blocks"),
+    (WIDE, "hidden_size is 768, but the weights hold vit.embeddings.cls_token (1, 1, 48)"),
+    ({"image_size": 4096}, "image_size is 4096, but the weights hold vit.embeddings.position_embeddings (1, 17, 48)"),
+    ({"patch_size": 2}, "patch_size is 2, but the weights hold"),
+    ({"num_channels": 100000}, "num_channels is 100000"),
+    ({"intermediate_size": 480000}, "intermediate_size is 480000 wide"),
+], ids=["depth", "depth-and-width", "width", "image_size", "patch_size", "channels", "mlp"])
+def test_a_config_asking_for_more_than_the_weights_hold_is_refused_by_field_before_any_model_is_built(
+        hf_checkpoint, tmp_path, monkeypatch, changes, named):
+    import vitdeploy.pretrained
+    import vitdeploy.pretrained.common
+    from vitdeploy import import_model
+    from vitdeploy.errors import CheckpointError
+
+    folder = rewrite_config(hf_checkpoint, tmp_path / "hf", **changes)
+    if "image_size" in changes:  # else preprocessor_config.json's 32 px refuses it first (as rightly)
+        (folder / "preprocessor_config.json").unlink()
+    monkeypatch.setattr(vitdeploy.pretrained, "build_model", never_build)
+    monkeypatch.setattr(vitdeploy.pretrained.common, "build_model", never_build)
+    with pytest.raises(CheckpointError, match=re.escape(named)):
+        import_model(folder, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("value", [0, -3, "32", True, 1.5])
+def test_a_size_that_is_not_a_positive_integer_is_named_as_its_field(hf_checkpoint, tmp_path, value):
+    folder = rewrite_config(hf_checkpoint, tmp_path / "hf", image_size=value)
+    done = runner.invoke(app, ["import", str(folder), "-o", str(tmp_path / "b")])
+    assert done.exit_code == EXIT_BAD_INPUT, done.output
+    assert f"image_size {value!r} is not a positive integer" in done.output
+
+
+def test_a_timm_config_asking_for_more_blocks_than_the_weights_hold_is_refused(hf_checkpoint, tmp_path):
+    from checkpoints import save_timm, timm_state_dict
+
+    config = {"architecture": "vit_tiny_patch16_224",
+              "model_args": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 10000, "num_heads": 3}}
+    path = save_timm(timm_state_dict(hf_checkpoint), tmp_path / "timm" / "model.safetensors", config)
+    done = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "b")])
+    assert done.exit_code == EXIT_BAD_INPUT, done.output
+    assert "model_args depth is 10000, but the weights hold 2 blocks" in done.output
+
+
+def test_a_plain_pickle_is_refused_in_vitdeploys_words_only(tmp_path):
+    import pickle
+    import warnings
+
+    from vitdeploy import import_model
+    from vitdeploy.errors import CheckpointError
+
+    (tmp_path / "plain.pth").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="not a pickle of tensors"):
+            import_model(tmp_path / "plain.pth", tmp_path / "b", timm_model="vit_tiny_patch16_224")
+    assert [str(w.message) for w in caught] == []
+
+
+def test_a_safetensors_header_that_lies_about_its_length_is_refused(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes((10 ** 12).to_bytes(8, "little") + b"{}")
+    done = runner.invoke(app, ["import", str(path), "--timm-model", "vit_tiny_patch16_224", "-o", str(tmp_path / "b")])
+    assert done.exit_code == EXIT_BAD_INPUT, done.output
+    assert "not a safetensors file" in done.output

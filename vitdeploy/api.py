@@ -11,6 +11,7 @@ fields as keyword arguments; the defaults live in the request classes only.
     vitdeploy.serve(exported.path, port=8000)                      # serves until Ctrl-C -> ServeSummary
     figures = vitdeploy.bench(exported.path, batch_sizes=(1, 32))  # -> BenchReport (figures.passed)
     maps = vitdeploy.explain(["samples/"], bundle=result.best)     # -> ExplainResult (PNGs + maps)
+    folder = vitdeploy.web(exported.path, out="web")               # -> WebFolder (a static page + onnxruntime-web)
 
 Each function imports its stage only when called, so `import vitdeploy` stays light and needs no torch; train,
 import, export and verify raise errors.MissingExtra (exit code 2 in the CLI) without the [train] extra. Bad input
@@ -39,6 +40,7 @@ from vitdeploy.requests import (
     TrainRequest,
     TritonOptions,
     VerifyRequest,
+    WebRequest,
     build,
 )
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from vitdeploy.serving.server import ServeSummary
     from vitdeploy.serving.triton import TritonRepository
     from vitdeploy.training import TrainResult
+    from vitdeploy.browser.folder import WebFolder
 
 PathLike = str | os.PathLike[str]
 
@@ -68,7 +71,8 @@ def train(request: TrainRequest | None = None, /, **options: Any) -> TrainResult
     with one subfolder per class) and write best/ and last/ bundles into `out` (default models/<name>).
 
     `init`: fine-tune from a bundle's weights (e.g. one made by import_model) with fine-tuning defaults; a new head
-    when the data's classes differ, position embeddings interpolated when `image_size` differs."""
+    when the data's classes differ, position embeddings interpolated when `image_size` differs.
+    `out` must be new, empty or a run folder vitdeploy wrote, unless `force` (outputs.py)."""
     require("train", "vitdeploy.training")
     from vitdeploy.training import train as run_training
 
@@ -79,12 +83,14 @@ def import_model(source: PathLike | ImportRequest, out: PathLike | None = None, 
     """Import a timm or Hugging Face ViT checkpoint you already have (`vitdeploy import`) as a bundle (default
     models/<its name>): a Hugging Face model folder, or a timm state dict with `timm_model` (its timm name) or timm's
     config.json beside it. Needs neither timm nor transformers. Raises errors.CheckpointError (exit code 2) for what
-    is not a plain ViT or does not fit its config."""
+    is not a plain ViT or does not fit its config; errors.InputError (exit code 2) for an `out` that is not new,
+    empty or a bundle, unless `force`."""
     require("train", "vitdeploy import")
     from vitdeploy.pretrained import import_checkpoint
 
     request = _first(ImportRequest, source, "source", {"out": out, **options} if out is not None else options)
-    return import_checkpoint(request.source, request.out, timm_model=request.timm_model, labels=request.labels)
+    return import_checkpoint(request.source, request.out, timm_model=request.timm_model, labels=request.labels,
+                             force=request.force)
 
 
 def export(bundle: PathLike | ExportRequest | None = None, /, **options: Any) -> ExportResult:
@@ -117,11 +123,18 @@ def predict(inputs: Sequence[PathLike] | PredictRequest, /, **options: Any) -> P
     "openvino" or "reference" (None: the runtime the file was made for, else ONNX Runtime).
 
     With the default output_format "table" and no `output`, the rows come back in `summary.rows`; otherwise they
-    are written (json, jsonl, csv) to `output` or stdout as each batch ends. `summary.passed`: no input failed.
+    are written (json, jsonl, csv; parquet to a file) to `output` or stdout as each batch ends. engine "ray" runs
+    on Ray Data (a local Ray, or the cluster at `address`); `resume` keeps the rows already in `output` and skips
+    their inputs. `summary.passed`: no input failed.
     """
-    from vitdeploy.prediction import predict as run_predict
+    request = _first(PredictRequest, inputs, "inputs", options)
+    if request.engine == "ray":
+        from vitdeploy.ray_prediction import predict_on_ray  # says how to install Ray when it is missing
 
-    return run_predict(_first(PredictRequest, inputs, "inputs", options))
+        return predict_on_ray(request)
+    from vitdeploy.prediction import predict as run_locally
+
+    return run_locally(request)
 
 
 def bench(model: PathLike | BenchRequest | None = None, /, **options: Any) -> BenchReport:
@@ -136,13 +149,18 @@ def bench(model: PathLike | BenchRequest | None = None, /, **options: Any) -> Be
     variants and presets.
     """
     from vitdeploy.benchmark import parse_variants, run_request
+    from vitdeploy.outputs import check_output_file
     from vitdeploy.runtimes import parse_runtimes
 
     if "variants" in options:
         options["variants"] = parse_variants(options["variants"])
     if "runtimes" in options:
         options["runtimes"] = parse_runtimes(options["runtimes"])
-    return run_request(_first(BenchRequest, model, "model", options))
+    request = _first(BenchRequest, model, "model", options)
+    for path, option in ((request.output, "--output"), (request.plot, "--plot")):
+        if path is not None:
+            check_output_file(path, option)  # before minutes of measuring
+    return run_request(request)
 
 
 def explain(inputs: Sequence[PathLike] | ExplainRequest = (), /, **options: Any) -> ExplainResult | GuideResult:
@@ -161,15 +179,17 @@ def explain(inputs: Sequence[PathLike] | ExplainRequest = (), /, **options: Any)
             raise ConfigError("--guide draws from the bundle's held-out images; give no IMAGES with it")
         return draw_guide(request.bundle, request.out or DEFAULT_GUIDE_FILE)
     return explain_images(request.inputs, request.bundle, request.out or DEFAULT_EXPLAIN_DIR, request.method,
-                          request.class_label, request.top_k, request.recursive)
+                          request.class_label, request.top_k, request.recursive, force=request.force)
 
 
 def triton(model: PathLike | None = None, /, out: PathLike = DEFAULT_TRITON_DIR,
            options: TritonOptions | None = None, **fields: Any) -> TritonRepository:
     """Write a Triton Inference Server model repository for an exported .onnx (default: the newest under models/):
     OUT/<name>/config.pbtxt, OUT/<name>/1/model.onnx (the file, byte for byte), OUT/<name>/labels.txt and
-    OUT/README.md. Batch sizes and queue delay come from the options, else from a `bench --p99-budget` report
-    (`from_bench`), else defaults (32, 2 ms). Core install only: no torch, no onnx, no tritonclient."""
+    OUT/README.md, and KServe's OUT/inferenceservice.yaml (storageUri `storage_uri`, else a placeholder); the
+    written folder is checked against its .onnx. Batch sizes and queue delay come from the options, else from a
+    `bench --p99-budget` report (`from_bench`), else defaults (32, 2 ms). Core install only: no torch, no onnx,
+    no tritonclient."""
     from vitdeploy.serving.triton import write_triton_repository
 
     return write_triton_repository(Path(model) if model is not None else None, Path(out),
@@ -186,4 +206,16 @@ def serve(model: PathLike | None = None, /, settings: ServeSettings | None = Non
     return run_server(Path(model) if model is not None else None, build(ServeSettings, settings, fields))
 
 
-__all__ = ["bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify"]
+def web(model: PathLike | WebRequest | None = None, /, **options: Any) -> WebFolder:
+    """Write a static folder that runs an exported .onnx (default: the newest under models/) in a browser with
+    onnxruntime-web: index.html, vitdeploy.js (the model's preprocessing, as predict does it), the file,
+    onnxruntime-web's files, the transformers.js layout, serve.py and README.md. No torch needed; npm installs
+    onnxruntime-web into the cache the first time. `out` follows outputs.py's rule (force: write into a folder of
+    other files, keeping them)."""
+    from vitdeploy.browser.folder import write_web_folder
+
+    request = _first(WebRequest, model, "model", options)
+    return write_web_folder(request.model, request.out, request.force)
+
+
+__all__ = ["bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify", "web"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,10 +39,9 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     On any exception the temporary file is removed and `final` is untouched.
     """
     final = Path(final)
-    with reported_as(final), _temp_beside(final) as tmp:
+    with reported_as(final), temp_beside(final) as tmp:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
 
@@ -54,12 +54,11 @@ def atomic_write_many(writers: dict[Path, Callable[[Path], Any]]) -> None:
     (e.g. a config naming their hashes) last.
     """
     with contextlib.ExitStack() as stack:
-        temps = {final: stack.enter_context(_temp_beside(Path(final))) for final in writers}
+        temps = {final: stack.enter_context(temp_beside(Path(final))) for final in writers}
         for final, write in writers.items():
             with reported_as(final):
                 write(temps[final])
-                with open(temps[final], "rb+") as f:
-                    os.fsync(f.fileno())
+                fsync_file(temps[final])
         for final, tmp in temps.items():
             os.replace(tmp, final)
         for folder in {Path(f).parent for f in writers}:
@@ -70,8 +69,16 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a written file to the disk, so that a rename after it never exposes an empty or partial file."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 @contextlib.contextmanager
-def _temp_beside(final: Path) -> Iterator[Path]:
+def temp_beside(final: Path) -> Iterator[Path]:
+    """A temporary path beside `final` (same filesystem, so renaming it into place is atomic); removed on exit
+    unless it was renamed. For writers that stream into a file and rename it themselves."""
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
@@ -80,6 +87,25 @@ def _temp_beside(final: Path) -> Iterator[Path]:
         yield Path(name)
     finally:
         Path(name).unlink(missing_ok=True)  # already renamed on success
+
+
+@contextlib.contextmanager
+def atomic_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a new temporary folder beside `final` (which must not exist yet); on success rename it to `final` in
+    one step. A crash or Ctrl-C leaves no half-written (or empty) folder at `final`: at most a hidden
+    .<name>.<random>.tmp folder beside it, which the writer's next run may remove."""
+    final = Path(final)
+    with reported_as(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700; the folder should get the usual mode
+        yield tmp
+        with reported_as(final):
+            os.rename(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already renamed on success
 
 
 def atomic_write(final: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:

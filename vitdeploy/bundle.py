@@ -10,21 +10,25 @@
 A save is atomic as a whole: the weight and state files are named by their content, so writing them never
 replaces a file the current config.json names; config.json is then replaced in one rename, the only one that
 matters; the files it no longer names are removed last. Killed at any point, a bundle is the previous one or the
-new one. Temporary files left by a killed save are removed by the next save. Bundles written before this layout
-(model.safetensors, train_state.pt, no file names in config.json) still load.
+new one. A bundle's first save writes a hidden folder beside it and renames it into place whole, so a save killed
+then leaves no folder at all (not an empty or half-written one). Temporary files and folders left by a killed
+save are removed by the next save. Bundles written before this layout (model.safetensors, train_state.pt, no file
+names in config.json) still load.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.atomic import atomic_write_many
+from vitdeploy.atomic import atomic_folder, atomic_write_many
 from vitdeploy.config import ModelConfig, PreprocessSpec, TrainConfig
 from vitdeploy.discovery import BUNDLE_MARKER
 from vitdeploy.errors import BundleError, ConfigError
@@ -101,8 +105,6 @@ def save_bundle(folder: str | os.PathLike[str], model: Any, info: BundleInfo, tr
     from safetensors.torch import save as safetensors_save
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(folder)
     # DDP wraps the model; the bundle always holds the plain module's names.
     model = getattr(model, "module", model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -114,11 +116,31 @@ def save_bundle(folder: str | os.PathLike[str], model: Any, info: BundleInfo, tr
         contents["train_state"] = buffer.getvalue()
     info.weights_sha256 = sha256_bytes(contents["weights"])
     info.files = {kind: _content_name(kind, data) for kind, data in contents.items()}
+    _remove_stale_staging(folder)
+    if folder.is_dir():
+        _remove_stale_temporaries(folder)
+        _write_files(folder, contents, info)
+    else:  # the first save: the folder appears whole, or not at all
+        with atomic_folder(folder) as staging:
+            _write_files(staging, contents, info)
+    return folder
+
+
+def _write_files(folder: Path, contents: dict[str, bytes], info: BundleInfo) -> None:
     writers: dict[Path, Any] = {folder / info.files[kind]: _bytes_writer(data) for kind, data in contents.items()}
     writers[folder / CONFIG_FILE] = _bytes_writer((json.dumps(info.to_dict(), indent=2) + "\n").encode())
     atomic_write_many(writers)  # config.json is renamed last: the commit point
     _remove_unreferenced(folder, set(info.files.values()))
-    return folder
+
+
+def is_bundle(folder: str | os.PathLike[str]) -> bool:
+    """Whether `folder` holds a bundle's config.json (a JSON object with this format and a model entry): how
+    vitdeploy recognises a folder it wrote, without trusting anything else in it."""
+    try:
+        data = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == BUNDLE_FORMAT and isinstance(data.get("model"), dict)
 
 
 def _content_name(kind: str, data: bytes) -> str:
@@ -147,6 +169,14 @@ def _remove_stale_temporaries(folder: Path) -> None:
     for stem, _ in [*FILE_NAMING.values(), (CONFIG_FILE, "")]:
         for path in folder.glob(f".{stem}.*.tmp"):
             path.unlink(missing_ok=True)
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Staging folders of a first save that was killed (atomic_folder names them .<name>.<random>.tmp)."""
+    if folder.parent.is_dir():
+        for path in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def bundle_file(folder: str | os.PathLike[str], kind: str) -> Path:

@@ -18,6 +18,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     # `vitdeploy serve`'s server; the extra also brings tritonclient, for clients (not needed to serve).
     "serve": ("starlette", "uvicorn", "python_multipart"),
     "openvino": ("openvino", "nncf"),
+    # `predict --format parquet`; the [ray] extra brings it too.
+    "parquet": ("pyarrow",),
+    # `predict --engine ray`: Ray Data, and pyarrow for its rows.
+    "ray": ("ray", "pyarrow"),
 }
 
 

@@ -50,6 +50,7 @@ from vitdeploy.onnx_file import (
     save_onnx,
     set_metadata,
 )
+from vitdeploy.outputs import check_output_file
 from vitdeploy.strict_json import record
 
 if TYPE_CHECKING:
@@ -233,7 +234,7 @@ def export_model(
     import onnx
 
     check_opset(opset, exporter)
-    out = Path(out)
+    out = check_output_file(out)  # a folder there, a file on the way, an unwritable place: exit 2
     model = getattr(model, "module", model).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

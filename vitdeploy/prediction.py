@@ -13,42 +13,41 @@ by images.decode_for_preprocess + images.preprocess, the same functions training
 
 from __future__ import annotations
 
-import csv
-import io
-import os
-import sys
+import logging
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-from vitdeploy import images, strict_json
+from vitdeploy import images
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.atomic import reported_as
+from vitdeploy.discovery import resolve_model
 from vitdeploy.errors import ConfigError, ImageDecodeError, InputError
 from vitdeploy.inputs import NoMatch, ordered_inputs
-from vitdeploy.discovery import resolve_model
+from vitdeploy.prediction_rows import (
+    ParquetRowWriter, PreviousRows, RowWriter, check_writable, display_path, error_row, open_row_writer,
+    output_format_for, read_previous_rows, row_for_logits,
+)
 from vitdeploy.progress import live_progress
-from vitdeploy.requests import PredictRequest
+from vitdeploy.requests import ENGINES, PredictRequest
 from vitdeploy.runtimes import Session, open_runtime
 from vitdeploy.strict_json import record
 
-FORMATS = ("table", "json", "jsonl", "csv")
+logger = logging.getLogger(__name__)
 # What a terminal shows while predict runs: images done of all, images/s, failures so far, time left.
 PROGRESS_COLUMNS = (
     TextColumn("predict"), BarColumn(), MofNCompleteColumn(),
     TextColumn("{task.fields[rate]:.1f} images/s, {task.fields[failed]} failed"), TimeRemainingColumn(),
 )
-# Probabilities are written rounded: enough to rank and compare, short enough to read.
-PROBABILITY_DECIMALS = 6
 
 
 @dataclass
@@ -80,146 +79,29 @@ class PredictSummary:
 # ----------------------------------------------------------------------------------------------- the model
 
 
+def open_model(path: Path, runtime: str | None, device: str, threads: int | None) -> Session:
+    """The model as predict runs it, locally and in each Ray actor: on the runtime asked for (None: the one the
+    file was made for), input contract checked before any output is written, and ORT's idle threads not spinning,
+    because the decoding threads need the CPU time that spinning would burn (benchmarks/predict_throughput.py
+    measures both settings)."""
+    session = open_runtime(runtime, path, device, threads=threads, spin=False)
+    session.info  # reads and checks the file's description now
+    return session
+
+
 def load_model_input(path: Path, spec: PreprocessSpec, data: bytes | None = None) -> np.ndarray:
     """One image file (or its bytes, `data`, named `path`) -> its (3, S, S) float32 model input, exactly as
     training evaluation computes it."""
     return images.preprocess(images.decode_for_preprocess(path, spec, data), spec)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-# ------------------------------------------------------------------------------------------------ rows/output
-
-
-def display_path(path: str | os.PathLike[str]) -> str:
-    """A path as text that any output can hold: bytes that are not UTF-8 (possible in POSIX file names) are shown
-    as \\xNN escapes instead of aborting the write."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def prediction_row(path: Path, probabilities: np.ndarray, labels: list[str], top_k: int, provider: str,
-                   runtime: str = "ort") -> dict:
-    order = np.argsort(-probabilities, kind="stable")[:top_k]
-    top = [{"label": labels[i], "probability": round(float(probabilities[i]), PROBABILITY_DECIMALS)} for i in order]
-    return {"path": display_path(path), "ok": True, "label": top[0]["label"], "probability": top[0]["probability"],
-            "top_k": top, "runtime": runtime, "provider": provider}
-
-
-def error_row(path: str | os.PathLike[str], kind: str, message: str, provider: str, runtime: str = "ort") -> dict:
-    return {"path": display_path(path), "ok": False, "error": kind, "message": message, "runtime": runtime,
-            "provider": provider}
-
-
-CSV_FIELDS = ("path", "ok", "label", "probability", "top_k", "error", "message", "runtime", "provider")
-
-
-class RowWriter:
-    """Writes rows in one format and flushes after every batch, so an interrupted run keeps finished rows.
-
-    json is an object written incrementally: {"model", "provider", "predictions": [rows...], "summary"}; close()
-    (called from a `finally`) completes it, so the file stays valid JSON after Ctrl-C. table rows are kept and
-    rendered by the caller at the end. A batch's rows are written as one piece; when a file cannot take it (a full
-    disk), the file is cut back to the rows before it, so no row is ever left half-written.
-    """
-
-    def __init__(self, stream: IO[bytes] | IO[str], output_format: str, model: str, provider: str,
-                 path: Path | None = None):
-        self.stream = stream
-        self.path = path  # the output file, when rows go to one (else stdout)
-        self.format = output_format
-        self.count = 0
-        self.kept: list[dict] = []
-        self.written = 0  # bytes of complete rows in the file
-        if output_format == "csv":
-            self._emit(_csv_line(CSV_FIELDS))
-        elif output_format == "json":
-            head = strict_json.dumps({"model": model, "provider": provider})[:-1]  # the object stays open
-            self._emit(head + ', "predictions": [')
-
-    def write(self, rows: list[dict]) -> None:
-        parts = []
-        for row in rows:
-            if self.format == "jsonl":
-                parts.append(strict_json.dumps(row) + "\n")
-            elif self.format == "json":
-                parts.append(("," if self.count else "") + "\n  " + strict_json.dumps(row))
-            elif self.format == "csv":
-                top = "|".join(f"{t['label']}:{t['probability']}" for t in row.get("top_k", []))
-                parts.append(_csv_line([{**row, "top_k": top}.get(name, "") for name in CSV_FIELDS]))
-            else:
-                self.kept.append(row)
-            self.count += 1
-        self._emit("".join(parts))
-
-    def close(self, summary: dict[str, Any]) -> None:
-        if self.format == "json":
-            self._emit(f"\n], \"summary\": {strict_json.dumps(summary)}}}\n")
-
-    def _emit(self, text: str) -> None:
-        if self.path is None:
-            self.stream.write(text)
-            self.stream.flush()
-            return
-        encoded = text.encode("utf-8")
-        pending = memoryview(encoded)
-        try:
-            while pending:  # an unbuffered file may take part of it at a time
-                pending = pending[self.stream.write(pending):]
-        except OSError:
-            if self.stream.seekable():  # cut a half-written batch off; the rows before it stay whole
-                self.stream.seek(self.written)
-                self.stream.truncate()
-            raise
-        self.written += len(encoded)
-
-
-def _csv_line(values: Any) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer).writerow(values)
-    return buffer.getvalue()
-
-
-def check_writable(output: Path) -> None:
-    """Fail now, before any model or image is loaded, if `output` cannot be written; change nothing on disk.
-
-    Opening for append neither truncates an existing file (whose rows a failed run should not wipe out) nor
-    leaves a new one behind. Only regular files are probed: opening a FIFO would wait for a reader.
-    """
-    if output.is_dir():
-        raise InputError(f"--output {output} is a folder; give a file path")
-    if output.exists() and not output.is_file():
-        return
-    existed = output.exists()
-    try:
-        with open(output, "a", encoding="utf-8"):
-            pass
-    except OSError as e:
-        raise InputError(f"--output {output}: cannot write: {e.strerror}") from None
-    if not existed:
-        output.unlink()
-
-
-def output_format_for(requested: str, output: Path | None) -> str:
-    if requested not in FORMATS:
-        raise ConfigError(f"unknown --format {requested!r}; choose one of: {', '.join(FORMATS)}")
-    if requested == "table" and output is not None:
-        by_suffix = output.suffix.lower().lstrip(".")
-        if by_suffix not in ("json", "jsonl", "csv"):
-            raise ConfigError(f"--output {output}: give --format json, jsonl or csv (a table is for the terminal)")
-        return by_suffix
-    return requested
-
-
 # --------------------------------------------------------------------------------------------- the pipeline
 
 
-def _decode_one(path: Path, spec: PreprocessSpec) -> np.ndarray | ImageDecodeError:
+def decode_one(path: str | Path, spec: PreprocessSpec, data: bytes | None = None) -> np.ndarray | ImageDecodeError:
+    """load_model_input, with a file that cannot be decoded as the error (its row) instead of an exception."""
     try:
-        return load_model_input(path, spec)
+        return load_model_input(Path(path), spec, data)
     except ImageDecodeError as e:
         return e
 
@@ -241,7 +123,7 @@ def _batches_ahead(
         start = next(starts, None)
         if start is not None:
             chunk = paths[start : start + batch_size]
-            pending.append((chunk, [pool.submit(_decode_one, p, spec) for p in chunk]))
+            pending.append((chunk, [pool.submit(decode_one, p, spec) for p in chunk]))
 
     if not overlap:
         submit_next()
@@ -255,50 +137,81 @@ def _batches_ahead(
         yield pending.popleft()
 
 
-def predict(request: PredictRequest) -> PredictSummary:
-    """Run the request; rows go to request.output (or stdout) as they are ready, one per input, in input order.
-    Returns the summary.
+@dataclass(frozen=True)
+class Plan:
+    """What a request means before anything runs: its output format, the inputs still to do, the model file."""
 
-    Ctrl-C stops after the batch in progress: the summary comes back with interrupted=True and every
-    finished row is already written.
-    """
+    output_format: str
+    items: list[Path | NoMatch]  # in input order; with --resume, without those already in the output
+    previous: PreviousRows | None  # --resume: the rows an earlier run wrote
+    model_path: Path
+
+
+def plan(request: PredictRequest, elsewhere: bool = False) -> Plan:
+    """Check the request and find its inputs and model, before any model or image is loaded. `elsewhere`: the
+    request also names inputs on a filesystem only the engine reads (Ray: s3://...), so local ones may be none."""
     if request.batch_size < 1 or request.workers < 1 or request.top_k < 1:
         raise ConfigError("--batch-size, --workers and --top-k must be at least 1")
+    if request.engine not in ENGINES:
+        raise ConfigError(f"unknown --engine {request.engine!r}; choose one of: {', '.join(ENGINES)}")
     output_format = output_format_for(request.output_format, request.output)
     if request.output is not None:
         check_writable(request.output)
+    previous = None
+    if request.resume:
+        if request.output is None:
+            raise ConfigError("--resume needs --output: the file whose rows are kept and whose inputs are skipped")
+        previous = read_previous_rows(request.output, output_format)
     items = ordered_inputs(request.inputs, request.recursive)
-    if not any(isinstance(item, Path) for item in items):
+    if not elsewhere and not any(isinstance(item, Path) for item in items):
         raise InputError(f"no input matched: {', '.join(i.text for i in items) or '(none given)'}")
-    model_path = resolve_model(request.model)
-    # spin off: the decoding threads need the CPU time that ORT's idle threads would otherwise burn busy-waiting
-    # after each run (benchmarks/predict_throughput.py measures both settings).
-    session = open_runtime(request.runtime, model_path, request.device, threads=request.threads, spin=False)
-    session.info  # the input contract, checked before any output is written
-    summary = PredictSummary(model=str(model_path), provider=session.provider, runtime=session.describe(),
+    if previous is not None:
+        items = [item for item in items if not (isinstance(item, Path) and display_path(item) in previous.paths)]
+        logger.info("--resume: %d rows already in %s are kept and their inputs skipped", len(previous.paths),
+                    request.output)
+    return Plan(output_format, items, previous, resolve_model(request.model))
+
+
+def predict(request: PredictRequest) -> PredictSummary:
+    """Run the request; rows go to request.output (or stdout) as they are ready, one per input, in input order.
+    Returns the summary. The local engine: vitdeploy.ray_prediction.predict_on_ray runs a request on Ray Data.
+
+    Ctrl-C stops after the batch in progress: the summary comes back with interrupted=True and every
+    finished row is already written (Parquet: the file is completed with them and renamed into place).
+    """
+    if request.engine != "local":
+        raise ConfigError(f"prediction.predict runs --engine local; --engine {request.engine} is "
+                          "vitdeploy.predict(..., engine=...)")
+    work = plan(request)
+    session = open_model(work.model_path, request.runtime, request.device, request.threads)
+    summary = PredictSummary(model=str(work.model_path), provider=session.provider, runtime=session.describe(),
                              output=str(request.output) if request.output else None)
-    # Unbuffered: what write() accepted is in the file, so a failed batch can be cut off exactly.
-    stream = open(request.output, "wb", buffering=0) if request.output else sys.stdout
-    try:
-        # A full disk ends the run with one line naming the file; the rows written before it stay whole.
-        with reported_as(request.output or "stdout"):
-            writer = RowWriter(stream, output_format, summary.model, summary.provider, request.output)
-            try:
-                run_pipeline(items, session, request, writer, summary)
-            except KeyboardInterrupt:
-                summary.interrupted = True
-            finally:
-                writer.close(summary.to_dict())
-                summary.rows = writer.kept
-        return summary
-    finally:
-        if stream is not sys.stdout:
-            stream.close()
+    writer = open_row_writer(work.output_format, request.output, summary.model, summary.provider, work.previous)
+    write_rows(writer, summary, lambda: run_pipeline(work.items, session, request, writer, summary))
+    return summary
 
 
-def run_pipeline(items: list[Path | NoMatch], session: Session, request: PredictRequest, writer: RowWriter,
+def write_rows(writer: RowWriter | ParquetRowWriter, summary: PredictSummary, run: Callable[[], None]) -> None:
+    """Call `run` (which writes rows into `writer`), then complete the output: after Ctrl-C too (interrupted=True,
+    finished rows kept). A full disk ends the run with one line naming the file; rows written before it stay
+    whole, and a Parquet file being written is removed (it is only ever renamed into place complete)."""
+    with reported_as(summary.output or "stdout"):
+        try:
+            run()
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        except BaseException:
+            writer.abort(summary.to_dict())
+            raise
+        finally:
+            summary.rows = writer.kept
+        writer.close(summary.to_dict())
+
+
+def run_pipeline(items: list[Path | NoMatch], session: Session, request: PredictRequest,
+                 writer: RowWriter | ParquetRowWriter,
                  summary: PredictSummary) -> None:
-    """Decode, preprocess and classify the files among `items` with an open session, writing one row per item, in
+    """Decode, preprocess and classify the files among `items` with an open model, writing one row per item, in
     order, batch by batch into `writer` and counting into `summary` (request.batch_size, workers and top_k apply;
     benchmarks call this directly with a list of paths)."""
     spec, labels = session.preprocess, session.labels
@@ -341,8 +254,8 @@ def run_pipeline(items: list[Path | NoMatch], session: Session, request: Predict
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def classify_batch(paths: list[Path], decoded: list[np.ndarray | ImageDecodeError], session: Session,
-                   top_k: int) -> dict[Path, dict]:
+def classify_batch(paths: list[Any], decoded: list[np.ndarray | ImageDecodeError], session: Session,
+                   top_k: int) -> dict[Any, dict]:
     """Rows for one batch: top-k for each decoded image whose logits are finite, an error row for the others."""
     labels, provider, name = session.labels, session.provider, session.runtime
     good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
@@ -356,13 +269,3 @@ def classify_batch(paths: list[Path], decoded: list[np.ndarray | ImageDecodeErro
     for row_logits, i in zip(logits, good):
         rows[paths[i]] = row_for_logits(paths[i], row_logits, labels, top_k, provider, name)
     return rows
-
-
-def row_for_logits(path: str | os.PathLike[str], logits: np.ndarray, labels: list[str], top_k: int,
-                   provider: str, runtime: str = "ort") -> dict:
-    """One image's row from its logits: its top-k, or a `non_finite` error row when any logit is NaN or Inf (a
-    tampered or foreign model: NaN is not an answer, however it ranks)."""
-    if not np.isfinite(logits).all():
-        return error_row(path, "non_finite", "the model produced non-finite logits (NaN or Inf) for this image",
-                         provider, runtime)
-    return prediction_row(path, softmax(logits[None])[0], labels, top_k, provider, runtime)

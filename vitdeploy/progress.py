@@ -1,4 +1,5 @@
-"""What long work tells a person while it runs: one-line notes and live progress, both on stderr.
+"""What long work shows a person while it runs: live progress on stderr (train, predict, bench all draw theirs
+here). Notes are log records (the `vitdeploy` logger), which the CLI prints on stderr.
 
 Progress is drawn only when stderr is a terminal and the caller is not producing machine output (--json):
 logs, pipes and CI get nothing extra, and stdout is never touched.
@@ -10,10 +11,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-
-def to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def stderr_is_terminal() -> bool:

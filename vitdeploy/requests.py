@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 DEFAULT_TRITON_DIR = Path("triton")
 DEFAULT_EXPLAIN_DIR = Path("explain")
 DEFAULT_GUIDE_FILE = Path("guide.png")
+ENGINES = ("local", "ray")  # where predict runs: this process, or Ray Data (vitdeploy.ray_prediction)
 
 
 class _Request:
@@ -61,6 +62,7 @@ class TrainRequest(_Request):
     init: Path | None = None  # fine-tune from this bundle's weights (finetune.py)
     stop_after_steps: int | None = None  # stop like Ctrl-C after this many steps in this invocation
     workers: int = 2  # threads decoding the images of a data folder
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class ImportRequest(_Request):
     out: Path | None = None  # the bundle folder; None: models/<its name>
     timm_model: str | None = None  # the timm name of a state dict without timm's config.json beside it
     labels: Path | None = None  # class names, one per line
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
 
 
 @dataclass
@@ -113,10 +116,13 @@ class PredictRequest(_Request):
     device: str = "auto"
     threads: int | None = None  # the runtime's threads (None: its default, one per core)
     top_k: int = 5
-    output_format: str = "table"  # table | json | jsonl | csv
+    output_format: str = "table"  # table | json | jsonl | csv | parquet
     output: Path | None = None  # None: stdout
     recursive: bool = False
     progress: bool = False  # live progress on stderr, when it is a terminal
+    engine: str = "local"  # local: this process; ray: Ray Data (vitdeploy.ray_prediction)
+    address: str | None = None  # ray: an existing cluster's address; None: start Ray on this machine
+    resume: bool = False  # keep the rows already in `output` (jsonl, parquet) and skip their inputs
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -159,6 +165,7 @@ class ExplainRequest(_Request):
     top_k: int = 5
     recursive: bool = False
     guide: bool = False  # instead: one PNG of the mechanism on this model
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -179,6 +186,17 @@ class TritonOptions(_Request):
     from_bench: Path | None = None  # a `vitdeploy bench --p99-budget` report
     tensorrt: str | None = None  # fp32 | fp16: ONNX Runtime's TensorRT accelerator (GPU only)
     cuda_graphs: bool = False  # GPU only; needs one input shape per call, so no dynamic batching
+    storage_uri: str | None = None  # KServe: where the repository is uploaded (default: a placeholder to replace)
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
+
+
+@dataclass
+class WebRequest(_Request):
+    """`vitdeploy web`: a static folder that runs the model in a browser."""
+
+    model: Path | None = None  # None: the newest .onnx under models/
+    out: Path = Path("web")
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
 
 
 @dataclass

@@ -51,6 +51,7 @@ from vitdeploy.engine import (
 )
 from vitdeploy.errors import BundleError, ConfigError
 from vitdeploy.model import VisionTransformer, build_model
+from vitdeploy.outputs import BUNDLE, RUN, check_output_folder
 from vitdeploy.requests import TrainRequest
 from vitdeploy.strict_json import record
 
@@ -132,6 +133,15 @@ def _plan_resume(request: TrainRequest) -> RunPlan:
     data = Path(saved["data"]) if saved.get("data") else None
     return RunPlan(saved.get("preset", "custom"), info.model, info.train, info.preprocess, data, run_dir,
                    saved.get("init"))
+
+
+def _check_out(plan: RunPlan, request: TrainRequest) -> None:
+    """The run folder (new, empty or a run's), unless --resume continues where its bundle is; best/ and last/ in
+    any case (new, empty or bundles): never a folder vitdeploy did not write, unless --force."""
+    if request.resume is None or request.out is not None:
+        check_output_folder(plan.out, RUN, force=request.force, option="--out")
+    for bundle in (plan.out / "best", plan.out / "last"):
+        check_output_folder(bundle, BUNDLE, force=request.force, option="--out")
 
 
 def _check_train_config(cfg: TrainConfig) -> None:
@@ -297,6 +307,7 @@ def train(request: TrainRequest) -> TrainResult:
     """Train per `request`; write <out>/best and <out>/last bundles; return what happened. Notes go to this
     module's logger and the progress bar to stderr, from the main process only."""
     plan = plan_run(request)
+    _check_out(plan, request)
     with distributed(request.device) as procs:
         return _train(plan, request, procs)
 

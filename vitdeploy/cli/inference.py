@@ -12,6 +12,7 @@ from vitdeploy.cli.app import app, console, finish, handle_errors, print_json, p
 from vitdeploy.cli.options import (
     BatchSizes,
     BundleOption,
+    Force,
     InputsArgument,
     JsonFlag,
     ModelArgument,
@@ -37,23 +38,34 @@ def predict(
                      "(model.int8.onnx beside model.onnx)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = PredictRequest.batch_size,
-    workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs.")] = PredictRequest.workers,
+    workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs (--engine ray: Ray "
+                                         "actors, each decoding and holding one model session).")] = PredictRequest.workers,
     runtime: Annotated[
-        Optional[str], typer.Option(help="ort | openvino | reference. Default: the runtime the file was made for "
+        Optional[str], typer.Option(help="ort | openvino | reference | web (onnxruntime-web in headless Chromium). Default: the runtime the file was made for "
                                     "(an OpenVINO variant records it), else ort.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto (ort: CUDA only if a session really gets it; openvino: CPU) | cpu "
-                                        "| cuda | tensorrt (ort) | gpu | npu (openvino).")] = PredictRequest.device,
-    threads: Threads = None,
+                                        "| cuda | tensorrt (ort) | gpu | npu (openvino) | wasm | webgpu (web).")] = PredictRequest.device,
+    threads: Annotated[Optional[int], typer.Option(help="The runtime's threads (default: one per core; --engine ray: "
+                                                   "per actor, default 1, and the CPUs each reserves).")] = None,
     top_k: TopK = PredictRequest.top_k,
     output_format: Annotated[
-        str, typer.Option("--format", help="table | json | jsonl | csv (rows are written as each batch ends).")
+        str, typer.Option("--format", help="table | json | jsonl | csv | parquet (rows are written as each batch "
+                          "ends; a Parquet file is renamed into place when complete).")
     ] = PredictRequest.output_format,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Write rows to this file instead of stdout.")
     ] = None,
     recursive: Recursive = PredictRequest.recursive,
     json_output: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    engine: Annotated[str, typer.Option(help="local (this process) | ray (Ray Data: local Ray, or --address; "
+                                        "--format parquet or jsonl).")] = PredictRequest.engine,
+    address: Annotated[
+        Optional[str], typer.Option(help="--engine ray: an existing Ray cluster (e.g. ray://head:10001 or auto). "
+                                    "Default: start Ray on this machine.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Keep the rows already in --output (jsonl, parquet) and skip their "
+                                         "inputs: rerun an interrupted run.")] = PredictRequest.resume,
 ) -> None:
     """Classify images with an exported model on ONNX Runtime (no torch needed), OpenVINO or the ONNX reference.
 
@@ -63,6 +75,9 @@ def predict(
     (finished rows are kept).
 
     Example: vitdeploy predict samples/ --model models/digits/best/model.onnx --format csv -o predictions.csv
+
+    On a cluster: vitdeploy predict images/ --engine ray --workers 8 --format parquet -o predictions.parquet
+    (needs pip install "vitdeploy\\[ray]"; docs/scale.md).
     """
     import vitdeploy
 
@@ -73,7 +88,7 @@ def predict(
     summary = vitdeploy.predict(PredictRequest(
         inputs, model=model, batch_size=batch_size, workers=workers, runtime=runtime, device=device, threads=threads,
         top_k=top_k, output_format=output_format, output=output, recursive=recursive,
-        progress=output_format != "json",
+        progress=output_format != "json", engine=engine, address=address, resume=resume,
     ))
     if summary.rows:
         from vitdeploy.cli.tables import prediction_table, print_table
@@ -196,6 +211,7 @@ def explain(
                            "filters, position embeddings, attention distance, rollout) into one PNG.")
     ] = False,
     json_output: JsonFlag = False,
+    force: Force = ExplainRequest.force,
 ) -> None:
     """Show what the model looks at: per image, one PNG with the input as the model saw it, the top-k labels and
     an attention heat map over its patches. With --guide, one PNG of the mechanism itself on this model.
@@ -209,7 +225,7 @@ def explain(
 
     result = vitdeploy.explain(ExplainRequest(
         inputs or [], bundle=bundle, out=out, method=method, class_label=class_label, top_k=top_k,
-        recursive=recursive, guide=guide,
+        recursive=recursive, guide=guide, force=force,
     ))
     if guide:
         print_note(f"wrote {result.path}: the mechanism on {result.bundle} ({result.seconds:.1f} s)")

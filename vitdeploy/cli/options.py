@@ -31,6 +31,11 @@ Threads = Annotated[
 ]
 BatchSizes = Annotated[str, typer.Option(help="Batch sizes, comma-separated.")]
 RuntimeList = Annotated[
-    Optional[str], typer.Option(help="Runtimes, comma-separated: ort, openvino, reference. Default: every one "
-                                "installed and usable here.", show_default=False)
+    Optional[str], typer.Option(help="Runtimes, comma-separated: ort, openvino, reference, web. Default: every one "
+                                "installed and usable here (web only when named).", show_default=False)
+]
+# Every command that writes a folder takes it (the rule: vitdeploy/outputs.py).
+Force = Annotated[
+    bool, typer.Option("--force", help="Write into the output folder even if it holds files vitdeploy did not write "
+                       "(files of the names the command writes are replaced).")
 ]

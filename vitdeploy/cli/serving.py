@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from vitdeploy.cli.app import app, handle_errors, print_json, print_note
-from vitdeploy.cli.options import JsonFlag, Threads
+from vitdeploy.cli.options import Force, JsonFlag, Threads
 from vitdeploy.config import parse_batch_sizes
-from vitdeploy.requests import DEFAULT_TRITON_DIR, ServeSettings, TritonOptions
+from vitdeploy.requests import DEFAULT_TRITON_DIR, ServeSettings, TritonOptions, WebRequest
 
 
 @app.command()
@@ -55,13 +55,20 @@ def triton(
         bool, typer.Option(help="Replay CUDA graphs (--device gpu). A graph holds one input shape, so this needs "
                            "--no-dynamic-batching and clients that always send the same batch size.")
     ] = TritonOptions.cuda_graphs,
+    storage_uri: Annotated[
+        Optional[str], typer.Option(help="KServe: where OUT will be uploaded (s3://, gs://, pvc://...), written as "
+                                    "the InferenceService's storageUri. Default: a placeholder to replace.")
+    ] = None,
     json_output: JsonFlag = False,
+    force: Force = TritonOptions.force,
 ) -> None:
-    """Write a Triton Inference Server model repository: OUT/<name>/config.pbtxt, 1/model.onnx, labels.txt, and
-    OUT/README.md with the tritonserver and client commands and the preprocessing clients must apply.
+    """Write a Triton Inference Server model repository: OUT/<name>/config.pbtxt, 1/model.onnx, labels.txt,
+    OUT/inferenceservice.yaml (KServe, Triton runtime, protocol v2), and OUT/README.md with the tritonserver,
+    kubectl and client commands and the preprocessing clients must apply.
 
-    Needs only the core install. Refuses a model whose batch axis is fixed (Triton would refuse it at load) and a
-    name that is not a plain directory name (exit code 2).
+    Needs only the core install. Refuses a model whose batch axis is fixed (Triton would refuse it at load), a
+    name that is not a plain directory name, and a written folder that does not match its .onnx (names, data
+    types, dims, labels) (exit code 2).
 
     Example: vitdeploy triton models/digits/best/model.onnx --out triton --name digits --device gpu --tensorrt fp16
     """
@@ -73,6 +80,8 @@ def triton(
         preferred_batch_sizes=parse_batch_sizes(preferred_batch_sizes, "--preferred-batch-sizes")
         if preferred_batch_sizes else (),
         dynamic_batching=dynamic_batching, from_bench=from_bench, tensorrt=tensorrt, cuda_graphs=cuda_graphs,
+        storage_uri=storage_uri,
+        force=force,
     ))
     for note in repo.notes:
         print_note(note)
@@ -142,3 +151,34 @@ def serve(
         f"{s.get('inference_count', 0)} images in {s.get('execution_count', 0)} model calls "
         f"(batch size: calls {{{batches}}}), {s.get('refused_requests', 0)} refused"
     )
+
+
+@app.command()
+@handle_errors
+def web(
+    model: Annotated[
+        Optional[Path], typer.Argument(help="The .onnx to put in the folder. Default: the newest .onnx under models/.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write: new, empty, or one `vitdeploy web` "
+                                      "wrote (then replaced).")] = WebRequest.out,
+    force: Force = WebRequest.force,
+    json_output: JsonFlag = False,
+) -> None:
+    """Write a static folder that runs the model in a browser with onnxruntime-web: index.html, vitdeploy.js (the
+    model's own preprocessing, bit-identical with predict's), the .onnx, onnxruntime-web's files (no CDN), the
+    transformers.js layout, serve.py and a README with the headers multithreaded WebAssembly needs.
+
+    onnxruntime-web is installed with npm into ~/.cache/vitdeploy the first time. Refused (exit code 2): a file over
+    onnxruntime-web's 2 GiB limit, one with external data, a variant made for another runtime, an -o folder of other
+    files (without --force).
+
+    Example: vitdeploy web models/digits/best/model.onnx -o web && python3 web/serve.py 8000
+    """
+    import vitdeploy
+
+    folder = vitdeploy.web(WebRequest(model, out=out, force=force))
+    print_note(f"wrote {folder.path}/ ({len(folder.files)} files, {folder.size_bytes / 2**20:.1f} MiB) for "
+               f"{folder.model}: serve it with `python3 {folder.path / 'serve.py'}` (see its README.md)")
+    if json_output:
+        print_json({"path": str(folder.path), "model": str(folder.model), "files": list(folder.files),
+                    "size_bytes": folder.size_bytes})

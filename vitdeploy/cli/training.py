@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from vitdeploy.cli.app import app, console, handle_errors, print_json
-from vitdeploy.cli.options import BundleOption, JsonFlag
+from vitdeploy.cli.options import BundleOption, Force, JsonFlag
 from vitdeploy.errors import EXIT_INTERRUPTED
 from vitdeploy.extras import require
 from vitdeploy.requests import ImportRequest, TrainRequest
@@ -43,6 +43,7 @@ def train(
     ] = None,
     workers: Annotated[int, typer.Option(help="Threads decoding images of a --data folder.")] = TrainRequest.workers,
     json_output: JsonFlag = False,
+    force: Force = TrainRequest.force,
 ) -> None:
     """Train a ViT and write best/ and last/ model bundles.
 
@@ -54,7 +55,7 @@ def train(
     result = vitdeploy.train(TrainRequest(
         preset=preset, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         image_size=image_size, device=device, resume=resume, init=init, stop_after_steps=stop_after_steps,
-        workers=workers,
+        workers=workers, force=force,
     ))
     if json_output and result.main_process:
         print_json(result.to_dict())
@@ -68,6 +69,7 @@ def samples(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the PNG files into.")] = Path("samples"),
     bundle: BundleOption = None,
     count: Annotated[int, typer.Option(help="How many held-out images to write.")] = 8,
+    force: Force = False,
 ) -> None:
     """Write held-out images of a bundle's dataset as PNG files, named with their true label.
 
@@ -77,7 +79,9 @@ def samples(
     from vitdeploy.bundle import read_bundle_info
     from vitdeploy.discovery import find_latest_bundle
     from vitdeploy.data import write_heldout_samples
+    from vitdeploy.outputs import SAMPLES, check_output_folder
 
+    check_output_folder(out_dir, SAMPLES, force=force, option="OUT_DIR")
     info = read_bundle_info(bundle or find_latest_bundle())
     written = write_heldout_samples(info.dataset, info.labels, out_dir, count)
     console.print(f"wrote {len(written)} held-out images to {out_dir}/ (never seen in training)")
@@ -101,6 +105,7 @@ def import_(
         Optional[Path], typer.Option(help="Class names, one per line (default: the checkpoint's own, else class_N).")
     ] = None,
     json_output: JsonFlag = False,
+    force: Force = ImportRequest.force,
 ) -> None:
     """Import a timm or Hugging Face ViT checkpoint you already have as a bundle (no download, no timm or
     transformers needed); export, verify, predict, bench and train --init then work on it.
@@ -112,7 +117,8 @@ def import_(
     """
     import vitdeploy
 
-    result = vitdeploy.import_model(ImportRequest(source, out=out, timm_model=timm_model, labels=labels))
+    result = vitdeploy.import_model(ImportRequest(source, out=out, timm_model=timm_model, labels=labels,
+                                                  force=force))
     spec = result.preprocess
     console.print(
         f"imported {result.format} {result.architecture}: {result.parameters / 1e6:.1f}M parameters, "

@@ -25,6 +25,7 @@ from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, InputError
 from vitdeploy.explanation import maps, render
 from vitdeploy.inputs import expand_inputs
+from vitdeploy.outputs import EXPLAIN, check_output_file, check_output_folder
 from vitdeploy.strict_json import record
 
 logger = logging.getLogger(__name__)
@@ -102,12 +103,15 @@ def explain(
     class_label: str | None = None,
     top_k: int = 5,
     recursive: bool = False,
+    force: bool = False,
 ) -> ExplainResult:
     """Explain each image with `method`: one PNG in `out_dir` per image, and a row with its top-k and patch map.
 
-    Undecodable files (and inputs that matched nothing) get an error row; InputError when nothing matched at all.
+    Undecodable files (and inputs that matched nothing) get an error row; InputError when nothing matched at all,
+    or when `out_dir` is not a new or empty folder or one of explain's (unless `force`; outputs.py).
     """
     check_request(method, class_label)
+    check_output_folder(out_dir, EXPLAIN, force=force)
     if top_k < 1:
         raise ConfigError("--top-k must be at least 1")
     render.pyplot()  # fail before the model loads when matplotlib is missing
@@ -210,6 +214,7 @@ def guide(bundle: Path | None = None, out: Path = Path("guide.png")) -> GuideRes
     from vitdeploy.data import recorded_split_images
 
     render.pyplot()  # fail before the model loads when matplotlib is missing
+    check_output_file(out)
     started = time.perf_counter()
     bundle_dir = bundle or find_latest_bundle()
     model, info = load_bundle(bundle_dir)

@@ -6,6 +6,8 @@
               loaded that would silently compute another function
            -> ModelConfig (dims, heads, depth, patch, input size, LayerNorm eps, qkv bias, GELU form), the labels
               and the source's own evaluation preprocessing (PreprocessSpec)
+           -> the config checked against the tensor names and shapes (a safetensors header alone), naming the
+              field that asks for more than the weights hold, before anything of the config's size is allocated
            -> every tensor mapped onto vitdeploy's names (timm's packed qkv rows are [q; k; v]); missing, extra
               and misshapen tensors are listed
            -> save_bundle; provenance names the format and the source file's sha256
@@ -29,6 +31,7 @@ from vitdeploy.bundle import BundleInfo, save_bundle
 from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec
 from vitdeploy.errors import CheckpointError
 from vitdeploy.model import build_model, count_parameters
+from vitdeploy.outputs import BUNDLE, check_output_folder
 from vitdeploy.pretrained.common import (
     HF,
     MAX_LISTED,
@@ -37,10 +40,12 @@ from vitdeploy.pretrained.common import (
     WEIGHT_FILES,
     Recipe,
     Source,
+    check_config_fits,
+    check_tensors,
     file_sha256,
     map_weights,
+    read_checkpoint,
     read_json,
-    read_state_dict,
     refuse_unsupported,
     resolve_labels,
     with_classes,
@@ -84,21 +89,31 @@ def import_checkpoint(
     out: str | Path | None = None,
     timm_model: str | None = None,
     labels: str | Path | None = None,
+    force: bool = False,
 ) -> ImportResult:
-    """Import a timm or Hugging Face ViT checkpoint as a bundle at `out` (default models/<its name>)."""
+    """Import a timm or Hugging Face ViT checkpoint as a bundle at `out` (default models/<its name>): a new folder,
+    an empty one or a bundle (replaced), else refused unless `force` (outputs.py)."""
     notes: list[str] = []
 
     def note(line: str) -> None:
         notes.append(line)
         logger.info(line)
 
+    if out is not None:
+        check_output_folder(out, BUNDLE, force=force)
     found = find_source(Path(source), timm_model)
-    state = read_state_dict(found.weights, note)
-    refuse_unsupported(found.weights, state)
-    recipe = hf_recipe(found, state, note) if found.format == HF else timm_recipe(found, state, note)
+    checkpoint = read_checkpoint(found.weights, note)
+    refuse_unsupported(found.weights, checkpoint.shapes)
+    recipe = (hf_recipe(found, checkpoint.shapes, note) if found.format == HF
+              else timm_recipe(found, checkpoint.shapes, note))
+    check_config_fits(found.weights.parent / "config.json" if found.format == HF else found.weights,
+                      checkpoint.shapes, recipe)
     names = resolve_labels(recipe.labels, Path(labels) if labels else None, recipe.head_classes, note)
     cfg = with_classes(recipe.model, len(names))
-    weights = map_weights(found.weights, state, recipe, cfg, note)
+    check_tensors(found.weights, checkpoint.shapes, recipe, cfg)
+    bundle_dir = Path(out) if out else check_output_folder(DEFAULT_MODELS_DIR / _default_name(found, recipe), BUNDLE,
+                                                           force=force)
+    weights = map_weights(checkpoint.tensors(note), recipe, cfg, note)
 
     with torch.random.fork_rng(devices=[]):  # a new head (when there is none) is the same on every import
         torch.manual_seed(0)
@@ -109,7 +124,6 @@ def import_checkpoint(
         note(f"the checkpoint has no classifier: a new head for the {len(names)} classes of --labels, randomly "
              "initialised; fine-tune it with vitdeploy train --init")
     sha = file_sha256(found.weights)
-    bundle_dir = Path(out) if out else DEFAULT_MODELS_DIR / _default_name(found, recipe)
     info = BundleInfo(
         model=cfg, preprocess=recipe.spec, labels=names,
         provenance={

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import pickle
 import re
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,8 @@ HF, TIMM = "huggingface", "timm"
 STATE_DICT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in a model folder, either library's
 MAX_LISTED = 8  # names shown per problem; the count says how many there are in all
+MAX_HEADER_BYTES = 100 << 20  # a safetensors header larger than this is not a checkpoint's (the format caps it too)
+log = logging.getLogger(__name__)
 INTERPOLATIONS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resample codes in preprocessor_config.json
 
 # What a key part (between dots) means when a state dict has it: each is a mechanism vitdeploy's ViT lacks.
@@ -66,6 +71,22 @@ class Recipe:
     labels: list[str] | None
     ignored: dict[str, str] = field(default_factory=dict)  # file keys deliberately unused -> why
     facts: dict[str, Any] = field(default_factory=dict)  # recorded in the provenance
+    fields: dict[str, str] = field(default_factory=dict)  # ModelConfig attribute -> where the source sets it
+
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file's tensor names and shapes, known before any tensor is read (safetensors: its header)."""
+
+    path: Path
+    shapes: Shapes
+    state: dict[str, torch.Tensor] | None = None  # a pickle's tensors, memory-mapped when the file allows
+
+    def tensors(self, note: Callable[[str], None]) -> dict[str, torch.Tensor]:
+        return self.state if self.state is not None else read_state_dict(self.path, note)
 
 
 
@@ -81,6 +102,44 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
+def read_checkpoint(path: Path, note: Callable[[str], None]) -> Checkpoint:
+    """Names and shapes first: a .safetensors file's header alone (the tensors are read once the config has been
+    checked against it); a pickle's state dict, memory-mapped (zip format), so its tensors are not copied yet."""
+    if path.suffix.lower() == ".safetensors":
+        return Checkpoint(path, safetensors_shapes(path))
+    state = read_state_dict(path, note)
+    return Checkpoint(path, {k: tuple(v.shape) for k, v in state.items()}, state)
+
+
+def safetensors_shapes(path: Path) -> Shapes:
+    """Tensor shapes from a .safetensors header (8 bytes little-endian length, then JSON), nothing else read."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 or length > min(size - 8, MAX_HEADER_BYTES):
+                raise CheckpointError(f"cannot read {path}: not a safetensors file (its header claims {length} "
+                                      f"bytes of a {size}-byte file)")
+            header = json.loads(f.read(length))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: not a safetensors file ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"cannot read {path}: its safetensors header is not a JSON object")
+    shapes: Shapes = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise CheckpointError(f"cannot read {path}: tensor {name!r} has no valid shape in the header")
+        shapes[name] = tuple(shape)
+    if not shapes:
+        raise CheckpointError(f"{path} does not hold a state dict (names mapped to tensors)")
+    if all(k.startswith("module.") for k in shapes):  # as read_state_dict strips it
+        shapes = {k.removeprefix("module."): v for k, v in shapes.items()}
+    return shapes
+
+
 def read_state_dict(path: Path, note: Callable[[str], None]) -> dict[str, torch.Tensor]:
     """Tensors by name from a .safetensors file, or from a torch pickle loaded with weights_only=True (a pickle
     that needs anything but tensors and plain containers is refused before any of it runs)."""
@@ -94,7 +153,7 @@ def read_state_dict(path: Path, note: Callable[[str], None]) -> dict[str, torch.
             raise CheckpointError(f"cannot read {path}: {e}") from None
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_load(path)
         except pickle.UnpicklingError as e:
             found = re.search(r"GLOBAL ([\w.]+)", str(e))  # the callable a pickle wants to run or build
             if found is None:
@@ -121,13 +180,25 @@ def read_state_dict(path: Path, note: Callable[[str], None]) -> dict[str, torch.
     return state
 
 
+def _torch_load(path: Path) -> Any:
+    """torch.load(weights_only=True), memory-mapped when the file is torch's zip format. torch's warnings (e.g.
+    "Detected pickle protocol 4") are held back: a refused file is one line, vitdeploy's; a loaded file's
+    warnings are logged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    for warning in caught:
+        log.warning("%s: %s", path, str(warning.message).splitlines()[0])
+    return state
+
+
 def all_tensors(d: dict) -> bool:
     return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
 
 
-def refuse_unsupported(path: Path, state: dict[str, torch.Tensor]) -> None:
+def refuse_unsupported(path: Path, names: Shapes | dict[str, torch.Tensor]) -> None:
     found: dict[str, str] = {}
-    for key in state:
+    for key in names:
         for part in key.split("."):
             if part in UNSUPPORTED_KEY_PARTS:
                 found.setdefault(UNSUPPORTED_KEY_PARTS[part], key)
@@ -156,6 +227,15 @@ def model_config(where: Path, **fields: Any) -> ModelConfig:
         raise CheckpointError(f"{where}: {e}") from None
 
 
+def positive_int(value: Any, name: str, where: Path) -> int:
+    """A size read from a config file: an integer of at least 1, or CheckpointError naming its field."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or value < 1:
+        raise CheckpointError(f"{where}: {name} {value!r} is not a positive integer")
+    return value
+
+
 def with_classes(cfg: ModelConfig, num_classes: int) -> ModelConfig:
     try:
         return dataclasses.replace(cfg, num_classes=num_classes)
@@ -169,7 +249,7 @@ def square_size(value: Any, what: str, where: Path) -> int:
         if len(value) != 2 or value[0] != value[1]:
             raise CheckpointError(f"{where}: {what} {list(value)} is not square (a non-square patch grid)")
         value = value[0]
-    return int(value)
+    return positive_int(value, what, where)
 
 
 def mlp_ratio_of(dim: int, hidden: int, where: Path) -> float:
@@ -179,33 +259,83 @@ def mlp_ratio_of(dim: int, hidden: int, where: Path) -> float:
     return ratio
 
 
-def map_weights(
-    path: Path, state: dict[str, torch.Tensor], recipe: Recipe, cfg: ModelConfig, note: Callable[[str], None]
-) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under vitdeploy's names, fp32; missing, extra and misshapen ones are listed."""
-    expected = build_model(cfg).state_dict()
+def check_config_fits(where: Path, shapes: Shapes, recipe: Recipe) -> None:
+    """Refuse, naming the source's field, a config whose sizes the weights do not hold: depth against the blocks in
+    the file, width, patch, channels, input size and MLP width against its tensors' shapes. Only names and shapes
+    are read, so a config.json asking for 10000 blocks is refused before anything of its size is allocated; after
+    this check the model built is no larger than the weights."""
+    cfg, fields = recipe.model, recipe.fields
+
+    def held(key: str) -> tuple[str, tuple[int, ...] | None]:
+        name = recipe.source_key(key)[0]
+        return name, shapes.get(name)
+
+    def refuse(attr: str, value: Any, found: str) -> None:
+        raise CheckpointError(f"{where}: {fields.get(attr, attr)} is {value}, but the weights hold {found}")
+
+    blocks = 0
+    while held(f"blocks.{blocks}.norm1.weight")[1] is not None:
+        blocks += 1
+    if blocks != cfg.depth:
+        refuse("depth", cfg.depth, f"{blocks} blocks ({held('blocks.0.norm1.weight')[0].replace('.0.', '.N.')})")
+    checks = [  # (attribute, tensor, dimension of its shape, what the config says it is)
+        ("dim", "cls_token", -1, cfg.dim),
+        ("in_channels", "patch_embed.proj.weight", 1, cfg.in_channels),
+        ("patch_size", "patch_embed.proj.weight", 2, cfg.patch_size),
+        ("patch_size", "patch_embed.proj.weight", 3, cfg.patch_size),
+        ("image_size", "pos_embed", 1, cfg.num_patches + 1),
+        ("mlp_ratio", "blocks.0.mlp.fc1.weight", 0, cfg.mlp_hidden),
+    ]
+    for attr, key, axis, want in checks:
+        name, shape = held(key)
+        if attr == "image_size" and shape is not None and len(shape) == 3 and shape[1] == cfg.num_patches:
+            continue  # position embeddings without the class token's: check_tensors names that
+        if shape is not None and len(shape) > max(axis, -axis - 1) and shape[axis] != want:
+            value = getattr(cfg, attr) if attr != "mlp_ratio" else f"{cfg.mlp_hidden} wide ({cfg.mlp_ratio} x {cfg.dim})"
+            extra = f" ({cfg.num_patches} patches + the class token)" if attr == "image_size" else ""
+            refuse(attr, value, f"{name} {shape}{extra}")
+
+
+def expected_shapes(cfg: ModelConfig) -> Shapes:
+    """vitdeploy's tensor names and shapes for `cfg`, from a model built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_tensors(path: Path, shapes: Shapes, recipe: Recipe, cfg: ModelConfig) -> None:
+    """Every tensor the model needs, with its shape: missing, extra and misshapen ones are listed."""
+    expected = expected_shapes(cfg)
     if recipe.head_classes is None:
         expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
     plan = {key: recipe.source_key(key) for key in expected}
     wanted = {src for src, _ in plan.values()}
     described = f"{recipe.architecture} ({cfg.depth} blocks, dim {cfg.dim}, {cfg.num_heads} heads, patch " \
                 f"{cfg.patch_size}, {cfg.image_size} px)"
-    missing = sorted(wanted - state.keys())
-    extra = sorted(set(state) - wanted - set(recipe.ignored))
+    missing = sorted(wanted - shapes.keys())
+    extra = sorted(set(shapes) - wanted - set(recipe.ignored))
     problems = ([f"missing {listing(missing)}"] if missing else []) + ([f"unexpected {listing(extra)}"] if extra else [])
     if problems:
         raise CheckpointError(f"{path} does not hold the tensors of {described}: " + "; ".join(problems))
-    shapes: dict[str, str] = {}
+    wrong: dict[str, str] = {}
     for key, (src, third) in plan.items():
-        want = tuple(expected[key].shape)
+        want = expected[key]
         want = (3 * want[0], *want[1:]) if third is not None else want
-        if tuple(state[src].shape) != want:
-            shapes[src] = f"{src} {tuple(state[src].shape)} in the file, {want} expected"
-    if shapes:
+        if shapes[src] != want:
+            wrong[src] = f"{src} {shapes[src]} in the file, {want} expected"
+    if wrong:
         hint = ""
-        if "pos_embed" in shapes and state["pos_embed"].shape[1] == cfg.num_patches:
+        if "pos_embed" in wrong and shapes["pos_embed"][1] == cfg.num_patches:
             hint = " (position embeddings without the class token's: no_embed_class is not a plain ViT)"
-        raise CheckpointError(f"{path}: shapes disagree with {described}: {listing(list(shapes.values()))}{hint}")
+        raise CheckpointError(f"{path}: shapes disagree with {described}: {listing(list(wrong.values()))}{hint}")
+
+
+def map_weights(
+    state: dict[str, torch.Tensor], recipe: Recipe, cfg: ModelConfig, note: Callable[[str], None]
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (checked by check_tensors) under vitdeploy's names, fp32."""
+    keys = expected_shapes(cfg)
+    plan = {key: recipe.source_key(key) for key in keys if recipe.head_classes is not None or not key.startswith("head.")}
     for key, why in sorted(recipe.ignored.items()):
         note(f"not imported: {key}: {why}")
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in state.values()} - {"float32"})

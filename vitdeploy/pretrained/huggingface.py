@@ -7,18 +7,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import CheckpointError
 from vitdeploy.images import crop_offset
 from vitdeploy.pretrained.common import (
     INTERPOLATIONS,
     Recipe,
+    Shapes,
     Source,
     mlp_ratio_of,
     model_config,
     ordered_labels,
+    positive_int,
     read_json,
     square_size,
 )
@@ -60,7 +60,13 @@ HF_TOP = {
 # ---------------------------------------------------------------------------------------------- Hugging Face
 
 
-def hf_recipe(found: Source, state: dict[str, torch.Tensor], note: Callable[[str], None]) -> Recipe:
+# Where config.json sets each ModelConfig size: named in refusals.
+HF_FIELDS = {"depth": "num_hidden_layers", "dim": "hidden_size", "image_size": "image_size",
+             "patch_size": "patch_size", "in_channels": "num_channels", "num_heads": "num_attention_heads",
+             "mlp_ratio": "intermediate_size"}
+
+
+def hf_recipe(found: Source, state: Shapes, note: Callable[[str], None]) -> Recipe:
     """A transformers ViT (model_type "vit") from its config.json, in the Hub's file layout."""
     c = found.config
     where = found.weights.parent / "config.json"
@@ -78,13 +84,16 @@ def hf_recipe(found: Source, state: dict[str, torch.Tensor], note: Callable[[str
         raise CheckpointError(f"{where}: hidden_act {act!r} is not a GELU form vitdeploy computes "
                               f"({', '.join(HF_GELU)})")
     prefix = "vit." if any(k.startswith("vit.") for k in state) else ""
-    dim, inter = int(c.get("hidden_size", 768)), int(c.get("intermediate_size", 3072))
-    head_classes = int(state["classifier.weight"].shape[0]) if "classifier.weight" in state else None
+    def size(key: str, default: int) -> int:
+        return positive_int(c.get(key, default), key, where)
+
+    dim, inter = size("hidden_size", 768), size("intermediate_size", 3072)
+    head_classes = int(state["classifier.weight"][0]) if "classifier.weight" in state else None
     model = model_config(
         where, image_size=square_size(c.get("image_size", 224), "image_size", where),
-        patch_size=square_size(c.get("patch_size", 16), "patch_size", where), in_channels=int(c.get("num_channels", 3)),
-        num_classes=head_classes or 2, dim=dim, depth=int(c.get("num_hidden_layers", 12)),
-        num_heads=int(c.get("num_attention_heads", 12)), mlp_ratio=mlp_ratio_of(dim, inter, where),
+        patch_size=square_size(c.get("patch_size", 16), "patch_size", where), in_channels=size("num_channels", 3),
+        num_classes=head_classes or 2, dim=dim, depth=size("num_hidden_layers", 12),
+        num_heads=size("num_attention_heads", 12), mlp_ratio=mlp_ratio_of(dim, inter, where),
         layer_norm_eps=float(c.get("layer_norm_eps", 1e-12)), qkv_bias=bool(c.get("qkv_bias", True)),
         gelu=HF_GELU[act],
     )
@@ -106,7 +115,8 @@ def hf_recipe(found: Source, state: dict[str, torch.Tensor], note: Callable[[str
     id2label = c.get("id2label")
     source_labels = ordered_labels(id2label, where) if id2label and head_classes else None
     architecture = (c.get("architectures") or ["ViTForImageClassification" if head_classes else "ViTModel"])[0]
-    return Recipe(architecture, model, head_classes, source_key, spec, source_labels, ignored, facts)
+    return Recipe(architecture, model, head_classes, source_key, spec, source_labels, ignored, facts,
+                  HF_FIELDS)
 
 
 def hf_preprocess(path: Path, image_size: int, note: Callable[[str], None]) -> tuple[PreprocessSpec, dict[str, Any]]:

@@ -8,11 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vitdeploy.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from vitdeploy.errors import CheckpointError
-from vitdeploy.pretrained.common import Recipe, Source, model_config, ordered_labels, square_size
+from vitdeploy.pretrained.common import Recipe, Shapes, Source, model_config, ordered_labels, positive_int, square_size
 
 # ---------------------------------------------------------------------------------------------- timm facts
 
@@ -68,7 +66,12 @@ TIMM_DEFAULT_CROP_PCT = 0.875  # timm's eval transform when a pretrained_cfg giv
 # ------------------------------------------------------------------------------------------------------ timm
 
 
-def timm_recipe(found: Source, state: dict[str, torch.Tensor], note: Callable[[str], None]) -> Recipe:
+# timm's model_args name for each ModelConfig size: named in refusals.
+TIMM_FIELDS = {"depth": "depth", "dim": "embed_dim", "image_size": "img_size", "patch_size": "patch_size",
+               "in_channels": "in_chans", "num_heads": "num_heads", "mlp_ratio": "mlp_ratio"}
+
+
+def timm_recipe(found: Source, state: Shapes, note: Callable[[str], None]) -> Recipe:
     """timm's VisionTransformer from its model name (and config.json's model_args), in timm's key layout."""
     name = str(found.timm_name)
     base = name.split(".", 1)[0]
@@ -94,13 +97,14 @@ def timm_recipe(found: Source, state: dict[str, torch.Tensor], note: Callable[[s
         if key not in TIMM_ARGS and key not in TIMM_PLAIN_ARGS:
             raise CheckpointError(f"timm model {name}: model_args {key}={value!r} is not something vitdeploy imports")
     where = found.weights
-    dim = int(args.get("embed_dim", dim))
+    dim = positive_int(args.get("embed_dim", dim), "embed_dim", where)
     image_size = square_size(args.get("img_size", int(match["img"])), "img_size", where)
-    head_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else None
+    head_classes = int(state["head.weight"][0]) if "head.weight" in state else None
     model = model_config(
         where, image_size=image_size, patch_size=square_size(args.get("patch_size", int(match["patch"])), "patch_size", where),
-        in_channels=int(args.get("in_chans", 3)), num_classes=head_classes or 2, dim=dim,
-        depth=int(args.get("depth", depth)), num_heads=int(args.get("num_heads", heads)),
+        in_channels=positive_int(args.get("in_chans", 3), "in_chans", where), num_classes=head_classes or 2, dim=dim,
+        depth=positive_int(args.get("depth", depth), "depth", where),
+        num_heads=positive_int(args.get("num_heads", heads), "num_heads", where),
         mlp_ratio=float(args.get("mlp_ratio", 4.0)), layer_norm_eps=1e-6,
         qkv_bias="blocks.0.attn.qkv.bias" in state, gelu="erf",
     )
@@ -113,7 +117,8 @@ def timm_recipe(found: Source, state: dict[str, torch.Tensor], note: Callable[[s
 
     pretrained = found.config.get("pretrained_cfg")
     spec, facts = timm_preprocess(pretrained, name, family, image_size, note)
-    return Recipe(name, model, head_classes, source_key, spec, timm_labels(found.config, where), {}, facts)
+    fields = {attr: f"model_args {arg}" if arg in args else f"{arg} (of {base})" for attr, arg in TIMM_FIELDS.items()}
+    return Recipe(name, model, head_classes, source_key, spec, timm_labels(found.config, where), {}, facts, fields)
 
 
 def timm_preprocess(

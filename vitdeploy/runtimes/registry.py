@@ -4,6 +4,7 @@ consumer opens a model.
     ort        ONNX Runtime: CPU, CUDA, TensorRT         pip install vitdeploy (always there)
     openvino   OpenVINO: CPU (GPU, NPU where present)    pip install "vitdeploy[openvino]"
     reference  onnx.reference, a slow pure-Python oracle pip install "vitdeploy[train]" (the onnx package)
+    web        onnxruntime-web in headless Chromium       Chromium + npm (runtimes/web.py); only when named
 
 A runtime module is imported only when it is used, so a deployment install without openvino or onnx runs ORT.
 """
@@ -27,12 +28,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("ort", "openvino", "reference")
+RUNTIMES = ("ort", "openvino", "reference", "web")
+# Runtimes used only when named (--runtime web): each start costs a browser.
+NAMED_ONLY = ("web",)
 # runtime -> (the extra that brings it, or None when the core install does, the modules it imports)
 _NEEDS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "ort": (None, ("onnxruntime",)),
     "openvino": ("openvino", ("openvino",)),
     "reference": ("train", ("onnx",)),
+    "web": (None, ()),  # not Python modules: a browser and onnxruntime-web (web_status says which is missing)
 }
 
 
@@ -49,6 +53,10 @@ class RuntimeStatus:
 
 
 def install_command(name: str) -> str:
+    if name == "web":
+        from vitdeploy.browser.toolchain import install_commands
+
+        return install_commands()
     extra = _NEEDS[name][0]
     return f'pip install "vitdeploy[{extra}]"' if extra else "pip install vitdeploy"
 
@@ -56,6 +64,11 @@ def install_command(name: str) -> str:
 def runtime_status(name: str) -> RuntimeStatus:
     """Installed (its modules import) and usable (it has a device here)."""
     check_runtime_name(name)
+    if name == "web":
+        from vitdeploy.runtimes.web import web_status
+
+        installed, reason, devices = web_status()
+        return RuntimeStatus(name, installed, installed, reason, devices)
     missing = [module for module in _NEEDS[name][1] if not importable(module)]
     if missing:
         return RuntimeStatus(name, False, False, f"{name} needs {', '.join(missing)}, which this installation "
@@ -103,8 +116,8 @@ def select_runtimes(requested: tuple[str, ...] | None, *, exclude_by_default: tu
             if not status.usable:
                 raise DeviceError(f"--runtime {name} is not usable here: {status.reason}")
         return list(requested)
-    chosen = []
-    for status in installed_runtimes():
+    chosen = []  # NAMED_ONLY runtimes are not even asked about: they run when named
+    for status in (runtime_status(name) for name in RUNTIMES if name not in NAMED_ONLY):
         if not status.usable:
             logger.info("runtime %s skipped: %s", status.name, status.reason)
         elif status.name in exclude_by_default:
@@ -144,6 +157,10 @@ def open_runtime(
         from vitdeploy.runtimes.ort import OrtSession
 
         session: Session = OrtSession(model, device, threads, spin)
+    elif name == "web":
+        from vitdeploy.runtimes.web import WebSession
+
+        session = WebSession(model, device, threads)
     else:
         from vitdeploy.runtimes.reference import ReferenceSession
 

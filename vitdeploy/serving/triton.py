@@ -5,6 +5,9 @@
     DIR/<name>/1/model.onnx   the exported file, byte for byte (its external .data file beside it, if any)
     DIR/<name>/labels.txt     one label per line, named by the output's label_filename
     DIR/README.md             the tritonserver and client commands, and the preprocessing clients must apply
+    DIR/inferenceservice.yaml KServe's InferenceService for DIR (vitdeploy.serving.kserve)
+
+What was written is then checked against the .onnx it holds (vitdeploy.serving.repository_check).
 
 Core install only: the model is described through ONNX Runtime (no torch, no onnx package) and the file is copied.
 """
@@ -22,8 +25,11 @@ from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
 from vitdeploy.discovery import resolve_model
+from vitdeploy.outputs import TRITON, check_output_folder
 from vitdeploy.requests import TritonOptions
+from vitdeploy.serving import kserve
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
+from vitdeploy.serving.repository_check import check_model_folder
 
 DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 TENSORRT_PRECISIONS = ("fp32", "fp16")
@@ -47,10 +53,11 @@ class TritonRepository:
     config_text: str
     config: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    inference_service: dict[str, Any] = field(default_factory=dict)  # KServe's, written to DIR/kserve.FILE_NAME
 
     def to_dict(self) -> dict[str, Any]:
         return {"repository": str(self.root), "model": str(self.model_dir), "name": self.name,
-                "config": self.config, "notes": self.notes}
+                "config": self.config, "notes": self.notes, "inference_service": self.inference_service}
 
 
 # ------------------------------------------------------------------------------------------ the config
@@ -165,11 +172,13 @@ def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[s
         preferred = tuple(options.preferred_batch_sizes)
     if options.max_queue_delay_ms is not None:
         delay_ms = options.max_queue_delay_ms
-    if max_batch < 1 or delay_ms < 0 or any(b < 1 or b > max_batch for b in preferred):
-        raise ConfigError(
-            f"batch sizes must be at least 1 and preferred ones at most --max-batch-size ({max_batch}), the queue "
-            f"delay not negative; got preferred {list(preferred)}, delay {delay_ms} ms"
-        )
+    if max_batch < 1:  # Triton's 0 means "no batch axis"; a vitdeploy model always has one
+        raise ConfigError(f"--max-batch-size must be at least 1, got {max_batch}")
+    if delay_ms < 0:
+        raise ConfigError(f"--max-queue-delay-ms must not be negative, got {delay_ms}")
+    if any(b < 1 or b > max_batch for b in preferred):
+        raise ConfigError(f"--preferred-batch-sizes must be at least 1 and at most --max-batch-size ({max_batch}); "
+                          f"got {', '.join(map(str, preferred))}")
     return {"max_batch_size": max_batch, "preferred_batch_sizes": preferred,
             "max_queue_delay_us": round(delay_ms * 1000)}, notes
 
@@ -202,6 +211,8 @@ def check_options(options: TritonOptions) -> None:
         raise ConfigError(f"unknown --device {options.device!r}; choose one of: {', '.join(DEVICES)}")
     if options.instances < 1:
         raise ConfigError("--instances must be at least 1")
+    if options.storage_uri is not None:
+        kserve.check_storage_uri(options.storage_uri)
     if options.tensorrt is not None and options.tensorrt not in TENSORRT_PRECISIONS:
         raise ConfigError(f"unknown --tensorrt {options.tensorrt!r}; choose one of: {', '.join(TENSORRT_PRECISIONS)}")
     if options.device == "cpu" and (options.tensorrt or options.cuda_graphs):
@@ -233,8 +244,10 @@ def default_name(model: Path) -> str:
 
 def write_triton_repository(model: Path | None, out: Path, options: TritonOptions) -> TritonRepository:
     """Write (or replace) DIR/<name>/ for `model` and DIR/README.md. Refuses, before writing anything, a model
-    whose batch axis is fixed, a bad name, a model folder already there that is not a Triton model folder."""
+    whose batch axis is fixed, a bad name, a model folder already there that is not a Triton model folder, and an
+    `out` that is not a new or empty folder or a repository vitdeploy wrote (unless options.force; outputs.py)."""
     check_options(options)
+    check_output_folder(out, TRITON, force=options.force, option="--out")
     path = resolve_model(model)
     name = check_model_name(options.name or default_name(path))
     from vitdeploy.runtimes.ort import open_to_read
@@ -247,6 +260,10 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     batching, notes = batching_policy(options, info)
     config = build_config(name, info, shape, options, batching)
     text = f"# Written by vitdeploy triton from {path.name}\n" + render_pbtxt(config)
+    storage_uri = options.storage_uri or kserve.PLACEHOLDER_URI.format(folder=out.resolve().name)
+    if options.storage_uri is None:
+        notes.append(f"{kserve.FILE_NAME}: storageUri is a placeholder; upload {out} and pass --storage-uri")
+    service = kserve.inference_service(name, storage_uri, options.device)
 
     model_dir = out / name
     if model_dir.exists() and not (model_dir / "config.pbtxt").is_file():
@@ -262,8 +279,12 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
         raise VitDeployError(f"cannot write the Triton repository under {out}: {e}") from None
     (model_dir / LABELS_FILE).write_text("".join(label + "\n" for label in info.labels), encoding="utf-8")
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
-    (out / "README.md").write_text(repository_readme(name, info, config, out), encoding="utf-8")
-    return TritonRepository(out, model_dir, name, text, config, notes)
+    kserve_section = kserve.readme_section(name, service, options.storage_uri is None, OUTPUT_NAME)
+    (out / "README.md").write_text(repository_readme(name, info, config, out) + kserve_section, encoding="utf-8")
+    (out / kserve.FILE_NAME).write_text(f"# Written by vitdeploy triton for {name}\n" + kserve.render_yaml(service),
+                                        encoding="utf-8")
+    check_model_folder(model_dir)  # what Triton will load, against the file it holds
+    return TritonRepository(out, model_dir, name, text, config, notes, service)
 
 
 def preprocessing_steps(spec: PreprocessSpec) -> list[str]:
