@@ -76,3 +76,13 @@ def test_link_finder_finds_relative_links_and_skips_urls(tmp_path: Path) -> None
     assert relative_links(page) == ["docs/a.md#x", "explain/b.png"]
     page.write_text("# The protocol, and `how` to read it\n```\n# not a heading\n```\n## Measured so far\n")
     assert anchors(page) == {"the-protocol-and-how-to-read-it", "measured-so-far"}
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/architecture.md is the module map: a module added without a line there fails here."""
+    package = ROOT / "vitdeploy"
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    modules = sorted(str(p.relative_to(package).with_suffix("")) for p in package.rglob("*.py")
+                     if p.name != "__init__.py")
+    assert len(modules) > 50
+    assert [m for m in modules if f"`{m}`" not in text] == []
