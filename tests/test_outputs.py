@@ -177,6 +177,7 @@ SWEEP = {
                         "file"),
     ("bench", "--output"): (lambda f: ["bench", str(f["onnx"]), "--batch-sizes", "1", "--output"], "file"),
     ("bench", "--plot"): (lambda f: ["bench", str(f["onnx"]), "--batch-sizes", "1", "--plot"], "file"),
+    ("web", "-o"): (lambda f: ["web", str(f["onnx"]), "-o"], "folder"),
 }
 CASES = {"folder": ["unwritable", "a file there", "a foreign folder there"],
          "file": ["unwritable", "a folder there", "under a file"]}
