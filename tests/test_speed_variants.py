@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,7 +55,6 @@ def quantized_tiny(tiny_onnx, tmp_path_factory):
 
 def test_groups_follow_the_blocks_of_the_graph(tiny_onnx):
     import onnx
-
     from builders import TINY
 
     groups = quant_search.matmul_groups(onnx.load(str(tiny_onnx)), TINY)
@@ -78,7 +76,6 @@ def test_search_keeps_the_sensitive_group_and_no_more(quantized_tiny, tiny_onnx)
     """A stand-in runtime whose answers flip only while block 1's fc2 reads quantized activations: the search
     takes exactly that group back to float, and the surgery really un-quantizes its input."""
     import onnx
-
     from builders import TINY
 
     groups = quant_search.matmul_groups(onnx.load(str(tiny_onnx)), TINY)
