@@ -253,6 +253,11 @@ def measure(work: Path, candidates: list[Candidate], batch_sizes: list[int], thr
 # ---------------------------------------------------------------------------------------------------- profiles
 
 
+def profiles(work: Path, threads: int, inputs: np.ndarray, batch_sizes: list[int]) -> list[dict[str, Any]]:
+    return [profile(work, threads, np.ascontiguousarray(np.resize(inputs, (b, *inputs.shape[1:])), np.float32))
+            for b in batch_sizes]
+
+
 def profile(work: Path, threads: int, batch: np.ndarray) -> dict[str, Any]:
     """Per-op-type time: OpenVINO's PERF_COUNT (ov-int8-bf16, by layer type and kernel) and ORT's profiler (fp32)."""
     import onnxruntime as ort
@@ -334,6 +339,12 @@ def markdown(report: dict[str, Any]) -> str:
                   f"multiply-accumulates in INT8; agreement on the search images: all quantized "
                   f"{search['agreement_all_quantized']:.1%}, chosen {search['agreement']:.1%}, re-quantized "
                   f"{search['agreement_requantized']:.1%}.")]
+    for prof in report.get("profile") or []:
+        lines += ["", f"Per-op time at batch {prof['batch_size']} (ms per call, one call, top op types):", ""]
+        for what, entry in prof.items():
+            if what != "batch_size":
+                lines.append(f"- {what}: {entry['total_ms']:.1f} ms in all; " + ", ".join(
+                    f"{op} {ms:.1f}" for op, ms in entry["top"].items()))
     lines += ["", "ORT fp32 p50 ms per run: " + "; ".join(
         f"b{r['batch_size']} run {r['run']}: {r['p50_ms']:.1f} (load {r['load_1min']:.1f})"
         for r in report["results"] if r["variant"] == "ort-fp32"), ""]
@@ -351,7 +362,8 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--block-seconds", type=float, default=1.5)
     parser.add_argument("--variants", default=None, help="comma list of candidates (default: all)")
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="per-op profiles (OpenVINO PERF_COUNT, ORT profiler)")
+    parser.add_argument("--profile-only", action="store_true", help="only add the profiles to the saved report")
     args = parser.parse_args()
 
     from vitdeploy import benchmark as bench
@@ -361,6 +373,12 @@ def main() -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    name = args.name or args.bundle.resolve().parent.name
+    if args.profile_only:  # add the profiles to the saved report of an earlier run
+        report = json.loads((RESULTS / f"{name}.json").read_text())
+        model, info = load_bundle(args.bundle)
+        report["profile"] = profiles(args.work, args.threads, gate_data(model, info).inputs, report["batch_sizes"])
+        return _write(name, report)
     args.work.mkdir(parents=True, exist_ok=True)
     env = bench.environment(args.threads)
     facts = build(args.bundle, args.work, log)
@@ -376,13 +394,15 @@ def main() -> int:
         "environment": env, "command": " ".join(["python", "benchmarks/precision_speed.py", *sys.argv[1:]]),
         "candidates": [dataclasses.asdict(c) for c in candidates], "results": rows,
         **facts,
-        "profile": profile(args.work, args.threads, np.ascontiguousarray(np.resize(
-            inputs, (32, *inputs.shape[1:])), np.float32)) if args.profile else None,
+        "profile": profiles(args.work, args.threads, inputs, batch_sizes) if args.profile else None,
     }
-    name = args.name or args.bundle.resolve().parent.name
-    RESULTS.mkdir(exist_ok=True)
+    return _write(name, report)
+
+
+def _write(name: str, report: dict[str, Any]) -> int:
     from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
 
+    RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / f"{name}.json", report)
     atomic_write_bytes(HERE / "precision_speed.md", markdown(report).encode())
     print(markdown(report))
