@@ -69,6 +69,7 @@ class Candidate:
 
 
 NO_SPIN = {"session.intra_op.allow_spinning": "0"}
+PLAIN = {"static_batch": False, "throughput": False}  # OpenVINO: one dynamic LATENCY compilation
 CANDIDATES = (
     Candidate("ort-fp32", "model.onnx", "ort", "ONNX Runtime CPU fp32, the plain export (the reference)"),
     Candidate("ort-fp32-nospin", "model.onnx", "ort", "the same, intra-op spinning off", NO_SPIN),
@@ -80,16 +81,18 @@ CANDIDATES = (
     Candidate("ort-int8-dynamic", "dynamic/model.int8.onnx", "ort", "dynamic INT8 of the fused graph"),
     Candidate("ort-mnb8", "mnb8/model.int8.onnx", "ort",
               "MatMulNBits: 8-bit weights in blocks of 32, int8 compute (accuracy_level 4)"),
-    Candidate("ov-bf16", "model.ov-bf16.onnx", "openvino", "OpenVINO bf16 (the fp32 graph)"),
-    Candidate("ov-int8", "model.ov-int8.onnx", "openvino", "NNCF INT8, fixed fp32 set, f32 for the rest"),
-    Candidate("ov-int8-bf16", "model.ov-int8-bf16.onnx", "openvino",
-              "NNCF INT8, searched fp32 set, bf16 for the rest (the new row)"),
+    Candidate("ov-bf16", "model.ov-bf16.onnx", "openvino", "OpenVINO bf16 (the fp32 graph)", PLAIN),
+    Candidate("ov-int8", "model.ov-int8.onnx", "openvino", "NNCF INT8, fixed fp32 set, f32 for the rest", PLAIN),
+    Candidate("ov-int8-bf16-plain", "model.ov-int8-bf16.onnx", "openvino",
+              "NNCF INT8, searched fp32 set, bf16 for the rest (the new row), one dynamic compilation", PLAIN),
     Candidate("ov-int8-bf16-static", "model.ov-int8-bf16.onnx", "openvino",
-              "the same, compiled per batch size (static shape)", {"static_batch": True}),
+              "the same, compiled per batch size (static shape)", {**PLAIN, "static_batch": True}),
     Candidate("ov-int8-bf16-tput", "model.ov-int8-bf16.onnx", "openvino",
-              "the same, THROUGHPUT hint + async infer queue", {"throughput": True}, (32,)),
+              "the same, THROUGHPUT hint + async infer queue", {**PLAIN, "throughput": True}, (32,)),
+    Candidate("ov-int8-bf16", "model.ov-int8-bf16.onnx", "openvino",
+              "the same with OpenVinoSession's defaults: static shapes and THROUGHPUT for batches >= 8"),
     Candidate("ov-int8-all-bf16", "all/model.ov-int8-bf16.onnx", "openvino",
-              "NNCF INT8 on every MatMul, bf16 for the rest (no search)"),
+              "NNCF INT8 on every MatMul, bf16 for the rest (no search)", PLAIN),
 )
 GATED_FILES = {  # file -> (variant row it is judged as, runtime)
     "model.int8.onnx": ("int8", "ort"), "qop/model.int8.onnx": ("int8", "ort"),

@@ -119,16 +119,19 @@ def test_export_searches_gates_and_records_the_configuration(digits_bundle, tmp_
 
 
 def test_static_batch_compiles_once_per_batch_size(tiny_onnx):
-    from vitdeploy.runtimes.openvino import OpenVinoSession
+    from vitdeploy.runtimes.openvino import STATIC_BATCH_SIZES, OpenVinoSession
 
     batch = np.random.default_rng(1).standard_normal((5, 3, 16, 16)).astype(np.float32)
-    dynamic = OpenVinoSession(tiny_onnx, "cpu").run(batch)
-    session = OpenVinoSession(tiny_onnx, "cpu", static_batch=True)
+    dynamic = OpenVinoSession(tiny_onnx, "cpu", static_batch=False).run(batch)
+    session = OpenVinoSession(tiny_onnx, "cpu", throughput=False)  # static_batch is the default
     np.testing.assert_allclose(session.run(batch), dynamic, atol=1e-5)
     first = session.request_for(5)
     np.testing.assert_allclose(session.run(batch[:2]), dynamic[:2], atol=1e-5)
     session.run(batch)
     assert sorted(session._requests) == [2, 5] and session.request_for(5) is first  # reused, not recompiled
+    for size in (6, 7, 9):  # past STATIC_BATCH_SIZES sizes, the dynamic compilation runs the rest
+        session.run(batch[:1].repeat(size, axis=0))
+    assert len(session._requests) == STATIC_BATCH_SIZES and session.request_for(9) is session.request
     assert not isinstance(session.input_shape[0], int)  # the file's contract is still a dynamic batch
 
 
@@ -136,8 +139,8 @@ def test_throughput_queue_splits_large_batches_and_says_how_many_streams(tiny_on
     from vitdeploy.runtimes.openvino import THROUGHPUT_MIN_BATCH, OpenVinoSession
 
     batch = np.random.default_rng(2).standard_normal((THROUGHPUT_MIN_BATCH + 3, 3, 16, 16)).astype(np.float32)
-    plain = OpenVinoSession(tiny_onnx, "cpu")
-    queued = OpenVinoSession(tiny_onnx, "cpu", throughput=True)
+    plain = OpenVinoSession(tiny_onnx, "cpu", throughput=False)
+    queued = OpenVinoSession(tiny_onnx, "cpu")  # the default
     np.testing.assert_allclose(queued.run(batch), plain.run(batch), atol=1e-5)  # order kept across requests
     np.testing.assert_allclose(queued.run(batch[:1]), plain.run(batch[:1]), atol=1e-5)  # small: LATENCY path
     assert int(queued.describe()["streams"]) >= 1 and plain.describe()["streams"] == "1"

@@ -122,8 +122,8 @@ def open_runtime(
     precision: str | None = None,
     threads: int | None = None,
     spin: bool = True,
-    static_batch: bool = False,
-    throughput: bool = False,
+    static_batch: bool = True,
+    throughput: bool = True,
 ) -> Session:
     """Open `model` (a path, or a serialized ModelProto) on runtime `name` (None: the one the file was made for,
     else ort). The session carries the file's description (Session.info, checked as it is first read).
