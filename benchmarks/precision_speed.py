@@ -313,7 +313,7 @@ def markdown(report: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in versions.items() if k.startswith(VERSIONS_SHOWN))
         + f". Load average before: {', '.join(f'{x:.1f}' for x in env.get('load_average') or [])} "
         "(a shared 2-core machine: ratios are from one interleaved run each; absolute times are not comparable "
-        "across runs).",
+        "across runs). What the figures mean and what was kept: docs/precision-speed.md.",
         "",
         (f"Held-out images: {report['gate_images']}, PyTorch fp32 accuracy {report['pytorch_fp32_accuracy']:.2%}. "
         "Gate: <= 0.5 pt accuracy lost and >= 99% top-1 agreement with PyTorch fp32, on the runtime the file is for."),
