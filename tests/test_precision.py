@@ -204,7 +204,7 @@ def test_one_table_holds_every_fact_about_a_variant():
 
     from vitdeploy import variants
 
-    assert precision.PRECISIONS == ("fp32", "fp16", "int8", "ov-bf16", "ov-int8")
+    assert precision.PRECISIONS == ("fp32", "fp16", "int8", "ov-bf16", "ov-int8", "ov-int8-bf16")
     assert variants.EXPORT["int8"].path(Path("m/model.onnx")) == Path("m/model.int8.onnx")
     assert variants.PLAIN.path(Path("m/model.onnx")) == Path("m/model.onnx")
     for row in variants.EXPORT_VARIANTS:

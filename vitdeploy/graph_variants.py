@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vitdeploy import quant_search
 from vitdeploy.config import ModelConfig
 from vitdeploy.onnx_file import INPUT_NAME, copy_proto, save_onnx
 from vitdeploy.strict_json import record
 
 if TYPE_CHECKING:
     import onnx
+
+logger = logging.getLogger(__name__)
 
 CALIBRATION_BATCH_SIZE = 32
 # Ops that fp16 leaves in fp32 (casts around them): the numerically sensitive ones. Once every block is fused only
@@ -228,13 +232,16 @@ def to_int8_dynamic(fused: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelPr
                                        "kept_fp32": "patch embedding, head"}
 
 
-def to_ov_int8(model_path: Path, calibration: np.ndarray, workdir: Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def to_ov_int8(
+    model_path: Path, calibration: np.ndarray, workdir: Path, kept: Sequence[str] | None = None
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """INT8 post-training quantization by NNCF (`nncf.quantize`, ONNX backend, transformer model type) of the
     unfused fp32 graph, calibrated on training images: an ONNX file with QuantizeLinear / DequantizeLinear pairs,
     which OpenVINO turns into its INT8 kernels (ONNX Runtime can run it too). NNCF's transformer model type keeps
     the numerically sensitive ops (LayerNorm, Softmax, GELU, the residual additions) unquantized; kept in fp32 as
     in to_int8_static: the patch embedding, the head and attention's activation x activation MatMuls (measured on
     the digits bundle: quantized too, they cost 0.56 pt of held-out accuracy, more than the gate allows).
+    `kept`: the node names to leave unquantized instead (a search's choice; [] quantizes every one).
 
     NOTE: NNCF reports progress with rich on stdout and logs through its own logger: both are kept off the
     terminal here, as `--json` needs a clean stdout.
@@ -246,7 +253,8 @@ def to_ov_int8(model_path: Path, calibration: np.ndarray, workdir: Path) -> tupl
 
         source = onnx.load(os.fspath(model_path))
         dataset = nncf.Dataset([{INPUT_NAME: calibration[i : i + 1]} for i in range(len(calibration))])
-        kept = fp32_nodes(source)
+        fixed = kept is None
+        kept = fp32_nodes(source) if kept is None else list(kept)
         quantized = nncf.quantize(source, dataset, model_type=nncf.ModelType.TRANSFORMER,
                                   subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(names=kept))
     settings = {"method": "nncf", "tool": f"nncf {nncf.__version__} quantize, ONNX backend",
@@ -254,7 +262,8 @@ def to_ov_int8(model_path: Path, calibration: np.ndarray, workdir: Path) -> tupl
                 "preset": "mixed (NNCF's default for transformers)",
                 "calibration_images": len(calibration),
                 "quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node),
-                "kept_fp32": "patch embedding, head, attention's activation x activation MatMuls"}
+                "kept_fp32": "patch embedding, head, attention's activation x activation MatMuls" if fixed
+                else f"{len(kept)} node(s) chosen by a search (see search)"}
     return quantized, settings
 
 
@@ -300,6 +309,42 @@ def build_same_graph(source: VariantSource) -> BuiltGraph:
 
 def build_ov_int8(source: VariantSource) -> BuiltGraph:
     quantized, settings = to_ov_int8(source.base, source.calibration_inputs(), source.workdir)
+    return BuiltGraph(quantized, None, settings)
+
+
+def build_ov_int8_bf16(source: VariantSource) -> BuiltGraph:
+    """NNCF INT8 for OpenVINO with the ops it leaves unquantized in bf16, the unquantized layers chosen by a
+    sensitivity search on the calibration images (quant_search), run in bf16 as the file will be."""
+    return ov_int8_searched(source, "bf16")
+
+
+def ov_int8_searched(source: VariantSource, inference_precision: str) -> BuiltGraph:
+    """Quantize everything once, search which groups to keep in float (quant_search.search, on OpenVINO in
+    `inference_precision`), then quantize again with exactly those in NNCF's ignored scope."""
+    import onnx
+
+    from vitdeploy.runtimes.openvino import OpenVinoSession
+
+    started = time.perf_counter()
+    images = source.calibration_inputs()
+
+    def run(proto: onnx.ModelProto, precision: str = inference_precision) -> np.ndarray:
+        # One compilation per candidate: a second (static shape, THROUGHPUT) would cost more than it saves here.
+        session = OpenVinoSession(proto.SerializeToString(), "cpu", precision, static_batch=False, throughput=False)
+        return session.run_in_batches(images, CALIBRATION_BATCH_SIZE)
+
+    reference = run(onnx.load(os.fspath(source.base)), "fp32")
+    everything, _ = to_ov_int8(source.base, images, source.workdir, kept=[])
+    groups = quant_search.matmul_groups(onnx.load(os.fspath(source.base)), source.config)
+    found = quant_search.search(everything, groups, run, reference)
+    quantized, settings = to_ov_int8(source.base, images, source.workdir, kept=found.kept_nodes)
+    final = quant_search.agreement(reference, run(quantized))
+    settings["search"] = {**found.to_dict(), "agreement_requantized": round(final, 4),
+                          "inference_precision": inference_precision,
+                          "seconds_with_quantization": round(time.perf_counter() - started, 1)}
+    logger.info("int8 search: %s kept in float, %.0f%% of MACs in INT8, %d evaluations, %.0f s",
+                ", ".join(found.kept_fp32) or "nothing", 100 * found.quantized_macs_share, found.evaluations,
+                time.perf_counter() - started)
     return BuiltGraph(quantized, None, settings)
 
 

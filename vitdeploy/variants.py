@@ -119,6 +119,10 @@ EXPORT_VARIANTS: tuple[ExportVariant, ...] = (
                   "build_same_graph", inference_precision="bf16"),
     ExportVariant("ov-int8", "int8", "openvino", "NNCF INT8 for OpenVINO, f32 for the rest", INT8, "build_ov_int8",
                   inference_precision="fp32"),
+    # What stays unquantized is searched (quant_search), not fixed; bf16 for the rest needs native bf16.
+    ExportVariant("ov-int8-bf16", "int8", "openvino",
+                  "NNCF INT8 for OpenVINO, bf16 for the rest (CPUs with AVX512_BF16 or AMX), the layers kept "
+                  "unquantized chosen by a sensitivity search", INT8, "build_ov_int8_bf16", inference_precision="bf16"),
 )
 EXPORT = {v.name: v for v in EXPORT_VARIANTS}
 PLAIN = EXPORT["fp32"]
@@ -189,5 +193,7 @@ BENCH_VARIANTS: tuple[VariantSpec, ...] = (
     VariantSpec("ov-cpu", "openvino", "cpu", "fp32", "OpenVINO CPU on model.onnx, f32 pinned"),
     _on_file("ov-cpu-bf16", "openvino", "cpu", "ov-bf16", "OpenVINO CPU", ": bf16 inference precision"),
     _on_file("ov-cpu-int8", "openvino", "cpu", "ov-int8", "OpenVINO CPU", ": NNCF INT8, f32 for the rest"),
+    _on_file("ov-cpu-int8-bf16", "openvino", "cpu", "ov-int8-bf16", "OpenVINO CPU",
+             ": NNCF INT8 (searched), bf16 for the rest"),
 )
 VARIANTS: dict[str, VariantSpec] = {v.name: v for v in BENCH_VARIANTS}

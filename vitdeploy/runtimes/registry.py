@@ -135,6 +135,8 @@ def open_runtime(
     precision: str | None = None,
     threads: int | None = None,
     spin: bool = True,
+    static_batch: bool = True,
+    throughput: bool = True,
 ) -> Session:
     """Open `model` (a path, or a serialized ModelProto) on runtime `name` (None: the one the file was made for,
     else ort). The session carries the file's description (Session.info, checked as it is first read).
@@ -142,6 +144,7 @@ def open_runtime(
     precision: None runs the file as it is made (its recorded precision; OpenVINO pins fp32 for fp32 files);
     a named one must be the file's, except that OpenVINO may run an fp32 file in bf16 or fp16 where the device
     supports it natively. spin: ORT's idle threads busy-wait (see ort.make_session); the others ignore it.
+    static_batch, throughput: OpenVINO's per-batch-size compilation and THROUGHPUT queue (see OpenVinoSession).
     """
     if not name:
         name = "ort" if isinstance(model, bytes) else runtime_for_file(model)
@@ -152,7 +155,8 @@ def open_runtime(
     if name == "openvino":
         from vitdeploy.runtimes.openvino import OpenVinoSession
 
-        return OpenVinoSession(model if isinstance(model, bytes) else Path(model), device, precision, threads)
+        return OpenVinoSession(model if isinstance(model, bytes) else Path(model), device, precision, threads,
+                               static_batch, throughput)
     if name == "ort":
         from vitdeploy.runtimes.ort import OrtSession
 
