@@ -96,7 +96,7 @@ def import_model(source: PathLike | ImportRequest, out: PathLike | None = None, 
 def export(bundle: PathLike | ExportRequest | None = None, /, **options: Any) -> ExportResult:
     """Export a bundle (default: the latest under models/) to one self-describing .onnx (default BUNDLE/model.onnx),
     parity-checked before it is written; `optimize` / `precision` ("fp16", "int8", ...) add gated faster variants
-    beside it. A failed parity check raises parity.ParityError (exit code 3) since no file exists then; variants
+    beside it. A failed parity check raises errors.ParityError (exit code 3) since no file exists then; variants
     that fail their gate are not written and the result's `passed` is False."""
     require("train", "vitdeploy.export")
     from vitdeploy.onnx_export import export as run_export

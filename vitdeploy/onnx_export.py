@@ -229,7 +229,7 @@ def export_model(
 ) -> ExportResult:
     """Export an in-memory model; the file appears at `out` only once it passed the checker and, by default, parity.
 
-    Raises parity.ParityError (exit code 3) when parity fails; nothing new is then left at `out`.
+    Raises errors.ParityError (exit code 3) when parity fails; nothing new is then left at `out`.
     """
     import onnx
 
