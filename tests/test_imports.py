@@ -118,3 +118,23 @@ STDLIB_LAZY_OK = {"importlib", "inspect", "subprocess", "threading", "traceback"
                   "base64", "math", "statistics", "gc", "ctypes", "resource", "sys", "os", "re", "glob", "fnmatch",
                   "dataclasses", "functools", "itertools", "collections", "typing", "warnings", "string", "random",
                   "errno", "select", "selectors", "uuid", "mimetypes", "html", "textwrap", "copy", "types"}
+
+
+def test_every_exception_is_defined_in_errors_py() -> None:
+    """errors.py is the one list of what vitdeploy raises, each with its exit code."""
+    from vitdeploy import errors
+
+    exception_names = {name for name, value in vars(errors).items()
+                       if isinstance(value, type) and issubclass(value, BaseException)}
+    exception_names |= {"Exception", "BaseException", "ValueError", "RuntimeError", "OSError"}
+    elsewhere = []
+    for name, path in module_files().items():
+        if name == "vitdeploy.errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = {b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
+                         for b in node.bases}
+                if bases & exception_names:
+                    elsewhere.append(f"{name}.{node.name}")
+    assert len(exception_names) > 10 and elsewhere == []

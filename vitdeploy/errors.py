@@ -102,6 +102,10 @@ class ParityError(CheckFailed):
         self.report = report
 
 
+class PageError(VitDeployError):
+    """The web runtime's page reported an error (onnxruntime-web's message, as the browser gave it)."""
+
+
 class RequestError(Exception):
     """A request the server refuses: HTTP status + a message for the client (sent as {"error": message}). Not a
     VitDeployError: it ends one request, never the process."""

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from vitdeploy.errors import DeviceError, VitDeployError
+from vitdeploy.errors import DeviceError, PageError
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ WEBGPU_FLAGS = ("--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-ang
 POLL_S = 5.0  # how long the page's api/next waits for a job before it asks again
 STARTUP_TIMEOUT_S = 180.0  # loading a ViT-B file in WebAssembly on 2 busy cores takes tens of seconds
 STOP_TIMEOUT_S = 5.0
-
-
-class PageError(VitDeployError):
-    """The page reported an error (onnxruntime-web's message, as the browser gave it)."""
 
 
 class _Handler(BaseHTTPRequestHandler):

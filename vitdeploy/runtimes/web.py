@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from vitdeploy.browser import toolchain
-from vitdeploy.browser.driver import Browser, PageError, page_files
-from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
+from vitdeploy.browser.driver import Browser, page_files
+from vitdeploy.errors import ConfigError, DeviceError, ModelFileError, PageError
 from vitdeploy.onnx_file import OUTPUT_NAME
 from vitdeploy.onnx_wire import external_data_locations, metadata_props_from_bytes
 from vitdeploy.runtimes.base import (
