@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vitdeploy.provenance import machine
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
@@ -79,13 +81,6 @@ def make_checkpoint(folder: Path, width: int) -> Path:
     return folder
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="768,32")
@@ -108,7 +103,7 @@ def main() -> None:
                    **json.loads(done.stdout.splitlines()[-1]), "loadavg_before": load}
             print(json.dumps(row))
             rows.append(row)
-    result = {"cpu": cpu_model(), "vitdeploy": vitdeploy.__version__, "python": platform.python_version(),
+    result = {"cpu": machine()["cpu"], "vitdeploy": vitdeploy.__version__, "python": platform.python_version(),
               "cap_gb": args.cap_gb, "rows": rows}
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")

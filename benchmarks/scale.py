@@ -34,18 +34,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from predict_throughput import export_random_model, make_jpegs  # noqa: E402
 
+from vitdeploy.provenance import machine  # noqa: E402
 import vitdeploy  # noqa: E402
 
 
 def load() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def children_rss_mb() -> float:
@@ -187,7 +181,7 @@ def main() -> None:
     import ray
 
     cores = os.cpu_count() or 1
-    report: dict = {"cpu": cpu_model(), "cores": cores, "python": platform.python_version(),
+    report: dict = {"cpu": machine()["cpu"], "cores": cores, "python": platform.python_version(),
                     "versions": {"ray": ray.__version__, "pyarrow": pyarrow.__version__,
                                  "onnxruntime": onnxruntime.__version__, "vitdeploy": vitdeploy.__version__},
                     "preset": args.preset, "workers": args.workers}
