@@ -4,6 +4,7 @@
     python benchmarks/bench_protocol.py cause MODEL_DIR         # per-call alternation with ORT spinning on / off
     python benchmarks/bench_protocol.py inproc MODEL_DIR --before OLD_TREE --repeats 8
     python benchmarks/bench_protocol.py compare MODEL_DIR --before OLD_TREE --repeats 3
+    python benchmarks/bench_protocol.py interleaved MODEL_DIR --repeats 3 --cycles 4
     python benchmarks/bench_protocol.py summary                 # the tables of bench_protocol.md, from the JSON
 
 MODEL_DIR holds model.onnx and model.int8.onnx as `vitdeploy export BUNDLE --precision int8` leaves them (a
@@ -31,7 +32,13 @@ compare: `vitdeploy bench MODEL --batch-sizes 1` run as a subprocess, each varia
 (ort-cpu, ort-cpu-int8, ov-cpu: two runtimes), with the package of the tree given by --before (the old per-call
 round-robin: an export of main at c9361bf) and of this tree (blocks). Runs alternate between trees and between
 alone and together, so the machine's drift hits both; each repeat reports together/alone of every variant's p50,
-from the same repeat. Each run is appended to benchmarks/results/bench_protocol.json under its mode.
+from the same repeat.
+
+interleaved: this tree's protocol only, alone and together measured as bench measures variants: in short points
+that alternate (a cycle: the three together, then each alone, the order of the alone points rotating), --cycles
+times per repeat, each variant's latencies pooled over the cycles per side. A slow phase of the machine (a second
+or two at 1.5x, seen here on a quiet machine) then falls on both sides instead of on one alone point; inproc's
+single points cannot tell it from a disturbance by the other variants. Each run is appended to benchmarks/results/bench_protocol.json under its mode.
 """
 
 from __future__ import annotations
@@ -233,6 +240,54 @@ def inproc(model_dir: Path, before: Path, repeats: int, threads: int) -> dict[st
     return {"variants": list(VARIANTS), "threads": threads, "before": os.fspath(before), "repeats": out}
 
 
+def interleaved(model_dir: Path, repeats: int, threads: int, cycles: int) -> dict[str, Any]:
+    """variant -> pooled p50 alone and together, alone and together points alternating `cycles` times a repeat."""
+    from vitdeploy import benchmark as bench
+
+    settings = bench.BenchSettings(batch_sizes=(1,), threads=threads)
+    model = bench.model_from_files(model_dir / "model.onnx", None)
+    batch = bench.input_batch(model.config, 1, settings.seed)
+    runners = {name: bench.make_runner(bench.VARIANTS[name], model, threads) for name in VARIANTS}
+    with bench.torch_threads(threads):
+        for runner in runners.values():
+            bench.cold_start(runner, batch)
+        gemms = bench.gemm_runners({"cpu"}, {"fp32", "int8"}, threads, True, True)
+        for gemm in gemms:
+            gemm.create()
+
+        def point(names: tuple[str, ...]) -> dict[str, list[float]]:
+            precisions = {runners[n].spec.precision for n in names}
+            companions = [g for g in gemms if g.precision in precisions]  # as bench picks them
+            timed = bench.measure([runners[n] for n in names], settings, companions)
+            return {n: timed[n] for n in names}
+
+        out = []
+        for repeat in range(repeats):
+            entry: dict[str, Any] = {"load_before": os.getloadavg(), "cycles": []}
+            pooled: dict[str, dict[str, list[float]]] = {"alone": {v: [] for v in VARIANTS},
+                                                         "together": {v: [] for v in VARIANTS}}
+            for cycle in range(cycles):
+                shift = cycle % len(VARIANTS)
+                alone_order = [*VARIANTS[shift:], *VARIANTS[:shift]]
+                together = point(VARIANTS)
+                alone = {v: point((v,))[v] for v in alone_order}
+                for v in VARIANTS:
+                    pooled["together"][v] += together[v]
+                    pooled["alone"][v] += alone[v]
+                entry["cycles"].append({v: round(float(np.median(together[v]) / np.median(alone[v])), 3)
+                                        for v in VARIANTS})
+            p50 = {side: {v: round(float(np.median(pooled[side][v])) * 1e3, 2) for v in VARIANTS}
+                   for side in pooled}
+            ratio = {v: round(p50["together"][v] / p50["alone"][v], 3) for v in VARIANTS}
+            entry.update({"alone_p50_ms": p50["alone"], "together_p50_ms": p50["together"],
+                          "together_over_alone": ratio, "load_after": os.getloadavg()})
+            print(f"repeat {repeat + 1}: " + ", ".join(
+                f"{v} alone {p50['alone'][v]:.2f} ms, together {p50['together'][v]:.2f} ms ({ratio[v]:.2f}x)"
+                for v in VARIANTS), flush=True)
+            out.append(entry)
+    return {"variants": list(VARIANTS), "threads": threads, "cycles": cycles, "repeats": out}
+
+
 def bench_once(tree: Path, model_dir: Path, variants: tuple[str, ...], threads: int) -> dict[str, float]:
     """variant -> batch-1 p50 (ms) of one `vitdeploy bench` run with the package in `tree`."""
     command = [os.fspath(VITDEPLOY), "bench", os.fspath(model_dir / "model.onnx"), "--variants", ",".join(variants),
@@ -289,6 +344,17 @@ def summary(results: dict[str, Any]) -> str:
             lines.append("| **median** | | " + " | ".join(
                 f"**{np.median([e[label]['together_over_alone'][v] for e in run['repeats']]):.2f}**"
                 for label in ("before", "after") for v in variants) + " |")
+    for n, run in enumerate(results.get("interleaved", []), start=1):
+        variants = run["variants"]
+        lines += [(f"\n### interleaved, run {n} ({len(run['repeats'])} repeats of {run['cycles']} cycles, "
+                   f"{run['threads']} threads; pooled p50 together / alone, ms)\n"),
+                  "| repeat | load 1-min before / after | " + " | ".join(variants) + " | per cycle |",
+                  "|---" * (3 + len(variants)) + "|"]
+        for i, entry in enumerate(run["repeats"], start=1):
+            per_cycle = "; ".join(" / ".join(f"{c[v]:.2f}" for v in variants) for c in entry["cycles"])
+            lines.append(f"| {i} | {load(entry)} | " + " | ".join(
+                f"{entry['together_p50_ms'][v]:.1f} / {entry['alone_p50_ms'][v]:.1f} = "
+                f"**{entry['together_over_alone'][v]:.2f}x**" for v in variants) + f" | {per_cycle} |")
     for n, run in enumerate(results.get("cause", []), start=1):
         modes = list(run["repeats"][0]["over_alone"])
         lines += [f"\n### cause, run {n} (ORT fp32 p50 in ms, and x its figure alone with the same spinning)\n",
@@ -304,20 +370,22 @@ def summary(results: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    from vitdeploy.provenance import machine as describe, package_versions
+    from vitdeploy.provenance import machine as describe
+    from vitdeploy.provenance import package_versions
 
     return {**describe(), "versions": package_versions(), "load_average": os.getloadavg()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("spin", "cause", "inproc", "compare", "summary"))
+    parser.add_argument("what", choices=("spin", "cause", "inproc", "compare", "interleaved", "summary"))
     parser.add_argument("model_dir", type=Path, nargs="?")
     parser.add_argument("--before", type=Path, help="compare: the tree of the old package (e.g. git archive c9361bf)")
     parser.add_argument("--after", type=Path, default=REPO, help="compare: the tree of the new package (default: "
                         "this one; a frozen copy, e.g. git archive HEAD, keeps edits out of a long run)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cycles", type=int, default=4, help="interleaved: alone/together cycles per repeat")
     args = parser.parse_args()
     out = REPO / "benchmarks" / "results" / "bench_protocol.json"
     if args.what == "summary":
@@ -331,6 +399,8 @@ def main() -> None:
         result = spin(args.model_dir, args.threads)
     elif args.what == "cause":
         result = cause(args.model_dir, args.threads, args.repeats)
+    elif args.what == "interleaved":
+        result = interleaved(args.model_dir, args.repeats, args.threads, args.cycles)
     elif args.what == "inproc":
         result = inproc(args.model_dir, args.before, args.repeats, args.threads)
     else:
