@@ -171,3 +171,41 @@ def test_the_text_format_writer_quotes_strings_and_leaves_enums_and_numbers_bare
 
     text = render_pbtxt({"name": 'a"b', "kind": Enum("KIND_GPU"), "count": 2, "flag": True, "dims": [3, 4]})
     assert text == 'name: "a\\"b"\nkind: KIND_GPU\ncount: 2\nflag: true\ndims: [ 3, 4 ]\n'
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_rewrite_that_fails_its_check_leaves_the_repository_as_it_was(tiny_onnx: Path, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """The model folder is staged and checked before it replaces the old one: a failure installs nothing."""
+    from vitdeploy.errors import ModelFileError
+    from vitdeploy.serving import triton
+
+    out = tmp_path / "repo"
+    write_triton_repository(tiny_onnx, out, TritonOptions())
+    before = _snapshot(out)
+
+    def fails(folder: Path, version: str = "1", final: Path | None = None) -> None:
+        assert folder != final and folder.name.endswith(".tmp")  # the check sees the staged folder
+        raise ModelFileError(f"{final}: injected mismatch")
+
+    monkeypatch.setattr(triton, "check_model_folder", fails)
+    with pytest.raises(ModelFileError, match="injected mismatch"):
+        write_triton_repository(tiny_onnx, out, TritonOptions(max_batch_size=8))
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "inferenceservice.yaml", "tiny"]
+
+
+def test_a_rewrite_replaces_the_model_folder_whole_and_clears_a_killed_runs_staging(tiny_onnx: Path,
+                                                                                    tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    write_triton_repository(tiny_onnx, out, TritonOptions())
+    (out / "tiny" / "2").mkdir()  # a version folder the new repository does not have
+    stale = out / ".tiny.killed.tmp"  # what a run killed while staging leaves
+    (stale / "1").mkdir(parents=True)
+    write_triton_repository(tiny_onnx, out, TritonOptions(max_batch_size=8))
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "inferenceservice.yaml", "tiny"]
+    assert sorted(p.name for p in (out / "tiny").iterdir()) == ["1", "config.pbtxt", "labels.txt"]
+    assert "max_batch_size: 8" in (out / "tiny" / "config.pbtxt").read_text()

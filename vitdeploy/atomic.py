@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import shutil
 import tempfile
@@ -90,22 +91,39 @@ def temp_beside(final: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a new temporary folder beside `final` (which must not exist yet); on success rename it to `final` in
-    one step. A crash or Ctrl-C leaves no half-written (or empty) folder at `final`: at most a hidden
-    .<name>.<random>.tmp folder beside it, which the writer's next run may remove."""
+def atomic_folder(final: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """Yield a new temporary folder beside `final`; on success rename it to `final` in one step. A crash or Ctrl-C
+    leaves no half-written (or empty) folder at `final`: at most a hidden .<name>.<random>.tmp folder beside it,
+    which remove_stale_staging(final) removes on the writer's next run. `final` must not exist yet, unless
+    `replace`: then the old folder is renamed aside and removed once the new one is in place (between the two
+    renames, for a moment, neither is at `final`; never a mixture of the two)."""
     final = Path(final)
     with reported_as(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    aside = None
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700; the folder should get the usual mode
         yield tmp
         with reported_as(final):
+            if replace and final.exists():
+                aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+                os.rename(final, aside)  # onto an empty folder: Linux and macOS replace it
             os.rename(tmp, final)
         _fsync_dir(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # already renamed on success
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_stale_staging(final: str | os.PathLike[str]) -> None:
+    """Staging folders beside `final` that a killed atomic_folder left behind (named .<name>.<random>.tmp)."""
+    final = Path(final)
+    if final.parent.is_dir():
+        for path in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def atomic_write(final: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:

@@ -18,17 +18,15 @@ names in config.json) still load.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.atomic import atomic_folder, atomic_write_many
+from vitdeploy.atomic import atomic_folder, atomic_write_many, remove_stale_staging
 from vitdeploy.config import ModelConfig, PreprocessSpec, TrainConfig
 from vitdeploy.discovery import BUNDLE_MARKER
 from vitdeploy.errors import BundleError, ConfigError
@@ -116,7 +114,7 @@ def save_bundle(folder: str | os.PathLike[str], model: Any, info: BundleInfo, tr
         contents["train_state"] = buffer.getvalue()
     info.weights_sha256 = sha256_bytes(contents["weights"])
     info.files = {kind: _content_name(kind, data) for kind, data in contents.items()}
-    _remove_stale_staging(folder)
+    remove_stale_staging(folder)
     if folder.is_dir():
         _remove_stale_temporaries(folder)
         _write_files(folder, contents, info)
@@ -169,14 +167,6 @@ def _remove_stale_temporaries(folder: Path) -> None:
     for stem, _ in [*FILE_NAMING.values(), (CONFIG_FILE, "")]:
         for path in folder.glob(f".{stem}.*.tmp"):
             path.unlink(missing_ok=True)
-
-
-def _remove_stale_staging(folder: Path) -> None:
-    """Staging folders of a first save that was killed (atomic_folder names them .<name>.<random>.tmp)."""
-    if folder.parent.is_dir():
-        for path in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp"):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
 
 
 def bundle_file(folder: str | os.PathLike[str], kind: str) -> Path:

@@ -101,21 +101,23 @@ def _scalar(token: str) -> Any:
 # ----------------------------------------------------------------------------------------------- the check
 
 
-def check_model_folder(model_dir: Path, version: str = "1") -> None:
+def check_model_folder(model_dir: Path, version: str = "1", final: Path | None = None) -> None:
     """Refuse (ModelFileError, exit code 2) a Triton model folder whose config.pbtxt or labels do not match the
-    .onnx in its version folder, naming each mismatch."""
+    .onnx in its version folder, naming each mismatch. `final`: where a folder written under a temporary name will
+    be (the model name must be its name; messages name it)."""
+    shown = final or model_dir
     config_path = model_dir / "config.pbtxt"
     model_path = model_dir / version / "model.onnx"
     for required in (config_path, model_path):
         if not required.is_file():
-            raise ModelFileError(f"{model_dir}: no {required.relative_to(model_dir)}; not a Triton model folder")
+            raise ModelFileError(f"{shown}: no {required.relative_to(model_dir)}; not a Triton model folder")
     try:
         config = parse_pbtxt(config_path.read_text(encoding="utf-8"))
     except (ValueError, IndexError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"{config_path}: not a readable model configuration ({e})") from None
-    problems = config_mismatches(config, model_dir, graph_signature(model_path))
+        raise ModelFileError(f"{shown / config_path.name}: not a readable model configuration ({e})") from None
+    problems = config_mismatches(config, model_dir, graph_signature(model_path), shown.name)
     if problems:
-        raise ModelFileError(f"{model_dir} does not match {model_path.name}:\n  - " + "\n  - ".join(problems))
+        raise ModelFileError(f"{shown} does not match {model_path.name}:\n  - " + "\n  - ".join(problems))
 
 
 def graph_signature(path: Path) -> dict[str, dict[str, tuple[str, list]]]:
@@ -130,11 +132,12 @@ def graph_signature(path: Path) -> dict[str, dict[str, tuple[str, list]]]:
     }
 
 
-def config_mismatches(config: dict[str, Any], model_dir: Path, graph: dict[str, dict[str, tuple[str, list]]]
-                      ) -> list[str]:
+def config_mismatches(config: dict[str, Any], model_dir: Path, graph: dict[str, dict[str, tuple[str, list]]],
+                      folder_name: str | None = None) -> list[str]:
     problems = []
-    if config.get("name", model_dir.name) != model_dir.name:
-        problems.append(f"name {config.get('name')!r} is not the folder's name {model_dir.name!r}")
+    folder_name = folder_name or model_dir.name
+    if config.get("name", folder_name) != folder_name:
+        problems.append(f"name {config.get('name')!r} is not the folder's name {folder_name!r}")
     max_batch = int(config.get("max_batch_size", 0))
     for kind in ("input", "output"):
         declared = {entry.get("name"): entry for entry in config.get(kind, [])}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitdeploy.atomic import atomic_folder, atomic_write_many, remove_stale_staging
 from vitdeploy.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
@@ -268,23 +269,35 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     model_dir = out / name
     if model_dir.exists() and not (model_dir / "config.pbtxt").is_file():
         raise ConfigError(f"{model_dir} exists and is not a Triton model folder; choose another --out or --name")
-    version_dir = model_dir / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        shutil.copyfile(path, version_dir / "model.onnx")
-        external = path.with_name(path.name + ".data")
-        if external.is_file():  # the graph names its weights file; it keeps its name beside the copy
-            shutil.copyfile(external, version_dir / external.name)
-    except OSError as e:
-        raise VitDeployError(f"cannot write the Triton repository under {out}: {e}") from None
-    (model_dir / LABELS_FILE).write_text("".join(label + "\n" for label in info.labels), encoding="utf-8")
-    (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
-    kserve_section = kserve.readme_section(name, service, options.storage_uri is None, OUTPUT_NAME)
-    (out / "README.md").write_text(repository_readme(name, info, config, out) + kserve_section, encoding="utf-8")
-    (out / kserve.FILE_NAME).write_text(f"# Written by vitdeploy triton for {name}\n" + kserve.render_yaml(service),
-                                        encoding="utf-8")
-    check_model_folder(model_dir)  # what Triton will load, against the file it holds
+    readme = repository_readme(name, info, config, out) + kserve.readme_section(
+        name, service, options.storage_uri is None, OUTPUT_NAME)
+    # The model folder is written and checked under a temporary name, then renamed over the old one: Triton (or a
+    # second run) never sees a half-copied model, and a folder that fails the check is never put in place. The
+    # README (which marks the folder as vitdeploy's) is in place before the model folder.
+    remove_stale_staging(model_dir)
+    with atomic_folder(model_dir, replace=True) as staging:
+        write_model_folder(staging, path, info.labels, text)
+        check_model_folder(staging, final=model_dir)  # what Triton will load, against the file it holds
+        atomic_write_many({
+            out / "README.md": lambda tmp: tmp.write_text(readme, encoding="utf-8"),
+            out / kserve.FILE_NAME: lambda tmp: tmp.write_text(
+                f"# Written by vitdeploy triton for {name}\n" + kserve.render_yaml(service), encoding="utf-8"),
+        })
     return TritonRepository(out, model_dir, name, text, config, notes, service)
+
+
+def write_model_folder(folder: Path, model: Path, labels: list[str], config_text: str) -> None:
+    """One Triton model folder: 1/model.onnx (and its .onnx.data), labels.txt, config.pbtxt."""
+    try:
+        (folder / "1").mkdir()
+        shutil.copyfile(model, folder / "1" / "model.onnx")
+        external = model.with_name(model.name + ".data")
+        if external.is_file():  # the graph names its weights file; it keeps its name beside the copy
+            shutil.copyfile(external, folder / "1" / external.name)
+        (folder / LABELS_FILE).write_text("".join(label + "\n" for label in labels), encoding="utf-8")
+        (folder / "config.pbtxt").write_text(config_text, encoding="utf-8")
+    except OSError as e:
+        raise VitDeployError(f"cannot write the Triton repository under {folder.parent}: {e}") from None
 
 
 def preprocessing_steps(spec: PreprocessSpec) -> list[str]:
