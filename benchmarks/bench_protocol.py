@@ -44,11 +44,13 @@ single points cannot tell it from a disturbance by the other variants. Each run 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,22 +202,10 @@ def inproc(model_dir: Path, before: Path, repeats: int, threads: int) -> dict[st
     sys.modules["old_protocol"] = old  # dataclasses look their module up there
     spec.loader.exec_module(old)
     protocols = {"before": old.measure, "after": bench.measure}
-    settings = bench.BenchSettings(batch_sizes=(1,), threads=threads)
-    model = bench.model_from_files(model_dir / "model.onnx", None)
-    batch = bench.input_batch(model.config, 1, settings.seed)
-    runners = {name: bench.make_runner(bench.VARIANTS[name], model, threads) for name in VARIANTS}
-    with bench.torch_threads(threads):
-        for runner in runners.values():
-            bench.cold_start(runner, batch)
-        gemms = bench.gemm_runners({"cpu"}, {"fp32", "int8"}, threads, True, True)
-        for gemm in gemms:
-            gemm.create()
+    with bench_points(model_dir, threads) as point:
 
         def p50s(measure: Any, names: tuple[str, ...]) -> dict[str, float]:
-            precisions = {runners[n].spec.precision for n in names}
-            companions = [g for g in gemms if g.precision in precisions]  # as bench picks them
-            timed = measure([runners[n] for n in names], settings, companions)
-            return {n: round(float(np.median(timed[n])) * 1e3, 2) for n in names}
+            return {n: round(float(np.median(t)) * 1e3, 2) for n, t in point(measure, names).items()}
 
         out = []
         for repeat in range(repeats):
@@ -240,8 +230,11 @@ def inproc(model_dir: Path, before: Path, repeats: int, threads: int) -> dict[st
     return {"variants": list(VARIANTS), "threads": threads, "before": os.fspath(before), "repeats": out}
 
 
-def interleaved(model_dir: Path, repeats: int, threads: int, cycles: int) -> dict[str, Any]:
-    """variant -> pooled p50 alone and together, alone and together points alternating `cycles` times a repeat."""
+@contextlib.contextmanager
+def bench_points(model_dir: Path, threads: int) -> Iterator[Callable[[Any, tuple[str, ...]], dict[str, list[float]]]]:
+    """The runners of VARIANTS and the peak GEMMs `vitdeploy bench` creates, created and cold-started as it does;
+    yields point(measure, names): one batch-1 point of that protocol's `measure` on those variants, beside the GEMMs
+    bench would pick for them -> variant -> latencies (s)."""
     from vitdeploy import benchmark as bench
 
     settings = bench.BenchSettings(batch_sizes=(1,), threads=threads)
@@ -255,11 +248,23 @@ def interleaved(model_dir: Path, repeats: int, threads: int, cycles: int) -> dic
         for gemm in gemms:
             gemm.create()
 
-        def point(names: tuple[str, ...]) -> dict[str, list[float]]:
+        def point(measure: Any, names: tuple[str, ...]) -> dict[str, list[float]]:
             precisions = {runners[n].spec.precision for n in names}
             companions = [g for g in gemms if g.precision in precisions]  # as bench picks them
-            timed = bench.measure([runners[n] for n in names], settings, companions)
+            timed = measure([runners[n] for n in names], settings, companions)
             return {n: timed[n] for n in names}
+
+        yield point
+
+
+def interleaved(model_dir: Path, repeats: int, threads: int, cycles: int) -> dict[str, Any]:
+    """variant -> pooled p50 alone and together, alone and together points alternating `cycles` times a repeat."""
+    from vitdeploy import benchmark as bench
+
+    with bench_points(model_dir, threads) as measured:
+
+        def point(names: tuple[str, ...]) -> dict[str, list[float]]:
+            return measured(bench.measure, names)
 
         out = []
         for repeat in range(repeats):
