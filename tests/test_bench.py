@@ -252,7 +252,7 @@ def test_protocol_runs_in_blocks_and_meets_both_minimums() -> None:
     fast, slow = FakeRunner("fast", 0.125, calls), FakeRunner("slow", 0.375, calls)
     settings = bench.BenchSettings(warmup_iters=2, warmup_seconds=0.5, min_iters=3, min_seconds=1.0)
     blocks = bench.Blocks(count=2, idle_s=0.25, block_warmup_calls=1)
-    timed = bench.measure([fast, slow], settings, blocks=blocks, idle=sleep)
+    timed = bench.measure([fast, slow], settings, blocks=blocks, sleep=sleep)
     # Warm-up round: fast 4 runs (0.5 s), slow 2 (the count). Each timed block: one untimed call, then at least
     # ceil(3 / 2) = 2 runs and 0.5 s: fast 4 runs, slow 2 (plus the untimed call each).
     assert calls == (["idle", *["fast"] * 4, "idle", *["slow"] * 2]
@@ -263,33 +263,6 @@ def test_protocol_runs_in_blocks_and_meets_both_minimums() -> None:
         bench.Blocks(count=0)
 
 
-class FakeClocks:
-    """A wall clock advanced by sleep(), and a process CPU clock that grows `busy_cores` per second of it for the
-    first `busy_s` seconds (a pool spinning after a call), then not at all."""
-
-    def __init__(self, busy_cores: float, busy_s: float):
-        self.now, self.busy_cores, self.busy_s = 0.0, busy_cores, busy_s
-
-    def wall(self) -> float:
-        return self.now
-
-    def cpu(self) -> float:
-        return self.busy_cores * min(self.now, self.busy_s)
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.mark.parametrize("busy_s, waited", [(0.0, 0.010), (0.050, 0.060), (1.0, 0.2)])
-def test_the_idle_wait_ends_when_the_process_stops_using_the_cpu(busy_s: float, waited: float) -> None:
-    """Two quiet 5 ms windows end the wait: at once where nothing spins, 10 ms after a 50 ms spin; a pool that never
-    stops is waited for the whole maximum."""
-    from vitdeploy.benchmark.protocol import wait_until_idle
-
-    clocks = FakeClocks(busy_cores=0.8, busy_s=busy_s)
-    assert wait_until_idle(0.2, wall=clocks.wall, cpu=clocks.cpu, sleep=clocks.sleep) == pytest.approx(waited)
-
-
 def test_companions_run_in_blocks_of_their_own_and_do_not_decide_when_to_stop() -> None:
     calls: list[str] = []
     model = FakeRunner("model", 0.5, calls)
@@ -297,7 +270,7 @@ def test_companions_run_in_blocks_of_their_own_and_do_not_decide_when_to_stop() 
     settings = bench.BenchSettings(warmup_iters=1, warmup_seconds=0, min_iters=2, min_seconds=1.0)
     blocks = bench.Blocks(count=2, idle_s=0, block_warmup_calls=0, companion_calls=2)
     timed = bench.measure([model], settings, companions=[peak, other], blocks=blocks,
-                          idle=lambda seconds: calls.append("idle"))
+                          sleep=lambda seconds: calls.append("idle"))
     # Each block of the model: 1 run (ceil(2 / 2) runs, 0.5 s); then each companion once, its 2 calls per timed
     # round whatever they take, the companions back to back after one idle time.
     assert calls == ["idle", "model"] + ["idle", "model"] * 2 + ["idle", *["peak"] * 4, *["other"] * 4]
@@ -408,10 +381,11 @@ def test_progress_names_the_point_and_estimates_the_time_left() -> None:
     now = [100.0]
     console = Console(file=Terminal(), force_terminal=True, width=120)
     settings = bench.BenchSettings(batch_sizes=(1, 8), warmup_seconds=1.0, min_seconds=2.0)
-    with bench.TerminalProgress(console, settings, clock=lambda: now[0]) as progress:
+    blocks = bench.Blocks(count=3, idle_s=0.25)  # 1 s idle per variant and point: 4 blocks (warm-up + 3)
+    with bench.TerminalProgress(console, settings, clock=lambda: now[0], blocks=blocks) as progress:
         progress(1, ["torch", "ort-cpu"])
-        assert progress.time_left.at(100.0) == (12.0, True)  # 2 points x 2 variants x (1 + 2) s at least
-        assert progress.time_left.at(110.0) == (10.0, True)  # this point outlasts 6 s: so will the next one
+        assert progress.time_left.at(100.0) == (16.0, True)  # 2 points x 2 variants x (1 + 2 + 1) s at least
+        assert progress.time_left.at(110.0) == (10.0, True)  # this point outlasts 8 s: so will the next one
         now[0] += 20.0
         progress(8, ["torch", "ort-cpu"])
         assert progress.time_left.at(120.0) == (20.0, False)  # the first point took 20 s: one more like it

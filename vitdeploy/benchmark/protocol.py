@@ -11,10 +11,9 @@
     1/count of the variant's `min_iters` and of its `min_seconds`, so every variant gets the same number of blocks
     and together at least `min_iters` runs and `min_seconds` of runs. Machine drift and other processes still hit all variants alike
     (each point is spread over the whole time the point takes), as the protocol wants.
-  - Idle between blocks: before each block nothing runs until this process's threads have stopped using the CPU
-    (wait_until_idle: two 5 ms windows in a row with under 5% of a core busy), at most `Blocks.idle_s`, so that
-    the previous block's thread pool has stopped spinning; the block's first call is untimed (it wakes this
-    variant's own pool). The percentiles pool the per-call latencies of all of a variant's blocks.
+  - Idle between blocks: before each block the machine is left alone for `Blocks.idle_s`, so that the previous
+    block's thread pool has stopped spinning, and the block's first call is untimed (it wakes this variant's own
+    pool). The percentiles pool the per-call latencies of all of a variant's blocks.
   - The GEMMs that measure the peak behind MFU (companions) run in blocks of their own after the point's last
     timed block, back to back after the same idle time: never before a variant's timed block (numpy's OpenBLAS
     threads spin 100 ms and more after a GEMM), and they do not decide when a point is done. The peak is each
@@ -35,9 +34,8 @@ the same 3 repeats (load 3.6-4.5), the medians were 1.57x (ORT fp32), 1.41x (ORT
 figures alone per call, and 0.99x, 1.23x, 1.02x in blocks. On the quiet machine, with alone and together points
 alternating four times and pooled (single points scatter 0.5-1.5x there: the VM has slow phases of a second or
 two), every figure of 3 repeats was within 0.95-1.14x of the variant's own figure alone. The
-wait is at most 0.2 s, twice the longest spin measured, and ends as soon as the process's CPU time stops growing
-(where nothing spins, after 10 ms: a fixed 0.2 s made bench's own tests 20% slower in wall time, idle); the GEMMs
-run after the timed blocks because under load a spinning thread's wall time stretches past any fixed idle time. Spinning is left on: it is how ORT runs by
+idle time is 0.2 s, twice the longest spin measured; the GEMMs run after the timed blocks because under load a
+spinning thread's wall time stretches past any fixed idle time. Spinning is left on: it is how ORT runs by
 default, and within a block it only serves the variant's own next call.
 
 measure() is one point (all runners at one batch size); measure_points() stages each batch size and measures it.
@@ -90,8 +88,8 @@ class Blocks:
     """How a point is interleaved (see the module docstring for the measurement behind the defaults)."""
 
     count: int = 5  # timed blocks per variant and point
-    # The longest wait before a block for the process's threads to stop using the CPU: after a call ORT's pool
-    # spins 40-60 ms, OpenBLAS's (numpy, one of the peak GEMMs) 100 ms.
+    # Nothing runs for this long before each block: after a call ORT's pool spins 40-60 ms, OpenBLAS's (numpy,
+    # one of the peak GEMMs) 100 ms.
     idle_s: float = 0.2
     block_warmup_calls: int = 1  # untimed calls at the start of each block (wake the variant's own pool)
     companion_calls: int = 2  # timed calls of each companion per timed round, all in its one block
@@ -101,8 +99,7 @@ class Blocks:
         return dataclasses.replace(self, count=min(self.count, settings.min_iters))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"interleaving": "blocks", "blocks": self.count,
-                "idle": "until this process's threads stop using the CPU, at most idle_s", "idle_s": self.idle_s,
+        return {"interleaving": "blocks", "blocks": self.count, "idle_s": self.idle_s,
                 "block_warmup_calls": self.block_warmup_calls, "companion_calls": self.companion_calls}
 
     def __post_init__(self) -> None:
@@ -133,7 +130,7 @@ def block_schedule(names: Sequence[str], companions: Sequence[str], count: int) 
 
 def measure(
     runners: Sequence[Runner], settings: BenchSettings, companions: Sequence[Runner] = (),
-    blocks: Blocks = Blocks(), idle: Callable[[float], object] | None = None,
+    blocks: Blocks = Blocks(), sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, list[float]]:
     """One point, in blocks (block_schedule): each variant gets `blocks.count` blocks of timed runs, which
     together reach min_iters runs and min_seconds of runs. Returns runner name -> timed latencies in seconds
@@ -147,7 +144,7 @@ def measure(
     for block in block_schedule([r.spec.name for r in runners], [c.spec.name for c in companions], count):
         runner = by_name[block.runner]
         if not (block.kind == previous == "companion"):  # the GEMMs' blocks run back to back: one idle for all
-            (idle or wait_until_idle)(blocks.idle_s)  # let the previous block's thread pools go idle
+            sleep(blocks.idle_s)  # let the previous block's thread pools go idle
         previous = block.kind
         if block.kind == "warmup":
             _run_until(runner, settings.warmup_iters, settings.warmup_seconds)
@@ -159,32 +156,6 @@ def measure(
         else:
             timed[block.runner] += _run_until(runner, per_block_iters, per_block_seconds)
     return timed
-
-
-IDLE_WINDOW_S = 0.005
-IDLE_BUSY_CORES = 0.05  # under this many cores busy in a window counts as idle (the waiting thread's own polling)
-IDLE_WINDOWS = 2
-
-
-def wait_until_idle(max_s: float, *, wall: Callable[[], float] = time.perf_counter,
-                    cpu: Callable[[], float] = time.process_time, sleep: Callable[[float], None] = time.sleep
-                    ) -> float:
-    """Sleep until this process's threads have stopped using the CPU (IDLE_WINDOWS windows of IDLE_WINDOW_S in a
-    row with under IDLE_BUSY_CORES busy, by CLOCK_PROCESS_CPUTIME_ID, which counts every thread), or `max_s` has
-    passed. Other processes' load does not count, only this one's pools. Returns the seconds waited."""
-    start = wall()
-    quiet = 0
-    last_wall, last_cpu = start, cpu()
-    while quiet < IDLE_WINDOWS:
-        left = start + max_s - wall()
-        if left <= 0:
-            break
-        sleep(min(IDLE_WINDOW_S, left))
-        now_wall, now_cpu = wall(), cpu()
-        busy = (now_cpu - last_cpu) / max(now_wall - last_wall, 1e-9)
-        quiet = quiet + 1 if busy < IDLE_BUSY_CORES else 0
-        last_wall, last_cpu = now_wall, now_cpu
-    return wall() - start
 
 
 def _run_until(runner: Runner, iters: int, seconds: float) -> list[float]:

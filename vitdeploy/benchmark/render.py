@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
+from vitdeploy.benchmark.protocol import Blocks
 from vitdeploy.benchmark.report import BenchReport
 from vitdeploy.benchmark.variants import BenchSettings
 from vitdeploy.errors import ConfigError
@@ -152,13 +153,15 @@ class TerminalProgress:
     """Which batch size and variants are being measured, and the time left, on a rich Progress that vanishes when
     done. Called as each point starts (benchmark's on_point).
 
-    A point is expected to last the protocol's minimum, warmup_seconds + min_seconds per variant (the idle time
-    before its blocks may be as short as 10 ms), until one has finished; then the mean of the finished points
-    (the idle time, min_iters and the matmul peak's blocks make points last longer than the minimum).
+    A point is expected to last the protocol's minimum, (warmup_seconds + min_seconds) per variant plus the idle
+    time before its blocks, until one has finished; then the mean of the finished points (min_iters, and the
+    matmul peak's blocks, make points last longer than the minimum).
     """
 
-    def __init__(self, console: Console, settings: BenchSettings, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, console: Console, settings: BenchSettings, clock: Callable[[], float] = time.monotonic,
+                 blocks: Blocks = Blocks()):
         self.settings = settings
+        self.idle_s = blocks.idle_s * (blocks.count + 1)  # before the warm-up block and each timed block
         self.clock = clock
         self.finished_s: list[float] = []
         self.time_left: TimeLeft | None = None
@@ -180,7 +183,7 @@ class TerminalProgress:
         now = self.clock()
         if self.time_left is not None:
             self.finished_s.append(now - self.time_left.started)
-        minimum = len(names) * (self.settings.warmup_seconds + self.settings.min_seconds)
+        minimum = len(names) * (self.settings.warmup_seconds + self.settings.min_seconds + self.idle_s)
         mean = sum(self.finished_s) / len(self.finished_s) if self.finished_s else 0.0
         points_after = len(self.settings.batch_sizes) - len(self.finished_s) - 1
         self.time_left = TimeLeft(now, max(minimum, mean), points_after, at_least=not self.finished_s)
