@@ -290,7 +290,7 @@ def interleaved(model_dir: Path, repeats: int, threads: int, cycles: int) -> dic
                 f"{v} alone {p50['alone'][v]:.2f} ms, together {p50['together'][v]:.2f} ms ({ratio[v]:.2f}x)"
                 for v in VARIANTS), flush=True)
             out.append(entry)
-    return {"variants": list(VARIANTS), "threads": threads, "cycles": cycles, "repeats": out}
+    return {"variants": list(VARIANTS), "threads": threads, "cycles": cycles, "idle": "fixed", "repeats": out}
 
 
 def bench_once(tree: Path, model_dir: Path, variants: tuple[str, ...], threads: int) -> dict[str, float]:
@@ -352,7 +352,7 @@ def summary(results: dict[str, Any]) -> str:
     for n, run in enumerate(results.get("interleaved", []), start=1):
         variants = run["variants"]
         lines += [(f"\n### interleaved, run {n} ({len(run['repeats'])} repeats of {run['cycles']} cycles, "
-                   f"{run['threads']} threads; pooled p50 together / alone, ms)\n"),
+                   f"{run['threads']} threads, idle {run.get('idle', 'fixed')}; pooled p50 together / alone, ms)\n"),
                   "| repeat | load 1-min before / after | " + " | ".join(variants) + " | per cycle |",
                   "|---" * (3 + len(variants)) + "|"]
         for i, entry in enumerate(run["repeats"], start=1):
