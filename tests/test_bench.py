@@ -34,7 +34,8 @@ from vitdeploy.runtimes.ort import CPU, cuda_status
 CFG = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=10)
 DIGITS = {"source": DIGITS_NAME, "split": "seeded-permutation", "split_seed": 0, "val_fraction": 0.2}
 # Enough to exercise every code path, few enough to stay fast: no minimum time, two timed runs.
-QUICK = ["--warmup-iters", "1", "--warmup-seconds", "0", "--min-iters", "2", "--min-seconds", "0", "--threads", "1"]
+QUICK = ["--warmup-iters", "1", "--warmup-seconds", "0", "--min-iters", "2", "--min-seconds", "0", "--threads", "1",
+         "--block-idle", "0"]
 CPU_VARIANTS = "torch,ort-cpu,ort-cpu-fused"
 ORT_VARIANTS = ("ort-cpu", "ort-cpu-fused", "ort-cpu-int8")
 REPO = Path(__file__).resolve().parent.parent
@@ -79,6 +80,7 @@ def test_json_report_schema_and_numbers(cli_report: tuple[dict, Path]) -> None:
     assert report["model"]["macs_per_image"]["total"] > 0
     assert report["settings"]["threads"] == 1 and report["environment"]["threads"] == 1
     assert report["protocol"]["interleaving"] == "blocks" and report["protocol"]["blocks"] == 2  # min_iters 2
+    assert report["protocol"]["idle_s"] == report["settings"]["block_idle"] == 0  # --block-idle 0
     assert report["environment"]["cpu_count"] >= 1 and report["environment"]["versions"]["onnxruntime-gpu"]
     assert report["peak_gflops"]["cpu"] > 0
     points = {(r["variant"], r["batch_size"]) for r in report["results"]}
@@ -308,7 +310,7 @@ def test_torch_variant_needs_the_weights(exported: tuple[Path, Path], tmp_path: 
 
 
 @pytest.mark.parametrize("bad", [dict(batch_sizes=(0,)), dict(variants=("tensorrt",)), dict(min_iters=0),
-                                 dict(threads=0)])
+                                 dict(threads=0), dict(block_idle=-0.1)])
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ConfigError):
         bench.BenchSettings(**bad)

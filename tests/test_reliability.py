@@ -88,7 +88,8 @@ def test_verify_says_non_finite_output_rather_than_a_tolerance(nan_onnx, tiny_on
 
 
 def test_bench_says_a_variant_answers_nan_and_never_recommends_it(nan_onnx, tiny_onnx):
-    quick = ["--warmup-iters", "0", "--warmup-seconds", "0", "--min-iters", "1", "--min-seconds", "0", "--threads", "1"]
+    quick = ["--warmup-iters", "0", "--warmup-seconds", "0", "--min-iters", "1", "--min-seconds", "0", "--threads", "1",
+             "--block-idle", "0"]
     result = runner.invoke(app, ["bench", str(nan_onnx), "--variants", "ort-cpu", "--batch-sizes", "2", *quick, "--json"])
     assert result.exit_code == EXIT_OK, result.output
     report = strict_loads(result.stdout)

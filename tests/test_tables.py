@@ -21,7 +21,8 @@ from vitdeploy.config import ModelConfig
 from vitdeploy.data import DIGITS_NAME
 
 NARROW = {"COLUMNS": "40"}  # Rich would lay a table out in 40 columns, cutting cells short with "…"
-QUICK = ["--warmup-iters", "1", "--warmup-seconds", "0", "--min-iters", "2", "--min-seconds", "0", "--threads", "1"]
+QUICK = ["--warmup-iters", "1", "--warmup-seconds", "0", "--min-iters", "2", "--min-seconds", "0", "--threads", "1",
+         "--block-idle", "0"]
 DIGITS = {"source": DIGITS_NAME, "split": "seeded-permutation", "split_seed": 0, "val_fraction": 0.2}
 CFG = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=10)
 

@@ -143,6 +143,9 @@ class BenchRequest(_Request):
     warmup_seconds: float = 1.0
     min_iters: int = 10  # timed runs per variant and batch size (at least)
     min_seconds: float = 2.0
+    # Seconds nothing runs before each timed block, so that the previous block's thread pool has stopped spinning
+    # (ONNX Runtime's spins 40-60 ms after a call, numpy's GEMM 100 ms).
+    block_idle: float = 0.2
     threads: int | None = None  # for torch and every runtime alike; None: one per CPU core
     end_to_end: tuple[str, ...] = ()  # images to time from file to logits
     p99_budget: float | None = None  # ms: recommend the largest batch size whose p99 meets it

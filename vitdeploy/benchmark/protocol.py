@@ -56,6 +56,7 @@ from vitdeploy.benchmark.report import PointResult
 from vitdeploy.benchmark.timing import Runner
 from vitdeploy.benchmark.variants import BenchSettings
 from vitdeploy.errors import ConfigError
+from vitdeploy.requests import BenchRequest
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Blocks:
     count: int = 5  # timed blocks per variant and point
     # Nothing runs for this long before each block: after a call ORT's pool spins 40-60 ms, OpenBLAS's (numpy,
     # one of the peak GEMMs) 100 ms.
-    idle_s: float = 0.2
+    idle_s: float = BenchRequest.block_idle
     block_warmup_calls: int = 1  # untimed calls at the start of each block (wake the variant's own pool)
     companion_calls: int = 2  # timed calls of each companion per timed round, all in its one block
 

@@ -65,6 +65,7 @@ def benchmark(
         if on_point:
             on_point(batch_size, point_names)
 
+    blocks = Blocks(idle_s=settings.block_idle)
     with torch_threads(threads):
         env = environment(threads)  # before the run: the load average says what the figures competed with
         runners = [make_runner(VARIANTS[name], model, threads) for name in names]
@@ -79,7 +80,7 @@ def benchmark(
             }
             logger.info("%s: ready on %s (create %.0f ms)", spec.name, runner.providers[0], started.create_s * 1e3)
         gemms = _gemm_runners(runners, threads)
-        points = measure_points(runners, settings, batch_for, gemms, point_started)
+        points = measure_points(runners, settings, batch_for, gemms, point_started, blocks)
         e2e = (end_to_end(model.onnx_path, end_to_end_images, max(settings.batch_sizes), threads)
                if end_to_end_images else None)
     timed = {g: [t for p in points if p.variant == g.spec.name for t in p.latencies_s] for g in gemms}
@@ -100,7 +101,7 @@ def benchmark(
         points=points,
         end_to_end=e2e,
         created_at=now_iso(),
-        protocol=Blocks().fitted(settings).to_dict(),
+        protocol=blocks.fitted(settings).to_dict(),
     )
     report.best_variant = recommend_variant(report)
     return report
@@ -178,7 +179,7 @@ def run_request(request: BenchRequest) -> BenchReport:
     settings = BenchSettings(
         batch_sizes=request.batch_sizes, variants=request.variants, warmup_iters=request.warmup_iters,
         warmup_seconds=request.warmup_seconds, min_iters=request.min_iters, min_seconds=request.min_seconds,
-        threads=request.threads, runtimes=request.runtimes,
+        block_idle=request.block_idle, threads=request.threads, runtimes=request.runtimes,
     )
     baseline = load_report(request.baseline) if request.baseline else None  # before minutes of measuring
     with progress_display(Console(stderr=True), settings, enabled=request.progress) as on_point:

@@ -39,6 +39,7 @@ class BenchSettings:
     warmup_seconds: float = BenchRequest.warmup_seconds
     min_iters: int = BenchRequest.min_iters
     min_seconds: float = BenchRequest.min_seconds
+    block_idle: float = BenchRequest.block_idle  # seconds before each timed block (protocol.Blocks.idle_s)
     threads: int | None = None  # None: one per CPU core
     seed: int = 0  # of the random input batch
     runtimes: tuple[str, ...] | None = None  # only these runtimes' variants (PyTorch eager stays); None: all
@@ -50,7 +51,8 @@ class BenchSettings:
             unknown = [v for v in self.variants if v not in VARIANTS]
             if unknown or not self.variants:
                 raise ConfigError(f"unknown variant(s) {unknown}; choose from: {', '.join(VARIANTS)}")
-        if self.min_iters < 1 or self.warmup_iters < 0 or self.min_seconds < 0 or self.warmup_seconds < 0:
+        if (self.min_iters < 1 or self.warmup_iters < 0 or self.min_seconds < 0 or self.warmup_seconds < 0
+                or self.block_idle < 0):
             raise ConfigError("iteration counts and durations must not be negative (min_iters at least 1)")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")

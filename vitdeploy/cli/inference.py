@@ -132,6 +132,11 @@ def bench(
     min_seconds: Annotated[
         float, typer.Option(help="Timed seconds per variant and batch size (at least).")
     ] = BenchRequest.min_seconds,
+    block_idle: Annotated[
+        float, typer.Option(help="Seconds nothing runs before each timed block, so that the previous variant's "
+                            "thread pool has stopped spinning (ONNX Runtime's spins 40-60 ms after a call). 0 for a "
+                            "quick check where that does not matter.")
+    ] = BenchRequest.block_idle,
     threads: Threads = None,
     end_to_end: Annotated[
         Optional[list[str]], typer.Option(help="Images (files, folders, globs; repeatable) to time decode / "
@@ -176,7 +181,7 @@ def bench(
     report = vitdeploy.bench(BenchRequest(
         model, bundle=bundle, preset=preset, variants=parse_variants(variants), runtimes=parse_runtimes(runtimes),
         batch_sizes=parse_batch_sizes(batch_sizes), warmup_iters=warmup_iters, warmup_seconds=warmup_seconds,
-        min_iters=min_iters, min_seconds=min_seconds, threads=threads, end_to_end=tuple(end_to_end or ()),
+        min_iters=min_iters, min_seconds=min_seconds, block_idle=block_idle, threads=threads, end_to_end=tuple(end_to_end or ()),
         p99_budget=p99_budget, baseline=baseline, max_regress=max_regress, output=output, plot=plot,
         progress=not json_output,
     ))
