@@ -95,6 +95,11 @@ class Blocks:
     block_warmup_calls: int = 1  # untimed calls at the start of each block (wake the variant's own pool)
     companion_calls: int = 2  # timed calls of each companion per timed round, all in its one block
 
+    @classmethod
+    def for_settings(cls, settings: BenchSettings) -> Blocks:
+        """The blocks a benchmark with `settings` runs: its idle time (--block-idle), fitted to its min_iters."""
+        return cls(idle_s=settings.block_idle).fitted(settings)
+
     def fitted(self, settings: BenchSettings) -> Blocks:
         """These blocks for `settings`: no more blocks than timed runs asked for (min_iters)."""
         return dataclasses.replace(self, count=min(self.count, settings.min_iters))

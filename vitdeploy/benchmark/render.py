@@ -128,7 +128,7 @@ def progress_display(
     if not progress_wanted(enabled, console.file):
         yield None
         return
-    with TerminalProgress(console, settings, blocks=Blocks(idle_s=settings.block_idle)) as progress:
+    with TerminalProgress(console, settings, blocks=Blocks.for_settings(settings)) as progress:
         yield progress
 
 

@@ -65,7 +65,7 @@ def benchmark(
         if on_point:
             on_point(batch_size, point_names)
 
-    blocks = Blocks(idle_s=settings.block_idle)
+    blocks = Blocks.for_settings(settings)
     with torch_threads(threads):
         env = environment(threads)  # before the run: the load average says what the figures competed with
         runners = [make_runner(VARIANTS[name], model, threads) for name in names]
@@ -101,7 +101,7 @@ def benchmark(
         points=points,
         end_to_end=e2e,
         created_at=now_iso(),
-        protocol=blocks.fitted(settings).to_dict(),
+        protocol=blocks.to_dict(),
     )
     report.best_variant = recommend_variant(report)
     return report

@@ -181,7 +181,8 @@ def bench(
     report = vitdeploy.bench(BenchRequest(
         model, bundle=bundle, preset=preset, variants=parse_variants(variants), runtimes=parse_runtimes(runtimes),
         batch_sizes=parse_batch_sizes(batch_sizes), warmup_iters=warmup_iters, warmup_seconds=warmup_seconds,
-        min_iters=min_iters, min_seconds=min_seconds, block_idle=block_idle, threads=threads, end_to_end=tuple(end_to_end or ()),
+        min_iters=min_iters, min_seconds=min_seconds, block_idle=block_idle, threads=threads,
+        end_to_end=tuple(end_to_end or ()),
         p99_budget=p99_budget, baseline=baseline, max_regress=max_regress, output=output, plot=plot,
         progress=not json_output,
     ))
