@@ -33,7 +33,7 @@ half when it merely shared the run with ORT int8 (24.5 -> 36.9 ms, issue 18). Be
 the same 3 repeats (load 3.6-4.5), the medians were 1.57x (ORT fp32), 1.41x (ORT int8) and 1.93x (OpenVINO) their
 figures alone per call, and 0.99x, 1.23x, 1.02x in blocks. On the quiet machine, with alone and together points
 alternating four times and pooled (single points scatter 0.5-1.5x there: the VM has slow phases of a second or
-two), every figure of 3 repeats was within 0.95-1.14x of the variant's own figure alone. The
+two), all 18 figures of 2 runs x 3 repeats were within 0.95-1.14x of the variant's own figure alone. The
 idle time is 0.2 s, twice the longest spin measured; the GEMMs run after the timed blocks because under load a
 spinning thread's wall time stretches past any fixed idle time. Spinning is left on: it is how ORT runs by
 default, and within a block it only serves the variant's own next call.
