@@ -82,8 +82,8 @@ def busy_after_call(run: Any, calls: int = 20, horizon_s: float = 0.4) -> list[f
 
 
 def spin(model_dir: Path, threads: int) -> dict[str, Any]:
-    from vitdeploy.bundle import load_bundle
-    from vitdeploy.onnx_file import INPUT_NAME
+    from vitdeploy.files.bundle import load_bundle
+    from vitdeploy.files.onnx_file import INPUT_NAME
     from vitdeploy.runtimes import open_runtime
     from vitdeploy.runtimes.ort import make_session
 
@@ -122,7 +122,7 @@ def spin(model_dir: Path, threads: int) -> dict[str, Any]:
 
 def sessions(model_dir: Path, threads: int, spin: bool) -> dict[str, Any]:
     """name -> one batch-1 inference: ORT fp32 and int8 (spinning as asked) and OpenVINO f32."""
-    from vitdeploy.onnx_file import INPUT_NAME
+    from vitdeploy.files.onnx_file import INPUT_NAME
     from vitdeploy.runtimes import open_runtime
     from vitdeploy.runtimes.ort import make_session
 
@@ -375,8 +375,8 @@ def summary(results: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    from vitdeploy.provenance import machine as describe
-    from vitdeploy.provenance import package_versions
+    from vitdeploy.core.provenance import machine as describe
+    from vitdeploy.core.provenance import package_versions
 
     return {**describe(), "versions": package_versions(), "load_average": os.getloadavg()}
 

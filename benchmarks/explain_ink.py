@@ -14,10 +14,10 @@ import argparse
 
 import torch
 
-from vitdeploy import images
-from vitdeploy.bundle import load_bundle
-from vitdeploy.data import heldout_images
+from vitdeploy.core import images
 from vitdeploy.explanation import maps
+from vitdeploy.files.bundle import load_bundle
+from vitdeploy.training.data import heldout_images
 
 INK_LEVEL = 0.5
 

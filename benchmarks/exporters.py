@@ -25,16 +25,16 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from vitdeploy import graph_variants
+from vitdeploy.core.atomic import atomic_write_json
+from vitdeploy.core.config import get_preset
+from vitdeploy.core.provenance import machine, now_iso, package_versions
+from vitdeploy.exporting import exporter as export
+from vitdeploy.exporting import graphs as graph_variants
+from vitdeploy.files.bundle import BundleInfo
+from vitdeploy.files.onnx_file import save_onnx
+from vitdeploy.model.vit import build_model, logits_in_batches
 from vitdeploy.runtimes import ort as runtime
 from vitdeploy.runtimes.registry import open_runtime
-from vitdeploy import onnx_export as export
-from vitdeploy.atomic import atomic_write_json
-from vitdeploy.bundle import BundleInfo
-from vitdeploy.config import get_preset
-from vitdeploy.model import build_model, logits_in_batches
-from vitdeploy.onnx_file import save_onnx
-from vitdeploy.provenance import machine, now_iso, package_versions
 
 
 def ort_optimized_nodes(path: Path) -> int:

@@ -21,19 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from bundle_runs import bundle_parser, named_bundles
 
 from vitdeploy import benchmark as bench
-from vitdeploy import accuracy_gate, precision
-from vitdeploy import onnx_export as export
-from vitdeploy.config import parse_batch_sizes
-from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
-from vitdeploy.bundle import load_bundle, read_bundle_info
+from vitdeploy.core.atomic import atomic_write_bytes, atomic_write_json
+from vitdeploy.core.config import parse_batch_sizes
+from vitdeploy.exporting import exporter as export
+from vitdeploy.exporting import gate as accuracy_gate
+from vitdeploy.exporting import ladder as precision
+from vitdeploy.files.bundle import load_bundle, read_bundle_info
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "precision"
-SCHEMA = "vitdeploy.precision/1"
+SCHEMA = "vitdeploy.exporting.ladder/1"
 # Timed variant -> the file it runs (relative to the work folder) and what it is.
 FILES = {
     "ort-fp32": ("model.onnx", "fp32", "ONNX Runtime CPU, the plain export (ORT's own optimizations: ALL)"),

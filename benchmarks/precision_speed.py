@@ -57,7 +57,7 @@ class Candidate:
             return session.run
         import onnxruntime as ort
 
-        from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME
+        from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -108,9 +108,10 @@ GATED_FILES = {  # file -> (variant row it is judged as, runtime)
 
 def build(bundle: Path, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Every file in `work` (skipping the ones already there) and the gate's verdict on each; build facts."""
-    from vitdeploy import accuracy_gate, precision
-    from vitdeploy import onnx_export as export
-    from vitdeploy.bundle import load_bundle
+    from vitdeploy.exporting import exporter as export
+    from vitdeploy.exporting import gate as accuracy_gate
+    from vitdeploy.exporting import ladder as precision
+    from vitdeploy.files.bundle import load_bundle
 
     model, info = load_bundle(bundle)
     data = accuracy_gate.gate_data(model, info)
@@ -141,7 +142,8 @@ def _build_extra(model: Any, info: Any, work: Path, data: Any, let_through: Any,
     """The candidates that are not rows of the variant table."""
     import shutil
 
-    from vitdeploy import graph_variants, precision
+    from vitdeploy.exporting import graphs as graph_variants
+    from vitdeploy.exporting import ladder as precision
 
     calibration = precision.calibration_inputs(info)
     if not (work / "dynamic" / "model.int8.onnx").is_file():
@@ -168,8 +170,8 @@ def _build_extra(model: Any, info: Any, work: Path, data: Any, let_through: Any,
 
 
 def _save_described(proto: Any, work: Path, file: str, variant: str, quantization: dict[str, Any]) -> None:
-    from vitdeploy.onnx_file import read_metadata, save_onnx
-    from vitdeploy.precision import describe_variant
+    from vitdeploy.exporting.ladder import describe_variant
+    from vitdeploy.files.onnx_file import read_metadata, save_onnx
 
     describe_variant(proto, read_metadata(work / "model.onnx"), variant, None, quantization)
     save_onnx(proto, work / file)
@@ -192,8 +194,8 @@ def _int8_qoperator(base: Path, calibration: np.ndarray, workdir: Path) -> Any:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from vitdeploy.graph_variants import linear_matmuls
-    from vitdeploy.onnx_file import INPUT_NAME
+    from vitdeploy.exporting.graphs import linear_matmuls
+    from vitdeploy.files.onnx_file import INPUT_NAME
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
@@ -266,7 +268,7 @@ def profile(work: Path, threads: int, batch: np.ndarray) -> dict[str, Any]:
     import onnxruntime as ort
     import openvino as ov
 
-    from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME
+    from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME
     from vitdeploy.runtimes.openvino import core
 
     result: dict[str, Any] = {"batch_size": len(batch)}
@@ -370,8 +372,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from vitdeploy import benchmark as bench
-    from vitdeploy.accuracy_gate import gate_data
-    from vitdeploy.bundle import load_bundle
+    from vitdeploy.exporting.gate import gate_data
+    from vitdeploy.files.bundle import load_bundle
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -403,7 +405,7 @@ def main() -> int:
 
 
 def _write(name: str, report: dict[str, Any]) -> int:
-    from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
+    from vitdeploy.core.atomic import atomic_write_bytes, atomic_write_json
 
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / f"{name}.json", report)

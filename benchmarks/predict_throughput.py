@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vitdeploy import images
+from vitdeploy.core import images
+from vitdeploy.core.config import get_preset
+from vitdeploy.prediction import local as predict
 from vitdeploy.runtimes import Session, open_runtime
 from vitdeploy.runtimes import ort as runtime
-from vitdeploy import prediction as predict
-from vitdeploy.config import get_preset
 
 
 def make_jpegs(folder: Path, count: int, size: tuple[int, int] = (640, 480), quality: int = 90) -> list[Path]:
@@ -59,9 +59,9 @@ def make_jpegs(folder: Path, count: int, size: tuple[int, int] = (640, 480), qua
 def export_random_model(preset: str, out: Path) -> Path:
     import torch
 
-    from vitdeploy.bundle import BundleInfo
-    from vitdeploy.onnx_export import export_model
-    from vitdeploy.model import build_model
+    from vitdeploy.exporting.exporter import export_model
+    from vitdeploy.files.bundle import BundleInfo
+    from vitdeploy.model.vit import build_model
 
     chosen = get_preset(preset)
     torch.manual_seed(0)

@@ -47,8 +47,8 @@ from checkpoints import (  # noqa: E402  (the test suite's checkpoint builders)
 )
 
 import vitdeploy  # noqa: E402
-from vitdeploy.atomic import atomic_write_json  # noqa: E402
-from vitdeploy.provenance import machine, now_iso, package_versions  # noqa: E402
+from vitdeploy.core.atomic import atomic_write_json  # noqa: E402
+from vitdeploy.core.provenance import machine, now_iso, package_versions  # noqa: E402
 
 ARCHS = {"vit-ti16": VIT_TI16, "vit-b16": VIT_B16}
 LABELS = [f"class_{i}" for i in range(10)]
@@ -104,9 +104,9 @@ def finetune(per_class: int, epochs: int, work: Path) -> dict[str, Any]:
     before any step, fine-tune with the defaults (epochs as given), measure again."""
     from photo_regions import write_folder
 
-    from vitdeploy.data import load_training_data
-    from vitdeploy.finetune import FINETUNE, initial_model
-    from vitdeploy.training import evaluate, plan_run, TrainRequest
+    from vitdeploy.training.data import load_training_data
+    from vitdeploy.training.finetune import FINETUNE, initial_model
+    from vitdeploy.training.run import TrainRequest, evaluate, plan_run
 
     write_folder(work / "regions", per_class)
     model = hf_vit([f"imagenet_{i}" for i in range(1000)], **VIT_TI16, **TIMM_SETTINGS)

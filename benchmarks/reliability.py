@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vitdeploy.provenance import machine
+from vitdeploy.core.provenance import machine
 
 REPO = Path(__file__).resolve().parents[1]
 

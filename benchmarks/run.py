@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from vitdeploy import benchmark as bench
-from vitdeploy.config import parse_batch_sizes
-from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
+from vitdeploy.core.atomic import atomic_write_bytes, atomic_write_json
+from vitdeploy.core.config import parse_batch_sizes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUITES = {

@@ -27,9 +27,9 @@ from typing import Any
 from bundle_runs import bundle_parser, named_bundles
 
 import vitdeploy
-from vitdeploy.atomic import atomic_write_bytes, atomic_write_json
-from vitdeploy.bundle import read_bundle_info
-from vitdeploy.config import parse_batch_sizes
+from vitdeploy.core.atomic import atomic_write_bytes, atomic_write_json
+from vitdeploy.core.config import parse_batch_sizes
+from vitdeploy.files.bundle import read_bundle_info
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "runtimes"

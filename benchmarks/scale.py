@@ -30,12 +30,11 @@ import threading
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).parent))
 from predict_throughput import export_random_model, make_jpegs  # noqa: E402
 
-from vitdeploy.provenance import machine  # noqa: E402
 import vitdeploy  # noqa: E402
+from vitdeploy.core.provenance import machine  # noqa: E402
 
 
 def load() -> list[float]:

@@ -136,7 +136,7 @@ def percentile(values: list[float], q: float) -> float:
 def environment() -> dict[str, Any]:
     import importlib.metadata
 
-    from vitdeploy.provenance import git_commit, machine, package_versions
+    from vitdeploy.core.provenance import git_commit, machine, package_versions
 
     versions = package_versions()
     for name in ("uvicorn", "starlette", "tritonclient"):
@@ -157,8 +157,8 @@ def export_model(preset: str, folder: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
     from builders import make_bundle
 
-    from vitdeploy.config import get_preset
-    from vitdeploy.onnx_export import export_onnx
+    from vitdeploy.core.config import get_preset
+    from vitdeploy.exporting.exporter import export_onnx
 
     bundle = make_bundle(folder / "bundle", get_preset(preset).model)
     return export_onnx(bundle, folder / "model.onnx", verify=False).path

@@ -42,10 +42,10 @@ from checkpoints import (
 )
 
 import vitdeploy
-from vitdeploy import images
-from vitdeploy.atomic import atomic_write_json
-from vitdeploy.config import PreprocessSpec
-from vitdeploy.provenance import machine, now_iso, package_versions
+from vitdeploy.core import images
+from vitdeploy.core.atomic import atomic_write_json
+from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.provenance import machine, now_iso, package_versions
 from vitdeploy.runtimes import open_runtime
 
 LABELS = [f"class_{i}" for i in range(10)]

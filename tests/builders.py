@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-
 import struct
 import zlib
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from vitdeploy.config import ModelConfig, PreprocessSpec
+from vitdeploy.core.config import ModelConfig, PreprocessSpec
 
 # Tiny enough that export and parity take a fraction of a second; two blocks so "the first diverging block" means
 # something.
@@ -35,8 +34,8 @@ def make_bundle(
     are equal (a freshly initialised ViT has many identical zero biases, which exporters deduplicate)."""
     import torch
 
-    from vitdeploy.bundle import BundleInfo, save_bundle
-    from vitdeploy.model import build_model
+    from vitdeploy.files.bundle import BundleInfo, save_bundle
+    from vitdeploy.model.vit import build_model
 
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -54,7 +53,7 @@ def make_bundle(
 def export_tiny_onnx(out: Path, cfg: ModelConfig = TINY, exporter: str | None = None) -> Path:
     """A tiny self-describing .onnx made the way users make them: a bundle, then vitdeploy's exporter (without the
     parity check, which is export's own test)."""
-    from vitdeploy.onnx_export import export_onnx
+    from vitdeploy.exporting.exporter import export_onnx
 
     bundle = make_bundle(out.parent / f"{out.stem}-bundle", cfg)
     return export_onnx(bundle, out, verify=False, exporter=exporter).path
@@ -69,7 +68,7 @@ def corrupt_block_weight(src: Path, dst: Path, bundle: Path, block: int, delta: 
     import onnx
     from onnx import numpy_helper
 
-    from vitdeploy.bundle import load_bundle
+    from vitdeploy.files.bundle import load_bundle
 
     model, _ = load_bundle(bundle)
     weight = model.blocks[block].mlp.fc2.weight.detach().numpy()

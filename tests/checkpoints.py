@@ -139,7 +139,7 @@ def predict_against_reference(onnx_path: Path, photos: list[Path], reference: np
     top-1 agreement from predict's rows, and the largest |logit difference| of predict's own pipeline (its
     decoding, preprocessing and session), overall and per file format."""
     import vitdeploy
-    from vitdeploy.prediction import load_model_input
+    from vitdeploy.prediction.local import load_model_input
     from vitdeploy.runtimes import open_runtime
 
     summary = vitdeploy.predict([str(p) for p in photos], model=onnx_path)

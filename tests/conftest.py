@@ -47,7 +47,7 @@ def tiny_onnx(tmp_path_factory) -> Path:
 def digits_bundle(tmp_path_factory) -> Path:
     """The default model (the digits preset on the embedded digits) trained briefly: the default's architecture,
     data, preprocessing and recorded held-out split. Shared read-only."""
-    from vitdeploy.training import TrainRequest, train
+    from vitdeploy.training.run import TrainRequest, train
 
     return train(TrainRequest(preset="digits", epochs=QUICK_EPOCHS, out=tmp_path_factory.mktemp("digits"))).best
 

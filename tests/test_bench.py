@@ -16,19 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import make_bundle
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from builders import make_bundle
-
 from vitdeploy import benchmark as bench
 from vitdeploy.cli import app
-from vitdeploy.config import ModelConfig
-from vitdeploy.data import DIGITS_NAME
+from vitdeploy.core.config import ModelConfig
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, ConfigError, DeviceError
-from vitdeploy.onnx_file import META_EXPORT
+from vitdeploy.files.onnx_file import META_EXPORT
 from vitdeploy.runtimes.ort import CPU, cuda_status
+from vitdeploy.training.data import DIGITS_NAME
 
 # The digits' 10 classes, so that export's accuracy gate can judge the variants on the held-out digits.
 CFG = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=10)
@@ -45,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(model.onnx, bundle) as `vitdeploy export BUNDLE --optimize --precision int8 --no-verify` leaves them:
     model.fp32-opt.onnx and model.int8.onnx (static, through the accuracy gate) beside model.onnx."""
-    from vitdeploy.onnx_export import export_onnx
+    from vitdeploy.exporting.exporter import export_onnx
 
     bundle = make_bundle(tmp_path_factory.mktemp("bench") / "bundle", CFG, dataset=DIGITS)
     onnx_path = export_onnx(bundle, verify=False, variants=["fp32-opt", "int8"]).path
@@ -435,7 +434,7 @@ def test_a_missing_variant_file_names_the_export_command_that_makes_it(
 def test_a_variant_made_from_other_weights_is_not_timed(exported: tuple[Path, Path], tmp_path: Path) -> None:
     import onnx
 
-    from vitdeploy.onnx_file import set_metadata
+    from vitdeploy.files.onnx_file import set_metadata
 
     for name in ("model.onnx", "model.int8.onnx"):
         shutil.copy(exported[0].with_name(name), tmp_path / name)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitdeploy.atomic import atomic_write, atomic_write_many
-from vitdeploy.bundle import CONFIG_FILE, BundleInfo, bundle_file, load_bundle, load_train_state, save_bundle
-from vitdeploy.discovery import find_latest_bundle
-from vitdeploy.config import ModelConfig, get_preset
+from vitdeploy.core.atomic import atomic_write, atomic_write_many
+from vitdeploy.core.config import ModelConfig, get_preset
 from vitdeploy.errors import BundleError
-from vitdeploy.model import build_model
+from vitdeploy.files.bundle import CONFIG_FILE, BundleInfo, bundle_file, load_bundle, load_train_state, save_bundle
+from vitdeploy.files.discovery import find_latest_bundle
+from vitdeploy.model.vit import build_model
 
 TINY = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=3)
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from vitdeploy import requests
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT
-from vitdeploy.training import TrainRequest, train
+from vitdeploy.training.run import TrainRequest, train
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -78,10 +78,10 @@ def test_samples_writes_heldout_digits_named_by_label(tmp_path: Path) -> None:
 
 
 def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Path) -> None:
+    from builders import make_bundle
     from PIL import Image
 
-    from builders import make_bundle
-    from vitdeploy.onnx_export import export_onnx
+    from vitdeploy.exporting.exporter import export_onnx
 
     model = export_onnx(make_bundle(tmp_path / "b"), verify=False).path
     for i in range(64):
@@ -162,7 +162,7 @@ def test_the_cli_passes_one_request_to_the_package_function(monkeypatch) -> None
 
 def test_the_api_takes_a_request_or_its_fields(tmp_path: Path, monkeypatch) -> None:
     import vitdeploy
-    from vitdeploy import prediction
+    from vitdeploy.prediction import local as prediction
 
     seen = []
     monkeypatch.setattr(prediction, "predict", seen.append)

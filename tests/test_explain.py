@@ -16,13 +16,13 @@ from builders import TINY
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy import images
-from vitdeploy.bundle import load_bundle
 from vitdeploy.cli import app
-from vitdeploy.data import heldout_images
+from vitdeploy.core import images
 from vitdeploy.explanation import maps
-from vitdeploy.onnx_export import export_model
-from vitdeploy.model import build_model
+from vitdeploy.exporting.exporter import export_model
+from vitdeploy.files.bundle import load_bundle
+from vitdeploy.model.vit import build_model
+from vitdeploy.training.data import heldout_images
 
 pytestmark = pytest.mark.slow  # trains the digits model and draws figures
 

@@ -12,12 +12,12 @@ import torch
 from builders import LABELS, TINY, make_bundle
 from typer.testing import CliRunner
 
-from vitdeploy import onnx_export as export, onnx_file
-from vitdeploy.runtimes import ort as runtime
-from vitdeploy.bundle import load_bundle
 from vitdeploy.cli import app
-from vitdeploy.errors import ConfigError
-from vitdeploy.errors import ParityError
+from vitdeploy.errors import ConfigError, ParityError
+from vitdeploy.exporting import exporter as export
+from vitdeploy.files import onnx_file
+from vitdeploy.files.bundle import load_bundle
+from vitdeploy.runtimes import ort as runtime
 
 runner = CliRunner()
 # fp32 parity the issue demands; measured differences on these tiny models are ~1e-7.
@@ -183,7 +183,7 @@ def test_no_verify_skips_parity(tmp_path):
     result = export.export_onnx(bundle, tmp_path / "m.onnx", verify=False)
     assert result.parity is None and result.path.is_file()
     proto = onnx.load(str(result.path))
-    assert "vitdeploy.parity" not in {p.key for p in proto.metadata_props}
+    assert "vitdeploy.verification.parity" not in {p.key for p in proto.metadata_props}
 
 
 @pytest.mark.slow

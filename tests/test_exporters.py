@@ -11,10 +11,11 @@ import pytest
 from builders import captured_notes, corrupt_block_weight, make_bundle
 from typer.testing import CliRunner
 
-from vitdeploy import onnx_export as export, onnx_file
-from vitdeploy.runtimes import ort as runtime
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError
+from vitdeploy.exporting import exporter as export
+from vitdeploy.files import onnx_file
+from vitdeploy.runtimes import ort as runtime
 
 pytestmark = pytest.mark.slow  # both exporters, dynamo's takes seconds per export
 

@@ -18,12 +18,13 @@ pytest.importorskip("transformers")
 
 from builders import captured_notes, smooth_rgb  # noqa: E402
 from checkpoints import SMALL, hf_vit, save_hf  # noqa: E402
+
 from vitdeploy import import_model  # noqa: E402
-from vitdeploy.bundle import load_bundle, read_bundle_info  # noqa: E402
 from vitdeploy.cli import app  # noqa: E402
 from vitdeploy.errors import ConfigError  # noqa: E402
-from vitdeploy.finetune import FINETUNE, initial_model, resample_pos_embed  # noqa: E402
-from vitdeploy.training import TrainRequest, plan_run, train  # noqa: E402
+from vitdeploy.files.bundle import load_bundle, read_bundle_info  # noqa: E402
+from vitdeploy.training.finetune import FINETUNE, initial_model, resample_pos_embed  # noqa: E402
+from vitdeploy.training.run import TrainRequest, plan_run, train  # noqa: E402
 
 runner = CliRunner()
 SOURCE_LABELS = ["red", "green", "blue", "grey"]
@@ -111,7 +112,7 @@ def test_resampling_to_the_same_grid_changes_nothing() -> None:
 
 
 def test_shorter_side_specs_keep_their_crop_fraction_at_another_size() -> None:
-    from vitdeploy.config import PreprocessSpec
+    from vitdeploy.core.config import PreprocessSpec
 
     spec = PreprocessSpec(image_size=224, resize_size=248, interpolation="bicubic")  # timm: crop_pct 0.9
     assert spec.resized(384).resize_size == 425 and spec.resized(384).interpolation == "bicubic"

@@ -1,7 +1,7 @@
 import pytest
 
-from vitdeploy.config import ModelConfig, get_preset
-from vitdeploy.flops import count_macs
+from vitdeploy.core.config import ModelConfig, get_preset
+from vitdeploy.core.flops import count_macs
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import png_header_only, smooth_rgb
 from PIL import Image
 
-from builders import png_header_only, smooth_rgb
-from vitdeploy import images
-from vitdeploy.config import PreprocessSpec
-from vitdeploy.images import ImageDecodeError, decode_for_preprocess, decode_image, preprocess
+from vitdeploy.core import images
+from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.images import ImageDecodeError, decode_for_preprocess, decode_image, preprocess
 
 SPEC_224 = PreprocessSpec(image_size=224, resize_size=256)
 

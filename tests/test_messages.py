@@ -12,9 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from vitdeploy import extras
 from vitdeploy.cli import app
 from vitdeploy.cli.app import handle_errors, print_note, show_library_notes
+from vitdeploy.core import extras
 from vitdeploy.errors import EXIT_BAD_INPUT
 
 runner = CliRunner()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitdeploy.config import ModelConfig, PRESETS, get_preset
+from vitdeploy.core.config import PRESETS, ModelConfig, get_preset
 from vitdeploy.errors import ConfigError
-from vitdeploy.model import build_model, count_parameters, cross_entropy
+from vitdeploy.model.vit import build_model, count_parameters, cross_entropy
 
 TINY = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=3)
 

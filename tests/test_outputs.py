@@ -1,4 +1,4 @@
-"""The output-path rule (vitdeploy/outputs.py): every -o/--out is a new or empty folder, or one vitdeploy wrote of
+"""The output-path rule (vitdeploy/files/outputs.py): every -o/--out is a new or empty folder, or one vitdeploy wrote of
 that kind; anything else, an unwritable place, a file where a folder goes (or the reverse) is exit 2 and changes
 nothing. Each test failed at c9361bf."""
 
@@ -45,7 +45,7 @@ def foreign_folder(path: Path) -> Path:
 
 
 def test_new_empty_and_own_folders_pass_and_others_are_named(tmp_path):
-    from vitdeploy.outputs import BUNDLE, RUN, TRITON, check_output_folder
+    from vitdeploy.files.outputs import BUNDLE, RUN, TRITON, check_output_folder
 
     assert check_output_folder(tmp_path / "new" / "deeper", BUNDLE) == tmp_path / "new" / "deeper"
     (tmp_path / "empty").mkdir()
@@ -62,7 +62,7 @@ def test_new_empty_and_own_folders_pass_and_others_are_named(tmp_path):
 
 
 def test_each_kind_is_recognised_by_what_vitdeploy_writes_into_it(tmp_path):
-    from vitdeploy.outputs import BUNDLE, EXPLAIN, SAMPLES, check_output_folder, marked, write_marker
+    from vitdeploy.files.outputs import BUNDLE, EXPLAIN, SAMPLES, check_output_folder, marked, write_marker
 
     explain = tmp_path / "explain"
     explain.mkdir()

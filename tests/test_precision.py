@@ -6,19 +6,21 @@ import json
 
 import numpy as np
 import pytest
+from builders import make_bundle  # noqa: E402
 from typer.testing import CliRunner
 
-from builders import make_bundle  # noqa: E402
-
-from vitdeploy.requests import VerifyRequest
-from vitdeploy import accuracy_gate, graph_variants, parity, precision
-from vitdeploy.runtimes import ort as runtime  # noqa: E402
-from vitdeploy.variants import EXPORT
-from vitdeploy import onnx_export as export  # noqa: E402
 from vitdeploy.cli import app  # noqa: E402
-from vitdeploy.config import ModelConfig  # noqa: E402
-from vitdeploy.data import DIGITS_NAME  # noqa: E402
+from vitdeploy.core.config import ModelConfig  # noqa: E402
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, ConfigError  # noqa: E402
+from vitdeploy.exporting import exporter as export  # noqa: E402
+from vitdeploy.exporting import gate as accuracy_gate
+from vitdeploy.exporting import graphs as graph_variants
+from vitdeploy.exporting import ladder as precision
+from vitdeploy.files.variants import EXPORT
+from vitdeploy.requests import VerifyRequest
+from vitdeploy.runtimes import ort as runtime  # noqa: E402
+from vitdeploy.training.data import DIGITS_NAME  # noqa: E402
+from vitdeploy.verification import parity
 
 DIGITS = {"source": DIGITS_NAME, "split": "seeded-permutation", "split_seed": 0, "val_fraction": 0.2}
 # Tiny, but with the digits' 10 classes so that the bundle's held-out split (359 real images) can judge it.
@@ -90,7 +92,7 @@ def test_variant_files_describe_themselves(ladder, variant, precision):
 
 @pytest.mark.parametrize("variant", ["fp32-opt", "fp16", "int8"])
 def test_verify_knows_each_precision(ladder, variant):
-    from vitdeploy import verification as verify
+    from vitdeploy.verification import run as verify
 
     report = verify.verify(VerifyRequest(ladder[2][variant].path, batch_sizes=(1, 7)), num_real=16, num_random=8)
     assert report.passed, report.failures()
@@ -111,7 +113,7 @@ def test_static_int8_is_batch_independent_and_dynamic_is_not(ladder, tmp_path):
     """Why static is the default: fixed activation scales give each image the same result in any batch."""
     import shutil
 
-    from vitdeploy.bundle import load_bundle
+    from vitdeploy.files.bundle import load_bundle
 
     bundle, base, variants = ladder
     model, info = load_bundle(bundle)
@@ -202,7 +204,7 @@ def test_unknown_precision_and_missing_held_out_images_are_bad_input(tmp_path):
 def test_one_table_holds_every_fact_about_a_variant():
     from pathlib import Path
 
-    from vitdeploy import variants
+    from vitdeploy.files import variants
 
     assert precision.PRECISIONS == ("fp32", "fp16", "int8", "ov-bf16", "ov-int8", "ov-int8-bf16")
     assert variants.EXPORT["int8"].path(Path("m/model.onnx")) == Path("m/model.int8.onnx")
@@ -221,8 +223,8 @@ def test_one_table_holds_every_fact_about_a_variant():
 def test_a_variant_added_by_one_row_is_requested_built_described_and_checked(tiny_onnx, tmp_path, monkeypatch):
     import shutil
 
-    from vitdeploy import variants
     from vitdeploy.benchmark.artifacts import build_variant_files
+    from vitdeploy.files import variants
     from vitdeploy.runtimes import open_runtime
 
     row = variants.ExportVariant("fp32-copy", "fp32", "ort", "the same graph again", variants.FP32, "build_same_graph")

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import SPEC, WITHOUT_TRAINING_EXTRA, png_header_only, smooth_rgb
 from PIL import Image
 from typer.testing import CliRunner
 
-from builders import SPEC, WITHOUT_TRAINING_EXTRA, png_header_only, smooth_rgb
-from vitdeploy import prediction as predict_module
+from vitdeploy.cli import app
+from vitdeploy.core.inputs import expand_inputs
+from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
+from vitdeploy.files.discovery import find_latest_model
+from vitdeploy.prediction import local as predict_module
+from vitdeploy.prediction.local import PredictRequest, predict
 from vitdeploy.runtimes import ort as runtime
 from vitdeploy.runtimes.ort import OrtSession
-from vitdeploy.cli import app
-from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
-from vitdeploy.discovery import find_latest_model
-from vitdeploy.inputs import expand_inputs
-from vitdeploy.prediction import PredictRequest, predict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def test_prediction_does_not_depend_on_batch_size_or_batch_neighbours(tmp_path, 
 
 
 def test_predict_input_tensor_equals_training_evaluation_tensor(tmp_path, tiny_onnx, monkeypatch):
-    data = pytest.importorskip("vitdeploy.data")
+    data = pytest.importorskip("vitdeploy.training.data")
     root = tmp_path / "data"
     for split in ("train", "val"):
         for label in ("cat", "dog", "bird"):
@@ -346,7 +346,7 @@ def test_library_summary(tmp_path, tiny_onnx, good_images):
 
 def test_progress_is_drawn_on_a_terminal_only_and_never_on_stdout(tmp_path, tiny_onnx, good_images, monkeypatch,
                                                                   capsys):
-    from vitdeploy import progress
+    from vitdeploy.core import progress
 
     paths = [str(p) for p in good_images]
 

@@ -32,10 +32,11 @@ from checkpoints import (  # noqa: E402
     timm_eval_transform,
     timm_state_dict,
 )
+
 from vitdeploy import import_model  # noqa: E402
-from vitdeploy.bundle import load_bundle, read_bundle_info  # noqa: E402
 from vitdeploy.cli import app  # noqa: E402
 from vitdeploy.errors import EXIT_BAD_INPUT, CheckpointError  # noqa: E402
+from vitdeploy.files.bundle import load_bundle, read_bundle_info  # noqa: E402
 from vitdeploy.pretrained import file_sha256  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_hugging_face_folder_gives_the_reference_logits(small_hf, tmp_path: Path
 
 
 def test_tanh_gelu_and_qkv_without_bias_give_the_reference_logits_and_export(tmp_path: Path) -> None:
-    from vitdeploy.onnx_export import export_onnx
+    from vitdeploy.exporting.exporter import export_onnx
 
     model = hf_vit(LABELS, seed=3, **SMALL, hidden_act="gelu_pytorch_tanh", qkv_bias=False)
     result = import_model(save_hf(model, tmp_path / "hf"), tmp_path / "b")
@@ -357,7 +358,7 @@ for source, out in zip(sys.argv[1::2], sys.argv[2::2]):
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    from vitdeploy.bundle import bundle_file
+    from vitdeploy.files.bundle import bundle_file
 
     assert bundle_file(tmp_path / "hf", "weights").is_file() and bundle_file(tmp_path / "t", "weights").is_file()
 
@@ -383,7 +384,7 @@ def test_real_photos_match_hugging_face_preprocessing_and_model(small_hf, tmp_pa
     from PIL import Image
     from transformers import ViTImageProcessor
 
-    from vitdeploy.onnx_export import export_onnx
+    from vitdeploy.exporting.exporter import export_onnx
 
     model, folder = small_hf
     paths = sample_photos(tmp_path / "photos")
@@ -399,7 +400,7 @@ def test_real_photos_match_hugging_face_preprocessing_and_model(small_hf, tmp_pa
 def test_real_photos_match_timm_eval_transform_and_model(small_timm, tmp_path: Path) -> None:
     from PIL import Image
 
-    from vitdeploy.onnx_export import export_onnx
+    from vitdeploy.exporting.exporter import export_onnx
 
     model, path = small_timm
     paths = sample_photos(tmp_path / "photos")

@@ -19,9 +19,9 @@ from builders import smooth_rgb
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from vitdeploy.runtimes import ort as runtime
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, EXIT_PARTIAL, ModelFileError
+from vitdeploy.runtimes import ort as runtime
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -46,7 +46,7 @@ def images(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def nan_onnx(tiny_onnx, tmp_path_factory) -> Path:
     """The tiny model with its head bias set to NaN: a tampered or foreign file that answers NaN for everything."""
-    from vitdeploy.bundle import load_bundle
+    from vitdeploy.files.bundle import load_bundle
 
     model, _ = load_bundle(runtime.load_model_info(tiny_onnx).export["bundle"])
     bias = model.head.bias.detach().numpy()
@@ -147,7 +147,7 @@ def test_recursive_globs_end_on_link_cycles_and_list_each_file_once(tiny_onnx, t
     smooth_rgb(22, 20).save(root / "a" / "b" / "two.png")
     (root / "a" / "b" / "up").symlink_to(root / "a")  # a cycle
     (root / "a" / "loop").symlink_to(root)  # and another
-    code = ("import sys, json; from vitdeploy.inputs import expand_inputs; "
+    code = ("import sys, json; from vitdeploy.core.inputs import expand_inputs; "
             "print(json.dumps([str(p) for p in expand_inputs(sys.argv[1:], recursive=True)[0]]))")
     done = subprocess.run([sys.executable, "-c", code, f"{root}/**/*.png", str(root)], capture_output=True,
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -209,7 +209,8 @@ def test_predict_on_a_full_disk_exits_2_naming_the_file_and_keeps_every_complete
 def test_predict_runs_vitdeploys_own_external_data_check(tiny_bundle, images, tmp_path, monkeypatch):
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    from vitdeploy import onnx_export, onnx_file, onnx_wire
+    from vitdeploy.exporting import exporter as onnx_export
+    from vitdeploy.files import onnx_file, onnx_wire
 
     monkeypatch.setattr(onnx_file, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # as if the model were over 2 GB
     path = onnx_export.export_onnx(tiny_bundle, tmp_path / "deploy" / "m.onnx", verify=False).path
@@ -237,8 +238,8 @@ SAVE_AND_DIE = """
 import os, signal, sys
 import torch
 from builders import TINY
-from vitdeploy.bundle import load_bundle, save_bundle
-from vitdeploy.model import build_model
+from vitdeploy.files.bundle import load_bundle, save_bundle
+from vitdeploy.model.vit import build_model
 
 folder, die_at = sys.argv[1], int(sys.argv[2])
 _, info = load_bundle(folder)
@@ -261,9 +262,9 @@ save_bundle(folder, build_model(TINY), info, train_state={"epoch": 2})
 @pytest.mark.slow
 def test_a_save_killed_before_any_of_its_renames_leaves_the_previous_bundle(tmp_path):
     import torch
-
     from builders import make_bundle
-    from vitdeploy.bundle import load_bundle, load_train_state, save_bundle
+
+    from vitdeploy.files.bundle import load_bundle, load_train_state, save_bundle
 
     folder = make_bundle(tmp_path / "last")
     model, info = load_bundle(folder)
@@ -289,7 +290,8 @@ def test_a_save_killed_before_any_of_its_renames_leaves_the_previous_bundle(tmp_
 
 def test_a_bundle_saved_before_content_named_files_still_loads(tmp_path):
     from builders import make_bundle
-    from vitdeploy.bundle import bundle_file, load_bundle
+
+    from vitdeploy.files.bundle import bundle_file, load_bundle
 
     folder = make_bundle(tmp_path / "b")
     config = json.loads((folder / "config.json").read_text())
@@ -303,7 +305,8 @@ def test_a_bundle_saved_before_content_named_files_still_loads(tmp_path):
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
 def test_damaged_weights_are_named_as_such_not_as_a_mixed_save(tmp_path, damage):
     from builders import make_bundle
-    from vitdeploy.bundle import BundleError, bundle_file, load_bundle
+
+    from vitdeploy.files.bundle import BundleError, bundle_file, load_bundle
 
     folder = make_bundle(tmp_path / "b")
     weights = bundle_file(folder, "weights")
@@ -317,7 +320,8 @@ def test_a_pickled_train_state_is_refused_without_passing_on_torchs_advice(tmp_p
     import pickle
 
     from builders import make_bundle
-    from vitdeploy.bundle import BundleError, bundle_file, load_bundle, load_train_state, save_bundle
+
+    from vitdeploy.files.bundle import BundleError, bundle_file, load_bundle, load_train_state, save_bundle
 
     class Payload:
         def __reduce__(self):
@@ -368,6 +372,7 @@ def test_the_server_never_answers_nan(nan_onnx, images):
 
     pytest.importorskip("uvicorn")
     from builders import running_server
+
     from vitdeploy.serving.protocol import build_infer_request
 
     with running_server(nan_onnx) as server:
@@ -392,7 +397,8 @@ def test_the_server_never_answers_nan(nan_onnx, images):
 def test_a_bundles_first_save_interrupted_leaves_no_folder(tmp_path, monkeypatch):
     """As train's first save of best/ under Ctrl-C: no empty best/ behind; a killed one's staging is cleaned up."""
     from builders import make_bundle
-    from vitdeploy.bundle import load_bundle, save_bundle
+
+    from vitdeploy.files.bundle import load_bundle, save_bundle
 
     model, info = load_bundle(make_bundle(tmp_path / "source"))
     best = tmp_path / "run" / "best"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
-from vitdeploy.runtimes import ort as runtime
 from builders import LABELS, SPEC, TINY, captured_notes
+
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
+from vitdeploy.runtimes import ort as runtime
 
 
 def test_probe_model_bytes_are_the_onnx_helper_model():
@@ -103,7 +102,7 @@ def test_load_model_info_rejects_onnx_without_metadata(tmp_path):
 def test_run_batch_matches_torch_at_several_batch_sizes(tiny_onnx):
     import torch
 
-    from vitdeploy.bundle import load_bundle
+    from vitdeploy.files.bundle import load_bundle
 
     model, _ = load_bundle(runtime.load_model_info(tiny_onnx).export["bundle"])  # the bundle it was exported from
     session, _ = runtime.make_session(tiny_onnx, device="cpu")

@@ -12,18 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import LABELS, captured_notes, smooth_rgb
 from PIL import Image
 from typer.testing import CliRunner
 
-from builders import LABELS, captured_notes, smooth_rgb
-
 from vitdeploy import runtimes
 from vitdeploy.cli import app
-from vitdeploy.errors import EXIT_BAD_INPUT, ConfigError, DeviceError, ModelFileError
-from vitdeploy.errors import MissingExtra
+from vitdeploy.errors import EXIT_BAD_INPUT, ConfigError, DeviceError, MissingExtra, ModelFileError
+from vitdeploy.files.variants import EXPORT
 from vitdeploy.runtimes import open_runtime, registry
 from vitdeploy.runtimes.ort import PROBE_MODEL, tensorrt_status
-from vitdeploy.variants import EXPORT
 
 pytestmark = pytest.mark.slow  # the default digits bundle on every runtime, OpenVINO's INT8 gate
 
@@ -39,7 +37,7 @@ def batch() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def digits_onnx(digits_bundle: Path) -> Path:
-    from vitdeploy.onnx_export import export_onnx
+    from vitdeploy.exporting.exporter import export_onnx
 
     return export_onnx(digits_bundle).path
 
@@ -204,8 +202,8 @@ def test_openvino_bf16_and_int8_variants_of_the_default_bundle_are_gated(digits_
     """Each passes its gate and is written, self-describing, or fails it with the figures and is not written."""
     import shutil
 
-    from vitdeploy import precision
-    from vitdeploy.bundle import load_bundle
+    from vitdeploy.exporting import ladder as precision
+    from vitdeploy.files.bundle import load_bundle
     from vitdeploy.runtimes.openvino import capabilities
 
     base = tmp_path / "model.onnx"
@@ -225,7 +223,7 @@ def test_openvino_bf16_and_int8_variants_of_the_default_bundle_are_gated(digits_
             assert recorded["runtime"] == "openvino" and recorded["variant"] == r.variant
             assert session.describe()["precision"] == EXPORT[r.variant].precision
             assert session.describe()["inference_precision"] == EXPORT[r.variant].inference_precision
-            assert json.loads(session.metadata["vitdeploy.parity"])["passed"]
+            assert json.loads(session.metadata["vitdeploy.verification.parity"])["passed"]
     int8 = next(r for r in results if r.variant == "ov-int8")
     assert int8.quantization["method"] == "nncf" and int8.quantization["format"] == "QDQ (ONNX)"
 
@@ -234,7 +232,7 @@ def test_openvino_bf16_and_int8_variants_of_the_default_bundle_are_gated(digits_
 def test_ov_bf16_file_is_refused_by_runtimes_it_was_not_made_for(digits_bundle, digits_onnx, tmp_path):
     import onnx
 
-    from vitdeploy.onnx_file import META_EXPORT, set_metadata
+    from vitdeploy.files.onnx_file import META_EXPORT, set_metadata
 
     proto = onnx.load(str(digits_onnx))
     export = {**json.loads(next(p.value for p in proto.metadata_props if p.key == META_EXPORT)),

@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import png_header_only, smooth_rgb, without_modules
 from typer.testing import CliRunner
 
 import vitdeploy
-from builders import png_header_only, smooth_rgb, without_modules
-from vitdeploy import prediction
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, ModelFileError
-from vitdeploy.prediction_rows import ROW_FIELDS, parquet_schema
+from vitdeploy.prediction import local as prediction
+from vitdeploy.prediction.rows import ROW_FIELDS, parquet_schema
 from vitdeploy.serving import kserve
 from vitdeploy.serving.repository_check import check_model_folder, parse_pbtxt
 
@@ -210,7 +210,7 @@ def test_a_ray_actor_gives_non_finite_and_unreadable_rows(tmp_path, images, tiny
     import numpy as np
     from onnx import numpy_helper
 
-    from vitdeploy.ray_prediction import ActorSpec, Classifier, model_files
+    from vitdeploy.prediction.ray import ActorSpec, Classifier, model_files
 
     onnx = pytest.importorskip("onnx")
     proto = onnx.load(tiny_onnx)
@@ -279,7 +279,6 @@ def test_service_names_are_kubernetes_names():
 
 def test_our_pbtxt_parser_reads_what_tritons_schema_reads(repository):
     from google.protobuf import json_format, text_format
-
     from test_serve_triton import model_config_pb2
 
     text = (repository / "Tiny_ViT.v2" / "config.pbtxt").read_text()

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from builders import png_header_only, running_server, smooth_rgb, without_modules
 from typer.testing import CliRunner
 
-from builders import png_header_only, running_server, smooth_rgb, without_modules
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT
 from vitdeploy.serving.protocol import HEADER_LENGTH, build_infer_request, parse_infer_response
@@ -85,7 +85,7 @@ def stats(server) -> dict[str, Any]:
 
 
 def preprocessed(paths: list[Path], tiny_onnx: Path) -> np.ndarray:
-    from vitdeploy.prediction import load_model_input
+    from vitdeploy.prediction.local import load_model_input
     from vitdeploy.runtimes.ort import load_model_info
 
     spec = load_model_info(tiny_onnx).preprocess

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 from vitdeploy.errors import RequestError
-from vitdeploy.serving.protocol import HEADER_LENGTH, ModelSignature, build_infer_request, \
-    encode_infer_response, parse_infer_request, parse_infer_response
+from vitdeploy.serving.protocol import (
+    HEADER_LENGTH,
+    ModelSignature,
+    build_infer_request,
+    encode_infer_response,
+    parse_infer_request,
+    parse_infer_response,
+)
 
 SIGNATURE = ModelSignature("tiny", (3, 4, 4), num_classes=3, max_batch_size=8)
 PIXELS = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)

@@ -9,9 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from vitdeploy import precision, quant_search
 from vitdeploy.errors import PrecisionError
-from vitdeploy.variants import EXPORT, PRECISIONS, VARIANTS
+from vitdeploy.exporting import ladder as precision
+from vitdeploy.exporting import quant_search
+from vitdeploy.files.variants import EXPORT, PRECISIONS, VARIANTS
 
 pytest.importorskip("openvino")
 
@@ -46,7 +47,7 @@ def test_refused_where_the_cpu_has_no_native_bf16(monkeypatch):
 @pytest.fixture(scope="module")
 def quantized_tiny(tiny_onnx, tmp_path_factory):
     """The tiny model with NNCF INT8 on every MatMul, the patch embedding and the head."""
-    from vitdeploy.graph_variants import to_ov_int8
+    from vitdeploy.exporting.graphs import to_ov_int8
 
     calibration = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
     proto, _ = to_ov_int8(tiny_onnx, calibration, tmp_path_factory.mktemp("q"), kept=[])
@@ -95,8 +96,8 @@ def test_search_keeps_the_sensitive_group_and_no_more(quantized_tiny, tiny_onnx)
 @pytest.mark.slow
 @needs_bf16
 def test_export_searches_gates_and_records_the_configuration(digits_bundle, tmp_path):
-    from vitdeploy.bundle import load_bundle
-    from vitdeploy.onnx_export import export_onnx
+    from vitdeploy.exporting.exporter import export_onnx
+    from vitdeploy.files.bundle import load_bundle
     from vitdeploy.runtimes import open_runtime
 
     base = tmp_path / "model.onnx"

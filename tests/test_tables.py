@@ -9,16 +9,15 @@ import json
 from pathlib import Path
 
 import pytest
+from builders import make_bundle
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from builders import make_bundle
-
 from vitdeploy.cli import app
 from vitdeploy.cli.tables import Cell, Table, column_groups, numeric, plain_text, print_table
-from vitdeploy.config import ModelConfig
-from vitdeploy.data import DIGITS_NAME
+from vitdeploy.core.config import ModelConfig
+from vitdeploy.training.data import DIGITS_NAME
 
 NARROW = {"COLUMNS": "40"}  # Rich would lay a table out in 40 columns, cutting cells short with "…"
 QUICK = ["--warmup-iters", "1", "--warmup-seconds", "0", "--min-iters", "2", "--min-seconds", "0", "--threads", "1",
@@ -72,7 +71,7 @@ def test_columns_are_grouped_to_fit_beside_the_key() -> None:
 
 @pytest.fixture(scope="module")
 def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vitdeploy.onnx_export import export_onnx
+    from vitdeploy.exporting.exporter import export_onnx
 
     bundle = make_bundle(tmp_path_factory.mktemp("tables") / "bundle", CFG, dataset=DIGITS)
     export_onnx(bundle, verify=False)

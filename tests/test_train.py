@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy.bundle import bundle_file, read_bundle_info
 from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError, DataError, DeviceError
-from vitdeploy.training import TrainRequest, train
+from vitdeploy.files.bundle import bundle_file, read_bundle_info
+from vitdeploy.training.run import TrainRequest, train
 
 pytestmark = pytest.mark.slow  # every test trains (torchrun, resume, Ctrl-C)
 

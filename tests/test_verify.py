@@ -13,13 +13,15 @@ from builders import TINY, corrupt_block_weight, make_bundle
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy.requests import VerifyRequest
-from vitdeploy import onnx_export as export, onnx_file, parity, verification as verify
-from vitdeploy.runtimes import ort as runtime
 from vitdeploy.cli import app
-from vitdeploy.config import parse_batch_sizes
-from vitdeploy.config import ModelConfig
+from vitdeploy.core.config import ModelConfig, parse_batch_sizes
 from vitdeploy.errors import ConfigError, ModelFileError
+from vitdeploy.exporting import exporter as export
+from vitdeploy.files import onnx_file
+from vitdeploy.requests import VerifyRequest
+from vitdeploy.runtimes import ort as runtime
+from vitdeploy.verification import parity
+from vitdeploy.verification import run as verify
 
 runner = CliRunner()
 
@@ -82,7 +84,7 @@ def test_a_corrupted_weight_fails_and_names_the_block(exported, tmp_path, block)
 
 
 def test_held_out_real_images_are_used_and_scored(tmp_path):
-    from vitdeploy.data import DIGITS_NAME
+    from vitdeploy.training.data import DIGITS_NAME
 
     dataset = {"source": DIGITS_NAME, "split": "seeded-permutation", "split_seed": 0, "val_fraction": 0.2}
     cfg = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=10)

@@ -15,14 +15,15 @@ from devtools_page import DevToolsPage
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy import images, runtimes
-from vitdeploy.browser import toolchain
+from vitdeploy import runtimes
 from vitdeploy.cli import app
-from vitdeploy.config import PreprocessSpec
+from vitdeploy.core import images
+from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.extras import MissingExtra
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
-from vitdeploy.extras import MissingExtra
 from vitdeploy.runtimes import open_runtime
-from vitdeploy.runtimes import web as web_runtime
+from vitdeploy.runtimes.web import session as web_runtime
+from vitdeploy.runtimes.web import toolchain
 
 runner = CliRunner()
 WEB_STATUS = runtimes.runtime_status("web")
@@ -114,7 +115,7 @@ def test_a_file_over_the_size_limit_is_refused_before_a_browser_starts(tiny_onnx
 def _with_export_record(tiny_onnx: Path, folder: Path, **record: object) -> Path:
     import onnx
 
-    from vitdeploy.onnx_file import META_EXPORT, set_metadata
+    from vitdeploy.files.onnx_file import META_EXPORT, set_metadata
 
     proto = onnx.load(tiny_onnx)
     current = json.loads({p.key: p.value for p in proto.metadata_props}.get(META_EXPORT, "{}"))
@@ -180,7 +181,7 @@ def test_vitdeploy_web_writes_the_folder(tiny_onnx, tmp_path):
     ("stretch", "bilinear", True, "DeiTImageProcessor", {"height": 256, "width": 256}),
 ])
 def test_preprocessor_config_states_every_step(mode, interpolation, crop, processor, size):
-    from vitdeploy.browser.folder import preprocessor_config
+    from vitdeploy.serving.web_folder import preprocessor_config
 
     spec = PreprocessSpec(image_size=224, resize_size=256, interpolation=interpolation, resize_mode=mode)
     config = preprocessor_config(spec)
@@ -310,7 +311,7 @@ def test_webgpu_asked_for_without_a_gpu_is_a_device_error(tiny_onnx):
 def test_the_written_folder_runs_in_the_browser(tiny_onnx, photos, tmp_path):
     """The folder's own vitdeploy.js, onnxruntime-web files and model, driven by the runtime's page."""
     import vitdeploy
-    from vitdeploy.browser.driver import Browser
+    from vitdeploy.runtimes.web.driver import Browser
 
     folder = vitdeploy.web(tiny_onnx, out=tmp_path / "site")
     files = {str(p.relative_to(folder.path)): p for p in folder.path.rglob("*") if p.is_file()}
@@ -328,8 +329,8 @@ def test_the_written_folder_runs_in_the_browser(tiny_onnx, photos, tmp_path):
 
 
 def folder_spec(path: Path) -> dict:
-    from vitdeploy.onnx_file import META_PREPROCESS
-    from vitdeploy.onnx_wire import metadata_props_from_bytes
+    from vitdeploy.files.onnx_file import META_PREPROCESS
+    from vitdeploy.files.onnx_wire import metadata_props_from_bytes
 
     return json.loads(metadata_props_from_bytes(path.read_bytes())[META_PREPROCESS])
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitdeploy.extras import require
+from vitdeploy.core.extras import require
 from vitdeploy.requests import (
     DEFAULT_EXPLAIN_DIR,
     DEFAULT_GUIDE_FILE,
@@ -47,14 +47,14 @@ from vitdeploy.requests import (
 if TYPE_CHECKING:
     from vitdeploy.benchmark import BenchReport
     from vitdeploy.explanation import ExplainResult, GuideResult
-    from vitdeploy.onnx_export import ExportResult
-    from vitdeploy.parity import ParityReport
-    from vitdeploy.prediction import PredictSummary
+    from vitdeploy.exporting.exporter import ExportResult
+    from vitdeploy.prediction.local import PredictSummary
     from vitdeploy.pretrained import ImportResult
     from vitdeploy.serving.server import ServeSummary
     from vitdeploy.serving.triton import TritonRepository
-    from vitdeploy.training import TrainResult
-    from vitdeploy.browser.folder import WebFolder
+    from vitdeploy.serving.web_folder import WebFolder
+    from vitdeploy.training.run import TrainResult
+    from vitdeploy.verification.parity import ParityReport
 
 PathLike = str | os.PathLike[str]
 
@@ -73,8 +73,8 @@ def train(request: TrainRequest | None = None, /, **options: Any) -> TrainResult
     `init`: fine-tune from a bundle's weights (e.g. one made by import_model) with fine-tuning defaults; a new head
     when the data's classes differ, position embeddings interpolated when `image_size` differs.
     `out` must be new, empty or a run folder vitdeploy wrote, unless `force` (outputs.py)."""
-    require("train", "vitdeploy.training")
-    from vitdeploy.training import train as run_training
+    require("train", "vitdeploy.training.run")
+    from vitdeploy.training.run import train as run_training
 
     return run_training(build(TrainRequest, request, options))
 
@@ -99,7 +99,7 @@ def export(bundle: PathLike | ExportRequest | None = None, /, **options: Any) ->
     beside it. A failed parity check raises errors.ParityError (exit code 3) since no file exists then; variants
     that fail their gate are not written and the result's `passed` is False."""
     require("train", "vitdeploy.export")
-    from vitdeploy.onnx_export import export as run_export
+    from vitdeploy.exporting.exporter import export as run_export
 
     return run_export(_first(ExportRequest, bundle, "bundle", options))
 
@@ -111,7 +111,7 @@ def verify(model: PathLike | VerifyRequest | None = None, /, **options: Any) -> 
     holds: check `report.passed`. A runtime named but not usable raises (exit code 2)."""
     require("train", "vitdeploy.verify")
     from vitdeploy.runtimes import parse_runtimes
-    from vitdeploy.verification import verify as run_verify
+    from vitdeploy.verification.run import verify as run_verify
 
     if "runtime" in options:
         options["runtime"] = parse_runtimes(options["runtime"])
@@ -129,10 +129,10 @@ def predict(inputs: Sequence[PathLike] | PredictRequest, /, **options: Any) -> P
     """
     request = _first(PredictRequest, inputs, "inputs", options)
     if request.engine == "ray":
-        from vitdeploy.ray_prediction import predict_on_ray  # says how to install Ray when it is missing
+        from vitdeploy.prediction.ray import predict_on_ray  # says how to install Ray when it is missing
 
         return predict_on_ray(request)
-    from vitdeploy.prediction import predict as run_locally
+    from vitdeploy.prediction.local import predict as run_locally
 
     return run_locally(request)
 
@@ -149,7 +149,7 @@ def bench(model: PathLike | BenchRequest | None = None, /, **options: Any) -> Be
     variants and presets.
     """
     from vitdeploy.benchmark import parse_variants, run_request
-    from vitdeploy.outputs import check_output_file
+    from vitdeploy.files.outputs import check_output_file
     from vitdeploy.runtimes import parse_runtimes
 
     if "variants" in options:
@@ -170,7 +170,8 @@ def explain(inputs: Sequence[PathLike] | ExplainRequest = (), /, **options: Any)
     the bundle's own weights and held-out images. Needs the [train] and [plot] extras."""
     require("train", "vitdeploy.explain")
     from vitdeploy.errors import ConfigError
-    from vitdeploy.explanation import explain as explain_images, guide as draw_guide
+    from vitdeploy.explanation import explain as explain_images
+    from vitdeploy.explanation import guide as draw_guide
 
     request = _first(ExplainRequest, list(inputs) if not isinstance(inputs, ExplainRequest) else inputs, "inputs",
                      options)
@@ -212,7 +213,7 @@ def web(model: PathLike | WebRequest | None = None, /, **options: Any) -> WebFol
     onnxruntime-web's files, the transformers.js layout, serve.py and README.md. No torch needed; npm installs
     onnxruntime-web into the cache the first time. `out` follows outputs.py's rule (force: write into a folder of
     other files, keeping them)."""
-    from vitdeploy.browser.folder import write_web_folder
+    from vitdeploy.serving.web_folder import write_web_folder
 
     request = _first(WebRequest, model, "model", options)
     return write_web_folder(request.model, request.out, request.force)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 DEFAULT_TRITON_DIR = Path("triton")
 DEFAULT_EXPLAIN_DIR = Path("explain")
 DEFAULT_GUIDE_FILE = Path("guide.png")
-ENGINES = ("local", "ray")  # where predict runs: this process, or Ray Data (vitdeploy.ray_prediction)
+ENGINES = ("local", "ray")  # where predict runs: this process, or Ray Data (vitdeploy.prediction.ray)
 
 
 class _Request:
@@ -120,7 +120,7 @@ class PredictRequest(_Request):
     output: Path | None = None  # None: stdout
     recursive: bool = False
     progress: bool = False  # live progress on stderr, when it is a terminal
-    engine: str = "local"  # local: this process; ray: Ray Data (vitdeploy.ray_prediction)
+    engine: str = "local"  # local: this process; ray: Ray Data (vitdeploy.prediction.ray)
     address: str | None = None  # ray: an existing cluster's address; None: start Ray on this machine
     resume: bool = False  # keep the rows already in `output` (jsonl, parquet) and skip their inputs
 

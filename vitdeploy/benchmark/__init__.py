@@ -1,7 +1,7 @@
 """Fair latency / throughput benchmark of one ViT across runtimes: benchmark(...) -> BenchReport.
 
     variants.py     the settings of a run, why a device cannot run a variant (the catalogue of variants is
-                    vitdeploy.variants.BENCH_VARIANTS: a runtime on a device, timing one export variant's file)
+                    vitdeploy.files.variants.BENCH_VARIANTS: a runtime on a device, timing one export variant's file)
     artifacts.py    the model under test, the file each variant times, which variants can run
     timing.py       the Runner interface, the timers (wall clock, CUDA events), the input every variant sees
     protocol.py     THE timing protocol (identical inputs, warm-up, alternating blocks, minimums)
@@ -28,8 +28,8 @@ from vitdeploy.benchmark.artifacts import (
     plan_variants,
 )
 from vitdeploy.benchmark.environment import environment
+from vitdeploy.benchmark.peak import GemmRunner, Peak, gemm_runners, peaks, theoretical_gflops
 from vitdeploy.benchmark.protocol import Block, Blocks, ColdStart, block_schedule, cold_start, measure, measure_points
-from vitdeploy.benchmark.timing import CudaEventTimer, Runner, Timer, WallClock, input_batch, torch_threads
 from vitdeploy.benchmark.render import (
     TerminalProgress,
     plot_report,
@@ -37,7 +37,6 @@ from vitdeploy.benchmark.render import (
     progress_wanted,
     summary_lines,
 )
-from vitdeploy.benchmark.peak import GemmRunner, Peak, gemm_runners, peaks, theoretical_gflops
 from vitdeploy.benchmark.report import (
     SCHEMA,
     BenchReport,
@@ -58,6 +57,7 @@ from vitdeploy.benchmark.runners import (
     TorchRunner,
     make_runner,
 )
+from vitdeploy.benchmark.timing import CudaEventTimer, Runner, Timer, WallClock, input_batch, torch_threads
 from vitdeploy.benchmark.variants import (
     DEFAULT_BATCH_SIZES,
     EAGER,

@@ -11,7 +11,7 @@ Bench times the files `vitdeploy export` writes, never a rebuild of them:
 
 A variant whose file is missing, or was made from other weights than model.onnx, is skipped (refused when named
 in --variants) with the export command that makes it. Each file's metadata says what it is: its precision, its
-quantization, and the accuracy check export ran on it (vitdeploy.parity: the accuracy gate for a variant, parity
+quantization, and the accuracy check export ran on it (vitdeploy.verification.parity: the accuracy gate for a variant, parity
 for model.onnx), which the report repeats per variant.
 
 A preset (random weights, no dataset) is exported into a temporary folder, and its variants are built there by the
@@ -31,15 +31,15 @@ from typing import Any
 
 from vitdeploy.benchmark.timing import input_batch
 from vitdeploy.benchmark.variants import VARIANTS, BenchSettings, VariantSpec, runtime_problem
-from vitdeploy.bundle import BundleInfo, load_bundle, read_bundle_info
-from vitdeploy.config import ModelConfig, get_preset
+from vitdeploy.core.config import ModelConfig, get_preset
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
-from vitdeploy.graph_variants import VariantSource
-from vitdeploy.onnx_file import DEFAULT_FILE_NAME, OnnxModelInfo, parse_metadata, save_onnx
-from vitdeploy.discovery import resolve_model
-from vitdeploy.precision import describe_variant
+from vitdeploy.exporting.graphs import VariantSource, build_variant
+from vitdeploy.exporting.ladder import describe_variant
+from vitdeploy.files.bundle import BundleInfo, load_bundle, read_bundle_info
+from vitdeploy.files.discovery import resolve_model
+from vitdeploy.files.onnx_file import DEFAULT_FILE_NAME, OnnxModelInfo, parse_metadata, save_onnx
+from vitdeploy.files.variants import EXPORT
 from vitdeploy.runtimes.ort import load_model_info
-from vitdeploy.variants import EXPORT
 
 # Random inputs set the static INT8 scales of a preset: more of them would not make the scales meaningful.
 PRESET_CALIBRATION_IMAGES = 32
@@ -88,7 +88,7 @@ class ModelUnderTest:
 
     def torch_model(self) -> Any:
         """The PyTorch model with these weights (on the CPU)."""
-        from vitdeploy.model import build_model
+        from vitdeploy.model.vit import build_model
 
         if self.torch_state is not None:
             model = build_model(self.config)
@@ -116,8 +116,8 @@ def model_from_preset(name: str, workdir: Path, seed: int = 0, export_variants: 
     export variants asked for beside it (build_variant_files), so anyone can compare."""
     import torch
 
-    from vitdeploy.model import build_model
-    from vitdeploy.onnx_export import export_model
+    from vitdeploy.exporting.exporter import export_model
+    from vitdeploy.model.vit import build_model
 
     preset = get_preset(name)
     torch.manual_seed(seed)
@@ -142,7 +142,7 @@ def build_variant_files(base: Path, config: ModelConfig, variants: Collection[st
         source = VariantSource(base, config, Path(workdir),
                                lambda: input_batch(config, PRESET_CALIBRATION_IMAGES, seed))
         for row in (v for v in EXPORT.values() if v.builder and v.name in variants):
-            built = row.build(source)
+            built = build_variant(row, source)
             describe_variant(built.proto, base_meta, row.name, built.fusions, built.quantization)
             save_onnx(built.proto, row.path(base))
 

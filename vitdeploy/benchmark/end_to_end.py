@@ -16,7 +16,7 @@ from vitdeploy.runtimes import open_runtime
 
 
 def end_to_end(onnx_path: Path, paths: list[Path], batch_size: int, threads: int) -> dict[str, Any]:
-    from vitdeploy import images
+    from vitdeploy.core import images
 
     session = open_runtime("ort", onnx_path, "cpu", threads=threads)
     spec = session.preprocess

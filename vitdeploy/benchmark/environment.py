@@ -15,7 +15,7 @@ import subprocess
 from types import ModuleType
 from typing import Any
 
-from vitdeploy.provenance import cpu_flags
+from vitdeploy.core.provenance import cpu_flags
 from vitdeploy.runtimes import installed_runtimes
 from vitdeploy.runtimes.ort import cuda_status, tensorrt_status
 
@@ -39,7 +39,7 @@ def optional_torch() -> ModuleType | None:
 def environment(threads: int) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from vitdeploy.provenance import machine, package_versions
+    from vitdeploy.core.provenance import machine, package_versions
 
     torch = optional_torch()
     return {

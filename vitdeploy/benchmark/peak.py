@@ -27,7 +27,7 @@ import numpy as np
 
 from vitdeploy.benchmark.timing import CudaEventTimer, Runner, WallClock, torch_threads
 from vitdeploy.benchmark.variants import VariantSpec
-from vitdeploy.provenance import cpu_clock_ghz, cpu_flags
+from vitdeploy.core.provenance import cpu_clock_ghz, cpu_flags
 
 PRECISIONS = ("fp32", "bf16", "int8")
 CPU_GEMM_SIZE = 1024  # large enough to reach a BLAS's peak, small enough not to add much to each round

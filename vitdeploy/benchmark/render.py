@@ -88,7 +88,7 @@ def plot_report(report: BenchReport, path: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("--plot needs matplotlib: pip install 'vitdeploy[plot]'") from None
-    from vitdeploy.atomic import atomic_write
+    from vitdeploy.core.atomic import atomic_write
 
     figure, (latency_axis, throughput_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name in report.variants:

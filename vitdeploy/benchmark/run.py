@@ -20,15 +20,15 @@ from vitdeploy.benchmark.artifacts import (
 )
 from vitdeploy.benchmark.end_to_end import end_to_end
 from vitdeploy.benchmark.environment import environment, optional_torch, warn_if_busy
-from vitdeploy.benchmark.protocol import Blocks, cold_start, measure_points
 from vitdeploy.benchmark.peak import GemmRunner, gemm_runners, peaks
+from vitdeploy.benchmark.protocol import Blocks, cold_start, measure_points
 from vitdeploy.benchmark.report import BenchReport, PointResult, add_ratios, recommend_variant
 from vitdeploy.benchmark.runners import make_runner
 from vitdeploy.benchmark.timing import input_batch, torch_threads
 from vitdeploy.benchmark.variants import VARIANTS, BenchSettings, runtime_problem
-from vitdeploy.extras import importable
+from vitdeploy.core.extras import importable
+from vitdeploy.core.flops import count_macs
 from vitdeploy.errors import ConfigError
-from vitdeploy.flops import count_macs
 from vitdeploy.requests import BenchRequest
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def benchmark(
 
     `on_point(batch_size, variant names)` is called as each batch size starts (e.g. a progress display).
     """
-    from vitdeploy.provenance import now_iso
+    from vitdeploy.core.provenance import now_iso
 
     names, skipped = plan_variants(settings, model)
     by_reason: dict[str, list[str]] = collections.defaultdict(list)
@@ -141,7 +141,7 @@ def run_bench(
 ) -> BenchReport:
     """What `vitdeploy bench` does: pick the model (a preset with random weights, or an exported file and its
     bundle, by default the newest under models/), then benchmark it."""
-    from vitdeploy.inputs import expand_inputs
+    from vitdeploy.core.inputs import expand_inputs
 
     if preset and (model or bundle):
         raise ConfigError("--preset builds and exports its own model: give either MODEL/--bundle or --preset")
@@ -172,9 +172,9 @@ def run_request(request: BenchRequest) -> BenchReport:
     plot; progress on stderr while it runs when request.progress and stderr is a terminal."""
     from rich.console import Console
 
-    from vitdeploy.atomic import atomic_write_json
     from vitdeploy.benchmark.render import plot_report, progress_display
     from vitdeploy.benchmark.report import compare_to_baseline, load_report, recommend_batch_size
+    from vitdeploy.core.atomic import atomic_write_json
 
     settings = BenchSettings(
         batch_sizes=request.batch_sizes, variants=request.variants, warmup_iters=request.warmup_iters,

@@ -14,7 +14,7 @@ import numpy as np
 from vitdeploy.benchmark.timing import CudaEventTimer, Runner, WallClock
 from vitdeploy.benchmark.variants import VariantSpec
 from vitdeploy.errors import DeviceError
-from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME
+from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME
 from vitdeploy.runtimes import open_runtime
 from vitdeploy.runtimes.ort import CPU, CUDA, TENSORRT
 

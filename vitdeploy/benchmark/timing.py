@@ -17,7 +17,7 @@ import numpy as np
 
 from vitdeploy.benchmark.environment import optional_torch
 from vitdeploy.benchmark.variants import VariantSpec
-from vitdeploy.config import ModelConfig
+from vitdeploy.core.config import ModelConfig
 
 
 class Timer(Protocol):

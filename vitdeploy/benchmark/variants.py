@@ -2,7 +2,7 @@
 
 A variant is one way of running the model: a runtime (PyTorch eager, ONNX Runtime or OpenVINO) on a device (CPU,
 CUDA, TensorRT), on one file (an export variant), in that file's precision: the catalogue is
-vitdeploy.variants.BENCH_VARIANTS, each row pointing at the export variant whose file it times. The speed-up of every variant is measured against PyTorch eager on
+vitdeploy.files.variants.BENCH_VARIANTS, each row pointing at the export variant whose file it times. The speed-up of every variant is measured against PyTorch eager on
 the same device (EAGER), and against ONNX Runtime fp32 on the CPU (ORT_FP32) for the recommendation.
 """
 
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitdeploy.benchmark.environment import optional_torch
-from vitdeploy.config import comma_list
+from vitdeploy.core.config import comma_list
+from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError
+from vitdeploy.files.variants import VARIANTS, VariantSpec
 from vitdeploy.requests import BenchRequest
-from vitdeploy.strict_json import record
-from vitdeploy.variants import VARIANTS, VariantSpec
 
 DEFAULT_BATCH_SIZES = BenchRequest.batch_sizes
 

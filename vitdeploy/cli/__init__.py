@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import sys
 
+# The commands live in one module per stage; importing them registers them on `app` (in this order in --help).
+from vitdeploy.cli import inference, onnx, serving, training  # noqa: E402,F401
 from vitdeploy.cli.app import app
 from vitdeploy.errors import EXIT_INTERNAL
-
-# The commands live in one module per stage; importing them registers them on `app` (in this order in --help).
-from vitdeploy.cli import training, onnx, inference, serving  # noqa: E402,F401
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from vitdeploy import strict_json
+from vitdeploy.core import strict_json
 from vitdeploy.errors import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, VitDeployError
 
 app = typer.Typer(

@@ -21,10 +21,10 @@ from vitdeploy.cli.options import (
     Threads,
     TopK,
 )
-from vitdeploy.config import parse_batch_sizes
+from vitdeploy.core.config import parse_batch_sizes
 from vitdeploy.errors import ConfigError
+from vitdeploy.files.variants import VARIANTS as BENCH_VARIANTS
 from vitdeploy.requests import BenchRequest, ExplainRequest, PredictRequest
-from vitdeploy.variants import VARIANTS as BENCH_VARIANTS
 
 
 @app.command()
@@ -173,9 +173,8 @@ def bench(
     """
     import vitdeploy
     from vitdeploy import benchmark as bench_module
-    from vitdeploy.cli.tables import bench_table, print_table
-
     from vitdeploy.benchmark.variants import parse_variants
+    from vitdeploy.cli.tables import bench_table, print_table
     from vitdeploy.runtimes import parse_runtimes
 
     report = vitdeploy.bench(BenchRequest(

@@ -9,9 +9,9 @@ import typer
 
 from vitdeploy.cli.app import app, console, finish, handle_errors, print_json
 from vitdeploy.cli.options import BatchSizes, JsonFlag, RuntimeList
-from vitdeploy.config import parse_batch_sizes
+from vitdeploy.core.config import parse_batch_sizes
+from vitdeploy.files.variants import precision_help
 from vitdeploy.requests import ExportRequest, VerifyRequest
-from vitdeploy.variants import precision_help
 
 
 @app.command()

@@ -34,7 +34,7 @@ RuntimeList = Annotated[
     Optional[str], typer.Option(help="Runtimes, comma-separated: ort, openvino, reference, web. Default: every one "
                                 "installed and usable here (web only when named).", show_default=False)
 ]
-# Every command that writes a folder takes it (the rule: vitdeploy/outputs.py).
+# Every command that writes a folder takes it (the rule: vitdeploy/files/outputs.py).
 Force = Annotated[
     bool, typer.Option("--force", help="Write into the output folder even if it holds files vitdeploy did not write "
                        "(files of the names the command writes are replaced).")

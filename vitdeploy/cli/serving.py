@@ -9,7 +9,7 @@ import typer
 
 from vitdeploy.cli.app import app, handle_errors, print_json, print_note
 from vitdeploy.cli.options import Force, JsonFlag, Threads
-from vitdeploy.config import parse_batch_sizes
+from vitdeploy.core.config import parse_batch_sizes
 from vitdeploy.requests import DEFAULT_TRITON_DIR, ServeSettings, TritonOptions, WebRequest
 
 

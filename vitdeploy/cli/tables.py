@@ -22,8 +22,8 @@ from vitdeploy.runtimes.ort import short_provider_name
 
 if TYPE_CHECKING:
     from vitdeploy.benchmark.report import BenchReport
-    from vitdeploy.parity import ParityReport
-    from vitdeploy.precision import VariantResult
+    from vitdeploy.exporting.ladder import VariantResult
+    from vitdeploy.verification.parity import ParityReport
 
 GAP = 2  # spaces between columns in plain text
 RICH_GAP = 3  # what Rich's SIMPLE_HEAD puts beside each column: a padding of 1 on each side and a separator

@@ -9,8 +9,8 @@ import typer
 
 from vitdeploy.cli.app import app, console, handle_errors, print_json
 from vitdeploy.cli.options import BundleOption, Force, JsonFlag
+from vitdeploy.core.extras import require
 from vitdeploy.errors import EXIT_INTERRUPTED
-from vitdeploy.extras import require
 from vitdeploy.requests import ImportRequest, TrainRequest
 
 
@@ -76,10 +76,10 @@ def samples(
     Example: vitdeploy samples samples/ && vitdeploy predict samples/*.png
     """
     require("train", "vitdeploy samples")
-    from vitdeploy.bundle import read_bundle_info
-    from vitdeploy.discovery import find_latest_bundle
-    from vitdeploy.data import write_heldout_samples
-    from vitdeploy.outputs import SAMPLES, check_output_folder
+    from vitdeploy.files.bundle import read_bundle_info
+    from vitdeploy.files.discovery import find_latest_bundle
+    from vitdeploy.files.outputs import SAMPLES, check_output_folder
+    from vitdeploy.training.data import write_heldout_samples
 
     check_output_folder(out_dir, SAMPLES, force=force, option="OUT_DIR")
     info = read_bundle_info(bundle or find_latest_bundle())

@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitdeploy import images
-from vitdeploy.bundle import BundleInfo, load_bundle  # the package's only bundle import
-from vitdeploy.discovery import find_latest_bundle
-from vitdeploy.config import PreprocessSpec
+from vitdeploy.core import images
+from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.inputs import expand_inputs
+from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, InputError
 from vitdeploy.explanation import maps, render
-from vitdeploy.inputs import expand_inputs
-from vitdeploy.outputs import EXPLAIN, check_output_file, check_output_folder
-from vitdeploy.strict_json import record
+from vitdeploy.files.bundle import BundleInfo, load_bundle  # the package's only bundle import
+from vitdeploy.files.discovery import find_latest_bundle
+from vitdeploy.files.outputs import EXPLAIN, check_output_file, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class GuideResult:
 
 def guide(bundle: Path | None = None, out: Path = Path("guide.png")) -> GuideResult:
     """Draw the ViT mechanism on the bundle's own weights and held-out images into one PNG at `out`."""
-    from vitdeploy.data import recorded_split_images
+    from vitdeploy.training.data import recorded_split_images
 
     render.pyplot()  # fail before the model loads when matplotlib is missing
     check_output_file(out)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vitdeploy.model import Attention, VisionTransformer
+from vitdeploy.model.vit import Attention, VisionTransformer
 
 METHODS = ("rollout", "cls", "grad-rollout")
 

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from PIL import Image
 
-from vitdeploy.atomic import atomic_write_bytes
-from vitdeploy.config import PreprocessSpec
+from vitdeploy.core.atomic import atomic_write_bytes
+from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ConfigError
 
 DPI = 90

@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from vitdeploy import provenance
-from vitdeploy.bundle import BundleInfo, save_bundle
-from vitdeploy.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec
+from vitdeploy.core import provenance
+from vitdeploy.core.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec
 from vitdeploy.errors import CheckpointError
-from vitdeploy.model import build_model, count_parameters
-from vitdeploy.outputs import BUNDLE, check_output_folder
+from vitdeploy.files.bundle import BundleInfo, save_bundle
+from vitdeploy.files.outputs import BUNDLE, check_output_folder
+from vitdeploy.model.vit import build_model, count_parameters
 from vitdeploy.pretrained.common import (
     HF,
     MAX_LISTED,

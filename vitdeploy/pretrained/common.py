@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from vitdeploy.config import ModelConfig, PreprocessSpec
+from vitdeploy.core.config import ModelConfig, PreprocessSpec
 from vitdeploy.errors import CheckpointError, ConfigError
-from vitdeploy.model import build_model
+from vitdeploy.model.vit import build_model
 
 HF, TIMM = "huggingface", "timm"
 STATE_DICT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")

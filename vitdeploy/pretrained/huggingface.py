@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.config import PreprocessSpec
+from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.images import crop_offset
 from vitdeploy.errors import CheckpointError
-from vitdeploy.images import crop_offset
 from vitdeploy.pretrained.common import (
     INTERPOLATIONS,
     Recipe,

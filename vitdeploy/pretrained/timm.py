@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
+from vitdeploy.core.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from vitdeploy.errors import CheckpointError
 from vitdeploy.pretrained.common import Recipe, Shapes, Source, model_config, ordered_labels, positive_int, square_size
 

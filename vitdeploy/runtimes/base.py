@@ -24,12 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ModelFileError
-from vitdeploy.config import PreprocessSpec
-from vitdeploy.onnx_file import INPUT_NAME, META_EXPORT, OUTPUT_NAME, OnnxModelInfo, check_io_names, parse_metadata
-from vitdeploy.strict_json import record
-
-
+from vitdeploy.files.onnx_file import (
+    INPUT_NAME,
+    META_EXPORT,
+    OUTPUT_NAME,
+    OnnxModelInfo,
+    check_io_names,
+    parse_metadata,
+)
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,7 @@ def check_input_contract(session: Session, info: OnnxModelInfo) -> None:
 
 def check_model_file(path: Path) -> None:
     """Refuse a missing, empty or unsafe file before a runtime reads it (each runtime's own message is worse)."""
-    from vitdeploy.onnx_file import check_external_data_file
+    from vitdeploy.files.onnx_file import check_external_data_file
 
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")

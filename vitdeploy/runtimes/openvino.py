@@ -22,7 +22,7 @@ import numpy as np
 import openvino as ov
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError, PrecisionError
-from vitdeploy.onnx_file import INPUT_NAME
+from vitdeploy.files.onnx_file import INPUT_NAME
 from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
 
 NAME = "openvino"

@@ -23,7 +23,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
-from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
+from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
 from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
 
 logger = logging.getLogger(__name__)

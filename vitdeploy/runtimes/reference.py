@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vitdeploy.errors import ConfigError, ModelFileError
-from vitdeploy.onnx_file import INPUT_NAME
+from vitdeploy.files.onnx_file import INPUT_NAME
 from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
 
 NAME = "reference"

@@ -4,7 +4,7 @@ consumer opens a model.
     ort        ONNX Runtime: CPU, CUDA, TensorRT         pip install vitdeploy (always there)
     openvino   OpenVINO: CPU (GPU, NPU where present)    pip install "vitdeploy[openvino]"
     reference  onnx.reference, a slow pure-Python oracle pip install "vitdeploy[train]" (the onnx package)
-    web        onnxruntime-web in headless Chromium       Chromium + npm (runtimes/web.py); only when named
+    web        onnxruntime-web in headless Chromium       Chromium + npm (runtimes/web/); only when named
 
 A runtime module is imported only when it is used, so a deployment install without openvino or onnx runs ORT.
 """
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitdeploy.config import comma_list
+from vitdeploy.core.config import comma_list
+from vitdeploy.core.extras import importable
+from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, DeviceError, MissingExtra
-from vitdeploy.extras import importable
-from vitdeploy.strict_json import record
 
 if TYPE_CHECKING:
     from vitdeploy.runtimes.base import Session
@@ -54,7 +54,7 @@ class RuntimeStatus:
 
 def install_command(name: str) -> str:
     if name == "web":
-        from vitdeploy.browser.toolchain import install_commands
+        from vitdeploy.runtimes.web.toolchain import install_commands
 
         return install_commands()
     extra = _NEEDS[name][0]
@@ -65,7 +65,7 @@ def runtime_status(name: str) -> RuntimeStatus:
     """Installed (its modules import) and usable (it has a device here)."""
     check_runtime_name(name)
     if name == "web":
-        from vitdeploy.runtimes.web import web_status
+        from vitdeploy.runtimes.web.session import web_status
 
         installed, reason, devices = web_status()
         return RuntimeStatus(name, installed, installed, reason, devices)
@@ -162,7 +162,7 @@ def open_runtime(
 
         session: Session = OrtSession(model, device, threads, spin)
     elif name == "web":
-        from vitdeploy.runtimes.web import WebSession
+        from vitdeploy.runtimes.web.session import WebSession
 
         session = WebSession(model, device, threads)
     else:
@@ -193,7 +193,7 @@ def runtime_for_file(path: str | os.PathLike[str]) -> str:
     """The runtime a file was made for (an OpenVINO variant records "openvino"); "ort" for every other file. Read
     from the file's metadata on the wire, without the onnx package; a file that does not parse gets "ort", whose
     loader then says what is wrong with it."""
-    from vitdeploy.onnx_wire import metadata_props_from_bytes
+    from vitdeploy.files.onnx_wire import metadata_props_from_bytes
     from vitdeploy.runtimes.base import export_record
 
     try:

@@ -32,11 +32,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitdeploy import __version__
 from vitdeploy.errors import ImageDecodeError, RequestError
-from vitdeploy.prediction import load_model_input, row_for_logits
-from vitdeploy.serving.batcher import DynamicBatcher
-from vitdeploy.serving.protocol import HEADER_LENGTH, VERSION, ModelSignature, encode_infer_response, \
-    parse_infer_request
+from vitdeploy.prediction.local import load_model_input, row_for_logits
 from vitdeploy.runtimes.base import Session
+from vitdeploy.serving.batcher import DynamicBatcher
+from vitdeploy.serving.protocol import (
+    HEADER_LENGTH,
+    VERSION,
+    ModelSignature,
+    encode_infer_response,
+    parse_infer_request,
+)
 
 # JSON bodies above this size are parsed in a worker thread, so the event loop keeps accepting connections (a binary
 # body is one copy, parsed where it arrives).

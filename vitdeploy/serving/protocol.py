@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from vitdeploy.errors import ModelFileError, RequestError
-from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME
+from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DATATYPE = "FP32"

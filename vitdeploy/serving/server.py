@@ -20,7 +20,7 @@ import uvicorn
 from PIL import Image
 
 from vitdeploy.errors import ConfigError, VitDeployError
-from vitdeploy.discovery import resolve_model
+from vitdeploy.files.discovery import resolve_model
 from vitdeploy.requests import ServeSettings
 from vitdeploy.runtimes import open_runtime
 from vitdeploy.runtimes.registry import check_runtime_name

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.atomic import atomic_folder, atomic_write_many, remove_stale_staging
-from vitdeploy.config import PreprocessSpec
+from vitdeploy.core.atomic import atomic_folder, atomic_write_many, remove_stale_staging
+from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, VitDeployError
-from vitdeploy.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
-from vitdeploy.discovery import resolve_model
-from vitdeploy.outputs import TRITON, check_output_folder
+from vitdeploy.files.discovery import resolve_model
+from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
+from vitdeploy.files.outputs import TRITON, check_output_folder
 from vitdeploy.requests import TritonOptions
 from vitdeploy.serving import kserve
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
@@ -357,13 +357,13 @@ The server takes preprocessed tensors. Preprocess exactly as vitdeploy does:
 
 {steps}
 
-With vitdeploy installed, `vitdeploy.prediction.load_model_input(path, spec)` is that function. A client:
+With vitdeploy installed, `vitdeploy.prediction.local.load_model_input(path, spec)` is that function. A client:
 
 ```python
 import numpy as np
 import tritonclient.http as httpclient
-from vitdeploy.config import PreprocessSpec
-from vitdeploy.prediction import load_model_input
+from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.prediction.local import load_model_input
 
 spec = PreprocessSpec.from_dict({json.dumps(spec.to_dict())})
 batch = np.stack([load_model_input("cat.jpg", spec)])

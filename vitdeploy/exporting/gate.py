@@ -1,0 +1,157 @@
+"""The accuracy gate: a reduced-precision variant is handed out only when it is as accurate as PyTorch fp32.
+
+Each variant is compared with PyTorch fp32 on the same preprocessed held-out real images of the bundle: top-1
+agreement, accuracy and its change, max |logit difference|. Defaults: at most 0.5 percentage points of accuracy
+lost and at least 99% of images with the same top-1 class. On a few hundred images 0.5 pt is one or two images:
+the gate is as coarse as the held-out split is small, and the report says how many images it judged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vitdeploy.errors import ConfigError, DataError
+from vitdeploy.runtimes import open_runtime
+from vitdeploy.verification.parity import compare_logits
+
+if TYPE_CHECKING:
+    from vitdeploy.files.bundle import BundleInfo
+
+DEFAULT_MAX_ACCURACY_DROP = 0.5  # percentage points
+DEFAULT_MIN_TOP1_AGREEMENT = 0.99
+GATE_BATCH_SIZE = 32  # INT8 dynamic quantization scales by the whole batch: judge it at a serving batch size
+GATE_MAX_IMAGES = 2000
+
+
+@dataclass(frozen=True)
+class AccuracyGate:
+    """When a reduced-precision variant may replace the fp32 model."""
+
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP  # percentage points of held-out accuracy
+    min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT  # share of images with PyTorch's top-1 class
+
+    def __post_init__(self) -> None:
+        if not self.max_accuracy_drop >= 0:
+            raise ConfigError(f"--max-accuracy-drop must be >= 0 percentage points, got {self.max_accuracy_drop}")
+        if not 0 <= self.min_top1_agreement <= 1:
+            raise ConfigError(f"the minimum top-1 agreement must be within 0..1, got {self.min_top1_agreement}")
+
+
+@dataclass
+class GateResult:
+    """One variant judged against PyTorch fp32 on the held-out images."""
+
+    variant: str
+    precision: str
+    provider: str  # the provider the variant's session really used
+    images: int
+    image_source: str
+    batch_size: int
+    reference_accuracy: float  # PyTorch fp32
+    accuracy: float
+    top1_agreement: float
+    max_abs: float  # max |logit difference| over all images and classes
+    gate: AccuracyGate
+    max_abs_allowed: float | None = None  # only the fused fp32 variant is also judged on its logits
+    runtime: dict[str, str] | None = None  # what ran it: runtime, device, provider, precision (Session.describe)
+
+    @property
+    def accuracy_drop_pt(self) -> float:
+        return 100.0 * (self.reference_accuracy - self.accuracy)
+
+    def failures(self) -> list[str]:
+        why = []
+        if self.accuracy_drop_pt > self.gate.max_accuracy_drop + 1e-9:
+            why.append(f"accuracy {self.accuracy:.2%} vs PyTorch fp32 {self.reference_accuracy:.2%} "
+                       f"(-{self.accuracy_drop_pt:.2f} pt > {self.gate.max_accuracy_drop:g} pt allowed)")
+        if self.top1_agreement < self.gate.min_top1_agreement:
+            why.append(f"top-1 agreement {self.top1_agreement:.2%} < {self.gate.min_top1_agreement:.0%}")
+        if self.max_abs_allowed is not None and self.max_abs > self.max_abs_allowed:
+            why.append(f"max |diff| {self.max_abs:.2e} > {self.max_abs_allowed:g}")
+        return why
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures()
+
+    def summary(self) -> dict[str, Any]:
+        """What goes into the variant's metadata (vitdeploy.verification.parity) and the --json output."""
+        return {
+            "passed": self.passed,
+            "precision": self.precision,
+            "variant": self.variant,
+            "providers": [self.provider],
+            "runtimes": [(self.runtime or {}).get("runtime", "ort")],
+            "runtime": self.runtime,
+            "samples": {"real": self.images, "real_source": self.image_source, "random": 0},
+            "batch_size": self.batch_size,
+            "reference_accuracy": self.reference_accuracy,
+            "accuracy": self.accuracy,
+            "accuracy_drop_pt": round(self.accuracy_drop_pt, 4),
+            "top1_agreement": self.top1_agreement,
+            "max_abs": self.max_abs,
+            "gate": {**asdict(self.gate), "max_abs": self.max_abs_allowed},
+            "failures": self.failures(),
+        }
+
+
+@dataclass
+class GateData:
+    """The held-out images, preprocessed once, with PyTorch fp32's logits on them."""
+
+    inputs: np.ndarray  # (N, C, H, W) float32
+    labels: np.ndarray  # (N,) int64
+    reference: np.ndarray  # (N, num_classes) PyTorch fp32 logits
+    source: str
+
+
+def gate_data(model: Any, info: BundleInfo, limit: int = GATE_MAX_IMAGES) -> GateData:
+    """The bundle's held-out real images through THE preprocessing, and PyTorch fp32's logits on them."""
+    from vitdeploy.core.images import preprocess
+    from vitdeploy.model.vit import logits_in_batches
+    from vitdeploy.training.data import heldout_images
+
+    if not info.dataset:
+        raise DataError("the bundle records no dataset, so there are no held-out images to judge a reduced-precision "
+                        "variant on; export fp32 only, or retrain with vitdeploy train")
+    pairs = heldout_images(info.dataset, info.labels, limit, info.preprocess)  # decoded as predict decodes
+    if not pairs:
+        raise DataError("the bundle's held-out split is empty: nothing to judge a variant on")
+    inputs = np.ascontiguousarray(np.stack([preprocess(img, info.preprocess) for img, _ in pairs]), np.float32)
+    reference = logits_in_batches(model, inputs, GATE_BATCH_SIZE)
+    source = f"held-out split of {info.dataset.get('source', 'the bundle dataset')}"
+    return GateData(inputs, np.array([y for _, y in pairs], np.int64), reference, source)
+
+
+def judge(
+    variant: str, precision: str, model_path: Path | bytes, data: GateData, gate: AccuracyGate, device: str = "cpu",
+    max_abs_allowed: float | None = None, runtime: str = "ort",
+) -> GateResult:
+    """Run the variant on `runtime` (as the file says it is to be run) on the gate images, in batches of
+    GATE_BATCH_SIZE, and compare it with PyTorch fp32."""
+    session = open_runtime(runtime, model_path, device=device)
+    provider = session.provider
+    logits = session.run_in_batches(data.inputs, GATE_BATCH_SIZE).astype(np.float32)
+    diff = compare_logits(data.reference, logits)
+    return GateResult(
+        variant=variant,
+        precision=precision,
+        provider=provider,
+        images=len(data.inputs),
+        image_source=data.source,
+        batch_size=GATE_BATCH_SIZE,
+        reference_accuracy=float(np.mean(data.reference.argmax(1) == data.labels)),
+        accuracy=float(np.mean(logits.argmax(1) == data.labels)),
+        top1_agreement=diff["top1_agreement"],
+        max_abs=float(np.abs(logits - data.reference).max()) if np.isfinite(logits).all() else math.inf,
+        gate=gate,
+        max_abs_allowed=max_abs_allowed,
+        runtime=session.describe(),
+    )
+
+

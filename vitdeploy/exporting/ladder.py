@@ -1,0 +1,220 @@
+"""The precision ladder: fused fp32, fp16 and INT8 variants of an exported model for ONNX Runtime, bf16 and INT8
+variants for OpenVINO, each handed out only after it has been shown to be as accurate as the PyTorch fp32 model on
+the bundle's held-out real images, on the runtime it is made for.
+
+    model.onnx (fp32, parity-checked by export)
+      -> exact rewrites -> ORT transformer fusions (model_type="vit")                    the fused fp32 graph
+           -> model.fp32-opt.onnx   the fused graph                                        (ORT: CPU or GPU)
+           -> model.fp16.onnx       fp16 weights and activations, fp32 input and output    (ORT: GPU)
+           -> model.int8.onnx       INT8 dynamic quantization (--int8-method dynamic)      (ORT: CPU)
+      -> model.int8.onnx            INT8 static QDQ, calibrated on training images (default) (ORT: CPU)
+      -> model.ov-bf16.onnx         the same graph, run by OpenVINO in bf16 (AVX512_BF16 / AMX CPUs)
+      -> model.ov-int8.onnx         NNCF post-training INT8 (QDQ, transformer preset), calibrated on training
+                                    images; OpenVINO runs it with f32 pinned for the ops left unquantized
+    each variant: staged beside its destination with its self-describing metadata (the fp32 file's, plus precision,
+    runtime, fusions) -> accuracy gate on the held-out images, on its runtime -> the measured accuracy recorded ->
+    moved into place; a variant that fails the gate is not written.
+
+Each variant is a row of files/variants.py (precision, runtime, gate device, tolerances, builder); building the graphs is
+graphs.py; judging them is gate.py; this module runs the ladder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vitdeploy.core.atomic import reported_as
+from vitdeploy.core.config import comma_list
+from vitdeploy.core.strict_json import record
+from vitdeploy.errors import ConfigError, DataError
+from vitdeploy.exporting.gate import AccuracyGate, GateData, GateResult, gate_data, judge
+from vitdeploy.exporting.graphs import FusionReport, VariantSource, build_variant
+from vitdeploy.files.onnx_file import (
+    META_EXPORT,
+    META_INTERMEDIATES,
+    META_PARITY,
+    read_metadata,
+    save_onnx,
+    set_metadata,
+)
+from vitdeploy.files.variants import EXPORT, PRECISIONS, ExportVariant
+from vitdeploy.runtimes.ort import CPU
+
+if TYPE_CHECKING:
+    import onnx
+
+    from vitdeploy.files.bundle import BundleInfo
+
+# The variants themselves (precision, runtime, gate device, tolerances, builder) are rows of vitdeploy.files.variants.
+INT8_METHODS = ("static", "dynamic")
+CALIBRATION_IMAGES = 128  # training images whose activation ranges set the static INT8 scales
+
+@dataclass
+class VariantResult:
+    variant: str
+    precision: str
+    path: Path
+    written: bool  # False: the gate failed and nothing was written to `path`
+    gate: GateResult
+    fusions: FusionReport | None  # None: built without ORT's transformer fusions (static INT8)
+    quantization: dict[str, Any] | None
+    size_bytes: int  # of the staged file, whether or not it was written
+    build_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return record(self, gate=self.gate.summary(), build_seconds=round(self.build_seconds, 3))
+
+
+
+
+# ---------------------------------------------------------------------------------------------------- requests
+
+
+def parse_precisions(values: Sequence[str]) -> tuple[str, ...]:
+    """['fp32,int8', 'fp16'] -> ('fp32', 'fp16', 'int8'): each option may list several, in any order."""
+    wanted = set(comma_list(values, lower=True))
+    unknown = sorted(wanted - set(PRECISIONS))
+    if unknown or not wanted:
+        raise ConfigError(f"unknown precision(s) {unknown or values}; choose from: {', '.join(PRECISIONS)}")
+    return tuple(p for p in PRECISIONS if p in wanted)
+
+
+def requested_variants(precisions: Sequence[str], optimize: bool) -> list[str]:
+    """Variants to build beside the plain fp32 file, in table order: fp32-opt with --optimize, the rest as asked."""
+    return [v.name for v in EXPORT.values()
+            if v.builder and (v.name in precisions or (optimize and v.option == "optimize"))]
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+
+def check_request(variants: Sequence[str], int8_method: str) -> None:
+    """Refuse, before any work, what cannot be built here: an unknown variant or method, an OpenVINO variant
+    without OpenVINO (and NNCF for ov-int8), bf16 on a CPU that has no native bf16."""
+    built = [v for v in EXPORT.values() if v.builder]
+    unknown = [v for v in variants if v not in EXPORT or not EXPORT[v].builder]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {unknown}; choose from: {', '.join(v.name for v in built)}")
+    if int8_method not in INT8_METHODS:
+        raise ConfigError(f"unknown INT8 method {int8_method!r}; choose one of: {', '.join(INT8_METHODS)}")
+    openvino_variants = [v for v in variants if EXPORT[v].runtime == "openvino"]
+    if openvino_variants:
+        from vitdeploy.core.extras import require
+
+        require("openvino", f"export --precision {','.join(openvino_variants)}")
+    for precision in dict.fromkeys(EXPORT[v].inference_precision for v in openvino_variants):
+        if precision not in (None, "fp32"):  # refused where the CPU does not run it natively
+            from vitdeploy.runtimes.openvino import check_precision
+
+            check_precision(precision)
+
+
+def calibration_inputs(info: BundleInfo, limit: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """Up to `limit` of the bundle's training images (never the held-out ones the gate judges), evenly spread
+    over the split so that every class is represented, through THE preprocessing."""
+    from vitdeploy.core.images import preprocess
+    from vitdeploy.training.data import recorded_split_images
+
+    try:
+        pairs = recorded_split_images(info.dataset, info.labels, "train", limit, info.preprocess, spread=True)
+    except DataError as e:
+        raise DataError(f"no training images to calibrate INT8 on ({e}); use --int8-method dynamic") from None
+    return np.ascontiguousarray(np.stack([preprocess(img, info.preprocess) for img, _ in pairs]), np.float32)
+
+
+def export_variants(
+    model: Any,
+    info: BundleInfo,
+    base: Path,
+    variants: Sequence[str],
+    gate: AccuracyGate = AccuracyGate(),
+    data: GateData | None = None,
+    int8_method: str = "static",
+) -> list[VariantResult]:
+    """Build each variant from the exported fp32 file `base`, judge it, and write the ones that pass beside it.
+
+    A variant that failed is returned with written=False; the others were written.
+    """
+    import onnx
+
+    check_request(variants, int8_method)
+    if not variants:
+        return []
+    data = data or gate_data(model, info)
+    base_meta = read_metadata(base)
+    results = []
+    with reported_as(base.parent), tempfile.TemporaryDirectory(prefix=".vitdeploy-variants-",
+                                                                dir=base.parent) as staging_dir:
+        staging = Path(staging_dir)
+        source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method)
+        for row in (EXPORT[name] for name in variants):
+            started = time.perf_counter()
+            built = build_variant(row, source)
+            proto, fusions, quantization = built.proto, built.fusions, built.quantization
+            out = row.path(base)
+            staged = staging / out.name
+            describe_variant(proto, base_meta, row.name, fusions, quantization)  # the runtime judging it reads this
+            save_onnx(proto, staged)
+            onnx.checker.check_model(os.fspath(staged), full_check=True)  # verify's load_onnx insists on it too
+            build_seconds = time.perf_counter() - started
+            result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
+                           row.runtime)
+            notes = _notes(row, result, quantization)
+            set_metadata(proto, {META_PARITY: result.summary()})
+            size = staged.stat().st_size
+            if result.passed:
+                external = save_onnx(proto, staged)  # only metadata changed since the gate ran on this file
+                if external:
+                    os.replace(external, out.parent / external.name)
+                os.replace(staged, out)
+            elif out.exists():
+                notes.append(f"an earlier {out.name} is still there, from a previous export: it is not this one")
+            results.append(VariantResult(
+                variant=row.name, precision=row.precision, path=out, written=result.passed, gate=result,
+                fusions=fusions, quantization=quantization, size_bytes=size, build_seconds=build_seconds, notes=notes,
+            ))
+    return results
+
+
+def describe_variant(
+    proto: onnx.ModelProto, base_meta: dict[str, str], variant: str, fusions: FusionReport | None,
+    quantization: dict[str, Any] | None,
+) -> None:
+    """The fp32 file's self-description, plus what makes this variant different: precision, the runtime it is made
+    for (and, for OpenVINO, the precision it computes in), fusions, quantization. The gate's result is added once
+    it has run."""
+    del proto.metadata_props[:]
+    for key, value in base_meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    row = EXPORT[variant]
+    export = json.loads(base_meta.get(META_EXPORT, "{}"))
+    export.update({
+        "precision": row.precision,
+        "variant": variant,
+        "runtime": row.runtime,
+        "optimization": {"transformer_fusions": fusions.to_dict() if fusions else None},
+        "quantization": quantization,
+    })
+    if row.inference_precision is not None:
+        export["inference_precision"] = row.inference_precision
+    # The fp32 file's intermediates name tensors that fusion renamed or removed: verify cannot expose them here.
+    set_metadata(proto, {META_EXPORT: export, META_PARITY: {}, META_INTERMEDIATES: {}})
+
+
+def _notes(row: ExportVariant, result: GateResult, quantization: dict[str, Any] | None) -> list[str]:
+    notes = []
+    if row.precision == "fp16" and result.provider == CPU:
+        notes.append("fp16 judged on ONNX Runtime's CPU provider (no usable CUDA here): its fp16 speed needs a GPU")
+    if quantization and quantization["method"] == "dynamic":
+        notes.append("dynamic quantization scales activations per batch: outputs depend slightly on the batch")
+    return notes
