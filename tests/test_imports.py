@@ -106,18 +106,8 @@ def test_function_level_imports_are_heavy_optional_libraries_or_vitdeploy() -> N
                     roots = [node.module.split(".")[0]]
                 else:
                     continue
-                odd += [f"{name}: {root}" for root in roots if root not in HEAVY_OPTIONAL | {"vitdeploy"}
-                        and root not in STDLIB_LAZY_OK]
+                odd += [f"{name}: {root}" for root in roots if root not in HEAVY_OPTIONAL | {"vitdeploy"}]
     assert odd == []
-
-
-# Standard-library modules some functions import where they are used, each costing an import only in that path.
-STDLIB_LAZY_OK = {"importlib", "inspect", "subprocess", "threading", "traceback", "shutil", "tempfile", "socket",
-                  "signal", "platform", "json", "csv", "io", "contextlib", "http", "urllib", "time", "hashlib",
-                  "struct", "zipfile", "pickle", "multiprocessing", "concurrent", "queue", "asyncio", "webbrowser",
-                  "base64", "math", "statistics", "gc", "ctypes", "resource", "sys", "os", "re", "glob", "fnmatch",
-                  "dataclasses", "functools", "itertools", "collections", "typing", "warnings", "string", "random",
-                  "errno", "select", "selectors", "uuid", "mimetypes", "html", "textwrap", "copy", "types"}
 
 
 def test_every_exception_is_defined_in_errors_py() -> None:

@@ -10,6 +10,7 @@ serve).
 from __future__ import annotations
 
 import sys
+import traceback
 
 # The commands live in one module per stage; importing them registers them on `app` (in this order in --help).
 from vitdeploy.cli import inference, onnx, serving, training  # noqa: E402,F401
@@ -23,7 +24,5 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception:  # a bug: show the traceback, exit with the documented internal-error code
-        import traceback
-
         traceback.print_exc()
         sys.exit(EXIT_INTERNAL)

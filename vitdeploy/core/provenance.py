@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -51,7 +52,6 @@ def machine() -> dict[str, str | int | None]:
                 break
     except OSError:
         pass
-    import os
 
     return {
         "platform": platform.platform(),

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,8 +232,6 @@ def load_bundle(folder: str | os.PathLike[str], device: str = "cpu") -> tuple[An
 def load_train_state(folder: str | os.PathLike[str]) -> dict:
     """The training state for --resume, loaded with weights_only=True: tensors and plain containers, never a
     pickle that could run code."""
-    import pickle
-
     import torch
 
     path = bundle_file(folder, "train_state")

@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -286,8 +287,6 @@ def open_row_writer(output_format: str, output: Path | None, model: str, provide
         with reported_as(output):
             return ParquetRowWriter(output, previous.table if previous else None)
     if output is None:
-        import sys
-
         return RowWriter(sys.stdout, output_format, model, provider)
     # Unbuffered: what write() accepted is in the file, so a failed batch can be cut off exactly.
     with reported_as(output):
