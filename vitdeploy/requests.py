@@ -89,6 +89,7 @@ class ExportRequest(_Request):
     max_accuracy_drop: float = 0.5  # accuracy gate: percentage points of held-out accuracy a variant may lose
     int8_method: str = "static"  # static (QDQ, calibrated) | dynamic
     exporter: str | None = None  # torchscript | dynamo; None: torchscript where torch has it
+    tome_r: int | None = None  # token merging variants (tome, tome-int8): tokens merged per block; None: searched
 
 
 @dataclass

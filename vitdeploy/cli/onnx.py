@@ -43,6 +43,10 @@ def export(
         Optional[str], typer.Option(help="torchscript (default; falls back to dynamo where torch no longer has it) "
                                     "or dynamo. Both give the same file contract, parity check and per-block report.")
     ] = None,
+    tome_r: Annotated[
+        Optional[int], typer.Option(help="Token merging variants (--precision tome, tome-int8): tokens merged per "
+                                    "block. Default: searched, the fastest setting that keeps the answers.")
+    ] = ExportRequest.tome_r,
     json_output: JsonFlag = False,
 ) -> None:
     """Export a bundle to one self-describing ONNX file (dynamic batch), parity-checked before it is written.
@@ -63,7 +67,8 @@ def export(
 
     request = ExportRequest(bundle=bundle, out=out, opset=opset, verify=verify, optimize=optimize,
                             precision=tuple(precision or ExportRequest.precision),
-                            max_accuracy_drop=max_accuracy_drop, int8_method=int8_method, exporter=exporter)
+                            max_accuracy_drop=max_accuracy_drop, int8_method=int8_method, exporter=exporter,
+                            tome_r=tome_r)
     try:
         result = vitdeploy.export(request)
     except ParityError as e:  # nothing was written: an error, with the report that shows where

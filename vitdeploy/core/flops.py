@@ -17,6 +17,7 @@ Published counts: ViT-Ti/16 1.26 GMACs, ViT-S/16 4.6, ViT-B/16 17.6 (224 px).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vitdeploy.core.config import ModelConfig
@@ -54,17 +55,25 @@ class MacCount:
         return record(self, total=self.total, gmacs=self.gmacs)
 
 
-def count_macs(cfg: ModelConfig) -> MacCount:
-    """MACs of one image through VisionTransformer(cfg)."""
+def count_macs(cfg: ModelConfig, merged_per_block: Sequence[int] = ()) -> MacCount:
+    """MACs of one image through VisionTransformer(cfg). `merged_per_block`: tokens that token merging
+    (model/tome.py) merges away in each block, between its attention and its MLP (the matching itself, a few
+    tokens x tokens x head-size products per block, is not counted); empty: no merging."""
     patches = cfg.num_patches
-    tokens = patches + 1  # the cls token goes through every block too
     dim, depth = cfg.dim, cfg.depth
+    merged = list(merged_per_block) or [0] * depth
+    attention_tokens, mlp_tokens = [], []
+    tokens = patches + 1  # the cls token goes through every block too
+    for r in merged:
+        attention_tokens.append(tokens)
+        tokens -= r
+        mlp_tokens.append(tokens)
     return MacCount(
         patch_embed=patches * cfg.patch_size * cfg.patch_size * cfg.in_channels * dim,
-        qkv=depth * 3 * tokens * dim * dim,
-        attention_scores=depth * tokens * tokens * dim,
-        attention_weighted_sum=depth * tokens * tokens * dim,
-        attention_proj=depth * tokens * dim * dim,
-        mlp=depth * 2 * tokens * dim * cfg.mlp_hidden,
+        qkv=sum(3 * n * dim * dim for n in attention_tokens),
+        attention_scores=sum(n * n * dim for n in attention_tokens),
+        attention_weighted_sum=sum(n * n * dim for n in attention_tokens),
+        attention_proj=sum(n * dim * dim for n in attention_tokens),
+        mlp=sum(2 * n * dim * cfg.mlp_hidden for n in mlp_tokens),
         head=dim * cfg.num_classes,
     )

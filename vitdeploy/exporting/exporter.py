@@ -178,8 +178,11 @@ def export(request: ExportRequest) -> ExportResult:
     from vitdeploy.exporting.ladder import parse_precisions, requested_variants
 
     variants = requested_variants(parse_precisions(request.precision), request.optimize)
+    if request.tome_r is not None and not any(name.startswith("tome") for name in variants):
+        raise ConfigError("--tome-r sets the token merging variants: add --precision tome (or tome-int8)")
     return export_onnx(request.bundle, request.out, request.opset, request.verify, variants,
-                       AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method, request.exporter)
+                       AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method, request.exporter,
+                       request.tome_r)
 
 
 def export_onnx(
@@ -191,13 +194,15 @@ def export_onnx(
     gate: AccuracyGate | None = None,
     int8_method: str = ExportRequest.int8_method,
     exporter: str | None = None,
+    tome_r: int | None = ExportRequest.tome_r,
 ) -> ExportResult:
     """Export a bundle (default: the latest under models/) to `out` (default: BUNDLE/model.onnx).
 
     `exporter`: "torchscript" or "dynamo" (None: the default, falling back to dynamo where TorchScript's is gone).
     `variants` (precision.requested_variants: fp32-opt, fp16, int8, ov-bf16, ov-int8) are then built from that file
     and written beside it (model.int8.onnx, ...) only if they pass the accuracy gate on the runtime each is
-    for; the result's `passed` is False when one does not (the others are written).
+    for; the result's `passed` is False when one does not (the others are written). `tome_r`: tokens merged per
+    block by the token merging variants (tome, tome-int8); None: searched.
     """
     exporter = resolve_exporter(exporter)
     check_opset(opset, exporter)  # before loading anything: a bad opset is a usage error
@@ -207,14 +212,17 @@ def export_onnx(
         from vitdeploy.exporting.gate import AccuracyGate, gate_data
         from vitdeploy.exporting.ladder import check_request, export_variants
 
-        check_request(variants, int8_method)  # usage errors, and no held-out images, before anything is written
+        check_request(variants, int8_method, tome_r)  # usage errors, and no held-out images, before anything is written
         data = gate_data(model, info)
     result = export_model(model, info, Path(out) if out else bundle_dir / DEFAULT_FILE_NAME, opset, verify,
                           bundle_dir, exporter)
     if variants:
         # A variant failing its gate is a result, not an error: it is not written, the others are (result.passed).
+        def export_again(changed: Any, path: Path, verify_it: bool) -> ExportResult:  # token merging's variants
+            return export_model(changed, info, path, opset, verify_it, bundle_dir, exporter)
+
         result.variants = export_variants(model, info, result.path, variants, gate or AccuracyGate(), data,
-                                          int8_method)
+                                          int8_method, export_again, tome_r)
     return result
 
 

@@ -8,6 +8,7 @@ The build_* functions at the end are the builders the variant table (vitdeploy.f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -23,7 +24,7 @@ import numpy as np
 from vitdeploy.core.config import ModelConfig
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError
-from vitdeploy.exporting import quant_search
+from vitdeploy.exporting import quant_search, tome_search
 from vitdeploy.files.onnx_file import INPUT_NAME, copy_proto, save_onnx
 from vitdeploy.files.variants import ExportVariant
 
@@ -71,8 +72,15 @@ class VariantSource:
     workdir: Path
     calibration: Callable[[], np.ndarray]
     int8_method: str = "static"  # static | dynamic
+    # Token merging variants change the PyTorch model's forward, not the graph: they are exported again from `model`
+    # with `export(model, path, verify)` (export's own exporter and opset; verify: its parity check against `model`).
+    model: Any = None
+    export: Callable[[Any, Path, bool], Any] | None = None
+    tome_r: int | None = None  # tokens merged per block; None: searched (tome_search)
     _fused: tuple[onnx.ModelProto, FusionReport] | None = field(default=None, repr=False)
     _calibration: np.ndarray | None = field(default=None, repr=False)
+    _tome_fp32_curve: list[Any] | None = field(default=None, repr=False)  # shared by tome and tome-int8
+    _tome_reference: np.ndarray | None = field(default=None, repr=False)
 
     def fused(self) -> tuple[onnx.ModelProto, FusionReport]:
         if self._fused is None:
@@ -90,6 +98,7 @@ class BuiltGraph:
     proto: onnx.ModelProto
     fusions: FusionReport | None = None  # None: built without ORT's transformer fusions
     quantization: dict[str, Any] | None = None  # the quantization settings, for the file's metadata
+    token_merging: dict[str, Any] | None = None  # the merging setting and its search curve (tome_search)
 
 
 # ---------------------------------------------------------------------------------------------------- graphs
@@ -300,6 +309,18 @@ def build_int8(source: VariantSource) -> BuiltGraph:
         return BuiltGraph(quantized, fusions, settings)
     quantized, settings = to_int8_static(source.base, source.calibration_inputs(), source.workdir)
     return BuiltGraph(quantized, None, settings)
+
+
+def build_tome(source: VariantSource) -> BuiltGraph:
+    """The PyTorch model with token merging on (the setting searched unless --tome-r), exported again."""
+    proto, merging = tome_search.build(source)
+    return BuiltGraph(proto, token_merging=merging)
+
+
+def build_tome_int8(source: VariantSource) -> BuiltGraph:
+    """Token merging stacked with INT8: the merged graph, quantized by the int8 variant's own builder."""
+    built, merging = tome_search.build(source, quantize=build_int8)
+    return dataclasses.replace(built, token_merging=merging)
 
 
 def build_same_graph(source: VariantSource) -> BuiltGraph:

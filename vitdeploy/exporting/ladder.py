@@ -25,7 +25,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +70,7 @@ class VariantResult:
     size_bytes: int  # of the staged file, whether or not it was written
     build_seconds: float
     notes: list[str] = field(default_factory=list)
+    token_merging: dict[str, Any] | None = None  # the tome variants' setting and search curve (tome_search)
 
     def to_dict(self) -> dict[str, Any]:
         return record(self, gate=self.gate.summary(), build_seconds=round(self.build_seconds, 3))
@@ -98,7 +99,7 @@ def requested_variants(precisions: Sequence[str], optimize: bool) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- export
 
 
-def check_request(variants: Sequence[str], int8_method: str) -> None:
+def check_request(variants: Sequence[str], int8_method: str, tome_r: int | None = None) -> None:
     """Refuse, before any work, what cannot be built here: an unknown variant or method, an OpenVINO variant
     without OpenVINO (and NNCF for ov-int8), bf16 on a CPU that has no native bf16."""
     built = [v for v in EXPORT.values() if v.builder]
@@ -107,6 +108,9 @@ def check_request(variants: Sequence[str], int8_method: str) -> None:
         raise ConfigError(f"unknown variant(s) {unknown}; choose from: {', '.join(v.name for v in built)}")
     if int8_method not in INT8_METHODS:
         raise ConfigError(f"unknown INT8 method {int8_method!r}; choose one of: {', '.join(INT8_METHODS)}")
+    if tome_r is not None and tome_r < 1:
+        raise ConfigError(f"--tome-r {tome_r}: token merging needs at least 1 token merged per block (0 merges "
+                          "nothing: that is model.onnx); leave it out to search")
     openvino_variants = [v for v in variants if EXPORT[v].runtime == "openvino"]
     if openvino_variants:
         from vitdeploy.core.extras import require
@@ -140,14 +144,18 @@ def export_variants(
     gate: AccuracyGate = AccuracyGate(),
     data: GateData | None = None,
     int8_method: str = "static",
+    export: Callable[[Any, Path, bool], Any] | None = None,
+    tome_r: int | None = None,
 ) -> list[VariantResult]:
     """Build each variant from the exported fp32 file `base`, judge it, and write the ones that pass beside it.
 
-    A variant that failed is returned with written=False; the others were written.
+    A variant that failed is returned with written=False; the others were written. `export(model, path, verify)`
+    exports `model` as `base` was exported (the token merging variants re-export the model with merging on);
+    `tome_r`: their tokens merged per block (None: searched).
     """
     import onnx
 
-    check_request(variants, int8_method)
+    check_request(variants, int8_method, tome_r)
     if not variants:
         return []
     data = data or gate_data(model, info)
@@ -156,20 +164,22 @@ def export_variants(
     with reported_as(base.parent), tempfile.TemporaryDirectory(prefix=".vitdeploy-variants-",
                                                                 dir=base.parent) as staging_dir:
         staging = Path(staging_dir)
-        source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method)
+        source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method, model=model,
+                               export=export, tome_r=tome_r)
         for row in (EXPORT[name] for name in variants):
             started = time.perf_counter()
             built = build_variant(row, source)
             proto, fusions, quantization = built.proto, built.fusions, built.quantization
             out = row.path(base)
             staged = staging / out.name
-            describe_variant(proto, base_meta, row.name, fusions, quantization)  # the runtime judging it reads this
+            # the runtime judging it reads this
+            describe_variant(proto, base_meta, row.name, fusions, quantization, built.token_merging)
             save_onnx(proto, staged)
             onnx.checker.check_model(os.fspath(staged), full_check=True)  # verify's load_onnx insists on it too
             build_seconds = time.perf_counter() - started
             result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
                            row.runtime)
-            notes = _notes(row, result, quantization)
+            notes = _notes(row, result, quantization) + (built.token_merging or {}).get("notes", [])
             set_metadata(proto, {META_PARITY: result.summary()})
             size = staged.stat().st_size
             if result.passed:
@@ -182,13 +192,14 @@ def export_variants(
             results.append(VariantResult(
                 variant=row.name, precision=row.precision, path=out, written=result.passed, gate=result,
                 fusions=fusions, quantization=quantization, size_bytes=size, build_seconds=build_seconds, notes=notes,
+                token_merging=built.token_merging,
             ))
     return results
 
 
 def describe_variant(
     proto: onnx.ModelProto, base_meta: dict[str, str], variant: str, fusions: FusionReport | None,
-    quantization: dict[str, Any] | None,
+    quantization: dict[str, Any] | None, token_merging: dict[str, Any] | None = None,
 ) -> None:
     """The fp32 file's self-description, plus what makes this variant different: precision, the runtime it is made
     for (and, for OpenVINO, the precision it computes in), fusions, quantization. The gate's result is added once
@@ -207,6 +218,8 @@ def describe_variant(
     })
     if row.inference_precision is not None:
         export["inference_precision"] = row.inference_precision
+    if token_merging is not None:  # verify rebuilds PyTorch with this merging to compare the file with
+        export["token_merging"] = token_merging
     # The fp32 file's intermediates name tensors that fusion renamed or removed: verify cannot expose them here.
     set_metadata(proto, {META_EXPORT: export, META_PARITY: {}, META_INTERMEDIATES: {}})
 

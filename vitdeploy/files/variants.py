@@ -112,6 +112,13 @@ EXPORT_VARIANTS: tuple[ExportVariant, ...] = (
     ExportVariant("ov-int8-bf16", "int8", "openvino",
                   "NNCF INT8 for OpenVINO, bf16 for the rest (CPUs with AVX512_BF16 or AMX), the layers kept "
                   "unquantized chosen by a sensitivity search", INT8, "build_ov_int8_bf16", inference_precision="bf16"),
+    # Token merging (model/tome.py): fewer tokens, not fewer bits. Parity is against PyTorch with the same merging
+    # (verify rebuilds it from the file's metadata); the gate, as for every variant, against the unmerged model.
+    ExportVariant("tome", "fp32", "ort",
+                  "token merging (ToMe): r tokens merged per block, r and the blocks searched unless --tome-r",
+                  FP32, "build_tome"),
+    ExportVariant("tome-int8", "int8", "ort", "token merging stacked with the int8 variant's quantization", INT8,
+                  "build_tome_int8"),
 )
 EXPORT = {v.name: v for v in EXPORT_VARIANTS}
 PLAIN = EXPORT["fp32"]
@@ -184,5 +191,8 @@ BENCH_VARIANTS: tuple[VariantSpec, ...] = (
     _on_file("ov-cpu-int8", "openvino", "cpu", "ov-int8", "OpenVINO CPU", ": NNCF INT8, f32 for the rest"),
     _on_file("ov-cpu-int8-bf16", "openvino", "cpu", "ov-int8-bf16", "OpenVINO CPU",
              ": NNCF INT8 (searched), bf16 for the rest"),
+    _on_file("ort-cpu-tome", "ort", "cpu", "tome", "ONNX Runtime CPU", ": token merging"),
+    _on_file("ov-cpu-tome", "openvino", "cpu", "tome", "OpenVINO CPU", ": token merging, f32 pinned"),
+    _on_file("ort-cpu-tome-int8", "ort", "cpu", "tome-int8", "ONNX Runtime CPU", ": token merging + INT8"),
 )
 VARIANTS: dict[str, VariantSpec] = {v.name: v for v in BENCH_VARIANTS}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitdeploy.core.config import ModelConfig
+from vitdeploy.model.tome import merge_tokens
 
 
 class PatchEmbed(nn.Module):
@@ -56,24 +57,30 @@ class Attention(nn.Module):
         # its softmax weights. Off by default and skipped while tracing, so forward and the export are unchanged.
         self.record = False
         self.recorded: torch.Tensor | None = None
+        # Token merging (model/tome.py) turns this on: log(size) added to the logits of every key.
+        self.proportional = False
 
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         # NOTE: -1 for the batch (not t.shape[0]) keeps the exported Reshape free of a traced batch size.
         t = t.reshape(-1, t.shape[1], self.num_heads, self.head_dim)  # (B, N, h, d)
         return t.transpose(1, 2)  # (B, h, N, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, N, D) -> (output (B, N, D), keys (B, h, N, d): what token merging measures similarity with).
+        size: (B, N, 1) patches each token stands for, once token merging has merged some; None: one each."""
         n_tokens, dim = x.shape[1], x.shape[2]
         q = self._split_heads(self.q(x))  # (B, h, N, d)
         k = self._split_heads(self.k(x))  # (B, h, N, d)
         v = self._split_heads(self.v(x))  # (B, h, N, d)
         scores = (q @ k.transpose(-2, -1)) / self.scale_divisor  # (B, h, N, N)
+        if self.proportional and size is not None:  # a key standing for s patches counts s times in the softmax
+            scores = scores + size.log().transpose(1, 2)[:, None]  # + (B, 1, 1, N)
         weights = scores.softmax(dim=-1)  # each row sums to 1
         if self.record and not torch.jit.is_tracing():
             self.recorded = weights  # (B, h, N, N), still in the autograd graph: grad-rollout needs its gradient
         out = weights @ v  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(-1, n_tokens, dim)  # (B, N, D): heads concatenated
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(out)), k
 
 
 class Mlp(nn.Module):
@@ -99,11 +106,16 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(cfg)
+        self.merge_r = 0  # token merging (model/tome.py): tokens merged away between attention and MLP; 0: off
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens, patches per token) -> the same after this block; size stays None until tokens are merged."""
+        attended, keys = self.attn(self.norm1(x), size)
+        x = x + attended
+        if self.merge_r:  # token merging: the merge_r most similar pairs become one token each
+            x, size = merge_tokens(x, size, keys, self.merge_r)  # (B, N - r, D), (B, N - r, 1)
         x = x + self.mlp(self.norm2(x))
-        return x
+        return x, size
 
 
 class VisionTransformer(nn.Module):
@@ -145,9 +157,10 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
+        size = None  # patches per token: one each until token merging (off by default) merges some
         for block in self.blocks:
-            x = block(x)
-        return self.norm(x)  # (B, n+1, D)
+            x, size = block(x, size)
+        return self.norm(x)  # (B, n+1, D); fewer tokens with token merging, the cls token still first
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features[:, 0])  # the cls token's output -> (B, num_classes)
@@ -164,8 +177,9 @@ class VisionTransformer(nn.Module):
         inter: dict[str, torch.Tensor] = {}
         x = self.embed(x)
         inter["embed"] = x
+        size = None
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x, size = block(x, size)
             inter[f"block_{i}"] = x
         x = self.norm(x)
         inter["norm"] = x

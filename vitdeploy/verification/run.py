@@ -169,6 +169,11 @@ def verify(
     targets = runtime_targets(select_runtimes(runtimes, exclude_by_default=too_slow), meta,
                               optional=runtimes is None)
     model, info = load_bundle(bundle_dir)
+    merging = meta.export.get("token_merging")
+    if merging:  # a token merging variant: compared with PyTorch merging the same tokens
+        from vitdeploy.model import tome
+
+        tome.apply(model, tome.MergeSchedule.from_dict(merging))
     precision = meta.precision
     tolerance = resolve_tolerance(precision, atol, rtol)
     inputs, labels, counts, notes = parity_inputs(
