@@ -204,3 +204,32 @@ def tiny_png(folder):
     path = folder / "image.png"
     smooth_rgb(16, 16).save(path)
     return path
+
+
+BENCH_QUICK = ["--warmup-iters", "1", "--warmup-seconds", "0", "--min-iters", "2", "--min-seconds", "0",
+               "--threads", "1", "--block-idle", "0", "--batch-sizes", "1,2", "--json"]
+
+
+def test_bench_times_the_merged_files_and_reports_their_setting_and_macs(digits_tiny):
+    bundle, result = digits_tiny
+    variants = "ort-cpu,ort-cpu-tome,ort-cpu-tome-int8"
+    out = runner.invoke(app, ["bench", str(result.path), "--bundle", str(bundle), "--variants", variants,
+                              *BENCH_QUICK])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    tome_row = report["variants"]["ort-cpu-tome"]
+    assert tome_row["token_merging"]["per_block"] == [2, 2] and tome_row["token_merging"]["curve"]
+    merged, full = tome_row["macs_per_image"]["total"], report["model"]["macs_per_image"]["total"]
+    assert merged == count_macs(ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2,
+                                            num_classes=10), (2, 2)).total < full
+    assert "token_merging" not in report["variants"]["ort-cpu"]
+
+
+@pytest.mark.slow
+def test_bench_preset_builds_the_merged_variant_with_the_preset_r():
+    from vitdeploy.benchmark.artifacts import PRESET_TOME_R
+
+    out = runner.invoke(app, ["bench", "--preset", "tiny", "--variants", "ort-cpu-tome", *BENCH_QUICK])
+    assert out.exit_code == 0, out.output
+    merging = json.loads(out.stdout)["variants"]["ort-cpu-tome"]["token_merging"]
+    assert merging["r"] == PRESET_TOME_R or max(merging["per_block"]) < PRESET_TOME_R

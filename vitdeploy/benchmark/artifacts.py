@@ -8,6 +8,8 @@ Bench times the files `vitdeploy export` writes, never a rebuild of them:
     model.fp16.onnx        ort-cuda-fp16    (export --precision fp16)
     model.ov-bf16.onnx     ov-cpu-bf16      (export --precision ov-bf16)
     model.ov-int8.onnx     ov-cpu-int8      (export --precision ov-int8)
+    model.tome.onnx        ort-cpu-tome, ov-cpu-tome   (export --precision tome)
+    model.tome-int8.onnx   ort-cpu-tome-int8           (export --precision tome-int8)
 
 A variant whose file is missing, or was made from other weights than model.onnx, is skipped (refused when named
 in --variants) with the export command that makes it. Each file's metadata says what it is: its precision, its
@@ -32,6 +34,7 @@ from typing import Any
 from vitdeploy.benchmark.timing import input_batch
 from vitdeploy.benchmark.variants import VARIANTS, BenchSettings, VariantSpec, runtime_problem
 from vitdeploy.core.config import ModelConfig, get_preset
+from vitdeploy.core.flops import MacCount, count_macs
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 from vitdeploy.exporting.graphs import VariantSource, build_variant
 from vitdeploy.exporting.ladder import describe_variant
@@ -43,6 +46,8 @@ from vitdeploy.runtimes.ort import load_model_info
 
 # Random inputs set the static INT8 scales of a preset: more of them would not make the scales meaningful.
 PRESET_CALIBRATION_IMAGES = 32
+# Random weights have no answers worth keeping, so there is nothing to search: the paper's setting for ViT-S/DeiT-S.
+PRESET_TOME_R = 8
 RANDOM_WEIGHTS = "accuracy not judged (random weights)"
 NO_WEIGHTS = "no model bundle: PyTorch needs the weights (pass --bundle DIR)"
 
@@ -126,24 +131,35 @@ def model_from_preset(name: str, workdir: Path, seed: int = 0, export_variants: 
                       labels=[str(i) for i in range(preset.model.num_classes)])
     # Parity is export's and verify's business; random weights need no accuracy check.
     path = export_model(model, info, workdir / DEFAULT_FILE_NAME, verify=False).path
-    build_variant_files(path, preset.model, export_variants, seed)
+    build_variant_files(path, preset.model, export_variants, seed, model, info)
     return ModelUnderTest(path, preset.model, f"preset:{name}", torch_state=model.state_dict(), random_weights=True)
 
 
-def build_variant_files(base: Path, config: ModelConfig, variants: Collection[str], seed: int = 0) -> None:
+def build_variant_files(base: Path, config: ModelConfig, variants: Collection[str], seed: int = 0,
+                        model: Any = None, info: BundleInfo | None = None) -> None:
     """Write the export variants (fp32-opt, fp16, int8, ov-bf16, ov-int8) of `base` beside it with export's
     builders, without the accuracy gate (there are no images to judge them on): INT8 is calibrated on seeded random
     inputs.
 
     Each file carries base's metadata with its own precision, variant, runtime and quantization, as export's do.
+    The token merging variants re-export `model` (described by `info`) with PRESET_TOME_R tokens merged per block.
     """
+    from vitdeploy.exporting.exporter import export_model
+
     base_meta = load_model_info(base).raw
+
+    def export_again(changed: Any, path: Path, verify: bool) -> Any:
+        assert info is not None
+        return export_model(changed, info, path, verify=verify)
+
     with tempfile.TemporaryDirectory(dir=base.parent) as workdir:
         source = VariantSource(base, config, Path(workdir),
-                               lambda: input_batch(config, PRESET_CALIBRATION_IMAGES, seed))
+                               lambda: input_batch(config, PRESET_CALIBRATION_IMAGES, seed),
+                               model=model, export=export_again if info is not None else None, tome_r=PRESET_TOME_R)
         for row in (v for v in EXPORT.values() if v.builder and v.name in variants):
             built = build_variant(row, source)
-            describe_variant(built.proto, base_meta, row.name, built.fusions, built.quantization)
+            describe_variant(built.proto, base_meta, row.name, built.fusions, built.quantization,
+                             built.token_merging)
             save_onnx(built.proto, row.path(base))
 
 
@@ -213,12 +229,24 @@ def plan_variants(settings: BenchSettings, model: ModelUnderTest) -> tuple[list[
 
 
 def describe_file(model: ModelUnderTest, spec: VariantSpec) -> dict[str, Any]:
-    """What the report says about the file a variant ran: its path, graph ops, quantization and accuracy check."""
+    """What the report says about the file a variant ran: its path, graph ops, quantization, token merging (with its
+    search's curve) and accuracy check."""
     if spec.runtime == "torch":
         return {"file": str(model.bundle) if model.bundle else None, "quantization": None, "accuracy": None}
     onnx_file = model.file(spec)
-    return {"file": str(onnx_file.path), "graph_ops": onnx_file.graph_ops,
-            "quantization": onnx_file.info.export.get("quantization"), "accuracy": accuracy_record(model, onnx_file)}
+    described = {"file": str(onnx_file.path), "graph_ops": onnx_file.graph_ops,
+                 "quantization": onnx_file.info.export.get("quantization"),
+                 "accuracy": accuracy_record(model, onnx_file)}
+    if onnx_file.info.export.get("token_merging"):
+        described["token_merging"] = onnx_file.info.export["token_merging"]
+        described["macs_per_image"] = variant_macs(model, spec).to_dict()
+    return described
+
+
+def variant_macs(model: ModelUnderTest, spec: VariantSpec) -> MacCount:
+    """The multiply-accumulates per image of the file `spec` runs: fewer where it merges tokens."""
+    merging = None if spec.runtime == "torch" else model.file(spec).info.export.get("token_merging")
+    return count_macs(model.config, merging["per_block"] if merging else ())
 
 
 def accuracy_record(model: ModelUnderTest, onnx_file: OnnxFile) -> dict[str, Any]:

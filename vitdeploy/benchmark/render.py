@@ -73,6 +73,10 @@ def _variant_line(name: str, v: dict[str, Any]) -> str:
     if v.get("accuracy"):  # an ONNX file: which one, and what export's accuracy check said of it
         quantization = v.get("quantization")
         method = f", {quantization['method']} INT8" if quantization else ""
+        merging = v.get("token_merging")
+        if merging:  # which setting, and what it saves
+            method += (f", token merging r={merging['r']} from block {merging['first_block']} "
+                       f"({merging['tokens_out']} tokens out, {merging['macs_share']:.0%} of the MACs)")
         line += f"; {Path(v['file']).name}{method}: {v['accuracy']['note']}"
     if v["cold_start"].get("finite_outputs") is False:
         line += "; NON-FINITE logits (NaN or Inf) on the benchmark's inputs: never recommended"

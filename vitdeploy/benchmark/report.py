@@ -11,6 +11,7 @@ peak of the variant's own precision on its device (peak.py), and no MFU where th
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,9 +126,11 @@ class BenchReport:
         }
 
 
-def add_ratios(points: list[PointResult], peaks: dict[str, dict[str, Peak]], flops_per_image: float) -> None:
+def add_ratios(points: list[PointResult], peaks: dict[str, dict[str, Peak]],
+               flops_per_image: float | Mapping[str, float]) -> None:
     """Set each point's speed-up against eager on its device and against ONNX Runtime fp32 on the CPU, and its MFU
-    against the peak of its own precision on its device (none where there is no such peak)."""
+    against the peak of its own precision on its device (none where there is no such peak). flops_per_image: one
+    figure, or one per variant (a token merging file computes fewer)."""
     for point in points:
         spec = VARIANTS[point.variant]
         same_batch = {p.variant: p for p in points if p.batch_size == point.batch_size}
@@ -136,7 +139,8 @@ def add_ratios(points: list[PointResult], peaks: dict[str, dict[str, Peak]], flo
         point.speedup_vs_ort_fp32 = ort_fp32.mean_s / point.mean_s if ort_fp32 else None
         peak = peaks.get("cuda" if spec.device == "tensorrt" else spec.device, {}).get(spec.precision)
         point.peak_gflops = peak.gflops if peak else None
-        point.mfu = mfu(flops_per_image, point.images_per_s, peak)
+        flops = flops_per_image if isinstance(flops_per_image, (int, float)) else flops_per_image[point.variant]
+        point.mfu = mfu(flops, point.images_per_s, peak)
 
 
 def mfu(flops_per_image: float, images_per_s: float, peak: Peak | None) -> float | None:

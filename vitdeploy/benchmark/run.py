@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from vitdeploy.benchmark.artifacts import (
     model_from_files,
     model_from_preset,
     plan_variants,
+    variant_macs,
 )
 from vitdeploy.benchmark.end_to_end import end_to_end
 from vitdeploy.benchmark.environment import environment, optional_torch, warn_if_busy
@@ -85,8 +86,9 @@ def benchmark(
                if end_to_end_images else None)
     timed = {g: [t for p in points if p.variant == g.spec.name for t in p.latencies_s] for g in gemms}
     points = [p for p in points if p.variant in variants]
-    device_peaks = peaks(timed, _achieved(points, macs.flops), threads)
-    add_ratios(points, device_peaks, macs.flops)
+    flops = {name: variant_macs(model, VARIANTS[name]).flops for name in variants}  # token merging: fewer
+    device_peaks = peaks(timed, _achieved(points, flops), threads)
+    add_ratios(points, device_peaks, flops)
     report = BenchReport(
         model={"source": model.source, "onnx": str(model.onnx_path), "bundle": str(model.bundle) if model.bundle else None,
                "config": model.config.to_dict(), "macs_per_image": macs.to_dict()},
@@ -120,13 +122,15 @@ def _gemm_runners(runners: list[Any], threads: int) -> list[GemmRunner]:
     return gemms
 
 
-def _achieved(points: list[PointResult], flops_per_image: float) -> dict[tuple[str, str], dict[str, float]]:
-    """(device, precision) -> variant -> the rate of its fastest run, GFLOP/s, over all batch sizes."""
+def _achieved(points: list[PointResult], flops_per_image: Mapping[str, float]
+              ) -> dict[tuple[str, str], dict[str, float]]:
+    """(device, precision) -> variant -> the rate of its fastest run, GFLOP/s, over all batch sizes (flops_per_image:
+    per variant, as a token merging file computes fewer)."""
     achieved: dict[tuple[str, str], dict[str, float]] = collections.defaultdict(dict)
     for point in points:
         spec = VARIANTS[point.variant]
         key = ("cuda" if spec.device == "tensorrt" else spec.device, spec.precision)
-        rate = flops_per_image * point.batch_size / min(point.latencies_s) / 1e9
+        rate = flops_per_image[point.variant] * point.batch_size / min(point.latencies_s) / 1e9
         achieved[key][point.variant] = max(rate, achieved[key].get(point.variant, 0.0))
     return dict(achieved)
 
