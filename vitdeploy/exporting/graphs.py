@@ -79,8 +79,7 @@ class VariantSource:
     tome_r: int | None = None  # tokens merged per block; None: searched (tome_search)
     _fused: tuple[onnx.ModelProto, FusionReport] | None = field(default=None, repr=False)
     _calibration: np.ndarray | None = field(default=None, repr=False)
-    _tome_fp32_curve: list[Any] | None = field(default=None, repr=False)  # shared by tome and tome-int8
-    _tome_reference: np.ndarray | None = field(default=None, repr=False)
+    _tome: dict[str, Any] = field(default_factory=dict, repr=False)  # tome_search's memo, for tome and tome-int8
 
     def fused(self) -> tuple[onnx.ModelProto, FusionReport]:
         if self._fused is None:

@@ -176,26 +176,26 @@ def build(source: Any, quantize: Quantize | None = None) -> tuple[Any, dict[str,
 
 def _fp32_curve(source: Any, model: Any, images: np.ndarray) -> list[Point]:
     """Every candidate setting exported and run in fp32 (made once per export, shared by tome and tome-int8)."""
-    if source._tome_fp32_curve is None:
+    if "fp32_curve" not in source._tome:
         settings = candidates(source.config.depth, source.tome_r)
         unique: dict[tuple[int, ...], Point] = {}  # r capped by the tokens left can make two settings the same
         for p in sorted((point(source.config, s) for s in settings), key=lambda p: (p.gmacs, p.r)):
             unique.setdefault(tuple(p.per_block), p)
         curve = list(unique.values())
-        for p in curve:
-            _evaluate(source, model, p, images, None)
-        source._tome_fp32_curve = curve
-    return source._tome_fp32_curve
+        for p in curve:  # a single setting (r given) is the file: exported with the parity check straight away
+            _evaluate(source, model, p, images, None, verify=len(curve) == 1)
+        source._tome["fp32_curve"] = curve
+    return source._tome["fp32_curve"]
 
 
-def _evaluate(source: Any, model: Any, p: Point, images: np.ndarray,
-              quantize: Quantize | None) -> None:
+def _evaluate(source: Any, model: Any, p: Point, images: np.ndarray, quantize: Quantize | None,
+              verify: bool = False) -> None:
     """Build the setting's graph and measure it on the search images against the unmerged fp32 model."""
     reference = _reference(source, images)
     if p.r == 0 and quantize is None:
         session = open_runtime(RUNTIME, source.base, device="cpu")  # the unmerged file itself
     else:
-        graph = _build_setting(source, model, p, quantize, verify=False)
+        graph = _build_setting(source, model, p, quantize, verify)
         session = open_runtime(RUNTIME, getattr(graph, "proto", graph).SerializeToString(), device="cpu")
     logits = _run(session, images)
     p.agreement = float(np.mean(logits.argmax(1) == reference.argmax(1)))
@@ -208,9 +208,9 @@ def _evaluate(source: Any, model: Any, p: Point, images: np.ndarray,
 
 def _reference(source: Any, images: np.ndarray) -> np.ndarray:
     """The unmerged fp32 file's logits on the search images (it passed export's parity check)."""
-    if source._tome_reference is None:
-        source._tome_reference = _run(open_runtime(RUNTIME, source.base, device="cpu"), images)
-    return source._tome_reference
+    if "reference" not in source._tome:
+        source._tome["reference"] = _run(open_runtime(RUNTIME, source.base, device="cpu"), images)
+    return source._tome["reference"]
 
 
 def _fastest_passing(curve: Sequence[Point]) -> Point | None:
@@ -230,8 +230,11 @@ def _build_setting(source: Any, model: Any, p: Point, quantize: Quantize | None,
     from vitdeploy.model import tome
 
     path = source.workdir / f"tome-{Setting(p.r, p.first_block).name}.onnx"
-    with tome.merging(model, tome.MergeSchedule(tuple(p.per_block))):
-        source.export(model, path, verify)
+    exported = source._tome.setdefault("exported", {})  # path -> whether export's parity check ran on it
+    if path not in exported or (verify and not exported[path]):
+        with tome.merging(model, tome.MergeSchedule(tuple(p.per_block))):
+            source.export(model, path, verify)
+        exported[path] = verify
     if quantize is None:
         return onnx.load(str(path))
     return quantize(dataclasses.replace(source, base=path, _fused=None))  # the same calibration images
