@@ -5,10 +5,10 @@ pinned), and timed against r = 0 (model.onnx) in one run, interleaved in blocks.
     python benchmarks/tome.py /tmp/ti16regions/best --work /tmp/tome-ti --name vit-ti16-regions
     python benchmarks/tome.py BUNDLE --r 0,4,8,13,16 --batch-sizes 1,32 --blocks 3 --block-seconds 1.5
 
-Builds in --work (kept: a second invocation only times): WORK/r<R>/model.tome.onnx for each r > 0 through
-`export --precision tome --tome-r R` (export's own builder and parity check against PyTorch with the same merging),
-written whatever the gate says (the verdict under the default gate, 0.5 pt and 99% top-1 agreement, is recomputed
-from the measured numbers and reported), and WORK/search/: what export's search (no --tome-r) picks. Timing: per
+Builds in --work (kept: a second invocation only judges and times): WORK/r<R>/model.tome.onnx for each r > 0, the
+bundle's model with merging on, through export's exporter and its parity check against PyTorch with the same
+merging, whatever the gate says (its verdict, 0.5 pt and 99% top-1 agreement against the unmerged model, is
+measured and reported), and with --search WORK/search/: what export's own search (no --tome-r) picks. Timing: per
 batch size, each file on each runtime runs for a block of --block-seconds after one untimed call, the blocks
 alternate over every file and runtime, --blocks rounds, with a pause between blocks (DESIGN.md fact 12); p50 over
 every timed call. Writes benchmarks/tome/<name>.json; benchmarks/tome.md holds the tables.
@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from vitdeploy.core.flops import count_macs
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "tome"
 PAUSE_S = 0.3  # between blocks: longer than ORT's and OpenVINO's spin-wait before their threads sleep
@@ -36,9 +38,10 @@ PAUSE_S = 0.3  # between blocks: longer than ORT's and OpenVINO's spin-wait befo
 
 def build(bundle: Path, work: Path, rs: list[int], search: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """Each r's file (r = 0: model.onnx), its gate numbers on ORT and OpenVINO, and the searched setting."""
-    from vitdeploy.exporting.exporter import export_onnx
+    from vitdeploy.exporting.exporter import export_model, export_onnx
     from vitdeploy.exporting.gate import AccuracyGate, gate_data, judge
     from vitdeploy.files.bundle import load_bundle
+    from vitdeploy.model import tome
 
     model, info = load_bundle(bundle)
     data = gate_data(model, info)
@@ -46,23 +49,25 @@ def build(bundle: Path, work: Path, rs: list[int], search: bool, log: Callable[[
     default_gate = AccuracyGate()
     points: dict[str, Any] = {}
     for r in rs:
-        folder = work / f"r{r}"
-        path = folder / ("model.onnx" if r == 0 else "model.tome.onnx")
+        path = work / f"r{r}" / ("model.onnx" if r == 0 else "model.tome.onnx")
+        merge = tome.schedule(info.model, r)
         if not path.is_file():
             started = time.perf_counter()
-            export_onnx(bundle, folder / "model.onnx", variants=[] if r == 0 else ["tome"], gate=let_through,
-                        tome_r=None if r == 0 else r)
-            log(f"r={r}: built in {time.perf_counter() - started:.0f} s")
+            # export's exporter and its parity check against PyTorch with the same merging (the tome variant's
+            # file without the variant's metadata; the search's files are export's own, in WORK/search)
+            with tome.merging(model, merge):
+                export_model(model, info, path, verify=True)
+            log(f"r={r}: exported and parity-checked in {time.perf_counter() - started:.0f} s")
         verdicts = {}
         for runtime in ("ort", "openvino"):
             result = judge(f"r{r}", "fp32", path, data, default_gate, runtime=runtime)
             verdicts[runtime] = {"accuracy": result.accuracy, "reference_accuracy": result.reference_accuracy,
                                  "top1_agreement": result.top1_agreement, "accuracy_drop_pt": result.accuracy_drop_pt,
                                  "passed": result.passed, "failures": result.failures(), "images": result.images}
-        merging = _metadata(path).get("token_merging") or {}
-        points[f"r{r}"] = {"r": r, "file": str(path.relative_to(work)), "per_block": merging.get("per_block"),
-                           "tokens_out": merging.get("tokens_out", info.model.num_patches + 1),
-                           "macs_share": merging.get("macs_share", 1.0), "gate": verdicts}
+        full = count_macs(info.model).total
+        points[f"r{r}"] = {"r": r, "file": str(path.relative_to(work)), "per_block": list(merge.per_block),
+                           "tokens_out": merge.tokens(info.model)[-1],
+                           "macs_share": count_macs(info.model, merge.per_block).total / full, "gate": verdicts}
         log(f"r={r}: ORT agreement {verdicts['ort']['top1_agreement']:.3f} drop "
             f"{verdicts['ort']['accuracy_drop_pt']:.2f} pt {'passed' if verdicts['ort']['passed'] else 'FAILED'}")
     searched = None
@@ -70,7 +75,7 @@ def build(bundle: Path, work: Path, rs: list[int], search: bool, log: Callable[[
         path = work / "search" / "model.tome.onnx"
         if not path.is_file():
             started = time.perf_counter()
-            result = export_onnx(bundle, work / "search" / "model.onnx", variants=["tome"], gate=let_through)
+            export_onnx(bundle, work / "search" / "model.onnx", variants=["tome"], gate=let_through)
             log(f"search: built in {time.perf_counter() - started:.0f} s")
         merging = _metadata(path)["token_merging"]
         gate = judge("tome", "fp32", path, data, default_gate, runtime="ort")
@@ -157,7 +162,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--block-seconds", type=float, default=1.5)
-    parser.add_argument("--no-search", action="store_true", help="skip export's own search (no --tome-r)")
+    parser.add_argument("--search", action="store_true", help="also run export's own search (no --tome-r)")
     args = parser.parse_args()
     rs = [int(r) for r in args.r.split(",")]
     if 0 not in rs:
@@ -167,7 +172,7 @@ def main() -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     before = environment()
-    built = build(args.bundle, args.work, rs, not args.no_search, log)
+    built = build(args.bundle, args.work, rs, args.search, log)
     from vitdeploy.files.bundle import read_bundle_info
 
     image_size = read_bundle_info(args.bundle).model.image_size

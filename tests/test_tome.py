@@ -233,3 +233,13 @@ def test_bench_preset_builds_the_merged_variant_with_the_preset_r():
     assert out.exit_code == 0, out.output
     merging = json.loads(out.stdout)["variants"]["ort-cpu-tome"]["token_merging"]
     assert merging["r"] == PRESET_TOME_R or max(merging["per_block"]) < PRESET_TOME_R
+
+
+def test_train_with_merging_records_it_and_learns(tmp_path):
+    from vitdeploy.files.bundle import read_bundle_info
+    from vitdeploy.training.run import TrainRequest, train
+
+    result = train(TrainRequest(preset="digits", epochs=2, out=tmp_path / "run", tome_r=2))
+    info = read_bundle_info(result.last)
+    assert info.provenance["run"]["token_merging"] == {"per_block": [2, 2, 2, 2], "proportional_attention": True}
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]  # gradients flow through merging

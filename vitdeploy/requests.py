@@ -63,6 +63,7 @@ class TrainRequest(_Request):
     stop_after_steps: int | None = None  # stop like Ctrl-C after this many steps in this invocation
     workers: int = 2  # threads decoding the images of a data folder
     force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
+    tome_r: int | None = None  # train (and evaluate) with token merging on, r tokens per block (model/tome.py)
 
 
 @dataclass

@@ -42,6 +42,10 @@ def train(
                                     "(the schedule still spans all epochs; --resume continues).")
     ] = None,
     workers: Annotated[int, typer.Option(help="Threads decoding images of a --data folder.")] = TrainRequest.workers,
+    tome_r: Annotated[
+        Optional[int], typer.Option(help="Train and evaluate with token merging on, r tokens merged per block (for "
+                                    "export --precision tome --tome-r R; see docs/token-merging.md).")
+    ] = TrainRequest.tome_r,
     json_output: JsonFlag = False,
     force: Force = TrainRequest.force,
 ) -> None:
@@ -55,7 +59,7 @@ def train(
     result = vitdeploy.train(TrainRequest(
         preset=preset, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         image_size=image_size, device=device, resume=resume, init=init, stop_after_steps=stop_after_steps,
-        workers=workers, force=force,
+        workers=workers, force=force, tome_r=tome_r,
     ))
     if json_output and result.main_process:
         print_json(result.to_dict())

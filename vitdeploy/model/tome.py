@@ -95,6 +95,13 @@ def apply(model: nn.Module, merge: MergeSchedule | None) -> nn.Module:
     return model
 
 
+def active(model: nn.Module) -> MergeSchedule | None:
+    """The schedule token merging runs with in `model`, or None when it is off."""
+    blocks = getattr(model, "module", model).blocks
+    per_block = tuple(block.merge_r for block in blocks)
+    return MergeSchedule(per_block, blocks[0].attn.proportional) if any(per_block) else None
+
+
 def merge_tokens(x: torch.Tensor, size: torch.Tensor | None, keys: torch.Tensor, r: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bipartite soft matching: merge r of x's tokens into others. x: (B, N, D) with the class token first,

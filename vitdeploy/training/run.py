@@ -40,6 +40,7 @@ from vitdeploy.files.bundle import (
     save_bundle,
 )
 from vitdeploy.files.outputs import BUNDLE, RUN, check_output_folder
+from vitdeploy.model import tome
 from vitdeploy.model.vit import VisionTransformer, build_model
 from vitdeploy.requests import TrainRequest
 from vitdeploy.training import finetune
@@ -292,9 +293,15 @@ class RunBundles:
                 "device": str(self.procs.device),
                 "processes": self.procs.world,
                 "run": {"preset": plan.preset, "data": str(plan.data.resolve()) if plan.data else None,
-                        "init": plan.init},
+                        "init": plan.init, "token_merging": _merging(self.model)},
             },
         )
+
+
+def _merging(model: VisionTransformer) -> dict[str, Any] | None:
+    """The token merging a run trained with (train --tome-r), for the bundle's provenance; None: none."""
+    merge = tome.active(model)
+    return merge.to_dict() if merge else None
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -321,6 +328,11 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes) -> TrainResul
         raise ConfigError(f"batch size {cfg.batch_size} must be divisible by the {procs.world} processes")
     data = load_training_data(plan.data, plan.spec, cfg.val_fraction, request.workers)
     model, state = _initial_model_and_state(plan, request, data, say)
+    if request.tome_r is not None:  # the weights learn to work on merged tokens; the bundle stores weights only
+        merge = tome.schedule(model.cfg, request.tome_r)
+        tome.apply(model, merge)
+        say("token merging on: %d tokens per block, %d tokens leave the last block", request.tome_r,
+            merge.tokens(model.cfg)[-1])
     model.to(procs.device)
     steps_per_epoch = data.num_train // cfg.batch_size
     if steps_per_epoch == 0:
