@@ -243,3 +243,13 @@ def test_train_with_merging_records_it_and_learns(tmp_path):
     info = read_bundle_info(result.last)
     assert info.provenance["run"]["token_merging"] == {"per_block": [2, 2, 2, 2], "proportional_attention": True}
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]  # gradients flow through merging
+
+
+def test_merged_files_have_their_own_parity_tolerance():
+    from vitdeploy.files.variants import EXPORT, TOME
+    from vitdeploy.verification.parity import resolve_tolerance
+
+    assert EXPORT["tome"].tolerance is TOME
+    assert resolve_tolerance("fp32", None, None, "tome") == TOME
+    assert resolve_tolerance("fp32", None, None, "fp32-opt").atol == 1e-4  # other variants: their precision's
+    assert resolve_tolerance("int8", None, None, "tome-int8") == resolve_tolerance("int8", None, None)

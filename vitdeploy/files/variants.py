@@ -92,6 +92,12 @@ FP32 = Tolerance(atol=1e-4, rtol=0.0)
 FP16 = Tolerance(atol=1e-1, rtol=5e-2, min_top1_agreement=0.99)
 INT8 = Tolerance(atol=0.5, rtol=0.0, min_top1_agreement=0.99, real_images_only=True)
 BF16 = Tolerance(atol=0.25, rtol=5e-2, min_top1_agreement=0.99, real_images_only=True)
+# Token merging against PyTorch with the same merging: fp32 arithmetic, but discrete choices. Where patches are nearly
+# alike (flat regions of a photo) the best matches differ by less than fp32 rounding (gaps of 1e-7..5e-6 at the r-th
+# match, ViT-Ti/16 on photo regions), so a runtime may merge another, nearly identical token and the logits move by
+# more than fp32's 1e-4: measured on the 149 held-out images (|logits| up to 3.8), max |diff| 3.5e-4 / 3.6e-3 at r=4
+# and 8.1e-3 / 7.8e-3 at r=8 (ORT / OpenVINO), top-1 always equal; random inputs ~2e-7. fp16's atol, and 99% top-1.
+TOME = Tolerance(atol=1e-1, rtol=0.0, min_top1_agreement=0.99)
 
 # NOTE fp16 is judged on CUDA when a session really gets it, else on ORT's CPU provider, which has no fp16 kernels
 # for MatMul, Attention, BiasGelu, Conv or Gemm (ORT 1.31): it inserts casts and runs them in fp32, so a CPU judgement
@@ -116,7 +122,7 @@ EXPORT_VARIANTS: tuple[ExportVariant, ...] = (
     # (verify rebuilds it from the file's metadata); the gate, as for every variant, against the unmerged model.
     ExportVariant("tome", "fp32", "ort",
                   "token merging (ToMe): r tokens merged per block, r and the blocks searched unless --tome-r",
-                  FP32, "build_tome"),
+                  TOME, "build_tome"),
     ExportVariant("tome-int8", "int8", "ort", "token merging stacked with the int8 variant's quantization", INT8,
                   "build_tome_int8"),
 )

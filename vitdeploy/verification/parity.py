@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vitdeploy.errors import ConfigError, ModelFileError
-from vitdeploy.files.variants import EXPORT_VARIANTS, Tolerance, tolerance_for
+from vitdeploy.files.variants import EXPORT, EXPORT_VARIANTS, Tolerance, tolerance_for
 from vitdeploy.runtimes import Description, open_runtime
 from vitdeploy.runtimes.ort import short_provider_name
 from vitdeploy.verification.intermediates import LayerDiff, compare_intermediates
@@ -318,8 +318,11 @@ def _cross(outputs: dict[str, np.ndarray], tolerance: Tolerance) -> list[CrossCa
     return cases
 
 
-def resolve_tolerance(precision: str, atol: float | None, rtol: float | None) -> Tolerance:
-    base = tolerance_for(precision)
+def resolve_tolerance(precision: str, atol: float | None, rtol: float | None, variant: str | None = None
+                      ) -> Tolerance:
+    """The tolerance for a file of this precision, or of this export variant where its row has its own (token
+    merging's), with --atol / --rtol applied."""
+    base = EXPORT[variant].tolerance if variant in EXPORT else tolerance_for(precision)
     if base is None:
         known = ", ".join(dict.fromkeys(v.precision for v in EXPORT_VARIANTS))
         raise ModelFileError(f"no parity tolerances for precision {precision!r} (known: {known})")

@@ -131,8 +131,11 @@ def export_parity(model: Any, info: BundleInfo, onnx_path: Path) -> ParityReport
     # intermediates=None: find each block's output tensor by value (on ONNX Runtime, the first target); export
     # records what was found.
     runtimes = ["ort"] + [name for name in ("openvino",) if runtime_status(name).usable]
+    from vitdeploy.model import tome
+
+    merging = "tome" if tome.active(model) else None  # a model merging tokens: the tome variant's tolerance
     report = check_parity(
-        model, onnx_path, inputs, EXPORT_BATCH_SIZES, resolve_tolerance(meta.precision, None, None), None,
+        model, onnx_path, inputs, EXPORT_BATCH_SIZES, resolve_tolerance(meta.precision, None, None, merging), None,
         meta.precision, labels, counts, default_targets(runtimes), layers_on_first_only=True,
     )
     report.notes[:0] = notes
@@ -175,7 +178,7 @@ def verify(
 
         tome.apply(model, tome.MergeSchedule.from_dict(merging))
     precision = meta.precision
-    tolerance = resolve_tolerance(precision, atol, rtol)
+    tolerance = resolve_tolerance(precision, atol, rtol, meta.export.get("variant"))
     inputs, labels, counts, notes = parity_inputs(
         info, meta.preprocess, Path(images) if images else None, num_real, num_random, max(batch_sizes),
         require_real=True,
