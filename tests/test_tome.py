@@ -253,3 +253,14 @@ def test_merged_files_have_their_own_parity_tolerance():
     assert resolve_tolerance("fp32", None, None, "tome") == TOME
     assert resolve_tolerance("fp32", None, None, "fp32-opt").atol == 1e-4  # other variants: their precision's
     assert resolve_tolerance("int8", None, None, "tome-int8") == resolve_tolerance("int8", None, None)
+
+
+@pytest.mark.slow
+def test_ov_tome_int8_is_ov_int8s_builder_on_the_merged_graph(tmp_path):
+    pytest.importorskip("nncf")
+    cfg = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=10)
+    bundle = make_bundle(tmp_path / "b", cfg, dataset=DIGITS)
+    row = exporter.export_onnx(bundle, variants=["ov-tome-int8"], gate=ANY, tome_r=2).variants[0]
+    export = json.loads(read_metadata(row.path)["vitdeploy.export"])
+    assert row.written and export["runtime"] == "openvino" and export["quantization"]["method"] == "nncf"
+    assert export["token_merging"]["per_block"] == [2, 2]

@@ -10,6 +10,7 @@ Bench times the files `vitdeploy export` writes, never a rebuild of them:
     model.ov-int8.onnx     ov-cpu-int8      (export --precision ov-int8)
     model.tome.onnx        ort-cpu-tome, ov-cpu-tome   (export --precision tome)
     model.tome-int8.onnx   ort-cpu-tome-int8           (export --precision tome-int8)
+    model.ov-tome-int8.onnx  ov-cpu-tome-int8          (export --precision ov-tome-int8)
 
 A variant whose file is missing, or was made from other weights than model.onnx, is skipped (refused when named
 in --variants) with the export command that makes it. Each file's metadata says what it is: its precision, its

@@ -322,6 +322,12 @@ def build_tome_int8(source: VariantSource) -> BuiltGraph:
     return dataclasses.replace(built, token_merging=merging)
 
 
+def build_ov_tome_int8(source: VariantSource) -> BuiltGraph:
+    """Token merging stacked with NNCF INT8 for OpenVINO: the merged graph, quantized by ov-int8's own builder."""
+    built, merging = tome_search.build(source, quantize=build_ov_int8)
+    return dataclasses.replace(built, token_merging=merging)
+
+
 def build_same_graph(source: VariantSource) -> BuiltGraph:
     """The fp32 graph unchanged: the variant is a setting of its runtime (ov-bf16: OpenVINO computes in bf16)."""
     import onnx

@@ -125,6 +125,8 @@ EXPORT_VARIANTS: tuple[ExportVariant, ...] = (
                   TOME, "build_tome"),
     ExportVariant("tome-int8", "int8", "ort", "token merging stacked with the int8 variant's quantization", INT8,
                   "build_tome_int8"),
+    ExportVariant("ov-tome-int8", "int8", "openvino", "token merging stacked with ov-int8's NNCF INT8, f32 for the rest",
+                  INT8, "build_ov_tome_int8", inference_precision="fp32"),
 )
 EXPORT = {v.name: v for v in EXPORT_VARIANTS}
 PLAIN = EXPORT["fp32"]
@@ -200,5 +202,6 @@ BENCH_VARIANTS: tuple[VariantSpec, ...] = (
     _on_file("ort-cpu-tome", "ort", "cpu", "tome", "ONNX Runtime CPU", ": token merging"),
     _on_file("ov-cpu-tome", "openvino", "cpu", "tome", "OpenVINO CPU", ": token merging, f32 pinned"),
     _on_file("ort-cpu-tome-int8", "ort", "cpu", "tome-int8", "ONNX Runtime CPU", ": token merging + INT8"),
+    _on_file("ov-cpu-tome-int8", "openvino", "cpu", "ov-tome-int8", "OpenVINO CPU", ": token merging + NNCF INT8"),
 )
 VARIANTS: dict[str, VariantSpec] = {v.name: v for v in BENCH_VARIANTS}
