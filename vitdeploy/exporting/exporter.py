@@ -178,7 +178,7 @@ def export(request: ExportRequest) -> ExportResult:
     from vitdeploy.exporting.ladder import parse_precisions, requested_variants
 
     variants = requested_variants(parse_precisions(request.precision), request.optimize)
-    if request.tome_r is not None and not any(name.startswith("tome") for name in variants):
+    if request.tome_r is not None and not any("tome" in name for name in variants):
         raise ConfigError("--tome-r sets the token merging variants: add --precision tome (or tome-int8)")
     return export_onnx(request.bundle, request.out, request.opset, request.verify, variants,
                        AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method, request.exporter,
