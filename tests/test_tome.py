@@ -196,6 +196,8 @@ def test_cli_tome_r_zero_is_a_usage_error(tiny_bundle):
     out = runner.invoke(app, ["export", str(tiny_bundle), "--precision", "tome", "--tome-r", "0"])
     assert out.exit_code == EXIT_BAD_INPUT, out.output
     assert "--tome-r" in out.output
+    alone = runner.invoke(app, ["export", str(tiny_bundle), "--tome-r", "4"])  # no token merging variant asked
+    assert alone.exit_code == EXIT_BAD_INPUT and "--precision tome" in alone.output
 
 
 def tiny_png(folder):
