@@ -36,6 +36,7 @@ from vitdeploy.requests import (
     ExportRequest,
     ImportRequest,
     PredictRequest,
+    SamplesRequest,
     ServeSettings,
     TrainRequest,
     TritonOptions,
@@ -77,6 +78,16 @@ def train(request: TrainRequest | None = None, /, **options: Any) -> TrainResult
     from vitdeploy.training.run import train as run_training
 
     return run_training(build(TrainRequest, request, options))
+
+
+def samples(out: PathLike | SamplesRequest | None = None, /, **options: Any) -> list[Path]:
+    """Write the first `count` held-out images of a bundle's dataset (default: the latest bundle under models/) as
+    PNG files named with their true label into `out` (default samples/), and return their paths. `out` must be new,
+    empty or a samples folder vitdeploy wrote, unless `force` (outputs.py)."""
+    require("train", "vitdeploy samples")
+    from vitdeploy.training.data import write_samples
+
+    return write_samples(_first(SamplesRequest, out, "out", options))
 
 
 def import_model(source: PathLike | ImportRequest, out: PathLike | None = None, /, **options: Any) -> ImportResult:

@@ -66,6 +66,16 @@ class TrainRequest(_Request):
 
 
 @dataclass
+class SamplesRequest(_Request):
+    """`vitdeploy samples`: held-out images of a bundle's dataset as PNG files, to try predict and explain on."""
+
+    out: Path = Path("samples")
+    bundle: Path | None = None  # None: the latest bundle under models/
+    count: int = 8
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
+
+
+@dataclass
 class ImportRequest(_Request):
     """`vitdeploy import`: a timm or Hugging Face ViT checkpoint becomes a bundle."""
 

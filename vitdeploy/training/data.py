@@ -23,6 +23,10 @@ from PIL import Image
 from vitdeploy.core import images
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import DataError
+from vitdeploy.files.bundle import read_bundle_info
+from vitdeploy.files.discovery import find_latest_bundle
+from vitdeploy.files.outputs import SAMPLES, check_output_folder
+from vitdeploy.requests import SamplesRequest
 
 DIGITS_NAME = "sklearn-digits"
 DIGITS_SPLIT_SEED = 0  # fixed, so that held-out accuracy is comparable across training seeds
@@ -330,6 +334,13 @@ def _decode_full(files: list[tuple[Path, int]]) -> list[Image.Image]:
         return [images.decode_image(p) for p, _ in files]
     except images.ImageDecodeError as e:
         raise DataError(f"a held-out image can no longer be read: {e}") from None
+
+
+def write_samples(request: SamplesRequest) -> list[Path]:
+    """`vitdeploy samples`: the first `request.count` held-out images of the bundle's dataset, as PNG files."""
+    check_output_folder(request.out, SAMPLES, force=request.force, option="OUT_DIR")
+    info = read_bundle_info(request.bundle or find_latest_bundle())
+    return write_heldout_samples(info.dataset, info.labels, request.out, request.count)
 
 
 def write_heldout_samples(
