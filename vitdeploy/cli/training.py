@@ -9,7 +9,6 @@ import typer
 
 from vitdeploy.cli.app import app, console, handle_errors, print_json
 from vitdeploy.cli.options import BundleOption, Force, JsonFlag
-from vitdeploy.core.extras import require
 from vitdeploy.errors import EXIT_INTERRUPTED
 from vitdeploy.requests import ImportRequest, SamplesRequest, TrainRequest
 
