@@ -190,6 +190,7 @@ class TritonOptions(_Request):
     """`vitdeploy triton`: the repository's batching and instances (the model and folder are arguments)."""
 
     name: str | None = None  # default: the file name without .onnx
+    backend: str = "onnxruntime"  # onnxruntime (Triton runs the .onnx) | python (model.py runs it through vitdeploy)
     device: str = "cpu"  # cpu | gpu: instance_group kind
     instances: int = 1  # model instances (per GPU with --device gpu)
     max_batch_size: int | None = None  # default 32, or the bench recommendation

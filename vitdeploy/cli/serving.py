@@ -26,6 +26,11 @@ def triton(
         Optional[str], typer.Option(help="Model name in the repository and in URLs. Default: the file name "
                                     "without .onnx.")
     ] = None,
+    backend: Annotated[
+        str, typer.Option(help="onnxruntime: Triton's ONNX Runtime backend runs the .onnx (CPU or GPU servers). "
+                          "python: Triton's Python backend runs it through vitdeploy's runtimes (the runtime and "
+                          "precision the file was made for; CPU), with a model.py beside it.")
+    ] = TritonOptions.backend,
     device: Annotated[str, typer.Option(help="cpu | gpu: the instance_group kind.")] = TritonOptions.device,
     instances: Annotated[int, typer.Option(help="Model instances (per GPU with --device gpu).")] = TritonOptions.instances,
     max_batch_size: Annotated[
@@ -75,7 +80,7 @@ def triton(
     import vitdeploy
 
     repo = vitdeploy.triton(model, out, TritonOptions(
-        name=name, device=device, instances=instances, max_batch_size=max_batch_size,
+        name=name, backend=backend, device=device, instances=instances, max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms,
         preferred_batch_sizes=parse_batch_sizes(preferred_batch_sizes, "--preferred-batch-sizes")
         if preferred_batch_sizes else (),

@@ -62,6 +62,16 @@ class OnnxModelInfo:
     def precision(self) -> str:
         return self.export.get("precision", "fp32")
 
+    @property
+    def batch_dependence(self) -> str | None:
+        """Why one image's answer depends on the other images in its batch, or None when it does not: dynamic INT8
+        quantization scales activations by the range of the whole batch (ONNX Runtime issue 10111), so a server
+        that batches requests together would let one client's image change another's answer."""
+        quantization = self.export.get("quantization")
+        if isinstance(quantization, dict) and quantization.get("method") == "dynamic":
+            return "dynamic INT8 quantization scales activations per batch (ONNX Runtime issue 10111)"
+        return None
+
 
 def parse_metadata(path: str | os.PathLike[str], props: dict[str, str]) -> OnnxModelInfo:
     """Turn metadata_props (as read by onnx or onnxruntime) into OnnxModelInfo, or raise ModelFileError."""

@@ -41,6 +41,7 @@ class ServeSummary:
     name: str
     url: str
     provider: str
+    batching: str = "dynamic"  # or why each request runs alone
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,7 +83,10 @@ def prepare(model: Path | None, settings: ServeSettings) -> PreparedServer:
     except BaseException:
         sock.close()
         raise
-    batcher = DynamicBatcher(session.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000)
+    # A file whose answers depend on its batch is served, but never batched with other clients' requests.
+    dependence = session.info.batch_dependence
+    batcher = DynamicBatcher(session.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000,
+                             gather=dependence is None)
     app = create_app(session, signature, batcher, max_body_bytes=round(settings.max_body_mb * 2**20),
                      decode_threads=settings.decode_threads, top_k=settings.top_k)
     host, port = sock.getsockname()[:2]
@@ -90,7 +94,10 @@ def prepare(model: Path | None, settings: ServeSettings) -> PreparedServer:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = DrainingServer(config)
-    return PreparedServer(server, app, sock, url, ServeSummary(str(path), name, url, session.provider))
+    batching = "dynamic" if dependence is None else f"off: {dependence}, so each request runs alone"
+    if dependence is not None:
+        logger.info("%s: dynamic batching %s", path.name, batching)
+    return PreparedServer(server, app, sock, url, ServeSummary(str(path), name, url, session.provider, batching))
 
 
 def serve(model: Path | None, settings: ServeSettings) -> ServeSummary:

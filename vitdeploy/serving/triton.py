@@ -1,8 +1,10 @@
 """`vitdeploy triton`: a Triton Inference Server model repository for a vitdeploy .onnx, loadable the first time.
 
-    DIR/<name>/config.pbtxt   platform onnxruntime_onnx, max_batch_size, dims WITHOUT the batch axis,
-                              dynamic_batching, instance_group, GPU accelerators only when asked for
+    DIR/<name>/config.pbtxt   platform onnxruntime_onnx (or backend python), max_batch_size, dims WITHOUT the
+                              batch axis, dynamic_batching, instance_group, GPU accelerators only when asked for
     DIR/<name>/1/model.onnx   the exported file, byte for byte (its external .data file beside it, if any)
+    DIR/<name>/1/model.py     --backend python only: vitdeploy.serving.triton_model, which runs the file through
+                              vitdeploy's runtimes (the runtime and precision it was made for)
     DIR/<name>/labels.txt     one label per line, named by the output's label_filename
     DIR/README.md             the tritonserver and client commands, and the preprocessing clients must apply
     DIR/inferenceservice.yaml KServe's InferenceService for DIR (vitdeploy.serving.kserve)
@@ -15,8 +17,10 @@ Core install only: the model is described through ONNX Runtime (no torch, no onn
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import site
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +32,12 @@ from vitdeploy.files.discovery import resolve_model
 from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
 from vitdeploy.files.outputs import TRITON, check_output_folder
 from vitdeploy.requests import TritonOptions
-from vitdeploy.serving import kserve
+from vitdeploy.serving import kserve, triton_model
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
 from vitdeploy.serving.repository_check import check_model_folder
 
 DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+BACKENDS = ("onnxruntime", "python")
 TENSORRT_PRECISIONS = ("fp32", "fp16")
 # bench variant whose --p99-budget recommendation sizes the batches, per --device
 BENCH_VARIANT = {"cpu": "ort-cpu", "gpu": "ort-cuda"}
@@ -40,6 +45,8 @@ BENCH_VARIANT = {"cpu": "ort-cpu", "gpu": "ort-cuda"}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 LABELS_FILE = "labels.txt"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.01-py3"
+# The PyPI wheel that holds a tritonserver with the Python backend (README, docs/serve.md, .ci/run)
+PYTRITON_VERSION, PYTRITON_SERVER = "0.7.0", "2.51"
 
 
 class Enum(str):
@@ -101,9 +108,11 @@ def build_config(name: str, info: OnnxModelInfo, shape: tuple, options: TritonOp
                  batching: dict[str, Any]) -> dict[str, Any]:
     """The model configuration as a dict in the shape of Triton's ModelConfig message."""
     channels, height, width = item_shape(info.path, shape)
+    # The ONNX Runtime backend runs the file itself; the Python backend runs model.py (vitdeploy.serving.triton_model)
+    runs_it = {"platform": PLATFORM} if options.backend == "onnxruntime" else {"backend": "python"}
     config: dict[str, Any] = {
         "name": name,
-        "platform": PLATFORM,
+        **runs_it,
         "max_batch_size": batching["max_batch_size"],
         # dims leave out the batch axis: with max_batch_size > 0 Triton adds it ([-1, 3, H, W] in metadata)
         "input": [{"name": INPUT_NAME, "data_type": Enum("TYPE_FP32"), "format": Enum("FORMAT_NCHW"),
@@ -111,7 +120,7 @@ def build_config(name: str, info: OnnxModelInfo, shape: tuple, options: TritonOp
         "output": [{"name": OUTPUT_NAME, "data_type": Enum("TYPE_FP32"), "dims": [len(info.labels)],
                     "label_filename": LABELS_FILE}],
     }
-    if options.dynamic_batching:
+    if options.dynamic_batching and not info.batch_dependence:
         dynamic: dict[str, Any] = {}
         if batching["preferred_batch_sizes"]:
             dynamic["preferred_batch_size"] = list(batching["preferred_batch_sizes"])
@@ -121,7 +130,21 @@ def build_config(name: str, info: OnnxModelInfo, shape: tuple, options: TritonOp
     accelerator = gpu_accelerator(options, batching["max_batch_size"], (channels, height, width))
     if accelerator:
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [accelerator]}}
+    if options.backend == "python":
+        config["parameters"] = {"__map__": {key: {"string_value": value}
+                                            for key, value in python_parameters(info.path).items()}}
     return config
+
+
+def python_parameters(model: Path) -> dict[str, str]:
+    """model.py's settings: the runtime the file was made for, and python_path, the folders this vitdeploy and its
+    libraries are imported from (Triton's stub ignores PYTHONPATH and virtual environments; edit it for another
+    machine)."""
+    from vitdeploy.runtimes.registry import runtime_for_file
+
+    package_root = str(Path(triton_model.__file__).resolve().parents[2])  # the folder that holds vitdeploy/
+    folders = [package_root] + [p for p in site.getsitepackages() if p != package_root]
+    return {"runtime": runtime_for_file(model), "python_path": os.pathsep.join(folders)}
 
 
 def gpu_accelerator(options: TritonOptions, max_batch: int, item: tuple[int, int, int]) -> dict[str, Any] | None:
@@ -210,6 +233,11 @@ def bench_recommendation(path: Path, variant: str, info: OnnxModelInfo) -> dict[
 def check_options(options: TritonOptions) -> None:
     if options.device not in DEVICES:
         raise ConfigError(f"unknown --device {options.device!r}; choose one of: {', '.join(DEVICES)}")
+    if options.backend not in BACKENDS:
+        raise ConfigError(f"unknown --backend {options.backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if options.backend == "python" and options.device != "cpu":
+        raise ConfigError("--backend python runs the model on the server's CPU through vitdeploy's runtimes; for a "
+                          "GPU server use --backend onnxruntime")
     if options.instances < 1:
         raise ConfigError("--instances must be at least 1")
     if options.storage_uri is not None:
@@ -259,6 +287,9 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     if any("\n" in label or "\r" in label for label in info.labels):
         raise ConfigError(f"{path}: a label contains a line break, which labels.txt cannot hold")
     batching, notes = batching_policy(options, info)
+    if options.dynamic_batching and info.batch_dependence:
+        notes.append(f"{path.name}: no dynamic_batching: {info.batch_dependence}, so Triton must not put one "
+                     "client's images in a batch with another's; each request runs alone")
     config = build_config(name, info, shape, options, batching)
     text = f"# Written by vitdeploy triton from {path.name}\n" + render_pbtxt(config)
     storage_uri = options.storage_uri or kserve.PLACEHOLDER_URI.format(folder=out.resolve().name)
@@ -276,7 +307,7 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     # README (which marks the folder as vitdeploy's) is in place before the model folder.
     remove_stale_staging(model_dir)
     with atomic_folder(model_dir, replace=True) as staging:
-        write_model_folder(staging, path, info.labels, text)
+        write_model_folder(staging, path, info.labels, text, python_model=options.backend == "python")
         check_model_folder(staging, final=model_dir)  # what Triton will load, against the file it holds
         atomic_write_many({
             out / "README.md": lambda tmp: tmp.write_text(readme, encoding="utf-8"),
@@ -286,11 +317,15 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     return TritonRepository(out, model_dir, name, text, config, notes, service)
 
 
-def write_model_folder(folder: Path, model: Path, labels: list[str], config_text: str) -> None:
-    """One Triton model folder: 1/model.onnx (and its .onnx.data), labels.txt, config.pbtxt."""
+def write_model_folder(folder: Path, model: Path, labels: list[str], config_text: str, python_model: bool = False
+                       ) -> None:
+    """One Triton model folder: 1/model.onnx (and its .onnx.data), labels.txt, config.pbtxt; 1/model.py for the
+    Python backend."""
     try:
         (folder / "1").mkdir()
         shutil.copyfile(model, folder / "1" / "model.onnx")
+        if python_model:
+            shutil.copyfile(triton_model.__file__, folder / "1" / "model.py")
         external = model.with_name(model.name + ".data")
         if external.is_file():  # the graph names its weights file; it keeps its name beside the copy
             shutil.copyfile(external, folder / "1" / external.name)
@@ -311,12 +346,47 @@ def preprocessing_steps(spec: PreprocessSpec) -> list[str]:
     ]
 
 
+def docker_serve_section(config: dict[str, Any], opset: Any) -> str:
+    gpus = " --gpus all" if config["instance_group"][0]["kind"] == "KIND_GPU" else ""
+    return f"""From the folder that holds this README (any Triton release whose ONNX Runtime reads opset {opset or "?"} will do):
+
+```
+docker run --rm{gpus} -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\
+    {TRITON_IMAGE} tritonserver --model-repository=/models
+```
+"""
+
+
+def python_serve_section(config: dict[str, Any]) -> str:
+    parameters = config["parameters"]["__map__"]
+    return f"""Triton's Python backend runs `1/model.py`, which opens `1/model.onnx` with vitdeploy's
+`{parameters["runtime"]["string_value"]}` runtime. Any Triton with the Python backend will do; without Docker, the
+`nvidia-pytriton` wheel holds one (tritonserver {PYTRITON_SERVER}, Python backend only, CPU is enough). Its
+`requirements` pin numpy < 2, so install it without them, beside (not into) vitdeploy's environment, then put the
+Python backend's stub for your Python version where the backend looks for it:
+
+```
+pip install --no-deps --target ~/.cache/vitdeploy/tritonserver nvidia-pytriton=={PYTRITON_VERSION}
+T=~/.cache/vitdeploy/tritonserver/pytriton/tritonserver
+cp $T/python_backend_stubs/$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')/triton_python_backend_stub $T/backends/python/
+$T/bin/tritonserver --model-repository "$PWD" --backend-directory $T/backends --allow-metrics false
+```
+
+The stub ignores PYTHONPATH and virtual environments: config.pbtxt's `python_path` parameter names the folders
+model.py imports vitdeploy, numpy and the runtime from (this machine's, as written); edit it for another machine.
+The stub links the system's `libpython3.X.so.1.0` (Debian: `apt-get install libpython3.11`).
+"""
+
+
 def repository_readme(name: str, info: OnnxModelInfo, config: dict[str, Any], out: Path) -> str:
     spec = info.preprocess
     steps = "\n".join(f"{i}. {step}" for i, step in enumerate(preprocessing_steps(spec), 1))
     opset = info.export.get("opset")
     batching = config.get("dynamic_batching")
-    gpus = " --gpus all" if config["instance_group"][0]["kind"] == "KIND_GPU" else ""
+    python = config.get("backend") == "python"
+    runs = "backend python (1/model.py)" if python else f"platform {PLATFORM}"
+    model_py = "\n    1/model.py       runs 1/model.onnx through vitdeploy's runtimes (vitdeploy.serving.triton_model)" \
+        if python else ""
     return f"""# Triton model repository: {name}
 
 Written by `vitdeploy triton` from `{info.path}`.
@@ -324,9 +394,9 @@ Written by `vitdeploy triton` from `{info.path}`.
 ```
 {out.name}/
   {name}/
-    config.pbtxt     platform {PLATFORM}, max_batch_size {config['max_batch_size']}, {len(info.labels)} classes
+    config.pbtxt     {runs}, max_batch_size {config['max_batch_size']}, {len(info.labels)} classes
     labels.txt       one label per line (the output's label_filename)
-    1/model.onnx     the exported file, unchanged
+    1/model.onnx     the exported file, unchanged{model_py}
 ```
 
 Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] (already preprocessed), output `{OUTPUT_NAME}` FP32
@@ -334,13 +404,7 @@ Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] (alre
 
 ## Serve it
 
-From the folder that holds this README (any Triton release whose ONNX Runtime reads opset {opset or "?"} will do):
-
-```
-docker run --rm{gpus} -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\
-    {TRITON_IMAGE} tritonserver --model-repository=/models
-```
-
+{python_serve_section(config) if python else docker_serve_section(config, opset)}
 Then:
 
 ```
