@@ -221,6 +221,19 @@ def test_sixteen_concurrent_clients_are_batched_and_no_request_is_lost(server, s
     assert max(new) <= MAX_BATCH
 
 
+def test_the_default_largest_batch_is_the_one_measured_for_the_device(tiny_onnx: Path) -> None:
+    from vitdeploy.requests import SERVE_MAX_BATCH
+
+    largest = SERVE_MAX_BATCH["cpu"]
+    with running_server(tiny_onnx, DEADLINE_S) as served:
+        assert served.summary.max_batch_size == largest
+        x = np.zeros((largest + 1, 3, 16, 16), np.float32)
+        status, _, content = request(served, "POST", "/v2/models/tiny/infer", *build_infer_request(x))
+        assert status == 400 and str(largest) in json.loads(content)["error"]
+        status, _, _ = request(served, "POST", "/v2/models/tiny/infer", *build_infer_request(x[:largest]))
+        assert status == 200
+
+
 def test_a_file_whose_answers_depend_on_the_batch_is_served_one_request_at_a_time(dynamic_int8_onnx: Path) -> None:
     """Dynamic INT8 (ORT issue 10111): a batch's activation range scales every image in it, so batching requests
     would let one client's image change another's answer. serve serves the file, says so, and never batches it."""

@@ -213,6 +213,13 @@ class WebRequest(_Request):
     force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
 
 
+# serve's largest batch by device. CPU: ViT-Ti/16 on ONNX Runtime gains next to nothing past 8 (AMD EPYC, quiet: batch
+# 32 at 1.03x batch 8's images/s, at 4x its latency) and loses past it on a busy machine (Intel Xeon Ice Lake, load
+# 13-16: 40-46 ms of CPU per image at batch 32 against 34-36 at 8; the server at saturation 8.8 requests/s with 8
+# against 7.4 with 32); benchmarks/results/serve-ceiling-vit-ti16.json. GPU: large batches are what it is fast at.
+SERVE_MAX_BATCH = {"cpu": 8, "gpu": 32}
+
+
 @dataclass
 class ServeSettings(_Request):
     """`vitdeploy serve` (the model is an argument)."""
@@ -223,8 +230,8 @@ class ServeSettings(_Request):
     device: str = "auto"
     threads: int | None = None
     name: str | None = None  # the model's name in the protocol; default: the file name without .onnx
-    max_batch_size: int = 32
+    max_batch_size: int | None = None  # None: SERVE_MAX_BATCH for the device the model opened on
     max_queue_delay_ms: float = 2.0
     max_body_mb: float = 64.0
-    decode_threads: int = 2  # threads decoding /classify images
+    decode_threads: int | None = None  # threads decoding /classify images; None: one per core
     top_k: int = 5
