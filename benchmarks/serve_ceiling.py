@@ -60,7 +60,9 @@ class Server:
         self.label = label
         command = [sys.executable, "-m", "vitdeploy", "serve", str(model), "--name", "model", "--port", "0",
                    "--device", "cpu", *args]
-        self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": path})
+        # cwd: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH
+        self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(),
+                                     env={**os.environ, "PYTHONPATH": path})
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             if line.startswith("serving "):
@@ -247,6 +249,31 @@ def phase(server: Server, requests: list[bytes], kind: str, value: float, count:
     }
 
 
+def markdown_table(report: dict[str, Any]) -> str:
+    """The load table of a report: one row per round, server and phase, the round's ceiling beside it."""
+    rows = ["| round | server | load | requests/s | / ceiling | p50 ms | p99 ms | failed | batch size: runs | CPU ms/request "
+            "(event loop / model threads / client) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for i, record in enumerate(report["rounds"], 1):
+        before, after = record["ceiling_before"], record["ceiling_after"]
+        ceiling = (before["best_images_per_s"] + after["best_images_per_s"]) / 2
+        rows.append(f"| {i} | ceiling (model alone) | before / after | {before['best_images_per_s']} / "
+                    f"{after['best_images_per_s']} (batch {before['best_batch']} / {after['best_batch']}) | 1 | "
+                    f"batch 1: {before['batch1_median_ms']:.0f} / {after['batch1_median_ms']:.0f} | | | | "
+                    f"per image: {before['cpu_ms_per_image']} / {after['cpu_ms_per_image']} |")
+        for label in report["servers"]:
+            for name, r in record[label].items():
+                if not isinstance(r, dict):
+                    continue
+                load = name.replace("closed_", "closed loop, ").replace("open_", "open loop, ")
+                load += " clients" if name.startswith("closed") else f" ({r['rate_per_s']}/s)"
+                cpu = r["cpu_ms_per_request"]
+                rows.append(f"| {i} | {label} | {load} | {r['requests_per_s']} | {r['requests_per_s'] / ceiling:.2f} | "
+                            f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['failed']} | "
+                            f"{', '.join(f'{k}: {v}' for k, v in r['batch_sizes_run'].items())} | "
+                            f"{cpu['server_event_loop']} / {cpu['server_other_threads']} / {cpu['client']} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="An exported .onnx (default: a random-init --preset export)")
@@ -265,7 +292,11 @@ def main() -> None:
     parser.add_argument("--ceiling-seconds", type=float, default=2.0, help="timed seconds per ceiling batch size")
     parser.add_argument("--threads", type=int, help="the runtime's threads, for the ceiling and every server")
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--table", type=Path, help="only print the markdown load table of this earlier report")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return
     servers = [(item.split("=")[0], item.split("=")[1], item.split("=", 2)[2].split() if item.count("=") > 1 else [])
                for item in args.servers.split(",")]
     server_args = args.server_args.split() + (["--threads", str(args.threads)] if args.threads else [])
@@ -326,6 +357,7 @@ def main() -> None:
     if args.output:
         args.output.write_text(text + "\n")
     print(text)
+    print(markdown_table(report), file=sys.stderr)
 
 
 if __name__ == "__main__":
