@@ -117,22 +117,35 @@ class Connection:
         self.port, self.streams = port, None
 
     async def send(self, data: bytes) -> int:
-        """The response's status (0: the connection failed)."""
+        """The response's status (0: the connection failed). A connection the server closed while it sat idle
+        (uvicorn closes keep-alive connections after 5 s) fails before any byte of an answer: the request is sent
+        again once on a new connection, as HTTP clients do."""
+        reused = self.streams is not None
+        status = await self._send(data)
+        if status == -1 and reused:
+            status = await self._send(data)
+        return max(status, 0)
+
+    async def _send(self, data: bytes) -> int:
+        """The status; -1 when the connection ended before any byte of the answer, 0 after some."""
+        started = False
         try:
             if self.streams is None:
                 self.streams = await asyncio.open_connection("127.0.0.1", self.port)
             reader, writer = self.streams
             writer.write(data)
             head = await reader.readuntil(b"\r\n\r\n")
+            started = True
             length = next((int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:"),
                           0)
             await reader.readexactly(length)
             return int(head.split(b" ", 2)[1])
-        except (OSError, asyncio.IncompleteReadError, ValueError):
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
             if self.streams is not None:
                 self.streams[1].close()
             self.streams = None
-            return 0
+            nothing = not started and (not isinstance(e, asyncio.IncompleteReadError) or not e.partial)
+            return -1 if nothing else 0
 
 
 async def closed_loop(port: int, requests: list[bytes], clients: int, count: int) -> tuple[float, list[float], int]:
@@ -231,6 +244,7 @@ def ceiling(session: Any, size: int, batches: list[int], seconds: float) -> dict
 
 def phase(server: Server, requests: list[bytes], kind: str, value: float, count: int) -> dict[str, Any]:
     before, cpu_before, me_before = server.stats(), thread_cpu(server.proc.pid), os.times()
+    failed_before = before["inference_stats"]["fail"]["count"] + before.get("refused_requests", 0)
     load = (closed_loop(server.port, requests, int(value), count) if kind == "closed"
             else open_loop(server.port, requests, value, count))
     wall, latencies, failed = asyncio.run(load)
@@ -239,6 +253,7 @@ def phase(server: Server, requests: list[bytes], kind: str, value: float, count:
     client_cpu = (me_after.user + me_after.system - me_before.user - me_before.system)
     return {
         "requests": n, "failed": failed, "wall_s": round(wall, 3), "requests_per_s": round(n / wall, 2),
+        "failed_in_server": after["inference_stats"]["fail"]["count"] + after.get("refused_requests", 0) - failed_before,
         "p50_ms": round(percentile(latencies, 50) * 1000, 1), "p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "batch_sizes_run": {str(k): v for k, v in sorted(batch_delta(before, after).items())},
         "cpu_ms_per_request": {
