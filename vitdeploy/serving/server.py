@@ -108,8 +108,9 @@ def serve(model: Path | None, settings: ServeSettings) -> ServeSummary:
     """Serve until Ctrl-C or SIGTERM, then drain; returns what was served."""
     prepared = prepare(model, settings)
     s = prepared.summary
-    logger.info("serving %s as %r on %s (%s; batches of up to %d, queue delay %g ms); Ctrl-C stops", s.model, s.name,
-                prepared.url, s.provider, s.max_batch_size, settings.max_queue_delay_ms)
+    batching = (f"batches of up to {s.max_batch_size}, queue delay {settings.max_queue_delay_ms:g} ms"
+                if s.batching == "dynamic" else f"each request alone, up to {s.max_batch_size} images")
+    logger.info("serving %s as %r on %s (%s; %s); Ctrl-C stops", s.model, s.name, prepared.url, s.provider, batching)
     with warnings.catch_warnings():
         # Images between 1x and 2x Image.MAX_IMAGE_PIXELS are refused by the decoder itself; the warning is noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
