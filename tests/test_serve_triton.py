@@ -305,6 +305,7 @@ def test_model_py_runs_each_batch_once_and_hands_every_request_its_own_rows(pyth
     from vitdeploy.serving import triton_model
 
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", FakeBackendUtils())
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # initialize wraps it; restored after the test
     config = json.dumps({"input": [{"name": "pixel_values"}], "output": [{"name": "logits"}],
                          "parameters": {"runtime": {"string_value": "ort"}}})
     model = triton_model.TritonPythonModel()
@@ -327,3 +328,30 @@ def test_model_py_runs_each_batch_once_and_hands_every_request_its_own_rows(pyth
     failed = model.execute(requests)  # a failing batch fails its requests, each with the reason
     assert [type(r.error).__name__ for r in failed] == ["TritonError"] * 3
     assert "ZeroDivisionError" in str(failed[0].error)
+
+
+def test_only_numpys_report_on_a_capsule_the_stub_renamed_is_dropped(monkeypatch) -> None:
+    """Triton's stub renames a DLPack capsule it consumed "used_dlpack" (the standard says "used_dltensor"); numpy's
+    capsule destructor then reports an error through sys.unraisablehook. model.py drops that report, no other."""
+    import ctypes
+
+    import numpy as np
+
+    from vitdeploy.serving.triton_model import quiet_renamed_capsules
+
+    seen: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", quiet_renamed_capsules(lambda u: seen.append(str(u.exc_value))))
+    capsule = np.arange(4, dtype=np.float32).__dlpack__(stream=None)
+    set_name = ctypes.pythonapi.PyCapsule_SetName
+    set_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    name = ctypes.c_char_p(b"used_dlpack")  # the stub's name; must outlive the capsule
+    set_name(capsule, name)
+    del capsule  # numpy's destructor reports, the hook drops it
+    assert seen == []
+
+    class Reports:
+        def __del__(self) -> None:
+            raise RuntimeError("any other error in a destructor")
+
+    Reports()
+    assert seen == ["any other error in a destructor"]

@@ -9,6 +9,7 @@ backend stub it started.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -98,11 +99,19 @@ def images(tmp_path_factory) -> list[Path]:
     return paths
 
 
+# The models the test repository holds, by the runtime model.py opens them with: "tiny" as written (the file's own
+# runtime, ONNX Runtime), "tiny-openvino" the same file with config.pbtxt's runtime parameter set to OpenVINO.
+MODELS = {"tiny": "ort", "tiny-openvino": "openvino"} if importlib.util.find_spec("openvino") else {"tiny": "ort"}
+
+
 @pytest.fixture(scope="module")
 def repository(tiny_onnx: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("triton-python-repo") / "repo"
-    write_triton_repository(tiny_onnx, out, TritonOptions(name="tiny", backend="python", max_batch_size=8,
-                                                          max_queue_delay_ms=QUEUE_DELAY_MS))
+    for name, runtime in MODELS.items():
+        write_triton_repository(tiny_onnx, out, TritonOptions(name=name, backend="python", max_batch_size=8,
+                                                              max_queue_delay_ms=QUEUE_DELAY_MS))
+        config = out / name / "config.pbtxt"
+        config.write_text(config.read_text().replace('string_value: "ort"', f'string_value: "{runtime}"'))
     return out
 
 
@@ -125,7 +134,7 @@ def triton(repository: Path, tmp_path_factory) -> Iterator[RunningTriton]:
         deadline = time.monotonic() + START_DEADLINE_S
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                if client.is_model_ready("tiny"):
+                if all(client.is_model_ready(name) for name in MODELS):
                     break
             except Exception:  # not listening yet
                 pass
@@ -146,9 +155,9 @@ def triton(repository: Path, tmp_path_factory) -> Iterator[RunningTriton]:
                 process.wait()
 
 
-def reference(model: Path, images: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, logits) as `vitdeploy predict` computes them: its decoder and its session."""
-    session = open_model(model, None, "cpu", None)
+def reference(model: Path, images: list[Path], runtime: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, logits) as `vitdeploy predict [--runtime R]` computes them: its decoder and its session."""
+    session = open_model(model, runtime, "cpu", None)
     pixels = np.stack([load_model_input(path, session.preprocess) for path in images])
     return pixels, session.run(pixels)
 
@@ -167,25 +176,27 @@ def test_the_real_server_answers_as_predict_over_http_and_grpc(triton: RunningTr
     import tritonclient.http as httpclient
 
     model = repository / "tiny" / "1" / "model.onnx"
-    pixels, expected = reference(model, images)
     labels = (repository / "tiny" / "labels.txt").read_text().splitlines()
-    assert predicted_labels(model, images, tmp_path) == [labels[i] for i in expected.argmax(axis=1)]
-
+    predicted = predicted_labels(model, images, tmp_path)
     http = httpclient.InferenceServerClient(triton.http_url)
-    metadata = http.get_model_metadata("tiny")
-    assert metadata["platform"] == "python" and metadata["inputs"][0]["shape"] == [-1, *pixels.shape[1:]]
     grpc = grpcclient.InferenceServerClient(triton.grpc_url)
-    for module, client in ((httpclient, http), (grpcclient, grpc)):
-        for batch in (pixels[:1], pixels):  # one image, and every image in one request
-            tensor = module.InferInput("pixel_values", list(batch.shape), "FP32")
-            tensor.set_data_from_numpy(batch)
-            got = client.infer("tiny", [tensor]).as_numpy("logits")
-            want = expected[: len(batch)]
-            assert got.shape == want.shape
-            assert [labels[i] for i in got.argmax(axis=1)] == [labels[i] for i in want.argmax(axis=1)]
-            assert np.abs(got - want).max() <= 1e-5
+    for name, runtime in MODELS.items():
+        pixels, expected = reference(model, images, runtime)  # predict's answer on the runtime model.py uses
+        assert [labels[i] for i in expected.argmax(axis=1)] == predicted
+        metadata = http.get_model_metadata(name)
+        assert metadata["platform"] == "python" and metadata["inputs"][0]["shape"] == [-1, *pixels.shape[1:]]
+        for module, client in ((httpclient, http), (grpcclient, grpc)):
+            for batch in (pixels[:1], pixels):  # one image, and every image in one request
+                tensor = module.InferInput("pixel_values", list(batch.shape), "FP32")
+                tensor.set_data_from_numpy(batch)
+                got = client.infer(name, [tensor]).as_numpy("logits")
+                want = expected[: len(batch)]
+                assert got.shape == want.shape
+                assert [labels[i] for i in got.argmax(axis=1)] == predicted[: len(batch)]
+                assert np.abs(got - want).max() <= 1e-5, (name, module.__name__)
     http.close()
     grpc.close()
+    assert "Traceback" not in triton.log.read_text()  # nothing went wrong quietly inside the stub
 
 
 def test_concurrent_requests_are_batched_by_the_server(triton: RunningTriton, repository: Path,

@@ -16,7 +16,11 @@ layout (one session saw every response fail with "output tensor shape does not m
 stub 2.51 with numpy 2.4.6 happened to work here). DLPack hands over a C struct fixed by its own standard (data
 pointer, shape, strides, type code), so the stub and any numpy agree without pinning numpy < 2 for the stub. Each
 request's rows are copied out of the batch's logits into an array of their own: the stub takes only C-contiguous
-DLPack tensors, and the copy stays valid whatever happens to the batch's array.
+DLPack tensors, and the copy stays valid whatever happens to the batch's array. One wart: the stub renames a
+capsule it consumed "used_dlpack" where the DLPack standard says "used_dltensor", so numpy's capsule destructor
+takes it for unconsumed, fails to read it and reports "PyCapsule_GetPointer called with incorrect name" through
+sys.unraisablehook, once per output, then leaves the tensor alone (the stub frees it: nothing leaks or is freed
+twice). `quiet_renamed_capsules` drops exactly that report and passes every other one on.
 """
 
 from __future__ import annotations
@@ -58,6 +62,17 @@ if Path(__file__).parent.name.isdigit():  # a copy in a repository's version fol
     extend_sys_path(configured_python_path(Path(__file__).resolve().parents[1] / "config.pbtxt"))
 
 
+def quiet_renamed_capsules(previous: Any) -> Any:
+    """An unraisablehook that drops numpy's report on a capsule the stub renamed (above), else calls `previous`."""
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, ValueError) and str(value) == "PyCapsule_GetPointer called with incorrect name"):
+            previous(unraisable)
+
+    return hook
+
+
 class TritonPythonModel:
     """One model instance: one vitdeploy runtime session; every batch Triton's dynamic batcher forms is one run."""
 
@@ -71,6 +86,7 @@ class TritonPythonModel:
         from vitdeploy.runtimes import open_runtime
 
         pb_utils, np = triton_python_backend_utils, numpy
+        sys.unraisablehook = quiet_renamed_capsules(sys.unraisablehook)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         # spin=False: ORT's idle threads sleep between batches instead of taking the cores from Triton's own threads.
         self.session = open_runtime(parameters.get("runtime") or None, version_dir / "model.onnx", "cpu",
