@@ -7,10 +7,11 @@
                                                  back through its event loop
 
 As Triton's dynamic batcher: a request is never split, one that does not fit waits for the next batch, and a batch
-is formed as soon as it is full. With gather=False every request runs alone, as the client sent it: for a model whose
-answers depend on the other images in its batch (dynamic INT8), where batching would let one client change another's
-answer. While a batch runs, new requests queue up, so under load the next batch forms
+is formed as soon as it is full. While a batch runs, new requests queue up, so under load the next batch forms
 without waiting at all. The event loop only enqueues and awaits: it never blocks on the model.
+
+With gather=False every request runs alone, as its client sent it: for a model whose answers depend on the other
+images in its batch (dynamic INT8), where batching would let one client's images change another's answers.
 """
 
 from __future__ import annotations
