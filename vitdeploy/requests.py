@@ -95,6 +95,7 @@ class ExportRequest(_Request):
     opset: int = 17
     verify: bool = True  # parity with PyTorch before the file is moved into place
     optimize: bool = False  # also the fused fp32 variant
+    image_input: bool = False  # also model.image.onnx: the decoded image as input, THE preprocessing in the graph
     precision: tuple[str, ...] = ("fp32",)  # variants to build beside the file, each gated (variants.py lists them)
     max_accuracy_drop: float = 0.5  # accuracy gate: percentage points of held-out accuracy a variant may lose
     int8_method: str = "static"  # static (QDQ, calibrated) | dynamic

@@ -27,6 +27,12 @@ def export(
         bool, typer.Option(help="Also write MODEL.fp32-opt.onnx: ONNX Runtime's transformer fusions applied offline "
                            "(Attention, SkipLayerNormalization, BiasGelu), with the fusion counts reported.")
     ] = ExportRequest.optimize,
+    image_input: Annotated[
+        bool, typer.Option(help="Also write MODEL.image.onnx: input the decoded image itself (uint8 [batch, height, "
+                           "width, channels], any size, 1-4 channels), THE preprocessing inside the graph, for "
+                           "clients that cannot reproduce Pillow (Triton, KServe, Java, C++, phones); gated on "
+                           "held-out images at many sizes.")
+    ] = ExportRequest.image_input,
     precision: Annotated[
         Optional[list[str]],
         typer.Option(help=precision_help()),
@@ -62,7 +68,7 @@ def export(
     from vitdeploy.errors import ParityError
 
     request = ExportRequest(bundle=bundle, out=out, opset=opset, verify=verify, optimize=optimize,
-                            precision=tuple(precision or ExportRequest.precision),
+                            image_input=image_input, precision=tuple(precision or ExportRequest.precision),
                             max_accuracy_drop=max_accuracy_drop, int8_method=int8_method, exporter=exporter)
     try:
         result = vitdeploy.export(request)

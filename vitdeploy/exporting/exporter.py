@@ -177,7 +177,7 @@ def export(request: ExportRequest) -> ExportResult:
     from vitdeploy.exporting.gate import AccuracyGate
     from vitdeploy.exporting.ladder import parse_precisions, requested_variants
 
-    variants = requested_variants(parse_precisions(request.precision), request.optimize)
+    variants = requested_variants(parse_precisions(request.precision), request.optimize, request.image_input)
     return export_onnx(request.bundle, request.out, request.opset, request.verify, variants,
                        AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method, request.exporter)
 

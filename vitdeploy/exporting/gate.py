@@ -9,13 +9,16 @@ the gate is as coarse as the held-out split is small, and the report says how ma
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
+from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, DataError
+from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME
 from vitdeploy.runtimes import open_runtime
 from vitdeploy.verification.parity import compare_logits
 
@@ -26,6 +29,16 @@ DEFAULT_MAX_ACCURACY_DROP = 0.5  # percentage points
 DEFAULT_MIN_TOP1_AGREEMENT = 0.99
 GATE_BATCH_SIZE = 32  # INT8 dynamic quantization scales by the whole batch: judge it at a serving batch size
 GATE_MAX_IMAGES = 2000
+# The raw-image variant (export --image-input) is judged on this many held-out images as decoded, and on as many of
+# them again presented at other sizes (IMAGE_CHECK_SIZES, width x height: shrinking and enlarging, portrait,
+# landscape, odd sizes, extreme aspect ratios), as grey, RGB and RGBA images in turn.
+IMAGE_GATE_IMAGES = 100
+IMAGE_CHECK_SIZES = ((20, 20), (640, 480), (480, 640), (33, 500), (500, 33), (97, 101), (256, 256), (1000, 750),
+                     (64, 64), (73, 41), (301, 299))
+# Its preprocessed pixels may differ from images.preprocess's by one level (1/255) at most: ONNX Runtime computes
+# Pillow's float64 weights with other summation orders, and vitdeploy's own box shortcut
+# (images.resized_center_crop) rounds a few values the other way (exporting/image_input.py).
+MAX_PIXEL_LEVELS = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,9 @@ class GateResult:
     gate: AccuracyGate
     max_abs_allowed: float | None = None  # only the fused fp32 variant is also judged on its logits
     runtime: dict[str, str] | None = None  # what ran it: runtime, device, provider, precision (Session.describe)
+    # the raw-image variant only: max |its preprocessed pixels - images.preprocess's|, in levels of 1/255
+    max_pixel_levels: float | None = None
+    pixel_images: int = 0  # the images that difference was measured on
 
     @property
     def accuracy_drop_pt(self) -> float:
@@ -73,6 +89,9 @@ class GateResult:
             why.append(f"top-1 agreement {self.top1_agreement:.2%} < {self.gate.min_top1_agreement:.0%}")
         if self.max_abs_allowed is not None and self.max_abs > self.max_abs_allowed:
             why.append(f"max |diff| {self.max_abs:.2e} > {self.max_abs_allowed:g}")
+        if self.max_pixel_levels is not None and not self.max_pixel_levels <= MAX_PIXEL_LEVELS + 1e-3:
+            why.append(f"preprocessed pixels {self.max_pixel_levels:.2f}/255 from images.preprocess's "
+                       f"(> {MAX_PIXEL_LEVELS:g} allowed)")
         return why
 
     @property
@@ -96,6 +115,8 @@ class GateResult:
             "top1_agreement": self.top1_agreement,
             "max_abs": self.max_abs,
             "gate": {**asdict(self.gate), "max_abs": self.max_abs_allowed},
+            **({"max_pixel_levels": self.max_pixel_levels, "pixel_images": self.pixel_images,
+                "max_pixel_levels_allowed": MAX_PIXEL_LEVELS} if self.max_pixel_levels is not None else {}),
             "failures": self.failures(),
         }
 
@@ -108,6 +129,7 @@ class GateData:
     labels: np.ndarray  # (N,) int64
     reference: np.ndarray  # (N, num_classes) PyTorch fp32 logits
     source: str
+    images: list[np.ndarray] = field(default_factory=list)  # the first IMAGE_GATE_IMAGES as decoded, uint8 HWC
 
 
 def gate_data(model: Any, info: BundleInfo, limit: int = GATE_MAX_IMAGES) -> GateData:
@@ -125,7 +147,8 @@ def gate_data(model: Any, info: BundleInfo, limit: int = GATE_MAX_IMAGES) -> Gat
     inputs = np.ascontiguousarray(np.stack([preprocess(img, info.preprocess) for img, _ in pairs]), np.float32)
     reference = logits_in_batches(model, inputs, GATE_BATCH_SIZE)
     source = f"held-out split of {info.dataset.get('source', 'the bundle dataset')}"
-    return GateData(inputs, np.array([y for _, y in pairs], np.int64), reference, source)
+    decoded = [np.asarray(img) for img, _ in pairs[:IMAGE_GATE_IMAGES]]
+    return GateData(inputs, np.array([y for _, y in pairs], np.int64), reference, source, decoded)
 
 
 def judge(
@@ -155,3 +178,51 @@ def judge(
     )
 
 
+
+
+def judge_image_input(variant: str, model: bytes, data: GateData, gate: AccuracyGate, spec: PreprocessSpec) -> GateResult:
+    """The raw-image variant (`model`: its graph with the preprocessed tensor also as output `pixel_values`, as
+    image_input.with_pixels_output makes it), one image at a time on ONNX Runtime's CPU: its logits on the decoded
+    held-out images against PyTorch fp32's, and its preprocessed pixels against images.preprocess's on those images
+    and on each presented at another size, as grey, RGB or RGBA."""
+    from vitdeploy.core.images import preprocess
+
+    if not data.images:
+        raise DataError("no decoded held-out images to judge the raw-image variant on")
+    session = open_runtime("ort", model, device="cpu")
+    std = np.asarray(spec.std, np.float32)[:, None, None] * 255  # normalized units -> levels of 1/255
+    worst_levels, rows = 0.0, []
+    checks = [(image, data.inputs[i]) for i, image in enumerate(data.images)]
+    checks += [(raw, preprocess(rgb, spec)) for raw, rgb in
+               (_presented(image, i) for i, image in enumerate(data.images))]
+    for index, (raw, expected) in enumerate(checks):
+        out = session.run_outputs(raw[None], [OUTPUT_NAME, INPUT_NAME])
+        worst_levels = max(worst_levels, float((np.abs(out[INPUT_NAME][0] - expected) * std).max()))
+        if index < len(data.images):
+            rows.append(out[OUTPUT_NAME][0])
+    logits = np.stack(rows).astype(np.float32)
+    reference, labels = data.reference[: len(rows)], data.labels[: len(rows)]
+    diff = compare_logits(reference, logits)
+    return GateResult(
+        variant=variant, precision="fp32", provider=session.provider, images=len(rows), image_source=data.source,
+        batch_size=1, reference_accuracy=float(np.mean(reference.argmax(1) == labels)),
+        accuracy=float(np.mean(logits.argmax(1) == labels)), top1_agreement=diff["top1_agreement"],
+        max_abs=float(np.abs(logits - reference).max()) if np.isfinite(logits).all() else math.inf, gate=gate,
+        runtime=session.describe(), max_pixel_levels=worst_levels, pixel_images=len(checks),
+    )
+
+
+def _presented(image: np.ndarray, index: int) -> tuple[np.ndarray, Image.Image]:
+    """Held-out image `index` at IMAGE_CHECK_SIZES[index % ...], as grey, RGB or RGBA (alpha a gradient): the raw
+    array a client sends, and the RGB image vitdeploy's decoder would hand preprocess (to_rgb composites on white)."""
+    from vitdeploy.core.images import to_rgb
+
+    width, height = IMAGE_CHECK_SIZES[index % len(IMAGE_CHECK_SIZES)]
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+    mode = ("L", "RGB", "RGBA")[index % 3]
+    if mode == "RGBA":
+        resized.putalpha(Image.fromarray(np.linspace(0, 255, width * height).reshape(height, width).astype(np.uint8)))
+    elif mode == "L":
+        resized = resized.convert("L")
+    raw = np.asarray(resized)
+    return (raw[..., None] if raw.ndim == 2 else raw), to_rgb(resized)

@@ -309,6 +309,18 @@ def build_same_graph(source: VariantSource) -> BuiltGraph:
     return BuiltGraph(onnx.load(os.fspath(source.base)))
 
 
+def build_image_input(source: VariantSource) -> BuiltGraph:
+    """The fp32 graph behind THE preprocessing in ONNX operators: input the decoded image (image_input.py)."""
+    import onnx
+
+    from vitdeploy.exporting.image_input import with_image_input
+    from vitdeploy.files.onnx_file import parse_metadata
+
+    model = onnx.load(os.fspath(source.base))
+    spec = parse_metadata(source.base, {p.key: p.value for p in model.metadata_props}).preprocess
+    return BuiltGraph(with_image_input(model, spec, "hwc"))
+
+
 def build_ov_int8(source: VariantSource) -> BuiltGraph:
     quantized, settings = to_ov_int8(source.base, source.calibration_inputs(), source.workdir)
     return BuiltGraph(quantized, None, settings)

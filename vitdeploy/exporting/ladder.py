@@ -36,10 +36,12 @@ from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import comma_list
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, DataError
-from vitdeploy.exporting.gate import AccuracyGate, GateData, GateResult, gate_data, judge
+from vitdeploy.exporting.gate import AccuracyGate, GateData, GateResult, gate_data, judge, judge_image_input
 from vitdeploy.exporting.graphs import FusionReport, VariantSource, build_variant
+from vitdeploy.exporting.image_input import with_pixels_output
 from vitdeploy.files.onnx_file import (
     META_EXPORT,
+    META_INPUT,
     META_INTERMEDIATES,
     META_PARITY,
     read_metadata,
@@ -89,10 +91,11 @@ def parse_precisions(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(p for p in PRECISIONS if p in wanted)
 
 
-def requested_variants(precisions: Sequence[str], optimize: bool) -> list[str]:
-    """Variants to build beside the plain fp32 file, in table order: fp32-opt with --optimize, the rest as asked."""
-    return [v.name for v in EXPORT.values()
-            if v.builder and (v.name in precisions or (optimize and v.option == "optimize"))]
+def requested_variants(precisions: Sequence[str], optimize: bool, image_input: bool = False) -> list[str]:
+    """Variants to build beside the plain fp32 file, in table order: fp32-opt with --optimize, the raw-image file with
+    --image-input, the rest as asked."""
+    asked = {"optimize": optimize, "image": image_input}
+    return [v.name for v in EXPORT.values() if v.builder and (v.name in precisions or asked.get(v.option, False))]
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -167,8 +170,12 @@ def export_variants(
             save_onnx(proto, staged)
             onnx.checker.check_model(os.fspath(staged), full_check=True)  # verify's load_onnx insists on it too
             build_seconds = time.perf_counter() - started
-            result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
-                           row.runtime)
+            if row.option == "image":  # raw images in: judged image by image, its pixels too
+                result = judge_image_input(row.name, with_pixels_output(proto).SerializeToString(), data, gate,
+                                           info.preprocess)
+            else:
+                result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
+                               row.runtime)
             notes = _notes(row, result, quantization)
             set_metadata(proto, {META_PARITY: result.summary()})
             size = staged.stat().st_size
@@ -193,8 +200,9 @@ def describe_variant(
     """The fp32 file's self-description, plus what makes this variant different: precision, the runtime it is made
     for (and, for OpenVINO, the precision it computes in), fusions, quantization. The gate's result is added once
     it has run."""
+    own_input = {p.key: p.value for p in proto.metadata_props if p.key == META_INPUT}  # a raw-image graph's
     del proto.metadata_props[:]
-    for key, value in base_meta.items():
+    for key, value in {**base_meta, **own_input}.items():
         proto.metadata_props.add(key=key, value=value)
     row = EXPORT[variant]
     export = json.loads(base_meta.get(META_EXPORT, "{}"))

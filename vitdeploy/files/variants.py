@@ -60,7 +60,7 @@ class ExportVariant:
     # the fp32 graph run in bf16; ov-int8 pins f32 for the ops NNCF leaves unquantized). None: the graph's own.
     inference_precision: str | None = None
     gate_on_logits: bool = False  # the gate also holds its logits to `tolerance.atol` (an exact rewrite must)
-    option: str = "precision"  # how export is asked for it: "precision" (--precision NAME) | "optimize"
+    option: str = "precision"  # how export is asked for it: "precision" (--precision NAME) | "optimize" | "image"
 
     def path(self, base: Path) -> Path:
         """The file beside the plain export `base`: model.onnx -> model.int8.onnx; model.onnx for fp32."""
@@ -70,7 +70,7 @@ class ExportVariant:
 
     @property
     def export_flag(self) -> str:
-        return "--optimize" if self.option == "optimize" else f"--precision {self.name}"
+        return {"optimize": "--optimize", "image": "--image-input"}.get(self.option, f"--precision {self.name}")
 
     @property
     def gate_max_abs(self) -> float | None:
@@ -112,6 +112,10 @@ EXPORT_VARIANTS: tuple[ExportVariant, ...] = (
     ExportVariant("ov-int8-bf16", "int8", "openvino",
                   "NNCF INT8 for OpenVINO, bf16 for the rest (CPUs with AVX512_BF16 or AMX), the layers kept "
                   "unquantized chosen by a sensitivity search", INT8, "build_ov_int8_bf16", inference_precision="bf16"),
+    # THE preprocessing inside the graph (exporting/image_input.py), judged on raw held-out images of many sizes.
+    ExportVariant("image", "fp32", "ort", "input the decoded image itself (uint8 [batch, height, width, channels], "
+                  "any size), THE preprocessing inside the graph, for clients that cannot reproduce Pillow", FP32,
+                  "build_image_input", option="image"),
 )
 EXPORT = {v.name: v for v in EXPORT_VARIANTS}
 PLAIN = EXPORT["fp32"]

@@ -28,8 +28,10 @@ from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ModelFileError
 from vitdeploy.files.onnx_file import (
+    IMAGE_INPUT_NAME,
     INPUT_NAME,
     META_EXPORT,
+    META_INPUT,
     OUTPUT_NAME,
     OnnxModelInfo,
     check_io_names,
@@ -127,13 +129,33 @@ class Session(abc.ABC):
 
     @property
     def input_shape(self) -> tuple[int | str | None, ...]:
-        """[batch, C, H, W] as the graph declares its input (batch: a name where it is dynamic)."""
-        return tuple(next(i for i in self.inputs if i.name == INPUT_NAME).shape or ())
+        """[batch, C, H, W] as the graph declares its input (batch: a name where it is dynamic); a raw-image file's
+        [batch, height, width, channels], all names."""
+        return tuple(self.input.shape or ())
+
+    @property
+    def input(self) -> TensorSpec:
+        """The graph's input: `pixel_values`, or a raw-image file's `image`."""
+        return next(i for i in self.inputs if i.name in (INPUT_NAME, IMAGE_INPUT_NAME))
+
+    @property
+    def takes_images(self) -> bool:
+        """A raw-image file (export --image-input): its input is the decoded image, THE preprocessing is inside."""
+        return bool(self.info.image_input)
+
+    def feed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The runtime's input for `batch`: float32 pixel values, or a raw-image file's decoded images as they are."""
+        if self.input.elem_type == "uint8":
+            return {self.input.name: np.ascontiguousarray(batch, dtype=np.uint8)}
+        return {self.input.name: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
 def check_input_contract(session: Session, info: OnnxModelInfo) -> None:
     """The graph must take float32 [batch, C, S, S] with a symbolic batch and give [batch, len(labels)] logits, as its
     metadata says; otherwise every consumer (predict, bench, serve) would fail later, inside the runtime."""
+    if info.image_input or INPUT_NAME not in {i.name for i in session.inputs}:
+        check_image_input_contract(session, info)
+        return
     model_input = next(i for i in session.inputs if i.name == INPUT_NAME)
     shape, size = model_input.shape, info.preprocess.image_size
     channels = info.model_config.in_channels if info.model_config else 3
@@ -152,6 +174,34 @@ def check_input_contract(session: Session, info: OnnxModelInfo) -> None:
             problems.append(f"the graph takes {got_channels} input channel(s), the model config {channels}")
         if all(isinstance(d, int) for d in (height, width)) and (height, width) != (size, size):
             problems.append(f"the graph takes {height}x{width} images but its metadata says {size}x{size}")
+    output_shape = next(o for o in session.outputs if o.name == OUTPUT_NAME).shape
+    num_classes = output_shape[-1] if output_shape else None
+    if isinstance(num_classes, int) and num_classes != len(info.labels):
+        problems.append(f"the graph has {num_classes} outputs but {len(info.labels)} labels")
+    if problems:
+        raise ModelFileError(f"{info.path}: " + "; ".join(problems))
+
+
+def check_image_input_contract(session: Session, info: OnnxModelInfo) -> None:
+    """A raw-image file: its metadata says so, and the graph takes what the metadata says (uint8 [batch, H, W, C]
+    for `image`), with a symbolic batch, and gives [batch, len(labels)] logits."""
+    declared = info.image_input
+    model_input = session.input
+    problems = []
+    if not declared:
+        problems.append(f"input {model_input.name!r} without the raw-image description ({META_INPUT} metadata); "
+                        "write it with vitdeploy export --image-input")
+    else:
+        if declared.get("name") != model_input.name:
+            problems.append(f"the metadata names input {declared.get('name')!r}, the graph {model_input.name!r}")
+        if declared.get("dtype") != model_input.elem_type:
+            problems.append(f"input {model_input.name!r} is {model_input.elem_type}, the metadata says "
+                            f"{declared.get('dtype')}")
+    shape = model_input.shape
+    if shape is None or len(shape) != 4:
+        problems.append(f"input {model_input.name!r} must have 4 dimensions (batch, height, width, channels)")
+    elif isinstance(shape[0], int):
+        problems.append(f"the batch axis is fixed at {shape[0]} (it must be symbolic)")
     output_shape = next(o for o in session.outputs if o.name == OUTPUT_NAME).shape
     num_classes = output_shape[-1] if output_shape else None
     if isinstance(num_classes, int) and num_classes != len(info.labels):

@@ -31,7 +31,7 @@ DEVICES = ("auto", "cpu", "gpu", "npu")
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
 # OpenVINO's element types -> numpy's names.
-_ELEMENT_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64"}
+_ELEMENT_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "u8": "uint8"}
 
 
 def core() -> ov.Core:
@@ -177,7 +177,10 @@ class OpenVinoSession(Session):
         return self._requests[batch_size]
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        [(name, batch)] = self.feed(batch).items()
+        if name != INPUT_NAME:  # a raw-image file: one compilation, images of any size
+            self.request.infer({name: batch})
+            return {out: np.array(self.request.get_tensor(out).data, dtype=np.float32) for out in names}
         if self._queue is not None and len(batch) >= THROUGHPUT_MIN_BATCH:
             return self._run_queued(batch, names)
         request = self.request_for(len(batch))

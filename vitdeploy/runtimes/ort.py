@@ -284,11 +284,12 @@ class OrtSession(Session):
                                        str(export_record(self.metadata).get("precision", "fp32")))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.input.name != INPUT_NAME:  # a raw-image file: decoded images, no IO binding
+            return self.run_outputs(batch, [OUTPUT_NAME])[OUTPUT_NAME]
         return run_batch(self.session, batch)
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        feed = {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
-        return dict(zip(names, self.session.run(list(names), feed)))
+        return dict(zip(names, self.session.run(list(names), self.feed(batch))))
 
 
 def open_to_read(path: str | os.PathLike[str]) -> OrtSession:

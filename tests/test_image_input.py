@@ -1,0 +1,97 @@
+"""export --image-input: THE preprocessing inside the graph (exporting/image_input.py), against images.preprocess."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.images import preprocess, to_rgb
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+# width x height: shrinking and enlarging, portrait and landscape, odd sizes, the crop's own size, extreme ratios
+SIZES = ((20, 20), (33, 64), (64, 64), (73, 73), (640, 480), (480, 640), (100, 37), (17, 500), (301, 299), (81, 80))
+
+
+def _levels(got: np.ndarray, expected: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """|got - expected| in levels of 1/255 (both normalized, in spec.channel_order)."""
+    std = np.asarray(spec.std, np.float32)[::-1 if spec.channel_order == "BGR" else 1]
+    return np.abs(got - expected) * std[:, None, None] * 255
+
+
+def _session(model):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("resize_mode", ["shorter_side", "stretch"])
+def test_the_graph_preprocesses_as_images_preprocess(interpolation, resize_mode):
+    from vitdeploy.exporting.image_input import preprocessing_model
+
+    spec = PreprocessSpec(image_size=32, resize_size=37, interpolation=interpolation, resize_mode=resize_mode)
+    hwc, chw = _session(preprocessing_model(spec, "hwc")), _session(preprocessing_model(spec, "chw"))
+    rng = np.random.default_rng(0)
+    differing = total = 0
+    for width, height in SIZES:
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)  # noise: the hardest case for rounding
+        expected = preprocess(Image.fromarray(image), spec)
+        from_hwc = hwc.run(None, {"image": image[None]})[0][0]
+        from_chw = chw.run(None, {"pixel_values": image.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
+        np.testing.assert_array_equal(from_hwc, from_chw)
+        levels = _levels(from_hwc, expected, spec)
+        # ONNX Runtime computes Pillow's float64 weights; vitdeploy's own box shortcut rounds a few values the
+        # other way (measured: a handful per 100,000): one level at most, in a tiny share of the values
+        assert levels.max() <= 1.0 + 1e-3, (width, height)
+        differing += int((levels > 0.5).sum())
+        total += levels.size
+    assert differing <= total * 1e-3
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "RGB"])
+def test_grey_and_transparency_as_to_rgb(mode):
+    """1-4 channels: grey copied to RGB, transparency composited on white, as predict's decoder does."""
+    from vitdeploy.exporting.image_input import preprocessing_model
+
+    spec = PreprocessSpec(image_size=16, resize_size=18)
+    session = _session(preprocessing_model(spec, "hwc"))
+    rng = np.random.default_rng(1)
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
+    raw = rng.integers(0, 256, (40, 50, channels), dtype=np.uint8)
+    image = Image.fromarray(raw[..., 0] if channels == 1 else raw, mode)
+    got = session.run(None, {"image": raw[None]})[0][0]
+    assert _levels(got, preprocess(to_rgb(image), spec), spec).max() <= 1.0 + 1e-3
+
+
+def test_bgr_and_a_batch_of_one_size():
+    from vitdeploy.exporting.image_input import preprocessing_model
+
+    spec = PreprocessSpec(image_size=16, resize_size=20, channel_order="BGR", mean=(0.1, 0.2, 0.3), std=(0.3, 0.2, 0.1))
+    session = _session(preprocessing_model(spec, "hwc"))
+    images = np.random.default_rng(2).integers(0, 256, (3, 30, 45, 3), dtype=np.uint8)
+    got = session.run(None, {"image": images})[0]
+    for image, row in zip(images, got):
+        assert _levels(row, preprocess(Image.fromarray(image), spec), spec).max() <= 1.0 + 1e-3
+
+
+@pytest.mark.slow
+def test_export_image_input_writes_a_gated_raw_image_file(digits_bundle, tmp_path):
+    """The variant is built, judged on raw held-out images (and their pixels at other sizes), written, and runs an
+    image of a size the model was never trained at as model.onnx runs THE preprocessing's tensor."""
+    import vitdeploy
+    from vitdeploy.runtimes import open_runtime
+
+    result = vitdeploy.export(digits_bundle, out=tmp_path / "model.onnx", image_input=True)
+    [variant] = result.variants
+    assert variant.variant == "image" and variant.written and variant.path == tmp_path / "model.image.onnx"
+    gate = variant.gate.summary()
+    assert gate["max_pixel_levels"] <= 1.0 + 1e-3 and gate["pixel_images"] > gate["samples"]["real"]
+    assert variant.gate.top1_agreement >= 0.99
+    raw = open_runtime("ort", variant.path, device="cpu")
+    plain = open_runtime("ort", tmp_path / "model.onnx", device="cpu")
+    assert raw.takes_images and not plain.takes_images and raw.input.name == "image"
+    image = np.random.default_rng(3).integers(0, 256, (77, 123, 3), dtype=np.uint8)
+    expected = plain.run(preprocess(Image.fromarray(image), plain.preprocess)[None])
+    np.testing.assert_allclose(raw.run(image[None]), expected, atol=1e-4)
