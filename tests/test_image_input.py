@@ -95,3 +95,65 @@ def test_export_image_input_writes_a_gated_raw_image_file(digits_bundle, tmp_pat
     image = np.random.default_rng(3).integers(0, 256, (77, 123, 3), dtype=np.uint8)
     expected = plain.run(preprocess(Image.fromarray(image), plain.preprocess)[None])
     np.testing.assert_allclose(raw.run(image[None]), expected, atol=1e-4)
+
+
+# --- served: the v2 protocol with raw uint8 images, and the image endpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_image_onnx(tiny_onnx, tmp_path_factory):
+    """The tiny model as a raw-image file (its graph built as export --image-input builds it, without the gate)."""
+    import onnx
+
+    from vitdeploy.exporting.image_input import with_image_input
+    from vitdeploy.runtimes.ort import load_model_info
+
+    path = tmp_path_factory.mktemp("image") / "tiny.image.onnx"
+    onnx.save(with_image_input(onnx.load(tiny_onnx), load_model_info(tiny_onnx).preprocess), path)
+    return path
+
+
+def test_a_v2_server_answers_raw_uint8_images_of_any_size_as_the_image_endpoint(tiny_onnx, tiny_image_onnx,
+                                                                                 tmp_path):
+    """Triton's client sends the decoded image (sizes the 16 px model never saw); the answers are model.onnx's on
+    THE preprocessing's tensor, and the image endpoint of the raw-image model gives predict's labels."""
+    pytest.importorskip("uvicorn")
+    triton = pytest.importorskip("tritonclient.http")
+    from builders import running_server, smooth_rgb
+
+    import vitdeploy
+    from vitdeploy.runtimes import open_runtime
+
+    plain = open_runtime("ort", tiny_onnx, device="cpu")
+    with running_server(tiny_image_onnx, 60, max_batch_size=4) as server:
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        metadata = client.get_model_metadata("tiny.image")
+        assert metadata["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, -1]}]
+        for width, height in ((37, 123), (640, 480), (5, 7)):
+            image = np.asarray(smooth_rgb(width, height, seed=width))
+            tensor = triton.InferInput("image", [1, height, width, 3], "UINT8")
+            tensor.set_data_from_numpy(image[None], binary_data=True)
+            logits = client.infer("tiny.image", [tensor]).as_numpy("logits")
+            expected = plain.run(preprocess(Image.fromarray(image), plain.preprocess)[None])
+            np.testing.assert_allclose(logits, expected, atol=1e-4)
+        wrong = triton.InferInput("image", [1, 8, 8, 5], "UINT8")
+        wrong.set_data_from_numpy(np.zeros((1, 8, 8, 5), np.uint8))
+        with pytest.raises(Exception, match="1 to 4 channels"):
+            client.infer("tiny.image", [wrong])
+        client.close()
+        files = []
+        for i, (width, height) in enumerate(((64, 48), (50, 80))):
+            files.append(tmp_path / f"img{i}.png")
+            smooth_rgb(width, height, seed=i).save(files[-1])
+        import http.client
+        import json
+
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        for path, row in zip(files, vitdeploy.predict(files, model=tiny_onnx, top_k=3).rows):
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            conn.request("POST", "/classify?top_k=3", body=path.read_bytes())
+            [got] = json.loads(conn.getresponse().read())["predictions"]
+            conn.close()
+            assert [t["label"] for t in got["top_k"]] == [t["label"] for t in row["top_k"]]
+            np.testing.assert_allclose([t["probability"] for t in got["top_k"]],
+                                       [t["probability"] for t in row["top_k"]], atol=1e-4)

@@ -18,7 +18,8 @@ from PIL import Image
 
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, DataError
-from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME
+from vitdeploy.exporting.image_input import CHECK_SIZES, MAX_PIXEL_LEVELS, PIXELS_OUTPUT, pixel_levels
+from vitdeploy.files.onnx_file import OUTPUT_NAME
 from vitdeploy.runtimes import open_runtime
 from vitdeploy.verification.parity import compare_logits
 
@@ -30,15 +31,8 @@ DEFAULT_MIN_TOP1_AGREEMENT = 0.99
 GATE_BATCH_SIZE = 32  # INT8 dynamic quantization scales by the whole batch: judge it at a serving batch size
 GATE_MAX_IMAGES = 2000
 # The raw-image variant (export --image-input) is judged on this many held-out images as decoded, and on as many of
-# them again presented at other sizes (IMAGE_CHECK_SIZES, width x height: shrinking and enlarging, portrait,
-# landscape, odd sizes, extreme aspect ratios), as grey, RGB and RGBA images in turn.
+# them again presented at image_input.CHECK_SIZES, as grey, RGB and RGBA images in turn.
 IMAGE_GATE_IMAGES = 100
-IMAGE_CHECK_SIZES = ((20, 20), (640, 480), (480, 640), (33, 500), (500, 33), (97, 101), (256, 256), (1000, 750),
-                     (64, 64), (73, 41), (301, 299))
-# Its preprocessed pixels may differ from images.preprocess's by one level (1/255) at most: ONNX Runtime computes
-# Pillow's float64 weights with other summation orders, and vitdeploy's own box shortcut
-# (images.resized_center_crop) rounds a few values the other way (exporting/image_input.py).
-MAX_PIXEL_LEVELS = 1.0
 
 
 @dataclass(frozen=True)
@@ -181,7 +175,7 @@ def judge(
 
 
 def judge_image_input(variant: str, model: bytes, data: GateData, gate: AccuracyGate, spec: PreprocessSpec) -> GateResult:
-    """The raw-image variant (`model`: its graph with the preprocessed tensor also as output `pixel_values`, as
+    """The raw-image variant (`model`: its graph with the preprocessed tensor also as output PIXELS_OUTPUT, as
     image_input.with_pixels_output makes it), one image at a time on ONNX Runtime's CPU: its logits on the decoded
     held-out images against PyTorch fp32's, and its preprocessed pixels against images.preprocess's on those images
     and on each presented at another size, as grey, RGB or RGBA."""
@@ -190,14 +184,13 @@ def judge_image_input(variant: str, model: bytes, data: GateData, gate: Accuracy
     if not data.images:
         raise DataError("no decoded held-out images to judge the raw-image variant on")
     session = open_runtime("ort", model, device="cpu")
-    std = np.asarray(spec.std, np.float32)[:, None, None] * 255  # normalized units -> levels of 1/255
     worst_levels, rows = 0.0, []
     checks = [(image, data.inputs[i]) for i, image in enumerate(data.images)]
     checks += [(raw, preprocess(rgb, spec)) for raw, rgb in
                (_presented(image, i) for i, image in enumerate(data.images))]
     for index, (raw, expected) in enumerate(checks):
-        out = session.run_outputs(raw[None], [OUTPUT_NAME, INPUT_NAME])
-        worst_levels = max(worst_levels, float((np.abs(out[INPUT_NAME][0] - expected) * std).max()))
+        out = session.run_outputs(raw[None], [OUTPUT_NAME, PIXELS_OUTPUT])
+        worst_levels = max(worst_levels, pixel_levels(out[PIXELS_OUTPUT][0], expected, spec))
         if index < len(data.images):
             rows.append(out[OUTPUT_NAME][0])
     logits = np.stack(rows).astype(np.float32)
@@ -213,11 +206,11 @@ def judge_image_input(variant: str, model: bytes, data: GateData, gate: Accuracy
 
 
 def _presented(image: np.ndarray, index: int) -> tuple[np.ndarray, Image.Image]:
-    """Held-out image `index` at IMAGE_CHECK_SIZES[index % ...], as grey, RGB or RGBA (alpha a gradient): the raw
+    """Held-out image `index` at CHECK_SIZES[index % ...], as grey, RGB or RGBA (alpha a gradient): the raw
     array a client sends, and the RGB image vitdeploy's decoder would hand preprocess (to_rgb composites on white)."""
     from vitdeploy.core.images import to_rgb
 
-    width, height = IMAGE_CHECK_SIZES[index % len(IMAGE_CHECK_SIZES)]
+    width, height = CHECK_SIZES[index % len(CHECK_SIZES)]
     resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
     mode = ("L", "RGB", "RGBA")[index % 3]
     if mode == "RGBA":

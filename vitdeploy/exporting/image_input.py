@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitdeploy.core.config import PreprocessSpec
-from vitdeploy.errors import ConfigError
+from vitdeploy.errors import CheckFailed, ConfigError
 from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, META_INPUT, set_metadata
 
 if TYPE_CHECKING:
@@ -40,6 +40,15 @@ LAYOUTS = ("hwc", "chw")
 IMAGE_INPUT = {"hwc": IMAGE_INPUT_NAME, "chw": INPUT_NAME}
 MIN_OPSET = 13  # ReduceSum and Unsqueeze take their axes as inputs
 PREPROCESSED = "preprocess/pixel_values"  # the graph's preprocessed tensor, which the model's nodes read
+PIXELS_OUTPUT = "preprocessed"  # that tensor as an output, in the copy that parity checks run (with_pixels_output)
+# Its pixels may differ from images.preprocess's by one level (1/255) at most: ONNX Runtime computes Pillow's
+# float64 weights with other summation orders, and vitdeploy's own box shortcut (images.resized_center_crop) rounds a
+# few values the other way.
+MAX_PIXEL_LEVELS = 1.0
+# Sizes (width x height) a raw-image file is checked at: shrinking and enlarging, portrait, landscape, odd sizes,
+# extreme aspect ratios.
+CHECK_SIZES = ((20, 20), (640, 480), (480, 640), (33, 500), (500, 33), (97, 101), (256, 256), (1000, 750), (64, 64),
+               (73, 41), (301, 299))
 # Pillow's filters: support (in input pixels at scale 1) of each; nearest has none (one pixel, no weights).
 FILTER_SUPPORT = {"bilinear": 1, "bicubic": 2}
 BICUBIC_A = -0.5  # Pillow's bicubic (Keys' cubic with a = -0.5)
@@ -288,13 +297,47 @@ def preprocessing_model(spec: PreprocessSpec, layout: str = "hwc", opset: int = 
 
 
 def with_pixels_output(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of a "hwc" raw-image model that also outputs its preprocessed tensor as `pixel_values` (the export
-    gate compares it with images.preprocess, value by value)."""
+    """A copy of a raw-image model that also outputs its preprocessed tensor as PIXELS_OUTPUT (the export gate and
+    the web folder compare it with images.preprocess, value by value)."""
     import onnx
     from onnx import TensorProto, helper
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    out.graph.node.append(helper.make_node("Identity", [PREPROCESSED], [INPUT_NAME], name="expose_pixel_values"))
-    out.graph.output.append(helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, "size", "size"]))
+    out.graph.node.append(helper.make_node("Identity", [PREPROCESSED], [PIXELS_OUTPUT], name=PIXELS_OUTPUT))
+    out.graph.output.append(helper.make_tensor_value_info(PIXELS_OUTPUT, TensorProto.FLOAT, ["batch", 3, "size", "size"]))
     return out
+
+
+def pixel_levels(got: np.ndarray, expected: np.ndarray, spec: PreprocessSpec) -> float:
+    """max |got - expected| of two preprocessed tensors (N or 1 images) in levels of 1/255."""
+    std = np.asarray(spec.std, np.float32)[::-1 if spec.channel_order == "BGR" else 1][:, None, None]
+    return float((np.abs(got - expected) * std * 255).max())
+
+
+def check_pixels(model: onnx.ModelProto, spec: PreprocessSpec, layout: str, seed: int = 0) -> float:
+    """Run a raw-image `model` (ONNX Runtime, CPU) on seeded noise images at every CHECK_SIZES size, as 1 to 4
+    channels in turn, and raise CheckFailed unless its preprocessed pixels are within MAX_PIXEL_LEVELS of
+    images.preprocess's; returns the max difference in levels. Noise is the hardest case for rounding."""
+    from PIL import Image
+
+    from vitdeploy.core.images import preprocess, to_rgb
+    from vitdeploy.files.onnx_file import OUTPUT_NAME
+    from vitdeploy.runtimes import open_runtime
+
+    session = open_runtime("ort", with_pixels_output(model).SerializeToString(), device="cpu")
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for index, (width, height) in enumerate(CHECK_SIZES):
+        channels = index % 4 + 1
+        raw = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+        image = Image.fromarray(raw[..., 0] if channels == 1 else raw, ("L", "LA", "RGB", "RGBA")[channels - 1])
+        batch = raw[None] if layout == "hwc" else raw.transpose(2, 0, 1)[None].astype(np.float32)
+        out = session.run_outputs(batch, [OUTPUT_NAME, PIXELS_OUTPUT])
+        worst = max(worst, pixel_levels(out[PIXELS_OUTPUT][0], preprocess(to_rgb(image), spec), spec))
+        if not np.isfinite(out[OUTPUT_NAME]).all():
+            raise CheckFailed(f"the raw-image graph gives non-finite logits for a {width}x{height} image")
+    if worst > MAX_PIXEL_LEVELS + 1e-3:
+        raise CheckFailed(f"the raw-image graph's pixels are {worst:.2f}/255 from images.preprocess's "
+                          f"(> {MAX_PIXEL_LEVELS:g} allowed)")
+    return worst

@@ -5,7 +5,11 @@
     OUT/model.onnx                 the model, byte for byte
     OUT/ort/                       onnxruntime-web's module and WebAssembly (nothing is fetched from a CDN)
     OUT/config.json, OUT/preprocessor_config.json, OUT/onnx/model.onnx
-                                   what transformers.js reads (id2label; every preprocessing field explicit)
+                                   what transformers.js reads: id2label, and the model with THE preprocessing in
+                                   its graph (exporting/image_input.py, layout "chw"), which takes the decoded
+                                   image as transformers.js hands it over when preprocessor_config.json turns every
+                                   step off; transformers.js's own resize (sharp in Node, a canvas in browsers) is
+                                   not Pillow's and changed up to a quarter of the answers
     OUT/serve.py, OUT/README.md    a server that sends the isolation headers; how to serve it
 
 The folder is staged beside OUT and renamed into place. OUT follows outputs.py's rule: new, empty, or a folder this
@@ -24,6 +28,8 @@ from pathlib import Path
 
 from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.extras import importable
+from vitdeploy.errors import MissingExtra
 from vitdeploy.files.discovery import resolve_model
 from vitdeploy.files.onnx_file import OnnxModelInfo, parse_metadata
 from vitdeploy.files.onnx_wire import metadata_props_from_bytes
@@ -83,17 +89,25 @@ def _write(stage: Path, model: Path, info: OnnxModelInfo, dist: Path) -> None:
     for name in toolchain.ORT_WEB_FILES:
         shutil.copyfile(dist / name, stage / "ort" / name)
     shutil.copyfile(model, stage / "model.onnx")
-    _link_or_copy(stage / "model.onnx", stage / "onnx" / "model.onnx")
+    (stage / "onnx" / "model.onnx").write_bytes(raw_image_model(model, info))
     _write_json(stage / "config.json", transformers_config(info))
-    _write_json(stage / "preprocessor_config.json", preprocessor_config(info.preprocess))
+    _write_json(stage / "preprocessor_config.json", RAW_IMAGE_PREPROCESSOR)
     (stage / "README.md").write_text(readme(model, info), encoding="utf-8")
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)  # the same bytes twice in the folder, once on disk
-    except OSError:
-        shutil.copyfile(source, target)
+def raw_image_model(model: Path, info: OnnxModelInfo) -> bytes:
+    """The model with THE preprocessing in its graph, taking pixel_values float32 [1, C, H, W] of 0..255 as
+    transformers.js hands them over: checked (image_input.check_pixels) before it is written."""
+    if not importable("onnx"):
+        raise MissingExtra("vitdeploy web builds the transformers.js model with onnx, which this installation lacks: "
+                           "pip install \"vitdeploy[train]\" (or pip install onnx)")
+    import onnx
+
+    from vitdeploy.exporting.image_input import check_pixels, with_image_input
+
+    proto = with_image_input(onnx.load(os.fspath(model)), info.preprocess, "chw")
+    check_pixels(proto, info.preprocess, "chw")
+    return proto.SerializeToString()
 
 
 def _write_json(path: Path, obj: object) -> None:
@@ -133,6 +147,21 @@ def transformers_config(info: OnnxModelInfo) -> dict:
                       num_attention_heads=cfg.num_heads, intermediate_size=int(cfg.dim * cfg.mlp_ratio),
                       layer_norm_eps=cfg.layer_norm_eps, qkv_bias=cfg.qkv_bias)
     return config
+
+
+# transformers.js (and Python transformers) hand the decoded image to the model as it is: the model's graph does THE
+# preprocessing. Channels as decoded (do_convert_rgb off): the graph composites transparency on white and copies grey
+# to RGB as vitdeploy's decoder does, where transformers.js's rgb() would drop alpha and refuse grey + alpha.
+RAW_IMAGE_PREPROCESSOR = {
+    "image_processor_type": "ViTImageProcessor",
+    "do_convert_rgb": False,
+    "do_resize": False,
+    "do_center_crop": False,
+    "do_rescale": False,
+    "do_normalize": False,
+    "do_pad": False,
+    "do_flip_channel_order": False,
+}
 
 
 def preprocessor_config(spec: PreprocessSpec) -> dict:
