@@ -60,10 +60,13 @@ class _Graph:
 
     PREFIX = "preprocess/"
 
-    def __init__(self):
-        from onnx import helper, numpy_helper
+    def __init__(self, wide: bool = True):
+        from onnx import TensorProto, helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
+        # the real type of positions and weights: float64 as Pillow computes, or float32 (onnxruntime-web)
+        self.real = np.float64 if wide else np.float32
+        self.real_type = TensorProto.DOUBLE if wide else TensorProto.FLOAT
         self.prefix, self.nodes, self.initializers, self.count = self.PREFIX, [], [], 0
 
     def name(self, hint: str) -> str:
@@ -96,24 +99,24 @@ def _resample_axis(g: _Graph, x: str, axis: int, size_in: str, box: tuple[str, s
     when shrinking, the weights of the input pixels xmin..xmax-1 are normalised to sum 1 and rounded to 22-bit fixed
     point; the sum over the window is an integer, rounded and clipped to 8 bits.
     """
-    f64 = np.float64
+    f64 = g.real
     box0, box1 = box
     positions = g.op("Add", first, g.op("Range", g.const(0), g.const(count), g.const(1)))  # [count] output pixels
     last = g.op("Sub", size_in, g.const(1))
-    out_f = g.op("Cast", size_out, to=11)
+    out_f = g.op("Cast", size_out, to=g.real_type)
     if interpolation == "nearest":
         return g.op("Gather", x, g.op("Min", _nearest_sources(g, box0, box1, out_f, first, count), last), axis=axis)
     scale = g.op("Div", g.op("Sub", box1, box0), out_f)
     filterscale = g.op("Max", scale, g.const(1.0, f64))
     support = g.op("Mul", filterscale, g.const(float(FILTER_SUPPORT[interpolation]), f64))
     taps = g.op("Add", g.op("Mul", g.op("Cast", g.op("Ceil", support), to=7), g.const(2)), g.const(1))  # ksize
-    centre = g.op("Add", box0, g.op("Mul", g.op("Add", g.op("Cast", positions, to=11), g.const(0.5, f64)), scale))
+    centre = g.op("Add", box0, g.op("Mul", g.op("Add", g.op("Cast", positions, to=g.real_type), g.const(0.5, f64)), scale))
     low = g.op("Max", g.op("Floor", g.op("Add", g.op("Sub", centre, support), g.const(0.5, f64))),
                g.const(0.0, f64))  # xmin (truncation toward zero, then >= 0: the same as floor, then >= 0)
     high = g.op("Min", g.op("Floor", g.op("Add", g.op("Add", centre, support), g.const(0.5, f64))),
-                g.op("Cast", size_in, to=11))  # xmin + xmax: one past the last input pixel
+                g.op("Cast", size_in, to=g.real_type))  # xmin + xmax: one past the last input pixel
     column = g.const([-1, 1])
-    window = g.op("Unsqueeze", g.op("Cast", g.op("Range", g.const(0), taps, g.const(1)), to=11), g.const([0]))
+    window = g.op("Unsqueeze", g.op("Cast", g.op("Range", g.const(0), taps, g.const(1)), to=g.real_type), g.const([0]))
     j = g.op("Add", g.op("Reshape", low, column), window)  # [count, K] input pixels (float64, whole numbers)
     inside = g.op("Less", j, g.op("Reshape", high, column))
     reciprocal = g.op("Div", g.const(1.0, f64), filterscale)  # Pillow's ss
@@ -138,8 +141,8 @@ def _nearest_sources(g: _Graph, box0: str, box1: str, out_f: str, first: str, co
     """The input pixel each output pixel first..first+count-1 copies, as Pillow's nearest resize picks it
     (ImagingScaleAffine): the position starts at box0 + step / 2 and grows by step = (box1 - box0) / size, the
     difference taken in float32, one addition per pixel in float64; the CumSum reproduces those additions."""
-    f64 = np.float64
-    step = g.op("Div", g.op("Cast", g.op("Sub", g.op("Cast", box1, to=1), g.op("Cast", box0, to=1)), to=11), out_f)
+    f64 = g.real
+    step = g.op("Div", g.op("Cast", g.op("Sub", g.op("Cast", box1, to=1), g.op("Cast", box0, to=1)), to=g.real_type), out_f)
     start = g.op("Add", box0, g.op("Mul", step, g.const(0.5, f64)))
     steps = g.op("Expand", step, g.op("Unsqueeze", g.op("Sub", g.op("Add", first, g.const(count)), g.const(1)),
                                       g.const([0])))
@@ -151,7 +154,7 @@ def _nearest_sources(g: _Graph, box0: str, box1: str, out_f: str, first: str, co
 
 def _filter(g: _Graph, x: str, interpolation: str) -> str:
     """Pillow's filter at distance x >= 0, in float64 with Pillow's order of operations."""
-    f64 = np.float64
+    f64 = g.real
     one, zero = g.const(1.0, f64), g.const(0.0, f64)
     if interpolation == "bilinear":
         return g.op("Max", g.op("Sub", one, x), zero)
@@ -189,7 +192,7 @@ def preprocessing_nodes(g: _Graph, source: str, spec: PreprocessSpec, layout: st
                g.const(510, np.int32))
     size = g.const(spec.resize_size)
     crop = spec.image_size
-    zero, w_f, h_f = g.const(0.0, np.float64), g.op("Cast", width, to=11), g.op("Cast", height, to=11)
+    zero, w_f, h_f = g.const(0.0, g.real), g.op("Cast", width, to=g.real_type), g.op("Cast", height, to=g.real_type)
     if spec.resize_mode == "stretch":  # images.stretched_center_crop: resize to R x R, then crop
         out_width = out_height = size
     else:  # images.shorter_side_size: the shorter side to R, the longer one truncated
@@ -203,10 +206,10 @@ def preprocessing_nodes(g: _Graph, source: str, spec: PreprocessSpec, layout: st
     if spec.resize_mode == "shorter_side":
         # ... or, shrinking, images.resized_center_crop's box: the crop's columns only, Pillow's box in float32
         shrinking = g.op("Greater", g.op("Min", width, height), size)
-        sx = g.op("Div", w_f, g.op("Cast", out_width, to=11))
-        as_float32 = lambda v: g.op("Cast", g.op("Cast", v, to=1), to=11)  # noqa: E731
-        box0 = as_float32(g.op("Mul", g.op("Cast", left, to=11), sx))
-        box1 = as_float32(g.op("Mul", g.op("Cast", g.op("Add", left, g.const(crop)), to=11), sx))
+        sx = g.op("Div", w_f, g.op("Cast", out_width, to=g.real_type))
+        as_float32 = lambda v: g.op("Cast", g.op("Cast", v, to=1), to=g.real_type)  # noqa: E731
+        box0 = as_float32(g.op("Mul", g.op("Cast", left, to=g.real_type), sx))
+        box1 = as_float32(g.op("Mul", g.op("Cast", g.op("Add", left, g.const(crop)), to=g.real_type), sx))
         column_box = (g.op("Where", shrinking, box0, zero), g.op("Where", shrinking, box1, w_f))
         column_size = g.op("Where", shrinking, g.const(crop), out_width)
         column_first = g.op("Where", shrinking, g.const(0), left)
@@ -229,9 +232,12 @@ def input_description(layout: str) -> dict[str, object]:
             "dtype": "uint8" if layout == "hwc" else "float32", "channels": "1 grey, 2 grey+alpha, 3 RGB, 4 RGBA"}
 
 
-def with_image_input(model: onnx.ModelProto, spec: PreprocessSpec, layout: str = "hwc") -> onnx.ModelProto:
+def with_image_input(model: onnx.ModelProto, spec: PreprocessSpec, layout: str = "hwc",
+                     wide: bool = True) -> onnx.ModelProto:
     """A copy of the exported `model` whose input is the raw image (`layout`), THE preprocessing in the graph
-    before the model, described in its metadata (META_INPUT)."""
+    before the model, described in its metadata (META_INPUT). `wide`: positions and weights in float64, as Pillow
+    computes them; False: in float32, for onnxruntime-web, whose WebAssembly build has no float64 kernels (the
+    pixels then differ by one level in ~0.1-0.5% of the values instead of a handful per 100,000)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -244,7 +250,7 @@ def with_image_input(model: onnx.ModelProto, spec: PreprocessSpec, layout: str =
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    g = _Graph()
+    g = _Graph(wide)
     image_name = IMAGE_INPUT[layout]
     source = g.name("image") if image_name == INPUT_NAME else image_name
     if image_name == INPUT_NAME:  # the chw input keeps the model's name: rename inside, after it
@@ -273,14 +279,15 @@ def with_image_input(model: onnx.ModelProto, spec: PreprocessSpec, layout: str =
     return out
 
 
-def preprocessing_model(spec: PreprocessSpec, layout: str = "hwc", opset: int = 17) -> onnx.ModelProto:
+def preprocessing_model(spec: PreprocessSpec, layout: str = "hwc", opset: int = 17,
+                        wide: bool = True) -> onnx.ModelProto:
     """The preprocessing alone: the raw image (`layout`) in, `pixel_values` float32 [batch, 3, S, S] out (tests and
     benchmarks compare it with images.preprocess)."""
     from onnx import TensorProto, helper
 
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown image layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
-    g = _Graph()
+    g = _Graph(wide)
     name = IMAGE_INPUT[layout]
     source = "raw" if name == INPUT_NAME else name
     if name == INPUT_NAME:

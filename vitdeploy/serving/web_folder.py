@@ -89,15 +89,21 @@ def _write(stage: Path, model: Path, info: OnnxModelInfo, dist: Path) -> None:
     for name in toolchain.ORT_WEB_FILES:
         shutil.copyfile(dist / name, stage / "ort" / name)
     shutil.copyfile(model, stage / "model.onnx")
-    (stage / "onnx" / "model.onnx").write_bytes(raw_image_model(model, info))
+    raw = raw_image_model(model, info)
+    (stage / "onnx" / "model.onnx").write_bytes(raw if raw is not None else model.read_bytes())
     _write_json(stage / "config.json", transformers_config(info))
-    _write_json(stage / "preprocessor_config.json", RAW_IMAGE_PREPROCESSOR)
+    _write_json(stage / "preprocessor_config.json",
+                RAW_IMAGE_PREPROCESSOR if raw is not None else preprocessor_config(info.preprocess))
     (stage / "README.md").write_text(readme(model, info), encoding="utf-8")
 
 
-def raw_image_model(model: Path, info: OnnxModelInfo) -> bytes:
+def raw_image_model(model: Path, info: OnnxModelInfo) -> bytes | None:
     """The model with THE preprocessing in its graph, taking pixel_values float32 [1, C, H, W] of 0..255 as
-    transformers.js hands them over: checked (image_input.check_pixels) before it is written."""
+    transformers.js hands them over: checked (image_input.check_pixels) before it is written. None for a nearest
+    model: onnxruntime-web has no float64, and Pillow's nearest positions need it (float32 ones pick other pixels);
+    its folder keeps the model itself and the preprocessing steps in preprocessor_config.json."""
+    if info.preprocess.interpolation == "nearest":
+        return None
     if not importable("onnx"):
         raise MissingExtra("vitdeploy web builds the transformers.js model with onnx, which this installation lacks: "
                            "pip install \"vitdeploy[train]\" (or pip install onnx)")
@@ -105,7 +111,7 @@ def raw_image_model(model: Path, info: OnnxModelInfo) -> bytes:
 
     from vitdeploy.exporting.image_input import check_pixels, with_image_input
 
-    proto = with_image_input(onnx.load(os.fspath(model)), info.preprocess, "chw")
+    proto = with_image_input(onnx.load(os.fspath(model)), info.preprocess, "chw", wide=False)  # onnxruntime-web
     check_pixels(proto, info.preprocess, "chw")
     return proto.SerializeToString()
 
