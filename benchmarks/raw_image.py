@@ -233,6 +233,21 @@ def predict_scores(model: Path, files: list[Path]) -> dict[str, dict[str, float]
     return {f.name: {t["label"]: t["probability"] for t in by_path[f.name]["top_k"]} for f in files}
 
 
+def full_decode_scores(model: Path, files: list[Path]) -> dict[str, dict[str, float]]:
+    """predict's answers without its JPEG draft shortcut (images.decode_for_preprocess decodes a JPEG whose shorter
+    side is >= 2x resize_size at 1/2-1/8 scale in the DCT): model.onnx on images.preprocess of the full decode."""
+    from vitdeploy.core.images import decode_image, preprocess
+    from vitdeploy.prediction.rows import softmax
+    from vitdeploy.runtimes import open_runtime
+
+    session = open_runtime("ort", model, device="cpu")
+    scores = {}
+    for path in files:
+        probabilities = softmax(session.run(preprocess(decode_image(path), session.preprocess)[None]))[0]
+        scores[path.name] = dict(zip(session.labels, map(float, probabilities)))
+    return scores
+
+
 def agreement(reference: dict[str, dict[str, float]], client: list[dict[str, Any]],
               profiled: set[str] = frozenset()) -> dict[str, Any]:
     """Top-1 agreement and max |dprob| of a client against predict; again without the files that embed an ICC
@@ -343,11 +358,14 @@ def main() -> None:
             folder = work / "web"
             vitdeploy.web(args.model, out=folder)
             reference = {**predict_scores(args.model, photos), **predict_scores(args.model, digits)}
+            full = full_decode_scores(args.model, photos)
             clients = {"node": lambda fs: run_node(folder, fs, args.node_modules),
                        "chromium": lambda fs: run_chromium(folder, fs, args.node_modules, work / f"c{len(fs)}")}
             for client in ("node", "chromium"):
                 if client in parts:
-                    results[client] = {"photos": agreement(reference, clients[client](photos), profiled),
+                    rows = clients[client](photos)
+                    results[client] = {"photos": agreement(reference, rows, profiled),
+                                       "photos_vs_full_decode": agreement(full, rows, profiled),
                                        "digits": agreement(reference, clients[client](digits))}
         results["machine"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     args.output.parent.mkdir(parents=True, exist_ok=True)

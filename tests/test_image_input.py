@@ -165,3 +165,24 @@ def test_a_v2_server_answers_raw_uint8_images_of_any_size_as_the_image_endpoint(
             assert [t["label"] for t in got["top_k"]] == [t["label"] for t in row["top_k"]]
             np.testing.assert_allclose([t["probability"] for t in got["top_k"]],
                                        [t["probability"] for t in row["top_k"]], atol=1e-4)
+
+
+def test_a_triton_repository_carries_the_raw_image_file(tiny_image_onnx, tmp_path):
+    """`vitdeploy triton model.image.onnx`: UINT8 images of any size in config.pbtxt (checked against the graph as
+    Triton loads it), and a README whose client sends a decoded image."""
+    from typer.testing import CliRunner
+
+    from vitdeploy.cli import app
+    from vitdeploy.serving.repository_check import check_model_folder, parse_pbtxt
+
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(app, ["triton", str(tiny_image_onnx), "--out", str(out), "--name", "tiny_image"])
+    assert result.exit_code == 0, result.output
+    config = parse_pbtxt((out / "tiny_image" / "config.pbtxt").read_text())
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_UINT8", "dims": [-1, -1, -1]}]
+    check_model_folder(out / "tiny_image")
+    readme = (out / "README.md").read_text()
+    assert 'httpclient.InferInput("image", list(batch.shape), "UINT8")' in readme
+    refused = CliRunner().invoke(app, ["triton", str(tiny_image_onnx), "--out", str(tmp_path / "gpu"),
+                                       "--device", "gpu", "--tensorrt", "fp16"])
+    assert refused.exit_code == 2 and "any size" in refused.output
