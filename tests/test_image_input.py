@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -186,3 +190,58 @@ def test_a_triton_repository_carries_the_raw_image_file(tiny_image_onnx, tmp_pat
     refused = CliRunner().invoke(app, ["triton", str(tiny_image_onnx), "--out", str(tmp_path / "gpu"),
                                        "--device", "gpu", "--tensorrt", "fp16"])
     assert refused.exit_code == 2 and "any size" in refused.output
+
+
+# --- transformers.js in Node on `vitdeploy web`'s folder
+
+
+TRANSFORMERS_JS = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitdeploy" / "web"
+                   / "transformers-js-4.3.2")  # where .ci/run installs it
+NODE_CLASSIFY = """
+import { pipeline, env } from '@huggingface/transformers';
+import path from 'node:path';
+const [folder, ...files] = process.argv.slice(2);
+env.allowRemoteModels = false;
+env.localModelPath = path.dirname(path.resolve(folder)) + '/';
+const classify = await pipeline('image-classification', path.basename(folder));
+const rows = [];
+for (const file of files) rows.push(Object.fromEntries((await classify(file, { top_k: 100 })).map((t) => [t.label, t.score])));
+console.log(JSON.stringify(rows));
+"""
+
+
+@pytest.mark.skipif(not (TRANSFORMERS_JS / "node_modules" / "@huggingface" / "transformers").is_dir()
+                    or shutil.which("node") is None,
+                    reason=f"transformers.js is not installed in {TRANSFORMERS_JS} (ONNXRUNTIME_NODE_INSTALL=skip "
+                           f"npm install --prefix {TRANSFORMERS_JS} @huggingface/transformers@4.3.2)")
+@pytest.mark.slow
+def test_transformers_js_in_node_answers_as_vitdeploy_predict(tiny_onnx, tmp_path):
+    """pipeline('image-classification', folder) with no options, offline, on PNG, JPEG, grey and RGBA files of
+    sizes the 16 px model never saw: the labels and probabilities of `vitdeploy predict`."""
+    import json
+    import subprocess
+
+    from builders import smooth_rgb
+
+    import vitdeploy
+
+    folder = tmp_path / "site"
+    vitdeploy.web(tiny_onnx, out=folder)
+    files = []
+    for i, (width, height, mode, suffix) in enumerate([(64, 48, "RGB", "png"), (23, 31, "RGB", "jpg"),
+                                                        (300, 90, "L", "png"), (41, 77, "RGBA", "png")]):
+        image = smooth_rgb(width, height, seed=i)
+        if mode == "RGBA":
+            image.putalpha(Image.fromarray(np.linspace(60, 255, width * height).reshape(height, width).astype(np.uint8)))
+        files.append(tmp_path / f"image{i}.{suffix}")
+        image.convert(mode).save(files[-1])
+    script = TRANSFORMERS_JS / "vitdeploy_test_classify.mjs"  # beside its node_modules, so the import resolves
+    script.write_text(NODE_CLASSIFY)
+    out = subprocess.run(["node", str(script), str(folder), *map(str, files)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    node_rows = json.loads(out.stdout.strip().splitlines()[-1])
+    for row, expected in zip(node_rows, vitdeploy.predict(files, model=tiny_onnx, top_k=3).rows):
+        assert max(row, key=row.get) == expected["label"]
+        # one level of 1/255 in a few pixels (float32 weights in the web file) moves probabilities by ~1e-4 here
+        assert max(abs(row[t["label"]] - t["probability"]) for t in expected["top_k"]) <= 2e-3
