@@ -212,7 +212,7 @@ def test_one_table_holds_every_fact_about_a_variant():
     for row in variants.EXPORT_VARIANTS:
         assert row.builder is None or callable(getattr(graph_variants, row.builder))
         assert variants.tolerance_for(row.precision) == row.tolerance  # rows of one precision share verify's check
-        assert row.option == "optimize" or row.name in variants.precision_help()
+        assert row.option in ("optimize", "image") or row.name in variants.precision_help()
     for spec in variants.BENCH_VARIANTS:  # a bench variant's precision and file are its export variant's
         assert spec.export is None or (spec.precision == spec.export.precision
                                        and f"model.{spec.export.name}.onnx" in spec.description)
