@@ -245,3 +245,15 @@ def test_transformers_js_in_node_answers_as_vitdeploy_predict(tiny_onnx, tmp_pat
         assert max(row, key=row.get) == expected["label"]
         # one level of 1/255 in a few pixels (float32 weights in the web file) moves probabilities by ~1e-4 here
         assert max(abs(row[t["label"]] - t["probability"]) for t in expected["top_k"]) <= 2e-3
+
+
+def test_commands_that_feed_tensors_refuse_a_raw_image_file(tiny_image_onnx, tmp_path):
+    """predict would hand it preprocessed tensors: refused with exit code 2, naming the file to give instead."""
+    from builders import smooth_rgb
+    from typer.testing import CliRunner
+
+    from vitdeploy.cli import app
+
+    smooth_rgb(30, 20, seed=0).save(tmp_path / "a.png")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--model", str(tiny_image_onnx)])
+    assert result.exit_code == 2 and "takes decoded images" in result.output

@@ -26,7 +26,7 @@ import numpy as np
 
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.core.strict_json import record
-from vitdeploy.errors import ModelFileError
+from vitdeploy.errors import ConfigError, ModelFileError
 from vitdeploy.files.onnx_file import (
     IMAGE_INPUT_NAME,
     INPUT_NAME,
@@ -120,7 +120,11 @@ class Session(abc.ABC):
 
     @property
     def preprocess(self) -> PreprocessSpec:
-        """THE preprocessing its inputs need (images.preprocess with this spec)."""
+        """THE preprocessing its inputs need (images.preprocess with this spec). A raw-image file needs none: asking
+        is a mistake (its input is the decoded image), refused rather than fed preprocessed tensors."""
+        if self.takes_images:
+            raise ConfigError(f"{self.path or 'model bytes'} takes decoded images (export --image-input: the "
+                              "preprocessing is inside its graph); here, give the model.onnx it was built from")
         return self.info.preprocess
 
     @property

@@ -159,14 +159,13 @@ async def classify(request: Request) -> Response:
     state = _state(request)
     top_k = _top_k(request, state.top_k, state.session.num_classes)
     uploads = await _uploads(request, state.signature.max_batch_size)
-    spec = state.session.preprocess
 
     takes_images = state.session.takes_images
 
     def decode(name: str, data: bytes) -> np.ndarray:
         if takes_images:  # a raw-image model preprocesses in its graph: the decoded RGB pixels, full size
             return np.asarray(decode_image(name, data=data))
-        return load_model_input(name, spec, data=data)  # type: ignore[arg-type]
+        return load_model_input(name, state.session.preprocess, data=data)  # type: ignore[arg-type]
 
     pixels = []
     for name, data in uploads:

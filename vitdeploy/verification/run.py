@@ -40,6 +40,9 @@ RANDOM_SEED = 0  # of the random inputs
 
 def check_matches_bundle(proto: onnx.ModelProto, meta: OnnxModelInfo, info: BundleInfo, bundle_dir: Path) -> None:
     """The .onnx must come from this bundle: same input shape, labels, config and weights."""
+    if meta.image_input:  # its parity was judged at export, on raw images (exporting/gate.judge_image_input)
+        raise ConfigError(f"{meta.path} takes decoded images (export --image-input): verify compares tensors; "
+                          "verify the model.onnx it was built from")
     model_input = next(i for i in proto.graph.input if i.name == INPUT_NAME)
     dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in model_input.type.tensor_type.shape.dim]
     expected = [info.model.in_channels, info.model.image_size, info.model.image_size]
