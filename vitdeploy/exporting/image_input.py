@@ -16,7 +16,7 @@ height pass (images.resample's fixed order), images.resized_center_crop's float3
 accumulated positions for nearest. Only the pixels that survive the centre crop are computed.
 
 NOTE ONNX `Resize` (antialias=1 needs opset 18) is not used: OpenVINO 2026.4 ignores `antialias` (shrinking then
-differs from Pillow by up to 160/255, measured), and a float resize has no 8-bit rounding between the passes. Gather,
+differs from Pillow by up to 162/255, measured), and a float resize has no 8-bit rounding between the passes. Gather,
 integer and float64 arithmetic run on every runtime at any opset from 13. ONNX Runtime computes float64 as Pillow
 does: at most 1/255 apart, in a handful of values per 100,000 (vitdeploy's own box shortcut). OpenVINO's CPU computes
 float64 in float32: also at most 1/255 for bilinear and bicubic, in ~0.3% of values; nearest positions drift there
