@@ -142,14 +142,22 @@ def icc_profiled(files: list[Path]) -> set[str]:
 
 
 def write_digits(folder: Path, bundle: Path, count: int = 60) -> list[Path]:
-    """Held-out digits of the bundle's split, written as 64x64 PNGs (nearest: the 8x8 strokes as blocks)."""
+    """Held-out digits of the bundle's split (an imported bundle has none: scikit-learn's first digits), written as
+    64x64 PNGs (nearest: the 8x8 strokes as blocks)."""
     from vitdeploy.files.bundle import read_bundle_info
     from vitdeploy.training.data import heldout_images
+
+    from vitdeploy.training.data import digit_images
 
     info = read_bundle_info(bundle)
     folder.mkdir(parents=True, exist_ok=True)
     files = []
-    for index, (image, label) in enumerate(heldout_images(info.dataset, info.labels, count, info.preprocess)):
+    if info.dataset:
+        pairs = heldout_images(info.dataset, info.labels, count, info.preprocess)
+    else:  # an imported model: the first digits of scikit-learn's set
+        images, labels = digit_images()
+        pairs = list(zip(images[:count], labels[:count].tolist()))
+    for index, (image, label) in enumerate(pairs):
         path = folder / f"digit-{index:03d}-label{label}.png"
         image.resize((64, 64), Image.Resampling.NEAREST).save(path)
         files.append(path)

@@ -19,8 +19,8 @@ NOTE ONNX `Resize` (antialias=1 needs opset 18) is not used: OpenVINO 2026.4 ign
 differs from Pillow by up to 162/255, measured), and a float resize has no 8-bit rounding between the passes. Gather,
 integer and float64 arithmetic run on every runtime at any opset from 13. ONNX Runtime computes float64 as Pillow
 does: at most 1/255 apart, in a handful of values per 100,000 (vitdeploy's own box shortcut). OpenVINO's CPU computes
-float64 in float32: also at most 1/255 for bilinear and bicubic, in ~0.3% of values; nearest positions drift there
-(docs/web.md has the measured figures).
+float64 in float32: also at most 1/255 for bilinear and bicubic, in 0.02-0.3% of the values (photos to noise);
+nearest positions drift there (docs/export-and-verify.md has the measured figures).
 """
 
 from __future__ import annotations
