@@ -257,3 +257,14 @@ def test_commands_that_feed_tensors_refuse_a_raw_image_file(tiny_image_onnx, tmp
     smooth_rgb(30, 20, seed=0).save(tmp_path / "a.png")
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--model", str(tiny_image_onnx)])
     assert result.exit_code == 2 and "takes decoded images" in result.output
+
+
+@pytest.mark.slow
+def test_an_imported_bundle_without_held_out_images_gets_its_raw_image_file(tiny_bundle, tmp_path):
+    """No recorded dataset (an imported checkpoint): judged on seeded smooth images of 11 sizes instead."""
+    import vitdeploy
+
+    result = vitdeploy.export(tiny_bundle, out=tmp_path / "model.onnx", image_input=True)
+    [variant] = result.variants
+    assert variant.written and "seeded smooth random images" in variant.gate.image_source
+    assert variant.gate.summary()["max_pixel_levels"] <= 1.0 + 1e-3

@@ -204,11 +204,11 @@ def export_onnx(
     bundle_dir = Path(bundle) if bundle is not None else find_latest_bundle()
     model, info = load_bundle(bundle_dir)
     if variants:
-        from vitdeploy.exporting.gate import AccuracyGate, gate_data
-        from vitdeploy.exporting.ladder import check_request, export_variants
+        from vitdeploy.exporting.gate import AccuracyGate
+        from vitdeploy.exporting.ladder import check_request, export_variants, gate_data_for
 
         check_request(variants, int8_method)  # usage errors, and no held-out images, before anything is written
-        data = gate_data(model, info)
+        data = gate_data_for(model, info, variants)
     result = export_model(model, info, Path(out) if out else bundle_dir / DEFAULT_FILE_NAME, opset, verify,
                           bundle_dir, exporter)
     if variants:

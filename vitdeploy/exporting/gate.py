@@ -145,6 +145,22 @@ def gate_data(model: Any, info: BundleInfo, limit: int = GATE_MAX_IMAGES) -> Gat
     return GateData(inputs, np.array([y for _, y in pairs], np.int64), reference, source, decoded)
 
 
+def synthetic_gate_data(model: Any, spec: PreprocessSpec, seed: int = 0) -> GateData:
+    """For the raw-image variant of a bundle that records no held-out images (an imported checkpoint): seeded smooth
+    random images (8x8 noise enlarged, so that one level of rounding cannot flip a near tie) at every CHECK_SIZES
+    size, with PyTorch fp32's logits on THE preprocessing of each; their "labels" are PyTorch's top-1."""
+    from vitdeploy.core.images import preprocess
+    from vitdeploy.model.vit import logits_in_batches
+
+    rng = np.random.default_rng(seed)
+    images = [np.asarray(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(
+        size, Image.Resampling.BICUBIC)) for size in CHECK_SIZES]
+    inputs = np.stack([preprocess(Image.fromarray(image), spec) for image in images])
+    reference = logits_in_batches(model, inputs, GATE_BATCH_SIZE)
+    return GateData(inputs, reference.argmax(1).astype(np.int64), reference,
+                    f"{len(images)} seeded smooth random images (the bundle records no held-out images)", images)
+
+
 def judge(
     variant: str, precision: str, model_path: Path | bytes, data: GateData, gate: AccuracyGate, device: str = "cpu",
     max_abs_allowed: float | None = None, runtime: str = "ort",

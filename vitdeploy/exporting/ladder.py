@@ -36,7 +36,15 @@ from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import comma_list
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, DataError
-from vitdeploy.exporting.gate import AccuracyGate, GateData, GateResult, gate_data, judge, judge_image_input
+from vitdeploy.exporting.gate import (
+    AccuracyGate,
+    GateData,
+    GateResult,
+    gate_data,
+    judge,
+    judge_image_input,
+    synthetic_gate_data,
+)
 from vitdeploy.exporting.graphs import FusionReport, VariantSource, build_variant
 from vitdeploy.exporting.image_input import with_pixels_output
 from vitdeploy.files.onnx_file import (
@@ -135,6 +143,14 @@ def calibration_inputs(info: BundleInfo, limit: int = CALIBRATION_IMAGES) -> np.
     return np.ascontiguousarray(np.stack([preprocess(img, info.preprocess) for img, _ in pairs]), np.float32)
 
 
+def gate_data_for(model: Any, info: BundleInfo, variants: Sequence[str]) -> GateData:
+    """The held-out images the variants are judged on; the raw-image file alone, of a bundle that records none (an
+    imported checkpoint), is judged on seeded smooth images instead (its pixels and PyTorch's logits)."""
+    if not info.dataset and all(EXPORT[v].option == "image" for v in variants):
+        return synthetic_gate_data(model, info.preprocess)
+    return gate_data(model, info)
+
+
 def export_variants(
     model: Any,
     info: BundleInfo,
@@ -153,7 +169,7 @@ def export_variants(
     check_request(variants, int8_method)
     if not variants:
         return []
-    data = data or gate_data(model, info)
+    data = data or gate_data_for(model, info, variants)
     base_meta = read_metadata(base)
     results = []
     with reported_as(base.parent), tempfile.TemporaryDirectory(prefix=".vitdeploy-variants-",
