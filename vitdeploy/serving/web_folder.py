@@ -242,11 +242,11 @@ Opening `index.html` as a `file://` URL does not work (the browser refuses to fe
   with no options (`env.allowRemoteModels = false; env.localModelPath = '<parent folder>/'`, then
   `pipeline('image-classification', '<this folder>')`). {transformers_js}
 
-  Measured with transformers.js 4.3.2 against `vitdeploy predict` (docs/web.md in vitdeploy; a 16 px digits model):
-  on 60 held-out digits written as 64x64 PNGs, top-1 100% and max |dprob| 1e-6 in Node and in headless Chromium;
-  on 80 real photos (PNG and JPEG, 20-640 px, grey, RGBA), top-1 98.75% in both, the one difference an image with
-  a non-sRGB colour profile, which sharp and Chromium convert and Pillow does not; on the 65 photos without a
-  profile, against predict on a full decode, max |dprob| 0.0011 (Node) and 0.0023 (Chromium). Node users:
+  Measured with transformers.js 4.3.2 against `vitdeploy predict` (docs/web.md in vitdeploy), in Node and in
+  headless Chromium alike: on 60 digits written as 64x64 PNGs, top-1 100% and max |dprob| 1e-6; on 80 real photos
+  (PNG and JPEG, 20-640 px, grey, RGBA), a 64 px model: top-1 100%, max |dprob| 0.0015; a 16 px model: top-1
+  98.75%, the one difference an image with a non-sRGB colour profile (sharp and Chromium convert it, Pillow does
+  not), and up to 0.053 on JPEGs that predict decodes at reduced scale (against a full decode: 0.0023). Node users:
   `ONNXRUNTIME_NODE_INSTALL=skip npm install @huggingface/transformers` (offline, its install script would fetch
   CUDA libraries).
 
