@@ -268,3 +268,17 @@ def test_an_imported_bundle_without_held_out_images_gets_its_raw_image_file(tiny
     [variant] = result.variants
     assert variant.written and "seeded smooth random images" in variant.gate.image_source
     assert variant.gate.summary()["max_pixel_levels"] <= 1.0 + 1e-3
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "reference"])
+def test_every_runtime_runs_the_raw_image_file(tiny_onnx, tiny_image_onnx, runtime):
+    """The same answers as model.onnx on THE preprocessing's tensor (OpenVINO computes the weights in float32)."""
+    pytest.importorskip({"openvino": "openvino", "reference": "onnx"}[runtime])
+    from vitdeploy.runtimes import open_runtime
+
+    plain = open_runtime("ort", tiny_onnx, device="cpu")
+    image = np.random.default_rng(5).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    expected = plain.run(preprocess(Image.fromarray(image), plain.preprocess)[None])
+    session = open_runtime(runtime, tiny_image_onnx, device="cpu")
+    assert session.takes_images
+    np.testing.assert_allclose(session.run(image[None]), expected, atol=2e-3)

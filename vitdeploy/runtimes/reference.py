@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from vitdeploy.errors import ConfigError, ModelFileError
-from vitdeploy.files.onnx_file import INPUT_NAME
 from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
 
 NAME = "reference"
@@ -29,7 +28,7 @@ REFERENCE_MAX_SAMPLES = 32
 # Models above this many MACs per image are left out of the default set (digits: 0.002 G; ViT-Ti/16, 1.25 G, would
 # make verify 4x slower); naming the runtime runs it anyway.
 DEFAULT_MAX_GMACS = 0.1
-_ELEMENT_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}  # onnx.TensorProto data types
+_ELEMENT_TYPES = {1: "float32", 2: "uint8", 10: "float16", 11: "float64", 16: "bfloat16"}  # onnx.TensorProto data types
 
 
 class ReferenceSession(Session):
@@ -62,7 +61,7 @@ class ReferenceSession(Session):
         self.description = Description(NAME, "cpu", PROVIDER, precision)
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        results = self.evaluator.run(list(names), {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        results = self.evaluator.run(list(names), self.feed(batch))
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(names, results)}
 
 
