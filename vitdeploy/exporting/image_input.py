@@ -90,7 +90,7 @@ class _Graph:
 
 def _resample_axis(g: _Graph, x: str, axis: int, size_in: str, box: tuple[str, str], size_out: str, first: str,
                    count: int, interpolation: str) -> str:
-    """One of Pillow's passes along `axis` of the int32 NHWC tensor `x`: output pixels first..first+count-1 of
+    """One of Pillow's passes along `axis` of the int32 NCHW tensor `x`: output pixels first..first+count-1 of
     Image.resize to `size_out` pixels of the input span `box` (two float64 scalars holding float32 values, as
     Pillow's C code receives a box), as uint8 values in int32.
 
@@ -129,8 +129,9 @@ def _resample_axis(g: _Graph, x: str, axis: int, size_in: str, box: tuple[str, s
         "Add", g.op("Mul", g.op("Abs", weight), g.const(float(1 << PRECISION_BITS), f64)), g.const(0.5, f64))))
     fixed = g.op("Cast", fixed, to=6)  # int32, as Pillow sums
     sources = g.op("Min", g.op("Cast", j, to=7), last)  # past the window's end: weight 0, any valid index
-    gathered = g.op("Gather", x, sources, axis=axis)  # NHWC with [count, K] in place of `axis`
-    weights = g.op("Unsqueeze", fixed, g.const(list(range(2, 5 - axis))))  # broadcast over the axes after it
+    gathered = g.op("Gather", x, sources, axis=axis)  # NCHW with [count, K] in place of `axis`
+    trailing = list(range(2, 5 - axis))  # the axes after `axis` (the width after the height): weights broadcast
+    weights = g.op("Unsqueeze", fixed, g.const(trailing)) if trailing else fixed
     total = g.op("ReduceSum", g.op("Mul", gathered, weights), g.const([axis + 1]), keepdims=0)
     rounded = g.op("Div", g.op("Max", g.op("Add", total, g.const(1 << (PRECISION_BITS - 1), np.int32)),
                                g.const(0, np.int32)), g.const(1 << PRECISION_BITS, np.int32))
@@ -175,14 +176,16 @@ def _round_half_even_half(g: _Graph, d: str) -> str:
 
 def preprocessing_nodes(g: _Graph, source: str, spec: PreprocessSpec, layout: str) -> str:
     """Nodes from the raw image `source` to THE preprocessed float32 [batch, 3, S, S]; returns its name."""
-    nhwc = source if layout == "hwc" else g.op("Transpose", source, perm=[0, 2, 3, 1])
-    x = g.op("Cast", nhwc, to=6)  # int32: Pillow's arithmetic (chw's floats hold whole numbers 0..255)
+    # planes (NCHW) inside: every operation below then runs over long contiguous rows (measured 3x faster than
+    # channels last, whose innermost axis of 3 defeats ONNX Runtime's broadcasting loops)
+    planes = g.op("Transpose", source, perm=[0, 3, 1, 2]) if layout == "hwc" else source
+    x = g.op("Cast", planes, to=6)  # int32: Pillow's arithmetic (chw's floats hold whole numbers 0..255)
     shape = g.op("Shape", x)
-    height, width, channels = g.dim(shape, 1), g.dim(shape, 2), g.dim(shape, 3)
+    channels, height, width = g.dim(shape, 1), g.dim(shape, 2), g.dim(shape, 3)
     # colour channels [0, 1, 2], or [0, 0, 0] for grey; alpha: the last channel when their number is even
     colour_step = g.op("Cast", g.op("GreaterOrEqual", channels, g.const(3)), to=7)
-    colour = g.op("Gather", x, g.op("Mul", g.const([0, 1, 2]), colour_step), axis=3)
-    alpha = g.op("Gather", x, g.op("Unsqueeze", g.op("Sub", channels, g.const(1)), g.const([0])), axis=3)
+    colour = g.op("Gather", x, g.op("Mul", g.const([0, 1, 2]), colour_step), axis=1)
+    alpha = g.op("Gather", x, g.op("Unsqueeze", g.op("Sub", channels, g.const(1)), g.const([0])), axis=1)
     has_alpha = g.op("Equal", g.op("Mod", channels, g.const(2)), g.const(0))
     alpha = g.op("Where", has_alpha, alpha, g.const(255, np.int32))
     # composited on white (images.BACKGROUND_RGB) as Pillow's paste with a mask: round((c a + 255 (255 - a)) / 255)
@@ -213,9 +216,9 @@ def preprocessing_nodes(g: _Graph, source: str, spec: PreprocessSpec, layout: st
         column_box = (g.op("Where", shrinking, box0, zero), g.op("Where", shrinking, box1, w_f))
         column_size = g.op("Where", shrinking, g.const(crop), out_width)
         column_first = g.op("Where", shrinking, g.const(0), left)
-    columns = _resample_axis(g, rgb, 2, width, column_box, column_size, column_first, crop, spec.interpolation)
-    resized = _resample_axis(g, columns, 1, height, (zero, h_f), out_height, top, crop, spec.interpolation)
-    chw = g.op("Transpose", g.op("Cast", resized, to=1), perm=[0, 3, 1, 2])
+    columns = _resample_axis(g, rgb, 3, width, column_box, column_size, column_first, crop, spec.interpolation)
+    resized = _resample_axis(g, columns, 2, height, (zero, h_f), out_height, top, crop, spec.interpolation)
+    chw = g.op("Cast", resized, to=1)
     order = [2, 1, 0] if spec.channel_order == "BGR" else [0, 1, 2]
     if spec.channel_order == "BGR":
         chw = g.op("Gather", chw, g.const(order), axis=1)
