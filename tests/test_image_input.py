@@ -282,3 +282,58 @@ def test_every_runtime_runs_the_raw_image_file(tiny_onnx, tiny_image_onnx, runti
     session = open_runtime(runtime, tiny_image_onnx, device="cpu")
     assert session.takes_images
     np.testing.assert_allclose(session.run(image[None]), expected, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_a_real_triton_answers_raw_uint8_images_as_predict(tiny_onnx, tiny_image_onnx, tmp_path):
+    """tritonserver 2.51 (Python backend, as tests/test_triton_server.py runs it) serves the raw-image file: decoded
+    images of sizes the 16 px model never saw, one per request and two of one size in one request."""
+    import signal
+    import subprocess
+    import time
+
+    import test_triton_server as real
+    import tritonclient.http as httpclient
+    from builders import smooth_rgb
+
+    from vitdeploy.requests import TritonOptions
+    from vitdeploy.runtimes import open_runtime
+    from vitdeploy.serving.triton import write_triton_repository
+
+    if real.PROBLEM:
+        pytest.skip(real.PROBLEM)
+    write_triton_repository(tiny_image_onnx, tmp_path / "repo", TritonOptions(name="raw", backend="python"))
+    port = real.free_port()
+    with (tmp_path / "triton.log").open("w") as log:
+        process = subprocess.Popen(
+            [str(real.SERVER_HOME / "bin" / "tritonserver"), "--model-repository", str(tmp_path / "repo"),
+             "--backend-directory", str(real.SERVER_HOME / "backends"), "--http-address", "127.0.0.1",
+             "--http-port", str(port), "--grpc-port", str(real.free_port()), "--allow-metrics", "false"],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        deadline = time.monotonic() + real.START_DEADLINE_S
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if client.is_model_ready("raw"):
+                    break
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.5)
+        assert client.is_model_ready("raw"), (tmp_path / "triton.log").read_text()[-3000:]
+        plain = open_runtime("ort", tiny_onnx, device="cpu")
+        for width, height, count in ((130, 90, 1), (41, 23, 2)):
+            batch = np.stack([np.asarray(smooth_rgb(width, height, seed=i)) for i in range(count)])
+            tensor = httpclient.InferInput("image", list(batch.shape), "UINT8")
+            tensor.set_data_from_numpy(batch)
+            got = client.infer("raw", [tensor]).as_numpy("logits")
+            want = plain.run(np.stack([preprocess(Image.fromarray(image), plain.preprocess) for image in batch]))
+            np.testing.assert_allclose(got, want, atol=1e-4)
+        client.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
