@@ -221,8 +221,9 @@ def serve(model: PathLike | None = None, /, settings: ServeSettings | None = Non
 def web(model: PathLike | WebRequest | None = None, /, **options: Any) -> WebFolder:
     """Write a static folder that runs an exported .onnx (default: the newest under models/) in a browser with
     onnxruntime-web: index.html, vitdeploy.js (the model's preprocessing, as predict does it), the file,
-    onnxruntime-web's files, the transformers.js layout, serve.py and README.md. No torch needed; npm installs
-    onnxruntime-web into the cache the first time. `out` follows outputs.py's rule (force: write into a folder of
+    onnxruntime-web's files, the transformers.js layout (the model with its preprocessing in the graph), serve.py
+    and README.md. No torch needed (onnx builds the transformers.js file); npm installs onnxruntime-web into the
+    cache the first time. `out` follows outputs.py's rule (force: write into a folder of
     other files, keeping them)."""
     from vitdeploy.serving.web_folder import write_web_folder
 
