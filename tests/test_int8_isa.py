@@ -276,7 +276,8 @@ def test_the_mask_makes_onnx_runtime_run_its_saturating_kernel(cpuid_mask, tmp_p
     model = tmp_path / "mmi.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(model))
     code = ("import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], "
-            "providers=['CPUExecutionProvider']); print(int(s.run(None, {'A': np.full((8, 64), 255, np.uint8)})[0][0, 0]))")
+            "providers=['CPUExecutionProvider']); "
+            "print(int(s.run(None, {'A': np.full((8, 64), 255, np.uint8)})[0][0, 0]))")
     answers = {isa: int(subprocess.run([sys.executable, "-c", code, str(model)], env=_masked(library, isa), check=True,
                                        capture_output=True, text=True).stdout)
                for isa, library in (("native", None), ("avx2", cpuid_mask), ("avx512", cpuid_mask))}

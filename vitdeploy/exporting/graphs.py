@@ -98,7 +98,8 @@ class Int8Recipe:
     x86 INT8 kernels multiply uint8 activations by int8 weights. With VNNI or AMX every product is accumulated in
     32 bits. Without them (AVX2, AVX-512 without VNNI) both ONNX Runtime's MLAS and OpenVINO's oneDNN use
     VPMADDUBSW, which adds two adjacent u8 x s8 products into a saturating 16-bit sum: 255 x 127 x 2 overflows it.
-    Weights in 7 bits (|w| <= 63) keep every pair in range: ORT's reduce_range, NNCF's OverflowFix.ENABLE.
+    Weights in 7 bits (|w| <= 64: 2 x 255 x 64 < 2^15) keep every pair in range: ORT's reduce_range, NNCF's
+    OverflowFix.ENABLE.
     Measured on an Ice Lake running its own AVX2 kernels (tests/test_int8_isa.py, benchmarks/int8_isa.md): on a
     random-init ViT with PyTorch's default Linear init, ORT's u8s8 file agreed with fp32 on 97.0% of inputs on the
     VNNI kernel and 74.5% on the AVX2 one, 7-bit weights 95.5% on both; NNCF's default (7 bits in the first layer
