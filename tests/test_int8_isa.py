@@ -127,6 +127,8 @@ def test_the_note_names_both_classes_the_risk_and_the_command():
     assert runtime_base.other_isa_note("m", record, here="avx512_vnni") is None  # gated here
     assert runtime_base.other_isa_note("m", {"precision": "fp32", "isa_class": "avx2"}, here="amx") is None
     assert runtime_base.other_isa_note("m", {"precision": "int8"}, here="amx") is None  # an older file: verify says
+    assert "vitdeploy export models/b --precision int8" in runtime_base.other_isa_note(
+        "m", {**record, "bundle": "models/b"}, here="avx2")
 
 
 def test_a_file_opened_on_another_class_says_so_once(gated_elsewhere, monkeypatch):

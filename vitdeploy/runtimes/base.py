@@ -200,8 +200,9 @@ def other_isa_note(name: str, record: dict, here: str | None = None) -> str | No
     risk = (": its u8 x s8 INT8 products can saturate here (no VNNI or AMX)"
             if record.get("precision") == "int8" and int8_saturates(here) and not int8_saturates(gated) else "")
     flag = f"--precision {record['variant']}" if record.get("variant") else "--precision ..."
+    bundle = record.get("bundle") or "BUNDLE"
     return (f"{name} was built and accuracy-gated on a {gated} CPU; this CPU is {here}{risk}. Re-gate it on this "
-            f"machine: vitdeploy export BUNDLE {flag} (or vitdeploy verify {name}, which re-gates on the bundle's "
+            f"machine: vitdeploy export {bundle} {flag} (or vitdeploy verify {name}, which re-gates on the bundle's "
             "held-out images)")
 
 
