@@ -34,6 +34,7 @@ import numpy as np
 
 from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import comma_list
+from vitdeploy.core.cpu import isa_class
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.exporting.gate import AccuracyGate, GateData, GateResult, gate_data, judge
@@ -159,7 +160,7 @@ def export_variants(
                                                                 dir=base.parent) as staging_dir:
         staging = Path(staging_dir)
         source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method,
-                               **({"isa": isa} if isa else {}))
+                               isa or isa_class())
         for row in (EXPORT[name] for name in variants):
             started = time.perf_counter()
             built = build_variant(row, source)
@@ -192,12 +193,12 @@ def export_variants(
 
 def describe_variant(
     proto: onnx.ModelProto, base_meta: dict[str, str], variant: str, fusions: FusionReport | None,
-    quantization: dict[str, Any] | None, isa: str,
+    quantization: dict[str, Any] | None, isa: str | None = None,
 ) -> None:
     """The fp32 file's self-description, plus what makes this variant different: precision, the runtime it is made
     for (and, for OpenVINO, the precision it computes in), fusions, quantization, and the CPU class it was built
-    and gated for (`isa`, core.cpu.isa_class: a file run on another class is re-gated or warned about). The gate's
-    result is added once it has run."""
+    and gated for (`isa`, default this CPU's, core.cpu.isa_class: a file run on another class is re-gated or warned
+    about). The gate's result is added once it has run."""
     del proto.metadata_props[:]
     for key, value in base_meta.items():
         proto.metadata_props.add(key=key, value=value)
@@ -209,7 +210,7 @@ def describe_variant(
         "runtime": row.runtime,
         "optimization": {"transformer_fusions": fusions.to_dict() if fusions else None},
         "quantization": quantization,
-        "isa_class": isa,
+        "isa_class": isa_class() if isa is None else isa,
     })
     if row.inference_precision is not None:
         export["inference_precision"] = row.inference_precision
