@@ -132,11 +132,11 @@ def test_static_int8_is_batch_independent_and_dynamic_is_not(ladder, tmp_path):
 _REAL_TO_INT8 = graph_variants.to_int8_static
 
 
-def _sabotaged_int8(model_path, calibration, workdir):
+def _sabotaged_int8(model_path, calibration, workdir, recipe=None):
     """A deliberately bad INT8 variant: the real quantization, then every weight matrix scrambled."""
     from onnx import numpy_helper
 
-    proto, settings = _REAL_TO_INT8(model_path, calibration, workdir)
+    proto, settings = _REAL_TO_INT8(model_path, calibration, workdir, recipe)
     rng = np.random.default_rng(0)
     for tensor in proto.graph.initializer:
         values = numpy_helper.to_array(tensor)

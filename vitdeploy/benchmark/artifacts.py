@@ -143,7 +143,7 @@ def build_variant_files(base: Path, config: ModelConfig, variants: Collection[st
                                lambda: input_batch(config, PRESET_CALIBRATION_IMAGES, seed))
         for row in (v for v in EXPORT.values() if v.builder and v.name in variants):
             built = build_variant(row, source)
-            describe_variant(built.proto, base_meta, row.name, built.fusions, built.quantization)
+            describe_variant(built.proto, base_meta, row.name, built.fusions, built.quantization, source.isa)
             save_onnx(built.proto, row.path(base))
 
 

@@ -73,8 +73,9 @@ def benchmark(
         for runner in runners:
             spec = runner.spec
             started = cold_start(runner, first_batch)
+            ran = runner.ran.get("precision", spec.precision)  # what ran: OpenVINO may compile a bf16 hint as f32
             variants[spec.name] = {
-                "runtime": spec.runtime, "device": spec.device, "precision": spec.precision,
+                "runtime": spec.runtime, "device": spec.device, "precision": ran,
                 "ran": runner.ran, "description": spec.description, "providers": runner.providers,
                 "cold_start": started.to_dict(), **describe_file(model, spec),
             }

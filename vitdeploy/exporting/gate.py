@@ -17,11 +17,13 @@ import numpy as np
 from PIL import Image
 
 from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.cpu import isa_class
 from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.exporting.image_input import CHECK_SIZES, MAX_PIXEL_LEVELS, PIXELS_OUTPUT, pixel_levels
 from vitdeploy.files.onnx_file import OUTPUT_NAME
+from vitdeploy.files.variants import EXPORT
 from vitdeploy.runtimes import open_runtime
-from vitdeploy.verification.parity import compare_logits
+from vitdeploy.verification.parity import ParityReport, compare_logits
 
 if TYPE_CHECKING:
     from vitdeploy.files.bundle import BundleInfo
@@ -69,6 +71,7 @@ class GateResult:
     # the raw-image variant only: max |its preprocessed pixels - images.preprocess's|, in levels of 1/255
     max_pixel_levels: float | None = None
     pixel_images: int = 0  # the images that difference was measured on
+    isa_class: str | None = None  # the CPU class it was judged on (core.cpu.isa_class)
 
     @property
     def accuracy_drop_pt(self) -> float:
@@ -101,6 +104,7 @@ class GateResult:
             "providers": [self.provider],
             "runtimes": [(self.runtime or {}).get("runtime", "ort")],
             "runtime": self.runtime,
+            "isa_class": self.isa_class,
             "samples": {"real": self.images, "real_source": self.image_source, "random": 0},
             "batch_size": self.batch_size,
             "reference_accuracy": self.reference_accuracy,
@@ -163,10 +167,11 @@ def synthetic_gate_data(model: Any, spec: PreprocessSpec, seed: int = 0) -> Gate
 
 def judge(
     variant: str, precision: str, model_path: Path | bytes, data: GateData, gate: AccuracyGate, device: str = "cpu",
-    max_abs_allowed: float | None = None, runtime: str = "ort",
+    max_abs_allowed: float | None = None, runtime: str = "ort", isa: str | None = None,
 ) -> GateResult:
     """Run the variant on `runtime` (as the file says it is to be run) on the gate images, in batches of
-    GATE_BATCH_SIZE, and compare it with PyTorch fp32."""
+    GATE_BATCH_SIZE, and compare it with PyTorch fp32. `isa`: the CPU class recorded as judged on (default: this
+    CPU's, core.cpu.isa_class)."""
     session = open_runtime(runtime, model_path, device=device)
     provider = session.provider
     logits = session.run_in_batches(data.inputs, GATE_BATCH_SIZE).astype(np.float32)
@@ -185,6 +190,7 @@ def judge(
         gate=gate,
         max_abs_allowed=max_abs_allowed,
         runtime=session.describe(),
+        isa_class=isa_class() if isa is None else isa,
     )
 
 
@@ -235,3 +241,37 @@ def _presented(image: np.ndarray, index: int) -> tuple[np.ndarray, Image.Image]:
         resized = resized.convert("L")
     raw = np.asarray(resized)
     return (raw[..., None] if raw.ndim == 2 else raw), to_rgb(resized)
+
+
+def regate(report: ParityReport, here: str | None = None) -> GateResult | None:
+    """verify's second look at a gated variant (INT8, fp16, bf16, ...) that was gated on another CPU class than
+    `here` (default: this CPU's, core.cpu.isa_class), or on an unrecorded one: the accuracy gate again, on this
+    machine, with the criteria the file records, on the bundle's held-out images. The result joins the report
+    (report.regate: a failure fails verify); without held-out images a note says so. None: nothing to re-gate."""
+    from vitdeploy.files.bundle import load_bundle
+    from vitdeploy.files.onnx_file import parse_metadata, read_metadata
+
+    path = Path(report.model_path)
+    meta = parse_metadata(path, read_metadata(path))
+    row = EXPORT.get(str(meta.export.get("variant")))
+    here = isa_class() if here is None else here
+    gated = meta.export.get("isa_class")
+    if row is None or row.builder is None or row.option == "image" or gated == here or report.bundle is None:
+        return None
+    model, info = load_bundle(report.bundle)
+    try:
+        data = gate_data(model, info)
+    except DataError as e:
+        report.notes.append(f"gated on {gated or 'an unrecorded CPU class'}, not re-gated on this {here} CPU: {e}")
+        return None
+    recorded = meta.parity.get("gate") or {}
+    gate = AccuracyGate(recorded.get("max_accuracy_drop", DEFAULT_MAX_ACCURACY_DROP),
+                        recorded.get("min_top1_agreement", DEFAULT_MIN_TOP1_AGREEMENT))
+    result = judge(row.name, row.precision, path, data, gate, row.gate_device, recorded.get("max_abs"),
+                   row.runtime, here)
+    report.regate = result.summary()
+    report.notes.append(
+        f"accuracy gate re-run on this {here} CPU (the file was gated on {gated or 'an unrecorded CPU class'}): "
+        f"top-1 agreement {result.top1_agreement:.1%}, accuracy {-result.accuracy_drop_pt:+.2f} pt on "
+        f"{result.images} held-out images: " + ("pass" if result.passed else "FAIL"))
+    return result

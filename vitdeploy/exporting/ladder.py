@@ -34,6 +34,7 @@ import numpy as np
 
 from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import comma_list
+from vitdeploy.core.cpu import isa_class
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.exporting.gate import (
@@ -159,10 +160,12 @@ def export_variants(
     gate: AccuracyGate = AccuracyGate(),
     data: GateData | None = None,
     int8_method: str = "static",
+    isa: str | None = None,
 ) -> list[VariantResult]:
     """Build each variant from the exported fp32 file `base`, judge it, and write the ones that pass beside it.
 
-    A variant that failed is returned with written=False; the others were written.
+    A variant that failed is returned with written=False; the others were written. `isa`: the CPU class the INT8
+    recipe is chosen for and the file records (default: this CPU's, core.cpu.isa_class); the gate runs here.
     """
     import onnx
 
@@ -175,14 +178,16 @@ def export_variants(
     with reported_as(base.parent), tempfile.TemporaryDirectory(prefix=".vitdeploy-variants-",
                                                                 dir=base.parent) as staging_dir:
         staging = Path(staging_dir)
-        source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method)
+        source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method,
+                               isa or isa_class())
         for row in (EXPORT[name] for name in variants):
             started = time.perf_counter()
             built = build_variant(row, source)
             proto, fusions, quantization = built.proto, built.fusions, built.quantization
             out = row.path(base)
             staged = staging / out.name
-            describe_variant(proto, base_meta, row.name, fusions, quantization)  # the runtime judging it reads this
+            # the runtime judging it reads this
+            describe_variant(proto, base_meta, row.name, fusions, quantization, source.isa)
             save_onnx(proto, staged)
             onnx.checker.check_model(os.fspath(staged), full_check=True)  # verify's load_onnx insists on it too
             build_seconds = time.perf_counter() - started
@@ -191,7 +196,7 @@ def export_variants(
                                            info.preprocess)
             else:
                 result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
-                               row.runtime)
+                               row.runtime, source.isa)
             notes = _notes(row, result, quantization)
             set_metadata(proto, {META_PARITY: result.summary()})
             size = staged.stat().st_size
@@ -211,11 +216,12 @@ def export_variants(
 
 def describe_variant(
     proto: onnx.ModelProto, base_meta: dict[str, str], variant: str, fusions: FusionReport | None,
-    quantization: dict[str, Any] | None,
+    quantization: dict[str, Any] | None, isa: str | None = None,
 ) -> None:
     """The fp32 file's self-description, plus what makes this variant different: precision, the runtime it is made
-    for (and, for OpenVINO, the precision it computes in), fusions, quantization. The gate's result is added once
-    it has run."""
+    for (and, for OpenVINO, the precision it computes in), fusions, quantization, and the CPU class it was built
+    and gated for (`isa`, default this CPU's, core.cpu.isa_class: a file run on another class is re-gated or warned
+    about). The gate's result is added once it has run."""
     own_input = {p.key: p.value for p in proto.metadata_props if p.key == META_INPUT}  # a raw-image graph's
     del proto.metadata_props[:]
     for key, value in {**base_meta, **own_input}.items():
@@ -228,6 +234,7 @@ def describe_variant(
         "runtime": row.runtime,
         "optimization": {"transformer_fusions": fusions.to_dict() if fusions else None},
         "quantization": quantization,
+        "isa_class": isa_class() if isa is None else isa,
     })
     if row.inference_precision is not None:
         export["inference_precision"] = row.inference_precision

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import functools
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.cpu import int8_saturates, isa_class
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, ModelFileError
 from vitdeploy.files.onnx_file import (
@@ -234,3 +236,37 @@ def export_record(metadata: dict[str, str]) -> dict:
     except json.JSONDecodeError:
         return {}
     return record if isinstance(record, dict) else {}
+
+
+logger = logging.getLogger(__name__)
+_ISA_NOTED: set[tuple[str, str, str]] = set()  # (file, its class, this class) already noted in this process
+
+
+def other_isa_note(name: str, record: dict, here: str | None = None) -> str | None:
+    """The note for a reduced-precision file (INT8, fp16, bf16) that was built and gated on another CPU class than
+    `here` (default: this CPU's, core.cpu.isa_class), or None. The gate's verdict holds for the class it ran on:
+    INT8 that was exact with VNNI can saturate without it (core.cpu), and native bf16 is a property of the CPU."""
+    gated = record.get("isa_class")
+    here = isa_class() if here is None else here
+    if not gated or gated == here or (record.get("precision") == "fp32"
+                                      and record.get("inference_precision") in (None, "fp32")):
+        return None
+    risk = (": its u8 x s8 INT8 products can saturate here (no VNNI or AMX)"
+            if record.get("precision") == "int8" and int8_saturates(here) and not int8_saturates(gated) else "")
+    flag = f"--precision {record['variant']}" if record.get("variant") else "--precision ..."
+    bundle = record.get("bundle") or "BUNDLE"
+    return (f"{name} was built and accuracy-gated on a {gated} CPU; this CPU is {here}{risk}. Re-gate it on this "
+            f"machine: vitdeploy export {bundle} {flag} (or vitdeploy verify {name}, which re-gates on the bundle's "
+            "held-out images)")
+
+
+def note_other_isa(session: Session, here: str | None = None) -> None:
+    """Log other_isa_note once per file and pair of classes in a process (predict, serve, bench, verify)."""
+    name = str(session.path) if session.path is not None else "the model"
+    record = export_record(session.metadata)
+    note = other_isa_note(name, record, here)
+    key = (name, str(record.get("isa_class")), here or isa_class())
+    if note and key not in _ISA_NOTED:
+        _ISA_NOTED.add(key)
+        logger.warning("%s", note)
+

@@ -14,6 +14,7 @@ what ran), "gpu" and "npu" where OpenVINO lists them. Reads the file's metadata 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ import openvino as ov
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError, PrecisionError
 from vitdeploy.files.onnx_file import INPUT_NAME
 from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
+
+logger = logging.getLogger(__name__)
 
 NAME = "openvino"
 DEVICES = ("auto", "cpu", "gpu", "npu")
@@ -148,8 +151,10 @@ class OpenVinoSession(Session):
             queued = self._compile(self.model, "THROUGHPUT")
             self.streams = int(queued.get_property("NUM_STREAMS"))
             self._queue = ov.AsyncInferQueue(queued, int(queued.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        compiled = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        ran = {v: k for k, v in HINTS.items()}.get(compiled, compiled)
+        ran = compiled_precision(self.compiled)
+        if ran != precision:  # e.g. a bf16 or f16 hint compiled as f32 on a CPU without them: no error from OpenVINO
+            logger.warning("OpenVINO %s was asked for %s and compiled the model in %s: it runs (and is reported) "
+                           "as %s", ov_device, precision, ran, ran)
         self.inference_precision = ran
         # An int8 (fp16) file runs its quantized (fp16) ops so and the rest in the compiled precision.
         self.description = Description(NAME, ov_device.lower(), ov_device,
@@ -205,6 +210,29 @@ class OpenVinoSession(Session):
     def describe(self) -> dict[str, str]:
         return {**self.description.to_dict(), "inference_precision": self.inference_precision,
                 "streams": str(self.streams), "static_batch": str(self.static_batch).lower()}
+
+
+# Execution-graph layer types that do the arithmetic: their runtime precision is what the model computes in.
+_COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "MVN", "Subgraph", "Eltwise", "Softmax")
+
+
+def compiled_precision(compiled: ov.CompiledModel) -> str:
+    """The floating-point precision a compiled model really computes in (fp32 | bf16 | fp16): read from its
+    execution graph (each layer's runtimePrecision), not from the hint it was given. OpenVINO 2026.4 compiles a bf16
+    hint as f32 on a CPU without bf16 and an f16 hint as f32 on one without fp16, without an error; its
+    INFERENCE_PRECISION_HINT property follows suit, and is the fallback where the graph says nothing."""
+    names = {v: k for k, v in HINTS.items()}
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and "runtimePrecision" in info and _text(info["layerType"]) in _COMPUTE_LAYERS:
+            precision = names.get(_text(info["runtimePrecision"]))
+            if precision is not None:
+                counts[precision] = counts.get(precision, 0) + 1
+    if counts:  # an int8 file's float layers, or the whole graph: any bf16 / f16 layer means that precision ran
+        return next((p for p in ("bf16", "fp16") if counts.get(p)), "fp32")
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return names.get(hint, hint)
 
 
 def _precision(record: dict, asked: str | None) -> tuple[str, str]:

@@ -155,8 +155,8 @@ def open_runtime(
     if name == "openvino":
         from vitdeploy.runtimes.openvino import OpenVinoSession
 
-        return OpenVinoSession(model if isinstance(model, bytes) else Path(model), device, precision, threads,
-                               static_batch, throughput)
+        return _noted(OpenVinoSession(model if isinstance(model, bytes) else Path(model), device, precision,
+                                      threads, static_batch, throughput))
     if name == "ort":
         from vitdeploy.runtimes.ort import OrtSession
 
@@ -170,6 +170,14 @@ def open_runtime(
 
         session = ReferenceSession(model, device)
     _check_file_precision(session, name, precision)
+    return _noted(session)
+
+
+def _noted(session: Session) -> Session:
+    """A file gated on another CPU class says so once (base.other_isa_note)."""
+    from vitdeploy.runtimes.base import note_other_isa
+
+    note_other_isa(session)
     return session
 
 

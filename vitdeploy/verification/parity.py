@@ -113,12 +113,17 @@ class ParityReport:
     located: dict[str, str] = field(default_factory=dict)  # intermediates found by value (check_parity(None))
     runtimes: list[dict[str, str]] = field(default_factory=list)  # each target's describe(): runtime, device, ...
     cross: list[CrossCase] = field(default_factory=list)
+    bundle: str | None = None  # the bundle it was compared with
+    # The accuracy gate run again on this machine (GateResult.summary), where the file was gated on another CPU
+    # class: set by the API (exporting.gate.regate), which may import the gate; verification may not.
+    regate: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
         layers_ok = all(d.passed for diffs in self.layers.values() for d in diffs)
         cross_ok = all(c.passed for c in self.cross)
-        return bool(self.cases) and all(c.passed for c in self.cases) and layers_ok and cross_ok
+        regate_ok = self.regate is None or bool(self.regate.get("passed"))
+        return bool(self.cases) and all(c.passed for c in self.cases) and layers_ok and cross_ok and regate_ok
 
     def first_divergence(self) -> dict[str, str]:
         """Per provider, the first intermediate (in execution order) outside tolerance."""
@@ -152,6 +157,9 @@ class ParityReport:
                              f"{c.max_abs:.2e}, top-1 agreement {c.top1_agreement:.1%}")
         for provider, name in self.first_divergence().items():
             lines.append(f"{short_provider_name(provider)}: first diverging intermediate: {name}")
+        if self.regate is not None:
+            lines += [f"accuracy gate re-run on this {self.regate.get('isa_class')} CPU: {why}"
+                      for why in self.regate.get("failures", [])]
         return lines
 
     def summary(self) -> dict[str, Any]:
@@ -188,6 +196,7 @@ class ParityReport:
             "accuracy": self.accuracy,
             "failures": self.failures(),
             "notes": self.notes,
+            "regate": self.regate,
         }
 
 

@@ -185,6 +185,7 @@ def verify(
     report = check_parity(model, path, inputs, batch_sizes, tolerance, intermediates, precision, labels, counts,
                           targets)
     report.notes[:0] = notes
+    report.bundle = str(bundle_dir)
     return report
 
 
