@@ -227,7 +227,7 @@ class ServeSettings(_Request):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    runtime: str = "ort"
+    runtime: str | None = None  # None: the one the file was made for, else ort (predict's rule: runtime_for_file)
     device: str = "auto"
     threads: int | None = None
     name: str | None = None  # the model's name in the protocol; default: the file name without .onnx

@@ -84,6 +84,8 @@ def benchmark(
         points = measure_points(runners, settings, batch_for, gemms, point_started, blocks)
         e2e = (end_to_end(model.onnx_path, end_to_end_images, max(settings.batch_sizes), threads)
                if end_to_end_images else None)
+        for runner in runners:
+            runner.close()
     timed = {g: [t for p in points if p.variant == g.spec.name for t in p.latencies_s] for g in gemms}
     points = [p for p in points if p.variant in variants]
     device_peaks = peaks(timed, _achieved(points, macs.flops), threads)

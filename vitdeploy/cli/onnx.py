@@ -61,7 +61,11 @@ def export(
     unsupported opset or precision); 3 parity failed (nothing written), or a variant failed the accuracy gate
     (that variant not written; the fp32 file and the variants that passed were).
 
+    --precision auto builds every variant this machine computes natively and can gate, and names the others with
+    what would build them (vitdeploy doctor lists them too).
+
     Example: vitdeploy export models/digits/best --optimize --precision fp16,int8,ov-bf16,ov-int8
+    Example: vitdeploy export models/digits/best --precision auto
     """
     import vitdeploy
     from vitdeploy.cli.tables import parity_tables, print_table, variants_table
@@ -95,6 +99,8 @@ def export(
         )
     if result.variants:
         print_table(console, variants_table(result.variants))
+    for name, why in result.skipped.items():
+        console.print(f"not built here: {name}: {why}", highlight=False, soft_wrap=True)
     if json_output:
         print_json(result.to_dict())
     finish(result)

@@ -106,7 +106,8 @@ def serve(
     ] = ServeSettings.host,
     port: Annotated[int, typer.Option(help="TCP port (0: any free one, printed at start).")] = ServeSettings.port,
     runtime: Annotated[
-        str, typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow).")
+        Optional[str], typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow). "
+                                    "Default: the runtime the file was made for (as predict), else ort.")
     ] = ServeSettings.runtime,
     device: Annotated[
         str, typer.Option(help="auto (CUDA only if a session really gets it) | cpu | cuda.")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from vitdeploy.runtimes.ort import short_provider_name
+from vitdeploy.runtimes import short_provider_name
 
 if TYPE_CHECKING:
     from vitdeploy.benchmark.report import BenchReport

@@ -52,6 +52,7 @@ from vitdeploy.files.onnx_file import (
 )
 from vitdeploy.files.outputs import check_output_file
 from vitdeploy.requests import ExportRequest
+from vitdeploy.runtimes import open_runtime
 
 if TYPE_CHECKING:
     from vitdeploy.exporting.gate import AccuracyGate
@@ -86,6 +87,7 @@ class ExportResult:
     verify_seconds: float
     parity: ParityReport | None  # None with verify=False
     variants: list[VariantResult] = field(default_factory=list)  # fused / fp16 / int8 files, when asked for
+    skipped: dict[str, str] = field(default_factory=dict)  # --precision auto: variant -> why not here, what would
     notes: list[str] = field(default_factory=list)
 
     def failures(self) -> list[str]:
@@ -106,10 +108,7 @@ class ExportResult:
 def onnxruntime_max_opset() -> int:
     """The newest default-domain opset this onnxruntime loads, found by asking it (one tiny session per try)."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
-
-    from vitdeploy.runtimes.ort import CPU
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
@@ -120,7 +119,7 @@ def onnxruntime_max_opset() -> int:
     for opset in range(onnx.defs.onnx_opset_version(), 0, -1):
         probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
         try:
-            ort.InferenceSession(probe.SerializeToString(), providers=[CPU])
+            open_runtime("ort", probe.SerializeToString(), "cpu").close()
         except Exception:  # ORT's "opset not supported" has no narrower type; any failure means "not this one"
             continue
         return opset
@@ -175,11 +174,14 @@ def check_opset(opset: int, exporter: str = DEFAULT_EXPORTER) -> None:
 def export(request: ExportRequest) -> ExportResult:
     """`vitdeploy export`: the file, then the variants asked for, each judged by the accuracy gate."""
     from vitdeploy.exporting.gate import AccuracyGate
-    from vitdeploy.exporting.ladder import parse_precisions, requested_variants
+    from vitdeploy.exporting.ladder import parse_precisions, resolve_variants
 
-    variants = requested_variants(parse_precisions(request.precision), request.optimize, request.image_input)
-    return export_onnx(request.bundle, request.out, request.opset, request.verify, variants,
-                       AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method, request.exporter)
+    variants, skipped = resolve_variants(parse_precisions(request.precision), request.optimize, request.image_input)
+    result = export_onnx(request.bundle, request.out, request.opset, request.verify, variants,
+                         AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method,
+                         request.exporter)
+    result.skipped = skipped
+    return result
 
 
 def export_onnx(

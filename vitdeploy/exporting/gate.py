@@ -172,9 +172,9 @@ def judge(
     """Run the variant on `runtime` (as the file says it is to be run) on the gate images, in batches of
     GATE_BATCH_SIZE, and compare it with PyTorch fp32. `isa`: the CPU class recorded as judged on (default: this
     CPU's, core.cpu.isa_class)."""
-    session = open_runtime(runtime, model_path, device=device)
-    provider = session.provider
-    logits = session.run_in_batches(data.inputs, GATE_BATCH_SIZE).astype(np.float32)
+    with open_runtime(runtime, model_path, device=device) as session:
+        provider = session.provider
+        logits = session.run_in_batches(data.inputs, GATE_BATCH_SIZE).astype(np.float32)
     diff = compare_logits(data.reference, logits)
     return GateResult(
         variant=variant,

@@ -27,6 +27,7 @@ from vitdeploy.errors import ConfigError
 from vitdeploy.exporting import quant_search
 from vitdeploy.files.onnx_file import INPUT_NAME, copy_proto, save_onnx
 from vitdeploy.files.variants import ExportVariant
+from vitdeploy.runtimes import open_runtime
 
 if TYPE_CHECKING:
     import onnx
@@ -403,15 +404,14 @@ def ov_int8_searched(source: VariantSource, inference_precision: str) -> BuiltGr
     `inference_precision`), then quantize again with exactly those in NNCF's ignored scope."""
     import onnx
 
-    from vitdeploy.runtimes.openvino import OpenVinoSession
-
     started = time.perf_counter()
     images = source.calibration_inputs()
 
     def run(proto: onnx.ModelProto, precision: str = inference_precision) -> np.ndarray:
         # One compilation per candidate: a second (static shape, THROUGHPUT) would cost more than it saves here.
-        session = OpenVinoSession(proto.SerializeToString(), "cpu", precision, static_batch=False, throughput=False)
-        return session.run_in_batches(images, CALIBRATION_BATCH_SIZE)
+        with open_runtime("openvino", proto.SerializeToString(), "cpu", precision, static_batch=False,
+                          throughput=False) as session:
+            return session.run_in_batches(images, CALIBRATION_BATCH_SIZE)
 
     reference = run(onnx.load(os.fspath(source.base)), "fp32")
     everything, _ = to_ov_int8(source.base, images, source.workdir, kept=[], recipe=source.int8_recipe)

@@ -37,6 +37,7 @@ from vitdeploy.core.config import comma_list
 from vitdeploy.core.cpu import isa_class
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, DataError
+from vitdeploy.exporting.capabilities import auto_variants, check_exportable
 from vitdeploy.exporting.gate import (
     AccuracyGate,
     GateData,
@@ -58,7 +59,6 @@ from vitdeploy.files.onnx_file import (
     set_metadata,
 )
 from vitdeploy.files.variants import EXPORT, PRECISIONS, ExportVariant
-from vitdeploy.runtimes.ort import CPU
 
 if TYPE_CHECKING:
     import onnx
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 # The variants themselves (precision, runtime, gate device, tolerances, builder) are rows of vitdeploy.files.variants.
 INT8_METHODS = ("static", "dynamic")
+AUTO = "auto"  # --precision auto: every variant this machine computes natively and can gate
 CALIBRATION_IMAGES = 128  # training images whose activation ranges set the static INT8 scales
 
 @dataclass
@@ -92,12 +93,24 @@ class VariantResult:
 
 
 def parse_precisions(values: Sequence[str]) -> tuple[str, ...]:
-    """['fp32,int8', 'fp16'] -> ('fp32', 'fp16', 'int8'): each option may list several, in any order."""
+    """['fp32,int8', 'fp16'] -> ('fp32', 'fp16', 'int8'): each option may list several, in any order; "auto"
+    stays as it is (resolve_variants says what it means here)."""
     wanted = set(comma_list(values, lower=True))
-    unknown = sorted(wanted - set(PRECISIONS))
+    unknown = sorted(wanted - set(PRECISIONS) - {AUTO})
     if unknown or not wanted:
-        raise ConfigError(f"unknown precision(s) {unknown or values}; choose from: {', '.join(PRECISIONS)}")
-    return tuple(p for p in PRECISIONS if p in wanted)
+        raise ConfigError(f"unknown precision(s) {unknown or values}; choose from: {', '.join(PRECISIONS)}, {AUTO}")
+    return tuple(p for p in (*PRECISIONS, AUTO) if p in wanted)
+
+
+def resolve_variants(precisions: Sequence[str], optimize: bool,
+                     image_input: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The variants to build (requested_variants) and, with "auto", the ones this machine cannot build and gate,
+    each with why and what would: auto means every variant it can (capabilities.auto_variants)."""
+    skipped: dict[str, str] = {}
+    if AUTO in precisions:
+        chosen, skipped = auto_variants()
+        precisions = [*(p for p in precisions if p != AUTO), *chosen]
+    return requested_variants(precisions, optimize, image_input), skipped
 
 
 def requested_variants(precisions: Sequence[str], optimize: bool, image_input: bool = False) -> list[str]:
@@ -119,16 +132,7 @@ def check_request(variants: Sequence[str], int8_method: str) -> None:
         raise ConfigError(f"unknown variant(s) {unknown}; choose from: {', '.join(v.name for v in built)}")
     if int8_method not in INT8_METHODS:
         raise ConfigError(f"unknown INT8 method {int8_method!r}; choose one of: {', '.join(INT8_METHODS)}")
-    openvino_variants = [v for v in variants if EXPORT[v].runtime == "openvino"]
-    if openvino_variants:
-        from vitdeploy.core.extras import require
-
-        require("openvino", f"export --precision {','.join(openvino_variants)}")
-    for precision in dict.fromkeys(EXPORT[v].inference_precision for v in openvino_variants):
-        if precision not in (None, "fp32"):  # refused where the CPU does not run it natively
-            from vitdeploy.runtimes.openvino import check_precision
-
-            check_precision(precision)
+    check_exportable(variants)
 
 
 def calibration_inputs(info: BundleInfo, limit: int = CALIBRATION_IMAGES) -> np.ndarray:
@@ -244,7 +248,7 @@ def describe_variant(
 
 def _notes(row: ExportVariant, result: GateResult, quantization: dict[str, Any] | None) -> list[str]:
     notes = []
-    if row.precision == "fp16" and result.provider == CPU:
+    if row.precision == "fp16" and result.runtime.get("device") == "cpu":
         notes.append("fp16 judged on ONNX Runtime's CPU provider (no usable CUDA here): its fp16 speed needs a GPU")
     if quantization and quantization["method"] == "dynamic":
         notes.append("dynamic quantization scales activations per batch: outputs depend slightly on the batch")

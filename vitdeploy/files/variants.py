@@ -76,6 +76,12 @@ class ExportVariant:
     def gate_max_abs(self) -> float | None:
         return self.tolerance.atol if self.gate_on_logits else None
 
+    @property
+    def computes(self) -> tuple[str, ...]:
+        """The precisions its runtime computes it in, which a machine must offer natively to run it fast: the
+        graph's, and the runtime's setting for the ops the graph leaves in float (ov-int8-bf16: int8, bf16)."""
+        return tuple(dict.fromkeys((self.precision, self.inference_precision or self.precision)))
+
 
 # Tolerances. fp32: ONNX Runtime's own fp32 validation tolerance (1e-4); measured fp32 differences here are ~1e-6,
 # so this leaves a 100x margin without hiding a bug. The fused fp32 graph is an exact rewrite: the gate holds its
@@ -139,7 +145,8 @@ def precision_help() -> str:
     rows = [v for v in EXPORT_VARIANTS if v.option == "precision" and v.builder]
     return (f"{', '.join(PRECISIONS)}; fp32 (default) is always written; several as fp16,int8 or repeated. "
             + "; ".join(f"{v.name}: {v.help}, to MODEL.{v.name}.onnx" for v in rows)
-            + ". Each judged on the runtime it is for.")
+            + ". Each judged on the runtime it is for. auto: every variant this machine computes natively and "
+            "can gate (--optimize's included); the others are named with what would build them.")
 
 
 # ------------------------------------------------------------------------------------------------ bench variants
@@ -161,6 +168,11 @@ class VariantSpec:
     def __post_init__(self) -> None:
         if self.export is not None and self.export.precision != self.precision:
             raise ValueError(f"{self.name}: precision {self.precision} but its file is {self.export.precision}")
+
+    @property
+    def computes(self) -> tuple[str, ...]:
+        """The precisions it computes in: its file's (ExportVariant.computes), else its own."""
+        return self.export.computes if self.export else (self.precision,)
 
 
 def _on_file(name: str, runtime: str, device: str, variant: str, what: str, detail: str = "") -> VariantSpec:

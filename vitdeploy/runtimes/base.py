@@ -1,16 +1,19 @@
-"""The runtime interface: one .onnx file open on one runtime, run batch by batch, saying what really ran it.
+"""The runtime interface: one .onnx file open on one runtime, run batch by batch, saying what really ran it; and
+RuntimeSpec, the one declaration each runtime module makes of itself (registry.py lists them).
 
 Every consumer (verify, predict, serve, triton, bench, the precision gate) opens a model through
 registry.open_runtime and uses only this interface:
 
-    session = open_runtime("openvino", path, device="cpu")   # a Session (None: the runtime the file was made for)
-    logits = session.run(batch)                              # float32 (N, C, H, W) -> (N, num_classes)
+    with open_runtime("openvino", path, device="cpu") as session:   # None: the runtime the file was made for
+        logits = session.run(batch)                                  # float32 (N, C, H, W) -> (N, num_classes)
     session.describe()  # {"runtime": "openvino", "device": "cpu", "provider": "CPU", "precision": "fp32"}
     session.info        # the file's self-description (labels, preprocessing, model config), checked against the
                         # graph's input contract; session.labels, .preprocess, .input_shape, .num_classes
 
 A Session reports what its runtime says it runs on (ORT's session providers, OpenVINO's compiled device and
-inference precision), never what was asked for. Imports numpy and vitdeploy's torch- and onnx-free modules only.
+inference precision), never what was asked for. A session holds its runtime's memory (and the web runtime a
+browser) until close(), or the end of its `with` block. Imports numpy and vitdeploy's torch- and onnx-free modules
+only.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import abc
 import functools
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 
@@ -73,7 +78,8 @@ class TensorSpec:
 
 
 class Session(abc.ABC):
-    """One model file open on one runtime."""
+    """One model file open on one runtime; a context manager whose exit (or close()) releases the runtime's
+    resources. Running a closed session is a bug: RuntimeError."""
 
     path: Path | None  # None: opened from bytes
     description: Description
@@ -83,11 +89,31 @@ class Session(abc.ABC):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 -> logits (N, num_classes) float32 on the host."""
+        self.check_open()
         return self.run_outputs(batch, [OUTPUT_NAME])[OUTPUT_NAME]
 
     @abc.abstractmethod
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The named graph outputs for one batch."""
+
+    def close(self) -> None:
+        """Release what the runtime holds for this file (compiled models, a browser); closing twice is harmless."""
+        if not getattr(self, "closed", False):
+            self.closed = True
+            self.release()
+
+    def release(self) -> None:
+        """The runtime's part of close(): drop its session objects (each runtime says which)."""
+
+    def check_open(self) -> None:
+        if getattr(self, "closed", False):
+            raise RuntimeError(f"{self.description.label} session on {self.path or 'model bytes'} is closed")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def run_in_batches(self, inputs: np.ndarray, batch_size: int) -> np.ndarray:
         """Logits for any number of samples, run `batch_size` at a time."""
@@ -270,3 +296,73 @@ def note_other_isa(session: Session, here: str | None = None) -> None:
         _ISA_NOTED.add(key)
         logger.warning("%s", note)
 
+# ------------------------------------------------------------------------------------------ a runtime's declaration
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How a session is opened; each runtime reads the fields that concern it and ignores the rest."""
+
+    threads: int | None = None  # intra-op threads (None: the runtime's default, one per core)
+    spin: bool = True  # ORT: idle intra-op threads busy-wait (off where other threads of the process need the cores)
+    graph_optimization: str = "all"  # ORT: all | extended | basic | disabled (disabled: opened to read, not to run)
+    static_batch: bool = True  # OpenVINO: one compilation per batch size seen (see OpenVinoSession)
+    throughput: bool = True  # OpenVINO: large batches split over a THROUGHPUT queue
+    cuda_graph: bool = False  # ORT on CUDA: capture each run as one CUDA graph
+    cuda_stream: int | None = None  # ORT on CUDA: run on this stream (torch's, so that its events time the kernels)
+
+
+@dataclass(frozen=True)
+class RuntimeOffer:
+    """What one runtime offers on this machine (its spec's probe; machine.py keeps one per runtime)."""
+
+    name: str
+    installed: bool  # its modules import (the web runtime: a browser and onnxruntime-web are there)
+    usable: bool  # installed, with at least one device here
+    reason: str = ""  # why it is not usable, with the install command; "" when usable
+    devices: tuple[str, ...] = ()  # the devices a session really gets here
+    precisions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # device -> computed natively here
+    version: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)  # what the runtime itself reported
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runtime": self.name, **record(self, exclude=("name",))}
+
+
+ModelSource = str | os.PathLike[str] | bytes
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """A runtime, declared once as SPEC in its own module: what it is, what brings it, what it can run, how it is
+    probed and opened. registry.RUNTIME_MODULES lists the modules; nothing else names a runtime."""
+
+    name: str  # the --runtime value, and what a file made for it records
+    title: str  # for messages: "ONNX Runtime"
+    help: str  # one line for `doctor` and --runtime's help
+    devices: tuple[str, ...]  # every device it can have anywhere ("auto" chooses among those it has here)
+    # (model, device, precision or None, SessionOptions, machine.Machine) -> an open Session; precision None: the
+    # file's own; the machine record says what the runtime may compute here
+    open: Callable[..., Session]
+    probe: Callable[[], RuntimeOffer]  # what it offers here; called once per process, only where installed
+    needs: Callable[[str, str], str]  # (device, precision) -> what would let it compute that (install or hardware)
+    modules: tuple[str, ...] = ()  # the Python modules it imports: one missing means not installed
+    extra: str | None = None  # the pip extra that brings them; None: the core install
+    install: Callable[[], str] | None = None  # its install command where it is not (only) a pip extra
+    emulated: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # device -> precisions it runs
+    # without computing in them (ONNX Runtime's CPU provider casts fp16 to fp32): enough to judge, never to time
+    by_default: bool = True  # in the default set (verify); False: only when named (the web runtime starts a browser)
+    # Parity policy: verify runs it on at most this many samples, and leaves it out of its default set for models
+    # over this many GMACs per image (a slow oracle); None: no limit.
+    parity_max_samples: int | None = None
+    default_max_gmacs: float | None = None
+
+    def install_command(self) -> str:
+        if self.install is not None:
+            return self.install()
+        return f'pip install "vitdeploy[{self.extra}]"' if self.extra else "pip install vitdeploy"
+
+
+def short_provider_name(provider: str) -> str:
+    """CUDAExecutionProvider -> CUDA, for tables and one-line messages."""
+    return provider.removesuffix("ExecutionProvider")

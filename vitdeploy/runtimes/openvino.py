@@ -4,12 +4,14 @@ OpenVINO's CPU plugin runs fp32 models in bf16 by default on CPUs with AVX512_BF
 INFERENCE_PRECISION_HINT defaults to bf16 there): logits then differ from fp32 by about 1e-2, silently. vitdeploy
 never leaves the hint to the plugin: an fp32 file is compiled with f32 pinned; bf16 is used only when named (the
 ov-bf16 variant, or precision="bf16"), and refused where the device does not list BF16 among its optimization
-capabilities (the plugin's own report of AVX512_BF16 / AMX support), rather than emulated. The precision the
+capabilities (the plugin's own report of AVX512_BF16 / AMX support, kept in the machine record), rather than
+emulated. The precision the
 compiled model reports back is what describe() says.
 
 Devices: "cpu" (and "auto", which is the CPU: OpenVINO's AUTO plugin would choose for itself, and vitdeploy says
 what ran), "gpu" and "npu" where OpenVINO lists them. Reads the file's metadata from OpenVINO's own model
-(rt_info "framework"), so it needs neither onnx nor torch.
+(rt_info "framework"), so it needs neither onnx nor torch; openvino itself is imported when a session or the
+probe needs it, so SPEC costs nothing to read.
 """
 
 from __future__ import annotations
@@ -18,13 +20,28 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import openvino as ov
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError, PrecisionError
 from vitdeploy.files.onnx_file import INPUT_NAME
-from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
+from vitdeploy.runtimes.base import (
+    Description,
+    ModelSource,
+    RuntimeOffer,
+    RuntimeSpec,
+    Session,
+    SessionOptions,
+    TensorSpec,
+    check_model_file,
+    export_record,
+)
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+    from vitdeploy.runtimes.machine import Machine
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +49,15 @@ NAME = "openvino"
 DEVICES = ("auto", "cpu", "gpu", "npu")
 # vitdeploy precision -> OpenVINO inference precision hint, and the optimization capability a device must list.
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
+CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "INT8"}
 # OpenVINO's element types -> numpy's names.
 _ELEMENT_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "u8": "uint8"}
 
 
 def core() -> ov.Core:
     """One Core per process: it loads the device plugins once."""
+    import openvino as ov
+
     global _CORE
     if _CORE is None:
         _CORE = ov.Core()
@@ -68,16 +87,19 @@ def capabilities(device: str = "CPU") -> list[str]:
     return list(core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
 
 
-def check_precision(precision: str, device: str = "CPU") -> None:
-    """Refuse a precision the device does not run natively (never emulated: a slow bf16 would look like a bug)."""
+def check_precision(precision: str, device: str = "CPU", machine: Machine | None = None) -> None:
+    """Refuse a precision the device does not run natively (never emulated: a slow bf16 would look like a bug), as
+    the machine record says (OpenVINO's optimization capabilities; without a record, as OpenVINO says now)."""
     if precision not in HINTS:
         raise ConfigError(f"OpenVINO runs fp32, bf16 or fp16 (int8 comes from a quantized file), not {precision!r}")
-    if CAPABILITY[precision] not in capabilities(device):
-        raise PrecisionError(
-            f"OpenVINO {device} does not support {precision} natively here (its optimization capabilities: "
-            f"{', '.join(capabilities(device))}); {precision} needs "
-            + ("AVX512_BF16 or AMX on a CPU" if precision == "bf16" else "AVX512_FP16 or AMX-FP16 on a CPU")
-        )
+    if machine is not None:
+        problem = machine.compute_problem(NAME, device.lower(), precision)
+    elif CAPABILITY[precision] not in capabilities(device):
+        problem = f"OpenVINO {device} does not compute {precision} natively here: {_needs(device.lower(), precision)}"
+    else:
+        problem = None
+    if problem:
+        raise PrecisionError(problem)
 
 
 def _element(port: ov.Output) -> TensorSpec:
@@ -125,8 +147,11 @@ class OpenVinoSession(Session):
     1; THROUGHPUT: 1.2x at batch 32; benchmarks/precision_speed.md).
     """
 
-    def __init__(self, model: str | Path | bytes, device: str = "auto", precision: str | None = None,
-                 threads: int | None = None, static_batch: bool = True, throughput: bool = True):
+    def __init__(self, model: ModelSource, device: str = "auto", precision: str | None = None,
+                 threads: int | None = None, static_batch: bool = True, throughput: bool = True,
+                 machine: Machine | None = None):
+        import openvino as ov
+
         self.path = None if isinstance(model, bytes) else Path(model)
         if self.path is not None:
             check_model_file(self.path)
@@ -134,7 +159,7 @@ class OpenVinoSession(Session):
         self.model = _read(self.path if self.path is not None else model)  # type: ignore[arg-type]
         self.metadata = {k: _text(v) for k, v in _framework_info(self.model).items()}
         precision, file_precision = _precision(export_record(self.metadata), precision)
-        check_precision(precision, ov_device)
+        check_precision(precision, ov_device, machine)
         self.inputs = [_element(p) for p in self.model.inputs]
         self.outputs = [_element(p) for p in self.model.outputs]
         self._device = ov_device
@@ -182,6 +207,7 @@ class OpenVinoSession(Session):
         return self._requests[batch_size]
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.check_open()
         [(name, batch)] = self.feed(batch).items()
         if name != INPUT_NAME:  # a raw-image file: one compilation, images of any size
             self.request.infer({name: batch})
@@ -210,6 +236,10 @@ class OpenVinoSession(Session):
     def describe(self) -> dict[str, str]:
         return {**self.description.to_dict(), "inference_precision": self.inference_precision,
                 "streams": str(self.streams), "static_batch": str(self.static_batch).lower()}
+
+    def release(self) -> None:
+        # The compiled models hold the weights and the plugin's threads until their last reference goes.
+        del self.request, self._requests, self._queue, self.compiled, self.model
 
 
 # Execution-graph layer types that do the arithmetic: their runtime precision is what the model computes in.
@@ -254,3 +284,49 @@ def _framework_info(model: ov.Model) -> dict:
 
 def _text(value: object) -> str:
     return value.astype(str) if hasattr(value, "astype") else str(value)
+
+
+def _open(model: ModelSource, device: str, precision: str | None, options: SessionOptions,
+          machine: Machine) -> OpenVinoSession:
+    source = model if isinstance(model, bytes) else Path(model)
+    return OpenVinoSession(source, device, precision, options.threads, options.static_batch, options.throughput,
+                           machine)
+
+
+def precisions_of(optimization_capabilities: list[str]) -> tuple[str, ...]:
+    """vitdeploy's precisions a device computes natively, from its OPTIMIZATION_CAPABILITIES (FP32, BF16, INT8...)."""
+    return tuple(p for p, cap in CAPABILITY.items() if cap in optimization_capabilities)
+
+
+def _probe() -> RuntimeOffer:
+    """OpenVINO's devices and, for each, the precisions its optimization capabilities list."""
+    import openvino as ov
+
+    devices = tuple(available_devices())
+    listed = {device: capabilities(device.upper()) for device in devices}
+    precisions = {device: precisions_of(caps) for device, caps in listed.items()}
+    return RuntimeOffer(NAME, True, bool(devices), "" if devices else "OpenVINO lists no device here", devices,
+                        precisions, ov.__version__, {"optimization_capabilities": listed})
+
+
+def _needs(device: str, precision: str) -> str:
+    """The hardware that would let OpenVINO compute `precision` on `device`."""
+    if device == "cpu":
+        return {"bf16": "bf16 needs a CPU with AVX512_BF16 or AMX (AMD Zen 4 or later, Intel Cooper Lake, Sapphire "
+                        "Rapids or later)",
+                "fp16": "fp16 needs a CPU with AVX512_FP16 or AMX-FP16 (Intel Sapphire Rapids or later), or an ARM "
+                        "CPU with fp16 arithmetic"}.get(precision, f"OpenVINO's CPU plugin does not list {precision}")
+    return f"an Intel {device.upper()} with its OpenVINO driver"
+
+
+SPEC = RuntimeSpec(
+    name=NAME,
+    title="OpenVINO",
+    help="OpenVINO: CPU (GPU, NPU where present), f32 pinned unless a file or --precision names bf16 or fp16",
+    devices=("cpu", "gpu", "npu"),
+    open=_open,
+    probe=_probe,
+    needs=_needs,
+    modules=("openvino",),
+    extra="openvino",
+)

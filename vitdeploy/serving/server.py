@@ -140,7 +140,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def check_settings(settings: ServeSettings) -> None:
-    check_runtime_name(settings.runtime)
+    if settings.runtime is not None:
+        check_runtime_name(settings.runtime)
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, not {settings.port}")
     if (settings.max_batch_size is not None and settings.max_batch_size < 1) or settings.max_queue_delay_ms < 0:

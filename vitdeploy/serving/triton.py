@@ -32,6 +32,7 @@ from vitdeploy.files.discovery import resolve_model
 from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
 from vitdeploy.files.outputs import TRITON, check_output_folder
 from vitdeploy.requests import TritonOptions
+from vitdeploy.runtimes import open_to_read
 from vitdeploy.serving import kserve, triton_model
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
 from vitdeploy.serving.repository_check import check_model_folder
@@ -287,10 +288,8 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     check_output_folder(out, TRITON, force=options.force, option="--out")
     path = resolve_model(model)
     name = check_model_name(options.name or default_name(path))
-    from vitdeploy.runtimes.ort import open_to_read
-
-    session = open_to_read(path)  # ONNX Runtime reads it: the file is Triton's onnxruntime backend's to run
-    info, shape = session.info, session.input_shape
+    with open_to_read(path) as session:  # ONNX Runtime reads it: the file is Triton's onnxruntime backend's to run
+        info, shape = session.info, session.input_shape
     check_dynamic_batch(path, shape)
     if any("\n" in label or "\r" in label for label in info.labels):
         raise ConfigError(f"{path}: a label contains a line break, which labels.txt cannot hold")

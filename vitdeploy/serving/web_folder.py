@@ -42,7 +42,7 @@ from vitdeploy.files.outputs import (
 )
 from vitdeploy.runtimes.base import check_model_file
 from vitdeploy.runtimes.web import toolchain
-from vitdeploy.runtimes.web.session import ASSETS, check_variant, check_web_file, check_web_size
+from vitdeploy.runtimes.web.limits import ASSETS, check_variant, check_web_file, check_web_size
 
 PAGE_FILES = ("index.html", "vitdeploy.js", "serve.py")
 WEB_KIND = "web"  # the kind in the folder's .vitdeploy marker (outputs.py's rule for -o)

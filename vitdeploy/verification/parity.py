@@ -22,8 +22,7 @@ import numpy as np
 
 from vitdeploy.errors import ConfigError, ModelFileError
 from vitdeploy.files.variants import EXPORT_VARIANTS, Tolerance, tolerance_for
-from vitdeploy.runtimes import Description, open_runtime
-from vitdeploy.runtimes.ort import short_provider_name
+from vitdeploy.runtimes import Description, open_runtime, runtime_spec, runtime_status, short_provider_name
 from vitdeploy.verification.intermediates import LayerDiff, compare_intermediates
 
 INTERMEDIATES_SAMPLES = 4  # samples run through the graph copy with intermediates exposed
@@ -46,17 +45,12 @@ def default_targets(runtimes: tuple[str, ...] | list[str] = ("ort",), optional: 
     OpenVINO's CPU (GPU, NPU where listed); the reference on REFERENCE_MAX_SAMPLES samples. `optional`: the
     runtimes were chosen by default, so one that cannot run the file is skipped with a note (ONNX Runtime never:
     a file it cannot load is a bad file)."""
-    from vitdeploy.runtimes import runtime_status
-
     targets = []
     for name in runtimes:
         skippable = optional and name != "ort"
-        if name == "reference":
-            from vitdeploy.runtimes.reference import REFERENCE_MAX_SAMPLES
-
-            targets.append(Target(name, max_samples=REFERENCE_MAX_SAMPLES, optional=skippable))
-        else:
-            targets += [Target(name, device, optional=skippable) for device in runtime_status(name).devices]
+        max_samples = runtime_spec(name).parity_max_samples  # its parity policy (the reference: a slow oracle)
+        targets += [Target(name, device, max_samples=max_samples, optional=skippable)
+                    for device in runtime_status(name).devices]
     return targets
 
 
@@ -289,6 +283,7 @@ def check_parity(
                 model, onnx_path, inputs[:INTERMEDIATES_SAMPLES], intermediates, tolerance.atol,
                 lambda copy, t=target: open_runtime(t.runtime, copy, t.device, t.precision),
             )
+        session.close()  # its memory released before the next runtime compiles its own
     report.cross = _cross(batch_one, tolerance)
     if intermediates is None:
         layers = next(iter(report.layers.values()), [])

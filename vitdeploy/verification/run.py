@@ -22,7 +22,7 @@ from vitdeploy.files.bundle import CONFIG_FILE, BundleInfo, load_bundle, read_bu
 from vitdeploy.files.discovery import find_latest_bundle
 from vitdeploy.files.onnx_file import DEFAULT_FILE_NAME, INPUT_NAME, META_INTERMEDIATES, OnnxModelInfo, load_onnx
 from vitdeploy.requests import VerifyRequest
-from vitdeploy.runtimes import runtime_status, select_runtimes
+from vitdeploy.runtimes import runtime_specs, runtime_status, select_runtimes
 from vitdeploy.verification.parity import ParityReport, Target, check_parity, default_targets, resolve_tolerance
 
 if TYPE_CHECKING:
@@ -166,9 +166,10 @@ def verify(
     info = read_bundle_info(bundle_dir)
     check_matches_bundle(proto, meta, info, bundle_dir)
     from vitdeploy.core.flops import count_macs
-    from vitdeploy.runtimes.reference import DEFAULT_MAX_GMACS
 
-    too_slow = ("reference",) if count_macs(info.model).gmacs > DEFAULT_MAX_GMACS else ()
+    gmacs = count_macs(info.model).gmacs
+    too_slow = tuple(spec.name for spec in runtime_specs()  # each runtime's parity policy
+                     if spec.default_max_gmacs is not None and gmacs > spec.default_max_gmacs)
     targets = runtime_targets(select_runtimes(runtimes, exclude_by_default=too_slow), meta,
                               optional=runtimes is None)
     model, info = load_bundle(bundle_dir)
