@@ -48,6 +48,7 @@ from vitdeploy.requests import (
 if TYPE_CHECKING:
     from vitdeploy.benchmark import BenchReport
     from vitdeploy.explanation import ExplainResult, GuideResult
+    from vitdeploy.exporting.capabilities import MachineReport
     from vitdeploy.exporting.exporter import ExportResult
     from vitdeploy.prediction.local import PredictSummary
     from vitdeploy.pretrained import ImportResult
@@ -235,4 +236,14 @@ def web(model: PathLike | WebRequest | None = None, /, **options: Any) -> WebFol
     return write_web_folder(request.model, request.out, request.force)
 
 
-__all__ = ["bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify", "web"]
+def doctor() -> MachineReport:
+    """What this machine offers (CPU ISA class and flags, every runtime's devices and native precisions) and, for
+    every export and bench variant, whether it can run here and, if not, why and what would (an install line or
+    the hardware); report.recommendation says what to build and time. Imports no torch."""
+    from vitdeploy.exporting.capabilities import machine_report
+
+    return machine_report()
+
+
+__all__ = ["bench", "doctor", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify",
+           "web"]

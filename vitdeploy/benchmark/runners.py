@@ -147,11 +147,11 @@ class SessionRunner(Runner):
     def create(self) -> None:
         self.session = open_runtime(self.spec.runtime, self.path, self.spec.device, threads=self.threads)
         self.ran = self.session.describe()
+        self.providers = [f"{self.spec.runtime}:{self.session.provider}"]
+        self.timer = WallClock()
 
     def close(self) -> None:
         self.session.close()
-        self.providers = [f"{self.spec.runtime}:{self.session.provider}"]
-        self.timer = WallClock()
 
     def stage(self, batch: np.ndarray) -> None:
         self.batch = batch

@@ -142,3 +142,16 @@ def recommendation(machine: Machine, export: dict[str, str | None], bench: dict[
     timed = [name for name, problem in bench.items() if problem is None and name != "torch"]
     return (f"vitdeploy export BUNDLE --precision auto (here: {', '.join(built) or 'fp32 only'}), then vitdeploy "
             f"bench, which times {', '.join(timed)} and names the fastest variant that passed its accuracy gate")
+
+
+def cpu_variant_table(machines: dict[str, Machine]) -> str:
+    """docs/runtimes.md's table "which CPU runs which variant": one row per machine (a title -> its record), a
+    column per CPU bench variant (yes where bench times it there), and what export --precision auto builds."""
+    columns = [name for name, spec in VARIANTS.items() if spec.device == "cpu" and spec.runtime != "torch"]
+    lines = ["| CPU | " + " | ".join(f"`{c}`" for c in columns) + " | `export --precision auto` builds |",
+             "|---|" + "---|" * len(columns) + "---|"]
+    for title, machine in machines.items():
+        cells = ["yes" if bench_problem(VARIANTS[c], machine) is None else "-" for c in columns]
+        built, _ = auto_variants(machine)
+        lines.append(f"| {title} | " + " | ".join(cells) + f" | {', '.join(built)} |")
+    return "\n".join(lines)

@@ -342,13 +342,18 @@ def _probe() -> RuntimeOffer:
 
 
 def _needs(device: str, precision: str) -> str:
-    """What would let ONNX Runtime compute `precision` on `device`."""
+    """What would let ONNX Runtime compute `precision` on `device`: one line (`--device cuda` says more)."""
+    import onnxruntime as ort
+
+    gpu = (f"an NVIDIA GPU with onnxruntime-gpu (CUDA {(getattr(ort, 'cuda_version', '') or '13').split('.')[0]} + "
+           f"cuDNN 9)")
     if device == "cpu" and precision == "fp16":
-        return f"fp16 needs ONNX Runtime on a CUDA GPU ({cuda_status().summary or 'usable here'})"
+        return f"fp16 needs {gpu}"
     if device == "cuda":
-        return cuda_status().reason or "a CUDA GPU (onnxruntime-gpu)"
+        return f"{gpu}" + (f"; here: {cuda_status().summary}" if cuda_status().summary else "")
     if device == "tensorrt":
-        return tensorrt_status().reason or "the TensorRT libraries (pip install tensorrt)"
+        return f"{gpu} and the TensorRT libraries (pip install tensorrt)" + (
+            f"; here: {tensorrt_status().summary}" if tensorrt_status().summary else "")
     return f"ONNX Runtime has no {precision} kernels on {device.upper()}"
 
 
