@@ -22,6 +22,7 @@ from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.core.extras import MissingExtra
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 from vitdeploy.runtimes import open_runtime
+from vitdeploy.runtimes.web import limits as web_limits
 from vitdeploy.runtimes.web import session as web_runtime
 from vitdeploy.runtimes.web import toolchain
 
@@ -79,14 +80,15 @@ def _python_crop(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 def test_without_a_browser_the_runtime_is_not_installed_and_says_how(tiny_onnx, monkeypatch):
     monkeypatch.setattr(toolchain, "find_browser", lambda: None)
-    status = runtimes.runtime_status("web")
-    assert not status.installed and not status.usable
-    assert "apt-get install -y chromium-headless-shell" in status.reason
-    assert "apt-get install" in runtimes.install_command("web")
-    with pytest.raises(MissingExtra, match="chromium-headless-shell"):
-        open_runtime("web", tiny_onnx)
-    with pytest.raises(MissingExtra, match="chromium-headless-shell"):
-        runtimes.select_runtimes(("web",))
+    with runtimes.assume(runtimes.machine.probe(runtimes.runtime_specs())):  # this machine, probed without it
+        status = runtimes.runtime_status("web")
+        assert not status.installed and not status.usable
+        assert "apt-get install -y chromium-headless-shell" in status.reason
+        assert "apt-get install" in runtimes.install_command("web")
+        with pytest.raises(MissingExtra, match="chromium-headless-shell"):
+            open_runtime("web", tiny_onnx)
+        with pytest.raises(MissingExtra, match="chromium-headless-shell"):
+            runtimes.select_runtimes(("web",))
 
 
 def test_the_web_runtime_runs_only_when_named(monkeypatch):
@@ -107,7 +109,7 @@ def test_webgpu_is_not_usable_without_a_gpu(monkeypatch):
 
 
 def test_a_file_over_the_size_limit_is_refused_before_a_browser_starts(tiny_onnx, monkeypatch):
-    monkeypatch.setattr(web_runtime, "WEB_MAX_MODEL_BYTES", 1000)
+    monkeypatch.setattr(web_limits, "WEB_MAX_MODEL_BYTES", 1000)
     with pytest.raises(ModelFileError, match=r"onnxruntime-web loads at most"):
         open_runtime("web", tiny_onnx)
 
