@@ -27,6 +27,7 @@ from vitdeploy.runtimes.registry import (
     RUNTIMES,
     RuntimeStatus,
     assume,
+    foreign_setting,
     install_command,
     installed_runtimes,
     open_runtime,
@@ -43,7 +44,7 @@ from vitdeploy.runtimes.registry import (
 
 __all__ = [
     "RUNTIMES", "Description", "Machine", "PrecisionError", "RuntimeOffer", "RuntimeSpec", "RuntimeStatus",
-    "Session", "TensorSpec", "assume", "export_record", "install_command", "installed_runtimes", "open_runtime",
+    "Session", "TensorSpec", "assume", "export_record", "foreign_setting", "install_command", "installed_runtimes", "open_runtime",
     "open_to_read", "parse_runtimes", "read_model_info", "runtime_for_file", "runtime_spec", "runtime_specs",
     "runtime_status", "select_runtimes", "short_provider_name", "this_machine",
 ]

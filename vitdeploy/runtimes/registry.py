@@ -197,16 +197,23 @@ def open_runtime(
     return session
 
 
-def _check_file_precision(session: Session, name: str, asked: str | None) -> None:
-    """ORT and the reference run a file in the precision it is made in; a file whose precision is a setting of the
-    runtime it was made for (ov-bf16: an fp32 graph OpenVINO runs in bf16) is refused by the others rather than
-    run as fp32."""
-    record = export_record(session.metadata)
+def foreign_setting(name: str, record: dict[str, Any]) -> str | None:
+    """THE rule for which runtimes run a file as it was made: all of them, unless its precision is a setting of the
+    runtime it was made for rather than of its graph (ov-bf16: an fp32 graph OpenVINO runs in bf16), which no other
+    runtime would apply. Why `name` cannot (naming the runtime that can), or None."""
     made_for = record.get("runtime")
     if made_for and made_for != name and record.get("inference_precision") not in (None, "fp32"):
-        raise ConfigError(f"{session.path or 'the model'} is {made_for}'s {record.get('variant')} variant "
-                          f"({record['inference_precision']} is an {made_for} setting, not in the graph): run it with "
-                          f"--runtime {made_for}")
+        return (f"it is {made_for}'s {record.get('variant')} variant ({record['inference_precision']} is an "
+                f"{made_for} setting, not in the graph): run it with --runtime {made_for}")
+    return None
+
+
+def _check_file_precision(session: Session, name: str, asked: str | None) -> None:
+    """ORT and the reference run a file in the precision it is made in; a file whose precision is a setting of the
+    runtime it was made for is refused by the others rather than run as fp32 (foreign_setting)."""
+    problem = foreign_setting(name, export_record(session.metadata))
+    if problem:
+        raise ConfigError(f"{session.path or 'the model'}: {problem}")
     if asked is not None and asked != session.description.precision:
         raise ConfigError(f"{name} runs a file in the precision it was made in ({session.description.precision}), "
                           f"not {asked}")

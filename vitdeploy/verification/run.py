@@ -22,7 +22,7 @@ from vitdeploy.files.bundle import CONFIG_FILE, BundleInfo, load_bundle, read_bu
 from vitdeploy.files.discovery import find_latest_bundle
 from vitdeploy.files.onnx_file import DEFAULT_FILE_NAME, INPUT_NAME, META_INTERMEDIATES, OnnxModelInfo, load_onnx
 from vitdeploy.requests import VerifyRequest
-from vitdeploy.runtimes import runtime_specs, runtime_status, select_runtimes
+from vitdeploy.runtimes import foreign_setting, runtime_specs, runtime_status, select_runtimes
 from vitdeploy.verification.parity import ParityReport, Target, check_parity, default_targets, resolve_tolerance
 
 if TYPE_CHECKING:
@@ -194,12 +194,10 @@ def runtime_targets(runtimes: list[str], meta: OnnxModelInfo, optional: bool = F
     """The targets for these runtimes (`optional`: chosen by default, so each may be skipped where it cannot run
     the file); a file made for one runtime (an OpenVINO variant whose precision is a setting of that runtime, such
     as ov-bf16) is checked on that runtime only."""
-    made_for = meta.export.get("runtime")
-    if made_for and meta.export.get("inference_precision") not in (None, "fp32"):
-        runtimes = [name for name in runtimes if name == made_for]
-        if not runtimes:
-            raise ConfigError(f"{meta.path} is {made_for}'s {meta.export.get('variant')} variant: verify it with "
-                              f"--runtime {made_for}")
+    refused = {name: foreign_setting(name, meta.export) for name in runtimes}
+    runtimes = [name for name in runtimes if refused[name] is None]
+    if not runtimes:
+        raise ConfigError(f"{meta.path}: {next(iter(refused.values()))}")
     return default_targets(runtimes, optional)
 
 
