@@ -11,11 +11,20 @@ import pytest
 from machines import FAMILIES, TITLES, fake_machine
 from typer.testing import CliRunner
 
-from vitdeploy.benchmark.artifacts import ModelUnderTest, build_variant_files, plan_variants
+from vitdeploy.benchmark.artifacts import (
+    ModelUnderTest,
+    build_variant_files,
+    plan_variants,
+)
 from vitdeploy.benchmark.variants import BenchSettings
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, ConfigError, MissingExtra, PrecisionError
-from vitdeploy.exporting.capabilities import auto_variants, cpu_variant_table, export_problem, machine_report
+from vitdeploy.exporting.capabilities import (
+    auto_variants,
+    cpu_variant_table,
+    export_problem,
+    machine_report,
+)
 from vitdeploy.exporting.ladder import check_request
 from vitdeploy.files.variants import EXPORT
 from vitdeploy.requests import ServeSettings

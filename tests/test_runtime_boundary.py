@@ -7,9 +7,16 @@ import importlib
 
 import numpy as np
 import pytest
-
 from test_imports import imported_modules, module_files
-from vitdeploy.runtimes import RUNTIMES, RuntimeSpec, open_runtime, registry, runtime_specs, this_machine
+
+from vitdeploy.runtimes import (
+    RUNTIMES,
+    RuntimeSpec,
+    open_runtime,
+    registry,
+    runtime_specs,
+    this_machine,
+)
 
 # The modules that hold a runtime's session (each declares SPEC): only runtimes/ may import them. (`vitdeploy web`'s
 # folder shares the web runtime's page tools, runtimes/web/toolchain.py and limits.py, not its session.)
