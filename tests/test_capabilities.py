@@ -193,3 +193,20 @@ def test_an_explicit_bench_variant_that_cannot_run_here_exits_2(tiny_onnx):
         result = runner.invoke(app, ["bench", str(tiny_onnx), "--variants", "ort-cpu,ov-cpu-bf16", "--batch-sizes",
                                      "1", "--warmup-iters", "0", "--min-iters", "1", "--min-seconds", "0"])
     assert result.exit_code == EXIT_BAD_INPUT and "AVX512_BF16 or AMX" in result.output
+
+
+@pytest.mark.slow
+def test_export_precision_auto_writes_what_passes_and_names_the_rest(digits_bundle, tmp_path):
+    out = tmp_path / "model.onnx"
+    with assume(fake_machine("avx2", openvino=False)):
+        result = runner.invoke(app, ["export", str(digits_bundle), "--out", str(out), "--precision", "auto", "--json"])
+    assert result.exit_code == 0, result.output  # a variant auto chose that fails its gate is named, not a failure
+    import json
+
+    report = json.loads(result.stdout)
+    assert report["auto"] == ["fp32-opt", "int8"] and [v["variant"] for v in report["variants"]] == report["auto"]
+    assert set(report["skipped"]) == {"fp16", "ov-bf16", "ov-int8", "ov-int8-bf16"}
+    assert 'pip install "vitdeploy[openvino]"' in report["skipped"]["ov-int8"]
+    for variant in report["variants"]:
+        assert EXPORT[variant["variant"]].path(out).exists() == variant["written"]
+    assert all(f"not built here: {name}" in result.stderr for name in report["skipped"])

@@ -101,6 +101,8 @@ def export(
         print_table(console, variants_table(result.variants))
     for name, why in result.skipped.items():
         console.print(f"not built here: {name}: {why}", highlight=False, soft_wrap=True)
+    for line in result.auto_not_written():
+        console.print(f"--precision auto: {line}", highlight=False, soft_wrap=True)
     if json_output:
         print_json(result.to_dict())
     finish(result)

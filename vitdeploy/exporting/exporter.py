@@ -87,13 +87,18 @@ class ExportResult:
     verify_seconds: float
     parity: ParityReport | None  # None with verify=False
     variants: list[VariantResult] = field(default_factory=list)  # fused / fp16 / int8 files, when asked for
+    auto: list[str] = field(default_factory=list)  # variants --precision auto chose: failing the gate is no failure
     skipped: dict[str, str] = field(default_factory=dict)  # --precision auto: variant -> why not here, what would
     notes: list[str] = field(default_factory=list)
 
     def failures(self) -> list[str]:
-        """The variants that failed their accuracy gate (not written); parity failing writes nothing and raises."""
-        return [f"accuracy gate failed: {v.variant}: {', '.join(v.gate.failures())}: {v.path.name} not written"
-                for v in self.variants if not v.written]
+        """The variants named explicitly that failed their accuracy gate (not written); parity failing writes
+        nothing and raises. One --precision auto chose is not a failure: auto asks for those that pass."""
+        return [gate_failure(v) for v in self.variants if not v.written and v.variant not in self.auto]
+
+    def auto_not_written(self) -> list[str]:
+        """The variants --precision auto built that failed their gate: named (not written), not failures."""
+        return [gate_failure(v) for v in self.variants if not v.written and v.variant in self.auto]
 
     @property
     def passed(self) -> bool:
@@ -102,6 +107,11 @@ class ExportResult:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, **record(self, export_seconds=round(self.export_seconds, 3),
                                                  verify_seconds=round(self.verify_seconds, 3))}
+
+
+def gate_failure(result: VariantResult) -> str:
+    return (f"accuracy gate failed: {result.variant}: {', '.join(result.gate.failures())}: {result.path.name} "
+            "not written")
 
 
 @functools.cache
@@ -176,11 +186,12 @@ def export(request: ExportRequest) -> ExportResult:
     from vitdeploy.exporting.gate import AccuracyGate
     from vitdeploy.exporting.ladder import parse_precisions, resolve_variants
 
-    variants, skipped = resolve_variants(parse_precisions(request.precision), request.optimize, request.image_input)
+    variants, result_auto, skipped = resolve_variants(parse_precisions(request.precision), request.optimize,
+                                                      request.image_input)
     result = export_onnx(request.bundle, request.out, request.opset, request.verify, variants,
                          AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method,
                          request.exporter)
-    result.skipped = skipped
+    result.auto, result.skipped = result_auto, skipped
     return result
 
 

@@ -103,14 +103,18 @@ def parse_precisions(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def resolve_variants(precisions: Sequence[str], optimize: bool,
-                     image_input: bool = False) -> tuple[list[str], dict[str, str]]:
-    """The variants to build (requested_variants) and, with "auto", the ones this machine cannot build and gate,
-    each with why and what would: auto means every variant it can (capabilities.auto_variants)."""
+                     image_input: bool = False) -> tuple[list[str], list[str], dict[str, str]]:
+    """The variants to build (requested_variants); with "auto", those of them auto chose (every variant this
+    machine can build and gate: capabilities.auto_variants, less those named too) and the ones it cannot, each
+    with why and what would."""
+    chosen: list[str] = []
     skipped: dict[str, str] = {}
     if AUTO in precisions:
+        named = [p for p in precisions if p != AUTO]
         chosen, skipped = auto_variants()
-        precisions = [*(p for p in precisions if p != AUTO), *chosen]
-    return requested_variants(precisions, optimize, image_input), skipped
+        chosen = [name for name in chosen if name not in named and not (optimize and EXPORT[name].option == "optimize")]
+        precisions = [*named, *chosen]
+    return requested_variants(precisions, optimize, image_input), chosen, skipped
 
 
 def requested_variants(precisions: Sequence[str], optimize: bool, image_input: bool = False) -> list[str]:
