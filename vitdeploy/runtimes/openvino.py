@@ -5,8 +5,7 @@ INFERENCE_PRECISION_HINT defaults to bf16 there): logits then differ from fp32 b
 never leaves the hint to the plugin: an fp32 file is compiled with f32 pinned; bf16 is used only when named (the
 ov-bf16 variant, or precision="bf16"), and refused where the device does not list BF16 among its optimization
 capabilities (the plugin's own report of AVX512_BF16 / AMX support, kept in the machine record), rather than
-emulated. The precision the
-compiled model reports back is what describe() says.
+emulated. The precision the compiled model reports back is what describe() says.
 
 Devices: "cpu" (and "auto", which is the CPU: OpenVINO's AUTO plugin would choose for itself, and vitdeploy says
 what ran), "gpu" and "npu" where OpenVINO lists them. Reads the file's metadata from OpenVINO's own model
