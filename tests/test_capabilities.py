@@ -85,6 +85,16 @@ def test_bench_defaults_plan_what_the_machine_runs_and_skip_the_rest_saying_what
         assert "NVIDIA GPU" in skipped[name]
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_bench_preset_builds_only_the_files_this_machine_runs(family):
+    from vitdeploy.benchmark.run import preset_files
+
+    with assume(fake_machine(family)):
+        built = preset_files(BenchSettings())
+    bf16 = ["ov-bf16", "ov-int8-bf16"] if family in ("avx512_bf16", "amx") else []
+    assert sorted(built) == sorted(["fp32-opt", "int8", "ov-int8", *bf16])  # fp16 is for CUDA: not built on a CPU
+
+
 def test_bench_on_avx2_never_plans_the_bf16_variant_the_issue_found_running(model_dir):
     """The bug of issue 25: ov-cpu-int8-bf16 (an int8 graph OpenVINO runs in bf16) was tested on its graph's
     precision and run on a CPU without bf16, killing the whole benchmark."""

@@ -158,9 +158,7 @@ def run_bench(
             raise ConfigError(f"--end-to-end: no images found for {', '.join(unmatched) or end_to_end_inputs}")
     with tempfile.TemporaryDirectory(prefix="vitdeploy-bench-model-") as tmp:
         if preset:
-            # Only the files of variants that can run here are built.
-            specs = [VARIANTS[name] for name in settings.requested]
-            files = [s.export.name for s in specs if s.export and runtime_problem(s) is None]
+            files = preset_files(settings)
             logger.info("building %s with random weights (seed %d) and exporting it%s", preset, settings.seed,
                         f", with {', '.join(f'model.{v}.onnx' for v in files)} built as export builds them" if files
                         else "")
@@ -168,6 +166,12 @@ def run_bench(
         else:
             under_test = model_from_files(model, bundle)
         return benchmark(under_test, settings, images or None, on_point)
+
+
+def preset_files(settings: BenchSettings) -> list[str]:
+    """The export variants a preset builds: the files of the variants asked for that this machine can run."""
+    specs = [VARIANTS[name] for name in settings.requested]
+    return list(dict.fromkeys(s.export.name for s in specs if s.export and runtime_problem(s) is None))
 
 
 def run_request(request: BenchRequest) -> BenchReport:
