@@ -38,6 +38,14 @@ def test_no_module_outside_runtimes_imports_a_concrete_runtime() -> None:
     assert concrete_imports_outside_runtimes() == []
 
 
+def test_no_session_is_created_outside_runtimes() -> None:
+    """Every session is opened through registry.open_runtime: no runtime's own constructor is called elsewhere."""
+    constructors = ("InferenceSession(", "compile_model(", "ReferenceEvaluator(", "OrtSession(", "OpenVinoSession(")
+    found = [f"{name}: {c}" for name, path in module_files().items() if not name.startswith("vitdeploy.runtimes")
+             for c in constructors if c in path.read_text(encoding="utf-8")]
+    assert found == []
+
+
 def test_the_boundary_check_sees_a_concrete_import(tmp_path) -> None:
     source = tmp_path / "consumer.py"
     source.write_text("from vitdeploy.runtimes.ort import OrtSession\nfrom vitdeploy.runtimes import open_runtime\n")
