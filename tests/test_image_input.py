@@ -118,10 +118,10 @@ def tiny_image_onnx(tiny_onnx, tmp_path_factory):
     import onnx
 
     from vitdeploy.exporting.image_input import with_image_input
-    from vitdeploy.runtimes.ort import load_model_info
+    from vitdeploy.runtimes import read_model_info
 
     path = tmp_path_factory.mktemp("image") / "tiny.image.onnx"
-    onnx.save(with_image_input(onnx.load(tiny_onnx), load_model_info(tiny_onnx).preprocess), path)
+    onnx.save(with_image_input(onnx.load(tiny_onnx), read_model_info(tiny_onnx).preprocess), path)
     return path
 
 

@@ -133,9 +133,12 @@ def test_the_note_names_both_classes_the_risk_and_the_command():
 
 def test_a_file_opened_on_another_class_says_so_once(gated_elsewhere, monkeypatch):
     _, _, result = gated_elsewhere
-    monkeypatch.setattr(runtime_base, "isa_class", lambda: "avx512_vnni")
+    from machines import fake_machine
+
+    from vitdeploy.runtimes import assume
+
     monkeypatch.setattr(runtime_base, "_ISA_NOTED", set())
-    with captured_notes() as notes:
+    with assume(fake_machine("avx512_vnni")), captured_notes() as notes:  # the machine record says which class
         open_runtime("ort", result.path, "cpu")
         open_runtime("ort", result.path, "cpu")
     noted = [n for n in notes if "accuracy-gated on a avx2 CPU" in n]
@@ -193,7 +196,7 @@ def test_openvino_reports_the_precision_it_compiled_not_the_hint(tiny_onnx, monk
     compiled = ov_runtime.core().compile_model(str(tiny_onnx), "CPU", {"INFERENCE_PRECISION_HINT": "f16"})
     assert ov_runtime.compiled_precision(compiled) == "fp32"
     # A session asked for fp16 (the capability check passed, as it would where the plugin claims FP16) says fp32.
-    monkeypatch.setattr(ov_runtime, "check_precision", lambda precision, device="CPU": None)
+    monkeypatch.setattr(ov_runtime, "check_precision", lambda precision, device="CPU", machine=None: None)
     with captured_notes() as notes:
         session = ov_runtime.OpenVinoSession(tiny_onnx, "cpu", "fp16", static_batch=False, throughput=False)
     assert session.describe()["inference_precision"] == "fp32" and session.describe()["precision"] == "fp32"

@@ -28,6 +28,9 @@ from vitdeploy.files.variants import (
 from vitdeploy.runtimes import Machine, runtime_spec, this_machine
 
 TORCH_INSTALL = 'pip install "vitdeploy[train]"'
+# The export variants --precision auto considers: the faster files (--precision's and --optimize's); --image-input
+# changes what the file takes, not how fast it runs.
+FASTER = ("precision", "optimize")
 
 
 def gate_device(row: ExportVariant, machine: Machine) -> str:
@@ -72,8 +75,7 @@ def auto_variants(machine: Machine | None = None) -> tuple[list[str], dict[str, 
     can gate, in table order; and each of the others with why not and what would build it."""
     machine = machine or this_machine()
     chosen, skipped = [], {}
-    # The faster files: --precision's and --optimize's (--image-input changes what the file takes, not its speed).
-    for row in (r for r in EXPORT_VARIANTS if r.builder and r.option in ("precision", "optimize")):
+    for row in (r for r in EXPORT_VARIANTS if r.builder and r.option in FASTER):
         problem = export_problem(row, machine)
         if problem:
             skipped[row.name] = problem
@@ -129,7 +131,7 @@ class MachineReport:
 
 def machine_report(machine: Machine | None = None) -> MachineReport:
     machine = machine or this_machine()
-    export = {row.name: export_problem(row, machine) for row in EXPORT_VARIANTS if row.builder}
+    export = {row.name: export_problem(row, machine) for row in EXPORT_VARIANTS if row.builder and row.option in FASTER}
     bench = {name: bench_problem(spec, machine) for name, spec in VARIANTS.items()}
     return MachineReport(machine.to_dict(), export, bench, {extra: missing_modules(extra) for extra in EXTRAS},
                          recommendation(machine, export, bench))
