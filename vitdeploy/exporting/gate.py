@@ -17,12 +17,11 @@ import numpy as np
 from PIL import Image
 
 from vitdeploy.core.config import PreprocessSpec
-from vitdeploy.core.cpu import isa_class
 from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.exporting.image_input import CHECK_SIZES, MAX_PIXEL_LEVELS, PIXELS_OUTPUT, pixel_levels
 from vitdeploy.files.onnx_file import OUTPUT_NAME
 from vitdeploy.files.variants import EXPORT
-from vitdeploy.runtimes import open_runtime
+from vitdeploy.runtimes import open_runtime, this_machine
 from vitdeploy.verification.parity import ParityReport, compare_logits
 
 if TYPE_CHECKING:
@@ -190,7 +189,7 @@ def judge(
         gate=gate,
         max_abs_allowed=max_abs_allowed,
         runtime=session.describe(),
-        isa_class=isa_class() if isa is None else isa,
+        isa_class=this_machine().isa if isa is None else isa,
     )
 
 
@@ -254,7 +253,7 @@ def regate(report: ParityReport, here: str | None = None) -> GateResult | None:
     path = Path(report.model_path)
     meta = parse_metadata(path, read_metadata(path))
     row = EXPORT.get(str(meta.export.get("variant")))
-    here = isa_class() if here is None else here
+    here = this_machine().isa if here is None else here
     gated = meta.export.get("isa_class")
     if row is None or row.builder is None or row.option == "image" or gated == here or report.bundle is None:
         return None
