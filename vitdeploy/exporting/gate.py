@@ -21,14 +21,13 @@ from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.exporting.image_input import CHECK_SIZES, MAX_PIXEL_LEVELS, PIXELS_OUTPUT, pixel_levels
 from vitdeploy.files.onnx_file import OUTPUT_NAME
 from vitdeploy.files.variants import EXPORT
+from vitdeploy.requests import MAX_ACCURACY_DROP, MIN_TOP1_AGREEMENT
 from vitdeploy.runtimes import open_runtime, this_machine
 from vitdeploy.verification.parity import ParityReport, compare_logits
 
 if TYPE_CHECKING:
     from vitdeploy.files.bundle import BundleInfo
 
-DEFAULT_MAX_ACCURACY_DROP = 0.5  # percentage points
-DEFAULT_MIN_TOP1_AGREEMENT = 0.99
 GATE_BATCH_SIZE = 32  # INT8 dynamic quantization scales by the whole batch: judge it at a serving batch size
 GATE_MAX_IMAGES = 2000
 # The raw-image variant (export --image-input) is judged on this many held-out images as decoded, and on as many of
@@ -40,8 +39,8 @@ IMAGE_GATE_IMAGES = 100
 class AccuracyGate:
     """When a reduced-precision variant may replace the fp32 model."""
 
-    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP  # percentage points of held-out accuracy
-    min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT  # share of images with PyTorch's top-1 class
+    max_accuracy_drop: float = MAX_ACCURACY_DROP  # percentage points of held-out accuracy
+    min_top1_agreement: float = MIN_TOP1_AGREEMENT  # share of images with PyTorch's top-1 class
 
     def __post_init__(self) -> None:
         if not self.max_accuracy_drop >= 0:
@@ -264,8 +263,8 @@ def regate(report: ParityReport, here: str | None = None) -> GateResult | None:
         report.notes.append(f"gated on {gated or 'an unrecorded CPU class'}, not re-gated on this {here} CPU: {e}")
         return None
     recorded = meta.parity.get("gate") or {}
-    gate = AccuracyGate(recorded.get("max_accuracy_drop", DEFAULT_MAX_ACCURACY_DROP),
-                        recorded.get("min_top1_agreement", DEFAULT_MIN_TOP1_AGREEMENT))
+    gate = AccuracyGate(recorded.get("max_accuracy_drop", MAX_ACCURACY_DROP),
+                        recorded.get("min_top1_agreement", MIN_TOP1_AGREEMENT))
     result = judge(row.name, row.precision, path, data, gate, row.gate_device, recorded.get("max_abs"),
                    row.runtime, here)
     report.regate = result.summary()

@@ -31,7 +31,7 @@ from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.files.discovery import resolve_model
 from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
 from vitdeploy.files.outputs import TRITON, check_output_folder
-from vitdeploy.requests import TritonOptions
+from vitdeploy.requests import MAX_QUEUE_DELAY_MS, TRITON_MAX_BATCH, TritonOptions
 from vitdeploy.runtimes import open_to_read
 from vitdeploy.serving import kserve, triton_model
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
@@ -190,7 +190,7 @@ def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[s
     after that batch's p99, so that waiting plus running stays within it.
     """
     notes: list[str] = []
-    max_batch, preferred, delay_ms = 32, (), 2.0
+    max_batch, preferred, delay_ms = TRITON_MAX_BATCH, (), MAX_QUEUE_DELAY_MS
     if options.from_bench is not None:
         rec = bench_recommendation(options.from_bench, BENCH_VARIANT[options.device], info)
         max_batch, preferred = rec["batch_size"], (rec["batch_size"],)
