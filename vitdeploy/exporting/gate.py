@@ -164,8 +164,8 @@ def synthetic_gate_data(model: Any, spec: PreprocessSpec, seed: int = 0) -> Gate
 
 
 def judge(
-    variant: str, precision: str, model_path: Path | bytes, data: GateData, gate: AccuracyGate, device: str = "cpu",
-    max_abs_allowed: float | None = None, runtime: str = "ort", isa: str | None = None,
+    variant: str, precision: str, model_path: Path | bytes, data: GateData, gate: AccuracyGate, device: str,
+    max_abs_allowed: float | None, runtime: str, isa: str | None = None,
 ) -> GateResult:
     """Run the variant on `runtime` (as the file says it is to be run) on the gate images, in batches of
     GATE_BATCH_SIZE, and compare it with PyTorch fp32. `isa`: the CPU class recorded as judged on (default: this

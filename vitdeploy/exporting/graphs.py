@@ -27,6 +27,7 @@ from vitdeploy.errors import ConfigError
 from vitdeploy.exporting import quant_search
 from vitdeploy.files.onnx_file import INPUT_NAME, copy_proto, save_onnx
 from vitdeploy.files.variants import ExportVariant
+from vitdeploy.requests import ExportRequest
 from vitdeploy.runtimes import open_runtime, this_machine
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class VariantSource:
     config: ModelConfig
     workdir: Path
     calibration: Callable[[], np.ndarray]
-    int8_method: str = "static"  # static | dynamic
+    int8_method: str = ExportRequest.int8_method  # static | dynamic
     # the CPU class it is built (and gated) for: the machine record's (core.cpu.isa_class, or a faked machine's)
     isa: str = field(default_factory=lambda: this_machine().isa)
     _fused: tuple[onnx.ModelProto, FusionReport] | None = field(default=None, repr=False)

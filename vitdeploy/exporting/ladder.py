@@ -58,6 +58,7 @@ from vitdeploy.files.onnx_file import (
     set_metadata,
 )
 from vitdeploy.files.variants import EXPORT, PRECISIONS, ExportVariant
+from vitdeploy.requests import ExportRequest
 from vitdeploy.runtimes import this_machine
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def export_variants(
     variants: Sequence[str],
     gate: AccuracyGate = AccuracyGate(),
     data: GateData | None = None,
-    int8_method: str = "static",
+    int8_method: str = ExportRequest.int8_method,
     isa: str | None = None,
 ) -> list[VariantResult]:
     """Build each variant from the exported fp32 file `base`, judge it, and write the ones that pass beside it.

@@ -26,7 +26,7 @@ from vitdeploy.errors import DataError
 from vitdeploy.files.bundle import read_bundle_info
 from vitdeploy.files.discovery import find_latest_bundle
 from vitdeploy.files.outputs import SAMPLES, check_output_folder
-from vitdeploy.requests import SamplesRequest
+from vitdeploy.requests import SamplesRequest, TrainRequest
 
 DIGITS_NAME = "sklearn-digits"
 DIGITS_SPLIT_SEED = 0  # fixed, so that held-out accuracy is comparable across training seeds
@@ -217,7 +217,7 @@ class FolderData(TrainingData):
 
     # Kept at the resize size only: that bounds memory and is all augmentation needs.
     train_images: list[Image.Image]
-    workers: int = 2  # threads augmenting a batch
+    workers: int = TrainRequest.workers  # threads augmenting a batch
 
     def _augment(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
         w, h = img.size
@@ -246,7 +246,7 @@ class FolderData(TrainingData):
         return torch.from_numpy(np.stack(arrays)), self.train_y[indices]
 
 
-def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fraction: float, workers: int = 2) -> FolderData:
+def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fraction: float, workers: int) -> FolderData:
     split = scan_image_folder(root, val_fraction)
     # One pass over every file, so that all unreadable ones are reported together.
     decoded = decode_all([p for p, _ in split.train + split.val], workers, spec)
@@ -275,7 +275,7 @@ def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fra
 
 
 def load_training_data(
-    data: str | os.PathLike[str] | None, spec: PreprocessSpec, val_fraction: float, workers: int = 2
+    data: str | os.PathLike[str] | None, spec: PreprocessSpec, val_fraction: float, workers: int
 ) -> TrainingData:
     if data is None:
         return load_digits_data(spec, val_fraction)
