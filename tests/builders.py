@@ -177,3 +177,20 @@ def captured_notes(name: str = "vitdeploy") -> Iterator[list[str]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(before)
+
+
+def dynamic_int8_onnx(base: Path, out: Path) -> Path:
+    """`base` with ONNX Runtime's dynamic INT8 quantization of its MatMuls and the export record the int8 variant's
+    --int8-method dynamic writes: a real file whose answers depend on the batch (activation scales per batch),
+    built without the accuracy gate (which needs a bundle with a dataset)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from vitdeploy.exporting.ladder import describe_variant
+    from vitdeploy.files.onnx_file import read_metadata
+
+    quantize_dynamic(str(base), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    proto = onnx.load(str(out))
+    describe_variant(proto, read_metadata(base), "int8", None, {"method": "dynamic", "activations": "per batch"})
+    onnx.save(proto, str(out))
+    return out

@@ -59,3 +59,11 @@ def hf_checkpoint(tmp_path_factory) -> Path:
     from checkpoints import SMALL, hf_vit, save_hf
 
     return save_hf(hf_vit(["a", "b", "c"], **SMALL), tmp_path_factory.mktemp("hf") / "vit")
+
+
+@pytest.fixture(scope="session")
+def dynamic_int8_onnx(tiny_onnx: Path, tmp_path_factory) -> Path:
+    """tiny.onnx quantized to dynamic INT8, recorded as such: its answers depend on the batch (ORT issue 10111)."""
+    from builders import dynamic_int8_onnx as build
+
+    return build(tiny_onnx, tmp_path_factory.mktemp("int8-dynamic") / "tiny.int8.onnx")

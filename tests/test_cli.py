@@ -102,12 +102,12 @@ def test_predict_into_a_pipe_closed_early_exits_0_without_traceback(tmp_path: Pa
 # `import` is a Python keyword: its function is import_model.
 PACKAGE_FUNCTIONS = {"train": "train", "import": "import_model", "export": "export", "verify": "verify",
                      "predict": "predict", "bench": "bench", "explain": "explain", "triton": "triton", "serve": "serve",
-                     "web": "web"}
+                     "web": "web", "samples": "samples"}
 # Each command's options, one request class; triton and serve take the model (and triton the folder) beside it.
 REQUESTS = {"train": requests.TrainRequest, "import": requests.ImportRequest, "export": requests.ExportRequest,
             "verify": requests.VerifyRequest, "predict": requests.PredictRequest, "bench": requests.BenchRequest,
             "explain": requests.ExplainRequest, "triton": requests.TritonOptions, "serve": requests.ServeSettings,
-            "web": requests.WebRequest}
+            "web": requests.WebRequest, "samples": requests.SamplesRequest}
 BESIDE_THE_REQUEST = {"triton": {"model", "out"}, "serve": {"model"}}
 
 

@@ -15,7 +15,8 @@ PACKAGE = Path(vitdeploy.__file__).parent
 HEAVY_OPTIONAL = {"torch", "onnx", "onnxscript", "openvino", "nncf", "matplotlib", "ray", "pyarrow", "starlette",
                   "uvicorn", "multipart", "python_multipart", "tritonclient", "sklearn", "safetensors", "transformers",
                   "onnxruntime", "rich", "typer", "PIL", "numpy", "scipy", "websockets",
-                  "google"}  # google.protobuf comes with onnx
+                  "google",  # google.protobuf comes with onnx
+                  "triton_python_backend_utils"}  # exists only inside Triton's Python backend (serving/triton_model)
 
 
 def module_files() -> dict[str, Path]:

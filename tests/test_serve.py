@@ -79,16 +79,20 @@ def request(server, method: str, path: str, body: bytes = b"", headers: dict[str
 
 
 def stats(server) -> dict[str, Any]:
-    status, _, body = request(server, "GET", "/v2/models/tiny/stats")
+    return stats_of(server, "tiny")
+
+
+def stats_of(server, name: str) -> dict[str, Any]:
+    status, _, body = request(server, "GET", f"/v2/models/{name}/stats")
     assert status == 200
     return json.loads(body)["model_stats"][0]
 
 
 def preprocessed(paths: list[Path], tiny_onnx: Path) -> np.ndarray:
     from vitdeploy.prediction.local import load_model_input
-    from vitdeploy.runtimes.ort import load_model_info
+    from vitdeploy.runtimes import read_model_info
 
-    spec = load_model_info(tiny_onnx).preprocess
+    spec = read_model_info(tiny_onnx).preprocess
     return np.stack([load_model_input(p, spec) for p in paths])
 
 
@@ -215,6 +219,56 @@ def test_sixteen_concurrent_clients_are_batched_and_no_request_is_lost(server, s
     assert sum(size * count for size, count in new.items()) == clients * per_client
     assert max(new) > 1, f"no batching under {clients} concurrent clients: batch sizes run {new}"
     assert max(new) <= MAX_BATCH
+
+
+def test_the_default_largest_batch_is_the_one_measured_for_the_device(tiny_onnx: Path) -> None:
+    from vitdeploy.requests import SERVE_MAX_BATCH
+
+    largest = SERVE_MAX_BATCH["cpu"]
+    with running_server(tiny_onnx, DEADLINE_S) as served:
+        assert served.summary.max_batch_size == largest
+        x = np.zeros((largest + 1, 3, 16, 16), np.float32)
+        status, _, content = request(served, "POST", "/v2/models/tiny/infer", *build_infer_request(x))
+        assert status == 400 and str(largest) in json.loads(content)["error"]
+        status, _, _ = request(served, "POST", "/v2/models/tiny/infer", *build_infer_request(x[:largest]))
+        assert status == 200
+
+
+def test_a_file_whose_answers_depend_on_the_batch_is_served_one_request_at_a_time(dynamic_int8_onnx: Path) -> None:
+    """Dynamic INT8 (ORT issue 10111): a batch's activation range scales every image in it, so batching requests
+    would let one client's image change another's answer. serve serves the file, says so, and never batches it."""
+    from builders import captured_notes
+
+    from vitdeploy.runtimes import open_runtime
+
+    session = open_runtime(None, dynamic_int8_onnx, "cpu", threads=1)
+    rng = np.random.default_rng(3)
+    inputs = rng.standard_normal((12, 1, 3, 16, 16)).astype(np.float32)
+    inputs[::3] *= 8  # images with a wide range next to narrow ones: what moves the others' scales in one batch
+    alone = [session.run(x) for x in inputs]
+    together = session.run(inputs[:, 0])
+    assert max(float(np.abs(together[i] - alone[i][0]).max()) for i in range(len(inputs))) > 1e-4  # it is batch-dependent
+    with captured_notes() as notes, running_server(dynamic_int8_onnx, DEADLINE_S, max_batch_size=MAX_BATCH,
+                                                   max_queue_delay_ms=50) as served:
+        assert served.summary.batching.startswith("off: dynamic INT8")
+        answers: dict[int, np.ndarray] = {}
+
+        def client(i: int) -> None:
+            body, headers = build_infer_request(inputs[i])
+            status, response_headers, content = request(served, "POST", "/v2/models/tiny.int8/infer", body, headers)
+            assert status == 200, content
+            answers[i] = parse_infer_response(content, response_headers.get(HEADER_LENGTH.lower()))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(inputs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(DEADLINE_S)
+        ran = {b["batch_size"]: b["compute_infer"]["count"] for b in stats_of(served, "tiny.int8")["batch_stats"]}
+    assert ran == {1: len(inputs)}
+    for i, logits in answers.items():
+        np.testing.assert_array_equal(logits, alone[i])  # exactly its answer alone, whoever else was waiting
+    assert any("each request runs alone" in note for note in notes), notes
 
 
 # ---------------------------------------------------------------------------------------- bad inputs

@@ -93,9 +93,9 @@ def test_gpu_options_write_the_accelerators_asked_for(tiny_onnx: Path, tmp_path:
 
 
 def test_from_bench_takes_the_recommended_batch_and_the_budget_left(tiny_onnx: Path, tmp_path: Path) -> None:
-    from vitdeploy.runtimes.ort import load_model_info
+    from vitdeploy.runtimes import read_model_info
 
-    config = load_model_info(tiny_onnx).model_config
+    config = read_model_info(tiny_onnx).model_config
     assert config is not None
     report = {"schema": "vitdeploy.bench/1", "results": [], "model": {"config": config.to_dict()},
               "recommendation": {"p99_budget_ms": 50.0, "best": None, "per_variant": {
@@ -132,6 +132,8 @@ def fixed_batch_onnx(tiny_onnx: Path, tmp_path_factory) -> Path:
     (["--tensorrt", "fp16"], "add --device gpu"),
     (["--device", "gpu", "--cuda-graphs"], "--no-dynamic-batching"),
     (["--device", "tpu"], "unknown --device"),
+    (["--backend", "tensorflow"], "unknown --backend"),
+    (["--backend", "python", "--device", "gpu"], "use --backend onnxruntime"),
     (["--max-batch-size", "8", "--preferred-batch-sizes", "16"], "at most --max-batch-size"),
 ])
 def test_bad_names_and_contradictory_options_exit_2_without_writing(tiny_onnx: Path, tmp_path: Path, args: list[str],
@@ -209,3 +211,147 @@ def test_a_rewrite_replaces_the_model_folder_whole_and_clears_a_killed_runs_stag
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "inferenceservice.yaml", "tiny"]
     assert sorted(p.name for p in (out / "tiny").iterdir()) == ["1", "config.pbtxt", "labels.txt"]
     assert "max_batch_size: 8" in (out / "tiny" / "config.pbtxt").read_text()
+
+
+# ------------------------------------------------------------------------------------- the Python backend
+
+
+@pytest.fixture(scope="module")
+def python_repo(tiny_onnx: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("triton-python") / "repo"
+    result = runner.invoke(app, ["triton", str(tiny_onnx), "--out", str(out), "--backend", "python"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_the_python_backend_repository_parses_with_tritons_schema_and_carries_model_py(python_repo: Path,
+                                                                                       tiny_onnx: Path) -> None:
+    from vitdeploy.serving import triton_model
+
+    config, schema = parse_config(python_repo / "tiny" / "config.pbtxt")
+    assert config.backend == "python" and not config.platform and config.max_batch_size == 32
+    assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+    assert [(g.kind, g.count) for g in config.instance_group] == [(schema.ModelInstanceGroup.KIND_CPU, 1)]
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert parameters["runtime"] == "ort"
+    folders = parameters["python_path"].split(os.pathsep)
+    assert str(REPO) in folders  # where this vitdeploy is imported from; numpy's site folder follows
+    assert any((Path(folder) / "numpy").is_dir() for folder in folders)
+    version = python_repo / "tiny" / "1"
+    assert (version / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
+    assert (version / "model.py").read_text() == Path(triton_model.__file__).read_text()
+    assert triton_model.configured_python_path(python_repo / "tiny" / "config.pbtxt") == folders
+    readme = (python_repo / "README.md").read_text()
+    assert "nvidia-pytriton==0.7.0" in readme and "--backend-directory" in readme and "docker run" not in readme
+
+
+def test_a_python_backend_folder_without_model_py_fails_the_check(python_repo: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from vitdeploy.errors import ModelFileError
+    from vitdeploy.serving.repository_check import check_model_folder
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(python_repo / "tiny", copy)
+    (copy / "1" / "model.py").unlink()
+    with pytest.raises(ModelFileError, match="backend python but no 1/model.py"):
+        check_model_folder(copy)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_a_file_whose_answers_depend_on_the_batch_gets_no_dynamic_batching(dynamic_int8_onnx: Path, tmp_path: Path,
+                                                                           backend: str) -> None:
+    repo = write_triton_repository(dynamic_int8_onnx, tmp_path / "repo", TritonOptions(backend=backend))
+    config, _ = parse_config(repo.model_dir / "config.pbtxt")
+    assert config.WhichOneof("scheduling_choice") is None and config.max_batch_size == 32
+    assert any("no dynamic_batching: dynamic INT8" in note for note in repo.notes), repo.notes
+
+
+class FakeBackendUtils(ModuleType):
+    """The part of triton_python_backend_utils model.py uses; a request is {input name: array}, and an input
+    tensor is the array itself (numpy arrays speak DLPack, as the stub's tensors do)."""
+
+    class TritonError(Exception):
+        pass
+
+    class InferenceResponse:
+        def __init__(self, output_tensors: list, error: Exception | None = None):
+            self.output_tensors, self.error = output_tensors, error
+
+    class Tensor:
+        def __init__(self, name: str, array):
+            self.name, self.array = name, array
+
+        @classmethod
+        def from_dlpack(cls, name: str, tensor):
+            import numpy as np
+
+            assert tensor.flags.c_contiguous and tensor.flags.owndata  # the stub needs C order; a copy of its own
+            return cls(name, np.from_dlpack(tensor))
+
+    def __init__(self) -> None:
+        super().__init__("triton_python_backend_utils")
+
+    @staticmethod
+    def get_input_tensor_by_name(request: dict, name: str):
+        return request[name]
+
+
+def test_model_py_runs_each_batch_once_and_hands_every_request_its_own_rows(python_repo: Path, tiny_onnx: Path,
+                                                                            monkeypatch) -> None:
+    import numpy as np
+
+    from vitdeploy.runtimes import open_runtime
+    from vitdeploy.serving import triton_model
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", FakeBackendUtils())
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # initialize wraps it; restored after the test
+    config = json.dumps({"input": [{"name": "pixel_values"}], "output": [{"name": "logits"}],
+                         "parameters": {"runtime": {"string_value": "ort"}}})
+    model = triton_model.TritonPythonModel()
+    model.initialize({"model_config": config, "model_repository": str(python_repo / "tiny"), "model_version": "1"})
+    rng = np.random.default_rng(0)
+    requests = [{"pixel_values": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)} for n in (1, 3, 2)]
+    calls = []
+    run_outputs = model.session.run_outputs
+    monkeypatch.setattr(model.session, "run_outputs", lambda batch, names: calls.append(len(batch))
+                        or run_outputs(batch, names))
+    responses = model.execute(requests)
+    assert calls == [6]  # one model run for the three requests
+    expected = open_runtime(None, tiny_onnx, "cpu").run(np.concatenate([r["pixel_values"] for r in requests]))
+    rows = np.concatenate([r.output_tensors[0].array for r in responses])
+    assert [r.output_tensors[0].array.shape for r in responses] == [(1, 3), (3, 3), (2, 3)]
+    assert [r.output_tensors[0].name for r in responses] == ["logits"] * 3
+    np.testing.assert_allclose(rows, expected, rtol=0, atol=1e-5)
+
+    monkeypatch.setattr(model.session, "run_outputs", lambda batch, names: 1 / 0)
+    failed = model.execute(requests)  # a failing batch fails its requests, each with the reason
+    assert [type(r.error).__name__ for r in failed] == ["TritonError"] * 3
+    assert "ZeroDivisionError" in str(failed[0].error)
+
+
+def test_only_numpys_report_on_a_capsule_the_stub_renamed_is_dropped(monkeypatch) -> None:
+    """Triton's stub renames a DLPack capsule it consumed "used_dlpack" (the standard says "used_dltensor"); numpy's
+    capsule destructor then reports an error through sys.unraisablehook. model.py drops that report, no other."""
+    import ctypes
+
+    import numpy as np
+
+    from vitdeploy.serving.triton_model import quiet_renamed_capsules
+
+    seen: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", quiet_renamed_capsules(lambda u: seen.append(str(u.exc_value))))
+    capsule = np.arange(4, dtype=np.float32).__dlpack__(stream=None)
+    set_name = ctypes.pythonapi.PyCapsule_SetName
+    set_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    name = ctypes.c_char_p(b"used_dlpack")  # the stub's name; must outlive the capsule
+    set_name(capsule, name)
+    del capsule  # numpy's destructor reports, the hook drops it
+    assert seen == []
+
+    class Reports:
+        def __del__(self) -> None:
+            raise RuntimeError("any other error in a destructor")
+
+    Reports()
+    assert seen == ["any other error in a destructor"]

@@ -10,7 +10,20 @@ __version__ = "0.1.0"
 # A library stays quiet unless its user configures logging; the CLI shows these notes on stderr.
 logging.getLogger("vitdeploy").addHandler(logging.NullHandler())
 
-from vitdeploy.api import bench, explain, export, import_model, predict, serve, train, triton, verify, web  # noqa: E402
+from vitdeploy.api import (  # noqa: E402
+    bench,
+    doctor,
+    explain,
+    export,
+    import_model,
+    predict,
+    samples,
+    serve,
+    train,
+    triton,
+    verify,
+    web,
+)
 
-__all__ = ["__version__", "bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify",
-           "web"]
+__all__ = ["__version__", "bench", "doctor", "explain", "export", "import_model", "predict", "samples", "serve",
+           "train", "triton", "verify", "web"]

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from vitdeploy.core.extras import require
 from vitdeploy.requests import (
-    DEFAULT_EXPLAIN_DIR,
     DEFAULT_GUIDE_FILE,
     DEFAULT_TRITON_DIR,
     BenchRequest,
@@ -36,6 +35,7 @@ from vitdeploy.requests import (
     ExportRequest,
     ImportRequest,
     PredictRequest,
+    SamplesRequest,
     ServeSettings,
     TrainRequest,
     TritonOptions,
@@ -47,6 +47,7 @@ from vitdeploy.requests import (
 if TYPE_CHECKING:
     from vitdeploy.benchmark import BenchReport
     from vitdeploy.explanation import ExplainResult, GuideResult
+    from vitdeploy.exporting.capabilities import MachineReport
     from vitdeploy.exporting.exporter import ExportResult
     from vitdeploy.prediction.local import PredictSummary
     from vitdeploy.pretrained import ImportResult
@@ -79,6 +80,16 @@ def train(request: TrainRequest | None = None, /, **options: Any) -> TrainResult
     return run_training(build(TrainRequest, request, options))
 
 
+def samples(out: PathLike | SamplesRequest | None = None, /, **options: Any) -> list[Path]:
+    """Write the first `count` held-out images of a bundle's dataset (default: the latest bundle under models/) as
+    PNG files named with their true label into `out` (default samples/), and return their paths. `out` must be new,
+    empty or a samples folder vitdeploy wrote, unless `force` (outputs.py)."""
+    require("train", "vitdeploy samples")
+    from vitdeploy.training.data import write_samples
+
+    return write_samples(_first(SamplesRequest, out, "out", options))
+
+
 def import_model(source: PathLike | ImportRequest, out: PathLike | None = None, /, **options: Any) -> ImportResult:
     """Import a timm or Hugging Face ViT checkpoint you already have (`vitdeploy import`) as a bundle (default
     models/<its name>): a Hugging Face model folder, or a timm state dict with `timm_model` (its timm name) or timm's
@@ -107,15 +118,19 @@ def export(bundle: PathLike | ExportRequest | None = None, /, **options: Any) ->
 def verify(model: PathLike | VerifyRequest | None = None, /, **options: Any) -> ParityReport:
     """Compare an .onnx file (default: model.onnx of the latest bundle) with its bundle's PyTorch model on real and
     random inputs at every batch size, on every runtime asked for (`runtime`: "ort,openvino,reference"; default:
-    every one installed and usable here), and the runtimes with each other. Returns the report whether or not parity
-    holds: check `report.passed`. A runtime named but not usable raises (exit code 2)."""
+    every one installed and usable here), and the runtimes with each other; a variant gated on another CPU class
+    (its metadata says which) has its accuracy gate run again here (`report.regate`). Returns the report whether or
+    not parity holds: check `report.passed`. A runtime named but not usable raises (exit code 2)."""
     require("train", "vitdeploy.verify")
+    from vitdeploy.exporting.gate import regate
     from vitdeploy.runtimes import parse_runtimes
     from vitdeploy.verification.run import verify as run_verify
 
     if "runtime" in options:
         options["runtime"] = parse_runtimes(options["runtime"])
-    return run_verify(_first(VerifyRequest, model, "model", options))
+    report = run_verify(_first(VerifyRequest, model, "model", options))
+    regate(report)  # a variant gated on another CPU class is judged again here, on the bundle's held-out images
+    return report
 
 
 def predict(inputs: Sequence[PathLike] | PredictRequest, /, **options: Any) -> PredictSummary:
@@ -179,8 +194,7 @@ def explain(inputs: Sequence[PathLike] | ExplainRequest = (), /, **options: Any)
         if request.inputs:
             raise ConfigError("--guide draws from the bundle's held-out images; give no IMAGES with it")
         return draw_guide(request.bundle, request.out or DEFAULT_GUIDE_FILE)
-    return explain_images(request.inputs, request.bundle, request.out or DEFAULT_EXPLAIN_DIR, request.method,
-                          request.class_label, request.top_k, request.recursive, force=request.force)
+    return explain_images(request)
 
 
 def triton(model: PathLike | None = None, /, out: PathLike = DEFAULT_TRITON_DIR,
@@ -210,8 +224,9 @@ def serve(model: PathLike | None = None, /, settings: ServeSettings | None = Non
 def web(model: PathLike | WebRequest | None = None, /, **options: Any) -> WebFolder:
     """Write a static folder that runs an exported .onnx (default: the newest under models/) in a browser with
     onnxruntime-web: index.html, vitdeploy.js (the model's preprocessing, as predict does it), the file,
-    onnxruntime-web's files, the transformers.js layout, serve.py and README.md. No torch needed; npm installs
-    onnxruntime-web into the cache the first time. `out` follows outputs.py's rule (force: write into a folder of
+    onnxruntime-web's files, the transformers.js layout (the model with its preprocessing in the graph), serve.py
+    and README.md. No torch needed (onnx builds the transformers.js file); npm installs onnxruntime-web into the
+    cache the first time. `out` follows outputs.py's rule (force: write into a folder of
     other files, keeping them)."""
     from vitdeploy.serving.web_folder import write_web_folder
 
@@ -219,4 +234,14 @@ def web(model: PathLike | WebRequest | None = None, /, **options: Any) -> WebFol
     return write_web_folder(request.model, request.out, request.force)
 
 
-__all__ = ["bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify", "web"]
+def doctor() -> MachineReport:
+    """What this machine offers (CPU ISA class and flags, every runtime's devices and native precisions) and, for
+    every export and bench variant, whether it can run here and, if not, why and what would (an install line or
+    the hardware); report.recommendation says what to build and time. Imports no torch."""
+    from vitdeploy.exporting.capabilities import machine_report
+
+    return machine_report()
+
+
+__all__ = ["bench", "doctor", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify",
+           "web"]

@@ -20,6 +20,13 @@ from typing import Any, TypeVar
 DEFAULT_TRITON_DIR = Path("triton")
 DEFAULT_EXPLAIN_DIR = Path("explain")
 DEFAULT_GUIDE_FILE = Path("guide.png")
+# The accuracy gate's defaults (export --max-accuracy-drop; the agreement has no option): what a faster variant may
+# lose against PyTorch fp32 on the held-out images before it is refused.
+MAX_ACCURACY_DROP = 0.5  # percentage points
+MIN_TOP1_AGREEMENT = 0.99  # share of images with PyTorch's top-1 class
+# Dynamic batching's defaults, the same for `vitdeploy serve` and the Triton repository it mirrors.
+TRITON_MAX_BATCH = 32
+MAX_QUEUE_DELAY_MS = 2.0
 ENGINES = ("local", "ray")  # where predict runs: this process, or Ray Data (vitdeploy.prediction.ray)
 
 
@@ -67,6 +74,16 @@ class TrainRequest(_Request):
 
 
 @dataclass
+class SamplesRequest(_Request):
+    """`vitdeploy samples`: held-out images of a bundle's dataset as PNG files, to try predict and explain on."""
+
+    out: Path = Path("samples")
+    bundle: Path | None = None  # None: the latest bundle under models/
+    count: int = 8
+    force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
+
+
+@dataclass
 class ImportRequest(_Request):
     """`vitdeploy import`: a timm or Hugging Face ViT checkpoint becomes a bundle."""
 
@@ -86,8 +103,9 @@ class ExportRequest(_Request):
     opset: int = 17
     verify: bool = True  # parity with PyTorch before the file is moved into place
     optimize: bool = False  # also the fused fp32 variant
+    image_input: bool = False  # also model.image.onnx: the decoded image as input, THE preprocessing in the graph
     precision: tuple[str, ...] = ("fp32",)  # variants to build beside the file, each gated (variants.py lists them)
-    max_accuracy_drop: float = 0.5  # accuracy gate: percentage points of held-out accuracy a variant may lose
+    max_accuracy_drop: float = MAX_ACCURACY_DROP  # accuracy gate: percentage points of held-out accuracy to lose
     int8_method: str = "static"  # static (QDQ, calibrated) | dynamic
     exporter: str | None = None  # torchscript | dynamo; None: torchscript where torch has it
     tome_r: int | None = None  # token merging variants (tome, tome-int8): tokens merged per block; None: searched
@@ -182,10 +200,11 @@ class TritonOptions(_Request):
     """`vitdeploy triton`: the repository's batching and instances (the model and folder are arguments)."""
 
     name: str | None = None  # default: the file name without .onnx
+    backend: str = "onnxruntime"  # onnxruntime (Triton runs the .onnx) | python (model.py runs it through vitdeploy)
     device: str = "cpu"  # cpu | gpu: instance_group kind
     instances: int = 1  # model instances (per GPU with --device gpu)
-    max_batch_size: int | None = None  # default 32, or the bench recommendation
-    max_queue_delay_ms: float | None = None  # default 2 ms, or the p99 budget left by the recommended batch
+    max_batch_size: int | None = None  # default TRITON_MAX_BATCH, or the bench recommendation
+    max_queue_delay_ms: float | None = None  # default MAX_QUEUE_DELAY_MS, or the p99 budget the bench batch leaves
     preferred_batch_sizes: tuple[int, ...] = ()  # default none (Triton forms the largest batch it can)
     dynamic_batching: bool = True
     from_bench: Path | None = None  # a `vitdeploy bench --p99-budget` report
@@ -204,18 +223,25 @@ class WebRequest(_Request):
     force: bool = False  # write into an output folder that holds files vitdeploy did not write (outputs.py)
 
 
+# serve's largest batch by device. CPU: ViT-Ti/16 on ONNX Runtime gains next to nothing past 8 (AMD EPYC, quiet: batch
+# 32 at 1.03x batch 8's images/s, at 4x its latency) and loses past it on a busy machine (Intel Xeon Ice Lake, load
+# 13-16: 40-46 ms of CPU per image at batch 32 against 34-36 at 8; the server at saturation 8.8 requests/s with 8
+# against 7.4 with 32); benchmarks/results/serve-ceiling-vit-ti16.json. GPU: large batches are what it is fast at.
+SERVE_MAX_BATCH = {"cpu": 8, "gpu": 32}
+
+
 @dataclass
 class ServeSettings(_Request):
     """`vitdeploy serve` (the model is an argument)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
-    runtime: str = "ort"
+    runtime: str | None = None  # None: the one the file was made for, else ort (predict's rule: runtime_for_file)
     device: str = "auto"
     threads: int | None = None
     name: str | None = None  # the model's name in the protocol; default: the file name without .onnx
-    max_batch_size: int = 32
-    max_queue_delay_ms: float = 2.0
+    max_batch_size: int | None = None  # None: SERVE_MAX_BATCH for the device the model opened on
+    max_queue_delay_ms: float = MAX_QUEUE_DELAY_MS
     max_body_mb: float = 64.0
-    decode_threads: int = 2  # threads decoding /classify images
+    decode_threads: int | None = None  # threads decoding /classify images; None: one per core
     top_k: int = 5

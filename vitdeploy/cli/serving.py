@@ -26,6 +26,11 @@ def triton(
         Optional[str], typer.Option(help="Model name in the repository and in URLs. Default: the file name "
                                     "without .onnx.")
     ] = None,
+    backend: Annotated[
+        str, typer.Option(help="onnxruntime: Triton's ONNX Runtime backend runs the .onnx (CPU or GPU servers). "
+                          "python: Triton's Python backend runs it through vitdeploy's runtimes (the runtime and "
+                          "precision the file was made for; CPU), with a model.py beside it.")
+    ] = TritonOptions.backend,
     device: Annotated[str, typer.Option(help="cpu | gpu: the instance_group kind.")] = TritonOptions.device,
     instances: Annotated[int, typer.Option(help="Model instances (per GPU with --device gpu).")] = TritonOptions.instances,
     max_batch_size: Annotated[
@@ -62,9 +67,9 @@ def triton(
     json_output: JsonFlag = False,
     force: Force = TritonOptions.force,
 ) -> None:
-    """Write a Triton Inference Server model repository: OUT/<name>/config.pbtxt, 1/model.onnx, labels.txt,
-    OUT/inferenceservice.yaml (KServe, Triton runtime, protocol v2), and OUT/README.md with the tritonserver,
-    kubectl and client commands and the preprocessing clients must apply.
+    """Write a Triton Inference Server model repository: OUT/<name>/config.pbtxt, 1/model.onnx, labels.txt
+    (and 1/model.py with --backend python), OUT/inferenceservice.yaml (KServe, Triton runtime, protocol v2), and
+    OUT/README.md with the tritonserver, kubectl and client commands and the preprocessing clients must apply.
 
     Needs only the core install. Refuses a model whose batch axis is fixed (Triton would refuse it at load), a
     name that is not a plain directory name, and a written folder that does not match its .onnx (names, data
@@ -75,7 +80,7 @@ def triton(
     import vitdeploy
 
     repo = vitdeploy.triton(model, out, TritonOptions(
-        name=name, device=device, instances=instances, max_batch_size=max_batch_size,
+        name=name, backend=backend, device=device, instances=instances, max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms,
         preferred_batch_sizes=parse_batch_sizes(preferred_batch_sizes, "--preferred-batch-sizes")
         if preferred_batch_sizes else (),
@@ -101,7 +106,8 @@ def serve(
     ] = ServeSettings.host,
     port: Annotated[int, typer.Option(help="TCP port (0: any free one, printed at start).")] = ServeSettings.port,
     runtime: Annotated[
-        str, typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow).")
+        Optional[str], typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow). "
+                                    "Default: the runtime the file was made for (as predict), else ort.")
     ] = ServeSettings.runtime,
     device: Annotated[
         str, typer.Option(help="auto (CUDA only if a session really gets it) | cpu | cuda.")
@@ -112,7 +118,8 @@ def serve(
                                     "as `vitdeploy triton` names it.")
     ] = None,
     max_batch_size: Annotated[
-        int, typer.Option(help="Most images per model call (and per request).")
+        Optional[int], typer.Option(help="Most images per model call (and per request). Default: 8 on a CPU, 32 on "
+                                    "a GPU (measured: docs/serve.md).")
     ] = ServeSettings.max_batch_size,
     max_queue_delay_ms: Annotated[
         float, typer.Option(help="How long the oldest waiting request may wait for a batch to fill.")
@@ -121,7 +128,7 @@ def serve(
         float, typer.Option(help="Largest request body (MiB); larger ones get 413.")
     ] = ServeSettings.max_body_mb,
     decode_threads: Annotated[
-        int, typer.Option(help="Threads decoding uploaded images for /classify.")
+        Optional[int], typer.Option(help="Threads decoding uploaded images for /classify. Default: one per core.")
     ] = ServeSettings.decode_threads,
     top_k: Annotated[
         int, typer.Option(help="Labels /classify returns per image (?top_k= overrides).")
@@ -166,7 +173,8 @@ def web(
 ) -> None:
     """Write a static folder that runs the model in a browser with onnxruntime-web: index.html, vitdeploy.js (the
     model's own preprocessing, bit-identical with predict's), the .onnx, onnxruntime-web's files (no CDN), the
-    transformers.js layout, serve.py and a README with the headers multithreaded WebAssembly needs.
+    transformers.js layout (its model does the preprocessing in its graph: `pipeline('image-classification',
+    folder)` answers as predict does), serve.py and a README with the headers multithreaded WebAssembly needs.
 
     onnxruntime-web is installed with npm into ~/.cache/vitdeploy the first time. Refused (exit code 2): a file over
     onnxruntime-web's 2 GiB limit, one with external data, a variant made for another runtime, an -o folder of other

@@ -9,9 +9,8 @@ import typer
 
 from vitdeploy.cli.app import app, console, handle_errors, print_json
 from vitdeploy.cli.options import BundleOption, Force, JsonFlag
-from vitdeploy.core.extras import require
 from vitdeploy.errors import EXIT_INTERRUPTED
-from vitdeploy.requests import ImportRequest, TrainRequest
+from vitdeploy.requests import ImportRequest, SamplesRequest, TrainRequest
 
 
 @app.command()
@@ -70,25 +69,19 @@ def train(
 @app.command()
 @handle_errors
 def samples(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the PNG files into.")] = Path("samples"),
+    out: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Folder to write the PNG files into.")] = SamplesRequest.out,
     bundle: BundleOption = None,
-    count: Annotated[int, typer.Option(help="How many held-out images to write.")] = 8,
-    force: Force = False,
+    count: Annotated[int, typer.Option(help="How many held-out images to write.")] = SamplesRequest.count,
+    force: Force = SamplesRequest.force,
 ) -> None:
     """Write held-out images of a bundle's dataset as PNG files, named with their true label.
 
     Example: vitdeploy samples samples/ && vitdeploy predict samples/*.png
     """
-    require("train", "vitdeploy samples")
-    from vitdeploy.files.bundle import read_bundle_info
-    from vitdeploy.files.discovery import find_latest_bundle
-    from vitdeploy.files.outputs import SAMPLES, check_output_folder
-    from vitdeploy.training.data import write_heldout_samples
+    import vitdeploy
 
-    check_output_folder(out_dir, SAMPLES, force=force, option="OUT_DIR")
-    info = read_bundle_info(bundle or find_latest_bundle())
-    written = write_heldout_samples(info.dataset, info.labels, out_dir, count)
-    console.print(f"wrote {len(written)} held-out images to {out_dir}/ (never seen in training)")
+    written = vitdeploy.samples(SamplesRequest(out=out, bundle=bundle, count=count, force=force))
+    console.print(f"wrote {len(written)} held-out images to {out}/ (never seen in training)")
 
 
 @app.command("import")

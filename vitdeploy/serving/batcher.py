@@ -9,6 +9,9 @@
 As Triton's dynamic batcher: a request is never split, one that does not fit waits for the next batch, and a batch
 is formed as soon as it is full. While a batch runs, new requests queue up, so under load the next batch forms
 without waiting at all. The event loop only enqueues and awaits: it never blocks on the model.
+
+With gather=False every request runs alone, as its client sent it: for a model whose answers depend on the other
+images in its batch (dynamic INT8), where batching would let one client's images change another's answers.
 """
 
 from __future__ import annotations
@@ -58,12 +61,14 @@ class BatchStats:
 class DynamicBatcher:
     """Gathers (N_i, C, H, W) requests into (sum N_i, C, H, W) calls of `run`, at most `max_batch_size` samples."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_queue_delay_s: float):
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_queue_delay_s: float,
+                 gather: bool = True):
         if max_batch_size < 1 or max_queue_delay_s < 0:
             raise ValueError("max_batch_size must be at least 1 and max_queue_delay_s not negative")
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_queue_delay_ns = round(max_queue_delay_s * 1e9)
+        self.gather = gather
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._carry: _Job | None = None  # the job that did not fit in the last batch: first in the next one
         self._lock = threading.Lock()
@@ -120,7 +125,7 @@ class DynamicBatcher:
         """Jobs for one batch, starting with `first`; True when the stop sentinel came (after these jobs)."""
         batch, size = [first], len(first.pixels)
         deadline = first.enqueued_ns + self.max_queue_delay_ns
-        while size < self.max_batch_size:
+        while self.gather and size < self.max_batch_size:
             wait_s = (deadline - time.perf_counter_ns()) / 1e9
             try:  # past the deadline: still take what is already queued, without waiting
                 job = self._queue.get(timeout=wait_s) if wait_s > 0 else self._queue.get_nowait()
@@ -128,7 +133,8 @@ class DynamicBatcher:
                 break
             if job is None:
                 return batch, True
-            if size + len(job.pixels) > self.max_batch_size:
+            # a raw-image model's requests join a batch only with images of the same size (as Triton's batcher)
+            if size + len(job.pixels) > self.max_batch_size or job.pixels.shape[1:] != first.pixels.shape[1:]:
                 self._carry = job
                 break
             batch.append(job)

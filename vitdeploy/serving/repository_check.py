@@ -4,6 +4,7 @@
     inputs / outputs         names, data types, and dims without the batch axis equal the graph's
     max_batch_size > 0       the graph's batch axis is dynamic (else Triton refuses every batch but one)
     label_filename           exists, and holds one label per output class
+    backend python           the version folder holds model.py
 
 check_model_folder raises ModelFileError (exit code 2) naming every mismatch; `vitdeploy triton` runs it on what it
 wrote, and tests run it on tampered copies. config.pbtxt is read with a small parser of protobuf text format (the
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vitdeploy.errors import ModelFileError
+from vitdeploy.runtimes import open_runtime
 
 # ONNX Runtime's type names -> Triton's data_type
 TRITON_TYPES = {
@@ -116,6 +118,8 @@ def check_model_folder(model_dir: Path, version: str = "1", final: Path | None =
     except (ValueError, IndexError, UnicodeDecodeError) as e:
         raise ModelFileError(f"{shown / config_path.name}: not a readable model configuration ({e})") from None
     problems = config_mismatches(config, model_dir, graph_signature(model_path), shown.name)
+    if config.get("backend") == "python" and not (model_dir / version / "model.py").is_file():
+        problems.append(f"backend python but no {version}/model.py")
     if problems:
         raise ModelFileError(f"{shown} does not match {model_path.name}:\n  - " + "\n  - ".join(problems))
 
@@ -123,13 +127,12 @@ def check_model_folder(model_dir: Path, version: str = "1", final: Path | None =
 def graph_signature(path: Path) -> dict[str, dict[str, tuple[str, list]]]:
     """{"input"|"output": {name: (Triton data type, shape with None or a name for dynamic axes)}}, through ONNX
     Runtime (optimizations off, CPU)."""
-    from vitdeploy.runtimes.ort import make_session
-
-    session, _ = make_session(path, device="cpu", graph_optimization="disabled")
-    return {
-        "input": {t.name: (TRITON_TYPES.get(t.type, t.type), list(t.shape)) for t in session.get_inputs()},
-        "output": {t.name: (TRITON_TYPES.get(t.type, t.type), list(t.shape)) for t in session.get_outputs()},
-    }
+    with open_runtime("ort", path, "cpu", graph_optimization="disabled") as opened:
+        session = opened.session  # ORT's own: its type strings are what TRITON_TYPES maps
+        return {
+            "input": {t.name: (TRITON_TYPES.get(t.type, t.type), list(t.shape)) for t in session.get_inputs()},
+            "output": {t.name: (TRITON_TYPES.get(t.type, t.type), list(t.shape)) for t in session.get_outputs()},
+        }
 
 
 def config_mismatches(config: dict[str, Any], model_dir: Path, graph: dict[str, dict[str, tuple[str, list]]],

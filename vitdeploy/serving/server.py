@@ -8,6 +8,7 @@ serve() returns normally: exit code 0. A second Ctrl-C stops without waiting.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import warnings
@@ -21,12 +22,12 @@ from PIL import Image
 
 from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.files.discovery import resolve_model
-from vitdeploy.requests import ServeSettings
+from vitdeploy.requests import SERVE_MAX_BATCH, ServeSettings
 from vitdeploy.runtimes import open_runtime
 from vitdeploy.runtimes.registry import check_runtime_name
 from vitdeploy.serving.app import create_app, model_stats
 from vitdeploy.serving.batcher import DynamicBatcher
-from vitdeploy.serving.protocol import ModelSignature, check_dynamic_batch, item_shape
+from vitdeploy.serving.protocol import ModelSignature, check_dynamic_batch, image_signature, item_shape
 from vitdeploy.serving.triton import check_model_name, default_name
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class ServeSummary:
     name: str
     url: str
     provider: str
+    max_batch_size: int = 0  # the largest batch (and request) served
+    batching: str = "dynamic"  # or why each request runs alone
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,27 +81,39 @@ def prepare(model: Path | None, settings: ServeSettings) -> PreparedServer:
         session = open_runtime(settings.runtime, path, settings.device, threads=settings.threads, spin=False)
         num_classes = session.num_classes  # reads the file's description, checking its input contract, first
         check_dynamic_batch(path, session.input_shape)
-        signature = ModelSignature(name, item_shape(path, session.input_shape), num_classes, settings.max_batch_size)
+        max_batch = settings.max_batch_size or SERVE_MAX_BATCH["cpu" if session.description.device == "cpu" else "gpu"]
+        if session.takes_images:  # export --image-input: decoded images of any size, preprocessed in the graph
+            signature = image_signature(name, num_classes, max_batch)
+        else:
+            signature = ModelSignature(name, item_shape(path, session.input_shape), num_classes, max_batch)
     except BaseException:
         sock.close()
         raise
-    batcher = DynamicBatcher(session.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000)
+    # A file whose answers depend on its batch is served, but never batched with other clients' requests.
+    dependence = session.info.batch_dependence
+    batcher = DynamicBatcher(session.run, max_batch, settings.max_queue_delay_ms / 1000,
+                             gather=dependence is None)
     app = create_app(session, signature, batcher, max_body_bytes=round(settings.max_body_mb * 2**20),
-                     decode_threads=settings.decode_threads, top_k=settings.top_k)
+                     decode_threads=settings.decode_threads or len(os.sched_getaffinity(0)), top_k=settings.top_k)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = DrainingServer(config)
-    return PreparedServer(server, app, sock, url, ServeSummary(str(path), name, url, session.provider))
+    batching = "dynamic" if dependence is None else f"off: {dependence}, so each request runs alone"
+    if dependence is not None:
+        logger.info("%s: dynamic batching %s", path.name, batching)
+    return PreparedServer(server, app, sock, url, ServeSummary(str(path), name, url, session.provider, max_batch,
+                                                                batching))
 
 
 def serve(model: Path | None, settings: ServeSettings) -> ServeSummary:
     """Serve until Ctrl-C or SIGTERM, then drain; returns what was served."""
     prepared = prepare(model, settings)
     s = prepared.summary
-    logger.info("serving %s as %r on %s (%s; batches of up to %d, queue delay %g ms); Ctrl-C stops", s.model, s.name,
-                prepared.url, s.provider, settings.max_batch_size, settings.max_queue_delay_ms)
+    batching = (f"batches of up to {s.max_batch_size}, queue delay {settings.max_queue_delay_ms:g} ms"
+                if s.batching == "dynamic" else f"each request alone, up to {s.max_batch_size} images")
+    logger.info("serving %s as %r on %s (%s; %s); Ctrl-C stops", s.model, s.name, prepared.url, s.provider, batching)
     with warnings.catch_warnings():
         # Images between 1x and 2x Image.MAX_IMAGE_PIXELS are refused by the decoder itself; the warning is noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -125,10 +140,12 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def check_settings(settings: ServeSettings) -> None:
-    check_runtime_name(settings.runtime)
+    if settings.runtime is not None:
+        check_runtime_name(settings.runtime)
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, not {settings.port}")
-    if settings.max_batch_size < 1 or settings.max_queue_delay_ms < 0:
+    if (settings.max_batch_size is not None and settings.max_batch_size < 1) or settings.max_queue_delay_ms < 0:
         raise ConfigError("--max-batch-size must be at least 1 and --max-queue-delay-ms not negative")
-    if settings.max_body_mb <= 0 or settings.top_k < 1 or settings.decode_threads < 1:
+    if settings.max_body_mb <= 0 or settings.top_k < 1 or (settings.decode_threads is not None
+                                                            and settings.decode_threads < 1):
         raise ConfigError("--max-body-mb, --top-k and --decode-threads must be positive")

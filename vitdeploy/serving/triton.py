@@ -1,8 +1,10 @@
 """`vitdeploy triton`: a Triton Inference Server model repository for a vitdeploy .onnx, loadable the first time.
 
-    DIR/<name>/config.pbtxt   platform onnxruntime_onnx, max_batch_size, dims WITHOUT the batch axis,
-                              dynamic_batching, instance_group, GPU accelerators only when asked for
+    DIR/<name>/config.pbtxt   platform onnxruntime_onnx (or backend python), max_batch_size, dims WITHOUT the
+                              batch axis, dynamic_batching, instance_group, GPU accelerators only when asked for
     DIR/<name>/1/model.onnx   the exported file, byte for byte (its external .data file beside it, if any)
+    DIR/<name>/1/model.py     --backend python only: vitdeploy.serving.triton_model, which runs the file through
+                              vitdeploy's runtimes (the runtime and precision it was made for)
     DIR/<name>/labels.txt     one label per line, named by the output's label_filename
     DIR/README.md             the tritonserver and client commands, and the preprocessing clients must apply
     DIR/inferenceservice.yaml KServe's InferenceService for DIR (vitdeploy.serving.kserve)
@@ -15,8 +17,10 @@ Core install only: the model is described through ONNX Runtime (no torch, no onn
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import site
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +29,16 @@ from vitdeploy.core.atomic import atomic_folder, atomic_write_many, remove_stale
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.files.discovery import resolve_model
-from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
+from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
 from vitdeploy.files.outputs import TRITON, check_output_folder
-from vitdeploy.requests import TritonOptions
-from vitdeploy.serving import kserve
+from vitdeploy.requests import MAX_QUEUE_DELAY_MS, TRITON_MAX_BATCH, TritonOptions
+from vitdeploy.runtimes import open_to_read
+from vitdeploy.serving import kserve, triton_model
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
 from vitdeploy.serving.repository_check import check_model_folder
 
 DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+BACKENDS = ("onnxruntime", "python")
 TENSORRT_PRECISIONS = ("fp32", "fp16")
 # bench variant whose --p99-budget recommendation sizes the batches, per --device
 BENCH_VARIANT = {"cpu": "ort-cpu", "gpu": "ort-cuda"}
@@ -40,6 +46,8 @@ BENCH_VARIANT = {"cpu": "ort-cpu", "gpu": "ort-cuda"}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 LABELS_FILE = "labels.txt"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.01-py3"
+# The PyPI wheel that holds a tritonserver with the Python backend (README, docs/serve.md, .ci/run)
+PYTRITON_VERSION, PYTRITON_SERVER = "0.7.0", "2.51"
 
 
 class Enum(str):
@@ -100,28 +108,52 @@ def _scalar(value: Any) -> str:
 def build_config(name: str, info: OnnxModelInfo, shape: tuple, options: TritonOptions,
                  batching: dict[str, Any]) -> dict[str, Any]:
     """The model configuration as a dict in the shape of Triton's ModelConfig message."""
-    channels, height, width = item_shape(info.path, shape)
+    if info.image_input:  # export --image-input: the decoded image, any size; Triton batches equal sizes only
+        if options.tensorrt or options.cuda_graphs:
+            raise ConfigError(f"{info.path} takes images of any size: TensorRT profiles and CUDA graphs need fixed "
+                              "shapes; leave out --tensorrt and --cuda-graphs")
+        item: tuple[int, int, int] = (-1, -1, -1)
+        model_input = {"name": IMAGE_INPUT_NAME, "data_type": Enum("TYPE_UINT8"), "dims": list(item)}
+    else:
+        item = item_shape(info.path, shape)
+        model_input = {"name": INPUT_NAME, "data_type": Enum("TYPE_FP32"), "format": Enum("FORMAT_NCHW"),
+                       "dims": list(item)}
+    # The ONNX Runtime backend runs the file itself; the Python backend runs model.py (vitdeploy.serving.triton_model)
+    runs_it = {"platform": PLATFORM} if options.backend == "onnxruntime" else {"backend": "python"}
     config: dict[str, Any] = {
         "name": name,
-        "platform": PLATFORM,
+        **runs_it,
         "max_batch_size": batching["max_batch_size"],
         # dims leave out the batch axis: with max_batch_size > 0 Triton adds it ([-1, 3, H, W] in metadata)
-        "input": [{"name": INPUT_NAME, "data_type": Enum("TYPE_FP32"), "format": Enum("FORMAT_NCHW"),
-                   "dims": [channels, height, width]}],
+        "input": [model_input],
         "output": [{"name": OUTPUT_NAME, "data_type": Enum("TYPE_FP32"), "dims": [len(info.labels)],
                     "label_filename": LABELS_FILE}],
     }
-    if options.dynamic_batching:
+    if options.dynamic_batching and not info.batch_dependence:
         dynamic: dict[str, Any] = {}
         if batching["preferred_batch_sizes"]:
             dynamic["preferred_batch_size"] = list(batching["preferred_batch_sizes"])
         dynamic["max_queue_delay_microseconds"] = batching["max_queue_delay_us"]
         config["dynamic_batching"] = dynamic
     config["instance_group"] = [{"count": options.instances, "kind": Enum(DEVICES[options.device])}]
-    accelerator = gpu_accelerator(options, batching["max_batch_size"], (channels, height, width))
+    accelerator = gpu_accelerator(options, batching["max_batch_size"], item)
     if accelerator:
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [accelerator]}}
+    if options.backend == "python":
+        config["parameters"] = {"__map__": {key: {"string_value": value}
+                                            for key, value in python_parameters(info.path).items()}}
     return config
+
+
+def python_parameters(model: Path) -> dict[str, str]:
+    """model.py's settings: the runtime the file was made for, and python_path, the folders this vitdeploy and its
+    libraries are imported from (Triton's stub ignores PYTHONPATH and virtual environments; edit it for another
+    machine)."""
+    from vitdeploy.runtimes.registry import runtime_for_file
+
+    package_root = str(Path(triton_model.__file__).resolve().parents[2])  # the folder that holds vitdeploy/
+    folders = [package_root] + [p for p in site.getsitepackages() if p != package_root]
+    return {"runtime": runtime_for_file(model), "python_path": os.pathsep.join(folders)}
 
 
 def gpu_accelerator(options: TritonOptions, max_batch: int, item: tuple[int, int, int]) -> dict[str, Any] | None:
@@ -158,7 +190,7 @@ def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[s
     after that batch's p99, so that waiting plus running stays within it.
     """
     notes: list[str] = []
-    max_batch, preferred, delay_ms = 32, (), 2.0
+    max_batch, preferred, delay_ms = TRITON_MAX_BATCH, (), MAX_QUEUE_DELAY_MS
     if options.from_bench is not None:
         rec = bench_recommendation(options.from_bench, BENCH_VARIANT[options.device], info)
         max_batch, preferred = rec["batch_size"], (rec["batch_size"],)
@@ -210,6 +242,11 @@ def bench_recommendation(path: Path, variant: str, info: OnnxModelInfo) -> dict[
 def check_options(options: TritonOptions) -> None:
     if options.device not in DEVICES:
         raise ConfigError(f"unknown --device {options.device!r}; choose one of: {', '.join(DEVICES)}")
+    if options.backend not in BACKENDS:
+        raise ConfigError(f"unknown --backend {options.backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if options.backend == "python" and options.device != "cpu":
+        raise ConfigError("--backend python runs the model on the server's CPU through vitdeploy's runtimes; for a "
+                          "GPU server use --backend onnxruntime")
     if options.instances < 1:
         raise ConfigError("--instances must be at least 1")
     if options.storage_uri is not None:
@@ -251,14 +288,15 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     check_output_folder(out, TRITON, force=options.force, option="--out")
     path = resolve_model(model)
     name = check_model_name(options.name or default_name(path))
-    from vitdeploy.runtimes.ort import open_to_read
-
-    session = open_to_read(path)  # ONNX Runtime reads it: the file is Triton's onnxruntime backend's to run
-    info, shape = session.info, session.input_shape
+    with open_to_read(path) as session:  # ONNX Runtime reads it: the file is Triton's onnxruntime backend's to run
+        info, shape = session.info, session.input_shape
     check_dynamic_batch(path, shape)
     if any("\n" in label or "\r" in label for label in info.labels):
         raise ConfigError(f"{path}: a label contains a line break, which labels.txt cannot hold")
     batching, notes = batching_policy(options, info)
+    if options.dynamic_batching and info.batch_dependence:
+        notes.append(f"{path.name}: no dynamic_batching: {info.batch_dependence}, so Triton must not put one "
+                     "client's images in a batch with another's; each request runs alone")
     config = build_config(name, info, shape, options, batching)
     text = f"# Written by vitdeploy triton from {path.name}\n" + render_pbtxt(config)
     storage_uri = options.storage_uri or kserve.PLACEHOLDER_URI.format(folder=out.resolve().name)
@@ -276,7 +314,7 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     # README (which marks the folder as vitdeploy's) is in place before the model folder.
     remove_stale_staging(model_dir)
     with atomic_folder(model_dir, replace=True) as staging:
-        write_model_folder(staging, path, info.labels, text)
+        write_model_folder(staging, path, info.labels, text, python_model=options.backend == "python")
         check_model_folder(staging, final=model_dir)  # what Triton will load, against the file it holds
         atomic_write_many({
             out / "README.md": lambda tmp: tmp.write_text(readme, encoding="utf-8"),
@@ -286,11 +324,15 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     return TritonRepository(out, model_dir, name, text, config, notes, service)
 
 
-def write_model_folder(folder: Path, model: Path, labels: list[str], config_text: str) -> None:
-    """One Triton model folder: 1/model.onnx (and its .onnx.data), labels.txt, config.pbtxt."""
+def write_model_folder(folder: Path, model: Path, labels: list[str], config_text: str, python_model: bool = False
+                       ) -> None:
+    """One Triton model folder: 1/model.onnx (and its .onnx.data), labels.txt, config.pbtxt; 1/model.py for the
+    Python backend."""
     try:
         (folder / "1").mkdir()
         shutil.copyfile(model, folder / "1" / "model.onnx")
+        if python_model:
+            shutil.copyfile(triton_model.__file__, folder / "1" / "model.py")
         external = model.with_name(model.name + ".data")
         if external.is_file():  # the graph names its weights file; it keeps its name beside the copy
             shutil.copyfile(external, folder / "1" / external.name)
@@ -300,58 +342,8 @@ def write_model_folder(folder: Path, model: Path, labels: list[str], config_text
         raise VitDeployError(f"cannot write the Triton repository under {folder.parent}: {e}") from None
 
 
-def preprocessing_steps(spec: PreprocessSpec) -> list[str]:
-    order = "BGR (channels reversed)" if spec.channel_order == "BGR" else "RGB"
-    return [
-        "decode to 8-bit RGB (EXIF orientation applied, transparency composited on white)",
-        f"resize the shorter side to {spec.resize_size} px ({spec.interpolation}), keeping the aspect ratio",
-        f"center-crop {spec.image_size}x{spec.image_size}",
-        f"scale to [0, 1], subtract mean {list(spec.mean)}, divide by std {list(spec.std)}, channel order {order}",
-        f"float32, NCHW: [batch, 3, {spec.image_size}, {spec.image_size}]",
-    ]
-
-
-def repository_readme(name: str, info: OnnxModelInfo, config: dict[str, Any], out: Path) -> str:
-    spec = info.preprocess
-    steps = "\n".join(f"{i}. {step}" for i, step in enumerate(preprocessing_steps(spec), 1))
-    opset = info.export.get("opset")
-    batching = config.get("dynamic_batching")
-    gpus = " --gpus all" if config["instance_group"][0]["kind"] == "KIND_GPU" else ""
-    return f"""# Triton model repository: {name}
-
-Written by `vitdeploy triton` from `{info.path}`.
-
-```
-{out.name}/
-  {name}/
-    config.pbtxt     platform {PLATFORM}, max_batch_size {config['max_batch_size']}, {len(info.labels)} classes
-    labels.txt       one label per line (the output's label_filename)
-    1/model.onnx     the exported file, unchanged
-```
-
-Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] (already preprocessed), output `{OUTPUT_NAME}` FP32
-[batch, {len(info.labels)}]. Dynamic batching: {json.dumps(batching) if batching else "off"}.
-
-## Serve it
-
-From the folder that holds this README (any Triton release whose ONNX Runtime reads opset {opset or "?"} will do):
-
-```
-docker run --rm{gpus} -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\
-    {TRITON_IMAGE} tritonserver --model-repository=/models
-```
-
-Then:
-
-```
-curl -sf localhost:8000/v2/health/ready && echo ready
-curl -s localhost:8000/v2/models/{name}
-```
-
-`vitdeploy serve {name}/1/model.onnx --name {name}` (from this folder) serves the same file with the same
-protocol on a laptop, on the same port, so the client below talks to either unchanged.
-
-## Client
+def tensor_client(name: str, spec: PreprocessSpec, steps: str) -> str:
+    return f"""## Client
 
 The server takes preprocessed tensors. Preprocess exactly as vitdeploy does:
 
@@ -375,5 +367,126 @@ labels = open("{name}/{LABELS_FILE}").read().splitlines()
 print(labels[int(logits[0].argmax())])
 ```
 
+"""
+
+
+def image_client(name: str, spec: PreprocessSpec) -> str:
+    return f"""## Client
+
+The model takes the decoded image itself, of any size: its graph resizes ({spec.interpolation}), crops and
+normalizes as vitdeploy does (Pillow's arithmetic, within one level of 1/255 of `vitdeploy predict`'s pixels). Send
+what Pillow decodes: 8-bit grey, grey + alpha, RGB or RGBA, EXIF orientation applied (transparency is composited on
+white inside the graph). One image per request, or a batch of images of one size:
+
+```python
+import numpy as np
+import tritonclient.http as httpclient
+from PIL import Image, ImageOps
+
+image = np.asarray(ImageOps.exif_transpose(Image.open("cat.jpg")))  # uint8 [height, width, channels]
+if image.ndim == 2:
+    image = image[..., None]  # grey: one channel
+batch = image[None]  # [1, height, width, channels]
+client = httpclient.InferenceServerClient("localhost:8000")
+pixels = httpclient.InferInput("{IMAGE_INPUT_NAME}", list(batch.shape), "UINT8")
+pixels.set_data_from_numpy(batch)
+logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
+labels = open("{name}/{LABELS_FILE}").read().splitlines()
+print(labels[int(logits[0].argmax())])
+```
+
+"""
+
+
+def preprocessing_steps(spec: PreprocessSpec) -> list[str]:
+    order = "BGR (channels reversed)" if spec.channel_order == "BGR" else "RGB"
+    return [
+        "decode to 8-bit RGB (EXIF orientation applied, transparency composited on white)",
+        f"resize the shorter side to {spec.resize_size} px ({spec.interpolation}), keeping the aspect ratio",
+        f"center-crop {spec.image_size}x{spec.image_size}",
+        f"scale to [0, 1], subtract mean {list(spec.mean)}, divide by std {list(spec.std)}, channel order {order}",
+        f"float32, NCHW: [batch, 3, {spec.image_size}, {spec.image_size}]",
+    ]
+
+
+def docker_serve_section(config: dict[str, Any], opset: Any) -> str:
+    gpus = " --gpus all" if config["instance_group"][0]["kind"] == "KIND_GPU" else ""
+    return f"""From the folder that holds this README (any Triton release whose ONNX Runtime reads opset {opset or "?"} will do):
+
+```
+docker run --rm{gpus} -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\
+    {TRITON_IMAGE} tritonserver --model-repository=/models
+```
+"""
+
+
+def python_serve_section(config: dict[str, Any]) -> str:
+    parameters = config["parameters"]["__map__"]
+    return f"""Triton's Python backend runs `1/model.py`, which opens `1/model.onnx` with vitdeploy's
+`{parameters["runtime"]["string_value"]}` runtime. Any Triton with the Python backend will do; without Docker, the
+`nvidia-pytriton` wheel holds one (tritonserver {PYTRITON_SERVER}, Python backend only, CPU is enough). Its
+`requirements` pin numpy < 2, so install it without them, beside (not into) vitdeploy's environment, then put the
+Python backend's stub for your Python version where the backend looks for it:
+
+```
+pip install --no-deps --target ~/.cache/vitdeploy/tritonserver nvidia-pytriton=={PYTRITON_VERSION}
+T=~/.cache/vitdeploy/tritonserver/pytriton/tritonserver
+cp $T/python_backend_stubs/$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')/triton_python_backend_stub $T/backends/python/
+$T/bin/tritonserver --model-repository "$PWD" --backend-directory $T/backends --allow-metrics false
+```
+
+The stub ignores PYTHONPATH and virtual environments: config.pbtxt's `python_path` parameter names the folders
+model.py imports vitdeploy, numpy and the runtime from (this machine's, as written); edit it for another machine.
+The stub links the system's `libpython3.X.so.1.0` (Debian: `apt-get install libpython3.11`).
+"""
+
+
+def repository_readme(name: str, info: OnnxModelInfo, config: dict[str, Any], out: Path) -> str:
+    spec = info.preprocess
+    steps = "\n".join(f"{i}. {step}" for i, step in enumerate(preprocessing_steps(spec), 1))
+    if info.image_input:
+        input_line = (f"Input `{IMAGE_INPUT_NAME}` UINT8 [batch, height, width, channels]: the decoded image itself, "
+                      "any size, 1-4 channels (THE preprocessing is inside the graph; the images of one request share "
+                      "one size)")
+        client = image_client(name, spec)
+    else:
+        input_line = (f"Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] "
+                      "(already preprocessed)")
+        client = tensor_client(name, spec, steps)
+    opset = info.export.get("opset")
+    batching = config.get("dynamic_batching")
+    python = config.get("backend") == "python"
+    runs = "backend python (1/model.py)" if python else f"platform {PLATFORM}"
+    model_py = "\n    1/model.py       runs 1/model.onnx through vitdeploy's runtimes (vitdeploy.serving.triton_model)" \
+        if python else ""
+    return f"""# Triton model repository: {name}
+
+Written by `vitdeploy triton` from `{info.path}`.
+
+```
+{out.name}/
+  {name}/
+    config.pbtxt     {runs}, max_batch_size {config['max_batch_size']}, {len(info.labels)} classes
+    labels.txt       one label per line (the output's label_filename)
+    1/model.onnx     the exported file, unchanged{model_py}
+```
+
+{input_line}, output `{OUTPUT_NAME}` FP32
+[batch, {len(info.labels)}]. Dynamic batching: {json.dumps(batching) if batching else "off"}.
+
+## Serve it
+
+{python_serve_section(config) if python else docker_serve_section(config, opset)}
+Then:
+
+```
+curl -sf localhost:8000/v2/health/ready && echo ready
+curl -s localhost:8000/v2/models/{name}
+```
+
+`vitdeploy serve {name}/1/model.onnx --name {name}` (from this folder) serves the same file with the same
+protocol on a laptop, on the same port, so the client below talks to either unchanged.
+
+{client}
 (`pip install "vitdeploy[serve]"` brings tritonclient.)
 """

@@ -23,6 +23,10 @@ from PIL import Image
 from vitdeploy.core import images
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import DataError
+from vitdeploy.files.bundle import read_bundle_info
+from vitdeploy.files.discovery import find_latest_bundle
+from vitdeploy.files.outputs import SAMPLES, check_output_folder
+from vitdeploy.requests import SamplesRequest, TrainRequest
 
 DIGITS_NAME = "sklearn-digits"
 DIGITS_SPLIT_SEED = 0  # fixed, so that held-out accuracy is comparable across training seeds
@@ -213,7 +217,7 @@ class FolderData(TrainingData):
 
     # Kept at the resize size only: that bounds memory and is all augmentation needs.
     train_images: list[Image.Image]
-    workers: int = 2  # threads augmenting a batch
+    workers: int = TrainRequest.workers  # threads augmenting a batch
 
     def _augment(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
         w, h = img.size
@@ -242,7 +246,7 @@ class FolderData(TrainingData):
         return torch.from_numpy(np.stack(arrays)), self.train_y[indices]
 
 
-def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fraction: float, workers: int = 2) -> FolderData:
+def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fraction: float, workers: int) -> FolderData:
     split = scan_image_folder(root, val_fraction)
     # One pass over every file, so that all unreadable ones are reported together.
     decoded = decode_all([p for p, _ in split.train + split.val], workers, spec)
@@ -271,7 +275,7 @@ def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fra
 
 
 def load_training_data(
-    data: str | os.PathLike[str] | None, spec: PreprocessSpec, val_fraction: float, workers: int = 2
+    data: str | os.PathLike[str] | None, spec: PreprocessSpec, val_fraction: float, workers: int
 ) -> TrainingData:
     if data is None:
         return load_digits_data(spec, val_fraction)
@@ -330,6 +334,13 @@ def _decode_full(files: list[tuple[Path, int]]) -> list[Image.Image]:
         return [images.decode_image(p) for p, _ in files]
     except images.ImageDecodeError as e:
         raise DataError(f"a held-out image can no longer be read: {e}") from None
+
+
+def write_samples(request: SamplesRequest) -> list[Path]:
+    """`vitdeploy samples`: the first `request.count` held-out images of the bundle's dataset, as PNG files."""
+    check_output_folder(request.out, SAMPLES, force=request.force, option="OUT_DIR")
+    info = read_bundle_info(request.bundle or find_latest_bundle())
+    return write_heldout_samples(info.dataset, info.labels, request.out, request.count)
 
 
 def write_heldout_samples(
