@@ -67,11 +67,13 @@ class BenchSettings:
 
     @property
     def requested(self) -> list[str]:
-        """The variants asked for, in catalogue order when none were named (those of `runtimes`, and eager)."""
+        """The variants asked for, in catalogue order when none were named (those of `runtimes`, and eager; not those
+        whose file export makes only when named, as token merging's)."""
         if self.variants:
             return list(self.variants)
         return [name for name, spec in VARIANTS.items()
-                if self.runtimes is None or spec.runtime == "torch" or spec.runtime in self.runtimes]
+                if (self.runtimes is None or spec.runtime == "torch" or spec.runtime in self.runtimes)
+                and (spec.export is None or spec.export.auto)]
 
     def to_dict(self) -> dict[str, Any]:
         return record(self, threads=self.thread_count)

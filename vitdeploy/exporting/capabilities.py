@@ -75,7 +75,7 @@ def auto_variants(machine: Machine | None = None) -> tuple[list[str], dict[str, 
     can gate, in table order; and each of the others with why not and what would build it."""
     machine = machine or this_machine()
     chosen, skipped = [], {}
-    for row in (r for r in EXPORT_VARIANTS if r.builder and r.option in FASTER):
+    for row in (r for r in EXPORT_VARIANTS if r.builder and r.option in FASTER and r.auto):
         problem = export_problem(row, machine)
         if problem:
             skipped[row.name] = problem
@@ -131,7 +131,8 @@ class MachineReport:
 
 def machine_report(machine: Machine | None = None) -> MachineReport:
     machine = machine or this_machine()
-    export = {row.name: export_problem(row, machine) for row in EXPORT_VARIANTS if row.builder and row.option in FASTER}
+    export = {row.name: export_problem(row, machine) for row in EXPORT_VARIANTS
+              if row.builder and row.option in FASTER and row.auto}
     bench = {name: bench_problem(spec, machine) for name, spec in VARIANTS.items()}
     return MachineReport(machine.to_dict(), export, bench, {extra: missing_modules(extra) for extra in EXTRAS},
                          recommendation(machine, export, bench))

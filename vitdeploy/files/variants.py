@@ -61,6 +61,7 @@ class ExportVariant:
     inference_precision: str | None = None
     gate_on_logits: bool = False  # the gate also holds its logits to `tolerance.atol` (an exact rewrite must)
     option: str = "precision"  # how export is asked for it: "precision" (--precision NAME) | "optimize" | "image"
+    auto: bool = True  # export --precision auto builds it where it can; False: by name only (it changes the model)
 
     def path(self, base: Path) -> Path:
         """The file beside the plain export `base`: model.onnx -> model.int8.onnx; model.onnx for fp32."""
@@ -132,12 +133,12 @@ EXPORT_VARIANTS: tuple[ExportVariant, ...] = (
     # (verify rebuilds it from the file's metadata); the gate, as for every variant, against the unmerged model.
     ExportVariant("tome", "fp32", "ort",
                   "token merging (ToMe): r tokens merged per block, r and the blocks searched unless --tome-r",
-                  TOME, "build_tome"),
+                  TOME, "build_tome", auto=False),
     ExportVariant("tome-int8", "int8", "ort", "token merging stacked with the int8 variant's quantization", INT8,
-                  "build_tome_int8"),
+                  "build_tome_int8", auto=False),
     ExportVariant("ov-tome-int8", "int8", "openvino",
                   "token merging stacked with ov-int8's NNCF INT8, f32 for the rest", INT8, "build_ov_tome_int8",
-                  inference_precision="fp32"),
+                  inference_precision="fp32", auto=False),
 )
 EXPORT = {v.name: v for v in EXPORT_VARIANTS}
 PLAIN = EXPORT["fp32"]
