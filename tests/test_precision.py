@@ -207,12 +207,15 @@ def test_one_table_holds_every_fact_about_a_variant():
 
     from vitdeploy.files import variants
 
-    assert precision.PRECISIONS == ("fp32", "fp16", "int8", "ov-bf16", "ov-int8", "ov-int8-bf16")
+    assert precision.PRECISIONS == ("fp32", "fp16", "int8", "ov-bf16", "ov-int8", "ov-int8-bf16", "tome", "tome-int8",
+                                    "ov-tome-int8")
     assert variants.EXPORT["int8"].path(Path("m/model.onnx")) == Path("m/model.int8.onnx")
     assert variants.PLAIN.path(Path("m/model.onnx")) == Path("m/model.onnx")
     for row in variants.EXPORT_VARIANTS:
         assert row.builder is None or callable(getattr(graph_variants, row.builder))
-        assert variants.tolerance_for(row.precision) == row.tolerance  # rows of one precision share verify's check
+        # verify checks a file with its row's tolerance: its precision's, except token merging's own (a discrete choice)
+        assert parity.resolve_tolerance(row.precision, None, None, row.name) == row.tolerance
+        assert variants.tolerance_for(row.precision) == row.tolerance or row.name == "tome"
         assert row.option in ("optimize", "image") or row.name in variants.precision_help()
     for spec in variants.BENCH_VARIANTS:  # a bench variant's precision and file are its export variant's
         assert spec.export is None or (spec.precision == spec.export.precision
