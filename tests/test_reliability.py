@@ -20,8 +20,9 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from vitdeploy.cli import app
-from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, EXIT_PARTIAL, ModelFileError
+from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, EXIT_PARTIAL, InputError, ModelFileError
 from vitdeploy.runtimes import ort as runtime
+from vitdeploy.runtimes.web import toolchain
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -500,3 +501,81 @@ def test_a_safetensors_header_that_lies_about_its_length_is_refused(tmp_path):
     done = runner.invoke(app, ["import", str(path), "--timm-model", "vit_tiny_patch16_224", "-o", str(tmp_path / "b")])
     assert done.exit_code == EXIT_BAD_INPUT, done.output
     assert "not a safetensors file" in done.output
+
+
+# ------------------------------------------------------------------------------------------ issue 30: output folders
+# One rule for every folder vitdeploy writes: what vitdeploy did not write is never deleted, and --force never turns
+# a user's folder into one that a later run may replace.
+
+needs_ort_web = pytest.mark.skipif(toolchain.ort_web_dist() is None, reason="onnxruntime-web is not installed (.ci/run installs it with npm)")
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@needs_ort_web
+def test_web_force_into_a_users_folder_does_not_make_it_vitdeploys(tiny_onnx, tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("k\n")
+    assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(folder), "--force"]).exit_code == EXIT_OK
+    again = runner.invoke(app, ["web", str(tiny_onnx), "-o", str(folder)])  # no --force: still the user's folder
+    assert again.exit_code == EXIT_BAD_INPUT and "keep.txt" in again.output
+    assert (folder / "keep.txt").read_text() == "k\n"
+    assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(folder), "--force"]).exit_code == EXIT_OK
+    assert (folder / "keep.txt").read_text() == "k\n"
+
+
+@needs_ort_web
+def test_web_never_deletes_what_a_user_added_to_its_folder(tiny_onnx, tmp_path):
+    web = tmp_path / "web"
+    assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(web)]).exit_code == EXIT_OK
+    (web / "photos").mkdir()
+    (web / "photos" / "a.txt").write_text("x")
+    before = _tree(web)
+    result = runner.invoke(app, ["web", str(tiny_onnx), "-o", str(web)])
+    assert result.exit_code == EXIT_BAD_INPUT and "photos/" in result.output
+    assert _tree(web) == before
+    assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(web), "--force"]).exit_code == EXIT_OK
+    assert (web / "photos" / "a.txt").read_text() == "x"
+
+
+@needs_ort_web
+def test_web_to_a_dangling_symlink_is_refused_in_one_line(tiny_onnx, tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    result = runner.invoke(app, ["web", str(tiny_onnx), "-o", str(tmp_path / "dangling")])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "symbolic link" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "dangling").is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+@needs_ort_web
+def test_web_writes_through_a_symlink_to_a_folder(tiny_onnx, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for _ in range(2):  # the first run writes the folder, the second replaces it: the link stays a link
+        assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(tmp_path / "link")]).exit_code == EXIT_OK
+        assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "index.html").is_file()
+
+
+def test_every_folder_output_refuses_a_dangling_symlink(tmp_path):
+    from vitdeploy.files.outputs import KINDS, check_output_folder
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for kind in KINDS:
+        with pytest.raises(InputError, match="symbolic link"):
+            check_output_folder(tmp_path / "dangling", kind, force=True)
+
+
+def test_triton_never_deletes_what_a_user_added_to_a_model_folder(tiny_onnx, tmp_path):
+    repo = tmp_path / "repo"
+    assert runner.invoke(app, ["triton", str(tiny_onnx), "--out", str(repo), "--name", "m"]).exit_code == EXIT_OK
+    (repo / "m" / "notes.txt").write_text("mine")
+    (repo / "m" / "2").mkdir()
+    (repo / "m" / "2" / "model.onnx").write_bytes(b"a version the user placed")
+    for force in ([], ["--force"]):
+        result = runner.invoke(app, ["triton", str(tiny_onnx), "--out", str(repo), "--name", "m", *force])
+        assert result.exit_code == EXIT_BAD_INPUT, result.output
+        assert "notes.txt" in result.output and "Traceback" not in result.output
+    assert (repo / "m" / "notes.txt").read_text() == "mine" and (repo / "m" / "2" / "model.onnx").is_file()

@@ -111,7 +111,7 @@ def explain(
     or when `out_dir` is not a new or empty folder or one of explain's (unless `force`; outputs.py).
     """
     check_request(method, class_label)
-    check_output_folder(out_dir, EXPLAIN, force=force)
+    out_dir = check_output_folder(out_dir, EXPLAIN, force=force)
     if top_k < 1:
         raise ConfigError("--top-k must be at least 1")
     render.pyplot()  # fail before the model loads when matplotlib is missing
