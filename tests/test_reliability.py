@@ -579,3 +579,65 @@ def test_triton_never_deletes_what_a_user_added_to_a_model_folder(tiny_onnx, tmp
         assert result.exit_code == EXIT_BAD_INPUT, result.output
         assert "notes.txt" in result.output and "Traceback" not in result.output
     assert (repo / "m" / "notes.txt").read_text() == "mine" and (repo / "m" / "2" / "model.onnx").is_file()
+
+
+# ------------------------------------------------------------------------------------------ issue 30: --resume
+
+
+def test_resume_refuses_a_jsonl_file_that_predict_did_not_write(tiny_onnx, images, tmp_path):
+    for text in ("my notes\n", "my notes", '{"a": 1}\n', "\n"):
+        notes = tmp_path / "notes.jsonl"
+        notes.write_text(text)
+        result = runner.invoke(app, ["predict", str(images[0]), "--format", "jsonl", "-o", str(notes), "--resume",
+                                     "--model", str(tiny_onnx)])
+        assert result.exit_code == EXIT_BAD_INPUT, (text, result.output)
+        assert "not a file of predict rows" in result.output and notes.read_text() == text
+
+
+def test_resume_keeps_a_row_a_killed_run_left_unfinished_out(tiny_onnx, images, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    assert runner.invoke(app, ["predict", str(images[0]), "--format", "jsonl", "-o", str(out),
+                               "--model", str(tiny_onnx)]).exit_code == EXIT_OK
+    first = out.read_text()
+    out.write_text(first + first[:30])  # a batch cut off mid-line by SIGKILL
+    assert runner.invoke(app, ["predict", *map(str, images[:2]), "--format", "jsonl", "-o", str(out), "--resume",
+                               "--model", str(tiny_onnx)]).exit_code == EXIT_OK
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(r["path"]).name for r in rows] == [images[0].name, images[1].name]
+
+
+@pytest.fixture(scope="module")
+def other_onnx(tiny_onnx, tmp_path_factory) -> Path:
+    """The tiny model under another name with one more metadata entry: the same answers, other bytes."""
+    proto = onnx.load(str(tiny_onnx))
+    proto.metadata_props.add(key="note", value="another file")
+    path = tmp_path_factory.mktemp("other") / "other.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_rows_name_their_model_and_resume_refuses_another(tiny_onnx, other_onnx, images, tmp_path, output_format):
+    import hashlib
+
+    out = tmp_path / f"r.{output_format}"
+    common = ["--format", output_format, "-o", str(out)]
+    assert runner.invoke(app, ["predict", str(images[0]), *common, "--model", str(tiny_onnx)]).exit_code == EXIT_OK
+    before = out.read_bytes()
+    result = runner.invoke(app, ["predict", *map(str, images[:2]), *common, "--resume", "--model", str(other_onnx)])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "tiny.onnx" in result.output and "other.onnx" in result.output and out.read_bytes() == before
+    assert runner.invoke(app, ["predict", *map(str, images[:2]), *common, "--resume",
+                               "--model", str(tiny_onnx)]).exit_code == EXIT_OK
+    if output_format == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out)
+        rows = table.to_pylist()
+        assert table.schema.metadata[b"vitdeploy.model_sha256"].decode() == hashlib.sha256(
+            tiny_onnx.read_bytes()).hexdigest()
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2
+    assert {(r["model"], r["model_sha256"]) for r in rows} == {
+        ("tiny.onnx", hashlib.sha256(tiny_onnx.read_bytes()).hexdigest())}

@@ -42,6 +42,7 @@ from vitdeploy.prediction.rows import (
     check_writable,
     display_path,
     error_row,
+    model_identity,
     open_row_writer,
     output_format_for,
     read_previous_rows,
@@ -153,6 +154,7 @@ class Plan:
     items: list[Path | NoMatch]  # in input order; with --resume, without those already in the output
     previous: PreviousRows | None  # --resume: the rows an earlier run wrote
     model_path: Path
+    identity: dict[str, str]  # model_identity(model_path): what every row records
 
 
 def plan(request: PredictRequest, elsewhere: bool = False) -> Plan:
@@ -177,7 +179,11 @@ def plan(request: PredictRequest, elsewhere: bool = False) -> Plan:
         items = [item for item in items if not (isinstance(item, Path) and display_path(item) in previous.paths)]
         logger.info("--resume: %d rows already in %s are kept and their inputs skipped", len(previous.paths),
                     request.output)
-    return Plan(output_format, items, previous, resolve_model(request.model))
+    model_path = resolve_model(request.model)
+    identity = model_identity(model_path)
+    if previous is not None:
+        previous.check_model(request.output, identity)
+    return Plan(output_format, items, previous, model_path, identity)
 
 
 def predict(request: PredictRequest) -> PredictSummary:
@@ -194,7 +200,8 @@ def predict(request: PredictRequest) -> PredictSummary:
     session = open_model(work.model_path, request.runtime, request.device, request.threads)
     summary = PredictSummary(model=str(work.model_path), provider=session.provider, runtime=session.describe(),
                              output=str(request.output) if request.output else None)
-    writer = open_row_writer(work.output_format, request.output, summary.model, summary.provider, work.previous)
+    writer = open_row_writer(work.output_format, request.output, summary.model, summary.provider, work.previous,
+                             work.identity)
     write_rows(writer, summary, lambda: run_pipeline(work.items, session, request, writer, summary))
     return summary
 

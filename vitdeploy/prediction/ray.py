@@ -132,7 +132,8 @@ def predict_on_ray(request: PredictRequest) -> PredictSummary:
         summary = PredictSummary(model=str(work.model_path), provider="",
                                  runtime={"engine": "ray", "ray": ray.__version__, "workers": str(request.workers)},
                                  output=str(request.output) if request.output else None)
-        writer = open_row_writer(work.output_format, request.output, summary.model, "", work.previous)
+        writer = open_row_writer(work.output_format, request.output, summary.model, "", work.previous,
+                                 work.identity)
         skip = work.previous.paths if work.previous else frozenset()
         write_rows(writer, summary, lambda: stream_rows(request, spec, files, uris, work.items, skip, writer, summary))
         return summary
