@@ -641,3 +641,102 @@ def test_rows_name_their_model_and_resume_refuses_another(tiny_onnx, other_onnx,
     assert len(rows) == 2
     assert {(r["model"], r["model_sha256"]) for r in rows} == {
         ("tiny.onnx", hashlib.sha256(tiny_onnx.read_bytes()).hexdigest())}
+
+
+# ------------------------------------------------------------------------------------------ issue 30: leftovers
+
+
+WEB_CHILD = """
+import sys, numpy as np
+from vitdeploy.errors import DeviceError
+from vitdeploy.runtimes import open_runtime
+from vitdeploy.runtimes.web.driver import group_processes
+session = open_runtime("web", sys.argv[1], "wasm", threads=1)
+pid = session.browser.process.pid
+renderer = next(p for p, args in group_processes(pid) if "--type=renderer" in args)
+print(pid, renderer, session.browser.profile, flush=True)
+sys.stdin.readline()  # the test kills us, or the renderer, meanwhile
+try:
+    session.run(np.zeros((1, 3, 16, 16), np.float32))
+except DeviceError as e:
+    print("DeviceError:", e, flush=True)
+    sys.exit(2)
+"""
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _start_web_child(tiny_onnx):
+    child = subprocess.Popen([sys.executable, "-c", WEB_CHILD, str(tiny_onnx)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    line = child.stdout.readline().split()
+    assert line, "the child did not open a web session"
+    return child, int(line[0]), int(line[1]), Path(line[2])
+
+
+def _wait_until(condition, seconds: float = 60.0) -> bool:
+    """Poll `condition` (a guard against hanging, not a timing check: the watchdog acts within a second or two)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@needs_ort_web
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_killed_vitdeploy_leaves_no_browser_and_no_profile(tiny_onnx, sig):
+    import signal
+
+    child, browser, _, profile = _start_web_child(tiny_onnx)
+    assert _group_alive(browser) and profile.is_dir()
+    child.send_signal(getattr(signal, sig))
+    child.wait(timeout=60)
+    assert _wait_until(lambda: not _group_alive(browser) and not profile.exists()), "the browser outlived vitdeploy"
+
+
+@needs_ort_web
+@pytest.mark.slow
+def test_a_crashed_renderer_is_a_device_error_not_a_hang(tiny_onnx):
+    import signal
+
+    child, browser, renderer, profile = _start_web_child(tiny_onnx)
+    os.kill(renderer, signal.SIGKILL)
+    out, _ = child.communicate("go\n", timeout=120)  # before the fix: no answer, ever
+    assert child.returncode == EXIT_BAD_INPUT and "DeviceError:" in out and "renderer" in out, out
+    assert _wait_until(lambda: not _group_alive(browser) and not profile.exists())
+
+
+def test_a_page_that_goes_away_mid_request_prints_no_traceback(monkeypatch, capfd):
+    """The browser is closed while the page's api/next request waits for a job: its connection is reset, and
+    the server's answer to it must not print a ConnectionResetError traceback over a run that succeeded."""
+    import socket
+    import struct
+    import time
+
+    from vitdeploy.runtimes.web import driver
+
+    monkeypatch.setattr(driver, "POLL_S", 0.3)
+    server = driver._Server({}, driver._Broker())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for _ in range(3):
+            client = socket.create_connection(server.server_address)
+            client.sendall(b"GET /api/next HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset, as a killed renderer's socket gives
+        time.sleep(1.0)  # the handlers answer after POLL_S, into the reset connections
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err
