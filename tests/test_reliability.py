@@ -740,3 +740,101 @@ def test_a_page_that_goes_away_mid_request_prints_no_traceback(monkeypatch, capf
         server.shutdown()
         server.server_close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ issue 30: Ray
+
+
+def test_an_address_where_no_ray_answers_is_exit_2_naming_it(tiny_onnx, images, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "vitdeploy", "predict", str(images[0]), "--engine", "ray",
+                           "--address", "127.0.0.1:1", "--format", "parquet", "-o", str(tmp_path / "r.parquet"),
+                           "--model", str(tiny_onnx)], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # before the fix: retried for minutes
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert "127.0.0.1:1" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_resume_with_nothing_left_starts_no_ray(tiny_onnx, images, tmp_path, monkeypatch):
+    import ray
+
+    from vitdeploy.prediction import ray as ray_prediction
+
+    out = tmp_path / "r.parquet"
+    assert runner.invoke(app, ["predict", *map(str, images), "--format", "parquet", "-o", str(out),
+                               "--model", str(tiny_onnx)]).exit_code == EXIT_OK
+    before = out.read_bytes()
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started with nothing left to predict")
+
+    monkeypatch.setattr(ray_prediction, "connect", no_ray)
+    result = runner.invoke(app, ["predict", *map(str, images), "--engine", "ray", "--resume", "--format", "parquet",
+                                 "-o", str(out), "--model", str(tiny_onnx)])
+    assert result.exit_code == EXIT_OK, result.output
+    assert "nothing left to predict" in result.output and not ray.is_initialized()
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).num_rows == len(images) and len(before) > 0
+
+
+@pytest.mark.parametrize("asked, files, uris, model_mb, free_mb, expected", [
+    (16, 8, False, 1, 64_000, 1),      # 8 images are one batch of 32: one actor has all the work
+    (16, 100, False, 1, 64_000, 4),    # 4 batches
+    (16, 100, True, 1, 64_000, 16),    # a URI: its files are counted by Ray, not here
+    (100, 10_000, False, 330, 24_000, 12),  # memory: ViT-B actors (~1.7 GB each) in 90% of 24 GB
+    (4, 10_000, False, 1, 100, 1),     # at least one
+])
+def test_ray_actors_are_capped_by_the_work_and_the_memory(asked, files, uris, model_mb, free_mb, expected):
+    from vitdeploy.prediction.ray import actor_count
+
+    assert actor_count(asked, files, uris, 32, model_mb * 2**20, free_mb * 2**20) == expected
+
+
+def _processes_marked(mark: str) -> list[tuple[int, str]]:
+    """Live processes whose environment holds `mark` (Ray's processes inherit the driver's environment)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if mark.encode() in (entry / "environ").read_bytes():
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["success", "SIGINT", "SIGTERM"])
+def test_every_way_a_ray_run_ends_leaves_no_ray_process(tiny_onnx, tmp_path, ending):
+    import signal
+    import uuid
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40 if ending == "success" else 4000):  # enough that a signal arrives mid-run
+        smooth_rgb(20, 18, seed=i % 7).save(folder / f"{i:05d}.png")
+    mark = f"VITDEPLOY_TEST_MARK={uuid.uuid4().hex}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), mark.split("=")[0]: mark.split("=")[1]}
+    child = subprocess.Popen([sys.executable, "-m", "vitdeploy", "predict", str(folder), "--engine", "ray",
+                              "--batch-size", "8", "--format", "parquet", "-o", str(tmp_path / "r.parquet"),
+                              "--model", str(tiny_onnx)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    if ending != "success":
+        assert _wait_until(lambda: any("MapWorker" in args for _, args in _processes_marked(mark)), 300), \
+            "no Ray worker started"
+        child.send_signal(getattr(signal, ending))
+    _, err = child.communicate(timeout=300)
+    assert child.returncode in ((EXIT_OK,) if ending == "success" else (130, -15, 143)), err
+    assert _wait_until(lambda: not [p for p in _processes_marked(mark) if p[0] != child.pid], 60), \
+        f"left running: {_processes_marked(mark)}"
+
+
+def test_the_ray_extra_brings_what_the_documented_ray_address_needs():
+    """docs/scale.md and --help show --address ray://head:10001, which needs Ray Client (`ray[client]`)."""
+    import tomllib
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    assert any(re.match(r"ray\[[^\]]*\bclient\b", requirement) for requirement in extra), extra
+    assert "ray://" in (REPO / "docs" / "scale.md").read_text()
