@@ -838,3 +838,27 @@ def test_the_ray_extra_brings_what_the_documented_ray_address_needs():
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
     assert any(re.match(r"ray\[[^\]]*\bclient\b", requirement) for requirement in extra), extra
     assert "ray://" in (REPO / "docs" / "scale.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ issue 30: bad input
+
+
+@pytest.mark.parametrize("uri", [b"s3://b/x\x7fy", "s3://b/x\u0085y".encode(), b"s3://b/\xff\xfe", b"s3://b/a\nb: c"])
+def test_a_storage_uri_yaml_cannot_hold_is_refused_before_anything_is_written(tiny_onnx, tmp_path, uri):
+    out = tmp_path / "k"
+    done = subprocess.run([os.fsencode(sys.executable), b"-m", b"vitdeploy", b"triton", os.fsencode(tiny_onnx),
+                           b"-o", os.fsencode(out), b"--storage-uri", uri], capture_output=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == EXIT_BAD_INPUT, err
+    assert "--storage-uri" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_storage_uri_of_printable_characters_reads_back_as_written(tiny_onnx, tmp_path):
+    import yaml
+
+    uri = 's3://bucket/models "x" #1: a-b'
+    assert runner.invoke(app, ["triton", str(tiny_onnx), "-o", str(tmp_path / "k"), "--storage-uri", uri]).exit_code == 0
+    service = yaml.safe_load((tmp_path / "k" / "inferenceservice.yaml").read_text())
+    assert service["spec"]["predictor"]["model"]["storageUri"] == uri
