@@ -862,3 +862,18 @@ def test_a_storage_uri_of_printable_characters_reads_back_as_written(tiny_onnx, 
     assert runner.invoke(app, ["triton", str(tiny_onnx), "-o", str(tmp_path / "k"), "--storage-uri", uri]).exit_code == 0
     service = yaml.safe_load((tmp_path / "k" / "inferenceservice.yaml").read_text())
     assert service["spec"]["predictor"]["model"]["storageUri"] == uri
+
+
+@pytest.mark.parametrize("body", [b"[" * 50_000, b'{"inputs": ' + b"[" * 50_000,
+                                  json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, 3, 4, 4],
+                                                          "datatype": "FP32", "data": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[
+                                                          [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1.0]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
+                                                          ]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]}).encode()],
+                         ids=["lists", "object", "data-70-deep"])
+def test_deeply_nested_json_is_a_400_not_a_500(body):
+    from vitdeploy.errors import RequestError
+    from vitdeploy.serving.protocol import ModelSignature, parse_infer_request
+
+    with pytest.raises(RequestError) as caught:
+        parse_infer_request(body, None, ModelSignature("tiny", (3, 4, 4), num_classes=3, max_batch_size=8))
+    assert caught.value.status == 400 and "nested" in caught.value.message
