@@ -877,3 +877,12 @@ def test_deeply_nested_json_is_a_400_not_a_500(body):
     with pytest.raises(RequestError) as caught:
         parse_infer_request(body, None, ModelSignature("tiny", (3, 4, 4), num_classes=3, max_batch_size=8))
     assert caught.value.status == 400 and "nested" in caught.value.message
+
+
+@pytest.mark.parametrize("content", [b'{"format": "vitdeploy-bundle", "model": {}}\n', b"", b"\x08\x07garbage"])
+def test_verify_on_a_file_that_is_not_onnx_is_one_line_exit_2(tiny_bundle, tmp_path, content):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    result = runner.invoke(app, ["verify", str(path), "--bundle", str(tiny_bundle)])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "Traceback" not in result.output and "ONNX model" in result.output

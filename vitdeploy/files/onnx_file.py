@@ -194,7 +194,8 @@ def load_onnx(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, OnnxModelI
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:
-        proto = onnx.load(os.fspath(path), load_external_data=False)
+        # format: onnx.load picks a parser by the file's suffix (a .json file is read as JSON, ParseError)
+        proto = onnx.load(os.fspath(path), format="protobuf", load_external_data=False)
     except DecodeError:
         raise ModelFileError(f"{path} is not an ONNX model (or it is truncated): it does not parse") from None
     check_external_data(proto, path.parent)
