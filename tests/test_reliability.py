@@ -886,3 +886,65 @@ def test_verify_on_a_file_that_is_not_onnx_is_one_line_exit_2(tiny_bundle, tmp_p
     result = runner.invoke(app, ["verify", str(path), "--bundle", str(tiny_bundle)])
     assert result.exit_code == EXIT_BAD_INPUT, result.output
     assert "Traceback" not in result.output and "ONNX model" in result.output
+
+
+# ------------------------------------------------------------------------------------------ issue 30: a newcomer
+
+
+@pytest.fixture()
+def class_folders(tmp_path) -> Path:
+    photos = tmp_path / "photos"
+    for label in ("cat", "dog"):
+        (photos / label).mkdir(parents=True)
+        for i in range(3):
+            smooth_rgb(20, 18, seed=i).save(photos / label / f"{i}.png")
+    return photos
+
+
+def test_predict_on_class_folders_says_how_many_images_are_below_and_to_add_recursive(tiny_onnx, class_folders):
+    result = runner.invoke(app, ["predict", str(class_folders), "--model", str(tiny_onnx)])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "6 images below" in result.output and "--recursive" in result.output
+
+
+def test_bench_end_to_end_takes_recursive(tiny_onnx, class_folders):
+    quick = ["--warmup-iters", "0", "--warmup-seconds", "0", "--min-iters", "1", "--min-seconds", "0",
+             "--threads", "1", "--block-idle", "0", "--variants", "ort-cpu", "--batch-sizes", "2"]
+    refused = runner.invoke(app, ["bench", str(tiny_onnx), "--end-to-end", str(class_folders), *quick])
+    assert refused.exit_code == EXIT_BAD_INPUT and "--recursive" in refused.output
+    result = runner.invoke(app, ["bench", str(tiny_onnx), "--end-to-end", str(class_folders), "--recursive", *quick,
+                                 "--json"])
+    assert result.exit_code == EXIT_OK, result.output
+    assert json.loads(result.stdout)["end_to_end"]["images"] == 6
+
+
+def test_export_of_a_run_folder_suggests_its_best_bundle(tiny_bundle, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle, run / "best")
+    result = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == EXIT_BAD_INPUT and f"{run / 'best'}" in result.output, result.output
+
+
+def test_verify_of_a_folder_suggests_the_model_file_in_it(tiny_onnx, tmp_path):
+    folder = tmp_path / "best"
+    folder.mkdir()
+    shutil.copy(tiny_onnx, folder / "model.onnx")
+    result = runner.invoke(app, ["verify", str(folder)])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "no such model file" not in result.output and str(folder / "model.onnx") in result.output, result.output
+
+
+def test_predict_into_a_folder_says_the_output_is_a_folder(tiny_onnx, images):
+    folder = images[0].parent
+    result = runner.invoke(app, ["predict", str(folder), "-o", str(folder), "--model", str(tiny_onnx)])
+    assert result.exit_code == EXIT_BAD_INPUT and "is a folder" in result.output and "--format" not in result.output
+
+
+@pytest.mark.parametrize("command", ["bench", "triton", "predict", "web"])
+def test_with_no_model_the_message_names_how_this_command_takes_one(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)  # no models/ here
+    smooth_rgb(20, 20).save(tmp_path / "x.png")
+    args = {"predict": ["predict", "x.png"], "triton": ["triton", "-o", "k"]}.get(command, [command])
+    result = runner.invoke(app, args)
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert ("--model FILE" in result.output) == (command == "predict"), result.output

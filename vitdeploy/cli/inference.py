@@ -142,6 +142,7 @@ def bench(
         Optional[list[str]], typer.Option(help="Images (files, folders, globs; repeatable) to time decode / "
                                           "preprocess / model from file to logits.")
     ] = None,
+    recursive: Recursive = BenchRequest.recursive,
     p99_budget: Annotated[
         Optional[float], typer.Option(help="Recommend the largest batch size whose p99 latency (ms) meets this.")
     ] = None,
@@ -181,7 +182,7 @@ def bench(
         model, bundle=bundle, preset=preset, variants=parse_variants(variants), runtimes=parse_runtimes(runtimes),
         batch_sizes=parse_batch_sizes(batch_sizes), warmup_iters=warmup_iters, warmup_seconds=warmup_seconds,
         min_iters=min_iters, min_seconds=min_seconds, block_idle=block_idle, threads=threads,
-        end_to_end=tuple(end_to_end or ()),
+        end_to_end=tuple(end_to_end or ()), recursive=recursive,
         p99_budget=p99_budget, baseline=baseline, max_regress=max_regress, output=output, plot=plot,
         progress=not json_output,
     ))

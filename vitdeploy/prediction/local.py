@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from vitdeploy.core import images
 from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import PreprocessSpec
-from vitdeploy.core.inputs import NoMatch, ordered_inputs
+from vitdeploy.core.inputs import NoMatch, ordered_inputs, recursive_hint
 from vitdeploy.core.progress import live_progress
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, ImageDecodeError, InputError
@@ -174,12 +174,13 @@ def plan(request: PredictRequest, elsewhere: bool = False) -> Plan:
         previous = read_previous_rows(request.output, output_format)
     items = ordered_inputs(request.inputs, request.recursive)
     if not elsewhere and not any(isinstance(item, Path) for item in items):
-        raise InputError(f"no input matched: {', '.join(i.text for i in items) or '(none given)'}")
+        raise InputError(f"no input matched: {', '.join(i.text for i in items) or '(none given)'}"
+                         + recursive_hint(request.inputs))
     if previous is not None:
         items = [item for item in items if not (isinstance(item, Path) and display_path(item) in previous.paths)]
         logger.info("--resume: %d rows already in %s are kept and their inputs skipped", len(previous.paths),
                     request.output)
-    model_path = resolve_model(request.model)
+    model_path = resolve_model(request.model, option="--model FILE")
     identity = model_identity(model_path)
     if previous is not None:
         previous.check_model(request.output, identity)

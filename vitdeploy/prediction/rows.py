@@ -271,6 +271,8 @@ def _csv_line(values: Any) -> str:
 
 
 def output_format_for(requested: str, output: Path | None) -> str:
+    if output is not None and output.is_dir():
+        raise InputError(f"--output {output} is a folder; give a file path (e.g. {output / 'predictions.jsonl'})")
     if requested not in FORMATS:
         raise ConfigError(f"unknown --format {requested!r}; choose one of: {', '.join(FORMATS)}")
     if requested == "parquet":
