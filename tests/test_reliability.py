@@ -948,3 +948,18 @@ def test_with_no_model_the_message_names_how_this_command_takes_one(tmp_path, mo
     result = runner.invoke(app, args)
     assert result.exit_code == EXIT_BAD_INPUT, result.output
     assert ("--model FILE" in result.output) == (command == "predict"), result.output
+
+
+def test_resuming_a_finished_run_says_nothing_was_left_and_how_to_train_further(tmp_path, caplog):
+    import logging
+
+    from vitdeploy.training.run import TrainRequest, train
+
+    train(TrainRequest(preset="tiny", out=tmp_path / "r", epochs=1))
+    before = _tree(tmp_path / "r")
+    with caplog.at_level(logging.INFO):
+        result = train(TrainRequest(resume=tmp_path / "r" / "last"))
+    said = caplog.text
+    assert "nothing left to train" in said and "--init" in said and "--epochs" in said, said
+    assert "at epoch 2" not in said and not result.interrupted and result.epochs == 1
+    assert _tree(tmp_path / "r") == before  # nothing rewritten

@@ -330,7 +330,12 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes) -> TrainResul
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg))
     if request.resume is not None:
         state.restore(optimizer, scheduler)
-        say("resuming %s at epoch %d, step %d", request.resume, state.epoch + 1, state.step_in_epoch)
+        if state.epoch >= cfg.epochs:  # the loop below runs no epoch: nothing is trained or written
+            say("nothing left to train: %s finished all %d epochs of its run (nothing was changed); to train it "
+                "further, start a new run from its weights: vitdeploy train --init %s --epochs N --out NEW_FOLDER",
+                request.resume, cfg.epochs, shlex.quote(str(request.resume)))
+        else:
+            say("resuming %s at epoch %d, step %d", request.resume, state.epoch + 1, state.step_in_epoch)
     trained = procs.wrap(model)
     precision = MixedPrecision(procs.device)
     bundles = RunBundles(plan, data, procs, model, optimizer, scheduler)
