@@ -963,3 +963,11 @@ def test_resuming_a_finished_run_says_nothing_was_left_and_how_to_train_further(
     assert "nothing left to train" in said and "--init" in said and "--epochs" in said, said
     assert "at epoch 2" not in said and not result.interrupted and result.epochs == 1
     assert _tree(tmp_path / "r") == before  # nothing rewritten
+
+
+def test_help_shows_flags_without_a_value_type():
+    for command in ("predict", "bench", "train", "explain"):
+        result = runner.invoke(app, [command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output, command
+    assert "<int>" in runner.invoke(app, ["predict", "--help"], terminal_width=200).output  # values keep theirs
