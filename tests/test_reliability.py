@@ -971,3 +971,12 @@ def test_help_shows_flags_without_a_value_type():
         assert result.exit_code == 0, result.output
         assert "<bool>" not in result.output, command
     assert "<int>" in runner.invoke(app, ["predict", "--help"], terminal_width=200).output  # values keep theirs
+
+
+def test_explain_class_says_which_class_it_explained(tiny_bundle, images, tmp_path):
+    pytest.importorskip("matplotlib")
+    result = runner.invoke(app, ["explain", str(images[0]), "--bundle", str(tiny_bundle), "--method", "grad-rollout",
+                                 "--class", "bird", "-o", str(tmp_path / "maps"), "--json"])
+    assert result.exit_code == EXIT_OK, result.output
+    assert "class bird" in result.stderr
+    assert [row["explained_class"] for row in json.loads(result.stdout)["results"]] == ["bird"]

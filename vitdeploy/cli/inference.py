@@ -238,7 +238,8 @@ def explain(
         if json_output:
             print_json(result.to_dict())
         return
-    print_note(f"{result.images_ok} images explained ({method}), {result.images_failed} failed, in "
+    explained = f", class {class_label}" if class_label is not None else ""  # not the predicted one: the one asked
+    print_note(f"{result.images_ok} images explained ({method}{explained}), {result.images_failed} failed, in "
                f"{result.seconds:.1f} s; PNGs in {result.out_dir}/")
     if json_output:
         print_json(result.to_dict())
