@@ -33,6 +33,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 
+# `python -m vitdeploy ARGS` that writes its peak RSS (VmHWM, kB) to argv[1] when it exits.
+PEAK_CHILD = """
+import atexit, runpy, sys
+out = sys.argv.pop(1)
+def peak():
+    hwm = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    open(out, "w").write(hwm)
+atexit.register(peak)
+sys.argv[0] = "vitdeploy"
+runpy.run_module("vitdeploy", run_name="__main__", alter_sys=True)
+"""
+
+
 @dataclass
 class Probe:
     name: str
@@ -60,11 +73,13 @@ class Outcome:
 
 def run_vitdeploy(args: list, cwd: Path, timeout: float = 600, stdin: bytes | None = None) -> tuple[
         subprocess.CompletedProcess, float, float]:
-    """Run one command; (result, seconds, its own peak RSS in MB, from wait4's rusage)."""
+    """Run one command; (result, seconds, its own peak RSS in MB: VmHWM, which the process reads at exit; rusage
+    would count this large process's RSS at fork in)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    peak_file = Path(tempfile.mkstemp(prefix="vitdeploy-peak-")[1])
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "vitdeploy", *args], cwd=cwd, env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", PEAK_CHILD, str(peak_file), *args], cwd=cwd, env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     streams: dict[str, bytes] = {}
     readers = [threading.Thread(target=lambda name=name, s=s: streams.__setitem__(name, s.read()))
                for name, s in (("out", child.stdout), ("err", child.stderr))]
@@ -74,13 +89,15 @@ def run_vitdeploy(args: list, cwd: Path, timeout: float = 600, stdin: bytes | No
     child.stdin.close()
     timer = threading.Timer(timeout, child.kill)
     timer.start()
-    _, status, usage = os.wait4(child.pid, 0)
+    _, status, _ = os.wait4(child.pid, 0)
     timer.cancel()
     child.returncode = os.waitstatus_to_exitcode(status)
     for reader in readers:
         reader.join()
     done = subprocess.CompletedProcess(child.args, child.returncode, streams["out"], streams["err"])
-    return done, time.perf_counter() - started, usage.ru_maxrss / 1024
+    peak_kb = peak_file.read_text().strip()
+    peak_file.unlink()
+    return done, time.perf_counter() - started, int(peak_kb) / 1024 if peak_kb else float("nan")
 
 
 def text(done: subprocess.CompletedProcess) -> str:

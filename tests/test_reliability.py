@@ -980,3 +980,56 @@ def test_explain_class_says_which_class_it_explained(tiny_bundle, images, tmp_pa
     assert result.exit_code == EXIT_OK, result.output
     assert "class bird" in result.stderr
     assert [row["explained_class"] for row in json.loads(result.stdout)["results"]] == ["bird"]
+
+
+# ------------------------------------------------------------------------------------------ issue 30: import probes
+
+
+class _Writes:
+    """Unpickling this creates a file: proof of whether anything unpickled a checkpoint."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_only_checkpoint_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    marker = tmp_path / "ran"
+    (tmp_path / "model.pth").write_bytes(pickle.dumps({"cls_token": _Writes(str(marker))}, protocol=4))
+    done = subprocess.run([sys.executable, "-m", "vitdeploy", "import", str(tmp_path / "model.pth"), "--timm-model",
+                           "vit_tiny_patch16_224", "-o", str(tmp_path / "b")], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == EXIT_BAD_INPUT and "Traceback" not in done.stderr, done.stderr
+    assert not marker.exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("header, size", [
+    ({"cls_token": {"dtype": "F32", "shape": [1, 1, 48], "data_offsets": [0, 2 ** 40]}}, 100),  # past the end
+    ({"cls_token": {"dtype": "F32", "shape": [2 ** 20, 2 ** 20, 48], "data_offsets": [0, 192]}}, 192),  # shape
+    ({"cls_token": {"dtype": "F32", "shape": [1, 1, 48], "data_offsets": [192, 0]}}, 192),  # backwards
+], ids=["offsets-past-the-end", "shape-larger-than-its-bytes", "offsets-backwards"])
+def test_a_safetensors_header_out_of_range_is_refused_before_reading(tmp_path, header, size):
+    raw = json.dumps(header).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * size)
+    done = runner.invoke(app, ["import", str(path), "--timm-model", "vit_tiny_patch16_224", "-o", str(tmp_path / "b")])
+    assert done.exit_code == EXIT_BAD_INPUT, done.output
+    assert "Traceback" not in done.output and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("field_name, value", [("hidden_size", 2 ** 31), ("image_size", 10 ** 9),
+                                               ("intermediate_size", 2 ** 40), ("patch_size", -16)])
+def test_absurd_config_sizes_are_refused_by_field(hf_checkpoint, tmp_path, field_name, value):
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[field_name] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    done = runner.invoke(app, ["import", str(folder), "-o", str(tmp_path / "b")])
+    assert done.exit_code == EXIT_BAD_INPUT, done.output
+    assert len(done.output.strip().splitlines()) == 1 and str(value) in done.output, done.output  # one line
+    assert not (tmp_path / "b").exists()
