@@ -35,6 +35,8 @@ BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.S | re.M)
 TIMEOUT_S = 1800  # a guard against a hang, not a speed check
 
 PYPI = "installs from PyPI into an environment; .ci/run installs the deployment, training and dev extras"
+REAL_TRITON = ("a real tritonserver from the nvidia-pytriton wheel (not installed by .ci/run): "
+               "tests/test_serve_triton.py starts it and queries it where it is installed")
 QUICKSTART = "the README quickstart: .ci/run runs it exactly as written (a fresh venv, pip install, then the commands)"
 
 
@@ -136,6 +138,21 @@ COMMANDS: dict[str, Entry] = {
     "vitdeploy triton models/digits/best/model.onnx --out triton --name digits": fast(),
     "vitdeploy triton MODEL.onnx --from-bench bench.json --device gpu --tensorrt fp16": not_here(
         "--device gpu takes ort-cuda's recommendation from a bench report measured on a GPU; there is none here"),
+    "vitdeploy triton MODEL.onnx --backend python": fast(**{"MODEL.onnx": MODEL}),
+    "pip install --no-deps --target ~/.cache/vitdeploy/tritonserver nvidia-pytriton==0.7.0": not_here(
+        PYPI + " (tests/test_serve_triton.py runs the real Triton where this wheel is installed)"),
+    "T=~/.cache/vitdeploy/tritonserver/pytriton/tritonserver": not_here(REAL_TRITON),
+    "cp $T/python_backend_stubs/3.11/triton_python_backend_stub $T/backends/python/": not_here(REAL_TRITON),
+    "vitdeploy triton MODEL.onnx --out triton --backend python": fast(**{"MODEL.onnx": MODEL}),
+    "$T/bin/tritonserver --model-repository triton --backend-directory $T/backends --http-address 127.0.0.1 "
+    "--grpc-address 127.0.0.1 --allow-metrics false": not_here(REAL_TRITON),
+    "vitdeploy triton models/tiny/model.onnx --out tr --name tiny --backend python": fast(
+        **{"models/tiny/model.onnx": MODEL}),
+    "$T/bin/tritonserver --model-repository tr --backend-directory $T/backends --http-address 127.0.0.1 "
+    "--http-port 18000 --grpc-address 127.0.0.1 --grpc-port 18001 --allow-metrics false &": not_here(REAL_TRITON),
+    "curl -s localhost:18000/v2/models/tiny": not_here(REAL_TRITON),
+    "python client.py": not_here(REAL_TRITON),
+    "kill -TERM $pid; wait $pid": not_here(REAL_TRITON),
     "vitdeploy serve models/digits/best/model.onnx --port 8000": not_here(
         "a server that runs until stopped: tests/test_serve.py starts one and queries it"),
     # training.md
