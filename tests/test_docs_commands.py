@@ -246,8 +246,8 @@ def workspace(tmp_path_factory, digits_bundle, hf_checkpoint) -> Path:
     from vitdeploy.files.bundle import read_bundle_info
 
     root = tmp_path_factory.mktemp("docs-workspace")
-    for run in ("best", "last"):
-        shutil.copytree(digits_bundle, root / "models" / "digits" / run)
+    for run in ("best", "last"):  # the fixture's run: last/ holds the training state --resume reads
+        shutil.copytree(digits_bundle.parent / run, root / "models" / "digits" / run)
     bin_dir = root / ".bin"
     bin_dir.mkdir()
     (bin_dir / "vitdeploy").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m vitdeploy "$@"\n')
