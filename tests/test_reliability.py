@@ -1023,7 +1023,7 @@ def test_a_safetensors_header_out_of_range_is_refused_before_reading(tmp_path, h
 
 @pytest.mark.parametrize("field_name, value", [("hidden_size", 2 ** 31), ("image_size", 10 ** 9),
                                                ("intermediate_size", 2 ** 40), ("patch_size", -16)])
-def test_absurd_config_sizes_are_refused_by_field(hf_checkpoint, tmp_path, field_name, value):
+def test_absurd_config_sizes_are_refused_in_one_line(hf_checkpoint, tmp_path, field_name, value):
     folder = tmp_path / "hf"
     shutil.copytree(hf_checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
