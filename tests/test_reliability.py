@@ -1033,3 +1033,17 @@ def test_absurd_config_sizes_are_refused_in_one_line(hf_checkpoint, tmp_path, fi
     assert done.exit_code == EXIT_BAD_INPUT, done.output
     assert len(done.output.strip().splitlines()) == 1 and str(value) in done.output, done.output  # one line
     assert not (tmp_path / "b").exists()
+
+
+def test_bench_never_builds_an_int8_bf16_file_on_a_cpu_without_bf16(monkeypatch):
+    """Found by running bench.md's `vitdeploy bench --preset vit-ti16` on an Ice Lake (no AVX512_BF16, no AMX):
+    it tried to build model.ov-int8-bf16.onnx and exited 2. Its unquantized ops run in bf16: a variant for CPUs
+    that have it."""
+    pytest.importorskip("openvino")
+    from vitdeploy.benchmark.variants import runtime_problem
+    from vitdeploy.files.variants import VARIANTS
+    from vitdeploy.runtimes import openvino as ov
+
+    monkeypatch.setattr(ov, "capabilities", lambda device: ("FP32", "INT8"))
+    assert "bf16" in (runtime_problem(VARIANTS["ov-cpu-int8-bf16"]) or "")
+    assert runtime_problem(VARIANTS["ov-cpu-int8"]) is None

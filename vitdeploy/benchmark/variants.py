@@ -104,11 +104,13 @@ def _openvino_problem(spec: VariantSpec) -> str | None:
         return status.reason
     if spec.device not in status.devices:
         return f"OpenVINO has no {spec.device.upper()} device here"
-    if spec.precision in ("bf16", "fp16"):
+    # An INT8 file may run its unquantized ops in bf16 (ov-int8-bf16): that needs native bf16 as much as bf16 does.
+    inference = getattr(spec.export, "inference_precision", None)
+    for precision in sorted({spec.precision, inference} & {"bf16", "fp16"}):
         from vitdeploy.runtimes.openvino import CAPABILITY, capabilities
 
-        if CAPABILITY[spec.precision] not in capabilities(spec.device.upper()):
-            return f"this {spec.device.upper()} does not run {spec.precision} natively"
+        if CAPABILITY[precision] not in capabilities(spec.device.upper()):
+            return f"this {spec.device.upper()} does not run {precision} natively"
     return None
 
 
