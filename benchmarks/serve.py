@@ -179,9 +179,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="vitdeploy-serve-bench-") as tmp:
         model = args.model or export_model(args.preset, Path(tmp))
-        from vitdeploy.runtimes.ort import load_model_info, make_session
+        from vitdeploy.runtimes import read_model_info
+        from vitdeploy.runtimes.ort import make_session
 
-        info = load_model_info(model)
+        info = read_model_info(model)
         shape, classes = (1, 3, info.preprocess.image_size, info.preprocess.image_size), len(info.labels)
         rng = np.random.default_rng(0)
         bodies = [build_infer_request(rng.standard_normal(shape).astype(np.float32)) for _ in range(16)]

@@ -348,7 +348,7 @@ def test_onnx_variants_are_benchmarked_without_torch(exported: tuple[Path, Path]
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert set(report["variants"]) == set(ORT_VARIANTS)
-    assert report["skipped"]["torch"] == "PyTorch is not installed"
+    assert report["skipped"]["torch"] == 'PyTorch is not installed: pip install "vitdeploy[train]"'
     assert report["environment"]["torch_threads"] is None
     # Without torch the peak comes from numpy's and ONNX Runtime's GEMMs (and the ISA's figure): MFU still stands.
     candidates = report["peaks"]["cpu"]["fp32"]["candidates"]

@@ -15,6 +15,7 @@ from vitdeploy.cli import app
 from vitdeploy.errors import ConfigError
 from vitdeploy.exporting import exporter as export
 from vitdeploy.files import onnx_file
+from vitdeploy.runtimes import read_model_info
 from vitdeploy.runtimes import ort as runtime
 
 pytestmark = pytest.mark.slow  # both exporters, dynamo's takes seconds per export
@@ -41,7 +42,7 @@ def exports(tmp_path_factory) -> dict[str, tuple[Path, Path, list[str]]]:
 def test_the_default_falls_back_to_dynamo_with_one_line_where_torchscript_is_gone(exports):
     _, path, said = exports["dynamo"]
     assert len(said) == 1 and "exporting with dynamo" in said[0]
-    assert runtime.load_model_info(path).export["exporter"] == export.EXPORTER_CALLS["dynamo"]
+    assert read_model_info(path).export["exporter"] == export.EXPORTER_CALLS["dynamo"]
     assert exports["torchscript"][2] == []  # nothing said when the default exporter is there
 
 
@@ -61,7 +62,7 @@ def test_both_exporters_write_one_self_describing_file_with_a_symbolic_batch(exp
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [export.DEFAULT_OPSET]
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 16, 16]
-    info = runtime.load_model_info(path)
+    info = read_model_info(path)
     # Every block's output was found in the graph and recorded, whatever the exporter named its nodes.
     assert list(info.intermediates) == ["embed", "block_0", "block_1", "norm"]
     assert info.parity["passed"] and info.labels == ["cat", "dog", "bird"]

@@ -41,12 +41,14 @@ def test_each_install_command_prints_verbatim_in_errors_and_notes(extra: str, mo
 
 def test_bench_names_the_openvino_extra_it_skips(tiny_onnx: Path, monkeypatch) -> None:
     """The case found in the wild: `vitdeploy bench MODEL` on the core install skips the OpenVINO variants."""
-    from vitdeploy.runtimes import registry
+    from machines import fake_machine, this_family
 
-    monkeypatch.setattr(registry, "importable", lambda name: name not in ("openvino", "nncf"))
-    result = runner.invoke(app, ["bench", str(tiny_onnx), "--variants", "ort-cpu,ov-cpu", "--batch-sizes", "1",
-                                 "--warmup-iters", "0", "--warmup-seconds", "0", "--min-iters", "1",
-                                 "--min-seconds", "0", "--threads", "1"])
+    from vitdeploy.runtimes import assume
+
+    with assume(fake_machine(this_family(), openvino=False)):
+        result = runner.invoke(app, ["bench", str(tiny_onnx), "--variants", "ort-cpu,ov-cpu", "--batch-sizes", "1",
+                                     "--warmup-iters", "0", "--warmup-seconds", "0", "--min-iters", "1",
+                                     "--min-seconds", "0", "--threads", "1"])
     assert result.exit_code == EXIT_BAD_INPUT  # ov-cpu was named and cannot run here
     assert 'pip install "vitdeploy[openvino]"' in result.stderr, result.stderr
 

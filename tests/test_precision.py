@@ -18,6 +18,7 @@ from vitdeploy.exporting import graphs as graph_variants
 from vitdeploy.exporting import ladder as precision
 from vitdeploy.files.variants import EXPORT
 from vitdeploy.requests import VerifyRequest
+from vitdeploy.runtimes import read_model_info  # noqa: E402
 from vitdeploy.runtimes import ort as runtime  # noqa: E402
 from vitdeploy.training.data import DIGITS_NAME  # noqa: E402
 from vitdeploy.verification import parity
@@ -71,8 +72,8 @@ def test_variant_files_describe_themselves(ladder, variant, precision):
     _, base, variants = ladder
     result = variants[variant]
     assert result.written and result.path == base.with_name(f"model.{variant}.onnx") and result.path.is_file()
-    info = runtime.load_model_info(result.path)
-    base_info = runtime.load_model_info(base)
+    info = read_model_info(result.path)
+    base_info = read_model_info(base)
     assert info.export["precision"] == precision and info.export["variant"] == variant
     assert info.export["weights_sha256"] == base_info.export["weights_sha256"]
     assert info.labels == base_info.labels and info.preprocess == base_info.preprocess
@@ -103,7 +104,7 @@ def test_verify_knows_each_precision(ladder, variant):
 
 
 def test_int8_records_its_quantization(ladder):
-    info = runtime.load_model_info(ladder[2]["int8"].path)
+    info = read_model_info(ladder[2]["int8"].path)
     assert info.export["quantization"]["method"] == "static"
     assert info.export["quantization"]["calibration_images"] == precision.CALIBRATION_IMAGES
     assert info.export["optimization"]["transformer_fusions"] is None  # static QDQ starts from the plain graph
@@ -119,7 +120,7 @@ def test_static_int8_is_batch_independent_and_dynamic_is_not(ladder, tmp_path):
     model, info = load_bundle(bundle)
     shutil.copy(base, tmp_path / "model.onnx")
     dynamic = precision.export_variants(model, info, tmp_path / "model.onnx", ["int8"], int8_method="dynamic")[0]
-    assert runtime.load_model_info(dynamic.path).export["quantization"]["method"] == "dynamic"
+    assert read_model_info(dynamic.path).export["quantization"]["method"] == "dynamic"
     x = accuracy_gate.gate_data(model, info, limit=16).inputs
     spread = {}
     for method, path in (("static", variants["int8"].path), ("dynamic", dynamic.path)):
@@ -132,11 +133,11 @@ def test_static_int8_is_batch_independent_and_dynamic_is_not(ladder, tmp_path):
 _REAL_TO_INT8 = graph_variants.to_int8_static
 
 
-def _sabotaged_int8(model_path, calibration, workdir):
+def _sabotaged_int8(model_path, calibration, workdir, recipe=None):
     """A deliberately bad INT8 variant: the real quantization, then every weight matrix scrambled."""
     from onnx import numpy_helper
 
-    proto, settings = _REAL_TO_INT8(model_path, calibration, workdir)
+    proto, settings = _REAL_TO_INT8(model_path, calibration, workdir, recipe)
     rng = np.random.default_rng(0)
     for tensor in proto.graph.initializer:
         values = numpy_helper.to_array(tensor)
@@ -212,7 +213,7 @@ def test_one_table_holds_every_fact_about_a_variant():
     for row in variants.EXPORT_VARIANTS:
         assert row.builder is None or callable(getattr(graph_variants, row.builder))
         assert variants.tolerance_for(row.precision) == row.tolerance  # rows of one precision share verify's check
-        assert row.option == "optimize" or row.name in variants.precision_help()
+        assert row.option in ("optimize", "image") or row.name in variants.precision_help()
     for spec in variants.BENCH_VARIANTS:  # a bench variant's precision and file are its export variant's
         assert spec.export is None or (spec.precision == spec.export.precision
                                        and f"model.{spec.export.name}.onnx" in spec.description)
@@ -233,7 +234,7 @@ def test_a_variant_added_by_one_row_is_requested_built_described_and_checked(tin
     precision.check_request(["fp32-copy"], "static")  # known: no ConfigError
     base = tmp_path / "model.onnx"
     shutil.copy(tiny_onnx, base)
-    build_variant_files(base, runtime.load_model_info(base).model_config, ["fp32-copy"])  # export's builders
+    build_variant_files(base, read_model_info(base).model_config, ["fp32-copy"])  # export's builders
     session = open_runtime(None, tmp_path / "model.fp32-copy.onnx", device="cpu")
     assert session.info.export["variant"] == "fp32-copy" and session.info.export["runtime"] == "ort"
     assert parity.resolve_tolerance(session.info.precision, None, None) == row.tolerance

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, EXIT_PARTIAL, InputError, ModelFileError
+from vitdeploy.runtimes import read_model_info
 from vitdeploy.runtimes import ort as runtime
 from vitdeploy.runtimes.web import toolchain
 
@@ -49,7 +50,7 @@ def nan_onnx(tiny_onnx, tmp_path_factory) -> Path:
     """The tiny model with its head bias set to NaN: a tampered or foreign file that answers NaN for everything."""
     from vitdeploy.files.bundle import load_bundle
 
-    model, _ = load_bundle(runtime.load_model_info(tiny_onnx).export["bundle"])
+    model, _ = load_bundle(read_model_info(tiny_onnx).export["bundle"])
     bias = model.head.bias.detach().numpy()
     proto = onnx.load(str(tiny_onnx))
     target = next(t for t in proto.graph.initializer if np.array_equal(numpy_helper.to_array(t), bias))
@@ -80,7 +81,7 @@ def test_non_finite_logits_are_error_rows_and_no_output_holds_a_non_json_literal
 
 
 def test_verify_says_non_finite_output_rather_than_a_tolerance(nan_onnx, tiny_onnx):
-    bundle = runtime.load_model_info(tiny_onnx).export["bundle"]
+    bundle = read_model_info(tiny_onnx).export["bundle"]
     result = runner.invoke(app, ["verify", str(nan_onnx), "--bundle", bundle, "--json"])
     assert result.exit_code == EXIT_CHECK_FAILED
     report = strict_loads(result.stdout)  # the NaN differences are null, not bare NaN
@@ -121,7 +122,7 @@ def test_a_model_that_breaks_the_input_contract_is_refused_when_opened(tiny_onnx
     if dimension == 0:  # (a 1-channel graph may already fail ONNX Runtime's own load checks, also exit 2)
         assert message in result.output
         with pytest.raises(ModelFileError, match=message):
-            runtime.load_model_info(path)  # what bench and serve open models with
+            read_model_info(path)  # what bench and serve open models with
 
 
 # ------------------------------------------------------------------------------------------ hostile paths

@@ -7,6 +7,7 @@ import pytest
 from builders import LABELS, SPEC, TINY, captured_notes
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
+from vitdeploy.runtimes import read_model_info
 from vitdeploy.runtimes import ort as runtime
 
 
@@ -73,7 +74,7 @@ def test_unknown_device_and_optimization_level_are_config_errors():
 
 
 def test_load_model_info_reads_metadata(tiny_onnx):
-    info = runtime.load_model_info(tiny_onnx)
+    info = read_model_info(tiny_onnx)
     assert info.labels == LABELS
     assert info.preprocess == SPEC
     assert info.model_config == TINY
@@ -89,14 +90,14 @@ def test_load_model_info_rejects_bad_files(tmp_path, content, match):
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(ModelFileError, match=match):
-        runtime.load_model_info(path)
+        read_model_info(path)
 
 
 def test_load_model_info_rejects_onnx_without_metadata(tmp_path):
     path = tmp_path / "probe.onnx"
     path.write_bytes(runtime.PROBE_MODEL)
     with pytest.raises(ModelFileError, match="expected input 'pixel_values'"):
-        runtime.load_model_info(path)
+        read_model_info(path)
 
 
 def test_run_batch_matches_torch_at_several_batch_sizes(tiny_onnx):
@@ -104,7 +105,7 @@ def test_run_batch_matches_torch_at_several_batch_sizes(tiny_onnx):
 
     from vitdeploy.files.bundle import load_bundle
 
-    model, _ = load_bundle(runtime.load_model_info(tiny_onnx).export["bundle"])  # the bundle it was exported from
+    model, _ = load_bundle(read_model_info(tiny_onnx).export["bundle"])  # the bundle it was exported from
     session, _ = runtime.make_session(tiny_onnx, device="cpu")
     rng = np.random.default_rng(0)
     for batch in (1, 3, 8):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from builders import LABELS, captured_notes, smooth_rgb
+from machines import fake_machine, this_family
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -20,6 +21,7 @@ from vitdeploy import runtimes
 from vitdeploy.cli import app
 from vitdeploy.errors import EXIT_BAD_INPUT, ConfigError, DeviceError, MissingExtra, ModelFileError
 from vitdeploy.files.variants import EXPORT
+from vitdeploy.runtimes import machine as machine_module
 from vitdeploy.runtimes import open_runtime, registry
 from vitdeploy.runtimes.ort import PROBE_MODEL, tensorrt_status
 
@@ -73,11 +75,9 @@ def test_openvino_pins_fp32_unless_another_precision_is_named(tiny_onnx, batch):
 
 
 @needs_openvino
-def test_bf16_is_refused_where_the_cpu_has_no_native_bf16(tiny_onnx, monkeypatch):
-    from vitdeploy.runtimes import openvino as ov_runtime
-
-    monkeypatch.setattr(ov_runtime, "capabilities", lambda device="CPU": ["FP32", "INT8"])
-    with pytest.raises(runtimes.PrecisionError, match="bf16 natively"):
+def test_bf16_is_refused_where_the_cpu_has_no_native_bf16(tiny_onnx):
+    with runtimes.assume(fake_machine("avx512_vnni")), pytest.raises(runtimes.PrecisionError,
+                                                                      match="bf16 natively.*AVX512_BF16 or AMX"):
         open_runtime("openvino", tiny_onnx, precision="bf16")
 
 
@@ -120,14 +120,15 @@ def test_tensorrt_not_usable_says_why_and_keeps_stdout_clean(tiny_onnx):
 
 
 def test_a_runtime_that_is_not_installed_names_the_install_command(tiny_onnx, monkeypatch):
-    monkeypatch.setattr(registry, "importable", lambda module: module not in ("openvino", "onnx"))
-    assert not runtimes.runtime_status("openvino").installed
-    with pytest.raises(MissingExtra, match=r'pip install "vitdeploy\[openvino\]"'):
-        open_runtime("openvino", tiny_onnx)
-    with pytest.raises(MissingExtra, match=r'onnx.*pip install "vitdeploy\[train\]"'):
-        runtimes.select_runtimes(("reference",))
-    with captured_notes() as lines:
-        assert runtimes.select_runtimes(None) == ["ort"]  # the default: what is installed, said once
+    monkeypatch.setattr(machine_module, "importable", lambda module: module not in ("openvino", "onnx"))
+    with runtimes.assume(machine_module.probe(runtimes.runtime_specs())):  # probed again, without them
+        assert not runtimes.runtime_status("openvino").installed
+        with pytest.raises(MissingExtra, match=r'pip install "vitdeploy\[openvino\]"'):
+            open_runtime("openvino", tiny_onnx)
+        with pytest.raises(MissingExtra, match=r'onnx.*pip install "vitdeploy\[train\]"'):
+            runtimes.select_runtimes(("reference",))
+        with captured_notes() as lines:
+            assert runtimes.select_runtimes(None) == ["ort"]  # the default: what is installed, said once
     assert any('pip install "vitdeploy[openvino]"' in line for line in lines)
 
 
@@ -162,9 +163,9 @@ def test_verify_on_the_default_digits_bundle_every_runtime_within_fp32_tolerance
 
 
 @needs_openvino
-def test_verify_names_an_unusable_runtime_and_exits_2(digits_onnx, monkeypatch):
-    monkeypatch.setattr(registry, "importable", lambda module: module != "openvino")
-    result = runner.invoke(app, ["verify", str(digits_onnx), "--runtime", "openvino"])
+def test_verify_names_an_unusable_runtime_and_exits_2(digits_onnx):
+    with runtimes.assume(fake_machine(this_family(), openvino=False)):
+        result = runner.invoke(app, ["verify", str(digits_onnx), "--runtime", "openvino"])
     assert result.exit_code == EXIT_BAD_INPUT and 'pip install "vitdeploy[openvino]"' in result.output
 
 
@@ -245,12 +246,10 @@ def test_ov_bf16_file_is_refused_by_runtimes_it_was_not_made_for(digits_bundle, 
     assert registry.runtime_for_file(path) == "openvino"  # predict's default for this file
 
 
-def test_export_refuses_ov_bf16_where_the_cpu_has_no_bf16(digits_bundle, monkeypatch):
+def test_export_refuses_ov_bf16_where_the_cpu_has_no_bf16(digits_bundle):
     pytest.importorskip("openvino")
-    from vitdeploy.runtimes import openvino as ov_runtime
-
-    monkeypatch.setattr(ov_runtime, "capabilities", lambda device="CPU": ["FP32"])
-    result = runner.invoke(app, ["export", str(digits_bundle), "--out", str(digits_bundle / "x.onnx"),
-                                 "--precision", "ov-bf16"])
+    with runtimes.assume(fake_machine("avx2")):
+        result = runner.invoke(app, ["export", str(digits_bundle), "--out", str(digits_bundle / "x.onnx"),
+                                     "--precision", "ov-bf16"])
     assert result.exit_code == EXIT_BAD_INPUT and "bf16 natively" in result.output
     assert not (digits_bundle / "x.onnx").exists()

@@ -90,9 +90,9 @@ def stats_of(server, name: str) -> dict[str, Any]:
 
 def preprocessed(paths: list[Path], tiny_onnx: Path) -> np.ndarray:
     from vitdeploy.prediction.local import load_model_input
-    from vitdeploy.runtimes.ort import load_model_info
+    from vitdeploy.runtimes import read_model_info
 
-    spec = load_model_info(tiny_onnx).preprocess
+    spec = read_model_info(tiny_onnx).preprocess
     return np.stack([load_model_input(p, spec) for p in paths])
 
 

@@ -93,9 +93,9 @@ def test_gpu_options_write_the_accelerators_asked_for(tiny_onnx: Path, tmp_path:
 
 
 def test_from_bench_takes_the_recommended_batch_and_the_budget_left(tiny_onnx: Path, tmp_path: Path) -> None:
-    from vitdeploy.runtimes.ort import load_model_info
+    from vitdeploy.runtimes import read_model_info
 
-    config = load_model_info(tiny_onnx).model_config
+    config = read_model_info(tiny_onnx).model_config
     assert config is not None
     report = {"schema": "vitdeploy.bench/1", "results": [], "model": {"config": config.to_dict()},
               "recommendation": {"p99_budget_ms": 50.0, "best": None, "per_variant": {

@@ -22,6 +22,7 @@ from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.core.extras import MissingExtra
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 from vitdeploy.runtimes import open_runtime
+from vitdeploy.runtimes.web import limits as web_limits
 from vitdeploy.runtimes.web import session as web_runtime
 from vitdeploy.runtimes.web import toolchain
 
@@ -79,14 +80,15 @@ def _python_crop(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 def test_without_a_browser_the_runtime_is_not_installed_and_says_how(tiny_onnx, monkeypatch):
     monkeypatch.setattr(toolchain, "find_browser", lambda: None)
-    status = runtimes.runtime_status("web")
-    assert not status.installed and not status.usable
-    assert "apt-get install -y chromium-headless-shell" in status.reason
-    assert "apt-get install" in runtimes.install_command("web")
-    with pytest.raises(MissingExtra, match="chromium-headless-shell"):
-        open_runtime("web", tiny_onnx)
-    with pytest.raises(MissingExtra, match="chromium-headless-shell"):
-        runtimes.select_runtimes(("web",))
+    with runtimes.assume(runtimes.machine.probe(runtimes.runtime_specs())):  # this machine, probed without it
+        status = runtimes.runtime_status("web")
+        assert not status.installed and not status.usable
+        assert "apt-get install -y chromium-headless-shell" in status.reason
+        assert "apt-get install" in runtimes.install_command("web")
+        with pytest.raises(MissingExtra, match="chromium-headless-shell"):
+            open_runtime("web", tiny_onnx)
+        with pytest.raises(MissingExtra, match="chromium-headless-shell"):
+            runtimes.select_runtimes(("web",))
 
 
 def test_the_web_runtime_runs_only_when_named(monkeypatch):
@@ -107,7 +109,7 @@ def test_webgpu_is_not_usable_without_a_gpu(monkeypatch):
 
 
 def test_a_file_over_the_size_limit_is_refused_before_a_browser_starts(tiny_onnx, monkeypatch):
-    monkeypatch.setattr(web_runtime, "WEB_MAX_MODEL_BYTES", 1000)
+    monkeypatch.setattr(web_limits, "WEB_MAX_MODEL_BYTES", 1000)
     with pytest.raises(ModelFileError, match=r"onnxruntime-web loads at most"):
         open_runtime("web", tiny_onnx)
 
@@ -154,13 +156,17 @@ def test_vitdeploy_web_writes_the_folder(tiny_onnx, tmp_path):
     expected = {"index.html", "vitdeploy.js", "serve.py", "README.md", "model.onnx", "onnx/model.onnx", "config.json",
                 "preprocessor_config.json", ".vitdeploy", *(f"ort/{name}" for name in toolchain.ORT_WEB_FILES)}
     assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == expected
-    assert (out / "model.onnx").read_bytes() == (out / "onnx" / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
+    assert (out / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "cat", "1": "dog", "2": "bird"} and config["model_type"] == "vit"
     assert config["transformers.js_config"]["dtype"] == "fp32"  # not the q8 file transformers.js looks for
+    # transformers.js hands the decoded image over as it is; the model's graph does THE preprocessing
     processor = json.loads((out / "preprocessor_config.json").read_text())
-    assert processor["size"] == {"shortest_edge": 16} and processor["crop_size"] == {"height": 16, "width": 16}
-    assert processor["resample"] == 2 and processor["image_mean"] == [0.5, 0.5, 0.5]
+    assert not any(processor[step] for step in ("do_resize", "do_center_crop", "do_rescale", "do_normalize",
+                                                "do_convert_rgb", "do_pad"))
+    raw = open_runtime("ort", out / "onnx" / "model.onnx", device="cpu")
+    assert raw.takes_images and raw.input.name == "pixel_values" and raw.input.elem_type == "float32"
+    assert raw.info.image_input["layout"] == "chw" and raw.labels == ["cat", "dog", "bird"]
     readme = (out / "README.md").read_text()
     assert "Cross-Origin-Opener-Policy: same-origin" in readme and "Cross-Origin-Embedder-Policy: require-corp" in readme
     assert "cdn" not in (out / "vitdeploy.js").read_text().lower()

@@ -12,6 +12,7 @@ logging.getLogger("vitdeploy").addHandler(logging.NullHandler())
 
 from vitdeploy.api import (  # noqa: E402
     bench,
+    doctor,
     explain,
     export,
     import_model,
@@ -24,5 +25,5 @@ from vitdeploy.api import (  # noqa: E402
     web,
 )
 
-__all__ = ["__version__", "bench", "explain", "export", "import_model", "predict", "samples", "serve", "train", "triton",
-           "verify", "web"]
+__all__ = ["__version__", "bench", "doctor", "explain", "export", "import_model", "predict", "samples", "serve",
+           "train", "triton", "verify", "web"]

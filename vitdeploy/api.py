@@ -48,6 +48,7 @@ from vitdeploy.requests import (
 if TYPE_CHECKING:
     from vitdeploy.benchmark import BenchReport
     from vitdeploy.explanation import ExplainResult, GuideResult
+    from vitdeploy.exporting.capabilities import MachineReport
     from vitdeploy.exporting.exporter import ExportResult
     from vitdeploy.prediction.local import PredictSummary
     from vitdeploy.pretrained import ImportResult
@@ -118,15 +119,19 @@ def export(bundle: PathLike | ExportRequest | None = None, /, **options: Any) ->
 def verify(model: PathLike | VerifyRequest | None = None, /, **options: Any) -> ParityReport:
     """Compare an .onnx file (default: model.onnx of the latest bundle) with its bundle's PyTorch model on real and
     random inputs at every batch size, on every runtime asked for (`runtime`: "ort,openvino,reference"; default:
-    every one installed and usable here), and the runtimes with each other. Returns the report whether or not parity
-    holds: check `report.passed`. A runtime named but not usable raises (exit code 2)."""
+    every one installed and usable here), and the runtimes with each other; a variant gated on another CPU class
+    (its metadata says which) has its accuracy gate run again here (`report.regate`). Returns the report whether or
+    not parity holds: check `report.passed`. A runtime named but not usable raises (exit code 2)."""
     require("train", "vitdeploy.verify")
+    from vitdeploy.exporting.gate import regate
     from vitdeploy.runtimes import parse_runtimes
     from vitdeploy.verification.run import verify as run_verify
 
     if "runtime" in options:
         options["runtime"] = parse_runtimes(options["runtime"])
-    return run_verify(_first(VerifyRequest, model, "model", options))
+    report = run_verify(_first(VerifyRequest, model, "model", options))
+    regate(report)  # a variant gated on another CPU class is judged again here, on the bundle's held-out images
+    return report
 
 
 def predict(inputs: Sequence[PathLike] | PredictRequest, /, **options: Any) -> PredictSummary:
@@ -221,8 +226,9 @@ def serve(model: PathLike | None = None, /, settings: ServeSettings | None = Non
 def web(model: PathLike | WebRequest | None = None, /, **options: Any) -> WebFolder:
     """Write a static folder that runs an exported .onnx (default: the newest under models/) in a browser with
     onnxruntime-web: index.html, vitdeploy.js (the model's preprocessing, as predict does it), the file,
-    onnxruntime-web's files, the transformers.js layout, serve.py and README.md. No torch needed; npm installs
-    onnxruntime-web into the cache the first time. `out` follows outputs.py's rule (force: write into a folder of
+    onnxruntime-web's files, the transformers.js layout (the model with its preprocessing in the graph), serve.py
+    and README.md. No torch needed (onnx builds the transformers.js file); npm installs onnxruntime-web into the
+    cache the first time. `out` follows outputs.py's rule (force: write into a folder of
     other files, keeping them)."""
     from vitdeploy.serving.web_folder import write_web_folder
 
@@ -230,4 +236,14 @@ def web(model: PathLike | WebRequest | None = None, /, **options: Any) -> WebFol
     return write_web_folder(request.model, request.out, request.force)
 
 
-__all__ = ["bench", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify", "web"]
+def doctor() -> MachineReport:
+    """What this machine offers (CPU ISA class and flags, every runtime's devices and native precisions) and, for
+    every export and bench variant, whether it can run here and, if not, why and what would (an install line or
+    the hardware); report.recommendation says what to build and time. Imports no torch."""
+    from vitdeploy.exporting.capabilities import machine_report
+
+    return machine_report()
+
+
+__all__ = ["bench", "doctor", "explain", "export", "import_model", "predict", "serve", "train", "triton", "verify",
+           "web"]

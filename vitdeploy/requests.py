@@ -95,6 +95,7 @@ class ExportRequest(_Request):
     opset: int = 17
     verify: bool = True  # parity with PyTorch before the file is moved into place
     optimize: bool = False  # also the fused fp32 variant
+    image_input: bool = False  # also model.image.onnx: the decoded image as input, THE preprocessing in the graph
     precision: tuple[str, ...] = ("fp32",)  # variants to build beside the file, each gated (variants.py lists them)
     max_accuracy_drop: float = 0.5  # accuracy gate: percentage points of held-out accuracy a variant may lose
     int8_method: str = "static"  # static (QDQ, calibrated) | dynamic
@@ -227,7 +228,7 @@ class ServeSettings(_Request):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    runtime: str = "ort"
+    runtime: str | None = None  # None: the one the file was made for, else ort (predict's rule: runtime_for_file)
     device: str = "auto"
     threads: int | None = None
     name: str | None = None  # the model's name in the protocol; default: the file name without .onnx

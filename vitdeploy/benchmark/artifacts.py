@@ -39,7 +39,7 @@ from vitdeploy.files.bundle import BundleInfo, load_bundle, read_bundle_info
 from vitdeploy.files.discovery import resolve_model
 from vitdeploy.files.onnx_file import DEFAULT_FILE_NAME, OnnxModelInfo, parse_metadata, save_onnx
 from vitdeploy.files.variants import EXPORT
-from vitdeploy.runtimes.ort import load_model_info
+from vitdeploy.runtimes import read_model_info
 
 # Random inputs set the static INT8 scales of a preset: more of them would not make the scales meaningful.
 PRESET_CALIBRATION_IMAGES = 32
@@ -137,20 +137,20 @@ def build_variant_files(base: Path, config: ModelConfig, variants: Collection[st
 
     Each file carries base's metadata with its own precision, variant, runtime and quantization, as export's do.
     """
-    base_meta = load_model_info(base).raw
+    base_meta = read_model_info(base).raw
     with tempfile.TemporaryDirectory(dir=base.parent) as workdir:
         source = VariantSource(base, config, Path(workdir),
                                lambda: input_batch(config, PRESET_CALIBRATION_IMAGES, seed))
         for row in (v for v in EXPORT.values() if v.builder and v.name in variants):
             built = build_variant(row, source)
-            describe_variant(built.proto, base_meta, row.name, built.fusions, built.quantization)
+            describe_variant(built.proto, base_meta, row.name, built.fusions, built.quantization, source.isa)
             save_onnx(built.proto, row.path(base))
 
 
 def model_from_files(onnx_path: Path | None, bundle: Path | None) -> ModelUnderTest:
     """An exported .onnx (default: the newest under models/) and its bundle (default: the one it names)."""
     path = resolve_model(onnx_path)
-    info = load_model_info(path)
+    info = read_model_info(path)
     if info.export.get("variant"):
         base = path.with_name(path.stem.rpartition(".")[0] + path.suffix)
         raise ConfigError(f"{path} is the {info.export['variant']} variant of {base.name}: give {base}, and bench "

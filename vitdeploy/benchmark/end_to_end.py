@@ -32,6 +32,7 @@ def end_to_end(onnx_path: Path, paths: list[Path], batch_size: int, threads: int
         seconds["decode"] += after_decode - started
         seconds["preprocess"] += after_preprocess - after_decode
         seconds["model"] += time.perf_counter() - after_preprocess
+    session.close()
     total = sum(seconds.values())
     return {
         "images": len(paths),

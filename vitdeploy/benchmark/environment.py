@@ -15,16 +15,9 @@ import subprocess
 from types import ModuleType
 from typing import Any
 
-from vitdeploy.core.provenance import cpu_flags
-from vitdeploy.runtimes import installed_runtimes
-from vitdeploy.runtimes.ort import cuda_status, tensorrt_status
+from vitdeploy.runtimes import this_machine
 
 logger = logging.getLogger(__name__)
-
-# The vector extensions the peak and the precisions depend on, recorded with every run.
-INTERESTING_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-                               "amx_tile", "amx_bf16", "amx_int8"})
-
 
 @functools.cache
 def optional_torch() -> ModuleType | None:
@@ -37,36 +30,28 @@ def optional_torch() -> ModuleType | None:
 
 
 def environment(threads: int) -> dict[str, Any]:
-    import onnxruntime as ort
-
+    """The machine record (runtimes.this_machine(): ISA class and flags, every runtime's offer) with the
+    versions, threads, GPUs and load average of this run."""
     from vitdeploy.core.provenance import machine, package_versions
 
     torch = optional_torch()
+    record = this_machine()
+    ort, openvino = record.offer("ort"), record.offer("openvino")
     return {
         **machine(),
         "threads": threads,
         "torch_threads": torch.get_num_threads() if torch else None,
         "versions": package_versions(),
-        "onnxruntime_available_providers": ort.get_available_providers(),
-        "onnxruntime_cuda": "usable" if cuda_status().usable else cuda_status().summary,
-        "onnxruntime_tensorrt": "usable" if tensorrt_status().usable else tensorrt_status().summary,
-        "runtimes": [status.to_dict() for status in installed_runtimes()],
-        "openvino_cpu_capabilities": _openvino_capabilities(),
-        "cpu_flags": sorted(cpu_flags() & INTERESTING_FLAGS),
+        "onnxruntime_available_providers": ort.details.get("available_providers"),
+        "onnxruntime_cuda": ort.details.get("cuda"),
+        "onnxruntime_tensorrt": ort.details.get("tensorrt"),
+        "runtimes": [record.offer(name).to_dict() for name in record.runtimes],
+        "openvino_cpu_capabilities": openvino.details.get("optimization_capabilities", {}).get("cpu"),
+        "isa": record.isa,
+        "cpu_flags": sorted(record.cpu_flags),
         "gpus": gpus(),
         "load_average": _load_average(),
     }
-
-
-def _openvino_capabilities() -> list[str] | None:
-    """What OpenVINO's CPU plugin says this CPU runs natively (BF16, INT8, ...), where OpenVINO is installed."""
-    from vitdeploy.runtimes import runtime_status
-
-    if not runtime_status("openvino").usable:
-        return None
-    from vitdeploy.runtimes.openvino import capabilities
-
-    return capabilities("CPU")
 
 
 def gpus() -> list[dict[str, str]]:

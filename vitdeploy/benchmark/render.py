@@ -22,7 +22,11 @@ from vitdeploy.errors import ConfigError
 
 def summary_lines(report: BenchReport) -> list[str]:
     """Per variant its cold start, file and accuracy check; then peaks and the end-to-end split, one plain line each."""
-    lines = [_variant_line(name, v) for name, v in report.variants.items()]
+    env = report.environment
+    lines = [f"machine: {env.get('cpu')}, ISA class {env.get('isa')} ({', '.join(env.get('cpu_flags') or [])})"
+             + (f"; not timed here: {', '.join(report.skipped)} (why, and what would run them: `skipped` in "
+                "--json, or vitdeploy doctor)" if report.skipped else "")]
+    lines += [_variant_line(name, v) for name, v in report.variants.items()]
     lines += [f"{precision} peak ({device}): {peak['gflops']:.1f} GFLOP/s, from {peak['source']} (of "
               + ", ".join(f"{k} {v:.0f}" for k, v in peak["candidates"].items()) + ")"
               for device, by_precision in report.peaks.items() for precision, peak in by_precision.items()]

@@ -73,8 +73,9 @@ def benchmark(
         for runner in runners:
             spec = runner.spec
             started = cold_start(runner, first_batch)
+            ran = runner.ran.get("precision", spec.precision)  # what ran: OpenVINO may compile a bf16 hint as f32
             variants[spec.name] = {
-                "runtime": spec.runtime, "device": spec.device, "precision": spec.precision,
+                "runtime": spec.runtime, "device": spec.device, "precision": ran,
                 "ran": runner.ran, "description": spec.description, "providers": runner.providers,
                 "cold_start": started.to_dict(), **describe_file(model, spec),
             }
@@ -83,6 +84,8 @@ def benchmark(
         points = measure_points(runners, settings, batch_for, gemms, point_started, blocks)
         e2e = (end_to_end(model.onnx_path, end_to_end_images, max(settings.batch_sizes), threads)
                if end_to_end_images else None)
+        for runner in runners:
+            runner.close()
     timed = {g: [t for p in points if p.variant == g.spec.name for t in p.latencies_s] for g in gemms}
     points = [p for p in points if p.variant in variants]
     device_peaks = peaks(timed, _achieved(points, macs.flops), threads)
@@ -157,9 +160,7 @@ def run_bench(
                               + ("" if recursive else recursive_hint(end_to_end_inputs)))
     with tempfile.TemporaryDirectory(prefix="vitdeploy-bench-model-") as tmp:
         if preset:
-            # Only the files of variants that can run here are built.
-            specs = [VARIANTS[name] for name in settings.requested]
-            files = [s.export.name for s in specs if s.export and runtime_problem(s) is None]
+            files = preset_files(settings)
             logger.info("building %s with random weights (seed %d) and exporting it%s", preset, settings.seed,
                         f", with {', '.join(f'model.{v}.onnx' for v in files)} built as export builds them" if files
                         else "")
@@ -167,6 +168,12 @@ def run_bench(
         else:
             under_test = model_from_files(model, bundle)
         return benchmark(under_test, settings, images or None, on_point)
+
+
+def preset_files(settings: BenchSettings) -> list[str]:
+    """The export variants a preset builds: the files of the variants asked for that this machine can run."""
+    specs = [VARIANTS[name] for name in settings.requested]
+    return list(dict.fromkeys(s.export.name for s in specs if s.export and runtime_problem(s) is None))
 
 
 def run_request(request: BenchRequest) -> BenchReport:

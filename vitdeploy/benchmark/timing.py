@@ -96,6 +96,9 @@ class Runner(abc.ABC):
         """The staged batch's logits on the host (untimed), or None where the runner does not produce any."""
         return None
 
+    def close(self) -> None:
+        """Release the runtime's session (after the last timed run); nothing to release by default."""
+
 
 def input_batch(cfg: ModelConfig, batch_size: int, seed: int) -> np.ndarray:
     """The batch every variant sees at this batch size: seeded per batch size, standard normal (the scale of a

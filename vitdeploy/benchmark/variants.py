@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vitdeploy.benchmark.environment import optional_torch
 from vitdeploy.core.config import comma_list
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError
+from vitdeploy.exporting.capabilities import bench_problem
 from vitdeploy.files.variants import VARIANTS, VariantSpec
 from vitdeploy.requests import BenchRequest
 
@@ -78,40 +78,9 @@ class BenchSettings:
 
 
 def runtime_problem(spec: VariantSpec) -> str | None:
-    """Why this machine cannot run `spec`, or None. PyTorch needs torch installed, and on CUDA torch must see the
-    GPU; ONNX Runtime on CUDA / TensorRT needs a real session on that provider (runtimes.ort); OpenVINO must be
-    installed, with the device, and bf16 only where the CPU runs it natively."""
-    if spec.runtime == "torch":
-        torch = optional_torch()
-        if torch is None:
-            return "PyTorch is not installed"
-        return "torch sees no CUDA device" if spec.device == "cuda" and not torch.cuda.is_available() else None
-    if spec.runtime == "openvino":
-        return _openvino_problem(spec)
-    if spec.device == "cpu":
-        return None
-    from vitdeploy.runtimes.ort import cuda_status, tensorrt_status
-
-    status = tensorrt_status() if spec.device == "tensorrt" else cuda_status()
-    return None if status.usable else status.summary or status.reason
-
-
-def _openvino_problem(spec: VariantSpec) -> str | None:
-    from vitdeploy.runtimes import runtime_status
-
-    status = runtime_status("openvino")
-    if not status.usable:
-        return status.reason
-    if spec.device not in status.devices:
-        return f"OpenVINO has no {spec.device.upper()} device here"
-    # An INT8 file may run its unquantized ops in bf16 (ov-int8-bf16): that needs native bf16 as much as bf16 does.
-    inference = getattr(spec.export, "inference_precision", None)
-    for precision in sorted({spec.precision, inference} & {"bf16", "fp16"}):
-        from vitdeploy.runtimes.openvino import CAPABILITY, capabilities
-
-        if CAPABILITY[precision] not in capabilities(spec.device.upper()):
-            return f"this {spec.device.upper()} does not run {precision} natively"
-    return None
+    """Why this machine cannot run `spec` natively, ending with what would (an install line or the hardware), or
+    None: the machine record against the precisions the variant computes in (exporting.capabilities)."""
+    return bench_problem(spec)
 
 
 def parse_variants(text: str | Sequence[str] | None) -> tuple[str, ...] | None:

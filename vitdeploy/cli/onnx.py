@@ -27,6 +27,12 @@ def export(
         bool, typer.Option(help="Also write MODEL.fp32-opt.onnx: ONNX Runtime's transformer fusions applied offline "
                            "(Attention, SkipLayerNormalization, BiasGelu), with the fusion counts reported.")
     ] = ExportRequest.optimize,
+    image_input: Annotated[
+        bool, typer.Option(help="Also write MODEL.image.onnx: input the decoded image itself (uint8 [batch, height, "
+                           "width, channels], any size, 1-4 channels), THE preprocessing inside the graph, for "
+                           "clients that cannot reproduce Pillow (Triton, KServe, Java, C++, phones); gated on "
+                           "held-out images at many sizes.")
+    ] = ExportRequest.image_input,
     precision: Annotated[
         Optional[list[str]],
         typer.Option(help=precision_help()),
@@ -55,14 +61,18 @@ def export(
     unsupported opset or precision); 3 parity failed (nothing written), or a variant failed the accuracy gate
     (that variant not written; the fp32 file and the variants that passed were).
 
+    --precision auto builds every variant this machine computes natively and can gate, and names the others with
+    what would build them (vitdeploy doctor lists them too).
+
     Example: vitdeploy export models/digits/best --optimize --precision fp16,int8,ov-bf16,ov-int8
+    Example: vitdeploy export models/digits/best --precision auto
     """
     import vitdeploy
     from vitdeploy.cli.tables import parity_tables, print_table, variants_table
     from vitdeploy.errors import ParityError
 
     request = ExportRequest(bundle=bundle, out=out, opset=opset, verify=verify, optimize=optimize,
-                            precision=tuple(precision or ExportRequest.precision),
+                            image_input=image_input, precision=tuple(precision or ExportRequest.precision),
                             max_accuracy_drop=max_accuracy_drop, int8_method=int8_method, exporter=exporter)
     try:
         result = vitdeploy.export(request)
@@ -89,6 +99,10 @@ def export(
         )
     if result.variants:
         print_table(console, variants_table(result.variants))
+    for name, why in result.skipped.items():
+        console.print(f"not built here: {name}: {why}", highlight=False, soft_wrap=True)
+    for line in result.auto_not_written():
+        console.print(f"--precision auto: {line}", highlight=False, soft_wrap=True)
     if json_output:
         print_json(result.to_dict())
     finish(result)

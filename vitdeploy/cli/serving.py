@@ -106,7 +106,8 @@ def serve(
     ] = ServeSettings.host,
     port: Annotated[int, typer.Option(help="TCP port (0: any free one, printed at start).")] = ServeSettings.port,
     runtime: Annotated[
-        str, typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow).")
+        Optional[str], typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow). "
+                                    "Default: the runtime the file was made for (as predict), else ort.")
     ] = ServeSettings.runtime,
     device: Annotated[
         str, typer.Option(help="auto (CUDA only if a session really gets it) | cpu | cuda.")
@@ -172,7 +173,8 @@ def web(
 ) -> None:
     """Write a static folder that runs the model in a browser with onnxruntime-web: index.html, vitdeploy.js (the
     model's own preprocessing, bit-identical with predict's), the .onnx, onnxruntime-web's files (no CDN), the
-    transformers.js layout, serve.py and a README with the headers multithreaded WebAssembly needs.
+    transformers.js layout (its model does the preprocessing in its graph: `pipeline('image-classification',
+    folder)` answers as predict does), serve.py and a README with the headers multithreaded WebAssembly needs.
 
     onnxruntime-web is installed with npm into ~/.cache/vitdeploy the first time. Refused (exit code 2): a file over
     onnxruntime-web's 2 GiB limit, one with external data, a variant made for another runtime, an -o folder of other

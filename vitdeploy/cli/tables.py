@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from vitdeploy.runtimes.ort import short_provider_name
+from vitdeploy.runtimes import short_provider_name
 
 if TYPE_CHECKING:
     from vitdeploy.benchmark.report import BenchReport
+    from vitdeploy.exporting.capabilities import MachineReport
     from vitdeploy.exporting.ladder import VariantResult
     from vitdeploy.verification.parity import ParityReport
 
@@ -218,3 +219,21 @@ def prediction_table(rows: list[dict[str, Any]]) -> Table:
         else:
             table.add_row(row["path"], Cell(row["error"], "red"), "", row["message"])
     return table
+
+
+def doctor_tables(report: MachineReport) -> list[Table]:
+    """`vitdeploy doctor`: the runtimes here, then every export and bench variant: here, or why not and what would."""
+    machine = report.machine
+    runtimes = Table(f"{machine['cpu']} ({machine['arch']}, ISA class {machine['isa']}; flags: "
+                     f"{', '.join(machine['cpu_flags']) or 'none'}): runtimes", ["runtime", "here", "computes natively"])
+    for name, offer in machine["runtimes"].items():
+        computes = "; ".join(f"{device}: {', '.join(precisions)}" for device, precisions in offer["precisions"].items())
+        runtimes.add_row(name, "yes" if offer["usable"] else "no", computes or offer["reason"])
+    tables = [runtimes]
+    for title, problems in (("export variants (--precision auto builds those here)", report.export),
+                            ("bench variants (timed by default where their file exists)", report.bench)):
+        table = Table(title, ["variant", "here", "why not, and what would run it"])
+        for name, problem in problems.items():
+            table.add_row(name, "no" if problem else "yes", Cell(problem or "", "yellow" if problem else None))
+        tables.append(table)
+    return tables

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Set
+from pathlib import Path
 
 from vitdeploy.core.provenance import cpu_flags
 
@@ -45,3 +46,14 @@ def isa_class(flags: Set[str] | None = None, machine: str | None = None) -> str:
 def int8_saturates(isa: str) -> bool:
     """True where u8 x s8 INT8 kernels can saturate (no VNNI or AMX): x86 AVX2 / AVX-512 without VNNI, and older."""
     return isa not in NO_INT8_SATURATION
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo's "model name", else platform.processor()), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None

@@ -52,6 +52,7 @@ from vitdeploy.files.onnx_file import (
 )
 from vitdeploy.files.outputs import check_output_file
 from vitdeploy.requests import ExportRequest
+from vitdeploy.runtimes import open_runtime
 
 if TYPE_CHECKING:
     from vitdeploy.exporting.gate import AccuracyGate
@@ -86,12 +87,18 @@ class ExportResult:
     verify_seconds: float
     parity: ParityReport | None  # None with verify=False
     variants: list[VariantResult] = field(default_factory=list)  # fused / fp16 / int8 files, when asked for
+    auto: list[str] = field(default_factory=list)  # variants --precision auto chose: failing the gate is no failure
+    skipped: dict[str, str] = field(default_factory=dict)  # --precision auto: variant -> why not here, what would
     notes: list[str] = field(default_factory=list)
 
     def failures(self) -> list[str]:
-        """The variants that failed their accuracy gate (not written); parity failing writes nothing and raises."""
-        return [f"accuracy gate failed: {v.variant}: {', '.join(v.gate.failures())}: {v.path.name} not written"
-                for v in self.variants if not v.written]
+        """The variants named explicitly that failed their accuracy gate (not written); parity failing writes
+        nothing and raises. One --precision auto chose is not a failure: auto asks for those that pass."""
+        return [gate_failure(v) for v in self.variants if not v.written and v.variant not in self.auto]
+
+    def auto_not_written(self) -> list[str]:
+        """The variants --precision auto built that failed their gate: named (not written), not failures."""
+        return [gate_failure(v) for v in self.variants if not v.written and v.variant in self.auto]
 
     @property
     def passed(self) -> bool:
@@ -102,14 +109,16 @@ class ExportResult:
                                                  verify_seconds=round(self.verify_seconds, 3))}
 
 
+def gate_failure(result: VariantResult) -> str:
+    return (f"accuracy gate failed: {result.variant}: {', '.join(result.gate.failures())}: {result.path.name} "
+            "not written")
+
+
 @functools.cache
 def onnxruntime_max_opset() -> int:
     """The newest default-domain opset this onnxruntime loads, found by asking it (one tiny session per try)."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
-
-    from vitdeploy.runtimes.ort import CPU
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
@@ -120,7 +129,7 @@ def onnxruntime_max_opset() -> int:
     for opset in range(onnx.defs.onnx_opset_version(), 0, -1):
         probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
         try:
-            ort.InferenceSession(probe.SerializeToString(), providers=[CPU])
+            open_runtime("ort", probe.SerializeToString(), "cpu").close()
         except Exception:  # ORT's "opset not supported" has no narrower type; any failure means "not this one"
             continue
         return opset
@@ -175,11 +184,15 @@ def check_opset(opset: int, exporter: str = DEFAULT_EXPORTER) -> None:
 def export(request: ExportRequest) -> ExportResult:
     """`vitdeploy export`: the file, then the variants asked for, each judged by the accuracy gate."""
     from vitdeploy.exporting.gate import AccuracyGate
-    from vitdeploy.exporting.ladder import parse_precisions, requested_variants
+    from vitdeploy.exporting.ladder import parse_precisions, resolve_variants
 
-    variants = requested_variants(parse_precisions(request.precision), request.optimize)
-    return export_onnx(request.bundle, request.out, request.opset, request.verify, variants,
-                       AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method, request.exporter)
+    variants, result_auto, skipped = resolve_variants(parse_precisions(request.precision), request.optimize,
+                                                      request.image_input)
+    result = export_onnx(request.bundle, request.out, request.opset, request.verify, variants,
+                         AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method,
+                         request.exporter)
+    result.auto, result.skipped = result_auto, skipped
+    return result
 
 
 def export_onnx(
@@ -204,11 +217,11 @@ def export_onnx(
     bundle_dir = Path(bundle) if bundle is not None else find_latest_bundle()
     model, info = load_bundle(bundle_dir)
     if variants:
-        from vitdeploy.exporting.gate import AccuracyGate, gate_data
-        from vitdeploy.exporting.ladder import check_request, export_variants
+        from vitdeploy.exporting.gate import AccuracyGate
+        from vitdeploy.exporting.ladder import check_request, export_variants, gate_data_for
 
         check_request(variants, int8_method)  # usage errors, and no held-out images, before anything is written
-        data = gate_data(model, info)
+        data = gate_data_for(model, info, variants)
     result = export_model(model, info, Path(out) if out else bundle_dir / DEFAULT_FILE_NAME, opset, verify,
                           bundle_dir, exporter)
     if variants:

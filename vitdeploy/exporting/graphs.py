@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitdeploy.core.config import ModelConfig
+from vitdeploy.core.cpu import int8_saturates, isa_class
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError
 from vitdeploy.exporting import quant_search
 from vitdeploy.files.onnx_file import INPUT_NAME, copy_proto, save_onnx
 from vitdeploy.files.variants import ExportVariant
+from vitdeploy.runtimes import open_runtime
 
 if TYPE_CHECKING:
     import onnx
@@ -71,6 +73,7 @@ class VariantSource:
     workdir: Path
     calibration: Callable[[], np.ndarray]
     int8_method: str = "static"  # static | dynamic
+    isa: str = field(default_factory=isa_class)  # the CPU class it is built (and gated) for: core.cpu.isa_class
     _fused: tuple[onnx.ModelProto, FusionReport] | None = field(default=None, repr=False)
     _calibration: np.ndarray | None = field(default=None, repr=False)
 
@@ -83,6 +86,47 @@ class VariantSource:
         if self._calibration is None:
             self._calibration = self.calibration()
         return self._calibration
+
+    @property
+    def int8_recipe(self) -> Int8Recipe:
+        return int8_recipe(self.isa)
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How the INT8 builders store weights for the CPU class a file is built and gated for.
+
+    x86 INT8 kernels multiply uint8 activations by int8 weights. With VNNI or AMX every product is accumulated in
+    32 bits. Without them (AVX2, AVX-512 without VNNI) both ONNX Runtime's MLAS and OpenVINO's oneDNN use
+    VPMADDUBSW, which adds two adjacent u8 x s8 products into a saturating 16-bit sum: 255 x 127 x 2 overflows it.
+    Weights in 7 bits (|w| <= 64: 2 x 255 x 64 < 2^15) keep every pair in range: ORT's reduce_range, NNCF's
+    OverflowFix.ENABLE.
+    Measured on an Ice Lake running its own AVX2 kernels (tests/test_int8_isa.py, benchmarks/int8_isa.md): on a
+    random-init ViT with PyTorch's default Linear init, ORT's u8s8 file agreed with fp32 on 97.0% of inputs on the
+    VNNI kernel and 74.5% on the AVX2 one, 7-bit weights 95.5% on both; NNCF's default (7 bits in the first layer
+    only) 96.5% / 84.5% on OpenVINO, OverflowFix.ENABLE 95.5% on both. Where nothing saturates the full 8 bits are
+    the more accurate, so VNNI / AMX keep them.
+    """
+
+    isa: str  # core.cpu.isa_class
+    reduce_range: bool  # 7-bit weights (ORT static and dynamic: reduce_range; NNCF: OverflowFix.ENABLE)
+
+    @property
+    def overflow_fix(self) -> str:
+        """NNCF's overflow_fix: "enable" (every layer's weights in 7 bits), "first_layer" (NNCF's default)."""
+        return "enable" if self.reduce_range else "first_layer"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"isa_class": self.isa, "weights_7_bit": self.reduce_range,
+                "why": ("u8 x s8 products can saturate in 16 bits on this CPU class (no VNNI or AMX)"
+                        if self.reduce_range else "VNNI / AMX (or arm64) accumulate u8 x s8 products in 32 bits")}
+
+
+def int8_recipe(isa: str | None = None) -> Int8Recipe:
+    """The INT8 recipe for a CPU class (default: this CPU's): 7-bit weights where u8 x s8 can saturate, the full
+    8 bits where it cannot (no accuracy to lose there, and the same kernels run either way)."""
+    isa = isa_class() if isa is None else isa
+    return Int8Recipe(isa, reduce_range=int8_saturates(isa))
 
 
 @dataclass
@@ -179,10 +223,11 @@ def linear_matmuls(proto: onnx.ModelProto) -> tuple[list[str], list[str]]:
 
 
 def to_int8_static(
-    model_path: Path, calibration: np.ndarray, workdir: Path
+    model_path: Path, calibration: np.ndarray, workdir: Path, recipe: Int8Recipe | None = None
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """INT8 static quantization (QDQ) of the Linear layers: per-channel int8 weights, uint8 activations with
     ranges calibrated on training images, from the unfused fp32 graph (ORT's CPU provider fuses the QDQ pairs).
+    `recipe` (default: this CPU's): 7-bit weights (reduce_range) where u8 x s8 can saturate.
 
     Kept in fp32, measured on the briefly trained ViT-Ti (benchmarks/precision.md): the patch embedding (it reads
     raw pixels) and the head, and the two activation-by-activation MatMuls of attention (Q K^T, weights V).
@@ -200,23 +245,33 @@ def to_int8_static(
             start = next(self.starts, None)
             return None if start is None else {INPUT_NAME: calibration[start : start + CALIBRATION_BATCH_SIZE]}
 
+    recipe = recipe or int8_recipe()
     linear, activation_products = linear_matmuls(onnx.load(os.fspath(model_path), load_external_data=False))
     out = workdir / "int8-static.onnx"
     with _quiet_root_logger():
         quantize_static(
             os.fspath(model_path), os.fspath(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-            nodes_to_exclude=activation_products, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"], nodes_to_exclude=activation_products,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-    settings = {"method": "static", "format": "QDQ", "weights": "int8 per channel", "activations": "uint8",
-                "calibration": "MinMax", "calibration_images": len(calibration), "quantized_matmuls": len(linear),
+    settings = {"method": "static", "format": "QDQ", "weights": _weights("int8 per channel", recipe),
+                "activations": "uint8", "calibration": "MinMax", "calibration_images": len(calibration),
+                "quantized_matmuls": len(linear), "recipe": recipe.to_dict(),
                 "kept_fp32": "patch embedding, head, attention's activation x activation MatMuls"}
     return onnx.load(os.fspath(out)), settings
 
 
-def to_int8_dynamic(fused: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def _weights(kind: str, recipe: Int8Recipe) -> str:
+    return f"{kind}, 7-bit range" if recipe.reduce_range else kind
+
+
+def to_int8_dynamic(
+    fused: onnx.ModelProto, workdir: Path, recipe: Int8Recipe | None = None
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """INT8 dynamic quantization of the fused graph's Linear layers and Attention: int8 weights, activations
-    quantized per batch at run time. The patch embedding and the head stay fp32, as in to_int8_static.
+    quantized per batch at run time. The patch embedding and the head stay fp32, as in to_int8_static; 7-bit
+    weights where the recipe says so (the same u8 x s8 kernels run it).
 
     NOTE: quantize_dynamic on a transformers-optimised graph fails unless the default tensor type is spelled out
     (extra_options DefaultTensorType=FLOAT).
@@ -224,18 +279,21 @@ def to_int8_dynamic(fused: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelPr
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    recipe = recipe or int8_recipe()
     source, out = workdir / "fused.onnx", workdir / "int8-dynamic.onnx"
     onnx.save_model(fused, os.fspath(source))
     with _quiet_root_logger():
         quantize_dynamic(os.fspath(source), os.fspath(out), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Attention"],
+                         reduce_range=recipe.reduce_range, op_types_to_quantize=["MatMul", "Attention"],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return onnx.load(os.fspath(out)), {"method": "dynamic", "weights": "int8 per tensor", "activations": "per batch",
+    return onnx.load(os.fspath(out)), {"method": "dynamic", "weights": _weights("int8 per tensor", recipe),
+                                       "activations": "per batch", "recipe": recipe.to_dict(),
                                        "kept_fp32": "patch embedding, head"}
 
 
 def to_ov_int8(
-    model_path: Path, calibration: np.ndarray, workdir: Path, kept: Sequence[str] | None = None
+    model_path: Path, calibration: np.ndarray, workdir: Path, kept: Sequence[str] | None = None,
+    recipe: Int8Recipe | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """INT8 post-training quantization by NNCF (`nncf.quantize`, ONNX backend, transformer model type) of the
     unfused fp32 graph, calibrated on training images: an ONNX file with QuantizeLinear / DequantizeLinear pairs,
@@ -243,25 +301,32 @@ def to_ov_int8(
     the numerically sensitive ops (LayerNorm, Softmax, GELU, the residual additions) unquantized; kept in fp32 as
     in to_int8_static: the patch embedding, the head and attention's activation x activation MatMuls (measured on
     the digits bundle: quantized too, they cost 0.56 pt of held-out accuracy, more than the gate allows).
-    `kept`: the node names to leave unquantized instead (a search's choice; [] quantizes every one).
+    `kept`: the node names to leave unquantized instead (a search's choice; [] quantizes every one). `recipe`
+    (default: this CPU's): NNCF's OverflowFix.ENABLE (7-bit weights in every layer) where u8 x s8 can saturate,
+    its default (the first layer only) elsewhere.
 
     NOTE: NNCF reports progress with rich on stdout and logs through its own logger: both are kept off the
     terminal here, as `--json` needs a clean stdout.
     """
     import onnx
 
+    recipe = recipe or int8_recipe()
     with _quiet_root_logger(), _quiet_nncf():
         import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
         source = onnx.load(os.fspath(model_path))
         dataset = nncf.Dataset([{INPUT_NAME: calibration[i : i + 1]} for i in range(len(calibration))])
         fixed = kept is None
         kept = fp32_nodes(source) if kept is None else list(kept)
+        overflow_fix = OverflowFix.ENABLE if recipe.reduce_range else OverflowFix.FIRST_LAYER
         quantized = nncf.quantize(source, dataset, model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(names=kept))
+                                  subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(names=kept),
+                                  advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow_fix))
     settings = {"method": "nncf", "tool": f"nncf {nncf.__version__} quantize, ONNX backend",
                 "format": "QDQ (ONNX)", "model_type": "transformer",
-                "preset": "mixed (NNCF's default for transformers)",
+                "preset": "mixed (NNCF's default for transformers)", "overflow_fix": recipe.overflow_fix,
+                "recipe": recipe.to_dict(),
                 "calibration_images": len(calibration),
                 "quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node),
                 "kept_fp32": "patch embedding, head, attention's activation x activation MatMuls" if fixed
@@ -296,9 +361,10 @@ def build_int8(source: VariantSource) -> BuiltGraph:
     """Static QDQ from the unfused graph, or (int8_method dynamic) dynamic quantization of the fused one."""
     if source.int8_method == "dynamic":
         proto, fusions = source.fused()
-        quantized, settings = to_int8_dynamic(proto, source.workdir)
+        quantized, settings = to_int8_dynamic(proto, source.workdir, source.int8_recipe)
         return BuiltGraph(quantized, fusions, settings)
-    quantized, settings = to_int8_static(source.base, source.calibration_inputs(), source.workdir)
+    quantized, settings = to_int8_static(source.base, source.calibration_inputs(), source.workdir,
+                                         source.int8_recipe)
     return BuiltGraph(quantized, None, settings)
 
 
@@ -309,8 +375,21 @@ def build_same_graph(source: VariantSource) -> BuiltGraph:
     return BuiltGraph(onnx.load(os.fspath(source.base)))
 
 
+def build_image_input(source: VariantSource) -> BuiltGraph:
+    """The fp32 graph behind THE preprocessing in ONNX operators: input the decoded image (image_input.py)."""
+    import onnx
+
+    from vitdeploy.exporting.image_input import with_image_input
+    from vitdeploy.files.onnx_file import parse_metadata
+
+    model = onnx.load(os.fspath(source.base))
+    spec = parse_metadata(source.base, {p.key: p.value for p in model.metadata_props}).preprocess
+    return BuiltGraph(with_image_input(model, spec, "hwc"))
+
+
 def build_ov_int8(source: VariantSource) -> BuiltGraph:
-    quantized, settings = to_ov_int8(source.base, source.calibration_inputs(), source.workdir)
+    quantized, settings = to_ov_int8(source.base, source.calibration_inputs(), source.workdir,
+                                     recipe=source.int8_recipe)
     return BuiltGraph(quantized, None, settings)
 
 
@@ -325,21 +404,21 @@ def ov_int8_searched(source: VariantSource, inference_precision: str) -> BuiltGr
     `inference_precision`), then quantize again with exactly those in NNCF's ignored scope."""
     import onnx
 
-    from vitdeploy.runtimes.openvino import OpenVinoSession
-
     started = time.perf_counter()
     images = source.calibration_inputs()
 
     def run(proto: onnx.ModelProto, precision: str = inference_precision) -> np.ndarray:
         # One compilation per candidate: a second (static shape, THROUGHPUT) would cost more than it saves here.
-        session = OpenVinoSession(proto.SerializeToString(), "cpu", precision, static_batch=False, throughput=False)
-        return session.run_in_batches(images, CALIBRATION_BATCH_SIZE)
+        with open_runtime("openvino", proto.SerializeToString(), "cpu", precision, static_batch=False,
+                          throughput=False) as session:
+            return session.run_in_batches(images, CALIBRATION_BATCH_SIZE)
 
     reference = run(onnx.load(os.fspath(source.base)), "fp32")
-    everything, _ = to_ov_int8(source.base, images, source.workdir, kept=[])
+    everything, _ = to_ov_int8(source.base, images, source.workdir, kept=[], recipe=source.int8_recipe)
     groups = quant_search.matmul_groups(onnx.load(os.fspath(source.base)), source.config)
     found = quant_search.search(everything, groups, run, reference)
-    quantized, settings = to_ov_int8(source.base, images, source.workdir, kept=found.kept_nodes)
+    quantized, settings = to_ov_int8(source.base, images, source.workdir, kept=found.kept_nodes,
+                                     recipe=source.int8_recipe)
     final = quant_search.agreement(reference, run(quantized))
     settings["search"] = {**found.to_dict(), "agreement_requantized": round(final, 4),
                           "inference_precision": inference_precision,

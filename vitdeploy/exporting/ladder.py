@@ -34,12 +34,24 @@ import numpy as np
 
 from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import comma_list
+from vitdeploy.core.cpu import isa_class
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, DataError
-from vitdeploy.exporting.gate import AccuracyGate, GateData, GateResult, gate_data, judge
+from vitdeploy.exporting.capabilities import auto_variants, check_exportable
+from vitdeploy.exporting.gate import (
+    AccuracyGate,
+    GateData,
+    GateResult,
+    gate_data,
+    judge,
+    judge_image_input,
+    synthetic_gate_data,
+)
 from vitdeploy.exporting.graphs import FusionReport, VariantSource, build_variant
+from vitdeploy.exporting.image_input import with_pixels_output
 from vitdeploy.files.onnx_file import (
     META_EXPORT,
+    META_INPUT,
     META_INTERMEDIATES,
     META_PARITY,
     read_metadata,
@@ -47,7 +59,6 @@ from vitdeploy.files.onnx_file import (
     set_metadata,
 )
 from vitdeploy.files.variants import EXPORT, PRECISIONS, ExportVariant
-from vitdeploy.runtimes.ort import CPU
 
 if TYPE_CHECKING:
     import onnx
@@ -56,6 +67,7 @@ if TYPE_CHECKING:
 
 # The variants themselves (precision, runtime, gate device, tolerances, builder) are rows of vitdeploy.files.variants.
 INT8_METHODS = ("static", "dynamic")
+AUTO = "auto"  # --precision auto: every variant this machine computes natively and can gate
 CALIBRATION_IMAGES = 128  # training images whose activation ranges set the static INT8 scales
 
 @dataclass
@@ -81,18 +93,35 @@ class VariantResult:
 
 
 def parse_precisions(values: Sequence[str]) -> tuple[str, ...]:
-    """['fp32,int8', 'fp16'] -> ('fp32', 'fp16', 'int8'): each option may list several, in any order."""
+    """['fp32,int8', 'fp16'] -> ('fp32', 'fp16', 'int8'): each option may list several, in any order; "auto"
+    stays as it is (resolve_variants says what it means here)."""
     wanted = set(comma_list(values, lower=True))
-    unknown = sorted(wanted - set(PRECISIONS))
+    unknown = sorted(wanted - set(PRECISIONS) - {AUTO})
     if unknown or not wanted:
-        raise ConfigError(f"unknown precision(s) {unknown or values}; choose from: {', '.join(PRECISIONS)}")
-    return tuple(p for p in PRECISIONS if p in wanted)
+        raise ConfigError(f"unknown precision(s) {unknown or values}; choose from: {', '.join(PRECISIONS)}, {AUTO}")
+    return tuple(p for p in (*PRECISIONS, AUTO) if p in wanted)
 
 
-def requested_variants(precisions: Sequence[str], optimize: bool) -> list[str]:
-    """Variants to build beside the plain fp32 file, in table order: fp32-opt with --optimize, the rest as asked."""
-    return [v.name for v in EXPORT.values()
-            if v.builder and (v.name in precisions or (optimize and v.option == "optimize"))]
+def resolve_variants(precisions: Sequence[str], optimize: bool,
+                     image_input: bool = False) -> tuple[list[str], list[str], dict[str, str]]:
+    """The variants to build (requested_variants); with "auto", those of them auto chose (every variant this
+    machine can build and gate: capabilities.auto_variants, less those named too) and the ones it cannot, each
+    with why and what would."""
+    chosen: list[str] = []
+    skipped: dict[str, str] = {}
+    if AUTO in precisions:
+        named = [p for p in precisions if p != AUTO]
+        chosen, skipped = auto_variants()
+        chosen = [name for name in chosen if name not in named and not (optimize and EXPORT[name].option == "optimize")]
+        precisions = [*named, *chosen]
+    return requested_variants(precisions, optimize, image_input), chosen, skipped
+
+
+def requested_variants(precisions: Sequence[str], optimize: bool, image_input: bool = False) -> list[str]:
+    """Variants to build beside the plain fp32 file, in table order: fp32-opt with --optimize, the raw-image file with
+    --image-input, the rest as asked."""
+    asked = {"optimize": optimize, "image": image_input}
+    return [v.name for v in EXPORT.values() if v.builder and (v.name in precisions or asked.get(v.option, False))]
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -107,16 +136,7 @@ def check_request(variants: Sequence[str], int8_method: str) -> None:
         raise ConfigError(f"unknown variant(s) {unknown}; choose from: {', '.join(v.name for v in built)}")
     if int8_method not in INT8_METHODS:
         raise ConfigError(f"unknown INT8 method {int8_method!r}; choose one of: {', '.join(INT8_METHODS)}")
-    openvino_variants = [v for v in variants if EXPORT[v].runtime == "openvino"]
-    if openvino_variants:
-        from vitdeploy.core.extras import require
-
-        require("openvino", f"export --precision {','.join(openvino_variants)}")
-    for precision in dict.fromkeys(EXPORT[v].inference_precision for v in openvino_variants):
-        if precision not in (None, "fp32"):  # refused where the CPU does not run it natively
-            from vitdeploy.runtimes.openvino import check_precision
-
-            check_precision(precision)
+    check_exportable(variants)
 
 
 def calibration_inputs(info: BundleInfo, limit: int = CALIBRATION_IMAGES) -> np.ndarray:
@@ -132,6 +152,14 @@ def calibration_inputs(info: BundleInfo, limit: int = CALIBRATION_IMAGES) -> np.
     return np.ascontiguousarray(np.stack([preprocess(img, info.preprocess) for img, _ in pairs]), np.float32)
 
 
+def gate_data_for(model: Any, info: BundleInfo, variants: Sequence[str]) -> GateData:
+    """The held-out images the variants are judged on; the raw-image file alone, of a bundle that records none (an
+    imported checkpoint), is judged on seeded smooth images instead (its pixels and PyTorch's logits)."""
+    if not info.dataset and all(EXPORT[v].option == "image" for v in variants):
+        return synthetic_gate_data(model, info.preprocess)
+    return gate_data(model, info)
+
+
 def export_variants(
     model: Any,
     info: BundleInfo,
@@ -140,35 +168,43 @@ def export_variants(
     gate: AccuracyGate = AccuracyGate(),
     data: GateData | None = None,
     int8_method: str = "static",
+    isa: str | None = None,
 ) -> list[VariantResult]:
     """Build each variant from the exported fp32 file `base`, judge it, and write the ones that pass beside it.
 
-    A variant that failed is returned with written=False; the others were written.
+    A variant that failed is returned with written=False; the others were written. `isa`: the CPU class the INT8
+    recipe is chosen for and the file records (default: this CPU's, core.cpu.isa_class); the gate runs here.
     """
     import onnx
 
     check_request(variants, int8_method)
     if not variants:
         return []
-    data = data or gate_data(model, info)
+    data = data or gate_data_for(model, info, variants)
     base_meta = read_metadata(base)
     results = []
     with reported_as(base.parent), tempfile.TemporaryDirectory(prefix=".vitdeploy-variants-",
                                                                 dir=base.parent) as staging_dir:
         staging = Path(staging_dir)
-        source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method)
+        source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method,
+                               isa or isa_class())
         for row in (EXPORT[name] for name in variants):
             started = time.perf_counter()
             built = build_variant(row, source)
             proto, fusions, quantization = built.proto, built.fusions, built.quantization
             out = row.path(base)
             staged = staging / out.name
-            describe_variant(proto, base_meta, row.name, fusions, quantization)  # the runtime judging it reads this
+            # the runtime judging it reads this
+            describe_variant(proto, base_meta, row.name, fusions, quantization, source.isa)
             save_onnx(proto, staged)
             onnx.checker.check_model(os.fspath(staged), full_check=True)  # verify's load_onnx insists on it too
             build_seconds = time.perf_counter() - started
-            result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
-                           row.runtime)
+            if row.option == "image":  # raw images in: judged image by image, its pixels too
+                result = judge_image_input(row.name, with_pixels_output(proto).SerializeToString(), data, gate,
+                                           info.preprocess)
+            else:
+                result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
+                               row.runtime, source.isa)
             notes = _notes(row, result, quantization)
             set_metadata(proto, {META_PARITY: result.summary()})
             size = staged.stat().st_size
@@ -188,13 +224,15 @@ def export_variants(
 
 def describe_variant(
     proto: onnx.ModelProto, base_meta: dict[str, str], variant: str, fusions: FusionReport | None,
-    quantization: dict[str, Any] | None,
+    quantization: dict[str, Any] | None, isa: str | None = None,
 ) -> None:
     """The fp32 file's self-description, plus what makes this variant different: precision, the runtime it is made
-    for (and, for OpenVINO, the precision it computes in), fusions, quantization. The gate's result is added once
-    it has run."""
+    for (and, for OpenVINO, the precision it computes in), fusions, quantization, and the CPU class it was built
+    and gated for (`isa`, default this CPU's, core.cpu.isa_class: a file run on another class is re-gated or warned
+    about). The gate's result is added once it has run."""
+    own_input = {p.key: p.value for p in proto.metadata_props if p.key == META_INPUT}  # a raw-image graph's
     del proto.metadata_props[:]
-    for key, value in base_meta.items():
+    for key, value in {**base_meta, **own_input}.items():
         proto.metadata_props.add(key=key, value=value)
     row = EXPORT[variant]
     export = json.loads(base_meta.get(META_EXPORT, "{}"))
@@ -204,6 +242,7 @@ def describe_variant(
         "runtime": row.runtime,
         "optimization": {"transformer_fusions": fusions.to_dict() if fusions else None},
         "quantization": quantization,
+        "isa_class": isa_class() if isa is None else isa,
     })
     if row.inference_precision is not None:
         export["inference_precision"] = row.inference_precision
@@ -213,7 +252,7 @@ def describe_variant(
 
 def _notes(row: ExportVariant, result: GateResult, quantization: dict[str, Any] | None) -> list[str]:
     notes = []
-    if row.precision == "fp16" and result.provider == CPU:
+    if row.precision == "fp16" and result.runtime.get("device") == "cpu":
         notes.append("fp16 judged on ONNX Runtime's CPU provider (no usable CUDA here): its fp16 speed needs a GPU")
     if quantization and quantization["method"] == "dynamic":
         notes.append("dynamic quantization scales activations per batch: outputs depend slightly on the batch")

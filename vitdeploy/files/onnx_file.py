@@ -2,6 +2,8 @@
 
 Every stage that reads or writes a vitdeploy .onnx file goes through here, so the contract lives in one place:
   - input `pixel_values` float32 [batch, C, H, W] (already preprocessed), output `logits` [batch, num_classes];
+    a raw-image file (export --image-input, exporting/image_input.py) takes the decoded image instead, `image` uint8
+    [batch, H, W, C] of any size, and says so in `vitdeploy.input`;
   - metadata_props `vitdeploy.*` whose values are JSON strings (labels, preprocessing, model config, export facts,
     metrics, parity summary, the tensors that hold each block's output);
   - one self-contained file below protobuf's 2 GB limit, one external `.data` file above it;
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     import onnx
 
 INPUT_NAME = "pixel_values"
+IMAGE_INPUT_NAME = "image"  # a raw-image file's input: the decoded image, uint8 [batch, height, width, channels]
 OUTPUT_NAME = "logits"
 DEFAULT_FILE_NAME = "model.onnx"
 
@@ -39,6 +42,7 @@ META_EXPORT = META_PREFIX + "export"  # opset, exporter, versions, weights sha25
 META_METRICS = META_PREFIX + "metrics"  # bundle metrics, e.g. val_accuracy
 META_PARITY = META_PREFIX + "parity"  # parity summary measured at export (or the accuracy gate of a variant)
 META_INTERMEDIATES = META_PREFIX + "intermediates"  # {"block_0": "<onnx tensor name>", ...}
+META_INPUT = META_PREFIX + "input"  # raw-image files only: {"kind": "image", "name", "layout", "dtype", "channels"}
 
 # Protobuf cannot serialize a message over 2 GiB: above that the weights go to one external data file.
 EXTERNAL_DATA_THRESHOLD_BYTES = 2**31 - 1
@@ -57,6 +61,7 @@ class OnnxModelInfo:
     parity: dict[str, Any] = field(default_factory=dict)
     intermediates: dict[str, str] = field(default_factory=dict)
     raw: dict[str, str] = field(default_factory=dict)
+    image_input: dict[str, Any] = field(default_factory=dict)  # META_INPUT; empty: the preprocessed tensor
 
     @property
     def precision(self) -> str:
@@ -71,6 +76,10 @@ class OnnxModelInfo:
         if isinstance(quantization, dict) and quantization.get("method") == "dynamic":
             return "dynamic INT8 quantization scales activations per batch (ONNX Runtime issue 10111)"
         return None
+
+    @property
+    def input_name(self) -> str:
+        return str(self.image_input.get("name", INPUT_NAME))
 
 
 def parse_metadata(path: str | os.PathLike[str], props: dict[str, str]) -> OnnxModelInfo:
@@ -99,6 +108,7 @@ def parse_metadata(path: str | os.PathLike[str], props: dict[str, str]) -> OnnxM
         parity=load(META_PARITY, required=False) or {},
         intermediates=load(META_INTERMEDIATES, required=False) or {},
         raw=dict(props),
+        image_input=load(META_INPUT, required=False) or {},
     )
 
 
@@ -208,7 +218,7 @@ def load_onnx(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, OnnxModelI
 
 
 def check_io_names(path: str | os.PathLike[str], inputs: list[str], outputs: list[str]) -> None:
-    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+    if not {INPUT_NAME, IMAGE_INPUT_NAME} & set(inputs) or OUTPUT_NAME not in outputs:
         raise ModelFileError(
             f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, found inputs {inputs} "
             f"and outputs {outputs}; export it with vitdeploy export"

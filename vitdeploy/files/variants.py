@@ -60,7 +60,7 @@ class ExportVariant:
     # the fp32 graph run in bf16; ov-int8 pins f32 for the ops NNCF leaves unquantized). None: the graph's own.
     inference_precision: str | None = None
     gate_on_logits: bool = False  # the gate also holds its logits to `tolerance.atol` (an exact rewrite must)
-    option: str = "precision"  # how export is asked for it: "precision" (--precision NAME) | "optimize"
+    option: str = "precision"  # how export is asked for it: "precision" (--precision NAME) | "optimize" | "image"
 
     def path(self, base: Path) -> Path:
         """The file beside the plain export `base`: model.onnx -> model.int8.onnx; model.onnx for fp32."""
@@ -70,11 +70,17 @@ class ExportVariant:
 
     @property
     def export_flag(self) -> str:
-        return "--optimize" if self.option == "optimize" else f"--precision {self.name}"
+        return {"optimize": "--optimize", "image": "--image-input"}.get(self.option, f"--precision {self.name}")
 
     @property
     def gate_max_abs(self) -> float | None:
         return self.tolerance.atol if self.gate_on_logits else None
+
+    @property
+    def computes(self) -> tuple[str, ...]:
+        """The precisions its runtime computes it in, which a machine must offer natively to run it fast: the
+        graph's, and the runtime's setting for the ops the graph leaves in float (ov-int8-bf16: int8, bf16)."""
+        return tuple(dict.fromkeys((self.precision, self.inference_precision or self.precision)))
 
 
 # Tolerances. fp32: ONNX Runtime's own fp32 validation tolerance (1e-4); measured fp32 differences here are ~1e-6,
@@ -112,6 +118,10 @@ EXPORT_VARIANTS: tuple[ExportVariant, ...] = (
     ExportVariant("ov-int8-bf16", "int8", "openvino",
                   "NNCF INT8 for OpenVINO, bf16 for the rest (CPUs with AVX512_BF16 or AMX), the layers kept "
                   "unquantized chosen by a sensitivity search", INT8, "build_ov_int8_bf16", inference_precision="bf16"),
+    # THE preprocessing inside the graph (exporting/image_input.py), judged on raw held-out images of many sizes.
+    ExportVariant("image", "fp32", "ort", "input the decoded image itself (uint8 [batch, height, width, channels], "
+                  "any size), THE preprocessing inside the graph, for clients that cannot reproduce Pillow", FP32,
+                  "build_image_input", option="image"),
 )
 EXPORT = {v.name: v for v in EXPORT_VARIANTS}
 PLAIN = EXPORT["fp32"]
@@ -135,7 +145,8 @@ def precision_help() -> str:
     rows = [v for v in EXPORT_VARIANTS if v.option == "precision" and v.builder]
     return (f"{', '.join(PRECISIONS)}; fp32 (default) is always written; several as fp16,int8 or repeated. "
             + "; ".join(f"{v.name}: {v.help}, to MODEL.{v.name}.onnx" for v in rows)
-            + ". Each judged on the runtime it is for.")
+            + ". Each judged on the runtime it is for. auto: every variant this machine computes natively and "
+            "can gate (--optimize's included); the others are named with what would build them.")
 
 
 # ------------------------------------------------------------------------------------------------ bench variants
@@ -157,6 +168,11 @@ class VariantSpec:
     def __post_init__(self) -> None:
         if self.export is not None and self.export.precision != self.precision:
             raise ValueError(f"{self.name}: precision {self.precision} but its file is {self.export.precision}")
+
+    @property
+    def computes(self) -> tuple[str, ...]:
+        """The precisions it computes in: its file's (ExportVariant.computes), else its own."""
+        return self.export.computes if self.export else (self.precision,)
 
 
 def _on_file(name: str, runtime: str, device: str, variant: str, what: str, detail: str = "") -> VariantSpec:

@@ -4,38 +4,59 @@ OpenVINO's CPU plugin runs fp32 models in bf16 by default on CPUs with AVX512_BF
 INFERENCE_PRECISION_HINT defaults to bf16 there): logits then differ from fp32 by about 1e-2, silently. vitdeploy
 never leaves the hint to the plugin: an fp32 file is compiled with f32 pinned; bf16 is used only when named (the
 ov-bf16 variant, or precision="bf16"), and refused where the device does not list BF16 among its optimization
-capabilities (the plugin's own report of AVX512_BF16 / AMX support), rather than emulated. The precision the
-compiled model reports back is what describe() says.
+capabilities (the plugin's own report of AVX512_BF16 / AMX support, kept in the machine record), rather than
+emulated. The precision the compiled model reports back is what describe() says.
 
 Devices: "cpu" (and "auto", which is the CPU: OpenVINO's AUTO plugin would choose for itself, and vitdeploy says
 what ran), "gpu" and "npu" where OpenVINO lists them. Reads the file's metadata from OpenVINO's own model
-(rt_info "framework"), so it needs neither onnx nor torch.
+(rt_info "framework"), so it needs neither onnx nor torch; openvino itself is imported when a session or the
+probe needs it, so SPEC costs nothing to read.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import openvino as ov
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError, PrecisionError
 from vitdeploy.files.onnx_file import INPUT_NAME
-from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
+from vitdeploy.runtimes.base import (
+    Description,
+    ModelSource,
+    RuntimeOffer,
+    RuntimeSpec,
+    Session,
+    SessionOptions,
+    TensorSpec,
+    check_model_file,
+    export_record,
+)
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+    from vitdeploy.runtimes.machine import Machine
+
+logger = logging.getLogger(__name__)
 
 NAME = "openvino"
 DEVICES = ("auto", "cpu", "gpu", "npu")
 # vitdeploy precision -> OpenVINO inference precision hint, and the optimization capability a device must list.
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
+CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "INT8"}
 # OpenVINO's element types -> numpy's names.
-_ELEMENT_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64"}
+_ELEMENT_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "u8": "uint8"}
 
 
 def core() -> ov.Core:
     """One Core per process: it loads the device plugins once."""
+    import openvino as ov
+
     global _CORE
     if _CORE is None:
         _CORE = ov.Core()
@@ -65,16 +86,19 @@ def capabilities(device: str = "CPU") -> list[str]:
     return list(core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
 
 
-def check_precision(precision: str, device: str = "CPU") -> None:
-    """Refuse a precision the device does not run natively (never emulated: a slow bf16 would look like a bug)."""
+def check_precision(precision: str, device: str = "CPU", machine: Machine | None = None) -> None:
+    """Refuse a precision the device does not run natively (never emulated: a slow bf16 would look like a bug), as
+    the machine record says (OpenVINO's optimization capabilities; without a record, as OpenVINO says now)."""
     if precision not in HINTS:
         raise ConfigError(f"OpenVINO runs fp32, bf16 or fp16 (int8 comes from a quantized file), not {precision!r}")
-    if CAPABILITY[precision] not in capabilities(device):
-        raise PrecisionError(
-            f"OpenVINO {device} does not support {precision} natively here (its optimization capabilities: "
-            f"{', '.join(capabilities(device))}); {precision} needs "
-            + ("AVX512_BF16 or AMX on a CPU" if precision == "bf16" else "AVX512_FP16 or AMX-FP16 on a CPU")
-        )
+    if machine is not None:
+        problem = machine.compute_problem(NAME, device.lower(), precision)
+    elif CAPABILITY[precision] not in capabilities(device):
+        problem = f"OpenVINO {device} does not compute {precision} natively here: {_needs(device.lower(), precision)}"
+    else:
+        problem = None
+    if problem:
+        raise PrecisionError(problem)
 
 
 def _element(port: ov.Output) -> TensorSpec:
@@ -122,8 +146,11 @@ class OpenVinoSession(Session):
     1; THROUGHPUT: 1.2x at batch 32; benchmarks/precision_speed.md).
     """
 
-    def __init__(self, model: str | Path | bytes, device: str = "auto", precision: str | None = None,
-                 threads: int | None = None, static_batch: bool = True, throughput: bool = True):
+    def __init__(self, model: ModelSource, device: str = "auto", precision: str | None = None,
+                 threads: int | None = None, static_batch: bool = True, throughput: bool = True,
+                 machine: Machine | None = None):
+        import openvino as ov
+
         self.path = None if isinstance(model, bytes) else Path(model)
         if self.path is not None:
             check_model_file(self.path)
@@ -131,7 +158,7 @@ class OpenVinoSession(Session):
         self.model = _read(self.path if self.path is not None else model)  # type: ignore[arg-type]
         self.metadata = {k: _text(v) for k, v in _framework_info(self.model).items()}
         precision, file_precision = _precision(export_record(self.metadata), precision)
-        check_precision(precision, ov_device)
+        check_precision(precision, ov_device, machine)
         self.inputs = [_element(p) for p in self.model.inputs]
         self.outputs = [_element(p) for p in self.model.outputs]
         self._device = ov_device
@@ -148,8 +175,10 @@ class OpenVinoSession(Session):
             queued = self._compile(self.model, "THROUGHPUT")
             self.streams = int(queued.get_property("NUM_STREAMS"))
             self._queue = ov.AsyncInferQueue(queued, int(queued.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        compiled = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        ran = {v: k for k, v in HINTS.items()}.get(compiled, compiled)
+        ran = compiled_precision(self.compiled)
+        if ran != precision:  # e.g. a bf16 or f16 hint compiled as f32 on a CPU without them: no error from OpenVINO
+            logger.warning("OpenVINO %s was asked for %s and compiled the model in %s: it runs (and is reported) "
+                           "as %s", ov_device, precision, ran, ran)
         self.inference_precision = ran
         # An int8 (fp16) file runs its quantized (fp16) ops so and the rest in the compiled precision.
         self.description = Description(NAME, ov_device.lower(), ov_device,
@@ -177,7 +206,11 @@ class OpenVinoSession(Session):
         return self._requests[batch_size]
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        self.check_open()
+        [(name, batch)] = self.feed(batch).items()
+        if name != INPUT_NAME:  # a raw-image file: one compilation, images of any size
+            self.request.infer({name: batch})
+            return {out: np.array(self.request.get_tensor(out).data, dtype=np.float32) for out in names}
         if self._queue is not None and len(batch) >= THROUGHPUT_MIN_BATCH:
             return self._run_queued(batch, names)
         request = self.request_for(len(batch))
@@ -203,6 +236,33 @@ class OpenVinoSession(Session):
         return {**self.description.to_dict(), "inference_precision": self.inference_precision,
                 "streams": str(self.streams), "static_batch": str(self.static_batch).lower()}
 
+    def release(self) -> None:
+        # The compiled models hold the weights and the plugin's threads until their last reference goes.
+        del self.request, self._requests, self._queue, self.compiled, self.model
+
+
+# Execution-graph layer types that do the arithmetic: their runtime precision is what the model computes in.
+_COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "MVN", "Subgraph", "Eltwise", "Softmax")
+
+
+def compiled_precision(compiled: ov.CompiledModel) -> str:
+    """The floating-point precision a compiled model really computes in (fp32 | bf16 | fp16): read from its
+    execution graph (each layer's runtimePrecision), not from the hint it was given. OpenVINO 2026.4 compiles a bf16
+    hint as f32 on a CPU without bf16 and an f16 hint as f32 on one without fp16, without an error; its
+    INFERENCE_PRECISION_HINT property follows suit, and is the fallback where the graph says nothing."""
+    names = {v: k for k, v in HINTS.items()}
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and "runtimePrecision" in info and _text(info["layerType"]) in _COMPUTE_LAYERS:
+            precision = names.get(_text(info["runtimePrecision"]))
+            if precision is not None:
+                counts[precision] = counts.get(precision, 0) + 1
+    if counts:  # an int8 file's float layers, or the whole graph: any bf16 / f16 layer means that precision ran
+        return next((p for p in ("bf16", "fp16") if counts.get(p)), "fp32")
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return names.get(hint, hint)
+
 
 def _precision(record: dict, asked: str | None) -> tuple[str, str]:
     """(the precision to compute in, the file's precision). Files made for OpenVINO record theirs (ov-bf16: bf16;
@@ -223,3 +283,49 @@ def _framework_info(model: ov.Model) -> dict:
 
 def _text(value: object) -> str:
     return value.astype(str) if hasattr(value, "astype") else str(value)
+
+
+def _open(model: ModelSource, device: str, precision: str | None, options: SessionOptions,
+          machine: Machine) -> OpenVinoSession:
+    source = model if isinstance(model, bytes) else Path(model)
+    return OpenVinoSession(source, device, precision, options.threads, options.static_batch, options.throughput,
+                           machine)
+
+
+def precisions_of(optimization_capabilities: list[str]) -> tuple[str, ...]:
+    """vitdeploy's precisions a device computes natively, from its OPTIMIZATION_CAPABILITIES (FP32, BF16, INT8...)."""
+    return tuple(p for p, cap in CAPABILITY.items() if cap in optimization_capabilities)
+
+
+def _probe() -> RuntimeOffer:
+    """OpenVINO's devices and, for each, the precisions its optimization capabilities list."""
+    import openvino as ov
+
+    devices = tuple(available_devices())
+    listed = {device: capabilities(device.upper()) for device in devices}
+    precisions = {device: precisions_of(caps) for device, caps in listed.items()}
+    return RuntimeOffer(NAME, True, bool(devices), "" if devices else "OpenVINO lists no device here", devices,
+                        precisions, ov.__version__, {"optimization_capabilities": listed})
+
+
+def _needs(device: str, precision: str) -> str:
+    """The hardware that would let OpenVINO compute `precision` on `device`."""
+    if device == "cpu":
+        return {"bf16": "bf16 needs a CPU with AVX512_BF16 or AMX (AMD Zen 4 or later, Intel Cooper Lake, Sapphire "
+                        "Rapids or later)",
+                "fp16": "fp16 needs a CPU with AVX512_FP16 or AMX-FP16 (Intel Sapphire Rapids or later), or an ARM "
+                        "CPU with fp16 arithmetic"}.get(precision, f"OpenVINO's CPU plugin does not list {precision}")
+    return f"an Intel {device.upper()} with its OpenVINO driver"
+
+
+SPEC = RuntimeSpec(
+    name=NAME,
+    title="OpenVINO",
+    help="OpenVINO: CPU (GPU, NPU where present), f32 pinned unless a file or --precision names bf16 or fp16",
+    devices=("cpu", "gpu", "npu"),
+    open=_open,
+    probe=_probe,
+    needs=_needs,
+    modules=("openvino",),
+    extra="openvino",
+)

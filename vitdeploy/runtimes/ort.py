@@ -1,6 +1,7 @@
 """ONNX Runtime: honest provider selection (CPU, CUDA, TensorRT), loading with clear errors, running batches.
 
-numpy + onnxruntime only: no torch or onnx import anywhere on this path (a deployment machine may have neither).
+numpy + onnxruntime only: no torch or onnx import anywhere on this path (a deployment machine may have neither);
+onnxruntime itself is imported when a session or probe needs it, so SPEC costs nothing to read.
 A provider counts as usable only when a real session gets it: ORT lists CUDA and TensorRT in
 get_available_providers() whenever its build has them, and silently falls back to CPU when their libraries are
 missing, so each is probed once with a one-node model and the session's own provider list decides.
@@ -17,14 +18,28 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
-from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
-from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
+from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME
+from vitdeploy.runtimes.base import (
+    Description,
+    ModelSource,
+    RuntimeOffer,
+    RuntimeSpec,
+    Session,
+    SessionOptions,
+    TensorSpec,
+    check_model_file,
+    export_record,
+)
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from vitdeploy.runtimes.machine import Machine
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +50,26 @@ TENSORRT = "TensorrtExecutionProvider"
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 DEVICE_OF_PROVIDER = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}
-GRAPH_OPTIMIZATION = {
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-}
+# What each device computes natively: the CPU provider (MLAS) has fp32 and u8/s8 INT8 kernels on x86 and ARM, but
+# no fp16 ones (it casts fp16 graphs to fp32: it runs them, slowly); CUDA and TensorRT have fp16.
+PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16", "int8")}
+EMULATED = {"cpu": ("fp16",)}
+# --graph-optimization names -> ORT's GraphOptimizationLevel member names.
+GRAPH_OPTIMIZATION = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+                      "disabled": "ORT_DISABLE_ALL"}
 # ORT's logger severities: 0 verbose, 1 info, 2 warning (its default), 3 error, 4 fatal.
 _ORT_DEFAULT_SEVERITY = 2
 _ORT_FATAL_ONLY = 4
-# What a failed session creation raises; ORT's exception classes derive from Exception directly.
-_ORT_LOAD_ERRORS = (
-    ort_errors.Fail,
-    ort_errors.InvalidArgument,
-    ort_errors.InvalidProtobuf,
-    ort_errors.InvalidGraph,
-    ort_errors.NoSuchFile,
-    ort_errors.NoModel,
-    ort_errors.NotImplemented,
-    ort_errors.RuntimeException,
-)
+# What a failed session creation raises (onnxruntime.capi.onnxruntime_pybind11_state's classes, which derive from
+# Exception directly).
+_ORT_LOAD_ERRORS = ("Fail", "InvalidArgument", "InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NoModel",
+                    "NotImplemented", "RuntimeException")
+
+
+def _load_errors() -> tuple[type[Exception], ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    return tuple(getattr(ort_errors, name) for name in _ORT_LOAD_ERRORS)
 # ORT's element type names -> numpy's.
 _ELEMENT_TYPES = {"float": "float32", "float16": "float16", "double": "float64", "bfloat16": "bfloat16"}
 
@@ -73,6 +88,8 @@ class ProviderStatus:
 @contextlib.contextmanager
 def _quiet_ort() -> Iterator[None]:
     """Silence ORT's process-wide logger, which prints the red CUDA fallback error before any session exists."""
+    import onnxruntime as ort
+
     ort.set_default_logger_severity(_ORT_FATAL_ONLY)
     try:
         yield
@@ -95,6 +112,8 @@ def _preload_cuda_libraries() -> list[str]:
     preload_dlls() reports failures with print() on stdout, which would corrupt `--format json` output,
     so its output is captured and turned into the list of missing library names.
     """
+    import onnxruntime as ort
+
     preload = getattr(ort, "preload_dlls", None)  # added in ORT 1.21
     if preload is None:
         return []
@@ -110,6 +129,8 @@ def _preload_cuda_libraries() -> list[str]:
 @functools.cache
 def cuda_status() -> ProviderStatus:
     """Probe (once per process) whether CUDA really works for ONNX Runtime here."""
+    import onnxruntime as ort
+
     if CUDA not in ort.get_available_providers():
         return ProviderStatus(
             False,
@@ -136,6 +157,8 @@ def cuda_status() -> ProviderStatus:
 def tensorrt_status() -> ProviderStatus:
     """Probe (once per process) whether ORT's TensorRT provider really works here: it needs CUDA and the
     TensorRT libraries (libnvinfer, over 1 GB), which onnxruntime-gpu does not ship."""
+    import onnxruntime as ort
+
     if TENSORRT not in ort.get_available_providers():
         return ProviderStatus(False, f"onnxruntime {ort.__version__} has no TensorRT provider; install "
                               "onnxruntime-gpu", "onnxruntime has no TensorRT provider")
@@ -187,48 +210,53 @@ def _providers_for(device: str) -> list[str]:
     return [CPU]
 
 
-def make_session(
-    model: str | os.PathLike[str] | bytes,
-    device: str = "auto",
-    threads: int | None = None,
-    graph_optimization: str = "all",
-    spin: bool = True,
-) -> tuple[ort.InferenceSession, str]:
+def make_session(model: ModelSource, device: str = "auto", threads: int | None = None, graph_optimization: str = "all",
+                 spin: bool = True, cuda_graph: bool = False,
+                 cuda_stream: int | None = None) -> tuple[ort.InferenceSession, str]:
     """Create an InferenceSession on the requested device and return it with the provider it really uses.
 
     device: "cpu"; "cuda" / "tensorrt" (raise DeviceError naming what is missing when they do not really work);
     "auto" (CUDA when a session really gets it, else CPU, said in one log line).
     threads: intra-op threads (None: ORT's default, one per physical core).
-    spin: let idle intra-op threads busy-wait for the next parallel section (ORT's default: fastest when the
-    cores are otherwise idle). Turn it off when other threads of the process need the cores, as predict's
+    spin: let idle intra-op threads busy-wait for the next parallel section (ORT's default: fastest when
+    the cores are otherwise idle). Turn it off when other threads of the process need the cores, as predict's
     decoders do: spinning would take their CPU time.
+    cuda_graph, cuda_stream: on CUDA, capture each run as one CUDA graph; run on this stream.
     """
+    import onnxruntime as ort
+
     if device not in DEVICES:
         raise ConfigError(f"unknown ONNX Runtime device {device!r}; choose one of: {', '.join(DEVICES)}")
     if graph_optimization not in GRAPH_OPTIMIZATION:
-        raise ConfigError(
-            f"unknown graph optimization {graph_optimization!r}; choose one of: {', '.join(GRAPH_OPTIMIZATION)}"
-        )
+        raise ConfigError(f"unknown graph optimization {graph_optimization!r}; choose one of: "
+                          f"{', '.join(GRAPH_OPTIMIZATION)}")
     if isinstance(model, (str, os.PathLike)):
         check_model_file(Path(model))
-    providers = _providers_for(device)
+    providers: list = _providers_for(device)
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = GRAPH_OPTIMIZATION[graph_optimization]
-    options.log_severity_level = 3  # keep ORT's warnings about unused initializers etc. off the user's terminal
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                       GRAPH_OPTIMIZATION[graph_optimization])
+    session_options.log_severity_level = 3  # keep ORT's warnings about unused initializers etc. off the terminal
     if threads:
-        options.intra_op_num_threads = threads
+        session_options.intra_op_num_threads = threads
     if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if CUDA in providers:
+        cuda_options = {"enable_cuda_graph": "1" if cuda_graph else "0"}
+        if cuda_stream is not None:
+            cuda_options["user_compute_stream"] = str(cuda_stream)
+        providers = [(CUDA, cuda_options) if p == CUDA else p for p in providers]
+    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
     source = model if isinstance(model, bytes) else os.fspath(model)
     try:
         with _quiet_ort():
-            session = ort.InferenceSession(source, options, providers=providers)
-    except _ORT_LOAD_ERRORS as e:
+            session = ort.InferenceSession(source, session_options, providers=providers)
+    except _load_errors() as e:
         name = "model bytes" if isinstance(model, bytes) else str(model)
         raise ModelFileError(f"{name}: onnxruntime cannot load it: {_first_line(e)}") from None
     provider = session.get_providers()[0]
-    if providers[0] != CPU and provider != providers[0]:
+    if wanted != CPU and provider != wanted:
         # The probe worked but this model did not get the GPU provider (e.g. out of GPU memory): never silently.
         if device != "auto":
             raise DeviceError(f"--device {device}: this model's session fell back to {provider}")
@@ -250,6 +278,8 @@ def run_batch(session: ort.InferenceSession, pixel_values: np.ndarray) -> np.nda
     On CUDA (and TensorRT) the batch is copied to the device once through IO binding and the output is allocated
     there, so ORT does no extra staging copies; only the logits come back to the host.
     """
+    import onnxruntime as ort
+
     pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
     if session.get_providers()[0] == CPU:
         return session.run([OUTPUT_NAME], {INPUT_NAME: pixel_values})[0]
@@ -260,22 +290,19 @@ def run_batch(session: ort.InferenceSession, pixel_values: np.ndarray) -> np.nda
     return binding.copy_outputs_to_cpu()[0]
 
 
-def short_provider_name(provider: str) -> str:
-    """CUDAExecutionProvider -> CUDA, for tables and one-line messages."""
-    return provider.removesuffix("ExecutionProvider")
-
-
 def _tensor(arg: ort.NodeArg) -> TensorSpec:
     elem = arg.type.removeprefix("tensor(").removesuffix(")")
     return TensorSpec(arg.name, _ELEMENT_TYPES.get(elem, elem), tuple(arg.shape) if arg.shape is not None else None)
 
 
 class OrtSession(Session):
-    """An ONNX Runtime session behind the runtime interface."""
+    """An ONNX Runtime session behind the runtime interface. `session` is ORT's own InferenceSession, for the
+    benchmark's runners, which time it with nothing of vitdeploy in between."""
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, device: str = "auto", threads: int | None = None,
-                 spin: bool = True, graph_optimization: str = "all"):
-        self.session, provider = make_session(model, device, threads, graph_optimization, spin)
+    def __init__(self, model: ModelSource, device: str = "auto", options: SessionOptions | None = None):
+        options = options or SessionOptions()
+        self.session, provider = make_session(model, device, options.threads, options.graph_optimization,
+                                              options.spin, options.cuda_graph, options.cuda_stream)
         self.path = None if isinstance(model, bytes) else Path(model)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.inputs = [_tensor(i) for i in self.session.get_inputs()]
@@ -284,19 +311,60 @@ class OrtSession(Session):
                                        str(export_record(self.metadata).get("precision", "fp32")))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        self.check_open()
+        if self.input.name != INPUT_NAME:  # a raw-image file: decoded images, no IO binding
+            return self.run_outputs(batch, [OUTPUT_NAME])[OUTPUT_NAME]
         return run_batch(self.session, batch)
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        feed = {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
-        return dict(zip(names, self.session.run(list(names), feed)))
+        self.check_open()
+        return dict(zip(names, self.session.run(list(names), self.feed(batch))))
+
+    def release(self) -> None:
+        del self.session  # ORT frees the session's memory and threads with its last reference
 
 
-def open_to_read(path: str | os.PathLike[str]) -> OrtSession:
-    """A session opened to read what the file is (Session.info, input_shape), not to run it fast: CPU, graph
-    optimizations off, so it is cheap. numpy + onnxruntime only (no onnx/torch needed)."""
-    return OrtSession(path, device="cpu", graph_optimization="disabled")
+def _open(model: ModelSource, device: str, precision: str | None, options: SessionOptions,
+          machine: Machine) -> OrtSession:
+    return OrtSession(model, device, options)
 
 
-def load_model_info(path: str | os.PathLike[str]) -> OnnxModelInfo:
-    """Validate a vitdeploy .onnx file (exists, is ONNX, describes itself, its graph matches) -> its description."""
-    return open_to_read(path).info
+def _probe() -> RuntimeOffer:
+    """The devices a real session gets here (the CPU always; CUDA and TensorRT only where a session gets them)."""
+    import onnxruntime as ort
+
+    devices = usable_devices()
+    details = {"available_providers": ort.get_available_providers(),
+               "cuda": "usable" if cuda_status().usable else cuda_status().summary,
+               "tensorrt": "usable" if tensorrt_status().usable else tensorrt_status().summary}
+    return RuntimeOffer(NAME, True, True, "", tuple(devices), {d: PRECISIONS[d] for d in devices}, ort.__version__,
+                        details)
+
+
+def _needs(device: str, precision: str) -> str:
+    """What would let ONNX Runtime compute `precision` on `device`: one line (`--device cuda` says more)."""
+    import onnxruntime as ort
+
+    gpu = (f"an NVIDIA GPU with onnxruntime-gpu (CUDA {(getattr(ort, 'cuda_version', '') or '13').split('.')[0]} + "
+           f"cuDNN 9)")
+    if device == "cpu" and precision == "fp16":
+        return f"fp16 needs {gpu}"
+    if device == "cuda":
+        return f"{gpu}" + (f"; here: {cuda_status().summary}" if cuda_status().summary else "")
+    if device == "tensorrt":
+        return f"{gpu} and the TensorRT libraries (pip install tensorrt)" + (
+            f"; here: {tensorrt_status().summary}" if tensorrt_status().summary else "")
+    return f"ONNX Runtime has no {precision} kernels on {device.upper()}"
+
+
+SPEC = RuntimeSpec(
+    name=NAME,
+    title="ONNX Runtime",
+    help="ONNX Runtime: CPU, CUDA, TensorRT, each used only when a session really gets it",
+    devices=("cpu", "cuda", "tensorrt"),
+    open=_open,
+    probe=_probe,
+    needs=_needs,
+    modules=("onnxruntime",),
+    emulated=EMULATED,
+)

@@ -18,8 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from vitdeploy.errors import ConfigError, ModelFileError
-from vitdeploy.files.onnx_file import INPUT_NAME
-from vitdeploy.runtimes.base import Description, Session, TensorSpec, check_model_file, export_record
+from vitdeploy.runtimes.base import (
+    Description,
+    ModelSource,
+    RuntimeOffer,
+    RuntimeSpec,
+    Session,
+    SessionOptions,
+    TensorSpec,
+    check_model_file,
+    export_record,
+)
 
 NAME = "reference"
 DEVICES = ("auto", "cpu")
@@ -29,11 +38,15 @@ REFERENCE_MAX_SAMPLES = 32
 # Models above this many MACs per image are left out of the default set (digits: 0.002 G; ViT-Ti/16, 1.25 G, would
 # make verify 4x slower); naming the runtime runs it anyway.
 DEFAULT_MAX_GMACS = 0.1
-_ELEMENT_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}  # onnx.TensorProto data types
+_ELEMENT_TYPES = {1: "float32", 2: "uint8", 10: "float16", 11: "float64", 16: "bfloat16"}  # onnx.TensorProto data types
+
+
+# It computes every precision a file can hold exactly as the graph says (numpy): an oracle, never fast.
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class ReferenceSession(Session):
-    def __init__(self, model: str | os.PathLike[str] | bytes, device: str = "auto"):
+    def __init__(self, model: ModelSource, device: str = "auto"):
         import onnx
         from google.protobuf.message import DecodeError
         from onnx.reference import ReferenceEvaluator
@@ -62,8 +75,12 @@ class ReferenceSession(Session):
         self.description = Description(NAME, "cpu", PROVIDER, precision)
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        results = self.evaluator.run(list(names), {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        self.check_open()
+        results = self.evaluator.run(list(names), self.feed(batch))
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(names, results)}
+
+    def release(self) -> None:
+        del self.evaluator
 
 
 def _missing_op(message: str) -> str:
@@ -84,3 +101,34 @@ def _tensor(value: object) -> TensorSpec:
             if tensor_type.HasField("shape") else None)
     elem = _ELEMENT_TYPES.get(tensor_type.elem_type, str(tensor_type.elem_type))
     return TensorSpec(value.name, elem, dims)  # type: ignore[attr-defined]
+
+
+def _open(model: ModelSource, device: str, precision: str | None, options: SessionOptions,
+          machine: object) -> ReferenceSession:
+    return ReferenceSession(model, device)
+
+
+def _probe() -> RuntimeOffer:
+    import onnx
+
+    return RuntimeOffer(NAME, True, True, "", ("cpu",), {"cpu": PRECISIONS}, onnx.__version__)
+
+
+def _needs(device: str, precision: str) -> str:
+    return f"the reference runs on the CPU only, in {', '.join(PRECISIONS)}"
+
+
+SPEC = RuntimeSpec(
+    name=NAME,
+    title="the ONNX reference",
+    help="onnx.reference: the ONNX specification in numpy, op by op; a slow oracle that shares no kernel with the "
+         "others",
+    devices=("cpu",),
+    open=_open,
+    probe=_probe,
+    needs=_needs,
+    modules=("onnx",),
+    extra="train",
+    parity_max_samples=REFERENCE_MAX_SAMPLES,
+    default_max_gmacs=DEFAULT_MAX_GMACS,
+)

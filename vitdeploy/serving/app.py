@@ -4,7 +4,8 @@
     GET  /v2/health/live, /v2/health/ready       200 when alive / when the model is loaded and the worker runs
     GET  /v2/models/<name>[/versions/1]          model metadata: inputs, outputs, shapes (-1 = batch), datatypes
     GET  /v2/models/<name>[/versions/1]/ready
-    POST /v2/models/<name>[/versions/1]/infer    FP32 tensors, JSON data or the binary tensor extension
+    POST /v2/models/<name>[/versions/1]/infer    FP32 tensors, JSON data or the binary tensor extension; a raw-image
+                                                 file's (export --image-input) UINT8 images [N, H, W, C], any size
     GET  /v2/models[/<name>[/versions/1]]/stats  Triton's statistics format, plus the batch sizes run and the
                                                  requests pending
     POST /classify[?top_k=5]                     image bytes (JPEG, PNG, WebP, ...) or multipart files -> top-k
@@ -31,6 +32,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitdeploy import __version__
+from vitdeploy.core.images import decode_image
 from vitdeploy.errors import ImageDecodeError, RequestError
 from vitdeploy.prediction.local import load_model_input, row_for_logits
 from vitdeploy.runtimes.base import Session
@@ -157,10 +159,13 @@ async def classify(request: Request) -> Response:
     state = _state(request)
     top_k = _top_k(request, state.top_k, state.session.num_classes)
     uploads = await _uploads(request, state.signature.max_batch_size)
-    spec = state.session.preprocess
+
+    takes_images = state.session.takes_images
 
     def decode(name: str, data: bytes) -> np.ndarray:
-        return load_model_input(name, spec, data=data)  # type: ignore[arg-type]
+        if takes_images:  # a raw-image model preprocesses in its graph: the decoded RGB pixels, full size
+            return np.asarray(decode_image(name, data=data))
+        return load_model_input(name, state.session.preprocess, data=data)  # type: ignore[arg-type]
 
     pixels = []
     for name, data in uploads:
@@ -168,7 +173,10 @@ async def classify(request: Request) -> Response:
             pixels.append(await anyio.to_thread.run_sync(decode, name, data, limiter=state.decoders))
         except ImageDecodeError as e:
             raise RequestError(400, f"{name}: {e.detail}", kind=e.kind, file=name) from None
-    logits = await state.batcher.infer(np.stack(pixels))
+    if takes_images:  # images of different sizes: one inference each
+        logits = np.concatenate([await state.batcher.infer(image[None]) for image in pixels])
+    else:
+        logits = await state.batcher.infer(np.stack(pixels))
     session = state.session
     rows = [row_for_logits(name, row, session.labels, top_k, session.provider, session.runtime)
             for (name, _), row in zip(uploads, logits)]

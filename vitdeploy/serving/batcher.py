@@ -133,7 +133,8 @@ class DynamicBatcher:
                 break
             if job is None:
                 return batch, True
-            if size + len(job.pixels) > self.max_batch_size:
+            # a raw-image model's requests join a batch only with images of the same size (as Triton's batcher)
+            if size + len(job.pixels) > self.max_batch_size or job.pixels.shape[1:] != first.pixels.shape[1:]:
                 self._carry = job
                 break
             batch.append(job)

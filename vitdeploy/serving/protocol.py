@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 
 from vitdeploy.errors import ModelFileError, RequestError
-from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME
+from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DATATYPE = "FP32"
+IMAGE_DATATYPE = "UINT8"
+ITEMSIZE = {DATATYPE: 4, IMAGE_DATATYPE: 1}
 PLATFORM = "onnxruntime_onnx"
 VERSION = "1"
 
@@ -58,9 +60,11 @@ class ModelSignature:
     """What the served model takes and gives, as the protocol describes it."""
 
     name: str
-    item_shape: tuple[int, int, int]  # (C, H, W)
+    item_shape: tuple[int, int, int]  # (C, H, W); a raw-image file's (H, W, C), each -1 (any)
     num_classes: int
     max_batch_size: int
+    input_name: str = INPUT_NAME  # a raw-image file's: IMAGE_INPUT_NAME
+    datatype: str = DATATYPE  # a raw-image file's: UINT8
 
     def metadata(self) -> dict[str, Any]:
         """GET /v2/models/<name>: shapes with -1 for the batch axis, as Triton reports a batching model."""
@@ -68,14 +72,19 @@ class ModelSignature:
             "name": self.name,
             "versions": [VERSION],
             "platform": PLATFORM,
-            "inputs": [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, *self.item_shape]}],
+            "inputs": [{"name": self.input_name, "datatype": self.datatype, "shape": [-1, *self.item_shape]}],
             "outputs": [{"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": [-1, self.num_classes]}],
         }
 
 
+def image_signature(name: str, num_classes: int, max_batch_size: int) -> ModelSignature:
+    """A raw-image file's (export --image-input): uint8 [N, H, W, C] of any size, C 1-4; one size per request."""
+    return ModelSignature(name, (-1, -1, -1), num_classes, max_batch_size, IMAGE_INPUT_NAME, IMAGE_DATATYPE)
+
+
 @dataclass
 class InferRequest:
-    pixel_values: np.ndarray  # (N, C, H, W) float32, finite
+    pixel_values: np.ndarray  # (N, C, H, W) float32, finite; a raw-image file's (N, H, W, C) uint8
     id: str | None = None
     binary_output: bool = False
 
@@ -98,27 +107,28 @@ def parse_infer_request(body: bytes, header_length: str | None, signature: Model
     if not isinstance(request, dict):
         raise RequestError(400, "the inference request must be a JSON object with an 'inputs' list")
     inputs = request.get("inputs")
+    name, datatype = signature.input_name, signature.datatype
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise RequestError(400, f"'inputs' must be a list with exactly one tensor, {INPUT_NAME!r}")
+        raise RequestError(400, f"'inputs' must be a list with exactly one tensor, {name!r}")
     tensor = inputs[0]
-    if tensor.get("name") != INPUT_NAME:
-        raise RequestError(400, f"unknown input {tensor.get('name')!r}; this model's input is {INPUT_NAME!r}")
+    if tensor.get("name") != name:
+        raise RequestError(400, f"unknown input {tensor.get('name')!r}; this model's input is {name!r}")
     shape = _check_shape(tensor.get("shape"), signature)
-    if tensor.get("datatype") != DATATYPE:
-        raise RequestError(400, f"input {INPUT_NAME!r} has datatype {tensor.get('datatype')!r}; expected {DATATYPE!r}")
-    params = _parameters(tensor, f"input {INPUT_NAME!r}")
+    if tensor.get("datatype") != datatype:
+        raise RequestError(400, f"input {name!r} has datatype {tensor.get('datatype')!r}; expected {datatype!r}")
+    params = _parameters(tensor, f"input {name!r}")
     if "shared_memory_region" in params:
         raise RequestError(400, "shared-memory tensors are not supported; send the data in the request")
     if "binary_data_size" in params:
-        pixels, used = _binary_tensor(params["binary_data_size"], binary, shape)
+        pixels, used = _binary_tensor(params["binary_data_size"], binary, shape, signature)
     elif "data" in tensor:
-        pixels, used = _json_tensor(tensor["data"], shape), 0
+        pixels, used = _json_tensor(tensor["data"], shape, signature), 0
     else:
-        raise RequestError(400, f"input {INPUT_NAME!r} has neither 'data' nor parameters.binary_data_size")
+        raise RequestError(400, f"input {name!r} has neither 'data' nor parameters.binary_data_size")
     if used != len(binary):
         raise RequestError(400, f"{len(binary) - used} bytes after the tensor data that no input claims")
     if not np.isfinite(pixels).all():
-        raise RequestError(400, f"input {INPUT_NAME!r} contains NaN or infinity")
+        raise RequestError(400, f"input {name!r} contains NaN or infinity")
     request_id = request.get("id")
     return InferRequest(pixels, str(request_id) if request_id is not None else None,
                         _wants_binary(request))
@@ -148,40 +158,59 @@ def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def _check_shape(shape: Any, signature: ModelSignature) -> tuple[int, ...]:
-    expected = f"[N, {', '.join(map(str, signature.item_shape))}] with 1 <= N <= {signature.max_batch_size}"
+    name, item = signature.input_name, signature.item_shape
+    if signature.datatype == IMAGE_DATATYPE:
+        expected = (f"[N, height, width, channels] with 1 <= N <= {signature.max_batch_size} and 1 to 4 channels "
+                    "(grey, grey + alpha, RGB, RGBA; the images of one request share one size)")
+    else:
+        expected = f"[N, {', '.join(map(str, item))}] with 1 <= N <= {signature.max_batch_size}"
     if (not isinstance(shape, list) or len(shape) != 4
             or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
-        raise RequestError(400, f"input {INPUT_NAME!r} has shape {shape!r}; expected {expected}")
-    if tuple(shape[1:]) != signature.item_shape or not 1 <= shape[0] <= signature.max_batch_size:
-        raise RequestError(400, f"input {INPUT_NAME!r} has shape {shape}; expected {expected}")
+        raise RequestError(400, f"input {name!r} has shape {shape!r}; expected {expected}")
+    fits = all(want == -1 and got >= 1 for want, got in zip(item, shape[1:])) if -1 in item else \
+        tuple(shape[1:]) == item
+    if signature.datatype == IMAGE_DATATYPE:
+        fits = fits and 1 <= shape[3] <= 4
+    if not fits or not 1 <= shape[0] <= signature.max_batch_size:
+        raise RequestError(400, f"input {name!r} has shape {shape}; expected {expected}")
     return tuple(shape)
 
 
-def _binary_tensor(size: Any, binary: memoryview, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
-    expected = math.prod(shape) * 4
+def _binary_tensor(size: Any, binary: memoryview, shape: tuple[int, ...], signature: ModelSignature
+                   ) -> tuple[np.ndarray, int]:
+    name, datatype = signature.input_name, signature.datatype
+    expected = math.prod(shape) * ITEMSIZE[datatype]
     if not isinstance(size, int) or isinstance(size, bool) or size != expected:
         raise RequestError(
-            400, f"input {INPUT_NAME!r}: binary_data_size is {size!r}; shape {list(shape)} of FP32 takes {expected} bytes"
+            400, f"input {name!r}: binary_data_size is {size!r}; shape {list(shape)} of {datatype} takes {expected} "
+            "bytes"
         )
     if len(binary) < size:
-        raise RequestError(400, f"input {INPUT_NAME!r}: {size} bytes announced, {len(binary)} sent")
+        raise RequestError(400, f"input {name!r}: {size} bytes announced, {len(binary)} sent")
     # A read-only view of the body (no copy where float32 is little-endian, as on x86 and ARM): the batcher's
     # concatenation is the one copy an image makes on its way to the model.
-    return np.frombuffer(binary, dtype="<f4", count=size // 4).astype(np.float32, copy=False).reshape(shape), size
+    dtype = np.dtype("<f4") if datatype == DATATYPE else np.dtype(np.uint8)
+    values = np.frombuffer(binary, dtype=dtype, count=math.prod(shape))
+    return values.astype(dtype.newbyteorder("="), copy=False).reshape(shape), size
 
 
-def _json_tensor(data: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _json_tensor(data: Any, shape: tuple[int, ...], signature: ModelSignature) -> np.ndarray:
+    name = signature.input_name
     try:
         values = np.asarray(data)
     except ValueError:  # ragged nested lists
-        raise RequestError(400, f"input {INPUT_NAME!r}: 'data' is a ragged nested list") from None
+        raise RequestError(400, f"input {name!r}: 'data' is a ragged nested list") from None
     if values.dtype.kind not in "fiu":
-        raise RequestError(400, f"input {INPUT_NAME!r}: 'data' must hold numbers only (FP32)")
+        raise RequestError(400, f"input {name!r}: 'data' must hold numbers only ({signature.datatype})")
     if values.size != math.prod(shape):
         raise RequestError(
-            400, f"input {INPUT_NAME!r}: {values.size} values in 'data' for shape {list(shape)} "
+            400, f"input {name!r}: {values.size} values in 'data' for shape {list(shape)} "
             f"({math.prod(shape)} values)"
         )
+    if signature.datatype == IMAGE_DATATYPE:
+        if values.size and (values.min() < 0 or values.max() > 255 or not np.array_equal(values, np.round(values))):
+            raise RequestError(400, f"input {name!r}: UINT8 'data' must hold whole numbers 0..255")
+        return values.astype(np.uint8).reshape(shape)
     return values.astype(np.float32).reshape(shape)
 
 
@@ -226,9 +255,12 @@ def encode_infer_response(request: InferRequest, logits: np.ndarray, model_name:
 
 
 def build_infer_request(pixel_values: np.ndarray, binary: bool = True, request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
-    """A client's request body and headers (benchmarks and tests; Triton's client builds the same)."""
-    pixel_values = np.ascontiguousarray(pixel_values, dtype="<f4")
-    tensor: dict[str, Any] = {"name": INPUT_NAME, "shape": list(pixel_values.shape), "datatype": DATATYPE}
+    """A client's request body and headers (benchmarks and tests; Triton's client builds the same). A uint8 array
+    is a raw-image file's input: decoded images [N, H, W, C]."""
+    image = pixel_values.dtype == np.uint8
+    pixel_values = np.ascontiguousarray(pixel_values, dtype=np.uint8 if image else "<f4")
+    tensor: dict[str, Any] = {"name": IMAGE_INPUT_NAME if image else INPUT_NAME, "shape": list(pixel_values.shape),
+                              "datatype": IMAGE_DATATYPE if image else DATATYPE}
     if binary:
         tensor["parameters"] = {"binary_data_size": pixel_values.nbytes}
     else:

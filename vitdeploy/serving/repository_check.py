@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vitdeploy.errors import ModelFileError
+from vitdeploy.runtimes import open_runtime
 
 # ONNX Runtime's type names -> Triton's data_type
 TRITON_TYPES = {
@@ -126,13 +127,12 @@ def check_model_folder(model_dir: Path, version: str = "1", final: Path | None =
 def graph_signature(path: Path) -> dict[str, dict[str, tuple[str, list]]]:
     """{"input"|"output": {name: (Triton data type, shape with None or a name for dynamic axes)}}, through ONNX
     Runtime (optimizations off, CPU)."""
-    from vitdeploy.runtimes.ort import make_session
-
-    session, _ = make_session(path, device="cpu", graph_optimization="disabled")
-    return {
-        "input": {t.name: (TRITON_TYPES.get(t.type, t.type), list(t.shape)) for t in session.get_inputs()},
-        "output": {t.name: (TRITON_TYPES.get(t.type, t.type), list(t.shape)) for t in session.get_outputs()},
-    }
+    with open_runtime("ort", path, "cpu", graph_optimization="disabled") as opened:
+        session = opened.session  # ORT's own: its type strings are what TRITON_TYPES maps
+        return {
+            "input": {t.name: (TRITON_TYPES.get(t.type, t.type), list(t.shape)) for t in session.get_inputs()},
+            "output": {t.name: (TRITON_TYPES.get(t.type, t.type), list(t.shape)) for t in session.get_outputs()},
+        }
 
 
 def config_mismatches(config: dict[str, Any], model_dir: Path, graph: dict[str, dict[str, tuple[str, list]]],

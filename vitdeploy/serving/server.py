@@ -27,7 +27,7 @@ from vitdeploy.runtimes import open_runtime
 from vitdeploy.runtimes.registry import check_runtime_name
 from vitdeploy.serving.app import create_app, model_stats
 from vitdeploy.serving.batcher import DynamicBatcher
-from vitdeploy.serving.protocol import ModelSignature, check_dynamic_batch, item_shape
+from vitdeploy.serving.protocol import ModelSignature, check_dynamic_batch, image_signature, item_shape
 from vitdeploy.serving.triton import check_model_name, default_name
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,10 @@ def prepare(model: Path | None, settings: ServeSettings) -> PreparedServer:
         num_classes = session.num_classes  # reads the file's description, checking its input contract, first
         check_dynamic_batch(path, session.input_shape)
         max_batch = settings.max_batch_size or SERVE_MAX_BATCH["cpu" if session.description.device == "cpu" else "gpu"]
-        signature = ModelSignature(name, item_shape(path, session.input_shape), num_classes, max_batch)
+        if session.takes_images:  # export --image-input: decoded images of any size, preprocessed in the graph
+            signature = image_signature(name, num_classes, max_batch)
+        else:
+            signature = ModelSignature(name, item_shape(path, session.input_shape), num_classes, max_batch)
     except BaseException:
         sock.close()
         raise
@@ -137,7 +140,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def check_settings(settings: ServeSettings) -> None:
-    check_runtime_name(settings.runtime)
+    if settings.runtime is not None:
+        check_runtime_name(settings.runtime)
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, not {settings.port}")
     if (settings.max_batch_size is not None and settings.max_batch_size < 1) or settings.max_queue_delay_ms < 0:

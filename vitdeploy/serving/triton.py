@@ -29,9 +29,10 @@ from vitdeploy.core.atomic import atomic_folder, atomic_write_many, remove_stale
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, InputError, VitDeployError
 from vitdeploy.files.discovery import resolve_model
-from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
+from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
 from vitdeploy.files.outputs import TRITON, check_output_folder, files_below
 from vitdeploy.requests import TritonOptions
+from vitdeploy.runtimes import open_to_read
 from vitdeploy.serving import kserve, triton_model
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
 from vitdeploy.serving.repository_check import check_model_folder
@@ -109,7 +110,16 @@ def _scalar(value: Any) -> str:
 def build_config(name: str, info: OnnxModelInfo, shape: tuple, options: TritonOptions,
                  batching: dict[str, Any]) -> dict[str, Any]:
     """The model configuration as a dict in the shape of Triton's ModelConfig message."""
-    channels, height, width = item_shape(info.path, shape)
+    if info.image_input:  # export --image-input: the decoded image, any size; Triton batches equal sizes only
+        if options.tensorrt or options.cuda_graphs:
+            raise ConfigError(f"{info.path} takes images of any size: TensorRT profiles and CUDA graphs need fixed "
+                              "shapes; leave out --tensorrt and --cuda-graphs")
+        item: tuple[int, int, int] = (-1, -1, -1)
+        model_input = {"name": IMAGE_INPUT_NAME, "data_type": Enum("TYPE_UINT8"), "dims": list(item)}
+    else:
+        item = item_shape(info.path, shape)
+        model_input = {"name": INPUT_NAME, "data_type": Enum("TYPE_FP32"), "format": Enum("FORMAT_NCHW"),
+                       "dims": list(item)}
     # The ONNX Runtime backend runs the file itself; the Python backend runs model.py (vitdeploy.serving.triton_model)
     runs_it = {"platform": PLATFORM} if options.backend == "onnxruntime" else {"backend": "python"}
     config: dict[str, Any] = {
@@ -117,8 +127,7 @@ def build_config(name: str, info: OnnxModelInfo, shape: tuple, options: TritonOp
         **runs_it,
         "max_batch_size": batching["max_batch_size"],
         # dims leave out the batch axis: with max_batch_size > 0 Triton adds it ([-1, 3, H, W] in metadata)
-        "input": [{"name": INPUT_NAME, "data_type": Enum("TYPE_FP32"), "format": Enum("FORMAT_NCHW"),
-                   "dims": [channels, height, width]}],
+        "input": [model_input],
         "output": [{"name": OUTPUT_NAME, "data_type": Enum("TYPE_FP32"), "dims": [len(info.labels)],
                     "label_filename": LABELS_FILE}],
     }
@@ -129,7 +138,7 @@ def build_config(name: str, info: OnnxModelInfo, shape: tuple, options: TritonOp
         dynamic["max_queue_delay_microseconds"] = batching["max_queue_delay_us"]
         config["dynamic_batching"] = dynamic
     config["instance_group"] = [{"count": options.instances, "kind": Enum(DEVICES[options.device])}]
-    accelerator = gpu_accelerator(options, batching["max_batch_size"], (channels, height, width))
+    accelerator = gpu_accelerator(options, batching["max_batch_size"], item)
     if accelerator:
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [accelerator]}}
     if options.backend == "python":
@@ -281,10 +290,8 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     check_output_folder(out, TRITON, force=options.force, option="--out")
     path = resolve_model(model)
     name = check_model_name(options.name or default_name(path))
-    from vitdeploy.runtimes.ort import open_to_read
-
-    session = open_to_read(path)  # ONNX Runtime reads it: the file is Triton's onnxruntime backend's to run
-    info, shape = session.info, session.input_shape
+    with open_to_read(path) as session:  # ONNX Runtime reads it: the file is Triton's onnxruntime backend's to run
+        info, shape = session.info, session.input_shape
     check_dynamic_batch(path, shape)
     if any("\n" in label or "\r" in label for label in info.labels):
         raise ConfigError(f"{path}: a label contains a line break, which labels.txt cannot hold")
@@ -342,6 +349,62 @@ def write_model_folder(folder: Path, model: Path, labels: list[str], config_text
         raise VitDeployError(f"cannot write the Triton repository under {folder.parent}: {e}") from None
 
 
+def tensor_client(name: str, spec: PreprocessSpec, steps: str) -> str:
+    return f"""## Client
+
+The server takes preprocessed tensors. Preprocess exactly as vitdeploy does:
+
+{steps}
+
+With vitdeploy installed, `vitdeploy.prediction.local.load_model_input(path, spec)` is that function. A client:
+
+```python
+import numpy as np
+import tritonclient.http as httpclient
+from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.prediction.local import load_model_input
+
+spec = PreprocessSpec.from_dict({json.dumps(spec.to_dict())})
+batch = np.stack([load_model_input("cat.jpg", spec)])
+client = httpclient.InferenceServerClient("localhost:8000")
+pixels = httpclient.InferInput("{INPUT_NAME}", list(batch.shape), "FP32")
+pixels.set_data_from_numpy(batch)
+logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
+labels = open("{name}/{LABELS_FILE}").read().splitlines()
+print(labels[int(logits[0].argmax())])
+```
+
+"""
+
+
+def image_client(name: str, spec: PreprocessSpec) -> str:
+    return f"""## Client
+
+The model takes the decoded image itself, of any size: its graph resizes ({spec.interpolation}), crops and
+normalizes as vitdeploy does (Pillow's arithmetic, within one level of 1/255 of `vitdeploy predict`'s pixels). Send
+what Pillow decodes: 8-bit grey, grey + alpha, RGB or RGBA, EXIF orientation applied (transparency is composited on
+white inside the graph). One image per request, or a batch of images of one size:
+
+```python
+import numpy as np
+import tritonclient.http as httpclient
+from PIL import Image, ImageOps
+
+image = np.asarray(ImageOps.exif_transpose(Image.open("cat.jpg")))  # uint8 [height, width, channels]
+if image.ndim == 2:
+    image = image[..., None]  # grey: one channel
+batch = image[None]  # [1, height, width, channels]
+client = httpclient.InferenceServerClient("localhost:8000")
+pixels = httpclient.InferInput("{IMAGE_INPUT_NAME}", list(batch.shape), "UINT8")
+pixels.set_data_from_numpy(batch)
+logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
+labels = open("{name}/{LABELS_FILE}").read().splitlines()
+print(labels[int(logits[0].argmax())])
+```
+
+"""
+
+
 def preprocessing_steps(spec: PreprocessSpec) -> list[str]:
     order = "BGR (channels reversed)" if spec.channel_order == "BGR" else "RGB"
     return [
@@ -388,6 +451,15 @@ The stub links the system's `libpython3.X.so.1.0` (Debian: `apt-get install libp
 def repository_readme(name: str, info: OnnxModelInfo, config: dict[str, Any], out: Path) -> str:
     spec = info.preprocess
     steps = "\n".join(f"{i}. {step}" for i, step in enumerate(preprocessing_steps(spec), 1))
+    if info.image_input:
+        input_line = (f"Input `{IMAGE_INPUT_NAME}` UINT8 [batch, height, width, channels]: the decoded image itself, "
+                      "any size, 1-4 channels (THE preprocessing is inside the graph; the images of one request share "
+                      "one size)")
+        client = image_client(name, spec)
+    else:
+        input_line = (f"Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] "
+                      "(already preprocessed)")
+        client = tensor_client(name, spec, steps)
     opset = info.export.get("opset")
     batching = config.get("dynamic_batching")
     python = config.get("backend") == "python"
@@ -406,7 +478,7 @@ Written by `vitdeploy triton` from `{info.path}`.
     1/model.onnx     the exported file, unchanged{model_py}
 ```
 
-Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] (already preprocessed), output `{OUTPUT_NAME}` FP32
+{input_line}, output `{OUTPUT_NAME}` FP32
 [batch, {len(info.labels)}]. Dynamic batching: {json.dumps(batching) if batching else "off"}.
 
 ## Serve it
@@ -422,29 +494,6 @@ curl -s localhost:8000/v2/models/{name}
 `vitdeploy serve {name}/1/model.onnx --name {name}` (from this folder) serves the same file with the same
 protocol on a laptop, on the same port, so the client below talks to either unchanged.
 
-## Client
-
-The server takes preprocessed tensors. Preprocess exactly as vitdeploy does:
-
-{steps}
-
-With vitdeploy installed, `vitdeploy.prediction.local.load_model_input(path, spec)` is that function. A client:
-
-```python
-import numpy as np
-import tritonclient.http as httpclient
-from vitdeploy.core.config import PreprocessSpec
-from vitdeploy.prediction.local import load_model_input
-
-spec = PreprocessSpec.from_dict({json.dumps(spec.to_dict())})
-batch = np.stack([load_model_input("cat.jpg", spec)])
-client = httpclient.InferenceServerClient("localhost:8000")
-pixels = httpclient.InferInput("{INPUT_NAME}", list(batch.shape), "FP32")
-pixels.set_data_from_numpy(batch)
-logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
-labels = open("{name}/{LABELS_FILE}").read().splitlines()
-print(labels[int(logits[0].argmax())])
-```
-
+{client}
 (`pip install "vitdeploy[serve]"` brings tritonclient.)
 """

@@ -126,7 +126,8 @@ def _run_with_outputs(onnx_path: Path, inputs: np.ndarray, tensors: list[str],
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     names = [OUTPUT_NAME, *[t for t in tensors if t != OUTPUT_NAME]]
     def run(model: str | bytes) -> dict[str, np.ndarray]:
-        return open_copy(model).run_outputs(inputs, names)
+        with open_copy(model) as session:
+            return session.run_outputs(inputs, names)
 
     if not uses_external_data(proto):
         return run(proto.SerializeToString())

@@ -22,8 +22,7 @@ import numpy as np
 
 from vitdeploy.errors import ConfigError, ModelFileError
 from vitdeploy.files.variants import EXPORT_VARIANTS, Tolerance, tolerance_for
-from vitdeploy.runtimes import Description, open_runtime
-from vitdeploy.runtimes.ort import short_provider_name
+from vitdeploy.runtimes import Description, open_runtime, runtime_spec, runtime_status, short_provider_name
 from vitdeploy.verification.intermediates import LayerDiff, compare_intermediates
 
 INTERMEDIATES_SAMPLES = 4  # samples run through the graph copy with intermediates exposed
@@ -46,17 +45,12 @@ def default_targets(runtimes: tuple[str, ...] | list[str] = ("ort",), optional: 
     OpenVINO's CPU (GPU, NPU where listed); the reference on REFERENCE_MAX_SAMPLES samples. `optional`: the
     runtimes were chosen by default, so one that cannot run the file is skipped with a note (ONNX Runtime never:
     a file it cannot load is a bad file)."""
-    from vitdeploy.runtimes import runtime_status
-
     targets = []
     for name in runtimes:
         skippable = optional and name != "ort"
-        if name == "reference":
-            from vitdeploy.runtimes.reference import REFERENCE_MAX_SAMPLES
-
-            targets.append(Target(name, max_samples=REFERENCE_MAX_SAMPLES, optional=skippable))
-        else:
-            targets += [Target(name, device, optional=skippable) for device in runtime_status(name).devices]
+        max_samples = runtime_spec(name).parity_max_samples  # its parity policy (the reference: a slow oracle)
+        targets += [Target(name, device, max_samples=max_samples, optional=skippable)
+                    for device in runtime_status(name).devices]
     return targets
 
 
@@ -113,12 +107,17 @@ class ParityReport:
     located: dict[str, str] = field(default_factory=dict)  # intermediates found by value (check_parity(None))
     runtimes: list[dict[str, str]] = field(default_factory=list)  # each target's describe(): runtime, device, ...
     cross: list[CrossCase] = field(default_factory=list)
+    bundle: str | None = None  # the bundle it was compared with
+    # The accuracy gate run again on this machine (GateResult.summary), where the file was gated on another CPU
+    # class: set by the API (exporting.gate.regate), which may import the gate; verification may not.
+    regate: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
         layers_ok = all(d.passed for diffs in self.layers.values() for d in diffs)
         cross_ok = all(c.passed for c in self.cross)
-        return bool(self.cases) and all(c.passed for c in self.cases) and layers_ok and cross_ok
+        regate_ok = self.regate is None or bool(self.regate.get("passed"))
+        return bool(self.cases) and all(c.passed for c in self.cases) and layers_ok and cross_ok and regate_ok
 
     def first_divergence(self) -> dict[str, str]:
         """Per provider, the first intermediate (in execution order) outside tolerance."""
@@ -152,6 +151,9 @@ class ParityReport:
                              f"{c.max_abs:.2e}, top-1 agreement {c.top1_agreement:.1%}")
         for provider, name in self.first_divergence().items():
             lines.append(f"{short_provider_name(provider)}: first diverging intermediate: {name}")
+        if self.regate is not None:
+            lines += [f"accuracy gate re-run on this {self.regate.get('isa_class')} CPU: {why}"
+                      for why in self.regate.get("failures", [])]
         return lines
 
     def summary(self) -> dict[str, Any]:
@@ -188,6 +190,7 @@ class ParityReport:
             "accuracy": self.accuracy,
             "failures": self.failures(),
             "notes": self.notes,
+            "regate": self.regate,
         }
 
 
@@ -280,6 +283,7 @@ def check_parity(
                 model, onnx_path, inputs[:INTERMEDIATES_SAMPLES], intermediates, tolerance.atol,
                 lambda copy, t=target: open_runtime(t.runtime, copy, t.device, t.precision),
             )
+        session.close()  # its memory released before the next runtime compiles its own
     report.cross = _cross(batch_one, tolerance)
     if intermediates is None:
         layers = next(iter(report.layers.values()), [])

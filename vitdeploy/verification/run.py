@@ -22,7 +22,7 @@ from vitdeploy.files.bundle import CONFIG_FILE, BundleInfo, load_bundle, read_bu
 from vitdeploy.files.discovery import find_latest_bundle
 from vitdeploy.files.onnx_file import DEFAULT_FILE_NAME, INPUT_NAME, META_INTERMEDIATES, OnnxModelInfo, load_onnx
 from vitdeploy.requests import VerifyRequest
-from vitdeploy.runtimes import runtime_status, select_runtimes
+from vitdeploy.runtimes import foreign_setting, runtime_specs, runtime_status, select_runtimes
 from vitdeploy.verification.parity import ParityReport, Target, check_parity, default_targets, resolve_tolerance
 
 if TYPE_CHECKING:
@@ -40,6 +40,9 @@ RANDOM_SEED = 0  # of the random inputs
 
 def check_matches_bundle(proto: onnx.ModelProto, meta: OnnxModelInfo, info: BundleInfo, bundle_dir: Path) -> None:
     """The .onnx must come from this bundle: same input shape, labels, config and weights."""
+    if meta.image_input:  # its parity was judged at export, on raw images (exporting/gate.judge_image_input)
+        raise ConfigError(f"{meta.path} takes decoded images (export --image-input): verify compares tensors; "
+                          "verify the model.onnx it was built from")
     model_input = next(i for i in proto.graph.input if i.name == INPUT_NAME)
     dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in model_input.type.tensor_type.shape.dim]
     expected = [info.model.in_channels, info.model.image_size, info.model.image_size]
@@ -167,9 +170,10 @@ def verify(
     info = read_bundle_info(bundle_dir)
     check_matches_bundle(proto, meta, info, bundle_dir)
     from vitdeploy.core.flops import count_macs
-    from vitdeploy.runtimes.reference import DEFAULT_MAX_GMACS
 
-    too_slow = ("reference",) if count_macs(info.model).gmacs > DEFAULT_MAX_GMACS else ()
+    gmacs = count_macs(info.model).gmacs
+    too_slow = tuple(spec.name for spec in runtime_specs()  # each runtime's parity policy
+                     if spec.default_max_gmacs is not None and gmacs > spec.default_max_gmacs)
     targets = runtime_targets(select_runtimes(runtimes, exclude_by_default=too_slow), meta,
                               optional=runtimes is None)
     model, info = load_bundle(bundle_dir)
@@ -186,6 +190,7 @@ def verify(
     report = check_parity(model, path, inputs, batch_sizes, tolerance, intermediates, precision, labels, counts,
                           targets)
     report.notes[:0] = notes
+    report.bundle = str(bundle_dir)
     return report
 
 
@@ -193,12 +198,10 @@ def runtime_targets(runtimes: list[str], meta: OnnxModelInfo, optional: bool = F
     """The targets for these runtimes (`optional`: chosen by default, so each may be skipped where it cannot run
     the file); a file made for one runtime (an OpenVINO variant whose precision is a setting of that runtime, such
     as ov-bf16) is checked on that runtime only."""
-    made_for = meta.export.get("runtime")
-    if made_for and meta.export.get("inference_precision") not in (None, "fp32"):
-        runtimes = [name for name in runtimes if name == made_for]
-        if not runtimes:
-            raise ConfigError(f"{meta.path} is {made_for}'s {meta.export.get('variant')} variant: verify it with "
-                              f"--runtime {made_for}")
+    refused = {name: foreign_setting(name, meta.export) for name in runtimes}
+    runtimes = [name for name in runtimes if refused[name] is None]
+    if not runtimes:
+        raise ConfigError(f"{meta.path}: {next(iter(refused.values()))}")
     return default_targets(runtimes, optional)
 
 

@@ -24,28 +24,33 @@ import numpy as np
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError, PageError
 from vitdeploy.files.onnx_file import OUTPUT_NAME
-from vitdeploy.files.onnx_wire import external_data_locations, metadata_props_from_bytes
+from vitdeploy.files.onnx_wire import metadata_props_from_bytes
 from vitdeploy.runtimes.base import (
     Description,
+    ModelSource,
+    RuntimeOffer,
+    RuntimeSpec,
     Session,
+    SessionOptions,
     TensorSpec,
     check_model_file,
     export_record,
 )
 from vitdeploy.runtimes.web import toolchain
 from vitdeploy.runtimes.web.driver import Browser, page_files
+from vitdeploy.runtimes.web.limits import (
+    ASSETS,
+    DEVICE_PRECISIONS,
+    check_variant,
+    check_web_file,
+    check_web_size,
+)
 
 log = logging.getLogger(__name__)
 
 NAME = "web"
 DEVICES = ("auto", "wasm", "webgpu")
-ASSETS = Path(__file__).resolve().parent / "assets"
 RUNTIME_PAGE = "harness.html"
-# onnxruntime-web reads the whole file into the WebAssembly heap (32-bit: 4 GiB at most) and builds its weights
-# there too; protobuf cannot hold a message over 2 GiB in one file either. So 2 GiB, weights included.
-WEB_MAX_MODEL_BYTES = 2**31 - 1
-# Precisions each device runs: WebAssembly has no fp16 kernels for most ops onnxruntime's CPU provider fuses.
-DEVICE_PRECISIONS = {"wasm": ("fp32", "int8"), "webgpu": ("fp32", "fp16")}
 GPU_DEVICE_NODES = ("/dev/dri/renderD128", "/dev/nvidia0")
 _MISSING_OP = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'")
 _UNKNOWN_OP = re.compile(r"([\w.]*):(\w+)\((-?\d+)\) is not a registered function/op")
@@ -93,6 +98,7 @@ class WebSession(Session):
         self.description = Description(NAME, device, device, precision)
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.check_open()
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         header, body = self._call({"op": "run", "dims": list(batch.shape), "outputs": list(names)}, batch.tobytes())
         return _split_outputs(header["outputs"], body)
@@ -118,52 +124,14 @@ class WebSession(Session):
         return [float(ms) for ms in header["ms"]]
 
     def _call(self, job: dict, blob: bytes) -> tuple[dict, bytes]:
+        self.check_open()
         try:
             return self.browser.call(job, blob)
         except PageError as e:
             raise DeviceError(f"onnxruntime-web failed on {self.path or 'the model'}: {e}") from None
 
-    def close(self) -> None:
-        self._finalizer()
-
-    def __enter__(self) -> WebSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def check_web_size(name: object, size: int) -> None:
-    if size > WEB_MAX_MODEL_BYTES:
-        raise ModelFileError(f"{name} is {size / 2**30:.2f} GiB: onnxruntime-web loads at most "
-                             f"{WEB_MAX_MODEL_BYTES / 2**30:.0f} GiB (the model and its weights share a 4 GiB "
-                             "WebAssembly heap); export a smaller or int8 variant")
-
-
-def check_web_file(name: object, data: bytes) -> None:
-    """What onnxruntime-web cannot load, refused before a browser starts."""
-    check_web_size(name, len(data))
-    try:
-        external = external_data_locations(data)
-    except ValueError:
-        return  # not protobuf: the page's loader says what it is not
-    if external:
-        raise ModelFileError(f"{name} keeps weights in external data ({external[0][1]}): the web runtime needs "
-                             "one self-contained file")
-
-
-def check_variant(name: object, metadata: dict[str, str], device: str, precision: str) -> None:
-    """A variant made for another runtime (its precision is that runtime's setting) or a precision this device has
-    no kernels for is refused with the variant that would run."""
-    record = export_record(metadata)
-    made_for = record.get("runtime")
-    if made_for and made_for not in ("ort", NAME):
-        raise ConfigError(f"{name} is {made_for}'s {record.get('variant', precision)} variant: run it with "
-                          f"--runtime {made_for}; the web runtime runs {', '.join(DEVICE_PRECISIONS['wasm'])} "
-                          "files on wasm")
-    if precision not in DEVICE_PRECISIONS[device]:
-        raise ConfigError(f"{name} is {precision}: the web runtime runs {', '.join(DEVICE_PRECISIONS[device])} "
-                          f"files on {device}")
+    def release(self) -> None:
+        self._finalizer()  # ends the browser (once, whether closed here or collected)
 
 
 def _load_error(name: object, device: str, message: str) -> Exception:
@@ -234,3 +202,35 @@ def webgpu_usable() -> bool:
     except (DeviceError, PageError) as e:
         log.info("WebGPU probe failed: %s", e)
         return False
+
+
+def _open(model: ModelSource, device: str, precision: str | None, options: SessionOptions,
+          machine: object) -> WebSession:
+    return WebSession(model, device, options.threads)
+
+
+def _probe() -> RuntimeOffer:
+    installed, reason, devices = web_status()
+    return RuntimeOffer(NAME, installed, installed, reason, devices, {d: DEVICE_PRECISIONS[d] for d in devices},
+                        toolchain.ORT_WEB_VERSION if installed else None,
+                        {"browser": toolchain.find_browser()} if installed else {})
+
+
+def _needs(device: str, precision: str) -> str:
+    if device == "webgpu":
+        return "a GPU that headless Chromium gets a WebGPU adapter for"
+    return f"onnxruntime-web runs {', '.join(DEVICE_PRECISIONS.get(device, ()))} on {device}"
+
+
+SPEC = RuntimeSpec(
+    name=NAME,
+    title="onnxruntime-web",
+    help="onnxruntime-web in headless Chromium (WebAssembly, WebGPU): what a browser page would compute; only "
+         "when named (each session starts a browser)",
+    devices=("wasm", "webgpu"),
+    open=_open,
+    probe=_probe,
+    needs=_needs,
+    install=toolchain.install_commands,
+    by_default=False,
+)
