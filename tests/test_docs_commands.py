@@ -139,6 +139,11 @@ COMMANDS: dict[str, Entry] = {
     "vitdeploy export BUNDLE --precision ov-bf16,ov-int8": Entry(
         "slow", replace={"BUNDLE": "models/digits/best"}, without_bf16=NO_BF16),
     "vitdeploy bench MODEL.onnx --runtimes ort,openvino": slow(**{"MODEL.onnx": MODEL}),
+    "vitdeploy doctor": fast(),
+    "vitdeploy doctor --json": fast(),
+    "vitdeploy export BUNDLE --precision auto": slow(BUNDLE="models/digits/best"),
+    "vitdeploy verify models/digits/best/model.int8.onnx": slow(  # the page's export builds the file first
+        **{"vitdeploy verify": "vitdeploy export models/digits/best --precision int8 && vitdeploy verify"}),
     "vitdeploy export models/digits/best --optimize --precision fp16,int8,ov-bf16,ov-int8": Entry(
         "slow", without_bf16=NO_BF16),
     # scale.md
