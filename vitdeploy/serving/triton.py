@@ -29,7 +29,7 @@ from vitdeploy.core.atomic import atomic_folder, atomic_write_many, remove_stale
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, VitDeployError
 from vitdeploy.files.discovery import resolve_model
-from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
+from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, external_data_path
 from vitdeploy.files.outputs import TRITON, check_output_folder
 from vitdeploy.requests import MAX_QUEUE_DELAY_MS, TRITON_MAX_BATCH, TritonOptions
 from vitdeploy.runtimes import open_to_read
@@ -333,7 +333,7 @@ def write_model_folder(folder: Path, model: Path, labels: list[str], config_text
         shutil.copyfile(model, folder / "1" / "model.onnx")
         if python_model:
             shutil.copyfile(triton_model.__file__, folder / "1" / "model.py")
-        external = model.with_name(model.name + ".data")
+        external = external_data_path(model)
         if external.is_file():  # the graph names its weights file; it keeps its name beside the copy
             shutil.copyfile(external, folder / "1" / external.name)
         (folder / LABELS_FILE).write_text("".join(label + "\n" for label in labels), encoding="utf-8")
