@@ -180,8 +180,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             name="digits",
-            description="small ViT for the embedded scikit-learn digits (16 px, patch 4); about half a minute on a "
-            "CPU core",
+            description="small ViT for the embedded scikit-learn digits (16 px, patch 4); ~40 s of one CPU core",
             model=ModelConfig(image_size=16, patch_size=4, dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
             # 30 epochs of 32: the 1,320 steps of the earlier 60 epochs of 64 on half the images, whose cost the
             # run is (best held-out 98.61-99.16% over seeds 0-2; benchmarks/train_speed.md).
