@@ -175,6 +175,7 @@ def _vit(dim: int, heads: int, **kw: Any) -> ModelConfig:
     )
 
 
+DEFAULT_PRESET = "digits"  # what `vitdeploy train` trains when no --preset, --data or --resume says otherwise
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (

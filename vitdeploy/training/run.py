@@ -25,6 +25,7 @@ import torch
 from vitdeploy.core import provenance
 from vitdeploy.core.config import (
     DEFAULT_MODELS_DIR,
+    DEFAULT_PRESET,
     PRESETS,
     RunPlan,
     TrainConfig,
@@ -93,7 +94,7 @@ def plan_run(request: TrainRequest) -> RunPlan:
                                    ("lr", request.lr), ("seed", request.seed)) if v is not None}
     if request.init is not None:
         return finetune.plan_init(request, overrides)
-    preset = get_preset(request.preset or "digits")
+    preset = get_preset(request.preset or DEFAULT_PRESET)
     train_cfg = dataclasses.replace(preset.train, **overrides)
     model_cfg = preset.model
     if request.image_size:
