@@ -114,7 +114,7 @@ def finetune(per_class: int, epochs: int, work: Path) -> dict[str, Any]:
     bundle = vitdeploy.import_model(source, work / "imported", timm_model="vit_tiny_patch16_224").bundle
     request = TrainRequest(init=bundle, data=work / "regions", epochs=epochs, out=work / "run", device="cpu")
     plan = plan_run(request)
-    data = load_training_data(plan.data, plan.spec, plan.train.val_fraction)
+    data = load_training_data(plan.data, plan.spec, plan.train.val_fraction, request.workers)
     torch.manual_seed(plan.train.seed)  # as the run seeds it: the same new head
     start = initial_model(bundle, dataclasses.replace(plan.model, num_classes=len(data.labels)), data.labels, quiet)
     before = evaluate(start, data.val_x, data.val_y, torch.device("cpu"))

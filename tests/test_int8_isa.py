@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from builders import captured_notes, make_bundle
+from machines import fake_machine
 
 from vitdeploy.core.config import ModelConfig
 from vitdeploy.core.cpu import ISA_CLASSES, int8_saturates
@@ -133,7 +134,6 @@ def test_the_note_names_both_classes_the_risk_and_the_command():
 
 def test_a_file_opened_on_another_class_says_so_once(gated_elsewhere, monkeypatch):
     _, _, result = gated_elsewhere
-    from machines import fake_machine
 
     from vitdeploy.runtimes import assume
 
@@ -149,8 +149,8 @@ def test_verify_regates_a_file_gated_on_another_class(gated_elsewhere, monkeypat
     import vitdeploy
 
     bundle, _, result = gated_elsewhere
-    here = "amx" if accuracy_gate.isa_class() != "amx" else "avx512_vnni"
-    monkeypatch.setattr(accuracy_gate, "isa_class", lambda: here)
+    here = "amx" if accuracy_gate.this_machine().isa != "amx" else "avx512_vnni"
+    monkeypatch.setattr(accuracy_gate, "this_machine", lambda: fake_machine(here))  # the gate reads the record
     report = vitdeploy.verify(result.path, bundle=bundle, batch_sizes=(4,))
     assert report.regate is not None and report.regate["isa_class"] == here and report.passed
     assert report.regate["samples"]["real"] == 359  # every held-out digit, as at export
@@ -170,7 +170,7 @@ def test_a_failed_regate_fails_verify(gated_elsewhere, tmp_path, monkeypatch):
     set_metadata(proto, {META_PARITY: {**recorded, "gate": {**recorded["gate"], "max_abs": 1e-9}}})
     strict = tmp_path / "model.int8.onnx"
     onnx.save(proto, str(strict))
-    monkeypatch.setattr(accuracy_gate, "isa_class", lambda: "amx")
+    monkeypatch.setattr(accuracy_gate, "this_machine", lambda: fake_machine("amx"))  # the gate reads the record
     report = vitdeploy.verify(strict, bundle=bundle, batch_sizes=(4,))
     assert not report.passed and report.regate["passed"] is False
     assert any(line.startswith("accuracy gate re-run on this amx CPU: max |diff|") for line in report.failures())
@@ -180,7 +180,7 @@ def test_verify_leaves_a_file_gated_here_alone(gated_elsewhere, monkeypatch):
     import vitdeploy
 
     bundle, _, result = gated_elsewhere
-    monkeypatch.setattr(accuracy_gate, "isa_class", lambda: "avx2")
+    monkeypatch.setattr(accuracy_gate, "this_machine", lambda: fake_machine("avx2"))  # the gate reads the record
     assert vitdeploy.verify(result.path, bundle=bundle, batch_sizes=(4,)).regate is None
 
 

@@ -57,3 +57,27 @@ def test_shapes_in_notes_keep_their_brackets(capsys) -> None:
     show_library_notes()
     logging.getLogger("vitdeploy.runtimes").warning("input is [batch, 3, 224, 224], got [1, 3, 32, 32]")
     assert "warning: input is [batch, 3, 224, 224], got [1, 3, 32, 32]" in capsys.readouterr().err
+
+
+def test_a_note_is_printed_once_when_a_library_installed_a_root_handler(capsys) -> None:
+    """ONNX Runtime's quantization calls logging.basicConfig on import: the root handler it adds must not print the
+    CLI's notes a second time (as "INFO:vitdeploy...: ...")."""
+    import logging
+
+    from vitdeploy.cli.app import show_library_notes
+
+    seen_by_root: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen_by_root.append(record.getMessage())
+
+    root_handler = Collect(logging.INFO)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        show_library_notes()
+        logging.getLogger("vitdeploy.benchmark").info("skipped ov-cpu-bf16: no bf16 here")
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert seen_by_root == []
+    assert capsys.readouterr().err.count("skipped ov-cpu-bf16") == 1

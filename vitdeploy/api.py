@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from vitdeploy.core.extras import require
 from vitdeploy.requests import (
-    DEFAULT_EXPLAIN_DIR,
     DEFAULT_GUIDE_FILE,
     DEFAULT_TRITON_DIR,
     BenchRequest,
@@ -195,8 +194,7 @@ def explain(inputs: Sequence[PathLike] | ExplainRequest = (), /, **options: Any)
         if request.inputs:
             raise ConfigError("--guide draws from the bundle's held-out images; give no IMAGES with it")
         return draw_guide(request.bundle, request.out or DEFAULT_GUIDE_FILE)
-    return explain_images(request.inputs, request.bundle, request.out or DEFAULT_EXPLAIN_DIR, request.method,
-                          request.class_label, request.top_k, request.recursive, force=request.force)
+    return explain_images(request)
 
 
 def triton(model: PathLike | None = None, /, out: PathLike = DEFAULT_TRITON_DIR,

@@ -20,6 +20,13 @@ from typing import Any, TypeVar
 DEFAULT_TRITON_DIR = Path("triton")
 DEFAULT_EXPLAIN_DIR = Path("explain")
 DEFAULT_GUIDE_FILE = Path("guide.png")
+# The accuracy gate's defaults (export --max-accuracy-drop; the agreement has no option): what a faster variant may
+# lose against PyTorch fp32 on the held-out images before it is refused.
+MAX_ACCURACY_DROP = 0.5  # percentage points
+MIN_TOP1_AGREEMENT = 0.99  # share of images with PyTorch's top-1 class
+# Dynamic batching's defaults, the same for `vitdeploy serve` and the Triton repository it mirrors.
+TRITON_MAX_BATCH = 32
+MAX_QUEUE_DELAY_MS = 2.0
 ENGINES = ("local", "ray")  # where predict runs: this process, or Ray Data (vitdeploy.prediction.ray)
 
 
@@ -97,7 +104,7 @@ class ExportRequest(_Request):
     optimize: bool = False  # also the fused fp32 variant
     image_input: bool = False  # also model.image.onnx: the decoded image as input, THE preprocessing in the graph
     precision: tuple[str, ...] = ("fp32",)  # variants to build beside the file, each gated (variants.py lists them)
-    max_accuracy_drop: float = 0.5  # accuracy gate: percentage points of held-out accuracy a variant may lose
+    max_accuracy_drop: float = MAX_ACCURACY_DROP  # accuracy gate: percentage points of held-out accuracy to lose
     int8_method: str = "static"  # static (QDQ, calibrated) | dynamic
     exporter: str | None = None  # torchscript | dynamo; None: torchscript where torch has it
 
@@ -195,8 +202,8 @@ class TritonOptions(_Request):
     backend: str = "onnxruntime"  # onnxruntime (Triton runs the .onnx) | python (model.py runs it through vitdeploy)
     device: str = "cpu"  # cpu | gpu: instance_group kind
     instances: int = 1  # model instances (per GPU with --device gpu)
-    max_batch_size: int | None = None  # default 32, or the bench recommendation
-    max_queue_delay_ms: float | None = None  # default 2 ms, or the p99 budget left by the recommended batch
+    max_batch_size: int | None = None  # default TRITON_MAX_BATCH, or the bench recommendation
+    max_queue_delay_ms: float | None = None  # default MAX_QUEUE_DELAY_MS, or the p99 budget the bench batch leaves
     preferred_batch_sizes: tuple[int, ...] = ()  # default none (Triton forms the largest batch it can)
     dynamic_batching: bool = True
     from_bench: Path | None = None  # a `vitdeploy bench --p99-budget` report
@@ -233,7 +240,7 @@ class ServeSettings(_Request):
     threads: int | None = None
     name: str | None = None  # the model's name in the protocol; default: the file name without .onnx
     max_batch_size: int | None = None  # None: SERVE_MAX_BATCH for the device the model opened on
-    max_queue_delay_ms: float = 2.0
+    max_queue_delay_ms: float = MAX_QUEUE_DELAY_MS
     max_body_mb: float = 64.0
     decode_threads: int | None = None  # threads decoding /classify images; None: one per core
     top_k: int = 5

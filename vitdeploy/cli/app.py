@@ -65,6 +65,9 @@ def show_library_notes() -> None:
     logger.setLevel(logging.INFO)
     if not any(isinstance(handler, StderrNotes) for handler in logger.handlers):
         logger.addHandler(StderrNotes())
+    # The CLI shows vitdeploy's notes itself: a root handler that a library installs on import (ONNX Runtime's
+    # quantization calls logging.basicConfig) would print each one a second time, prefixed "INFO:".
+    logger.propagate = False
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -27,6 +27,7 @@ from vitdeploy.explanation import maps, render
 from vitdeploy.files.bundle import BundleInfo, load_bundle  # the package's only bundle import
 from vitdeploy.files.discovery import find_latest_bundle
 from vitdeploy.files.outputs import EXPLAIN, check_output_file, check_output_folder
+from vitdeploy.requests import DEFAULT_EXPLAIN_DIR, ExplainRequest
 
 logger = logging.getLogger(__name__)
 
@@ -95,28 +96,22 @@ def method_title(method: str, depth: int, heads: int, class_label: str | None) -
     return f"gradient-weighted rollout through {depth} blocks: why {class_label!r}"
 
 
-def explain(
-    inputs: list[str],
-    bundle: Path | None = None,
-    out_dir: Path = Path("explain"),
-    method: str = "rollout",
-    class_label: str | None = None,
-    top_k: int = 5,
-    recursive: bool = False,
-    force: bool = False,
-) -> ExplainResult:
-    """Explain each image with `method`: one PNG in `out_dir` per image, and a row with its top-k and patch map.
+def explain(request: ExplainRequest) -> ExplainResult:
+    """Explain each image with `request.method`: one PNG in `request.out` (default explain/) per image, and a row
+    with its top-k and patch map.
 
     Undecodable files (and inputs that matched nothing) get an error row; InputError when nothing matched at all,
-    or when `out_dir` is not a new or empty folder or one of explain's (unless `force`; outputs.py).
+    or when the output folder is not a new or empty folder or one of explain's (unless `force`; outputs.py).
     """
+    inputs, bundle, method, class_label = request.inputs, request.bundle, request.method, request.class_label
+    out_dir, top_k = request.out or DEFAULT_EXPLAIN_DIR, request.top_k
     check_request(method, class_label)
-    out_dir = check_output_folder(out_dir, EXPLAIN, force=force)
+    out_dir = check_output_folder(out_dir, EXPLAIN, force=request.force)
     if top_k < 1:
         raise ConfigError("--top-k must be at least 1")
     render.pyplot()  # fail before the model loads when matplotlib is missing
     started = time.perf_counter()
-    paths, unmatched = expand_inputs(inputs, recursive)
+    paths, unmatched = expand_inputs(inputs, request.recursive)
     if not paths:
         raise InputError(f"no input matched: {', '.join(unmatched) or '(none given)'}")
     bundle_dir = bundle or find_latest_bundle()

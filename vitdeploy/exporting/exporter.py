@@ -236,7 +236,7 @@ def export_model(
     info: BundleInfo,
     out: str | os.PathLike[str],
     opset: int = DEFAULT_OPSET,
-    verify: bool = True,
+    verify: bool = ExportRequest.verify,
     bundle_dir: Path | None = None,
     exporter: str = DEFAULT_EXPORTER,
 ) -> ExportResult:

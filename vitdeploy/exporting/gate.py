@@ -17,19 +17,17 @@ import numpy as np
 from PIL import Image
 
 from vitdeploy.core.config import PreprocessSpec
-from vitdeploy.core.cpu import isa_class
 from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.exporting.image_input import CHECK_SIZES, MAX_PIXEL_LEVELS, PIXELS_OUTPUT, pixel_levels
 from vitdeploy.files.onnx_file import OUTPUT_NAME
 from vitdeploy.files.variants import EXPORT
-from vitdeploy.runtimes import open_runtime
+from vitdeploy.requests import MAX_ACCURACY_DROP, MIN_TOP1_AGREEMENT
+from vitdeploy.runtimes import open_runtime, this_machine
 from vitdeploy.verification.parity import ParityReport, compare_logits
 
 if TYPE_CHECKING:
     from vitdeploy.files.bundle import BundleInfo
 
-DEFAULT_MAX_ACCURACY_DROP = 0.5  # percentage points
-DEFAULT_MIN_TOP1_AGREEMENT = 0.99
 GATE_BATCH_SIZE = 32  # INT8 dynamic quantization scales by the whole batch: judge it at a serving batch size
 GATE_MAX_IMAGES = 2000
 # The raw-image variant (export --image-input) is judged on this many held-out images as decoded, and on as many of
@@ -41,8 +39,8 @@ IMAGE_GATE_IMAGES = 100
 class AccuracyGate:
     """When a reduced-precision variant may replace the fp32 model."""
 
-    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP  # percentage points of held-out accuracy
-    min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT  # share of images with PyTorch's top-1 class
+    max_accuracy_drop: float = MAX_ACCURACY_DROP  # percentage points of held-out accuracy
+    min_top1_agreement: float = MIN_TOP1_AGREEMENT  # share of images with PyTorch's top-1 class
 
     def __post_init__(self) -> None:
         if not self.max_accuracy_drop >= 0:
@@ -166,8 +164,8 @@ def synthetic_gate_data(model: Any, spec: PreprocessSpec, seed: int = 0) -> Gate
 
 
 def judge(
-    variant: str, precision: str, model_path: Path | bytes, data: GateData, gate: AccuracyGate, device: str = "cpu",
-    max_abs_allowed: float | None = None, runtime: str = "ort", isa: str | None = None,
+    variant: str, precision: str, model_path: Path | bytes, data: GateData, gate: AccuracyGate, device: str,
+    max_abs_allowed: float | None, runtime: str, isa: str | None = None,
 ) -> GateResult:
     """Run the variant on `runtime` (as the file says it is to be run) on the gate images, in batches of
     GATE_BATCH_SIZE, and compare it with PyTorch fp32. `isa`: the CPU class recorded as judged on (default: this
@@ -190,7 +188,7 @@ def judge(
         gate=gate,
         max_abs_allowed=max_abs_allowed,
         runtime=session.describe(),
-        isa_class=isa_class() if isa is None else isa,
+        isa_class=this_machine().isa if isa is None else isa,
     )
 
 
@@ -254,7 +252,7 @@ def regate(report: ParityReport, here: str | None = None) -> GateResult | None:
     path = Path(report.model_path)
     meta = parse_metadata(path, read_metadata(path))
     row = EXPORT.get(str(meta.export.get("variant")))
-    here = isa_class() if here is None else here
+    here = this_machine().isa if here is None else here
     gated = meta.export.get("isa_class")
     if row is None or row.builder is None or row.option == "image" or gated == here or report.bundle is None:
         return None
@@ -265,8 +263,8 @@ def regate(report: ParityReport, here: str | None = None) -> GateResult | None:
         report.notes.append(f"gated on {gated or 'an unrecorded CPU class'}, not re-gated on this {here} CPU: {e}")
         return None
     recorded = meta.parity.get("gate") or {}
-    gate = AccuracyGate(recorded.get("max_accuracy_drop", DEFAULT_MAX_ACCURACY_DROP),
-                        recorded.get("min_top1_agreement", DEFAULT_MIN_TOP1_AGREEMENT))
+    gate = AccuracyGate(recorded.get("max_accuracy_drop", MAX_ACCURACY_DROP),
+                        recorded.get("min_top1_agreement", MIN_TOP1_AGREEMENT))
     result = judge(row.name, row.precision, path, data, gate, row.gate_device, recorded.get("max_abs"),
                    row.runtime, here)
     report.regate = result.summary()

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitdeploy.core.config import ModelConfig
-from vitdeploy.core.cpu import int8_saturates, isa_class
+from vitdeploy.core.cpu import int8_saturates
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError
 from vitdeploy.exporting import quant_search
 from vitdeploy.files.onnx_file import INPUT_NAME, copy_proto, save_onnx
 from vitdeploy.files.variants import ExportVariant
-from vitdeploy.runtimes import open_runtime
+from vitdeploy.requests import ExportRequest
+from vitdeploy.runtimes import open_runtime, this_machine
 
 if TYPE_CHECKING:
     import onnx
@@ -72,8 +73,9 @@ class VariantSource:
     config: ModelConfig
     workdir: Path
     calibration: Callable[[], np.ndarray]
-    int8_method: str = "static"  # static | dynamic
-    isa: str = field(default_factory=isa_class)  # the CPU class it is built (and gated) for: core.cpu.isa_class
+    int8_method: str = ExportRequest.int8_method  # static | dynamic
+    # the CPU class it is built (and gated) for: the machine record's (core.cpu.isa_class, or a faked machine's)
+    isa: str = field(default_factory=lambda: this_machine().isa)
     _fused: tuple[onnx.ModelProto, FusionReport] | None = field(default=None, repr=False)
     _calibration: np.ndarray | None = field(default=None, repr=False)
 
@@ -125,7 +127,7 @@ class Int8Recipe:
 def int8_recipe(isa: str | None = None) -> Int8Recipe:
     """The INT8 recipe for a CPU class (default: this CPU's): 7-bit weights where u8 x s8 can saturate, the full
     8 bits where it cannot (no accuracy to lose there, and the same kernels run either way)."""
-    isa = isa_class() if isa is None else isa
+    isa = this_machine().isa if isa is None else isa
     return Int8Recipe(isa, reduce_range=int8_saturates(isa))
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import CheckFailed, ConfigError
 from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, META_INPUT, set_metadata
+from vitdeploy.requests import ExportRequest
 
 if TYPE_CHECKING:
     import onnx
@@ -283,7 +284,7 @@ def with_image_input(model: onnx.ModelProto, spec: PreprocessSpec, layout: str =
     return out
 
 
-def preprocessing_model(spec: PreprocessSpec, layout: str = "hwc", opset: int = 17,
+def preprocessing_model(spec: PreprocessSpec, layout: str = "hwc", opset: int = ExportRequest.opset,
                         wide: bool = True) -> onnx.ModelProto:
     """The preprocessing alone: the raw image (`layout`) in, `pixel_values` float32 [batch, 3, S, S] out (tests and
     benchmarks compare it with images.preprocess)."""

@@ -34,7 +34,6 @@ import numpy as np
 
 from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import comma_list
-from vitdeploy.core.cpu import isa_class
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.exporting.capabilities import auto_variants, check_exportable
@@ -59,6 +58,8 @@ from vitdeploy.files.onnx_file import (
     set_metadata,
 )
 from vitdeploy.files.variants import EXPORT, PRECISIONS, ExportVariant
+from vitdeploy.requests import ExportRequest
+from vitdeploy.runtimes import this_machine
 
 if TYPE_CHECKING:
     import onnx
@@ -167,7 +168,7 @@ def export_variants(
     variants: Sequence[str],
     gate: AccuracyGate = AccuracyGate(),
     data: GateData | None = None,
-    int8_method: str = "static",
+    int8_method: str = ExportRequest.int8_method,
     isa: str | None = None,
 ) -> list[VariantResult]:
     """Build each variant from the exported fp32 file `base`, judge it, and write the ones that pass beside it.
@@ -187,7 +188,7 @@ def export_variants(
                                                                 dir=base.parent) as staging_dir:
         staging = Path(staging_dir)
         source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method,
-                               isa or isa_class())
+                               isa or this_machine().isa)
         for row in (EXPORT[name] for name in variants):
             started = time.perf_counter()
             built = build_variant(row, source)
@@ -242,7 +243,7 @@ def describe_variant(
         "runtime": row.runtime,
         "optimization": {"transformer_fusions": fusions.to_dict() if fusions else None},
         "quantization": quantization,
-        "isa_class": isa_class() if isa is None else isa,
+        "isa_class": this_machine().isa if isa is None else isa,
     })
     if row.inference_precision is not None:
         export["inference_precision"] = row.inference_precision

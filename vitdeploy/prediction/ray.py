@@ -36,6 +36,7 @@ from vitdeploy.core.images import IMAGE_SUFFIXES
 from vitdeploy.core.inputs import NoMatch
 from vitdeploy.core.progress import live_progress
 from vitdeploy.errors import ConfigError, DeviceError
+from vitdeploy.files.onnx_file import external_data_path
 from vitdeploy.prediction.local import (
     PROGRESS_COLUMNS,
     Plan,
@@ -276,7 +277,7 @@ def check_address(address: str) -> None:
 def model_files(path: Path) -> dict[str, bytes]:
     """The .onnx and, when its weights are stored beside it, its .onnx.data file (the graph names it)."""
     files = {path.name: path.read_bytes()}
-    external = path.with_name(path.name + ".data")
+    external = external_data_path(path)
     if external.is_file():
         files[external.name] = external.read_bytes()
     return files

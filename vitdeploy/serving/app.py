@@ -60,7 +60,7 @@ class ServerState:
 
 
 def create_app(session: Session, signature: ModelSignature, batcher: DynamicBatcher, *, max_body_bytes: int,
-               decode_threads: int = 2, top_k: int = 5) -> Starlette:
+               decode_threads: int, top_k: int) -> Starlette:
     """The ASGI app; its lifespan starts the batcher's worker and stops it after the last request drained."""
     state = ServerState(session, signature, batcher, decode_threads, top_k)
 

@@ -29,9 +29,9 @@ from vitdeploy.core.atomic import atomic_folder, atomic_write_many, remove_stale
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, InputError, VitDeployError
 from vitdeploy.files.discovery import resolve_model
-from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
+from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, external_data_path
 from vitdeploy.files.outputs import TRITON, check_output_folder, files_below
-from vitdeploy.requests import TritonOptions
+from vitdeploy.requests import MAX_QUEUE_DELAY_MS, TRITON_MAX_BATCH, TritonOptions
 from vitdeploy.runtimes import open_to_read
 from vitdeploy.serving import kserve, triton_model
 from vitdeploy.serving.protocol import PLATFORM, check_dynamic_batch, item_shape
@@ -192,7 +192,7 @@ def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[s
     after that batch's p99, so that waiting plus running stays within it.
     """
     notes: list[str] = []
-    max_batch, preferred, delay_ms = 32, (), 2.0
+    max_batch, preferred, delay_ms = TRITON_MAX_BATCH, (), MAX_QUEUE_DELAY_MS
     if options.from_bench is not None:
         rec = bench_recommendation(options.from_bench, BENCH_VARIANT[options.device], info)
         max_batch, preferred = rec["batch_size"], (rec["batch_size"],)
@@ -340,7 +340,7 @@ def write_model_folder(folder: Path, model: Path, labels: list[str], config_text
         shutil.copyfile(model, folder / "1" / "model.onnx")
         if python_model:
             shutil.copyfile(triton_model.__file__, folder / "1" / "model.py")
-        external = model.with_name(model.name + ".data")
+        external = external_data_path(model)
         if external.is_file():  # the graph names its weights file; it keeps its name beside the copy
             shutil.copyfile(external, folder / "1" / external.name)
         (folder / LABELS_FILE).write_text("".join(label + "\n" for label in labels), encoding="utf-8")

@@ -34,7 +34,7 @@ class Target:
     runtime is too slow for all of them); precision None: the file's own."""
 
     runtime: str
-    device: str = "cpu"
+    device: str
     precision: str | None = None
     max_samples: int | None = None
     optional: bool = False  # chosen by default rather than named: a file it cannot run is noted and skipped
