@@ -195,13 +195,14 @@ def inproc(model_dir: Path, before: Path, repeats: int, threads: int) -> dict[st
     """variant -> p50 alone and together, per protocol and repeat, and their ratio."""
     import importlib.util
 
-    from vitdeploy import benchmark as bench
+    from vitdeploy.benchmark.protocol import measure
+    from vitdeploy.benchmark.variants import VARIANTS
 
     spec = importlib.util.spec_from_file_location("old_protocol", before / "vitdeploy/benchmark/protocol.py")
     old = importlib.util.module_from_spec(spec)
     sys.modules["old_protocol"] = old  # dataclasses look their module up there
     spec.loader.exec_module(old)
-    protocols = {"before": old.measure, "after": bench.measure}
+    protocols = {"before": old.measure, "after": measure}
     with bench_points(model_dir, threads) as point:
 
         def p50s(measure: Any, names: tuple[str, ...]) -> dict[str, float]:
@@ -236,15 +237,21 @@ def bench_points(model_dir: Path, threads: int) -> Iterator[Callable[[Any, tuple
     yields point(measure, names): one batch-1 point of that protocol's `measure` on those variants, beside the GEMMs
     bench would pick for them -> variant -> latencies (s)."""
     from vitdeploy import benchmark as bench
+    from vitdeploy.benchmark.artifacts import model_from_files
+    from vitdeploy.benchmark.peak import gemm_runners
+    from vitdeploy.benchmark.protocol import cold_start
+    from vitdeploy.benchmark.runners import make_runner
+    from vitdeploy.benchmark.timing import input_batch, torch_threads
+    from vitdeploy.benchmark.variants import VARIANTS
 
     settings = bench.BenchSettings(batch_sizes=(1,), threads=threads)
-    model = bench.model_from_files(model_dir / "model.onnx", None)
-    batch = bench.input_batch(model.config, 1, settings.seed)
-    runners = {name: bench.make_runner(bench.VARIANTS[name], model, threads) for name in VARIANTS}
-    with bench.torch_threads(threads):
+    model = model_from_files(model_dir / "model.onnx", None)
+    batch = input_batch(model.config, 1, settings.seed)
+    runners = {name: make_runner(VARIANTS[name], model, threads) for name in VARIANTS}
+    with torch_threads(threads):
         for runner in runners.values():
-            bench.cold_start(runner, batch)
-        gemms = bench.gemm_runners({"cpu"}, {"fp32", "int8"}, threads, True, True)
+            cold_start(runner, batch)
+        gemms = gemm_runners({"cpu"}, {"fp32", "int8"}, threads, True, True)
         for gemm in gemms:
             gemm.create()
 
@@ -259,12 +266,13 @@ def bench_points(model_dir: Path, threads: int) -> Iterator[Callable[[Any, tuple
 
 def interleaved(model_dir: Path, repeats: int, threads: int, cycles: int) -> dict[str, Any]:
     """variant -> pooled p50 alone and together, alone and together points alternating `cycles` times a repeat."""
-    from vitdeploy import benchmark as bench
+    from vitdeploy.benchmark.protocol import measure
+    from vitdeploy.benchmark.variants import VARIANTS
 
     with bench_points(model_dir, threads) as measured:
 
         def point(names: tuple[str, ...]) -> dict[str, list[float]]:
-            return measured(bench.measure, names)
+            return measured(measure, names)
 
         out = []
         for repeat in range(repeats):

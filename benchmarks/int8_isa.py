@@ -51,12 +51,11 @@ def build(work: Path, calibration_images: int) -> None:
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from vitdeploy.core.config import get_preset
+    from vitdeploy.core.config import PreprocessSpec, get_preset
     from vitdeploy.exporting import graphs
     from vitdeploy.exporting.exporter import export_onnx
     from vitdeploy.files.bundle import BundleInfo, save_bundle
     from vitdeploy.model.vit import build_model
-    from vitdeploy.core.config import PreprocessSpec
 
     if all((work / f).exists() for f, _, _ in FILES.values()):
         return

@@ -24,6 +24,12 @@ import numpy as np
 from bundle_runs import bundle_parser, named_bundles
 
 from vitdeploy import benchmark as bench
+from vitdeploy.benchmark.artifacts import ModelUnderTest
+from vitdeploy.benchmark.environment import environment
+from vitdeploy.benchmark.protocol import measure_points
+from vitdeploy.benchmark.runners import OrtCpuRunner, TorchRunner
+from vitdeploy.benchmark.timing import Runner, torch_threads
+from vitdeploy.benchmark.variants import VARIANTS, VariantSpec
 from vitdeploy.core.atomic import atomic_write_bytes, atomic_write_json
 from vitdeploy.core.config import parse_batch_sizes
 from vitdeploy.exporting import exporter as export
@@ -69,12 +75,12 @@ def measure(bundle: Path, settings: bench.BenchSettings, log: Any) -> dict[str, 
         gates["ort-fp32"] = {"size_bytes": (work / "model.onnx").stat().st_size,
                              "parity": exported.parity.summary() if exported.parity else None}
 
-        under_test = bench.ModelUnderTest(work / "model.onnx", info.model, str(bundle), bundle=bundle)
-        runners: list[bench.Runner] = [bench.TorchRunner(bench.VARIANTS["torch"], under_test)]
+        under_test = ModelUnderTest(work / "model.onnx", info.model, str(bundle), bundle=bundle)
+        runners: list[Runner] = [TorchRunner(VARIANTS["torch"], under_test)]
         for name, (file, file_precision, description) in FILES.items():
             if (work / file).is_file():
-                spec = bench.VariantSpec(name, "ort", "cpu", file_precision, description)
-                runners.append(bench.OrtCpuRunner(spec, work / file, threads))
+                spec = VariantSpec(name, "ort", "cpu", file_precision, description)
+                runners.append(OrtCpuRunner(spec, work / file, threads))
 
         def batch_for(batch_size: int) -> np.ndarray:
             """The first `batch_size` held-out images, each repeated when there are fewer."""
@@ -85,11 +91,11 @@ def measure(bundle: Path, settings: bench.BenchSettings, log: Any) -> dict[str, 
         def point_started(batch_size: int, names: list[str]) -> None:
             log(f"batch {batch_size}: timing {', '.join(names)} in alternating blocks")
 
-        with bench.torch_threads(threads):
-            env = bench.environment(threads)
+        with torch_threads(threads):
+            env = environment(threads)
             for runner in runners:
                 runner.create()
-            points = bench.measure_points(runners, settings, batch_for, on_point=point_started)
+            points = measure_points(runners, settings, batch_for, on_point=point_started)
     rows = []
     for point in points:
         same_batch = {p.variant: p for p in points if p.batch_size == point.batch_size}

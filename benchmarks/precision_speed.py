@@ -371,7 +371,7 @@ def main() -> int:
     parser.add_argument("--profile-only", action="store_true", help="only add the profiles to the saved report")
     args = parser.parse_args()
 
-    from vitdeploy import benchmark as bench
+    from vitdeploy.benchmark.environment import environment
     from vitdeploy.exporting.gate import gate_data
     from vitdeploy.files.bundle import load_bundle
 
@@ -385,7 +385,7 @@ def main() -> int:
         report["profile"] = profiles(args.work, args.threads, gate_data(model, info).inputs, report["batch_sizes"])
         return _write(name, report)
     args.work.mkdir(parents=True, exist_ok=True)
-    env = bench.environment(args.threads)
+    env = environment(args.threads)
     facts = build(args.bundle, args.work, log)
     wanted = set(args.variants.split(",")) if args.variants else None
     candidates = [c for c in CANDIDATES if (args.work / c.file).is_file()

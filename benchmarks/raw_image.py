@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +144,7 @@ def write_digits(folder: Path, bundle: Path, count: int = 60) -> list[Path]:
     """Held-out digits of the bundle's split (an imported bundle has none: scikit-learn's first digits), written as
     64x64 PNGs (nearest: the 8x8 strokes as blocks)."""
     from vitdeploy.files.bundle import read_bundle_info
-    from vitdeploy.training.data import heldout_images
-
-    from vitdeploy.training.data import digit_images
+    from vitdeploy.training.data import digit_images, heldout_images
 
     info = read_bundle_info(bundle)
     folder.mkdir(parents=True, exist_ok=True)
@@ -290,6 +287,7 @@ def run_node(folder: Path, files: list[Path], node_modules: Path) -> list[dict[s
 
 def run_chromium(folder: Path, files: list[Path], node_modules: Path, work: Path) -> list[dict[str, Any]]:
     from devtools_page import DevToolsPage
+
     from vitdeploy.runtimes.web.toolchain import find_browser
 
     site = work / "site"

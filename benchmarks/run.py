@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from vitdeploy import benchmark as bench
+from vitdeploy.benchmark.render import plot_report
 from vitdeploy.core.atomic import atomic_write_bytes, atomic_write_json
 from vitdeploy.core.config import parse_batch_sizes
 
@@ -49,7 +50,7 @@ def main() -> int:
             report = bench.run_bench(None, None, preset, settings)
             suffix = f"-t{args.threads}" if args.threads else ""
             atomic_write_json(RESULTS / f"{args.suite}-{preset}{suffix}.json", report.to_dict())
-            bench.plot_report(report, RESULTS / f"{args.suite}-{preset}{suffix}.png")
+            plot_report(report, RESULTS / f"{args.suite}-{preset}{suffix}.png")
     atomic_write_bytes(RESULTS / "README.md", markdown_summary(sorted(RESULTS.glob("*.json"))).encode())
     return 0
 

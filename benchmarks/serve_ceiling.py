@@ -49,7 +49,6 @@ from serve import environment, export_model, percentile  # noqa: E402  (the othe
 
 from vitdeploy.serving.protocol import build_infer_request  # noqa: E402
 
-
 # ------------------------------------------------------------------------------------------- the server
 
 

@@ -22,6 +22,21 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from vitdeploy import benchmark as bench
+from vitdeploy.benchmark.artifacts import OnnxFile, build_variant_files, model_from_files, plan_variants
+from vitdeploy.benchmark.peak import GemmRunner, theoretical_gflops
+from vitdeploy.benchmark.peak import peaks as measured_peaks
+from vitdeploy.benchmark.protocol import Blocks, block_schedule, measure
+from vitdeploy.benchmark.render import TerminalProgress, progress_display, progress_wanted
+from vitdeploy.benchmark.report import (
+    SCHEMA,
+    PointResult,
+    compare_to_baseline,
+    recommend_batch_size,
+    recommend_variant,
+    regression_failures,
+)
+from vitdeploy.benchmark.timing import Runner, input_batch
+from vitdeploy.benchmark.variants import VARIANTS, VariantSpec
 from vitdeploy.cli import app
 from vitdeploy.core.config import ModelConfig
 from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, ConfigError, DeviceError
@@ -73,7 +88,7 @@ def cli_report(exported: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
 
 def test_json_report_schema_and_numbers(cli_report: tuple[dict, Path]) -> None:
     report, saved = cli_report
-    assert report["schema"] == bench.SCHEMA
+    assert report["schema"] == SCHEMA
     assert json.loads(saved.read_text()) == report  # --output saves exactly what --json prints
     assert set(report["variants"]) == {"torch", *ORT_VARIANTS}
     assert report["model"]["macs_per_image"]["total"] > 0
@@ -160,11 +175,11 @@ def test_regression_gate_fails_against_a_doctored_baseline(
 def test_regression_gate_passes_against_a_slower_baseline(cli_report: tuple[dict, Path]) -> None:
     report, _ = cli_report
     current = report_from_rows(report["results"])
-    slower = {"schema": bench.SCHEMA, "results": [{**r, "p50_ms": r["p50_ms"] * 10} for r in report["results"]]}
-    comparison = bench.compare_to_baseline(current, slower, max_regress_pct=5)
+    slower = {"schema": SCHEMA, "results": [{**r, "p50_ms": r["p50_ms"] * 10} for r in report["results"]]}
+    comparison = compare_to_baseline(current, slower, max_regress_pct=5)
     assert len(comparison["compared"]) == len(report["results"]) and not comparison["regressed"]
-    assert bench.regression_failures(comparison) == []
-    assert "nothing was compared" in bench.regression_failures(bench.compare_to_baseline(current, {"results": []}, 5))[0]
+    assert regression_failures(comparison) == []
+    assert "nothing was compared" in regression_failures(compare_to_baseline(current, {"results": []}, 5))[0]
 
 
 def test_baseline_that_is_not_a_report_is_bad_input(exported: tuple[Path, Path], tmp_path: Path) -> None:
@@ -176,7 +191,7 @@ def test_baseline_that_is_not_a_report_is_bad_input(exported: tuple[Path, Path],
 
 def report_from_rows(rows: list[dict]) -> bench.BenchReport:
     """A report whose points have exactly the given p50s (a single latency each)."""
-    points = [bench.PointResult(r["variant"], r["batch_size"], [r["p50_ms"] / 1e3]) for r in rows]
+    points = [PointResult(r["variant"], r["batch_size"], [r["p50_ms"] / 1e3]) for r in rows]
     return bench.BenchReport(model={}, settings=bench.BenchSettings(), environment={}, peak_gflops={},
                              variants={p.variant: {} for p in points}, skipped={}, points=points)
 
@@ -190,11 +205,11 @@ def test_p99_budget_recommends_the_largest_batch_that_meets_it() -> None:
         {"variant": "ort-cpu", "batch_size": 8, "p50_ms": 30.0},
         {"variant": "ort-cpu", "batch_size": 32, "p50_ms": 110.0},
     ]
-    rec = bench.recommend_batch_size(report_from_rows(rows), p99_budget_ms=100)
+    rec = recommend_batch_size(report_from_rows(rows), p99_budget_ms=100)
     assert rec["per_variant"]["torch"]["batch_size"] == 8
     assert rec["per_variant"]["ort-cpu"]["batch_size"] == 8
     assert rec["best"]["variant"] == "ort-cpu" and rec["best"]["images_per_s"] == pytest.approx(8 / 0.030, abs=1e-3)
-    assert bench.recommend_batch_size(report_from_rows(rows), p99_budget_ms=1)["best"] is None
+    assert recommend_batch_size(report_from_rows(rows), p99_budget_ms=1)["best"] is None
 
 
 class FixedClock:
@@ -208,11 +223,11 @@ class FixedClock:
         return self.latency_s
 
 
-class FakeRunner(bench.Runner):
+class FakeRunner(Runner):
     """Logs the order of its inferences; its timer reports a fixed latency for each."""
 
     def __init__(self, name: str, latency_s: float, calls: list[str]):
-        self.spec = bench.VariantSpec(name, "fake", "cpu", "fp32", "")
+        self.spec = VariantSpec(name, "fake", "cpu", "fp32", "")
         self.timer = FixedClock(latency_s)
         self.calls = calls
 
@@ -227,7 +242,7 @@ class FakeRunner(bench.Runner):
 
 
 def test_block_schedule_alternates_and_gives_every_variant_the_same_blocks() -> None:
-    schedule = bench.block_schedule(["a", "b", "c"], ["peak"], count=4)
+    schedule = block_schedule(["a", "b", "c"], ["peak"], count=4)
     assert [(b.runner, b.kind) for b in schedule if b.round == 0] == [("a", "warmup"), ("b", "warmup"),
                                                                      ("c", "warmup")]
     rounds = [[b.runner for b in schedule if b.round == r] for r in range(1, 6)]
@@ -237,7 +252,7 @@ def test_block_schedule_alternates_and_gives_every_variant_the_same_blocks() -> 
     assert {name: timed.count(name) for name in "abc"} == {"a": 4, "b": 4, "c": 4}
     assert [b.kind for b in schedule if b.runner == "peak"] == ["companion"] and schedule[-1].runner == "peak"
     assert all(x != y for x, y in zip(timed, timed[1:]))  # blocks alternate: never two of a variant in a row
-    two = bench.block_schedule(["a", "b"], [], count=3)
+    two = block_schedule(["a", "b"], [], count=3)
     assert [b.runner for b in two if b.kind == "timed"] == ["a", "b"] * 3  # two variants simply alternate
 
 
@@ -252,8 +267,8 @@ def test_protocol_runs_in_blocks_and_meets_both_minimums() -> None:
     # Latencies exact in binary floating point, so the sums cross the thresholds exactly where expected.
     fast, slow = FakeRunner("fast", 0.125, calls), FakeRunner("slow", 0.375, calls)
     settings = bench.BenchSettings(warmup_iters=2, warmup_seconds=0.5, min_iters=3, min_seconds=1.0)
-    blocks = bench.Blocks(count=2, idle_s=0.25, block_warmup_calls=1)
-    timed = bench.measure([fast, slow], settings, blocks=blocks, sleep=sleep)
+    blocks = Blocks(count=2, idle_s=0.25, block_warmup_calls=1)
+    timed = measure([fast, slow], settings, blocks=blocks, sleep=sleep)
     # Warm-up round: fast 4 runs (0.5 s), slow 2 (the count). Each timed block: one untimed call, then at least
     # ceil(3 / 2) = 2 runs and 0.5 s: fast 4 runs, slow 2 (plus the untimed call each).
     assert calls == (["idle", *["fast"] * 4, "idle", *["slow"] * 2]
@@ -261,7 +276,7 @@ def test_protocol_runs_in_blocks_and_meets_both_minimums() -> None:
     assert pauses == [0.25] * 6
     assert len(timed["fast"]) == 8 and len(timed["slow"]) == 4  # both blocks' runs pooled, warm-ups excluded
     with pytest.raises(ConfigError):
-        bench.Blocks(count=0)
+        Blocks(count=0)
 
 
 def test_companions_run_in_blocks_of_their_own_and_do_not_decide_when_to_stop() -> None:
@@ -269,8 +284,8 @@ def test_companions_run_in_blocks_of_their_own_and_do_not_decide_when_to_stop() 
     model = FakeRunner("model", 0.5, calls)
     peak, other = FakeRunner("peak", 10.0, calls), FakeRunner("other", 10.0, calls)
     settings = bench.BenchSettings(warmup_iters=1, warmup_seconds=0, min_iters=2, min_seconds=1.0)
-    blocks = bench.Blocks(count=2, idle_s=0, block_warmup_calls=0, companion_calls=2)
-    timed = bench.measure([model], settings, companions=[peak, other], blocks=blocks,
+    blocks = Blocks(count=2, idle_s=0, block_warmup_calls=0, companion_calls=2)
+    timed = measure([model], settings, companions=[peak, other], blocks=blocks,
                           sleep=lambda seconds: calls.append("idle"))
     # Each block of the model: 1 run (ceil(2 / 2) runs, 0.5 s); then each companion once, its 2 calls per timed
     # round whatever they take, the companions back to back after one idle time.
@@ -279,33 +294,33 @@ def test_companions_run_in_blocks_of_their_own_and_do_not_decide_when_to_stop() 
 
 
 def test_every_variant_sees_the_same_input() -> None:
-    a = bench.input_batch(CFG, 4, seed=0)
+    a = input_batch(CFG, 4, seed=0)
     assert a.dtype == np.float32 and a.shape == (4, 3, 16, 16)
-    np.testing.assert_array_equal(a, bench.input_batch(CFG, 4, seed=0))
+    np.testing.assert_array_equal(a, input_batch(CFG, 4, seed=0))
 
 
 @pytest.mark.skipif(cuda_status().usable, reason="checks the behaviour without CUDA")
 def test_cuda_variants_skip_when_auto_and_fail_when_requested(exported: tuple[Path, Path]) -> None:
-    model = bench.model_from_files(*exported)
-    names, skipped = bench.plan_variants(bench.BenchSettings(runtimes=("ort",)), model)
+    model = model_from_files(*exported)
+    names, skipped = plan_variants(bench.BenchSettings(runtimes=("ort",)), model)
     assert names == ["torch", *ORT_VARIANTS]
     assert set(skipped) == {"torch-cuda", "ort-cuda", "ort-cuda-graph", "ort-cuda-fp16", "ort-tensorrt"}
     assert all(reason for reason in skipped.values())
     with pytest.raises(DeviceError, match="ort-cuda"):
-        bench.plan_variants(bench.BenchSettings(variants=("ort-cpu", "ort-cuda")), model)
+        plan_variants(bench.BenchSettings(variants=("ort-cpu", "ort-cuda")), model)
     code, _ = run_cli(str(exported[0]), "--variants", "ort-cuda", *QUICK)
     assert code == EXIT_BAD_INPUT
 
 
 def test_torch_variant_needs_the_weights(exported: tuple[Path, Path], tmp_path: Path) -> None:
     # The file records where its bundle was; without that bundle there is nothing for PyTorch to run.
-    model = bench.model_from_files(exported[0], None)
+    model = model_from_files(exported[0], None)
     assert model.bundle == exported[1].resolve()
     model.bundle = None
-    _, skipped = bench.plan_variants(bench.BenchSettings(), model)
+    _, skipped = plan_variants(bench.BenchSettings(), model)
     assert "bundle" in skipped["torch"]
     with pytest.raises(ConfigError, match="torch"):
-        bench.plan_variants(bench.BenchSettings(variants=("torch",)), model)
+        plan_variants(bench.BenchSettings(variants=("torch",)), model)
 
 
 @pytest.mark.parametrize("bad", [dict(batch_sizes=(0,)), dict(variants=("tensorrt",)), dict(min_iters=0),
@@ -363,17 +378,17 @@ class Terminal(io.StringIO):
 
 
 def test_progress_is_shown_only_on_a_terminal_and_never_with_json() -> None:
-    assert bench.progress_wanted(enabled=True, stream=Terminal())
-    assert not bench.progress_wanted(enabled=False, stream=Terminal())
-    assert not bench.progress_wanted(enabled=True, stream=io.StringIO())
-    with bench.progress_display(Console(file=Terminal()), bench.BenchSettings(), enabled=False) as on_point:
+    assert progress_wanted(enabled=True, stream=Terminal())
+    assert not progress_wanted(enabled=False, stream=Terminal())
+    assert not progress_wanted(enabled=True, stream=io.StringIO())
+    with progress_display(Console(file=Terminal()), bench.BenchSettings(), enabled=False) as on_point:
         assert on_point is None
 
 
 def test_json_and_non_terminal_output_carry_no_progress(exported: tuple[Path, Path]) -> None:
     code, stdout, stderr = run_cli_stderr(str(exported[0]), "--variants", "ort-cpu", "--batch-sizes", "1,2", *QUICK,
                                           "--json")
-    assert code == 0 and json.loads(stdout)["schema"] == bench.SCHEMA
+    assert code == 0 and json.loads(stdout)["schema"] == SCHEMA
     assert "batch 2: timing ort-cpu in alternating blocks" in stderr  # the log line, not a live display
     assert " left" not in stderr and "\x1b[" not in stderr
 
@@ -382,8 +397,8 @@ def test_progress_names_the_point_and_estimates_the_time_left() -> None:
     now = [100.0]
     console = Console(file=Terminal(), force_terminal=True, width=120)
     settings = bench.BenchSettings(batch_sizes=(1, 8), warmup_seconds=1.0, min_seconds=2.0)
-    blocks = bench.Blocks(count=3, idle_s=0.25)  # 1 s idle per variant and point: 4 blocks (warm-up + 3)
-    with bench.TerminalProgress(console, settings, clock=lambda: now[0], blocks=blocks) as progress:
+    blocks = Blocks(count=3, idle_s=0.25)  # 1 s idle per variant and point: 4 blocks (warm-up + 3)
+    with TerminalProgress(console, settings, clock=lambda: now[0], blocks=blocks) as progress:
         progress(1, ["torch", "ort-cpu"])
         assert progress.time_left.at(100.0) == (16.0, True)  # 2 points x 2 variants x (1 + 2 + 1) s at least
         assert progress.time_left.at(110.0) == (10.0, True)  # this point outlasts 8 s: so will the next one
@@ -407,8 +422,8 @@ def test_fp16_conversion_keeps_fp32_inputs_and_outputs(exported: tuple[Path, Pat
 
     base = tmp_path / "model.onnx"
     shutil.copy(exported[0], base)
-    bench.build_variant_files(base, CFG, ["fp16"])
-    fp16 = bench.OnnxFile.read(tmp_path / "model.fp16.onnx")
+    build_variant_files(base, CFG, ["fp16"])
+    fp16 = OnnxFile.read(tmp_path / "model.fp16.onnx")
     assert fp16.graph_ops.get("Cast", 0) >= 2  # fp32 -> fp16 at the input, back at the output
     assert fp16.info.export["precision"] == "fp16" and fp16.info.labels == [str(i) for i in range(10)]
     graph = onnx.load(tmp_path / "model.fp16.onnx").graph
@@ -422,7 +437,7 @@ def test_a_missing_variant_file_names_the_export_command_that_makes_it(
     onnx_path, bundle = exported
     alone = tmp_path / "model.onnx"
     shutil.copy(onnx_path, alone)  # no variants beside it; its metadata still names the bundle
-    names, skipped = bench.plan_variants(bench.BenchSettings(runtimes=("ort",)), bench.model_from_files(alone, None))
+    names, skipped = plan_variants(bench.BenchSettings(runtimes=("ort",)), model_from_files(alone, None))
     assert names == ["torch", "ort-cpu"]
     assert skipped["ort-cpu-int8"] == (f"no model.int8.onnx beside model.onnx: make it with "
                                        f"`vitdeploy export {bundle.resolve()} --out {alone} --precision int8`")
@@ -442,11 +457,11 @@ def test_a_variant_made_from_other_weights_is_not_timed(exported: tuple[Path, Pa
     export_facts = json.loads(next(p.value for p in stale.metadata_props if p.key == META_EXPORT))
     set_metadata(stale, {META_EXPORT: {**export_facts, "weights_sha256": "0" * 64}})
     onnx.save(stale, tmp_path / "model.int8.onnx")
-    model = bench.model_from_files(tmp_path / "model.onnx", None)
-    _, skipped = bench.plan_variants(bench.BenchSettings(), model)
+    model = model_from_files(tmp_path / "model.onnx", None)
+    _, skipped = plan_variants(bench.BenchSettings(), model)
     assert "other weights" in skipped["ort-cpu-int8"]
     with pytest.raises(ConfigError, match="other weights"):
-        bench.plan_variants(bench.BenchSettings(variants=("ort-cpu-int8",)), model)
+        plan_variants(bench.BenchSettings(variants=("ort-cpu-int8",)), model)
 
 
 def test_a_variant_file_is_refused_as_the_model(exported: tuple[Path, Path]) -> None:
@@ -471,7 +486,7 @@ def test_preset_variants_are_built_as_export_builds_them() -> None:
 # ------------------------------------------------------------------------------------- MFU and the peak behind it
 
 
-class FakeGemm(bench.GemmRunner):
+class FakeGemm(GemmRunner):
     def __init__(self, name: str, precision: str = "fp32"):
         self.precision = precision
         super().__init__(name, "cpu", 1024)
@@ -496,12 +511,12 @@ def test_mfu_never_exceeds_100_percent_whatever_the_gemms_measured(monkeypatch) 
     timings = {slow_gemm: [2 * 1024**3 / 222e9]}  # 222 GFLOP/s
     latencies = {"ort-cpu": 32 * flops / 304e9, "ov-cpu": 32 * flops / 250e9, "ov-cpu-bf16": 32 * flops / 900e9,
                  "ort-cuda-fp16": 32 * flops / 5000e9}
-    points = [bench.PointResult(name, 32, [t, t * 1.3]) for name, t in latencies.items()]
+    points = [PointResult(name, 32, [t, t * 1.3]) for name, t in latencies.items()]
     achieved = {}
     for p in points:
-        spec = bench.VARIANTS[p.variant]
+        spec = VARIANTS[p.variant]
         achieved.setdefault((spec.device, spec.precision), {})[p.variant] = flops * 32 / min(p.latencies_s) / 1e9
-    peaks = bench.peaks(timings, achieved, threads=2)
+    peaks = measured_peaks(timings, achieved, threads=2)
     fp32 = peaks["cpu"]["fp32"]
     assert fp32.source == "variant ort-cpu" and fp32.gflops == pytest.approx(304)  # above the GEMM and the ISA (269)
     assert fp32.candidates["ISA theoretical"] == pytest.approx(2 * 2.1 * 64)
@@ -517,11 +532,11 @@ def test_mfu_never_exceeds_100_percent_whatever_the_gemms_measured(monkeypatch) 
 def test_theoretical_peak_needs_the_isa_and_a_clock(monkeypatch) -> None:
     from vitdeploy.benchmark import peak as peak_module
 
-    assert bench.theoretical_gflops("fp32", 2, frozenset({"fma"}), (3.0, "x"))[0] == pytest.approx(2 * 3.0 * 32)
-    assert bench.theoretical_gflops("int8", 1, frozenset({"avx512_vnni"}), (2.0, "x"))[0] == pytest.approx(512)
-    assert bench.theoretical_gflops("bf16", 2, frozenset({"avx512f"}), (2.0, "x")) is None  # no bf16 hardware
+    assert theoretical_gflops("fp32", 2, frozenset({"fma"}), (3.0, "x"))[0] == pytest.approx(2 * 3.0 * 32)
+    assert theoretical_gflops("int8", 1, frozenset({"avx512_vnni"}), (2.0, "x"))[0] == pytest.approx(512)
+    assert theoretical_gflops("bf16", 2, frozenset({"avx512f"}), (2.0, "x")) is None  # no bf16 hardware
     monkeypatch.setattr(peak_module, "cpu_clock_ghz", lambda: None)
-    assert bench.theoretical_gflops("fp32", 2, frozenset({"avx512f"})) is None  # no clock known
+    assert theoretical_gflops("fp32", 2, frozenset({"avx512f"})) is None  # no clock known
 
 
 def test_the_fastest_variant_recommended_is_one_that_passed_its_gate() -> None:
@@ -544,7 +559,7 @@ def test_the_fastest_variant_recommended_is_one_that_passed_its_gate() -> None:
     report.variants = {name: {**v, "ran": {"runtime": v["runtime"]}} for name, v in variants.items()}
     report.settings = bench.BenchSettings(batch_sizes=(32,))
     bench.report.add_ratios(report.points, {}, 1e9)
-    best = bench.recommend_variant(report)
+    best = recommend_variant(report)
     assert best["per_batch_size"]["32"]["variant"] == "ov-cpu-bf16"
     assert best["per_batch_size"]["32"]["speedup_vs_ort_fp32"] == pytest.approx(2.0)
     assert best["per_batch_size"]["32"]["accuracy_drop_pt"] == 0.28

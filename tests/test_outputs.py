@@ -171,7 +171,7 @@ SWEEP = {
     ("train", "--out"): (lambda f: ["train", "--preset", "tiny", "--epochs", "1", "--out"], "folder"),
     ("explain", "-o"): (lambda f: ["explain", str(f["image"]), "--bundle", str(f["bundle"]), "-o"], "folder"),
     ("triton", "-o"): (lambda f: ["triton", str(f["onnx"]), "-o"], "folder"),
-    ("samples", "OUT_DIR"): (lambda f: ["samples", "--bundle", str(f["bundle"])], "folder"),
+    ("samples", "OUT"): (lambda f: ["samples", "--bundle", str(f["bundle"])], "folder"),
     ("export", "-o"): (lambda f: ["export", str(f["bundle"]), "--no-verify", "-o"], "file"),
     ("predict", "-o"): (lambda f: ["predict", str(f["image"]), "--model", str(f["onnx"]), "--format", "csv", "-o"],
                         "file"),
@@ -214,7 +214,7 @@ def test_every_bad_output_path_is_exit_2_and_changes_nothing(command, case, hf_c
     before = snapshot(tmp_path)
     fixtures = {"hf": hf_checkpoint, "bundle": tiny_bundle, "onnx": tiny_onnx, "image": image}
     args = argv(fixtures)
-    args = [*args, str(target)] if command != ("samples", "OUT_DIR") else [args[0], str(target), *args[1:]]
+    args = [*args, str(target)] if command != ("samples", "OUT") else [args[0], str(target), *args[1:]]
     done = runner.invoke(app, args)
     assert done.exit_code == EXIT_BAD_INPUT, done.output
     assert str(target) in done.output and "Traceback" not in done.output

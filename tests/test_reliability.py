@@ -20,9 +20,10 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from vitdeploy.cli import app
-from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, EXIT_PARTIAL, ModelFileError
+from vitdeploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, EXIT_PARTIAL, InputError, ModelFileError
 from vitdeploy.runtimes import read_model_info
 from vitdeploy.runtimes import ort as runtime
+from vitdeploy.runtimes.web import toolchain
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -501,3 +502,550 @@ def test_a_safetensors_header_that_lies_about_its_length_is_refused(tmp_path):
     done = runner.invoke(app, ["import", str(path), "--timm-model", "vit_tiny_patch16_224", "-o", str(tmp_path / "b")])
     assert done.exit_code == EXIT_BAD_INPUT, done.output
     assert "not a safetensors file" in done.output
+
+
+# ------------------------------------------------------------------------------------------ issue 30: output folders
+# One rule for every folder vitdeploy writes: what vitdeploy did not write is never deleted, and --force never turns
+# a user's folder into one that a later run may replace.
+
+needs_ort_web = pytest.mark.skipif(toolchain.ort_web_dist() is None, reason="onnxruntime-web is not installed (.ci/run installs it with npm)")
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@needs_ort_web
+def test_web_force_into_a_users_folder_does_not_make_it_vitdeploys(tiny_onnx, tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("k\n")
+    assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(folder), "--force"]).exit_code == EXIT_OK
+    again = runner.invoke(app, ["web", str(tiny_onnx), "-o", str(folder)])  # no --force: still the user's folder
+    assert again.exit_code == EXIT_BAD_INPUT and "keep.txt" in again.output
+    assert (folder / "keep.txt").read_text() == "k\n"
+    assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(folder), "--force"]).exit_code == EXIT_OK
+    assert (folder / "keep.txt").read_text() == "k\n"
+
+
+@needs_ort_web
+def test_web_never_deletes_what_a_user_added_to_its_folder(tiny_onnx, tmp_path):
+    web = tmp_path / "web"
+    assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(web)]).exit_code == EXIT_OK
+    (web / "photos").mkdir()
+    (web / "photos" / "a.txt").write_text("x")
+    before = _tree(web)
+    result = runner.invoke(app, ["web", str(tiny_onnx), "-o", str(web)])
+    assert result.exit_code == EXIT_BAD_INPUT and "photos/" in result.output
+    assert _tree(web) == before
+    assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(web), "--force"]).exit_code == EXIT_OK
+    assert (web / "photos" / "a.txt").read_text() == "x"
+
+
+@needs_ort_web
+def test_web_to_a_dangling_symlink_is_refused_in_one_line(tiny_onnx, tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    result = runner.invoke(app, ["web", str(tiny_onnx), "-o", str(tmp_path / "dangling")])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "symbolic link" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "dangling").is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+@needs_ort_web
+def test_web_writes_through_a_symlink_to_a_folder(tiny_onnx, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for _ in range(2):  # the first run writes the folder, the second replaces it: the link stays a link
+        assert runner.invoke(app, ["web", str(tiny_onnx), "-o", str(tmp_path / "link")]).exit_code == EXIT_OK
+        assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "index.html").is_file()
+
+
+def test_every_folder_output_refuses_a_dangling_symlink(tmp_path):
+    from vitdeploy.files.outputs import KINDS, check_output_folder
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for kind in KINDS:
+        with pytest.raises(InputError, match="symbolic link"):
+            check_output_folder(tmp_path / "dangling", kind, force=True)
+
+
+def test_triton_never_deletes_what_a_user_added_to_a_model_folder(tiny_onnx, tmp_path):
+    repo = tmp_path / "repo"
+    assert runner.invoke(app, ["triton", str(tiny_onnx), "--out", str(repo), "--name", "m"]).exit_code == EXIT_OK
+    (repo / "m" / "notes.txt").write_text("mine")
+    (repo / "m" / "2").mkdir()
+    (repo / "m" / "2" / "model.onnx").write_bytes(b"a version the user placed")
+    for force in ([], ["--force"]):
+        result = runner.invoke(app, ["triton", str(tiny_onnx), "--out", str(repo), "--name", "m", *force])
+        assert result.exit_code == EXIT_BAD_INPUT, result.output
+        assert "notes.txt" in result.output and "Traceback" not in result.output
+    assert (repo / "m" / "notes.txt").read_text() == "mine" and (repo / "m" / "2" / "model.onnx").is_file()
+
+
+# ------------------------------------------------------------------------------------------ issue 30: --resume
+
+
+def test_resume_refuses_a_jsonl_file_that_predict_did_not_write(tiny_onnx, images, tmp_path):
+    for text in ("my notes\n", "my notes", '{"a": 1}\n', "\n"):
+        notes = tmp_path / "notes.jsonl"
+        notes.write_text(text)
+        result = runner.invoke(app, ["predict", str(images[0]), "--format", "jsonl", "-o", str(notes), "--resume",
+                                     "--model", str(tiny_onnx)])
+        assert result.exit_code == EXIT_BAD_INPUT, (text, result.output)
+        assert "not a file of predict rows" in result.output and notes.read_text() == text
+
+
+def test_resume_keeps_a_row_a_killed_run_left_unfinished_out(tiny_onnx, images, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    assert runner.invoke(app, ["predict", str(images[0]), "--format", "jsonl", "-o", str(out),
+                               "--model", str(tiny_onnx)]).exit_code == EXIT_OK
+    first = out.read_text()
+    out.write_text(first + first[:30])  # a batch cut off mid-line by SIGKILL
+    assert runner.invoke(app, ["predict", *map(str, images[:2]), "--format", "jsonl", "-o", str(out), "--resume",
+                               "--model", str(tiny_onnx)]).exit_code == EXIT_OK
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(r["path"]).name for r in rows] == [images[0].name, images[1].name]
+
+
+@pytest.fixture(scope="module")
+def other_onnx(tiny_onnx, tmp_path_factory) -> Path:
+    """The tiny model under another name with one more metadata entry: the same answers, other bytes."""
+    proto = onnx.load(str(tiny_onnx))
+    proto.metadata_props.add(key="note", value="another file")
+    path = tmp_path_factory.mktemp("other") / "other.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_rows_name_their_model_and_resume_refuses_another(tiny_onnx, other_onnx, images, tmp_path, output_format):
+    import hashlib
+
+    out = tmp_path / f"r.{output_format}"
+    common = ["--format", output_format, "-o", str(out)]
+    assert runner.invoke(app, ["predict", str(images[0]), *common, "--model", str(tiny_onnx)]).exit_code == EXIT_OK
+    before = out.read_bytes()
+    result = runner.invoke(app, ["predict", *map(str, images[:2]), *common, "--resume", "--model", str(other_onnx)])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "tiny.onnx" in result.output and "other.onnx" in result.output and out.read_bytes() == before
+    assert runner.invoke(app, ["predict", *map(str, images[:2]), *common, "--resume",
+                               "--model", str(tiny_onnx)]).exit_code == EXIT_OK
+    if output_format == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out)
+        rows = table.to_pylist()
+        assert table.schema.metadata[b"vitdeploy.model_sha256"].decode() == hashlib.sha256(
+            tiny_onnx.read_bytes()).hexdigest()
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2
+    assert {(r["model"], r["model_sha256"]) for r in rows} == {
+        ("tiny.onnx", hashlib.sha256(tiny_onnx.read_bytes()).hexdigest())}
+
+
+# ------------------------------------------------------------------------------------------ issue 30: leftovers
+
+
+WEB_CHILD = """
+import sys, numpy as np
+from vitdeploy.errors import DeviceError
+from vitdeploy.runtimes import open_runtime
+from vitdeploy.runtimes.web.driver import group_processes
+session = open_runtime("web", sys.argv[1], "wasm", threads=1)
+pid = session.browser.process.pid
+renderer = next(p for p, args in group_processes(pid) if "--type=renderer" in args)
+print(pid, renderer, session.browser.profile, flush=True)
+sys.stdin.readline()  # the test kills us, or the renderer, meanwhile
+try:
+    session.run(np.zeros((1, 3, 16, 16), np.float32))
+except DeviceError as e:
+    print("DeviceError:", e, flush=True)
+    sys.exit(2)
+"""
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _start_web_child(tiny_onnx):
+    child = subprocess.Popen([sys.executable, "-c", WEB_CHILD, str(tiny_onnx)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    line = child.stdout.readline().split()
+    assert line, "the child did not open a web session"
+    return child, int(line[0]), int(line[1]), Path(line[2])
+
+
+def _wait_until(condition, seconds: float = 60.0) -> bool:
+    """Poll `condition` (a guard against hanging, not a timing check: the watchdog acts within a second or two)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@needs_ort_web
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_killed_vitdeploy_leaves_no_browser_and_no_profile(tiny_onnx, sig):
+    import signal
+
+    child, browser, _, profile = _start_web_child(tiny_onnx)
+    assert _group_alive(browser) and profile.is_dir()
+    child.send_signal(getattr(signal, sig))
+    child.wait(timeout=60)
+    assert _wait_until(lambda: not _group_alive(browser) and not profile.exists()), "the browser outlived vitdeploy"
+
+
+@needs_ort_web
+@pytest.mark.slow
+def test_a_crashed_renderer_is_a_device_error_not_a_hang(tiny_onnx):
+    import signal
+
+    child, browser, renderer, profile = _start_web_child(tiny_onnx)
+    os.kill(renderer, signal.SIGKILL)
+    out, _ = child.communicate("go\n", timeout=120)  # before the fix: no answer, ever
+    assert child.returncode == EXIT_BAD_INPUT and "DeviceError:" in out and "renderer" in out, out
+    assert _wait_until(lambda: not _group_alive(browser) and not profile.exists())
+
+
+def test_a_page_that_goes_away_mid_request_prints_no_traceback(monkeypatch, capfd):
+    """The browser is closed while the page's api/next request waits for a job: its connection is reset, and
+    the server's answer to it must not print a ConnectionResetError traceback over a run that succeeded."""
+    import socket
+    import struct
+    import time
+
+    from vitdeploy.runtimes.web import driver
+
+    monkeypatch.setattr(driver, "POLL_S", 0.3)
+    server = driver._Server({}, driver._Broker())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for _ in range(3):
+            client = socket.create_connection(server.server_address)
+            client.sendall(b"GET /api/next HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset, as a killed renderer's socket gives
+        time.sleep(1.0)  # the handlers answer after POLL_S, into the reset connections
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ issue 30: Ray
+
+
+def test_an_address_where_no_ray_answers_is_exit_2_naming_it(tiny_onnx, images, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "vitdeploy", "predict", str(images[0]), "--engine", "ray",
+                           "--address", "127.0.0.1:1", "--format", "parquet", "-o", str(tmp_path / "r.parquet"),
+                           "--model", str(tiny_onnx)], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # before the fix: retried for minutes
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert "127.0.0.1:1" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_resume_with_nothing_left_starts_no_ray(tiny_onnx, images, tmp_path, monkeypatch):
+    import ray
+
+    from vitdeploy.prediction import ray as ray_prediction
+
+    out = tmp_path / "r.parquet"
+    assert runner.invoke(app, ["predict", *map(str, images), "--format", "parquet", "-o", str(out),
+                               "--model", str(tiny_onnx)]).exit_code == EXIT_OK
+    before = out.read_bytes()
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started with nothing left to predict")
+
+    monkeypatch.setattr(ray_prediction, "connect", no_ray)
+    result = runner.invoke(app, ["predict", *map(str, images), "--engine", "ray", "--resume", "--format", "parquet",
+                                 "-o", str(out), "--model", str(tiny_onnx)])
+    assert result.exit_code == EXIT_OK, result.output
+    assert "nothing left to predict" in result.output and not ray.is_initialized()
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).num_rows == len(images) and len(before) > 0
+
+
+@pytest.mark.parametrize("asked, files, uris, model_mb, free_mb, expected", [
+    (16, 8, False, 1, 64_000, 1),      # 8 images are one batch of 32: one actor has all the work
+    (16, 100, False, 1, 64_000, 4),    # 4 batches
+    (16, 100, True, 1, 64_000, 16),    # a URI: its files are counted by Ray, not here
+    (100, 10_000, False, 330, 24_000, 12),  # memory: ViT-B actors (~1.7 GB each) in 90% of 24 GB
+    (4, 10_000, False, 1, 100, 1),     # at least one
+])
+def test_ray_actors_are_capped_by_the_work_and_the_memory(asked, files, uris, model_mb, free_mb, expected):
+    from vitdeploy.prediction.ray import actor_count
+
+    assert actor_count(asked, files, uris, 32, model_mb * 2**20, free_mb * 2**20) == expected
+
+
+def _processes_marked(mark: str) -> list[tuple[int, str]]:
+    """Live processes whose environment holds `mark` (Ray's processes inherit the driver's environment)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if mark.encode() in (entry / "environ").read_bytes():
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["success", "SIGINT", "SIGTERM"])
+def test_every_way_a_ray_run_ends_leaves_no_ray_process(tiny_onnx, tmp_path, ending):
+    import signal
+    import uuid
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40 if ending == "success" else 4000):  # enough that a signal arrives mid-run
+        smooth_rgb(20, 18, seed=i % 7).save(folder / f"{i:05d}.png")
+    mark = f"VITDEPLOY_TEST_MARK={uuid.uuid4().hex}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), mark.split("=")[0]: mark.split("=")[1]}
+    child = subprocess.Popen([sys.executable, "-m", "vitdeploy", "predict", str(folder), "--engine", "ray",
+                              "--batch-size", "8", "--format", "parquet", "-o", str(tmp_path / "r.parquet"),
+                              "--model", str(tiny_onnx)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    if ending != "success":
+        assert _wait_until(lambda: any("MapWorker" in args for _, args in _processes_marked(mark)), 300), \
+            "no Ray worker started"
+        child.send_signal(getattr(signal, ending))
+    _, err = child.communicate(timeout=300)
+    assert child.returncode in ((EXIT_OK,) if ending == "success" else (130, -15, 143)), err
+    assert _wait_until(lambda: not [p for p in _processes_marked(mark) if p[0] != child.pid], 60), \
+        f"left running: {_processes_marked(mark)}"
+
+
+def test_the_ray_extra_brings_what_the_documented_ray_address_needs():
+    """docs/scale.md and --help show --address ray://head:10001, which needs Ray Client (`ray[client]`)."""
+    import tomllib
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    assert any(re.match(r"ray\[[^\]]*\bclient\b", requirement) for requirement in extra), extra
+    assert "ray://" in (REPO / "docs" / "scale.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ issue 30: bad input
+
+
+@pytest.mark.parametrize("uri", [b"s3://b/x\x7fy", "s3://b/x\u0085y".encode(), b"s3://b/\xff\xfe", b"s3://b/a\nb: c"])
+def test_a_storage_uri_yaml_cannot_hold_is_refused_before_anything_is_written(tiny_onnx, tmp_path, uri):
+    out = tmp_path / "k"
+    done = subprocess.run([os.fsencode(sys.executable), b"-m", b"vitdeploy", b"triton", os.fsencode(tiny_onnx),
+                           b"-o", os.fsencode(out), b"--storage-uri", uri], capture_output=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == EXIT_BAD_INPUT, err
+    assert "--storage-uri" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_storage_uri_of_printable_characters_reads_back_as_written(tiny_onnx, tmp_path):
+    import yaml
+
+    uri = 's3://bucket/models "x" #1: a-b'
+    assert runner.invoke(app, ["triton", str(tiny_onnx), "-o", str(tmp_path / "k"), "--storage-uri", uri]).exit_code == 0
+    service = yaml.safe_load((tmp_path / "k" / "inferenceservice.yaml").read_text())
+    assert service["spec"]["predictor"]["model"]["storageUri"] == uri
+
+
+@pytest.mark.parametrize("body", [b"[" * 50_000, b'{"inputs": ' + b"[" * 50_000,
+                                  json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, 3, 4, 4],
+                                                          "datatype": "FP32", "data": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[
+                                                          [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1.0]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
+                                                          ]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]}).encode()],
+                         ids=["lists", "object", "data-70-deep"])
+def test_deeply_nested_json_is_a_400_not_a_500(body):
+    from vitdeploy.errors import RequestError
+    from vitdeploy.serving.protocol import ModelSignature, parse_infer_request
+
+    with pytest.raises(RequestError) as caught:
+        parse_infer_request(body, None, ModelSignature("tiny", (3, 4, 4), num_classes=3, max_batch_size=8))
+    assert caught.value.status == 400 and "nested" in caught.value.message
+
+
+@pytest.mark.parametrize("content", [b'{"format": "vitdeploy-bundle", "model": {}}\n', b"", b"\x08\x07garbage"])
+def test_verify_on_a_file_that_is_not_onnx_is_one_line_exit_2(tiny_bundle, tmp_path, content):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    result = runner.invoke(app, ["verify", str(path), "--bundle", str(tiny_bundle)])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "Traceback" not in result.output and "ONNX model" in result.output
+
+
+# ------------------------------------------------------------------------------------------ issue 30: a newcomer
+
+
+@pytest.fixture()
+def class_folders(tmp_path) -> Path:
+    photos = tmp_path / "photos"
+    for label in ("cat", "dog"):
+        (photos / label).mkdir(parents=True)
+        for i in range(3):
+            smooth_rgb(20, 18, seed=i).save(photos / label / f"{i}.png")
+    return photos
+
+
+def test_predict_on_class_folders_says_how_many_images_are_below_and_to_add_recursive(tiny_onnx, class_folders):
+    result = runner.invoke(app, ["predict", str(class_folders), "--model", str(tiny_onnx)])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "6 images below" in result.output and "--recursive" in result.output
+
+
+def test_bench_end_to_end_takes_recursive(tiny_onnx, class_folders):
+    quick = ["--warmup-iters", "0", "--warmup-seconds", "0", "--min-iters", "1", "--min-seconds", "0",
+             "--threads", "1", "--block-idle", "0", "--variants", "ort-cpu", "--batch-sizes", "2"]
+    refused = runner.invoke(app, ["bench", str(tiny_onnx), "--end-to-end", str(class_folders), *quick])
+    assert refused.exit_code == EXIT_BAD_INPUT and "--recursive" in refused.output
+    result = runner.invoke(app, ["bench", str(tiny_onnx), "--end-to-end", str(class_folders), "--recursive", *quick,
+                                 "--json"])
+    assert result.exit_code == EXIT_OK, result.output
+    assert json.loads(result.stdout)["end_to_end"]["images"] == 6
+
+
+def test_export_of_a_run_folder_suggests_its_best_bundle(tiny_bundle, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle, run / "best")
+    result = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == EXIT_BAD_INPUT and f"{run / 'best'}" in result.output, result.output
+
+
+def test_verify_of_a_folder_suggests_the_model_file_in_it(tiny_onnx, tmp_path):
+    folder = tmp_path / "best"
+    folder.mkdir()
+    shutil.copy(tiny_onnx, folder / "model.onnx")
+    result = runner.invoke(app, ["verify", str(folder)])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "no such model file" not in result.output and str(folder / "model.onnx") in result.output, result.output
+
+
+def test_predict_into_a_folder_says_the_output_is_a_folder(tiny_onnx, images):
+    folder = images[0].parent
+    result = runner.invoke(app, ["predict", str(folder), "-o", str(folder), "--model", str(tiny_onnx)])
+    assert result.exit_code == EXIT_BAD_INPUT and "is a folder" in result.output and "--format" not in result.output
+
+
+@pytest.mark.parametrize("command", ["bench", "triton", "predict", "web"])
+def test_with_no_model_the_message_names_how_this_command_takes_one(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)  # no models/ here
+    smooth_rgb(20, 20).save(tmp_path / "x.png")
+    args = {"predict": ["predict", "x.png"], "triton": ["triton", "-o", "k"]}.get(command, [command])
+    result = runner.invoke(app, args)
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert ("--model FILE" in result.output) == (command == "predict"), result.output
+
+
+def test_resuming_a_finished_run_says_nothing_was_left_and_how_to_train_further(tmp_path, caplog):
+    import logging
+
+    from vitdeploy.training.run import TrainRequest, train
+
+    train(TrainRequest(preset="tiny", out=tmp_path / "r", epochs=1))
+    before = _tree(tmp_path / "r")
+    with caplog.at_level(logging.INFO):
+        result = train(TrainRequest(resume=tmp_path / "r" / "last"))
+    said = caplog.text
+    assert "nothing left to train" in said and "--init" in said and "--epochs" in said, said
+    assert "at epoch 2" not in said and not result.interrupted and result.epochs == 1
+    assert _tree(tmp_path / "r") == before  # nothing rewritten
+
+
+def test_help_shows_flags_without_a_value_type():
+    for command in ("predict", "bench", "train", "explain"):
+        result = runner.invoke(app, [command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output, command
+    assert "<int>" in runner.invoke(app, ["predict", "--help"], terminal_width=200).output  # values keep theirs
+
+
+def test_explain_class_says_which_class_it_explained(tiny_bundle, images, tmp_path):
+    pytest.importorskip("matplotlib")
+    result = runner.invoke(app, ["explain", str(images[0]), "--bundle", str(tiny_bundle), "--method", "grad-rollout",
+                                 "--class", "bird", "-o", str(tmp_path / "maps"), "--json"])
+    assert result.exit_code == EXIT_OK, result.output
+    assert "class bird" in result.stderr
+    assert [row["explained_class"] for row in json.loads(result.stdout)["results"]] == ["bird"]
+
+
+# ------------------------------------------------------------------------------------------ issue 30: import probes
+
+
+class _Writes:
+    """Unpickling this creates a file: proof of whether anything unpickled a checkpoint."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_only_checkpoint_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    marker = tmp_path / "ran"
+    (tmp_path / "model.pth").write_bytes(pickle.dumps({"cls_token": _Writes(str(marker))}, protocol=4))
+    done = subprocess.run([sys.executable, "-m", "vitdeploy", "import", str(tmp_path / "model.pth"), "--timm-model",
+                           "vit_tiny_patch16_224", "-o", str(tmp_path / "b")], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == EXIT_BAD_INPUT and "Traceback" not in done.stderr, done.stderr
+    assert not marker.exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("header, size", [
+    ({"cls_token": {"dtype": "F32", "shape": [1, 1, 48], "data_offsets": [0, 2 ** 40]}}, 100),  # past the end
+    ({"cls_token": {"dtype": "F32", "shape": [2 ** 20, 2 ** 20, 48], "data_offsets": [0, 192]}}, 192),  # shape
+    ({"cls_token": {"dtype": "F32", "shape": [1, 1, 48], "data_offsets": [192, 0]}}, 192),  # backwards
+], ids=["offsets-past-the-end", "shape-larger-than-its-bytes", "offsets-backwards"])
+def test_a_safetensors_header_out_of_range_is_refused_before_reading(tmp_path, header, size):
+    raw = json.dumps(header).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * size)
+    done = runner.invoke(app, ["import", str(path), "--timm-model", "vit_tiny_patch16_224", "-o", str(tmp_path / "b")])
+    assert done.exit_code == EXIT_BAD_INPUT, done.output
+    assert "Traceback" not in done.output and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("field_name, value", [("hidden_size", 2 ** 31), ("image_size", 10 ** 9),
+                                               ("intermediate_size", 2 ** 40), ("patch_size", -16)])
+def test_absurd_config_sizes_are_refused_in_one_line(hf_checkpoint, tmp_path, field_name, value):
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[field_name] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    done = runner.invoke(app, ["import", str(folder), "-o", str(tmp_path / "b")])
+    assert done.exit_code == EXIT_BAD_INPUT, done.output
+    assert len(done.output.strip().splitlines()) == 1 and str(value) in done.output, done.output  # one line
+    assert not (tmp_path / "b").exists()
+
+
+def test_bench_never_builds_an_int8_bf16_file_on_a_cpu_without_bf16():
+    """Found by running bench.md's `vitdeploy bench --preset vit-ti16` on an Ice Lake (no AVX512_BF16, no AMX):
+    it tried to build model.ov-int8-bf16.onnx and exited 2. Its unquantized ops run in bf16: a variant for CPUs
+    that have it (main's machine record now says so; this keeps it said)."""
+    from machines import fake_machine
+
+    from vitdeploy.exporting.capabilities import bench_problem
+    from vitdeploy.files.variants import VARIANTS
+
+    ice_lake = fake_machine("avx512_vnni")
+    assert "bf16" in (bench_problem(VARIANTS["ov-cpu-int8-bf16"], ice_lake) or "")
+    assert bench_problem(VARIANTS["ov-cpu-int8"], ice_lake) is None
+    assert bench_problem(VARIANTS["ov-cpu-int8-bf16"], fake_machine("amx")) is None

@@ -42,26 +42,64 @@ def test_tiny_training_writes_self_describing_bundles(tmp_path: Path) -> None:
     assert len(result.history) == 2
 
 
+def test_the_digits_are_sklearns_read_without_importing_it(monkeypatch) -> None:
+    from sklearn.datasets import load_digits
+
+    from vitdeploy.training.data import digit_images
+
+    digits = load_digits()
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # importing it now raises ImportError
+    images, targets = digit_images()
+    assert (targets == digits.target).all() and len(images) == len(digits.images) == 1797
+    for image, expected in zip(images, digits.images):
+        assert image.size == (8, 8) and image.mode == "RGB"
+        assert np.abs(np.asarray(image)[..., 0] / 255 * 16 - expected).max() <= 16 / 255 / 2 + 1e-9
+
+
 def test_same_seed_gives_identical_weights_and_another_seed_does_not(tmp_path: Path) -> None:
-    a = train(TrainRequest(preset="tiny", out=tmp_path / "a", epochs=1))
-    b = train(TrainRequest(preset="tiny", out=tmp_path / "b", epochs=1))
-    c = train(TrainRequest(preset="tiny", out=tmp_path / "c", epochs=1, seed=1))
+    a = train(TrainRequest(preset="tiny", out=tmp_path / "a", epochs=1, batch_size=256))
+    b = train(TrainRequest(preset="tiny", out=tmp_path / "b", epochs=1, batch_size=256))
+    c = train(TrainRequest(preset="tiny", out=tmp_path / "c", epochs=1, batch_size=256, seed=1))
     assert weights(a.last) == weights(b.last)
     assert weights(a.last) != weights(c.last)
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
-    full = train(TrainRequest(preset="tiny", out=tmp_path / "full", epochs=2))
+    full = train(TrainRequest(preset="tiny", out=tmp_path / "full", epochs=2, batch_size=256))  # 5 steps an epoch
     total = full.steps
     # Stop mid-epoch (not on an epoch boundary) to exercise the within-epoch position too.
     half = total // 2 + 3
-    first = train(TrainRequest(preset="tiny", out=tmp_path / "split", epochs=2, stop_after_steps=half))
+    first = train(TrainRequest(preset="tiny", out=tmp_path / "split", epochs=2, batch_size=256, stop_after_steps=half))
     assert first.interrupted and first.steps == half
     assert first.resume_command == f"vitdeploy train --resume {tmp_path / 'split' / 'last'}"
     second = train(TrainRequest(resume=tmp_path / "split" / "last"))
     assert second.steps == total and not second.interrupted
     assert weights(second.last) == weights(full.last)
     assert read_bundle_info(second.last).metrics["history"] == read_bundle_info(full.last).metrics["history"]
+
+
+def test_the_digits_presets_train_on_one_thread_unless_omp_num_threads_says_otherwise(tmp_path, monkeypatch) -> None:
+    import torch
+
+    from vitdeploy.training.distributed import intra_op_threads
+    from vitdeploy.training.run import plan_run
+
+    assert plan_run(TrainRequest(out=tmp_path / "d")).threads == 1  # the default preset: digits
+    assert plan_run(TrainRequest(preset="vit-ti16", out=tmp_path / "v")).threads is None  # torch's default
+    train(TrainRequest(preset="tiny", out=tmp_path / "r", epochs=1, batch_size=256, stop_after_steps=1))
+    assert plan_run(TrainRequest(resume=tmp_path / "r" / "last")).threads == 1  # the resumed run's preset's
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        with intra_op_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's (or torchrun's) choice wins
+        with intra_op_threads(1):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_resume_with_a_different_config_shows_the_difference(tmp_path: Path) -> None:
@@ -98,8 +136,8 @@ def test_resume_refuses_a_train_state_of_the_wrong_structure(tmp_path: Path, cor
 
 def test_cli_json_output_and_exit_code(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "vitdeploy", "train", "--preset", "tiny", "--epochs", "1", "--out",
-         str(tmp_path / "run"), "--json"],
+        [sys.executable, "-m", "vitdeploy", "train", "--preset", "tiny", "--epochs", "1", "--batch-size", "256",
+         "--out", str(tmp_path / "run"), "--json"],
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr
@@ -111,8 +149,8 @@ def test_cli_json_output_and_exit_code(tmp_path: Path) -> None:
 
 def test_ctrl_c_saves_last_bundle_prints_resume_command_and_exits_130(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vitdeploy", "train", "--preset", "tiny", "--epochs", "500", "--out",
-         str(tmp_path / "run")],
+        [sys.executable, "-m", "vitdeploy", "train", "--preset", "tiny", "--epochs", "500", "--batch-size", "256",
+         "--out", str(tmp_path / "run")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     # Wait until the first epoch's last bundle exists, so training is surely under way.
@@ -132,7 +170,8 @@ def test_torchrun_two_cpu_processes_produce_a_bundle(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vitdeploy",
-         "train", "--preset", "tiny", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "ddp"), "--json"],
+         "train", "--preset", "tiny", "--epochs", "1", "--batch-size", "256", "--device", "cpu", "--out",
+         str(tmp_path / "ddp"), "--json"],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]

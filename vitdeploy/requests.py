@@ -168,6 +168,7 @@ class BenchRequest(_Request):
     block_idle: float = 0.2
     threads: int | None = None  # for torch and every runtime alike; None: one per CPU core
     end_to_end: tuple[str, ...] = ()  # images to time from file to logits
+    recursive: bool = False  # end_to_end folders searched recursively (globs may use **)
     p99_budget: float | None = None  # ms: recommend the largest batch size whose p99 meets it
     baseline: Path | None = None  # an earlier report to compare median latencies with
     max_regress: float = 5.0  # percent slower than the baseline that counts as a regression

@@ -19,63 +19,11 @@ same run, and model FLOPs utilisation (analytic FLOPs from flops.py against the 
 GEMMs measured at every point, in blocks of their own after the variants', and the ISA's theoretical figure).
 """
 
-from vitdeploy.benchmark.artifacts import (
-    ModelUnderTest,
-    OnnxFile,
-    build_variant_files,
-    model_from_files,
-    model_from_preset,
-    plan_variants,
-)
-from vitdeploy.benchmark.environment import environment
-from vitdeploy.benchmark.peak import GemmRunner, Peak, gemm_runners, peaks, theoretical_gflops
-from vitdeploy.benchmark.protocol import Block, Blocks, ColdStart, block_schedule, cold_start, measure, measure_points
-from vitdeploy.benchmark.render import (
-    TerminalProgress,
-    plot_report,
-    progress_display,
-    progress_wanted,
-    summary_lines,
-)
-from vitdeploy.benchmark.report import (
-    SCHEMA,
-    BenchReport,
-    PointResult,
-    compare_to_baseline,
-    gate_status,
-    load_report,
-    mfu,
-    recommend_batch_size,
-    recommend_variant,
-    regression_failures,
-)
+# The package's public names; everything else is imported from its module (vitdeploy.benchmark.protocol, ...).
+from vitdeploy.benchmark.render import summary_lines
+from vitdeploy.benchmark.report import BenchReport, load_report
 from vitdeploy.benchmark.run import benchmark, run_bench, run_request
-from vitdeploy.benchmark.runners import (
-    OrtCpuRunner,
-    OrtCudaRunner,
-    SessionRunner,
-    TorchRunner,
-    make_runner,
-)
-from vitdeploy.benchmark.timing import CudaEventTimer, Runner, Timer, WallClock, input_batch, torch_threads
-from vitdeploy.benchmark.variants import (
-    DEFAULT_BATCH_SIZES,
-    EAGER,
-    ORT_FP32,
-    VARIANTS,
-    BenchSettings,
-    VariantSpec,
-    parse_variants,
-)
+from vitdeploy.benchmark.variants import BenchSettings, parse_variants
 
-__all__ = [
-    "DEFAULT_BATCH_SIZES", "EAGER", "ORT_FP32", "SCHEMA", "VARIANTS", "Block", "Blocks", "BenchReport",
-    "BenchSettings", "ColdStart", "CudaEventTimer", "GemmRunner", "ModelUnderTest", "OnnxFile", "OrtCpuRunner",
-    "OrtCudaRunner", "Peak", "PointResult", "Runner", "SessionRunner", "TerminalProgress", "Timer", "TorchRunner",
-    "VariantSpec", "WallClock", "benchmark", "block_schedule", "build_variant_files", "cold_start",
-    "compare_to_baseline", "environment", "gate_status", "gemm_runners", "input_batch", "load_report", "make_runner",
-    "measure", "measure_points", "mfu", "model_from_files", "model_from_preset", "parse_variants", "peaks",
-    "plan_variants", "plot_report", "progress_display", "progress_wanted", "recommend_batch_size",
-    "recommend_variant", "regression_failures", "run_bench", "run_request", "summary_lines", "theoretical_gflops",
-    "torch_threads",
-]
+__all__ = ["BenchReport", "BenchSettings", "benchmark", "load_report", "parse_variants", "run_bench", "run_request",
+           "summary_lines"]

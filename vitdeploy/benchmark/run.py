@@ -145,10 +145,11 @@ def run_bench(
     settings: BenchSettings,
     end_to_end_inputs: list[str] | None = None,
     on_point: Callable[[int, list[str]], None] | None = None,
+    recursive: bool = False,
 ) -> BenchReport:
     """What `vitdeploy bench` does: pick the model (a preset with random weights, or an exported file and its
     bundle, by default the newest under models/), then benchmark it."""
-    from vitdeploy.core.inputs import expand_inputs
+    from vitdeploy.core.inputs import expand_inputs, recursive_hint
 
     if preset and (model or bundle):
         raise ConfigError("--preset builds and exports its own model: give either MODEL/--bundle or --preset")
@@ -157,9 +158,10 @@ def run_bench(
                           ".onnx file instead")
     images: list[Path] = []
     if end_to_end_inputs:
-        images, unmatched = expand_inputs(end_to_end_inputs)
+        images, unmatched = expand_inputs(end_to_end_inputs, recursive)
         if unmatched or not images:
-            raise ConfigError(f"--end-to-end: no images found for {', '.join(unmatched) or end_to_end_inputs}")
+            raise ConfigError(f"--end-to-end: no images found for {', '.join(unmatched) or end_to_end_inputs}"
+                              + ("" if recursive else recursive_hint(end_to_end_inputs)))
     with tempfile.TemporaryDirectory(prefix="vitdeploy-bench-model-") as tmp:
         if preset:
             files = preset_files(settings)
@@ -195,7 +197,7 @@ def run_request(request: BenchRequest) -> BenchReport:
     baseline = load_report(request.baseline) if request.baseline else None  # before minutes of measuring
     with progress_display(Console(stderr=True), settings, enabled=request.progress) as on_point:
         report = run_bench(request.model, request.bundle, request.preset, settings, list(request.end_to_end) or None,
-                           on_point=on_point)
+                           on_point=on_point, recursive=request.recursive)
     if request.p99_budget is not None:
         report.recommendation = recommend_batch_size(report, request.p99_budget)
     if baseline is not None:

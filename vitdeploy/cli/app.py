@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import click
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
@@ -28,6 +30,16 @@ app = typer.Typer(
 )
 # Human-facing output goes to stderr so that --json leaves stdout clean for scripts.
 console = Console(stderr=True)
+
+
+def _flag_type(self: typer.core.TyperOption, ctx: click.Context) -> str | None:
+    """typer renders a flag's type as <bool> in --help, which reads as if the flag took a value (`--json true`):
+    a flag shows no type."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type
 
 
 class StderrNotes(logging.Handler):

@@ -21,10 +21,11 @@ from vitdeploy.cli.options import (
     Threads,
     TopK,
 )
-from vitdeploy.core.config import parse_batch_sizes
+from vitdeploy.core.config import PRESETS, parse_batch_sizes
 from vitdeploy.errors import ConfigError
 from vitdeploy.files.variants import VARIANTS as BENCH_VARIANTS
 from vitdeploy.requests import BenchRequest, ExplainRequest, PredictRequest
+from vitdeploy.runtimes import RUNTIMES
 
 
 @app.command()
@@ -41,7 +42,7 @@ def predict(
     workers: Annotated[int, typer.Option(help="Threads decoding images while the model runs (--engine ray: Ray "
                                          "actors, each decoding and holding one model session).")] = PredictRequest.workers,
     runtime: Annotated[
-        Optional[str], typer.Option(help="ort | openvino | reference | web (onnxruntime-web in headless Chromium). Default: the runtime the file was made for "
+        Optional[str], typer.Option(help=f"{' | '.join(RUNTIMES)} (web: onnxruntime-web in headless Chromium). Default: the runtime the file was made for "
                                     "(an OpenVINO variant records it), else ort.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto (ort: CUDA only if a session really gets it; openvino: CPU) | cpu "
@@ -110,7 +111,7 @@ def bench(
         Optional[Path], typer.Option(help="Its bundle, for the PyTorch variants. Default: the one recorded at export.")
     ] = None,
     preset: Annotated[
-        Optional[str], typer.Option(help="Benchmark a preset (vit-ti16, vit-s16, vit-b16...) with random weights "
+        Optional[str], typer.Option(help=f"Benchmark a preset ({', '.join(PRESETS)}) with random weights "
                                     "instead of a file, to compare with published figures.")
     ] = None,
     variants: Annotated[
@@ -118,7 +119,7 @@ def bench(
                                     "here.")
     ] = None,
     runtimes: Annotated[
-        Optional[str], typer.Option(help="Only these runtimes' variants, comma-separated: ort, openvino (PyTorch "
+        Optional[str], typer.Option(help=f"Only these runtimes' variants, comma-separated: {', '.join(RUNTIMES)} (PyTorch "
                                     "eager stays as the baseline). Default: every runtime.")
     ] = None,
     batch_sizes: BatchSizes = ",".join(map(str, BenchRequest.batch_sizes)),
@@ -142,6 +143,7 @@ def bench(
         Optional[list[str]], typer.Option(help="Images (files, folders, globs; repeatable) to time decode / "
                                           "preprocess / model from file to logits.")
     ] = None,
+    recursive: Recursive = BenchRequest.recursive,
     p99_budget: Annotated[
         Optional[float], typer.Option(help="Recommend the largest batch size whose p99 latency (ms) meets this.")
     ] = None,
@@ -181,7 +183,7 @@ def bench(
         model, bundle=bundle, preset=preset, variants=parse_variants(variants), runtimes=parse_runtimes(runtimes),
         batch_sizes=parse_batch_sizes(batch_sizes), warmup_iters=warmup_iters, warmup_seconds=warmup_seconds,
         min_iters=min_iters, min_seconds=min_seconds, block_idle=block_idle, threads=threads,
-        end_to_end=tuple(end_to_end or ()),
+        end_to_end=tuple(end_to_end or ()), recursive=recursive,
         p99_budget=p99_budget, baseline=baseline, max_regress=max_regress, output=output, plot=plot,
         progress=not json_output,
     ))
@@ -237,7 +239,8 @@ def explain(
         if json_output:
             print_json(result.to_dict())
         return
-    print_note(f"{result.images_ok} images explained ({method}), {result.images_failed} failed, in "
+    explained = f", class {class_label}" if class_label is not None else ""  # not the predicted one: the one asked
+    print_note(f"{result.images_ok} images explained ({method}{explained}), {result.images_failed} failed, in "
                f"{result.seconds:.1f} s; PNGs in {result.out_dir}/")
     if json_output:
         print_json(result.to_dict())

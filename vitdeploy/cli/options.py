@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vitdeploy.runtimes import RUNTIMES
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (notes stay on stderr).")]
 ModelArgument = Annotated[
     Optional[Path], typer.Argument(help="The .onnx file. Default: the newest .onnx under models/ (precision "
@@ -31,7 +33,7 @@ Threads = Annotated[
 ]
 BatchSizes = Annotated[str, typer.Option(help="Batch sizes, comma-separated.")]
 RuntimeList = Annotated[
-    Optional[str], typer.Option(help="Runtimes, comma-separated: ort, openvino, reference, web. Default: every one "
+    Optional[str], typer.Option(help=f"Runtimes, comma-separated: {', '.join(RUNTIMES)}. Default: every one "
                                 "installed and usable here (web only when named).", show_default=False)
 ]
 # Every command that writes a folder takes it (the rule: vitdeploy/files/outputs.py).

@@ -11,6 +11,7 @@ from vitdeploy.cli.app import app, handle_errors, print_json, print_note
 from vitdeploy.cli.options import Force, JsonFlag, Threads
 from vitdeploy.core.config import parse_batch_sizes
 from vitdeploy.requests import DEFAULT_TRITON_DIR, ServeSettings, TritonOptions, WebRequest
+from vitdeploy.runtimes import RUNTIMES
 
 
 @app.command()
@@ -106,7 +107,7 @@ def serve(
     ] = ServeSettings.host,
     port: Annotated[int, typer.Option(help="TCP port (0: any free one, printed at start).")] = ServeSettings.port,
     runtime: Annotated[
-        Optional[str], typer.Option(help="What runs the model: ort (ONNX Runtime), openvino, reference (slow). "
+        Optional[str], typer.Option(help=f"What runs the model: {' | '.join(RUNTIMES)}. "
                                     "Default: the runtime the file was made for (as predict), else ort.")
     ] = ServeSettings.runtime,
     device: Annotated[

@@ -9,6 +9,7 @@ import typer
 
 from vitdeploy.cli.app import app, console, handle_errors, print_json
 from vitdeploy.cli.options import BundleOption, Force, JsonFlag
+from vitdeploy.core.config import DEFAULT_PRESET, PRESETS
 from vitdeploy.errors import EXIT_INTERRUPTED
 from vitdeploy.requests import ImportRequest, SamplesRequest, TrainRequest
 
@@ -16,7 +17,7 @@ from vitdeploy.requests import ImportRequest, SamplesRequest, TrainRequest
 @app.command()
 @handle_errors
 def train(
-    preset: Annotated[Optional[str], typer.Option(help="Model preset: digits (default), vit-ti16, vit-s16, vit-b16.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help=f"Model preset: {', '.join(PRESETS)} (default: {DEFAULT_PRESET}).")] = None,
     data: Annotated[
         Optional[Path],
         typer.Option(help="Image folder, one subfolder per class (train/ and val/ inside when split). "

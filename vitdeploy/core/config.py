@@ -153,6 +153,8 @@ class Preset:
     std: tuple[float, float, float] = IMAGENET_STD
     # resize_size / image_size; 224 -> 256 is the classic ImageNet eval resize.
     resize_ratio: float = 256 / 224
+    # torch intra-op threads while training (unless OMP_NUM_THREADS is set); None: torch's default, one per core.
+    threads: int | None = None
 
     def preprocess_spec(self, image_size: int | None = None) -> PreprocessSpec:
         size = image_size or self.model.image_size
@@ -161,24 +163,34 @@ class Preset:
         )
 
 
+# The digits models' operations (32 images x 17 tokens x 64 dims) are too small to split across cores: a second
+# intra-op thread gains little when the cores are idle and, when another process wants a core, every operation
+# waits for both threads (measured: 10-20x slower per step, benchmarks/train_speed.md).
+SMALL_MODEL_THREADS = 1
+
+
 def _vit(dim: int, heads: int, **kw: Any) -> ModelConfig:
     return ModelConfig(
         image_size=224, patch_size=16, num_classes=1000, dim=dim, depth=12, num_heads=heads, mlp_ratio=4.0, **kw
     )
 
 
+DEFAULT_PRESET = "digits"  # what `vitdeploy train` trains when no --preset, --data or --resume says otherwise
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset(
             name="digits",
-            description="small ViT for the embedded scikit-learn digits (16 px, patch 4); about a minute on 2 CPU cores",
+            description="small ViT for the embedded scikit-learn digits (16 px, patch 4); ~40 s of one CPU core",
             model=ModelConfig(image_size=16, patch_size=4, dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
-            train=TrainConfig(epochs=60, batch_size=64, lr=2e-3, weight_decay=0.05),
+            # 30 epochs of 32: the 1,320 steps of the earlier 60 epochs of 64 on half the images, whose cost the
+            # run is (best held-out 98.61-99.16% over seeds 0-2; benchmarks/train_speed.md).
+            train=TrainConfig(epochs=30, batch_size=32, lr=2e-3, weight_decay=0.05),
             # digits are white-on-black strokes: ~0.2 mean, ~0.35 std after scaling to [0, 1]
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
             resize_ratio=1.0,
+            threads=SMALL_MODEL_THREADS,
         ),
         Preset(
             name="tiny",
@@ -188,6 +200,7 @@ PRESETS: dict[str, Preset] = {
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
             resize_ratio=1.0,
+            threads=SMALL_MODEL_THREADS,
         ),
         Preset("vit-ti16", "ViT-Ti/16 at 224 px (5.7M parameters)", _vit(192, 3)),
         Preset("vit-s16", "ViT-S/16 at 224 px (22M parameters)", _vit(384, 6)),
@@ -250,3 +263,4 @@ class RunPlan:
     data: Path | None
     out: Path
     init: str | None = None  # the bundle a fine-tuning run started from
+    threads: int | None = None  # torch intra-op threads while training (Preset.threads); None: torch's default

@@ -6,6 +6,7 @@ Used by predict, bench's end-to-end timing, explain and serve alike, so that the
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitdeploy.core import images
+
+MAX_COUNTED = 100_000  # files looked at below a folder for recursive_hint (a home folder is not walked whole)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,20 @@ def ordered_inputs(inputs: list[str], recursive: bool = False) -> list[Path | No
                 seen.add(key)
                 items.append(path)
     return items
+
+
+def recursive_hint(inputs: list[str]) -> str:
+    """For a message saying no input matched: how many images lie in the subfolders of the folders given, and that
+    --recursive takes them (empty when there are none, e.g. with --recursive given)."""
+    found = []
+    for text in inputs:
+        folder = Path(text)
+        if folder.is_dir():
+            below = itertools.islice(folder.rglob("*"), MAX_COUNTED)
+            count = sum(1 for p in below if p.suffix.lower() in images.IMAGE_SUFFIXES and p.is_file())
+            if count:
+                found.append(f"{count} images below {text}")
+    return f" ({', '.join(found)}, in subfolders: add --recursive)" if found else ""
 
 
 def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[str]]:

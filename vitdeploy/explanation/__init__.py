@@ -106,7 +106,7 @@ def explain(request: ExplainRequest) -> ExplainResult:
     inputs, bundle, method, class_label = request.inputs, request.bundle, request.method, request.class_label
     out_dir, top_k = request.out or DEFAULT_EXPLAIN_DIR, request.top_k
     check_request(method, class_label)
-    check_output_folder(out_dir, EXPLAIN, force=request.force)
+    out_dir = check_output_folder(out_dir, EXPLAIN, force=request.force)
     if top_k < 1:
         raise ConfigError("--top-k must be at least 1")
     render.pyplot()  # fail before the model loads when matplotlib is missing

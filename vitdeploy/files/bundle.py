@@ -182,7 +182,9 @@ def read_bundle_info(folder: str | os.PathLike[str]) -> BundleInfo:
         raise BundleError(f"no model bundle at {folder} (expected a folder with {CONFIG_FILE} and the weights it names)")
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
-        raise BundleError(f"{folder} is not a model bundle: {CONFIG_FILE} is missing")
+        runs = [folder / name for name in ("best", "last") if (folder / name / CONFIG_FILE).is_file()]
+        hint = f"; it holds a training run: give its bundle, {runs[0]}" if runs else ""
+        raise BundleError(f"{folder} is not a model bundle: {CONFIG_FILE} is missing{hint}")
     try:
         data = json.loads(cfg_path.read_text())
     except (OSError, json.JSONDecodeError) as e:

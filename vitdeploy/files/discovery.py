@@ -35,26 +35,28 @@ def is_variant(path: Path) -> bool:
     return bool(dot) and path.with_name(base_stem + path.suffix).is_file()
 
 
-def find_latest_model(root: str | os.PathLike[str] = DEFAULT_MODELS_DIR) -> Path:
+def find_latest_model(root: str | os.PathLike[str] = DEFAULT_MODELS_DIR, option: str = "MODEL") -> Path:
     """The most recently written *.onnx under `root` (searched recursively, newest modification time).
 
     Skipped: hidden files and folders (export stages its file in a hidden folder before moving it into place), and
     precision variants written beside an export (X.int8.onnx, X.fp16.onnx, ... next to X.onnx): the default is
-    the plain export; a variant is run by naming it.
+    the plain export; a variant is run by naming it. `option`: how the command takes a model file, for the
+    message when there is none (MODEL, the first argument; predict's --model FILE).
     """
     root = Path(root)
     newest = newest_under(root, "*.onnx", keep=lambda p: not is_variant(p))
     if newest is None:
-        raise ModelFileError(f"no .onnx file under {root}/; run `vitdeploy export` first or pass --model FILE")
+        raise ModelFileError(f"no .onnx file under {root}/; run `vitdeploy export` first or give the model file "
+                             f"({option})")
     return newest
 
 
-def resolve_model(model: Path | None) -> Path:
+def resolve_model(model: Path | None, option: str = "MODEL") -> Path:
     """A model argument as the user gave it (a file, a folder to search, or None for models/) -> one .onnx."""
     if model is None:
-        return find_latest_model()
+        return find_latest_model(option=option)
     if model.is_dir():
-        return find_latest_model(model)
+        return find_latest_model(model, option)
     if not model.exists():
         raise ModelFileError(f"{model}: no such model file")
     return model

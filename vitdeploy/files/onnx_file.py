@@ -146,7 +146,7 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> Path | None:
     if proto.ByteSize() <= EXTERNAL_DATA_THRESHOLD_BYTES:
         onnx.save_model(proto, os.fspath(path))
         return None
-    data = path.with_name(path.name + ".data")
+    data = external_data_path(path)
     data.unlink(missing_ok=True)  # a second save (with parity metadata) would append to the first one's data
     # A copy: save_model with external data rewrites the tensors it is given.
     onnx.save_model(
@@ -204,7 +204,8 @@ def load_onnx(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, OnnxModelI
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:
-        proto = onnx.load(os.fspath(path), load_external_data=False)
+        # format: onnx.load picks a parser by the file's suffix (a .json file is read as JSON, ParseError)
+        proto = onnx.load(os.fspath(path), format="protobuf", load_external_data=False)
     except DecodeError:
         raise ModelFileError(f"{path} is not an ONNX model (or it is truncated): it does not parse") from None
     check_external_data(proto, path.parent)
@@ -225,6 +226,11 @@ def check_io_names(path: str | os.PathLike[str], inputs: list[str], outputs: lis
 
 
 # ---------------------------------------------------------------------------------------------- files on disk
+
+
+def external_data_path(path: Path) -> Path:
+    """Where the weights of `path` go when they are stored outside the graph: model.onnx -> model.onnx.data."""
+    return path.with_name(path.name + ".data")
 
 
 def variant_path(base: Path, variant: str) -> Path:

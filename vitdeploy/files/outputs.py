@@ -67,17 +67,42 @@ def entries(folder: Path) -> list[Path]:
 
 
 def marked(kind_name: str) -> Callable[[Path], bool]:
-    """A recognise function for a kind that marks its folders with write_marker()."""
+    """A recognise function for a kind that marks its folders with write_marker(): the marker names the kind, and
+    every file in the folder is one the marker lists (a file a user added makes it the user's folder again)."""
     def recognise(folder: Path) -> bool:
         try:
-            return json.loads((folder / MARKER).read_text()).get("kind") == kind_name
-        except (OSError, ValueError, AttributeError):
+            marker = json.loads((folder / MARKER).read_text())
+            listed = set(marker["files"])
+            return marker.get("kind") == kind_name and set(files_below(folder)) <= listed | {MARKER}
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
             return False
     return recognise
 
 
+def files_below(folder: Path) -> list[str]:
+    """Every file and link under `folder` (relative, '/'-separated), vitdeploy's temporary files left out (empty
+    folders hold nothing to lose)."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if any(TEMPORARY.fullmatch(part) for part in path.relative_to(folder).parts):
+            continue
+        if path.is_symlink() or path.is_file():
+            found.append(path.relative_to(folder).as_posix())
+    return found
+
+
+def unlisted(folder: Path) -> list[str]:
+    """The files of a marked folder that its marker does not list (empty when it has no marker)."""
+    try:
+        listed = set(json.loads((folder / MARKER).read_text())["files"]) | {MARKER}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [name for name in files_below(folder) if name not in listed]
+
+
 def write_marker(folder: Path, kind_name: str) -> None:
-    atomic_write_json(folder / MARKER, {"kind": kind_name})
+    """Mark `folder` as a `kind_name` folder holding exactly the files now in it (write it last)."""
+    atomic_write_json(folder / MARKER, {"kind": kind_name, "files": files_below(folder)})
 
 
 def _only(pattern: re.Pattern[str]) -> Callable[[Path], bool]:
@@ -107,21 +132,35 @@ KINDS = (BUNDLE, RUN, TRITON, EXPLAIN, SAMPLES)
 def check_output_folder(path: str | os.PathLike[str], kind: FolderKind, *, force: bool = False,
                         option: str = "-o") -> Path:
     """Refuse, before anything is written, an output folder the rule above does not allow (InputError, or
-    WriteError when the place cannot be written: both exit code 2). Creates nothing; returns the path."""
-    path = Path(path)
+    WriteError when the place cannot be written: both exit code 2). Creates nothing; returns the path to write,
+    which callers must use: a symbolic link to a folder is written through (the link stays a link)."""
+    path = follow_link(Path(path), option)
     if path.exists() and not path.is_dir():
         raise InputError(f"cannot write to {path}: it is a file, and {option} names a folder")
     probe_writable(path)
     if not path.exists() or force or not entries(path) or kind.recognise(path):
         return path
-    held = entries(path)
-    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in held[:MAX_SHOWN])
+    added = unlisted(path)  # a marked folder: name only what the user added to it
+    held = [path / name for name in added] if added else entries(path)
+    shown = ", ".join(p.relative_to(path).as_posix() + ("/" if p.is_dir() else "") for p in held[:MAX_SHOWN])
     shown += f", ... ({len(held)} in all)" if len(held) > MAX_SHOWN else ""
     other = next((k for k in KINDS if k is not kind and k.recognise(path)), None)
     what = (f"is a {other.name} ({other.command} wrote it), not a {kind.name}" if other else
             f"holds files vitdeploy did not write: {shown}")
     raise InputError(f"{path} {what}; {option} must name a new folder, an empty one or a {kind.name} that "
                      f"{kind.command} wrote. Choose another {option}, or pass --force to write there anyway")
+
+
+def follow_link(path: Path, option: str) -> Path:
+    """The folder a symbolic link `path` points to (so that the link is written through, never replaced by a
+    folder); a link that points nowhere is refused: which of the two places the user means is not for us to guess."""
+    if not path.is_symlink():
+        return path
+    target = path.resolve()
+    if not target.exists():
+        raise InputError(f"cannot write to {path}: it is a symbolic link to {os.readlink(path)}, which does not "
+                         f"exist; create that folder or give {option} another path")
+    return target
 
 
 def check_output_file(path: str | os.PathLike[str], option: str = "-o") -> Path:

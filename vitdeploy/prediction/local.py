@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from vitdeploy.core import images
 from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import PreprocessSpec
-from vitdeploy.core.inputs import NoMatch, ordered_inputs
+from vitdeploy.core.inputs import NoMatch, ordered_inputs, recursive_hint
 from vitdeploy.core.progress import live_progress
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, ImageDecodeError, InputError
@@ -42,6 +42,7 @@ from vitdeploy.prediction.rows import (
     check_writable,
     display_path,
     error_row,
+    model_identity,
     open_row_writer,
     output_format_for,
     read_previous_rows,
@@ -153,6 +154,7 @@ class Plan:
     items: list[Path | NoMatch]  # in input order; with --resume, without those already in the output
     previous: PreviousRows | None  # --resume: the rows an earlier run wrote
     model_path: Path
+    identity: dict[str, str]  # model_identity(model_path): what every row records
 
 
 def plan(request: PredictRequest, elsewhere: bool = False) -> Plan:
@@ -172,12 +174,17 @@ def plan(request: PredictRequest, elsewhere: bool = False) -> Plan:
         previous = read_previous_rows(request.output, output_format)
     items = ordered_inputs(request.inputs, request.recursive)
     if not elsewhere and not any(isinstance(item, Path) for item in items):
-        raise InputError(f"no input matched: {', '.join(i.text for i in items) or '(none given)'}")
+        raise InputError(f"no input matched: {', '.join(i.text for i in items) or '(none given)'}"
+                         + recursive_hint(request.inputs))
     if previous is not None:
         items = [item for item in items if not (isinstance(item, Path) and display_path(item) in previous.paths)]
         logger.info("--resume: %d rows already in %s are kept and their inputs skipped", len(previous.paths),
                     request.output)
-    return Plan(output_format, items, previous, resolve_model(request.model))
+    model_path = resolve_model(request.model, option="--model FILE")
+    identity = model_identity(model_path)
+    if previous is not None:
+        previous.check_model(request.output, identity)
+    return Plan(output_format, items, previous, model_path, identity)
 
 
 def predict(request: PredictRequest) -> PredictSummary:
@@ -194,7 +201,8 @@ def predict(request: PredictRequest) -> PredictSummary:
     session = open_model(work.model_path, request.runtime, request.device, request.threads)
     summary = PredictSummary(model=str(work.model_path), provider=session.provider, runtime=session.describe(),
                              output=str(request.output) if request.output else None)
-    writer = open_row_writer(work.output_format, request.output, summary.model, summary.provider, work.previous)
+    writer = open_row_writer(work.output_format, request.output, summary.model, summary.provider, work.previous,
+                             work.identity)
     write_rows(writer, summary, lambda: run_pipeline(work.items, session, request, writer, summary))
     return summary
 

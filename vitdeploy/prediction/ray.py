@@ -18,8 +18,12 @@ The model file travels to the actors through Ray's object store, so cluster node
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
+import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,8 +36,10 @@ from vitdeploy.core.images import IMAGE_SUFFIXES
 from vitdeploy.core.inputs import NoMatch
 from vitdeploy.core.progress import live_progress
 from vitdeploy.errors import ConfigError, DeviceError
+from vitdeploy.files.onnx_file import external_data_path
 from vitdeploy.prediction.local import (
     PROGRESS_COLUMNS,
+    Plan,
     PredictSummary,
     classify_batch,
     decode_one,
@@ -49,6 +55,15 @@ logger = logging.getLogger(__name__)
 FORMATS = ("parquet", "jsonl")
 # Devices whose sessions need a GPU on the actor's node.
 GPU_DEVICES = ("cuda", "tensorrt", "gpu")
+# What one actor holds, for the cap on --workers: an idle Ray worker process with vitdeploy imported (~230-360 MB
+# measured) plus the model about four times (object store, the actor's copy on disk, the session's weights, its
+# arena). Actors may take MEMORY_SHARE of the memory available when the run starts.
+ACTOR_BASE_BYTES = 350 * 2**20
+ACTOR_MODEL_COPIES = 4
+MEMORY_SHARE = 0.9
+CONNECT_TIMEOUT_S = 5.0  # a Ray head answers a TCP connection at once; nothing answering is not worth retrying
+# Default ports when --address gives none: Ray Client (ray://) and the GCS.
+CLIENT_PORT, GCS_PORT = 10001, 6379
 
 
 def is_uri(text: str) -> bool:
@@ -122,29 +137,147 @@ def predict_on_ray(request: PredictRequest) -> PredictSummary:
     if work.output_format not in FORMATS:
         raise ConfigError(f"--engine ray writes --format {' or '.join(FORMATS)} to --output; not {work.output_format}")
     files = [item for item in work.items if isinstance(item, Path)]
+    if not files and not uris:  # --resume found every input done: nothing for Ray to do
+        return without_ray(request, work)
+    model_bytes = sum(len(data) for data in model_files(work.model_path).values())
+    workers = actor_count(request.workers, len(files), bool(uris), request.batch_size, model_bytes,
+                          available_memory() if request.address is None else None)
+    if workers < request.workers:
+        why = ("this machine's free memory holds that many (each holds a Ray worker and the model)"
+               if workers < min(request.workers, _batches(len(files), request)) or uris
+               else f"{len(files)} images make {_batches(len(files), request)} batches of {request.batch_size}")
+        logger.warning("--workers %d: starting %d actors: %s", request.workers, workers, why)
+        request = replace(request, workers=workers)
     import ray
 
     threads = request.threads or 1
-    started = connect(request.address, request.workers * threads)
+    with terminate_as_interrupt():
+        with held_signals() as held:  # Ray interrupted while it starts has crashed the process (SIGSEGV)
+            started = connect(request.address, request.workers * threads)
+        try:
+            held.raise_if_signalled()
+            return _run(request, work, files, uris, threads)
+        finally:
+            if started:
+                ray.shutdown()  # stops the raylet, and with it every actor and worker of this run
+
+
+def _run(request: PredictRequest, work: Plan, files: list[Path], uris: list[str], threads: int) -> PredictSummary:
+    """The run itself, on the Ray this process has joined."""
+    import ray
+
+    spec = ActorSpec(ray.put(model_files(work.model_path)), work.model_path.name, request.runtime,
+                     request.device, threads, request.top_k)
+    summary = PredictSummary(model=str(work.model_path), provider="",
+                             runtime={"engine": "ray", "ray": ray.__version__, "workers": str(request.workers)},
+                             output=str(request.output) if request.output else None)
+    writer = open_row_writer(work.output_format, request.output, summary.model, "", work.previous, work.identity)
+    skip = work.previous.paths if work.previous else frozenset()
+    write_rows(writer, summary, lambda: stream_rows(request, spec, files, uris, work.items, skip, writer, summary))
+    return summary
+
+
+def without_ray(request: PredictRequest, work: Plan) -> PredictSummary:
+    """--resume with every input already in the output: the rows of inputs that matched nothing, no Ray started."""
+    logger.info("--engine ray: nothing left to predict (every input has its row in %s); Ray was not started",
+                request.output)
+    summary = PredictSummary(model=str(work.model_path), provider="none", runtime={"engine": "ray", "runtime": "none"},
+                             output=str(request.output) if request.output else None)
+    writer = open_row_writer(work.output_format, request.output, summary.model, "none", work.previous, work.identity)
+    late = [error_row(item.text, "no_match", "matched no file", "none", request.runtime or "ort")
+            for item in work.items if isinstance(item, NoMatch)]
+    write_rows(writer, summary, lambda: _count(writer, summary, late, time.perf_counter()))
+    return summary
+
+
+def _batches(files: int, request: PredictRequest) -> int:
+    return max(1, math.ceil(files / request.batch_size))
+
+
+def actor_count(asked: int, files: int, uris: bool, batch_size: int, model_bytes: int,
+                free_bytes: int | None) -> int:
+    """How many actors to start: --workers, but no more than there are batches (when the inputs are all local
+    files: a URI's files are counted by Ray), nor than `free_bytes` (a local Ray; None: a cluster's) can hold."""
+    count = asked if uris else min(asked, max(1, math.ceil(files / batch_size)))
+    if free_bytes is not None:
+        per_actor = ACTOR_BASE_BYTES + ACTOR_MODEL_COPIES * model_bytes
+        count = min(count, int(free_bytes * MEMORY_SHARE // per_actor))
+    return max(1, count)
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), in bytes; None where it cannot be read."""
     try:
-        spec = ActorSpec(ray.put(model_files(work.model_path)), work.model_path.name, request.runtime,
-                         request.device, threads, request.top_k)
-        summary = PredictSummary(model=str(work.model_path), provider="",
-                                 runtime={"engine": "ray", "ray": ray.__version__, "workers": str(request.workers)},
-                                 output=str(request.output) if request.output else None)
-        writer = open_row_writer(work.output_format, request.output, summary.model, "", work.previous)
-        skip = work.previous.paths if work.previous else frozenset()
-        write_rows(writer, summary, lambda: stream_rows(request, spec, files, uris, work.items, skip, writer, summary))
-        return summary
-    finally:
-        if started:
-            ray.shutdown()
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class terminate_as_interrupt:
+    """SIGTERM raises KeyboardInterrupt while a Ray run is under way, as Ctrl-C does: the rows so far are completed
+    and the Ray this run started is stopped (Python's default for SIGTERM exits at once and leaves the raylet and
+    its workers running). Only in the main thread, where signal handlers can be set."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class held_signals:
+    """Ctrl-C and SIGTERM held back while Ray starts (ray.init interrupted half-way crashed the process with
+    SIGSEGV on shutdown, and left its raylet running); raise_if_signalled() then raises KeyboardInterrupt."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> held_signals:
+        self.received: list[int] = []
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, lambda signum, frame: self.received.append(signum))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def raise_if_signalled(self) -> None:
+        if self.received:
+            raise KeyboardInterrupt(f"signal {self.received[0]}")
+
+
+def check_address(address: str) -> None:
+    """DeviceError (exit code 2) naming `address` when nothing answers there: ray.init would retry for minutes."""
+    if address in ("auto", "local"):
+        return
+    rest = address.removeprefix("ray://")
+    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    try:
+        port_number = int(port) if port else (CLIENT_PORT if address.startswith("ray://") else GCS_PORT)
+        socket.create_connection((host.strip("[]"), port_number), timeout=CONNECT_TIMEOUT_S).close()
+    except ValueError:
+        raise ConfigError(f"--address {address}: expected HOST:PORT, ray://HOST:PORT or auto") from None
+    except OSError as e:
+        raise DeviceError(f"--engine ray: no Ray cluster answers at {address} ({e.strerror or e}); start one there "
+                          "(`ray start --head`) or fix --address") from None
 
 
 def model_files(path: Path) -> dict[str, bytes]:
     """The .onnx and, when its weights are stored beside it, its .onnx.data file (the graph names it)."""
     files = {path.name: path.read_bytes()}
-    external = path.with_name(path.name + ".data")
+    external = external_data_path(path)
     if external.is_file():
         files[external.name] = external.read_bytes()
     return files
@@ -161,6 +294,8 @@ def connect(address: str | None, needed: int) -> bool:
     if address is None and needed > cpus:
         logger.warning("--workers x --threads = %d is more than this machine's %d cores: they will share them",
                        needed, cpus)
+    if address is not None:
+        check_address(address)
     began = time.perf_counter()
     try:
         if address is None:

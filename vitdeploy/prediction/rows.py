@@ -14,15 +14,19 @@ A row (ROW_FIELDS; a field a row does not have is absent in JSON/JSONL, empty in
     message      str    what went wrong, for a person                 (errors only)
     runtime      str    ort | openvino | reference
     provider     str    what really ran it, e.g. CPUExecutionProvider
+    model        str    the model file's name                          (written by the writers, every row)
+    model_sha256 str    the sha256 of its bytes (and of its .onnx.data): --resume refuses another model
 
 Parquet (PARQUET_SCHEMA): path string, ok bool, label string, probability double,
 top_k list<struct<label: string, probability: double>>, error string, message string, runtime string,
-provider string. It is written beside the output under a temporary name and renamed into place when complete.
+provider string, model string, model_sha256 string; the file's metadata also holds vitdeploy.model and
+vitdeploy.model_sha256. It is written beside the output under a temporary name and renamed into place when complete.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -43,7 +47,12 @@ FORMATS = ("table", "json", "jsonl", "csv", "parquet")
 RESUMABLE_FORMATS = ("jsonl", "parquet")
 # Probabilities are written rounded: enough to rank and compare, short enough to read.
 PROBABILITY_DECIMALS = 6
-ROW_FIELDS = ("path", "ok", "label", "probability", "top_k", "error", "message", "runtime", "provider")
+ROW_FIELDS = ("path", "ok", "label", "probability", "top_k", "error", "message", "runtime", "provider", "model",
+              "model_sha256")
+# How every JSONL line predict writes begins (strict_json.dumps of a row, "path" first): a last line an interrupted
+# run left unfinished is cut off by --resume only when it begins so; anything else is not predict's to cut.
+JSONL_ROW_START = b'{"path": '
+HASH_CHUNK_BYTES = 1 << 20
 CSV_FIELDS = ROW_FIELDS
 
 
@@ -85,6 +94,18 @@ def row_for_logits(path: str | os.PathLike[str], logits: np.ndarray, labels: lis
     return prediction_row(path, softmax(logits[None])[0], labels, top_k, provider, runtime)
 
 
+def model_identity(path: Path) -> dict[str, str]:
+    """What every row records about the model that wrote it: the file's name and the sha256 of its bytes (its
+    .onnx.data file's bytes follow, when it has one)."""
+    digest = hashlib.sha256()
+    for part in (path, path.with_name(path.name + ".data")):
+        if part == path or part.is_file():
+            with reported_as(part), open(part, "rb") as f:
+                while chunk := f.read(HASH_CHUNK_BYTES):
+                    digest.update(chunk)
+    return {"model": path.name, "model_sha256": digest.hexdigest()}
+
+
 def compact(row: dict[str, Any]) -> dict[str, Any]:
     """A row read back from Parquet or Arrow (every field present, None where absent) in the JSON form."""
     return {key: value for key, value in row.items() if value is not None}
@@ -109,6 +130,8 @@ def parquet_schema() -> Any:
         pa.field("message", pa.string()),
         pa.field("runtime", pa.string(), nullable=False),
         pa.field("provider", pa.string(), nullable=False),
+        pa.field("model", pa.string()),  # null in the tables Ray's actors return; the writer fills both
+        pa.field("model_sha256", pa.string()),
     ])
 
 
@@ -132,21 +155,25 @@ class ParquetRowWriter:
 
     format = "parquet"
 
-    def __init__(self, path: Path, previous: Any = None):
+    def __init__(self, path: Path, previous: Any = None, identity: dict[str, str] | None = None):
         import pyarrow.parquet as pq
 
         self.path = path
         self.count = 0
         self.kept: list[dict] = []
+        self.identity = identity or {}
         self._staged = temp_beside(path)
         self._temp = self._staged.__enter__()
-        self._writer = pq.ParquetWriter(self._temp, parquet_schema(), compression="zstd")
+        schema = parquet_schema().with_metadata({f"vitdeploy.{k}": v for k, v in self.identity.items()})
+        self._writer = pq.ParquetWriter(self._temp, schema, compression="zstd")
         if previous is not None and previous.num_rows:
             self._writer.write_table(previous)
 
     def write(self, rows: list[dict]) -> None:
         if rows:
-            self._writer.write_table(rows_to_table(rows))
+            for row in rows:
+                row.update(self.identity)
+            self._writer.write_table(rows_to_table(rows).replace_schema_metadata(self._writer.schema.metadata))
             self.count += len(rows)
 
     def close(self, summary: dict[str, Any]) -> None:
@@ -176,8 +203,9 @@ class RowWriter:
     """
 
     def __init__(self, stream: IO[bytes] | IO[str], output_format: str, model: str, provider: str,
-                 path: Path | None = None, written: int = 0):
+                 path: Path | None = None, written: int = 0, identity: dict[str, str] | None = None):
         self.stream = stream
+        self.identity = identity or {}
         self.path = path  # the output file, when rows go to one (else stdout)
         self.format = output_format
         self.count = 0
@@ -192,6 +220,7 @@ class RowWriter:
     def write(self, rows: list[dict]) -> None:
         parts = []
         for row in rows:
+            row.update(self.identity)
             if self.format == "jsonl":
                 parts.append(strict_json.dumps(row) + "\n")
             elif self.format == "json":
@@ -242,6 +271,8 @@ def _csv_line(values: Any) -> str:
 
 
 def output_format_for(requested: str, output: Path | None) -> str:
+    if output is not None and output.is_dir():
+        raise InputError(f"--output {output} is a folder; give a file path (e.g. {output / 'predictions.jsonl'})")
     if requested not in FORMATS:
         raise ConfigError(f"unknown --format {requested!r}; choose one of: {', '.join(FORMATS)}")
     if requested == "parquet":
@@ -278,24 +309,25 @@ def check_writable(output: Path) -> None:
 
 
 def open_row_writer(output_format: str, output: Path | None, model: str, provider: str,
-                    previous: PreviousRows | None = None) -> RowWriter | ParquetRowWriter:
-    """The writer for `output_format` into `output` (None: stdout). With `previous` (--resume), its rows are kept:
-    JSONL is appended to (after cutting off a line an interrupted run left unfinished), Parquet is rewritten with
-    them first."""
+                    previous: PreviousRows | None = None,
+                    identity: dict[str, str] | None = None) -> RowWriter | ParquetRowWriter:
+    """The writer for `output_format` into `output` (None: stdout), stamping each row with `identity`
+    (model_identity). With `previous` (--resume), its rows are kept: JSONL is appended to (after cutting off a line
+    an interrupted run left unfinished), Parquet is rewritten with them first."""
     if output_format == "parquet":
         assert output is not None  # output_format_for refused parquet without --output
         with reported_as(output):
-            return ParquetRowWriter(output, previous.table if previous else None)
+            return ParquetRowWriter(output, previous.table if previous else None, identity)
     if output is None:
-        return RowWriter(sys.stdout, output_format, model, provider)
+        return RowWriter(sys.stdout, output_format, model, provider, identity=identity)
     # Unbuffered: what write() accepted is in the file, so a failed batch can be cut off exactly.
     with reported_as(output):
         stream = open(output, "r+b" if previous is not None else "wb", buffering=0)
     if previous is None:
-        return RowWriter(stream, output_format, model, provider, output)
+        return RowWriter(stream, output_format, model, provider, output, identity=identity)
     stream.truncate(previous.complete_bytes)
     stream.seek(previous.complete_bytes)
-    return RowWriter(stream, output_format, model, provider, output, previous.complete_bytes)
+    return RowWriter(stream, output_format, model, provider, output, previous.complete_bytes, identity)
 
 
 # ----------------------------------------------------------------------------------------------- --resume
@@ -308,6 +340,21 @@ class PreviousRows:
     paths: frozenset[str]
     table: Any = None  # Parquet: the rows, rewritten first into the new file
     complete_bytes: int = 0  # JSONL: the length of its complete lines, after which new rows are appended
+    models: frozenset[tuple[Any, Any]] = frozenset()  # the (model, model_sha256) its rows name
+
+    def check_model(self, output: Path, identity: dict[str, str]) -> None:
+        """Refuse to add rows of another model (or of an unknown one) to a file that holds rows already."""
+        wanted = (identity["model"], identity["model_sha256"])
+        others = sorted(self.models - {wanted}, key=str)
+        if not others:
+            return
+        name, digest = others[0]
+        if digest is None:
+            raise InputError(f"--resume: the rows in {output} do not name the model that wrote them (an older "
+                             "vitdeploy wrote them); write to a new file")
+        raise InputError(f"--resume: {output} holds rows of {name} (sha256 {digest[:12]}...), not of "
+                         f"{identity['model']} (sha256 {identity['model_sha256'][:12]}...); resume with that model "
+                         "or write to a new file")
 
 
 def read_previous_rows(output: Path, output_format: str) -> PreviousRows | None:
@@ -318,23 +365,34 @@ def read_previous_rows(output: Path, output_format: str) -> PreviousRows | None:
     if not output.is_file():
         return None
     if output_format == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(output).cast(parquet_schema())
-        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            table = pq.read_table(output)
+            for name in ("model", "model_sha256"):  # an older vitdeploy's file: check_model refuses its rows
+                if name not in table.column_names:
+                    table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+            table = table.cast(parquet_schema())
+        except (OSError, ValueError, KeyError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise InputError(f"--resume: {output} is not a Parquet file of predict rows ({e})") from None
-        return PreviousRows(frozenset(table.column("path").to_pylist()), table)
+        models = zip(table.column("model").to_pylist(), table.column("model_sha256").to_pylist())
+        return PreviousRows(frozenset(table.column("path").to_pylist()), table, models=frozenset(models))
     paths: set[str] = set()
+    models: set[tuple[Any, Any]] = set()
     complete = 0
-    with open(output, "rb") as f:
-        for line in f:
+    with reported_as(output), open(output, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n") and (line.startswith(JSONL_ROW_START) or JSONL_ROW_START.startswith(line)):
+                break  # the unfinished last line of an interrupted run: cut off, its input predicted again
             try:
-                row = json.loads(line) if line.endswith(b"\n") else None
+                row = json.loads(line)
             except ValueError:
                 row = None
-            if not isinstance(row, dict) or "path" not in row:
-                break
+            if not isinstance(row, dict) or not isinstance(row.get("path"), str) or "ok" not in row:
+                raise InputError(f"--resume: {output} is not a file of predict rows (line {number} is not one); "
+                                 "nothing was changed: give --output a new file or one predict wrote")
             paths.add(row["path"])
+            models.add((row.get("model"), row.get("model_sha256")))
             complete += len(line)
-    return PreviousRows(frozenset(paths), complete_bytes=complete)
+    return PreviousRows(frozenset(paths), complete_bytes=complete, models=frozenset(models))

@@ -100,7 +100,7 @@ def import_checkpoint(
         logger.info(line)
 
     if out is not None:
-        check_output_folder(out, BUNDLE, force=force)
+        out = check_output_folder(out, BUNDLE, force=force)
     found = find_source(Path(source), timm_model)
     checkpoint = read_checkpoint(found.weights, note)
     refuse_unsupported(found.weights, checkpoint.shapes)

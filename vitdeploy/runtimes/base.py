@@ -264,6 +264,11 @@ def export_record(metadata: dict[str, str]) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def file_precision(record: dict) -> str:
+    """The arithmetic precision of a file's graph, from its export record: fp32 for files vitdeploy did not write."""
+    return str(record.get("precision", "fp32"))
+
+
 logger = logging.getLogger(__name__)
 _ISA_NOTED: set[tuple[str, str, str]] = set()  # (file, its class, this class) already noted in this process
 

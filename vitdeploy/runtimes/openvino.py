@@ -35,6 +35,7 @@ from vitdeploy.runtimes.base import (
     TensorSpec,
     check_model_file,
     export_record,
+    file_precision,
 )
 
 if TYPE_CHECKING:
@@ -268,12 +269,12 @@ def _precision(record: dict, asked: str | None) -> tuple[str, str]:
     """(the precision to compute in, the file's precision). Files made for OpenVINO record theirs (ov-bf16: bf16;
     ov-int8: fp32 for the ops left unquantized); every other file computes in fp32 (an fp16 or int8 graph keeps the
     precision of its own ops). Another precision may be named for an fp32 file only."""
-    file_precision = str(record.get("precision", "fp32"))
+    graph_precision = file_precision(record)
     if asked is None:
-        return str(record.get("inference_precision") or "fp32"), file_precision
-    if file_precision != "fp32" and asked not in ("fp32", file_precision):
-        raise ConfigError(f"the file is {file_precision}; OpenVINO cannot run it as {asked}")
-    return asked, file_precision
+        return str(record.get("inference_precision") or "fp32"), graph_precision
+    if graph_precision != "fp32" and asked not in ("fp32", graph_precision):
+        raise ConfigError(f"the file is {graph_precision}; OpenVINO cannot run it as {asked}")
+    return asked, graph_precision
 
 
 def _framework_info(model: ov.Model) -> dict:

@@ -34,6 +34,7 @@ from vitdeploy.runtimes.base import (
     TensorSpec,
     check_model_file,
     export_record,
+    file_precision,
 )
 
 if TYPE_CHECKING:
@@ -308,7 +309,7 @@ class OrtSession(Session):
         self.inputs = [_tensor(i) for i in self.session.get_inputs()]
         self.outputs = [_tensor(o) for o in self.session.get_outputs()]
         self.description = Description(NAME, DEVICE_OF_PROVIDER.get(provider, provider), provider,
-                                       str(export_record(self.metadata).get("precision", "fp32")))
+                                       file_precision(export_record(self.metadata)))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.check_open()

@@ -28,6 +28,7 @@ from vitdeploy.runtimes.base import (
     TensorSpec,
     check_model_file,
     export_record,
+    file_precision,
 )
 
 NAME = "reference"
@@ -71,7 +72,7 @@ class ReferenceSession(Session):
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.inputs = [_tensor(v) for v in proto.graph.input]
         self.outputs = [_tensor(v) for v in proto.graph.output]
-        precision = str(export_record(self.metadata).get("precision", "fp32"))
+        precision = file_precision(export_record(self.metadata))
         self.description = Description(NAME, "cpu", PROVIDER, precision)
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:

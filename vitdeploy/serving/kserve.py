@@ -48,6 +48,15 @@ def check_storage_uri(uri: str) -> str:
     if scheme not in URI_SCHEMES:
         raise ConfigError(f"--storage-uri {uri!r}: give the uploaded repository folder as a URI KServe can fetch "
                           f"({', '.join(s + '://' for s in URI_SCHEMES)})")
+    # The YAML is written as UTF-8 and read back by Kubernetes: a control character or a byte that is not UTF-8
+    # (the shell's surrogate escapes) would make it invalid, or read back as something else.
+    odd = next(((i, c) for i, c in enumerate(uri) if not c.isprintable()), None)
+    if odd is not None:
+        i, c = odd
+        what = ("a byte that is not UTF-8" if "\udc80" <= c <= "\udcff"
+                else f"the control character U+{ord(c):04X}")
+        raise ConfigError(f"--storage-uri {uri.encode('utf-8', 'backslashreplace').decode()!r} has {what} at "
+                          f"position {i}: percent-encode it (e.g. %{ord(c) & 0xFF:02X})")
     return uri
 
 

@@ -101,6 +101,9 @@ def parse_infer_request(body: bytes, header_length: str | None, signature: Model
         request = json.loads(bytes(header))  # the header is small; json takes no memoryview
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RequestError(400, f"malformed JSON in the inference request: {e}") from None
+    except RecursionError:  # json's decoder recurses once per [ or {: a hostile body is not a server error
+        raise RequestError(400, "the inference request's JSON is nested too deeply (a tensor's data nests at most "
+                                "as deep as its shape)") from None
     if not isinstance(request, dict):
         raise RequestError(400, "the inference request must be a JSON object with an 'inputs' list")
     inputs = request.get("inputs")

@@ -27,10 +27,10 @@ from typing import Any
 
 from vitdeploy.core.atomic import atomic_folder, atomic_write_many, remove_stale_staging
 from vitdeploy.core.config import PreprocessSpec
-from vitdeploy.errors import ConfigError, VitDeployError
+from vitdeploy.errors import ConfigError, InputError, VitDeployError
 from vitdeploy.files.discovery import resolve_model
-from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo
-from vitdeploy.files.outputs import TRITON, check_output_folder
+from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, external_data_path
+from vitdeploy.files.outputs import TRITON, check_output_folder, files_below
 from vitdeploy.requests import MAX_QUEUE_DELAY_MS, TRITON_MAX_BATCH, TritonOptions
 from vitdeploy.runtimes import open_to_read
 from vitdeploy.serving import kserve, triton_model
@@ -45,6 +45,8 @@ BENCH_VARIANT = {"cpu": "ort-cpu", "gpu": "ort-cuda"}
 # A name Triton, a file system and a URL path all take as it is.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 LABELS_FILE = "labels.txt"
+# What write_model_folder writes into <out>/<name>/: a folder holding anything else is not replaced.
+MODEL_FOLDER_FILE = re.compile(r"config\.pbtxt|labels\.txt|1/model\.onnx|1/[^/]+\.onnx\.data")
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.01-py3"
 # The PyPI wheel that holds a tritonserver with the Python backend (README, docs/serve.md, .ci/run)
 PYTRITON_VERSION, PYTRITON_SERVER = "0.7.0", "2.51"
@@ -307,6 +309,11 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
     model_dir = out / name
     if model_dir.exists() and not (model_dir / "config.pbtxt").is_file():
         raise ConfigError(f"{model_dir} exists and is not a Triton model folder; choose another --out or --name")
+    added = ([name for name in files_below(model_dir) if not MODEL_FOLDER_FILE.fullmatch(name)]
+             if model_dir.is_dir() else [])
+    if added:  # the folder is replaced whole: never over files vitdeploy did not write, --force or not
+        raise InputError(f"{model_dir} holds files vitdeploy triton did not write: {', '.join(added[:5])}; move them "
+                         "or choose another --out or --name")
     readme = repository_readme(name, info, config, out) + kserve.readme_section(
         name, service, options.storage_uri is None, OUTPUT_NAME)
     # The model folder is written and checked under a temporary name, then renamed over the old one: Triton (or a
@@ -333,7 +340,7 @@ def write_model_folder(folder: Path, model: Path, labels: list[str], config_text
         shutil.copyfile(model, folder / "1" / "model.onnx")
         if python_model:
             shutil.copyfile(triton_model.__file__, folder / "1" / "model.py")
-        external = model.with_name(model.name + ".data")
+        external = external_data_path(model)
         if external.is_file():  # the graph names its weights file; it keeps its name beside the copy
             shutil.copyfile(external, folder / "1" / external.name)
         (folder / LABELS_FILE).write_text("".join(label + "\n" for label in labels), encoding="utf-8")

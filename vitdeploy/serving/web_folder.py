@@ -14,7 +14,7 @@
 
 The folder is staged beside OUT and renamed into place. OUT follows outputs.py's rule: new, empty, or a folder this
 command wrote (its .vitdeploy marker says "web"), which is then replaced; with --force, a folder of other files,
-which are kept.
+which are kept (and no marker: the folder stays the user's).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from vitdeploy.files.discovery import resolve_model
 from vitdeploy.files.onnx_file import OnnxModelInfo, parse_metadata
 from vitdeploy.files.onnx_wire import metadata_props_from_bytes
 from vitdeploy.files.outputs import (
+    MARKER,
     FolderKind,
     check_output_folder,
     entries,
@@ -68,7 +69,7 @@ def write_web_folder(model: Path | None, out: Path, force: bool = False) -> WebF
     metadata = metadata_props_from_bytes(data)
     info = parse_metadata(path, metadata)
     check_variant(path, metadata, "wasm", info.precision)
-    check_output_folder(out, WEB, force=force)
+    out = check_output_folder(out, WEB, force=force)
     dist = toolchain.ensure_ort_web()
     out.parent.mkdir(parents=True, exist_ok=True)
     with reported_as(out), tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
@@ -121,10 +122,11 @@ def _write_json(path: Path, obj: object) -> None:
 
 
 def _place(stage: Path, out: Path, staging: Path) -> None:
-    """Rename the staged folder into place; a previous web folder goes into the staging area (removed with it). A
-    folder of other files (--force) keeps them: the folder's files are moved in beside them, replacing namesakes."""
+    """Rename the staged folder into place; a previous web folder (every file in it one this command wrote) goes into
+    the staging area (removed with it). A folder of other files (--force) keeps them: the folder's files are moved
+    in beside them, replacing namesakes, and no marker: it stays the user's folder, never replaced whole later."""
     if out.is_dir() and entries(out) and not WEB.recognise(out):
-        for file in sorted(p for p in stage.rglob("*") if p.is_file()):
+        for file in sorted(p for p in stage.rglob("*") if p.is_file() and p.name != MARKER):
             target = out / file.relative_to(stage)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(file, target)

@@ -8,6 +8,7 @@ shared with verify and predict), and `train_batch(indices, epoch)` with augmenta
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -57,11 +58,24 @@ class TrainingData:
 
 def digit_images() -> tuple[list[Image.Image], np.ndarray]:
     """The 1,797 real 8x8 handwritten digits shipped with scikit-learn, as 8-bit RGB images (white on black)."""
-    from sklearn.datasets import load_digits
+    intensities, targets = _digits_table()
+    gray = np.rint(intensities * (255.0 / 16.0)).astype(np.uint8)  # sklearn stores 0..16 intensities
+    return [Image.fromarray(g, "L").convert("RGB") for g in gray], targets
 
-    digits = load_digits()
-    gray = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)  # sklearn stores 0..16 intensities
-    return [Image.fromarray(g, "L").convert("RGB") for g in gray], digits.target.astype(np.int64)
+
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """(1797, 8, 8) intensities 0..16 and the labels, read from the file scikit-learn ships: importing sklearn
+    (and the SciPy it loads) costs seconds of every train, verify and predict, the file 0.1 s. load_digits()
+    reads the same file; it is the fallback should a release move it."""
+    found = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    shipped = Path(found.origin).parent / "datasets" / "data" / "digits.csv.gz" if found and found.origin else None
+    if shipped is None or not shipped.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target.astype(np.int64)
+    table = np.loadtxt(shipped, delimiter=",")  # one row per image: 64 intensities, then the label
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
 def digits_split(n: int, val_fraction: float, split_seed: int = DIGITS_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:

@@ -77,3 +77,18 @@ def distributed(device_request: str) -> Iterator[Processes]:
         yield Processes(resolve_device(device_request, local_rank), dist.get_rank(), dist.get_world_size())
     finally:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `count` inside the block and restored after it; unchanged for None or when
+    the user set OMP_NUM_THREADS (as torchrun does: one thread per process)."""
+    if count is None or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

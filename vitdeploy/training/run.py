@@ -11,6 +11,7 @@ makes `--resume` continue bit-for-bit where a run stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import shlex
 import time
@@ -24,6 +25,8 @@ import torch
 from vitdeploy.core import provenance
 from vitdeploy.core.config import (
     DEFAULT_MODELS_DIR,
+    DEFAULT_PRESET,
+    PRESETS,
     RunPlan,
     TrainConfig,
     config_diff,
@@ -45,7 +48,7 @@ from vitdeploy.model.vit import VisionTransformer, build_model
 from vitdeploy.requests import TrainRequest
 from vitdeploy.training import finetune
 from vitdeploy.training.data import TrainingData, load_training_data
-from vitdeploy.training.distributed import Processes, distributed
+from vitdeploy.training.distributed import Processes, distributed, intra_op_threads
 from vitdeploy.training.engine import (
     EpochResult,
     MixedPrecision,
@@ -92,7 +95,7 @@ def plan_run(request: TrainRequest) -> RunPlan:
                                    ("lr", request.lr), ("seed", request.seed)) if v is not None}
     if request.init is not None:
         return finetune.plan_init(request, overrides)
-    preset = get_preset(request.preset or "digits")
+    preset = get_preset(request.preset or DEFAULT_PRESET)
     train_cfg = dataclasses.replace(preset.train, **overrides)
     model_cfg = preset.model
     if request.image_size:
@@ -100,7 +103,7 @@ def plan_run(request: TrainRequest) -> RunPlan:
     spec = preset.preprocess_spec(model_cfg.image_size)
     out = request.out or DEFAULT_MODELS_DIR / (request.data.resolve().name if request.data else preset.name)
     _check_train_config(train_cfg)
-    return RunPlan(preset.name, model_cfg, train_cfg, spec, request.data, Path(out))
+    return RunPlan(preset.name, model_cfg, train_cfg, spec, request.data, Path(out), threads=preset.threads)
 
 
 def _plan_resume(request: TrainRequest) -> RunPlan:
@@ -133,8 +136,9 @@ def _plan_resume(request: TrainRequest) -> RunPlan:
         )
     run_dir = Path(request.out) if request.out else Path(request.resume).resolve().parent
     data = Path(saved["data"]) if saved.get("data") else None
-    return RunPlan(saved.get("preset", "custom"), info.model, info.train, info.preprocess, data, run_dir,
-                   saved.get("init"))
+    preset_name = saved.get("preset", "custom")
+    threads = PRESETS[preset_name].threads if preset_name in PRESETS else None
+    return RunPlan(preset_name, info.model, info.train, info.preprocess, data, run_dir, saved.get("init"), threads)
 
 
 def _check_out(plan: RunPlan, request: TrainRequest) -> None:
@@ -285,17 +289,23 @@ class RunBundles:
         return BundleInfo(
             model=self.model.cfg, preprocess=plan.spec, labels=self.data.labels, train=plan.train, metrics=metrics,
             dataset=self.data.info,
-            provenance={
-                "created_at": provenance.now_iso(),
-                "versions": provenance.package_versions(("torch", "numpy", "pillow", "scikit-learn")),
-                "git_commit": provenance.git_commit(),
-                "seed": plan.train.seed,
-                "device": str(self.procs.device),
-                "processes": self.procs.world,
-                "run": {"preset": plan.preset, "data": str(plan.data.resolve()) if plan.data else None,
-                        "init": plan.init, "token_merging": _merging(self.model)},
-            },
+            provenance={"created_at": provenance.now_iso(), **self._origin},
         )
+
+    @functools.cached_property
+    def _origin(self) -> dict[str, Any]:
+        """What every save of the run records the same: looked up once (package versions and the git commit
+        cost ~20 ms a save, two saves an epoch)."""
+        plan = self.plan
+        return {
+            "versions": provenance.package_versions(("torch", "numpy", "pillow", "scikit-learn")),
+            "git_commit": provenance.git_commit(),
+            "seed": plan.train.seed,
+            "device": str(self.procs.device),
+            "processes": self.procs.world,
+            "run": {"preset": plan.preset, "data": str(plan.data.resolve()) if plan.data else None, "init": plan.init,
+                    "token_merging": _merging(self.model)},
+        }
 
 
 def _merging(model: VisionTransformer) -> dict[str, Any] | None:
@@ -316,7 +326,7 @@ def train(request: TrainRequest) -> TrainResult:
     module's logger and the progress bar to stderr, from the main process only."""
     plan = plan_run(request)
     _check_out(plan, request)
-    with distributed(request.device) as procs:
+    with distributed(request.device) as procs, intra_op_threads(plan.threads):
         return _train(plan, request, procs)
 
 
@@ -342,7 +352,12 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes) -> TrainResul
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg))
     if request.resume is not None:
         state.restore(optimizer, scheduler)
-        say("resuming %s at epoch %d, step %d", request.resume, state.epoch + 1, state.step_in_epoch)
+        if state.epoch >= cfg.epochs:  # the loop below runs no epoch: nothing is trained or written
+            say("nothing left to train: %s finished all %d epochs of its run (nothing was changed); to train it "
+                "further, start a new run from its weights: vitdeploy train --init %s --epochs N --out NEW_FOLDER",
+                request.resume, cfg.epochs, shlex.quote(str(request.resume)))
+        else:
+            say("resuming %s at epoch %d, step %d", request.resume, state.epoch + 1, state.step_in_epoch)
     trained = procs.wrap(model)
     precision = MixedPrecision(procs.device)
     bundles = RunBundles(plan, data, procs, model, optimizer, scheduler)

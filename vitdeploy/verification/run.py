@@ -166,6 +166,10 @@ def verify(
     path = Path(model_path) if model_path is not None else find_latest_bundle() / DEFAULT_FILE_NAME
     if model_path is None and not path.is_file():
         raise ModelFileError(f"{path}: no such model file; export the bundle first: vitdeploy export")
+    if path.is_dir():
+        inside = path / DEFAULT_FILE_NAME
+        raise ModelFileError(f"{path} is a folder; verify takes the model file" + (
+            f": {inside}" if inside.is_file() else ", e.g. vitdeploy export's model.onnx"))
     proto, meta = load_onnx(path)
     bundle_dir = Path(bundle) if bundle is not None else _bundle_for(path, meta)
     info = read_bundle_info(bundle_dir)

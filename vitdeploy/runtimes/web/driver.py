@@ -17,6 +17,7 @@ import queue
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -44,6 +45,29 @@ WEBGPU_FLAGS = ("--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-ang
 POLL_S = 5.0  # how long the page's api/next waits for a job before it asks again
 STARTUP_TIMEOUT_S = 180.0  # loading a ViT-B file in WebAssembly on 2 busy cores takes tens of seconds
 STOP_TIMEOUT_S = 5.0
+# The watchdog: a small process, in a session of its own (a signal to vitdeploy's group does not reach it), that
+# reads a pipe from vitdeploy. End of file without "closed" first means vitdeploy ended without closing the browser
+# (SIGKILL, SIGTERM, a crash): it ends the browser's process group and removes the profile folder.
+WATCHDOG = """
+import os, shutil, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+group, profile = int(sys.argv[1]), sys.argv[2]
+if sys.stdin.buffer.read() != b"closed":
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            break
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+shutil.rmtree(profile, ignore_errors=True)
+"""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -139,6 +163,15 @@ class _Server(ThreadingHTTPServer):
         self.files = dict(files)
         self.broker = broker
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A page that went away mid-request (the browser closed, a renderer ended) resets its connection: that is
+        how every run ends, not an error to print as a traceback. Anything else is logged as the server's error."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("web server: %s went away: %s", client_address, error)
+        else:
+            log.error("web server: a request from %s failed", client_address, exc_info=error)
+
 
 class Browser:
     """One headless Chromium on one page of a loopback server that serves `files` (URL path -> file or bytes)."""
@@ -157,8 +190,13 @@ class Browser:
             # wrapper script's child), never anything else.
             self.process = subprocess.Popen([executable, *flags, url], stdin=subprocess.DEVNULL,
                                             stdout=browser_log, stderr=browser_log, start_new_session=True)
+        self.watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(self.process.pid), self.profile],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             self.info: dict = self._wait_ready(startup_timeout)
+            # The page's renderer: when it ends (a crash, the OOM killer), the page can never answer again.
+            self.renderers = [pid for pid, args in group_processes(self.process.pid) if "--type=renderer" in args]
         except BaseException:
             self.close()
             raise
@@ -184,6 +222,9 @@ class Browser:
             except concurrent.futures.TimeoutError:
                 if self.process.poll() is not None:
                     raise DeviceError(f"the browser exited ({self.process.returncode}): {self.log_tail()}") from None
+                if self.renderers and not any(_alive(pid) for pid in self.renderers):
+                    raise DeviceError(f"the page's renderer process ended (crashed or killed) during a "
+                                      f"{job.get('op')} job: {self.log_tail()}") from None
                 if deadline is not None and time.monotonic() > deadline:
                     raise DeviceError(f"the page did not answer a {job.get('op')} job in {timeout:.0f} s") from None
 
@@ -201,6 +242,12 @@ class Browser:
         self.server.shutdown()
         self.server.server_close()
         shutil.rmtree(self.profile, ignore_errors=True)
+        if getattr(self, "watchdog", None) is not None and self.watchdog.poll() is None:
+            try:
+                self.watchdog.communicate(b"closed", timeout=STOP_TIMEOUT_S)  # the browser is gone: it only exits
+            except (subprocess.TimeoutExpired, OSError):
+                self.watchdog.kill()
+                self.watchdog.wait()
 
     def __enter__(self) -> Browser:
         return self
@@ -225,6 +272,28 @@ def _end_group(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     process.wait()
+
+
+def group_processes(group: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes in process group `group` (Linux /proc; empty elsewhere)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace")))
+        except (OSError, IndexError, ValueError):
+            continue  # it ended while we looked
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def page_files(assets: Path, dist: Path, model: Path | bytes, names: tuple[str, ...]) -> dict[str, Path | bytes]:
