@@ -35,8 +35,8 @@ BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.S | re.M)
 TIMEOUT_S = 1800  # a guard against a hang, not a speed check
 
 PYPI = "installs from PyPI into an environment; .ci/run installs the deployment, training and dev extras"
-REAL_TRITON = ("a real tritonserver from the nvidia-pytriton wheel (not installed by .ci/run): "
-               "tests/test_serve_triton.py starts it and queries it where it is installed")
+REAL_TRITON = ("a real tritonserver from the nvidia-pytriton wheel, a server that runs until stopped: "
+               "tests/test_triton_server.py starts it (as .ci/run installs it), queries it and stops it")
 QUICKSTART = "the README quickstart: .ci/run runs it exactly as written (a fresh venv, pip install, then the commands)"
 
 
@@ -180,6 +180,15 @@ COMMANDS: dict[str, Entry] = {
     # training.md
     "vitdeploy train": slow(),
     "vitdeploy train --data photos/ --preset vit-ti16": not_here("ViT-Ti/16 at 224 px for 60 epochs: hours on 2 cores"),
+    # docs/token-merging.md: the page's ViT-Ti/16 trained on photo regions; tests/test_tome.py runs each step (export
+    # tome / tome-int8 with the search, --tome-r, verify and bench on the merged file) on a tiny model.
+    **{command: not_here("needs the page's ViT-Ti/16 trained on photo regions (hours on 2 cores); tests/test_tome.py "
+                         "runs the same commands on a tiny model")
+       for command in ("vitdeploy export models/ti16/best --precision tome,tome-int8,ov-tome-int8",
+                       "vitdeploy export models/ti16/best --precision tome --tome-r 8",
+                       "vitdeploy verify models/ti16/best/model.tome.onnx",
+                       "vitdeploy bench models/ti16/best/model.onnx --variants ort-cpu,ov-cpu-int8,ort-cpu-tome,"
+                       "ov-cpu-tome,ov-cpu-tome-int8")},
     "vitdeploy train --resume models/digits/last": fast(),
     "torchrun --nproc_per_node=2 -m vitdeploy train --device cpu": slow(),
     "vitdeploy samples samples/": fast(),
