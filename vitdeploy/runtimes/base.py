@@ -105,6 +105,11 @@ class Session(abc.ABC):
     def release(self) -> None:
         """The runtime's part of close(): drop its session objects (each runtime says which)."""
 
+    @property
+    def graph_precision(self) -> str:
+        """The arithmetic precision of the file's graph (its export record; fp32 for files vitdeploy did not write)."""
+        return file_precision(export_record(self.metadata))
+
     def check_open(self) -> None:
         if getattr(self, "closed", False):
             raise RuntimeError(f"{self.description.label} session on {self.path or 'model bytes'} is closed")
@@ -206,12 +211,7 @@ def check_input_contract(session: Session, info: OnnxModelInfo) -> None:
             problems.append(f"the graph takes {got_channels} input channel(s), the model config {channels}")
         if all(isinstance(d, int) for d in (height, width)) and (height, width) != (size, size):
             problems.append(f"the graph takes {height}x{width} images but its metadata says {size}x{size}")
-    output_shape = next(o for o in session.outputs if o.name == OUTPUT_NAME).shape
-    num_classes = output_shape[-1] if output_shape else None
-    if isinstance(num_classes, int) and num_classes != len(info.labels):
-        problems.append(f"the graph has {num_classes} outputs but {len(info.labels)} labels")
-    if problems:
-        raise ModelFileError(f"{info.path}: " + "; ".join(problems))
+    _refuse(session, info, problems)
 
 
 def check_image_input_contract(session: Session, info: OnnxModelInfo) -> None:
@@ -234,6 +234,11 @@ def check_image_input_contract(session: Session, info: OnnxModelInfo) -> None:
         problems.append(f"input {model_input.name!r} must have 4 dimensions (batch, height, width, channels)")
     elif isinstance(shape[0], int):
         problems.append(f"the batch axis is fixed at {shape[0]} (it must be symbolic)")
+    _refuse(session, info, problems)
+
+
+def _refuse(session: Session, info: OnnxModelInfo, problems: list[str]) -> None:
+    """ModelFileError naming every problem found, the logits' width against the labels included; None if none."""
     output_shape = next(o for o in session.outputs if o.name == OUTPUT_NAME).shape
     num_classes = output_shape[-1] if output_shape else None
     if isinstance(num_classes, int) and num_classes != len(info.labels):

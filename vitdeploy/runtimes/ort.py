@@ -33,8 +33,6 @@ from vitdeploy.runtimes.base import (
     SessionOptions,
     TensorSpec,
     check_model_file,
-    export_record,
-    file_precision,
 )
 
 if TYPE_CHECKING:
@@ -309,7 +307,7 @@ class OrtSession(Session):
         self.inputs = [_tensor(i) for i in self.session.get_inputs()]
         self.outputs = [_tensor(o) for o in self.session.get_outputs()]
         self.description = Description(NAME, DEVICE_OF_PROVIDER.get(provider, provider), provider,
-                                       file_precision(export_record(self.metadata)))
+                                       self.graph_precision)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.check_open()

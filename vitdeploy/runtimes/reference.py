@@ -27,8 +27,6 @@ from vitdeploy.runtimes.base import (
     SessionOptions,
     TensorSpec,
     check_model_file,
-    export_record,
-    file_precision,
 )
 
 NAME = "reference"
@@ -72,7 +70,7 @@ class ReferenceSession(Session):
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.inputs = [_tensor(v) for v in proto.graph.input]
         self.outputs = [_tensor(v) for v in proto.graph.output]
-        precision = file_precision(export_record(self.metadata))
+        precision = self.graph_precision
         self.description = Description(NAME, "cpu", PROVIDER, precision)
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -34,7 +34,6 @@ from vitdeploy.runtimes.base import (
     SessionOptions,
     TensorSpec,
     check_model_file,
-    export_record,
 )
 from vitdeploy.runtimes.web import toolchain
 from vitdeploy.runtimes.web.driver import Browser, page_files
@@ -74,7 +73,7 @@ class WebSession(Session):
             self.metadata = metadata_props_from_bytes(data)
         except ValueError:
             raise ModelFileError(f"{name} is not an ONNX model (it does not parse)") from None
-        precision = str(export_record(self.metadata).get("precision", "fp32"))
+        precision = self.graph_precision
         check_variant(name, self.metadata, device, precision)
         executable = toolchain.find_browser()
         if executable is None:
