@@ -1049,3 +1049,32 @@ def test_bench_never_builds_an_int8_bf16_file_on_a_cpu_without_bf16():
     assert "bf16" in (bench_problem(VARIANTS["ov-cpu-int8-bf16"], ice_lake) or "")
     assert bench_problem(VARIANTS["ov-cpu-int8"], ice_lake) is None
     assert bench_problem(VARIANTS["ov-cpu-int8-bf16"], fake_machine("amx")) is None
+
+def test_a_page_that_stops_claiming_jobs_is_a_device_error_in_seconds(monkeypatch, tmp_path):
+    """Finding 5's silent page: a browser that is alive but whose page never takes the job from api/next (a hung
+    script, a frozen tab) fails the call once the job has waited two polls unclaimed, instead of hanging."""
+    import time
+
+    from vitdeploy.errors import DeviceError
+    from vitdeploy.runtimes.web import driver
+
+    monkeypatch.setattr(driver, "CLAIM_TIMEOUT_S", 1.0)
+
+    class AliveProcess:
+        returncode = None
+
+        def poll(self) -> None:
+            return None
+
+    browser = driver.Browser.__new__(driver.Browser)  # the parts call() reads, without starting Chromium
+    browser.broker, browser.process, browser.renderers = driver._Broker(), AliveProcess(), []
+    browser.log_path = tmp_path / "browser.log"
+    started = time.monotonic()
+    with pytest.raises(DeviceError, match="stopped asking for work: a run job waited 1 s unclaimed"):
+        browser.call({"op": "run"})
+    assert time.monotonic() - started < 10
+
+    # The page taking a job from api/next is what marks it claimed (then only the call's own timeout ends the wait).
+    job_id, _ = browser.broker.submit({"op": "warm"}, None)
+    taken = [json.loads(browser.broker.next_job()[1])["id"] for _ in range(2)]  # the stale run job, then this one
+    assert taken[-1] == job_id and job_id in browser.broker.claimed

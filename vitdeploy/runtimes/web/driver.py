@@ -45,6 +45,9 @@ WEBGPU_FLAGS = ("--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-ang
 POLL_S = 5.0  # how long the page's api/next waits for a job before it asks again
 STARTUP_TIMEOUT_S = 180.0  # loading a ViT-B file in WebAssembly on 2 busy cores takes tens of seconds
 STOP_TIMEOUT_S = 5.0
+# A live page claims a job within POLL_S (it is always waiting in api/next between jobs); one that has not claimed
+# it after two polls is hung or frozen (a script stuck in a loop, a tab the browser stopped) and never will.
+CLAIM_TIMEOUT_S = 2 * POLL_S + 5.0
 # The watchdog: a small process, in a session of its own (a signal to vitdeploy's group does not reach it), that
 # reads a pipe from vitdeploy. End of file without "closed" first means vitdeploy ended without closing the browser
 # (SIGKILL, SIGTERM, a crash): it ends the browser's process group and removes the profile folder.
@@ -116,22 +119,24 @@ class _Broker:
         self.blobs: dict[str, bytes] = {}
         self.pending: dict[str, concurrent.futures.Future] = {}
         self.ready: concurrent.futures.Future = concurrent.futures.Future()
+        self.claimed: set[str] = set()  # the jobs the page has taken from api/next
         self._ids = itertools.count(1)
 
-    def submit(self, job: dict, blob: bytes | None) -> concurrent.futures.Future:
+    def submit(self, job: dict, blob: bytes | None) -> tuple[str, concurrent.futures.Future]:
         job_id = str(next(self._ids))
         future: concurrent.futures.Future = concurrent.futures.Future()
         self.pending[job_id] = future
         if blob is not None:
             self.blobs[job_id] = blob
         self.jobs.put({**job, "id": job_id})
-        return future
+        return job_id, future
 
     def next_job(self) -> tuple[int, bytes, str]:
         try:
             job = self.jobs.get(timeout=POLL_S)
         except queue.Empty:
             return 204, b"", "application/json"
+        self.claimed.add(job["id"])
         return 200, json.dumps(job).encode(), "application/json"
 
     def blob(self, job_id: str) -> bytes:
@@ -214,8 +219,9 @@ class Browser:
 
     def call(self, job: dict, blob: bytes | None = None, timeout: float | None = None) -> tuple[dict, bytes]:
         """Run one job on the page; its header and binary body. PageError when the page reports an error."""
-        future = self.broker.submit(job, blob)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        job_id, future = self.broker.submit(job, blob)
+        submitted = time.monotonic()
+        deadline = None if timeout is None else submitted + timeout
         while True:
             try:
                 return future.result(timeout=0.5)
@@ -225,6 +231,10 @@ class Browser:
                 if self.renderers and not any(_alive(pid) for pid in self.renderers):
                     raise DeviceError(f"the page's renderer process ended (crashed or killed) during a "
                                       f"{job.get('op')} job: {self.log_tail()}") from None
+                if job_id not in self.broker.claimed and time.monotonic() - submitted > CLAIM_TIMEOUT_S:
+                    raise DeviceError(f"the page stopped asking for work: a {job.get('op')} job waited "
+                                      f"{CLAIM_TIMEOUT_S:.0f} s unclaimed (its script is hung or the browser froze "
+                                      f"it): {self.log_tail()}") from None
                 if deadline is not None and time.monotonic() > deadline:
                     raise DeviceError(f"the page did not answer a {job.get('op')} job in {timeout:.0f} s") from None
 
