@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import click
 import typer
 import typer.core
 from rich.console import Console
@@ -32,7 +31,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def _flag_type(self: typer.core.TyperOption, ctx: click.Context) -> str | None:
+def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:  # ctx: typer's click context
     """typer renders a flag's type as <bool> in --help, which reads as if the flag took a value (`--json true`):
     a flag shows no type."""
     return None if self.is_flag else _option_type(self, ctx)
