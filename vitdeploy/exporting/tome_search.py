@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +33,6 @@ from vitdeploy.core.flops import count_macs
 from vitdeploy.errors import ConfigError
 from vitdeploy.runtimes import open_runtime
 
-if TYPE_CHECKING:
-    import onnx
 
 # The builders (exporting.graphs) call this module with their VariantSource and, for tome-int8, the int8 builder;
 # it returns what they wrap, so that it never imports them back. Quantize: VariantSource -> BuiltGraph.

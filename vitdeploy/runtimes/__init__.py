@@ -42,9 +42,17 @@ from vitdeploy.runtimes.registry import (
     this_machine,
 )
 
+# What `vitdeploy web`'s static folder shares with the web runtime: the page's files, the browser toolchain that
+# fetches onnxruntime-web, and the checks a file must pass to run in a browser (the folder imports no runtime module).
+from vitdeploy.runtimes.web import toolchain as web_toolchain  # noqa: E402
+from vitdeploy.runtimes.web.limits import ASSETS as WEB_ASSETS  # noqa: E402
+from vitdeploy.runtimes.web.limits import check_variant as check_web_variant  # noqa: E402
+from vitdeploy.runtimes.web.limits import check_web_file, check_web_size  # noqa: E402
+
 __all__ = [
     "RUNTIMES", "Description", "Machine", "PrecisionError", "RuntimeOffer", "RuntimeSpec", "RuntimeStatus",
     "Session", "TensorSpec", "assume", "export_record", "foreign_setting", "install_command", "installed_runtimes", "open_runtime",
     "open_to_read", "parse_runtimes", "read_model_info", "runtime_for_file", "runtime_spec", "runtime_specs",
-    "runtime_status", "select_runtimes", "short_provider_name", "this_machine",
+    "runtime_status", "select_runtimes", "short_provider_name", "this_machine", "WEB_ASSETS", "check_web_file",
+    "check_web_size", "check_web_variant", "web_toolchain",
 ]

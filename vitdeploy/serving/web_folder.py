@@ -42,8 +42,10 @@ from vitdeploy.files.outputs import (
     write_marker,
 )
 from vitdeploy.runtimes.base import check_model_file
-from vitdeploy.runtimes.web import toolchain
-from vitdeploy.runtimes.web.limits import ASSETS, check_variant, check_web_file, check_web_size
+from vitdeploy.runtimes import WEB_ASSETS as ASSETS
+from vitdeploy.runtimes import check_web_file, check_web_size
+from vitdeploy.runtimes import check_web_variant as check_variant
+from vitdeploy.runtimes import web_toolchain as toolchain
 
 PAGE_FILES = ("index.html", "vitdeploy.js", "serve.py")
 WEB_KIND = "web"  # the kind in the folder's .vitdeploy marker (outputs.py's rule for -o)
