@@ -3,6 +3,7 @@
 Test models are tiny: one intra-op thread is as fast as two for them and, on a shared 2-core machine, keeps them
 from spinning against each other's threads. Subprocesses inherit the variable."""
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -71,3 +72,28 @@ def dynamic_int8_onnx(tiny_onnx: Path, tmp_path_factory) -> Path:
     from builders import dynamic_int8_onnx as build
 
     return build(tiny_onnx, tmp_path_factory.mktemp("int8-dynamic") / "tiny.int8.onnx")
+
+
+@pytest.fixture(scope="session")
+def tome_export(tmp_path_factory):
+    """A tiny random-weights bundle on the digits (16 px: 16 patches, 10 classes) exported with the token merging
+    variants tome and tome-int8 at r = 2 (17 -> 15 -> 13 tokens), under a gate that lets anything through: these
+    files are for checking how they are built and run, not a random model's accuracy. (bundle, ExportResult),
+    shared read-only."""
+    from builders import TINY
+
+    from vitdeploy.exporting.exporter import export_onnx
+    from vitdeploy.exporting.gate import AccuracyGate
+    from vitdeploy.training.data import DIGITS_NAME
+
+    digits = {"source": DIGITS_NAME, "split": "seeded-permutation", "split_seed": 0, "val_fraction": 0.2}
+    bundle = make_bundle(tmp_path_factory.mktemp("tome") / "b", dataclasses.replace(TINY, num_classes=10),
+                         dataset=digits)
+    let_through = AccuracyGate(max_accuracy_drop=100.0, min_top1_agreement=0.0)
+    return bundle, export_onnx(bundle, variants=["tome", "tome-int8"], gate=let_through, tome_r=2)
+
+
+@pytest.fixture(scope="session")
+def tome_onnx(tome_export) -> Path:
+    """tome_export's merged fp32 file (model.tome.onnx, r = 2 in both blocks, labels "0".."9"), shared read-only."""
+    return next(v.path for v in tome_export[1].variants if v.variant == "tome")

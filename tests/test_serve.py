@@ -5,6 +5,7 @@ serving, and Ctrl-C / SIGTERM draining requests in flight before exiting 0."""
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +221,41 @@ def test_sixteen_concurrent_clients_are_batched_and_no_request_is_lost(server, s
     assert sum(size * count for size, count in new.items()) == clients * per_client
     assert max(new) > 1, f"no batching under {clients} concurrent clients: batch sizes run {new}"
     assert max(new) <= MAX_BATCH
+
+
+def test_a_merged_file_is_served_like_any_other_and_batching_does_not_change_its_answers(
+        tome_onnx: Path, image_files: list[Path]) -> None:
+    """Token merging (model.tome.onnx) is an ordinary graph: concurrent requests batched together get each image's
+    own answer (merging never mixes the images of a batch), and /classify gives predict's labels, on both runtimes."""
+    import vitdeploy
+    from vitdeploy.runtimes import open_runtime
+
+    expected_rows = vitdeploy.predict(image_files, model=tome_onnx, device="cpu", threads=1, top_k=3).rows
+    inputs = np.random.default_rng(2).standard_normal((12, 1, 3, 16, 16)).astype(np.float32)
+    runtimes = ["ort"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for runtime in runtimes:
+        alone = open_runtime(runtime, tome_onnx, "cpu")
+        expected = np.concatenate([alone.run(x) for x in inputs])  # each image in a batch of its own
+        with running_server(tome_onnx, DEADLINE_S, runtime=runtime, max_batch_size=MAX_BATCH,
+                            max_queue_delay_ms=50) as served:
+            def infer(i: int) -> np.ndarray:
+                status, headers, content = request(served, "POST", "/v2/models/model.tome/infer",
+                                                   *build_infer_request(inputs[i]))
+                assert status == 200, content
+                return parse_infer_response(content, headers.get(HEADER_LENGTH.lower()))
+
+            with ThreadPoolExecutor(len(inputs)) as pool:
+                answers = np.concatenate(list(pool.map(infer, range(len(inputs)))))
+            ran = {b["batch_size"] for b in stats_of(served, "model.tome")["batch_stats"]}
+            form, content_type = multipart(image_files)
+            status, _, body = request(served, "POST", "/classify?top_k=3", form, {"Content-Type": content_type})
+        # the same arithmetic on other batch sizes; merging picks the same tokens (fp32 tolerance)
+        np.testing.assert_allclose(answers, expected, rtol=0, atol=1e-5, err_msg=runtime)
+        assert max(ran) > 1, f"{runtime}: no request shared a batch: {ran}"
+        assert status == 200, body
+        rows = json.loads(body)["predictions"]
+        assert [[t["label"] for t in r["top_k"]] for r in rows] == \
+            [[t["label"] for t in r["top_k"]] for r in expected_rows], runtime
 
 
 def test_the_default_largest_batch_is_the_one_measured_for_the_device(tiny_onnx: Path) -> None:

@@ -330,6 +330,41 @@ def test_model_py_runs_each_batch_once_and_hands_every_request_its_own_rows(pyth
     assert "ZeroDivisionError" in str(failed[0].error)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_a_merged_file_gets_a_repository_like_any_other_and_model_py_gives_each_image_its_own_answer(
+        tome_onnx: Path, tmp_path: Path, backend: str, monkeypatch) -> None:
+    """Token merging (model.tome.onnx) is an ordinary graph with a symbolic batch axis and batch-independent
+    answers: dynamic batching stays on, and model.py's batch of several requests gives each image the logits it
+    gets alone."""
+    import numpy as np
+
+    from vitdeploy.runtimes import open_runtime
+    from vitdeploy.serving import triton_model
+
+    result = runner.invoke(app, ["triton", str(tome_onnx), "--out", str(tmp_path / "repo"), "--backend", backend])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "repo" / "model.tome"
+    config, _ = parse_config(folder / "config.pbtxt")
+    assert config.WhichOneof("scheduling_choice") == "dynamic_batching" and config.max_batch_size == 32
+    assert (list(config.input[0].dims), list(config.output[0].dims)) == ([3, 16, 16], [10])
+    assert (folder / "1" / "model.onnx").read_bytes() == tome_onnx.read_bytes()
+    assert (folder / "labels.txt").read_text().splitlines() == [str(i) for i in range(10)]
+    if backend == "onnxruntime":
+        return
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", FakeBackendUtils())
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    model = triton_model.TritonPythonModel()
+    model.initialize({"model_config": json.dumps({"input": [{"name": "pixel_values"}], "output": [{"name": "logits"}],
+                                                  "parameters": {"runtime": {"string_value": "ort"}}}),
+                      "model_repository": str(folder), "model_version": "1"})
+    rng = np.random.default_rng(3)
+    requests = [{"pixel_values": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)} for n in (1, 3, 2)]
+    rows = np.concatenate([r.output_tensors[0].array for r in model.execute(requests)])
+    alone = open_runtime(None, tome_onnx, "cpu")
+    expected = np.concatenate([alone.run(x[None]) for r in requests for x in r["pixel_values"]])
+    np.testing.assert_allclose(rows, expected, rtol=0, atol=1e-5)
+
+
 def test_only_numpys_report_on_a_capsule_the_stub_renamed_is_dropped(monkeypatch) -> None:
     """Triton's stub renames a DLPack capsule it consumed "used_dlpack" (the standard says "used_dltensor"); numpy's
     capsule destructor then reports an error through sys.unraisablehook. model.py drops that report, no other."""

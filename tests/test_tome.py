@@ -142,12 +142,9 @@ def test_exported_merging_matches_pytorch_at_other_batch_sizes(model, images, ex
 
 
 @pytest.fixture(scope="module")
-def digits_tiny(tmp_path_factory):
-    """A tiny random-weights bundle on the digits (16 patches), exported with tome at r=2 and tome-int8."""
-    cfg = ModelConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=10)
-    bundle = make_bundle(tmp_path_factory.mktemp("tome") / "b", cfg, dataset=DIGITS)
-    result = exporter.export_onnx(bundle, variants=["tome", "tome-int8"], gate=ANY, tome_r=2)
-    return bundle, result
+def digits_tiny(tome_export):
+    """A tiny random-weights bundle on the digits (16 patches), exported with tome at r=2 and tome-int8 (conftest)."""
+    return tome_export
 
 
 def test_tome_variant_records_its_merging_and_passes_verify_and_predict(digits_tiny, tmp_path):

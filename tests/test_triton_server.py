@@ -99,17 +99,21 @@ def images(tmp_path_factory) -> list[Path]:
     return paths
 
 
-# The models the test repository holds, by the runtime model.py opens them with: "tiny" as written (the file's own
-# runtime, ONNX Runtime), "tiny-openvino" the same file with config.pbtxt's runtime parameter set to OpenVINO.
-MODELS = {"tiny": "ort", "tiny-openvino": "openvino"} if importlib.util.find_spec("openvino") else {"tiny": "ort"}
+# The models the test repository holds: name -> (file, the runtime model.py opens it with). "tiny" as written (the
+# file's own runtime, ONNX Runtime), "tiny-openvino" the same file with config.pbtxt's runtime parameter set to
+# OpenVINO, "tome" the token merging variant (model.tome.onnx), an ordinary graph served like any other.
+MODELS = {"tiny": ("tiny", "ort"), "tome": ("tome", "ort")}
+if importlib.util.find_spec("openvino"):
+    MODELS["tiny-openvino"] = ("tiny", "openvino")
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_onnx: Path, tmp_path_factory) -> Path:
+def repository(tiny_onnx: Path, tome_onnx: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("triton-python-repo") / "repo"
-    for name, runtime in MODELS.items():
-        write_triton_repository(tiny_onnx, out, TritonOptions(name=name, backend="python", max_batch_size=8,
-                                                              max_queue_delay_ms=QUEUE_DELAY_MS))
+    files = {"tiny": tiny_onnx, "tome": tome_onnx}
+    for name, (file, runtime) in MODELS.items():
+        write_triton_repository(files[file], out, TritonOptions(name=name, backend="python", max_batch_size=8,
+                                                                max_queue_delay_ms=QUEUE_DELAY_MS))
         config = out / name / "config.pbtxt"
         config.write_text(config.read_text().replace('string_value: "ort"', f'string_value: "{runtime}"'))
     return out
@@ -175,12 +179,15 @@ def test_the_real_server_answers_as_predict_over_http_and_grpc(triton: RunningTr
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    model = repository / "tiny" / "1" / "model.onnx"
-    labels = (repository / "tiny" / "labels.txt").read_text().splitlines()
-    predicted = predicted_labels(model, images, tmp_path)
     http = httpclient.InferenceServerClient(triton.http_url)
     grpc = grpcclient.InferenceServerClient(triton.grpc_url)
-    for name, runtime in MODELS.items():
+    predicted_by_file: dict[str, list[str]] = {}
+    for name, (file, runtime) in MODELS.items():
+        model = repository / name / "1" / "model.onnx"
+        labels = (repository / name / "labels.txt").read_text().splitlines()
+        if file not in predicted_by_file:
+            predicted_by_file[file] = predicted_labels(model, images, tmp_path)
+        predicted = predicted_by_file[file]
         pixels, expected = reference(model, images, runtime)  # predict's answer on the runtime model.py uses
         assert [labels[i] for i in expected.argmax(axis=1)] == predicted
         metadata = http.get_model_metadata(name)
@@ -199,17 +206,19 @@ def test_the_real_server_answers_as_predict_over_http_and_grpc(triton: RunningTr
     assert "Traceback" not in triton.log.read_text()  # nothing went wrong quietly inside the stub
 
 
+@pytest.mark.parametrize("name", ["tiny", "tome"])
 def test_concurrent_requests_are_batched_by_the_server(triton: RunningTriton, repository: Path,
-                                                       images: list[Path]) -> None:
+                                                       images: list[Path], name: str) -> None:
+    """Requests batched together get their own answers: for the merged file too (merging never mixes images)."""
     import tritonclient.http as httpclient
 
-    pixels, expected = reference(repository / "tiny" / "1" / "model.onnx", images)
+    pixels, expected = reference(repository / name / "1" / "model.onnx", images)
 
     def one(i: int) -> float:
         client = httpclient.InferenceServerClient(triton.http_url)
         tensor = httpclient.InferInput("pixel_values", [1, *pixels.shape[1:]], "FP32")
         tensor.set_data_from_numpy(pixels[i % len(pixels)][None])
-        got = client.infer("tiny", [tensor]).as_numpy("logits")
+        got = client.infer(name, [tensor]).as_numpy("logits")
         client.close()
         return float(np.abs(got[0] - expected[i % len(pixels)]).max())
 
@@ -217,7 +226,7 @@ def test_concurrent_requests_are_batched_by_the_server(triton: RunningTriton, re
         differences = list(pool.map(one, range(48)))
     assert max(differences) <= 1e-5  # a request's answer does not depend on the batch it shared
     client = httpclient.InferenceServerClient(triton.http_url)
-    stats = client.get_inference_statistics("tiny")["model_stats"][0]
+    stats = client.get_inference_statistics(name)["model_stats"][0]
     client.close()
     batches = {entry["batch_size"]: entry["compute_infer"]["count"] for entry in stats["batch_stats"]}
     assert max(batches) > 1, f"no batch of more than one request: {batches}"

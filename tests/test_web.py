@@ -182,6 +182,52 @@ def test_vitdeploy_web_writes_the_folder(tiny_onnx, tmp_path):
     assert (other / "keep.txt").read_text() == "mine" and (other / "ort" / "ort.min.mjs").is_file()
 
 
+@needs_ort_web
+def test_a_merged_file_gets_a_folder_like_any_other_with_predicts_answers(tome_onnx, photos, tmp_path):
+    """Token merging (model.tome.onnx) is an ordinary fp32 graph: `vitdeploy web` takes it, and the folder's
+    image-input graph (onnx/model.onnx, the preprocessing inside) answers as the merged file does on predict's
+    preprocessing."""
+    out = tmp_path / "site"
+    result = runner.invoke(app, ["web", str(tome_onnx), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "model.onnx").read_bytes() == tome_onnx.read_bytes()
+    assert json.loads((out / "config.json").read_text())["id2label"] == {str(i): str(i) for i in range(10)}
+    merged = open_runtime("ort", tome_onnx, device="cpu")
+    raw = open_runtime("ort", out / "onnx" / "model.onnx", device="cpu")
+    assert raw.takes_images
+    for name, data in photos.items():
+        decoded = images.decode_image(name, data=data)
+        expected = merged.run(images.preprocess(decoded, merged.preprocess)[None])
+        got = raw.run(np.asarray(decoded.convert("RGB"), np.float32).transpose(2, 0, 1)[None])  # as transformers.js
+        np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=name)
+
+
+@needs_browser
+@pytest.mark.slow
+def test_a_merged_file_runs_in_the_browser_as_onnx_runtime_runs_it(tome_onnx, photos, tmp_path):
+    """The web runtime (a batch, each image its own answer) and the written folder's vitdeploy.js on a photo."""
+    import onnxruntime as ort
+
+    import vitdeploy
+    from vitdeploy.runtimes.web.driver import Browser
+
+    cpu = ort.InferenceSession(str(tome_onnx), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(5).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    alone = np.concatenate([cpu.run(None, {"pixel_values": x[i:i + 1]})[0] for i in range(len(x))])
+    with open_runtime("web", tome_onnx, device="wasm", threads=1) as session:
+        np.testing.assert_allclose(session.run(x), alone, atol=1e-5)
+    folder = vitdeploy.web(tome_onnx, out=tmp_path / "site")
+    files = {str(p.relative_to(folder.path)): p for p in folder.path.rglob("*") if p.is_file()}
+    files.update({name: web_runtime.ASSETS / name for name in ("harness.html", "harness.js")})
+    with Browser(toolchain.find_browser(), files, "harness.html?threads=1") as browser:
+        _, body = browser.call({"op": "predict", "spec": None}, photos["china.jpg"])
+    logits = np.frombuffer(body, np.float32)[-10:]
+    spec = PreprocessSpec.from_dict(folder_spec(tome_onnx))
+    python = images.preprocess(images.decode_image("china.jpg", data=photos["china.jpg"]), spec)
+    expected = cpu.run(None, {"pixel_values": python[None]})[0][0]
+    assert np.abs(logits - expected).max() <= 1e-5
+
+
 @pytest.mark.parametrize("mode, interpolation, crop, processor, size", [
     ("shorter_side", "bicubic", True, "CLIPImageProcessor", {"shortest_edge": 256}),
     ("stretch", "bilinear", True, "DeiTImageProcessor", {"height": 256, "width": 256}),
