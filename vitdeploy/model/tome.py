@@ -18,7 +18,8 @@ works on r fewer tokens. It needs no training, and it is off unless asked for (`
 
 NOTE for the export: every step is per image (gathers and a scatter along the token axis), so merging never mixes
 the images of a batch; the batch axis stays symbolic. `scatter_reduce(reduce="mean")` has no ONNX form: the merge
-is a sum (ScatterElements, reduction "add", opset 16+) followed by a division. Once r is fixed, the token count of
+is a sum (ScatterElements, reduction "add", opset 16+) followed by a division. No ReduceMean/ReduceMax/ReduceL2
+(see merge_tokens): the dynamo exporter could not take them from opset 18 down to 17. Once r is fixed, the token count of
 every block is a constant, so static-shape builds work too.
 """
 
@@ -110,9 +111,12 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor | None, keys: torch.Tensor,
     if size is None:
         size = torch.ones_like(x[..., :1])  # (B, N, 1)
     dim = x.shape[-1]
-    # 1. the similarity metric: keys averaged over heads, unit length (cosine similarity is then a dot product)
-    metric = keys.mean(dim=1)  # (B, N, d)
-    metric = metric / metric.norm(dim=-1, keepdim=True)
+    # 1. the similarity metric: keys averaged over heads, unit length (cosine similarity is then a dot product).
+    # NOTE: a sum and a square root, not mean() and norm(): ReduceSum's axes are an input from opset 13 on, while
+    # ReduceMean's and ReduceL2's became one at 18, which the dynamo exporter cannot take back down to 17 (it
+    # converts before folding the axes into constants). The scale of the sum drops out with the unit length.
+    metric = keys.sum(dim=1)  # (B, N, d)
+    metric = metric / (metric * metric).sum(dim=-1, keepdim=True).sqrt()
     # 2. the class token is set aside
     cls_x, cls_size = x[:, :1], size[:, :1]
     metric, x, size = metric[:, 1:], x[:, 1:], size[:, 1:]
@@ -120,7 +124,8 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor | None, keys: torch.Tensor,
     metric_a, metric_b = metric[:, ::2], metric[:, 1::2]  # (B, Na, d), (B, Nb, d)
     # 4. each A token's most similar B token
     similarity = metric_a @ metric_b.transpose(-2, -1)  # (B, Na, Nb)
-    best, match = similarity.max(dim=-1)  # (B, Na) each
+    match = similarity.argmax(dim=-1)  # (B, Na); argmax and a gather, not max(): ReduceMax as above
+    best = similarity.gather(-1, match[..., None])[..., 0]
     # 5. the r A tokens with the best matches are merged, the others kept
     order = best.argsort(dim=-1, descending=True)  # (B, Na)
     merged_a, kept_a = order[:, :r], order[:, r:]  # (B, r), (B, Na - r)
