@@ -60,9 +60,10 @@ def build(bundle: Path, work: Path, rs: list[int], search: bool, log: Callable[[
             log(f"r={r}: exported and parity-checked in {time.perf_counter() - started:.0f} s")
         verdicts = {}
         for runtime in ("ort", "openvino"):
-            result = judge(f"r{r}", "fp32", path, data, default_gate, runtime=runtime)
+            result = judge(f"r{r}", "fp32", path, data, default_gate, "cpu", None, runtime=runtime)
             verdicts[runtime] = {"accuracy": result.accuracy, "reference_accuracy": result.reference_accuracy,
                                  "top1_agreement": result.top1_agreement, "accuracy_drop_pt": result.accuracy_drop_pt,
+                                 "max_abs_logit_diff": result.max_abs,
                                  "passed": result.passed, "failures": result.failures(), "images": result.images}
         full = count_macs(info.model).total
         points[f"r{r}"] = {"r": r, "file": str(path.relative_to(work)), "per_block": list(merge.per_block),
@@ -78,7 +79,7 @@ def build(bundle: Path, work: Path, rs: list[int], search: bool, log: Callable[[
             export_onnx(bundle, work / "search" / "model.onnx", variants=["tome"], gate=let_through)
             log(f"search: built in {time.perf_counter() - started:.0f} s")
         merging = _metadata(path)["token_merging"]
-        gate = judge("tome", "fp32", path, data, default_gate, runtime="ort")
+        gate = judge("tome", "fp32", path, data, default_gate, "cpu", None, runtime="ort")
         searched = {"chosen": {k: merging[k] for k in ("r", "first_block", "per_block", "tokens_out", "macs_share")},
                     "search_seconds": merging["seconds"], "curve": merging["curve"],
                     "gate": {"accuracy_drop_pt": gate.accuracy_drop_pt, "top1_agreement": gate.top1_agreement,
