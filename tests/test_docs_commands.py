@@ -122,6 +122,8 @@ COMMANDS: dict[str, Entry] = {
         not_here("ViT-Ti/16 on 224-px photos: hours on 2 cores"),
     "python benchmarks/precision_speed.py /tmp/ti16regions/best --runs 3 --profile": not_here(
         "needs the ViT-Ti/16 run above"),
+    "python benchmarks/avx2_speed.py time --work /tmp/avx2w --isas avx2,native --runs 3": not_here(
+        "needs the ViT-Ti/16 run above, built by avx2_speed.py build; about 30 minutes on 2 cores"),
     # predict.md
     "vitdeploy predict samples/*.png": fast(),
     "vitdeploy predict photos/ --recursive --model models/vit-ti/best/model.onnx --format csv -o predictions.csv":
