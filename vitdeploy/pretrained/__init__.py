@@ -96,18 +96,18 @@ def import_checkpoint(
     if out is not None:
         out = check_output_folder(out, BUNDLE, force=force)
     found = find_source(Path(source), timm_model)
-    checkpoint = read_checkpoint(found.weights, note)
+    checkpoint = read_checkpoint(found.weights, notes.add)
     refuse_unsupported(found.weights, checkpoint.shapes)
-    recipe = (hf_recipe(found, checkpoint.shapes, note) if found.format == HF
-              else timm_recipe(found, checkpoint.shapes, note))
+    recipe = (hf_recipe(found, checkpoint.shapes, notes.add) if found.format == HF
+              else timm_recipe(found, checkpoint.shapes, notes.add))
     check_config_fits(found.weights.parent / "config.json" if found.format == HF else found.weights,
                       checkpoint.shapes, recipe)
-    names = resolve_labels(recipe.labels, Path(labels) if labels else None, recipe.head_classes, note)
+    names = resolve_labels(recipe.labels, Path(labels) if labels else None, recipe.head_classes, notes.add)
     cfg = with_classes(recipe.model, len(names))
     check_tensors(found.weights, checkpoint.shapes, recipe, cfg)
     bundle_dir = Path(out) if out else check_output_folder(DEFAULT_MODELS_DIR / _default_name(found, recipe), BUNDLE,
                                                            force=force)
-    weights = map_weights(checkpoint.tensors(note), recipe, cfg, note)
+    weights = map_weights(checkpoint.tensors(notes.add), recipe, cfg, notes.add)
 
     with torch.random.fork_rng(devices=[]):  # a new head (when there is none) is the same on every import
         torch.manual_seed(0)
@@ -115,8 +115,8 @@ def import_checkpoint(
     model.load_state_dict(weights, strict=recipe.head_classes is not None)
     new_head = recipe.head_classes is None
     if new_head:
-        notes.add(f"the checkpoint has no classifier: a new head for the {len(names)} classes of --labels, randomly "
-             "initialised; fine-tune it with vitdeploy train --init")
+        notes.add(f"the checkpoint has no classifier: a new head for the {len(names)} classes of --labels, "
+                  "randomly initialised; fine-tune it with vitdeploy train --init")
     sha = file_sha256(found.weights)
     info = BundleInfo(
         model=cfg, preprocess=recipe.spec, labels=names,
