@@ -207,11 +207,11 @@ def _hash_fraction(relative: Path) -> float:
 def decode_all(paths: list[Path], workers: int, spec: PreprocessSpec) -> list[Image.Image]:
     """Decode every file or raise DataError naming the unreadable ones (never substitute other samples).
 
-    Decodes exactly as predict does (images.decode_for_preprocess), so held-out evaluation sees the same pixels.
+    Decodes exactly as predict does (images.decode_image), so held-out evaluation sees the same pixels.
     """
     def one(p: Path) -> Image.Image | images.ImageDecodeError:
         try:
-            return images.decode_for_preprocess(p, spec)
+            return images.decode_image(p)
         except images.ImageDecodeError as e:
             return e
 
