@@ -33,6 +33,10 @@ def export(
                            "clients that cannot reproduce Pillow (Triton, KServe, Java, C++, phones); gated on "
                            "held-out images at many sizes.")
     ] = ExportRequest.image_input,
+    image_layout: Annotated[
+        str, typer.Option(help="--image-input's input: nhwc (uint8 [batch, height, width, channels], as Pillow, "
+                          "OpenCV and sharp decode) or nchw (uint8 [batch, channels, height, width], planar).")
+    ] = ExportRequest.image_layout,
     precision: Annotated[
         Optional[list[str]],
         typer.Option(help=precision_help()),
@@ -76,7 +80,8 @@ def export(
     from vitdeploy.errors import ParityError
 
     request = ExportRequest(bundle=bundle, out=out, opset=opset, verify=verify, optimize=optimize,
-                            image_input=image_input, precision=tuple(precision or ExportRequest.precision),
+                            image_input=image_input, image_layout=image_layout,
+                            precision=tuple(precision or ExportRequest.precision),
                             max_accuracy_drop=max_accuracy_drop, int8_method=int8_method, exporter=exporter,
                             tome_r=tome_r)
     try:

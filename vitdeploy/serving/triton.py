@@ -377,7 +377,8 @@ print(labels[int(logits[0].argmax())])
 """
 
 
-def image_client(name: str, spec: PreprocessSpec) -> str:
+def image_client(name: str, spec: PreprocessSpec, layout: str = "hwc") -> str:
+    planar = "" if layout == "hwc" else "\nbatch = batch.transpose(0, 3, 1, 2)  # the file takes [1, channels, height, width]"
     return f"""## Client
 
 The model takes the decoded image itself, of any size: its graph resizes ({spec.interpolation}), crops and
@@ -393,7 +394,7 @@ from PIL import Image, ImageOps
 image = np.asarray(ImageOps.exif_transpose(Image.open("cat.jpg")))  # uint8 [height, width, channels]
 if image.ndim == 2:
     image = image[..., None]  # grey: one channel
-batch = image[None]  # [1, height, width, channels]
+batch = image[None]  # [1, height, width, channels]{planar}
 client = httpclient.InferenceServerClient("localhost:8000")
 pixels = httpclient.InferInput("{IMAGE_INPUT_NAME}", list(batch.shape), "UINT8")
 pixels.set_data_from_numpy(batch)
@@ -452,10 +453,12 @@ def repository_readme(name: str, info: OnnxModelInfo, config: dict[str, Any], ou
     spec = info.preprocess
     steps = "\n".join(f"{i}. {step}" for i, step in enumerate(preprocessing_steps(spec), 1))
     if info.image_input:
-        input_line = (f"Input `{IMAGE_INPUT_NAME}` UINT8 [batch, height, width, channels]: the decoded image itself, "
+        layout = info.image_input.get("layout", "hwc")
+        axes = "height, width, channels" if layout == "hwc" else "channels, height, width"
+        input_line = (f"Input `{IMAGE_INPUT_NAME}` UINT8 [batch, {axes}]: the decoded image itself, "
                       "any size, 1-4 channels (THE preprocessing is inside the graph; the images of one request share "
                       "one size)")
-        client = image_client(name, spec)
+        client = image_client(name, spec, layout)
     else:
         input_line = (f"Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] "
                       "(already preprocessed)")

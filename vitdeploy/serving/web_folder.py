@@ -114,8 +114,9 @@ def raw_image_model(model: Path, info: OnnxModelInfo) -> bytes | None:
 
     from vitdeploy.exporting.image_input import check_pixels, with_image_input
 
-    proto = with_image_input(onnx.load(os.fspath(model)), info.preprocess, "chw", wide=False)  # onnxruntime-web
-    check_pixels(proto, info.preprocess, "chw")
+    proto = with_image_input(onnx.load(os.fspath(model)), info.preprocess, "chw", wide=False,  # onnxruntime-web
+                             dtype="float32")
+    check_pixels(proto, info.preprocess, "chw", dtype="float32")
     return proto.SerializeToString()
 
 
