@@ -278,8 +278,8 @@ def test_a_v2_server_and_triton_take_channels_first_images(tiny_onnx, tiny_plana
 
     import vitdeploy
     from vitdeploy.cli import app
-    from vitdeploy.serving.protocol import build_infer_request
     from vitdeploy.runtimes import open_runtime
+    from vitdeploy.serving.protocol import build_infer_request
 
     plain = open_runtime("ort", tiny_onnx, device="cpu")
     image = np.asarray(smooth_rgb(37, 23, seed=1))
