@@ -283,6 +283,28 @@ def test_a_broken_or_mismatched_profile_is_ignored_as_browsers_do(tmp_path, prof
     assert np.array_equal(np.asarray(decode_image(path)), pixels)
 
 
+def test_the_profile_and_the_exif_orientation_are_both_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    pixels = np.zeros((8, 16, 3), np.uint8)
+    pixels[:, :8] = (200, 60, 40)
+    path = tmp_path / "rotated-adobe.png"
+    Image.fromarray(pixels).save(path, icc_profile=rgb_profile(), exif=exif.tobytes())
+    got = np.asarray(decode_image(path), np.int16)
+    assert got.shape == (16, 8, 3)  # turned upright
+    assert np.abs(got[0, 0] - srgb_from_adobe_rgb(np.array([200.0, 60.0, 40.0]))).max() <= 1  # the left half: top
+
+
+def test_a_cmyk_jpeg_with_an_rgb_profile_ignores_it(tmp_path):
+    # a CMYK image's profile must describe CMYK: an RGB one is ignored, Pillow's CMYK conversion as without one
+    rgb = smooth_rgb(24, 16)
+    plain, profiled = tmp_path / "plain.jpg", tmp_path / "profiled.jpg"
+    rgb.convert("CMYK").save(plain, "JPEG", quality=95)
+    rgb.convert("CMYK").save(profiled, "JPEG", quality=95, icc_profile=rgb_profile())
+    assert Image.open(profiled).info.get("icc_profile")
+    assert np.array_equal(np.asarray(decode_image(profiled)), np.asarray(decode_image(plain)))
+
+
 def test_littlecms_ships_with_pillow():
     # ImageCms is Pillow's binding to LittleCMS, built into the wheel: no system library to install
     from PIL import features

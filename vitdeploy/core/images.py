@@ -50,7 +50,8 @@ SUPPORTED_MODES = frozenset(
      "I;16N", "F")
 )
 # The colour space (the profile header's) that an embedded ICC profile must describe for each decoded mode; a
-# palette is expanded to RGB or RGBA first. A profile of another space is ignored, as browsers ignore it.
+# palette is expanded to RGB or RGBA first. A profile of another space (an RGB profile on a grey image, which Pillow
+# writes when it converts an image to grey) is ignored, as sharp ignores it; Chromium applies it (docs/web.md).
 PROFILE_SPACES = {"RGB": "RGB ", "RGBA": "RGB ", "L": "GRAY", "LA": "GRAY", "CMYK": "CMYK"}
 # What the colours become: alpha is kept (to_rgb composites it afterwards), grey becomes RGB.
 PROFILE_OUTPUT_MODES = {"RGB": "RGB", "RGBA": "RGBA", "L": "RGB", "LA": "RGBA", "CMYK": "RGB"}
@@ -74,8 +75,8 @@ def decode_image(path: str | os.PathLike[str], data: bytes | None = None) -> Ima
 
     NOTE: every image is decoded at full scale, JPEGs included. A JPEG drafted at 1/2-1/8 scale in the DCT
     (Image.draft) is several times faster to decode, but its pixels after THE preprocessing are not a full
-    decode's (measured on 27 photo JPEGs: up to 15/255 for a 16 px model, 5/255 at 64 px, in 29% and 4% of the
-    values), and every client (browsers, sharp, OpenCV, a Triton client) decodes in full.
+    decode's (benchmarks/decode_cost.py, 42 photo JPEGs: up to 14/255 for a 16 px model, 8/255 at 64 px, in 30%
+    and 15% of the values), and every client (browsers, sharp, OpenCV, a Triton client) decodes in full.
 
     Thread-safe: it touches no global state (warnings.catch_warnings would not be), so a pool of threads can
     decode in parallel; Pillow releases the GIL while decoding.
@@ -133,7 +134,7 @@ def _load_rgb(img: Image.Image, path: Path) -> Image.Image:
 
 def to_srgb(img: Image.Image) -> Image.Image:
     """The image's colours converted from its embedded ICC profile to sRGB (LittleCMS, perceptual intent), or the
-    image itself where it has no profile, a broken one, or one of another colour space than its pixels.
+    image itself where it has no profile, a broken one, one of another colour space than its pixels, or an sRGB one.
 
     Why: an image's numbers mean colours only through its profile (Adobe RGB from cameras, Display P3 from phones,
     a printer's grey), and browsers and sharp (transformers.js in Node) convert them to sRGB when they decode:
