@@ -245,6 +245,15 @@ def test_a_grey_profile_is_converted_to_srgb_grey(tmp_path):
     assert np.abs(got[..., 0].ravel() - expected).max() <= 1
 
 
+def test_a_grey_image_with_an_rgb_profile_is_read_as_rgb_as_chromium_does(tmp_path):
+    # Pillow keeps the profile when it converts an Adobe RGB photo to grey; Chromium then applies it (measured)
+    path = tmp_path / "grey-adobe.png"
+    Image.fromarray(np.array([[40, 128, 230]], np.uint8), "L").save(path, icc_profile=rgb_profile())
+    got = np.asarray(decode_image(path), np.int16)[0]
+    expected = srgb_from_adobe_rgb(np.repeat(np.array([40.0, 128.0, 230.0])[:, None], 3, axis=1))
+    assert np.abs(got - expected).max() <= 1 and np.abs(expected[:, 0] - [40, 128, 230]).max() >= 3
+
+
 def test_transparency_is_composited_after_the_colour_conversion(tmp_path):
     rgba = np.zeros((2, 2, 4), np.uint8)
     rgba[..., :3] = (200, 60, 40)

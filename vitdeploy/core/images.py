@@ -50,8 +50,9 @@ SUPPORTED_MODES = frozenset(
      "I;16N", "F")
 )
 # The colour space (the profile header's) that an embedded ICC profile must describe for each decoded mode; a
-# palette is expanded to RGB or RGBA first. A profile of another space (an RGB profile on a grey image, which Pillow
-# writes when it converts an image to grey) is ignored, as sharp ignores it; Chromium applies it (docs/web.md).
+# palette is expanded to RGB or RGBA first, and so is a grey image with an RGB profile (Pillow writes one when it
+# converts an RGB image to grey), as Chromium reads it (sharp ignores that profile). A profile of another space is
+# ignored.
 PROFILE_SPACES = {"RGB": "RGB ", "RGBA": "RGB ", "L": "GRAY", "LA": "GRAY", "CMYK": "CMYK"}
 # What the colours become: alpha is kept (to_rgb composites it afterwards), grey becomes RGB.
 PROFILE_OUTPUT_MODES = {"RGB": "RGB", "RGBA": "RGBA", "L": "RGB", "LA": "RGBA", "CMYK": "RGB"}
@@ -139,17 +140,30 @@ def to_srgb(img: Image.Image) -> Image.Image:
     Why: an image's numbers mean colours only through its profile (Adobe RGB from cameras, Display P3 from phones,
     a printer's grey), and browsers and sharp (transformers.js in Node) convert them to sRGB when they decode:
     measured, within one level of this conversion, where the unconverted pixels were up to 107/255 off (scikit-
-    image's color.png). sharp leaves grey images with a grey profile unconverted; Chromium converts them, as here.
+    image's color.png). Where the two differ this follows Chromium, what a person sees in a browser: a grey image
+    with a grey profile is converted, and one with an RGB profile is read as RGB and converted (sharp leaves both
+    as stored: docs/web.md has what that moves).
     """
     profile = img.info.get("icc_profile")
     if not profile:
         return img
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    if img.mode in ("L", "LA") and _profile_space(bytes(profile)) == PROFILE_SPACES["RGB"]:
+        img = img.convert("RGB" if img.mode == "L" else "RGBA")
     if img.mode not in PROFILE_SPACES:
         return img  # 1-bit, 16-bit and float grey, YCbCr: no 8-bit LittleCMS layout; to_rgb converts them as before
     transform = _srgb_transform(bytes(profile), img.mode)
     return img if transform is None else transform.apply(img)
+
+
+@functools.lru_cache(maxsize=32)
+def _profile_space(profile: bytes) -> str | None:
+    """The colour space an ICC profile describes ("RGB ", "GRAY", "CMYK", ...); None where LittleCMS cannot read it."""
+    try:
+        return ImageCms.ImageCmsProfile(io.BytesIO(profile)).profile.xcolor_space
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
 
 
 @functools.lru_cache(maxsize=32)
