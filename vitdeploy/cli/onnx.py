@@ -161,8 +161,6 @@ def verify(
     if report.accuracy:
         scores = ", ".join(f"{name} {value:.1%}" for name, value in report.accuracy.items())
         console.print(f"top-1 accuracy on the {n['real']} labelled held-out images: {scores}", highlight=False)
-    for note in report.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if report.passed:
         console.print(f"[green]parity ok[/] on {', '.join(report.providers)}", highlight=False)
     if json_output:

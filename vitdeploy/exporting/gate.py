@@ -261,7 +261,7 @@ def regate(report: ParityReport, here: str | None = None) -> GateResult | None:
     try:
         data = gate_data(model, info)
     except DataError as e:
-        report.notes.append(f"gated on {gated or 'an unrecorded CPU class'}, not re-gated on this {here} CPU: {e}")
+        report.notes.add(f"gated on {gated or 'an unrecorded CPU class'}, not re-gated on this {here} CPU: {e}")
         return None
     recorded = meta.parity.get("gate") or {}
     gate = AccuracyGate(recorded.get("max_accuracy_drop", MAX_ACCURACY_DROP),
@@ -269,7 +269,7 @@ def regate(report: ParityReport, here: str | None = None) -> GateResult | None:
     result = judge(row.name, row.precision, path, data, gate, row.gate_device, recorded.get("max_abs"),
                    row.runtime, here)
     report.regate = result.summary()
-    report.notes.append(
+    report.notes.add(
         f"accuracy gate re-run on this {here} CPU (the file was gated on {gated or 'an unrecorded CPU class'}): "
         f"top-1 agreement {result.top1_agreement:.1%}, accuracy {-result.accuracy_drop_pt:+.2f} pt on "
         f"{result.images} held-out images: " + ("pass" if result.passed else "FAIL"))

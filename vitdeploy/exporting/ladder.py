@@ -34,6 +34,7 @@ import numpy as np
 
 from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import comma_list
+from vitdeploy.core.notes import Notes
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.exporting.capabilities import auto_variants, check_exportable
@@ -221,7 +222,8 @@ def export_variants(
             else:
                 result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
                                row.runtime, source.isa)
-            notes = _notes(row, result, quantization) + (built.token_merging or {}).get("notes", [])
+            notes = Notes((built.token_merging or {}).get("notes", []))  # the merging search said these
+            _caveats(notes, row, result, quantization)
             set_metadata(proto, {META_PARITY: result.summary()})
             size = staged.stat().st_size
             if result.passed:
@@ -230,7 +232,7 @@ def export_variants(
                     os.replace(external, out.parent / external.name)
                 os.replace(staged, out)
             elif out.exists():
-                notes.append(f"an earlier {out.name} is still there, from a previous export: it is not this one")
+                notes.add(f"an earlier {out.name} is still there, from a previous export: it is not this one")
             results.append(VariantResult(
                 variant=row.name, precision=row.precision, path=out, written=result.passed, gate=result,
                 fusions=fusions, quantization=quantization, size_bytes=size, build_seconds=build_seconds, notes=notes,
@@ -270,10 +272,8 @@ def describe_variant(
     set_metadata(proto, {META_EXPORT: export, META_PARITY: {}, META_INTERMEDIATES: {}})
 
 
-def _notes(row: ExportVariant, result: GateResult, quantization: dict[str, Any] | None) -> list[str]:
-    notes = []
+def _caveats(notes: Notes, row: ExportVariant, result: GateResult, quantization: dict[str, Any] | None) -> None:
     if row.precision == "fp16" and result.runtime.get("device") == "cpu":
-        notes.append("fp16 judged on ONNX Runtime's CPU provider (no usable CUDA here): its fp16 speed needs a GPU")
+        notes.add("fp16 judged on ONNX Runtime's CPU provider (no usable CUDA here): its fp16 speed needs a GPU")
     if quantization and quantization["method"] == "dynamic":
-        notes.append("dynamic quantization scales activations per batch: outputs depend slightly on the batch")
-    return notes
+        notes.add("dynamic quantization scales activations per batch: outputs depend slightly on the batch")

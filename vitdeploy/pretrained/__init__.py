@@ -19,7 +19,6 @@ pickle loaded with weights_only=True, which never runs code) following the two l
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 
 from vitdeploy.core import provenance
 from vitdeploy.core.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec
+from vitdeploy.core.notes import Notes
 from vitdeploy.errors import CheckpointError
 from vitdeploy.files.bundle import BundleInfo, save_bundle
 from vitdeploy.files.outputs import BUNDLE, check_output_folder
@@ -53,7 +53,6 @@ from vitdeploy.pretrained.common import (
 from vitdeploy.pretrained.huggingface import hf_recipe
 from vitdeploy.pretrained.timm import timm_recipe
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,12 +92,7 @@ def import_checkpoint(
 ) -> ImportResult:
     """Import a timm or Hugging Face ViT checkpoint as a bundle at `out` (default models/<its name>): a new folder,
     an empty one or a bundle (replaced), else refused unless `force` (outputs.py)."""
-    notes: list[str] = []
-
-    def note(line: str) -> None:
-        notes.append(line)
-        logger.info(line)
-
+    notes = Notes()
     if out is not None:
         out = check_output_folder(out, BUNDLE, force=force)
     found = find_source(Path(source), timm_model)
@@ -121,7 +115,7 @@ def import_checkpoint(
     model.load_state_dict(weights, strict=recipe.head_classes is not None)
     new_head = recipe.head_classes is None
     if new_head:
-        note(f"the checkpoint has no classifier: a new head for the {len(names)} classes of --labels, randomly "
+        notes.add(f"the checkpoint has no classifier: a new head for the {len(names)} classes of --labels, randomly "
              "initialised; fine-tune it with vitdeploy train --init")
     sha = file_sha256(found.weights)
     info = BundleInfo(

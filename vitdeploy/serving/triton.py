@@ -27,6 +27,7 @@ from typing import Any
 
 from vitdeploy.core.atomic import atomic_folder, atomic_write_many, remove_stale_staging
 from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.notes import Notes
 from vitdeploy.errors import ConfigError, InputError, VitDeployError
 from vitdeploy.files.discovery import resolve_model
 from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, external_data_path
@@ -184,20 +185,20 @@ def gpu_accelerator(options: TritonOptions, max_batch: int, item: tuple[int, int
 # ------------------------------------------------------------------------------------- batching policy
 
 
-def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[str, Any], list[str]]:
+def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[str, Any], Notes]:
     """max_batch_size, preferred sizes and queue delay: explicit options first, then a bench report, then defaults.
 
     From a report made with `vitdeploy bench --p99-budget MS`: the recommended batch size (the largest whose p99
     meets the budget) becomes the preferred and the largest batch, and the queue delay is what the budget leaves
     after that batch's p99, so that waiting plus running stays within it.
     """
-    notes: list[str] = []
+    notes = Notes()
     max_batch, preferred, delay_ms = TRITON_MAX_BATCH, (), MAX_QUEUE_DELAY_MS
     if options.from_bench is not None:
         rec = bench_recommendation(options.from_bench, BENCH_VARIANT[options.device], info)
         max_batch, preferred = rec["batch_size"], (rec["batch_size"],)
         delay_ms = max(0.0, rec["p99_budget_ms"] - rec["p99_ms"])
-        notes.append(
+        notes.add(
             f"from {options.from_bench}: batch {rec['batch_size']} meets the p99 budget of {rec['p99_budget_ms']} ms "
             f"on {BENCH_VARIANT[options.device]} (p99 {rec['p99_ms']} ms), leaving {delay_ms:.3f} ms of queue delay"
         )
@@ -297,13 +298,13 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
         raise ConfigError(f"{path}: a label contains a line break, which labels.txt cannot hold")
     batching, notes = batching_policy(options, info)
     if options.dynamic_batching and info.batch_dependence:
-        notes.append(f"{path.name}: no dynamic_batching: {info.batch_dependence}, so Triton must not put one "
+        notes.add(f"{path.name}: no dynamic_batching: {info.batch_dependence}, so Triton must not put one "
                      "client's images in a batch with another's; each request runs alone")
     config = build_config(name, info, shape, options, batching)
     text = f"# Written by vitdeploy triton from {path.name}\n" + render_pbtxt(config)
     storage_uri = options.storage_uri or kserve.PLACEHOLDER_URI.format(folder=out.resolve().name)
     if options.storage_uri is None:
-        notes.append(f"{kserve.FILE_NAME}: storageUri is a placeholder; upload {out} and pass --storage-uri")
+        notes.add(f"{kserve.FILE_NAME}: storageUri is a placeholder; upload {out} and pass --storage-uri")
     service = kserve.inference_service(name, storage_uri, options.device)
 
     model_dir = out / name
