@@ -248,12 +248,12 @@ Opening `index.html` as a `file://` URL does not work (the browser refuses to fe
   `pipeline('image-classification', '<this folder>')`). {transformers_js}
 
   Measured with transformers.js 4.3.2 against `vitdeploy predict` (docs/web.md in vitdeploy; Intel Xeon, load
-  10-16), in Node and in headless Chromium: on 60 digits written as 64x64 PNGs, top-1 100% and max |dprob| 1e-6;
+  15-18), in Node and in headless Chromium: on 60 digits written as 64x64 PNGs, top-1 100% and max |dprob| 1e-6;
   on 91 real photos (PNG and JPEG, 23-640 px, grey, RGBA, 25 with an ICC colour profile, which vitdeploy converts
   to sRGB as browsers and sharp do), top-1 100% in both; max |dprob| 0.0021 on the photos without a profile (a 16
-  px model; 1e-6 with a 64 px one). Where the clients' decoders disagree with each other it is more: grey images
-  with a grey profile (sharp leaves them unconverted: 0.148 in Node with the 16 px model) and a grey image with an
-  RGB profile (Chromium applies it: 0.020). Node users: `ONNXRUNTIME_NODE_INSTALL=skip npm install
+  px model; 1e-6 with a 64 px one), 0.0053 in Chromium on those with one. In Node, grey images with a colour
+  profile differ more: sharp leaves them as stored where Chromium and vitdeploy convert them (up to 0.148 with the
+  16 px model on 3 of the 91 photos). Node users: `ONNXRUNTIME_NODE_INSTALL=skip npm install
   @huggingface/transformers` (offline, its install script would fetch CUDA libraries).
 
 ## Preprocessing (the model's own, from its metadata)
