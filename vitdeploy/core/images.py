@@ -172,10 +172,10 @@ def _srgb_transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | N
     of another colour space than the mode's, or an sRGB profile (SRGB_TOLERANCE_LEVELS).
     Cached: photos of one camera share a profile, and building a transform costs more than applying it to a small
     image. LittleCMS transforms may be applied from many threads at once."""
+    if _profile_space(profile) != PROFILE_SPACES[mode]:
+        return None
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-        if source.profile.xcolor_space != PROFILE_SPACES[mode]:
-            return None
         transform = ImageCms.buildTransform(source, _srgb_profile(), mode, PROFILE_OUTPUT_MODES[mode])
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return None
