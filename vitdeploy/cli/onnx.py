@@ -29,7 +29,8 @@ def export(
     ] = ExportRequest.optimize,
     image_input: Annotated[
         bool, typer.Option(help="Also write MODEL.image.onnx: input the decoded image itself (uint8 [batch, height, "
-                           "width, channels], any size, 1-4 channels), THE preprocessing inside the graph, for "
+                           "width, channels], or channels first with --image-layout nchw; any size, 1-4 channels), "
+                           "THE preprocessing inside the graph, for "
                            "clients that cannot reproduce Pillow (Triton, KServe, Java, C++, phones); gated on "
                            "held-out images at many sizes.")
     ] = ExportRequest.image_input,
