@@ -18,7 +18,7 @@ from PIL import Image
 
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, DataError
-from vitdeploy.exporting.image_input import CHECK_SIZES, MAX_PIXEL_LEVELS, PIXELS_OUTPUT, pixel_levels
+from vitdeploy.exporting.image_input import CHECK_SIZES, MAX_PIXEL_LEVELS, PIXELS_OUTPUT, as_layout, pixel_levels
 from vitdeploy.files.onnx_file import OUTPUT_NAME
 from vitdeploy.files.variants import EXPORT
 from vitdeploy.requests import MAX_ACCURACY_DROP, MIN_TOP1_AGREEMENT
@@ -204,12 +204,13 @@ def judge_image_input(variant: str, model: bytes, data: GateData, gate: Accuracy
     if not data.images:
         raise DataError("no decoded held-out images to judge the raw-image variant on")
     session = open_runtime("ort", model, device="cpu")
+    layout = session.info.image_input["layout"]  # nhwc or nchw (export --image-layout); the images are HWC
     worst_levels, rows = 0.0, []
     checks = [(image, data.inputs[i]) for i, image in enumerate(data.images)]
     checks += [(raw, preprocess(rgb, spec)) for raw, rgb in
                (_presented(image, i) for i, image in enumerate(data.images))]
     for index, (raw, expected) in enumerate(checks):
-        out = session.run_outputs(raw[None], [OUTPUT_NAME, PIXELS_OUTPUT])
+        out = session.run_outputs(as_layout(raw[None], layout), [OUTPUT_NAME, PIXELS_OUTPUT])
         worst_levels = max(worst_levels, pixel_levels(out[PIXELS_OUTPUT][0], expected, spec))
         if index < len(data.images):
             rows.append(out[OUTPUT_NAME][0])

@@ -48,7 +48,7 @@ from vitdeploy.exporting.gate import (
     synthetic_gate_data,
 )
 from vitdeploy.exporting.graphs import FusionReport, VariantSource, build_variant
-from vitdeploy.exporting.image_input import with_pixels_output
+from vitdeploy.exporting.image_input import EXPORT_LAYOUTS, with_pixels_output
 from vitdeploy.files.onnx_file import (
     META_EXPORT,
     META_INPUT,
@@ -130,7 +130,8 @@ def requested_variants(precisions: Sequence[str], optimize: bool, image_input: b
 # ---------------------------------------------------------------------------------------------------- export
 
 
-def check_request(variants: Sequence[str], int8_method: str, tome_r: int | None = None) -> None:
+def check_request(variants: Sequence[str], int8_method: str, tome_r: int | None = None,
+                  image_layout: str = ExportRequest.image_layout) -> None:
     """Refuse, before any work, what cannot be built here: an unknown variant or method, an OpenVINO variant
     without OpenVINO (and NNCF for ov-int8), bf16 on a CPU that has no native bf16."""
     built = [v for v in EXPORT.values() if v.builder]
@@ -142,6 +143,8 @@ def check_request(variants: Sequence[str], int8_method: str, tome_r: int | None 
     if tome_r is not None and tome_r < 1:
         raise ConfigError(f"--tome-r {tome_r}: token merging needs at least 1 token merged per block (0 merges "
                           "nothing: that is model.onnx); leave it out to search")
+    if image_layout not in EXPORT_LAYOUTS:
+        raise ConfigError(f"unknown --image-layout {image_layout!r}; choose one of: {', '.join(EXPORT_LAYOUTS)}")
     check_exportable(variants)
 
 
@@ -177,17 +180,19 @@ def export_variants(
     isa: str | None = None,
     export: Callable[[Any, Path, bool], Any] | None = None,
     tome_r: int | None = None,
+    image_layout: str = ExportRequest.image_layout,
 ) -> list[VariantResult]:
     """Build each variant from the exported fp32 file `base`, judge it, and write the ones that pass beside it.
 
     A variant that failed is returned with written=False; the others were written. `isa`: the CPU class the INT8
     recipe is chosen for and the file records (default: this CPU's, core.cpu.isa_class); the gate runs here.
     `export(model, path, verify)` exports `model` as `base` was exported (the token merging variants re-export the
-    model with merging on); `tome_r`: their tokens merged per block (None: searched).
+    model with merging on); `tome_r`: their tokens merged per block (None: searched); `image_layout`: the raw-image
+    variant's input (nhwc | nchw).
     """
     import onnx
 
-    check_request(variants, int8_method, tome_r)
+    check_request(variants, int8_method, tome_r, image_layout)
     if not variants:
         return []
     data = data or gate_data_for(model, info, variants)
@@ -198,7 +203,7 @@ def export_variants(
         staging = Path(staging_dir)
         source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method,
                                isa or this_machine().isa, model=model,
-                               export=export, tome_r=tome_r)
+                               export=export, tome_r=tome_r, image_layout=image_layout)
         for row in (EXPORT[name] for name in variants):
             started = time.perf_counter()
             built = build_variant(row, source)

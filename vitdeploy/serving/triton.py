@@ -378,23 +378,30 @@ print(labels[int(logits[0].argmax())])
 """
 
 
-def image_client(name: str, spec: PreprocessSpec) -> str:
+def image_client(name: str, spec: PreprocessSpec, layout: str = "hwc") -> str:
+    planar = "" if layout == "hwc" else "\nbatch = batch.transpose(0, 3, 1, 2)  # the file takes [1, channels, height, width]"
     return f"""## Client
 
 The model takes the decoded image itself, of any size: its graph resizes ({spec.interpolation}), crops and
 normalizes as vitdeploy does (Pillow's arithmetic, within one level of 1/255 of `vitdeploy predict`'s pixels). Send
-what Pillow decodes: 8-bit grey, grey + alpha, RGB or RGBA, EXIF orientation applied (transparency is composited on
-white inside the graph). One image per request, or a batch of images of one size:
+what Pillow decodes: 8-bit grey, grey + alpha, RGB or RGBA, EXIF orientation applied, an embedded colour profile
+converted to sRGB as browsers and `vitdeploy predict` convert it (transparency is composited on white inside the
+graph). One image per request, or a batch of images of one size:
 
 ```python
+import io
+
 import numpy as np
 import tritonclient.http as httpclient
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
-image = np.asarray(ImageOps.exif_transpose(Image.open("cat.jpg")))  # uint8 [height, width, channels]
+image = ImageOps.exif_transpose(Image.open("cat.jpg"))
+if image.info.get("icc_profile") and image.mode in ("RGB", "RGBA"):  # e.g. Adobe RGB: to sRGB
+    image = ImageCms.profileToProfile(image, io.BytesIO(image.info["icc_profile"]), ImageCms.createProfile("sRGB"))
+image = np.asarray(image)  # uint8 [height, width, channels]
 if image.ndim == 2:
     image = image[..., None]  # grey: one channel
-batch = image[None]  # [1, height, width, channels]
+batch = image[None]  # [1, height, width, channels]{planar}
 client = httpclient.InferenceServerClient("localhost:8000")
 pixels = httpclient.InferInput("{IMAGE_INPUT_NAME}", list(batch.shape), "UINT8")
 pixels.set_data_from_numpy(batch)
@@ -409,7 +416,8 @@ print(labels[int(logits[0].argmax())])
 def preprocessing_steps(spec: PreprocessSpec) -> list[str]:
     order = "BGR (channels reversed)" if spec.channel_order == "BGR" else "RGB"
     return [
-        "decode to 8-bit RGB (EXIF orientation applied, transparency composited on white)",
+        ("decode to 8-bit RGB (EXIF orientation applied, an embedded colour profile converted to sRGB, "
+         "transparency composited on white)"),
         f"resize the shorter side to {spec.resize_size} px ({spec.interpolation}), keeping the aspect ratio",
         f"center-crop {spec.image_size}x{spec.image_size}",
         f"scale to [0, 1], subtract mean {list(spec.mean)}, divide by std {list(spec.std)}, channel order {order}",
@@ -453,10 +461,12 @@ def repository_readme(name: str, info: OnnxModelInfo, config: dict[str, Any], ou
     spec = info.preprocess
     steps = "\n".join(f"{i}. {step}" for i, step in enumerate(preprocessing_steps(spec), 1))
     if info.image_input:
-        input_line = (f"Input `{IMAGE_INPUT_NAME}` UINT8 [batch, height, width, channels]: the decoded image itself, "
+        layout = info.image_input.get("layout", "hwc")
+        axes = "height, width, channels" if layout == "hwc" else "channels, height, width"
+        input_line = (f"Input `{IMAGE_INPUT_NAME}` UINT8 [batch, {axes}]: the decoded image itself, "
                       "any size, 1-4 channels (THE preprocessing is inside the graph; the images of one request share "
                       "one size)")
-        client = image_client(name, spec)
+        client = image_client(name, spec, layout)
     else:
         input_line = (f"Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] "
                       "(already preprocessed)")
