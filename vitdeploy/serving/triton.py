@@ -350,6 +350,16 @@ def write_model_folder(folder: Path, model: Path, labels: list[str], config_text
         raise VitDeployError(f"cannot write the Triton repository under {folder.parent}: {e}") from None
 
 
+def _infer_batch(name: str, input_name: str, datatype: str) -> str:
+    """The client's request: `batch` to model `name`, and the top label of its first image."""
+    return f"""client = httpclient.InferenceServerClient("localhost:8000")
+pixels = httpclient.InferInput("{input_name}", list(batch.shape), "{datatype}")
+pixels.set_data_from_numpy(batch)
+logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
+labels = open("{name}/{LABELS_FILE}").read().splitlines()
+print(labels[int(logits[0].argmax())])"""
+
+
 def tensor_client(name: str, spec: PreprocessSpec, steps: str) -> str:
     return f"""## Client
 
@@ -367,12 +377,7 @@ from vitdeploy.prediction.local import load_model_input
 
 spec = PreprocessSpec.from_dict({json.dumps(spec.to_dict())})
 batch = np.stack([load_model_input("cat.jpg", spec)])
-client = httpclient.InferenceServerClient("localhost:8000")
-pixels = httpclient.InferInput("{INPUT_NAME}", list(batch.shape), "FP32")
-pixels.set_data_from_numpy(batch)
-logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
-labels = open("{name}/{LABELS_FILE}").read().splitlines()
-print(labels[int(logits[0].argmax())])
+{_infer_batch(name, INPUT_NAME, "FP32")}
 ```
 
 """
@@ -402,12 +407,7 @@ image = np.asarray(image)  # uint8 [height, width, channels]
 if image.ndim == 2:
     image = image[..., None]  # grey: one channel
 batch = image[None]  # [1, height, width, channels]{planar}
-client = httpclient.InferenceServerClient("localhost:8000")
-pixels = httpclient.InferInput("{IMAGE_INPUT_NAME}", list(batch.shape), "UINT8")
-pixels.set_data_from_numpy(batch)
-logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
-labels = open("{name}/{LABELS_FILE}").read().splitlines()
-print(labels[int(logits[0].argmax())])
+{_infer_batch(name, IMAGE_INPUT_NAME, "UINT8")}
 ```
 
 """
