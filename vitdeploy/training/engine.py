@@ -47,10 +47,11 @@ class AdamW:
     EPS = 1e-8
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, total_steps: int) -> None:
-        self.params = list(getattr(model, "module", model).named_parameters())  # in the model's order (the norm's)
-        decay = [p for name, p in self.params if p.ndim >= 2 and name not in ("cls_token", "pos_embed")]
-        no_decay = [p for name, p in self.params if p.ndim < 2 or name in ("cls_token", "pos_embed")]
-        self.params = [p for _, p in self.params]
+        named = list(getattr(model, "module", model).named_parameters())
+        decay = [p for name, p in named if p.ndim >= 2 and name not in ("cls_token", "pos_embed")]
+        no_decay = [p for name, p in named if p.ndim < 2 or name in ("cls_token", "pos_embed")]
+        # The model's order, not the groups': the global norm sums the per-tensor norms in clip_grad_norm_'s order.
+        self.params = [p for _, p in named]
         self.param_groups = [{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}]
         for group in self.param_groups:
