@@ -97,6 +97,11 @@ def test_adamw_steps_as_torch_optim_adamw_lambdalr_and_clip_grad_norm_do_bit_for
         schedule.step()
         optimizer.step()
         assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+    # A train state written before engine.AdamW holds torch.optim's state: a resume takes it up where it was.
+    resumed = AdamW(ours, cfg, 12)
+    resumed.load_state_dict(reference.state_dict())
+    assert resumed.steps == 12 and all(torch.equal(a, b) for a, b in zip(
+        resumed.state_dict().values(), optimizer.state_dict().values()) if isinstance(a, torch.Tensor))
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
@@ -143,6 +148,34 @@ def test_resume_with_a_different_config_shows_the_difference(tmp_path: Path) -> 
         train(TrainRequest(resume=tmp_path / "r" / "last", preset="digits", lr=0.1))
     message = str(e.value)
     assert "model.dim: 32 -> 64" in message and "train.lr: 0.002 -> 0.1" in message
+
+
+def test_a_train_state_torch_optim_wrote_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """Runs stopped before engine.AdamW saved torch.optim.AdamW's state (a dict per tensor) and LambdaLR's."""
+    import torch
+
+    from vitdeploy.files.bundle import load_bundle
+    from vitdeploy.training.engine import AdamW
+
+    full = train(TrainRequest(preset="tiny", out=tmp_path / "full", epochs=2, batch_size=256))  # 5 steps an epoch
+    train(TrainRequest(preset="tiny", out=tmp_path / "split", epochs=2, batch_size=256, stop_after_steps=7))
+    last = tmp_path / "split" / "last"
+    path = bundle_file(last, "train_state")
+    state = torch.load(path, weights_only=True)
+    model, info = load_bundle(last)
+    groups = AdamW(model, info.train, 10).param_groups  # torch.optim's groups held the same tensors in this order
+    tensors = [p for group in groups for p in group["params"]]
+    moments = {m: state["optimizer"][m].split([p.numel() for p in tensors]) for m in ("exp_avg", "exp_avg_sq")}
+    state["optimizer"] = {
+        "state": {i: {"step": torch.tensor(7.0), **{m: moments[m][i].view_as(p) for m in moments}}
+                  for i, p in enumerate(tensors)},
+        "param_groups": [{"params": list(range(len(groups[0]["params"])))},
+                         {"params": list(range(len(groups[0]["params"]), len(tensors)))}],
+    }
+    state["scheduler"] = {"last_epoch": 7, "base_lrs": [info.train.lr] * 2}
+    torch.save(state, path)
+    resumed = train(TrainRequest(resume=last))
+    assert resumed.steps == full.steps and weights(resumed.last) == weights(full.last)
 
 
 @pytest.mark.parametrize(

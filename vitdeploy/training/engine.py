@@ -90,6 +90,10 @@ class AdamW:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Raises ValueError or KeyError when `state` is not a state of this optimizer's parameters."""
+        if "param_groups" in state:  # torch.optim.AdamW's, in train states written before this class
+            per_tensor = [state["state"][i] for group in state["param_groups"] for i in group["params"]]
+            state = {"steps": int(per_tensor[0]["step"]), **{moment: _flat([t[moment] for t in per_tensor])
+                                                               for moment in ("exp_avg", "exp_avg_sq")}}
         size = sum(p.numel() for p in self.params)
         if not isinstance(state["steps"], int) or any(
             not isinstance(state[m], torch.Tensor) or state[m].shape != (size,) for m in ("exp_avg", "exp_avg_sq")

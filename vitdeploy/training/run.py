@@ -214,6 +214,8 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: Any, folder: Path) -> TrainState:
         """Check what torch.load read from `folder`/train_state.pt; refuse any other structure with a BundleError."""
+        if isinstance(d, dict) and isinstance(d.get("scheduler"), dict):  # written before engine.AdamW: the
+            d = {k: v for k, v in d.items() if k != "scheduler"}  # optimizer's state holds the schedule's step
         if not isinstance(d, dict):
             problems = [f"it holds a {type(d).__name__}, not a dict"]
         else:
