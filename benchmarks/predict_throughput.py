@@ -121,7 +121,7 @@ def main() -> None:
             time_model_only(warm, batches[:1])
         decode_started = time.thread_time()
         for p in paths:
-            images.preprocess(images.decode_for_preprocess(p, spec), spec)
+            images.preprocess(images.decode_image(p), spec)
         decode_ms = (time.thread_time() - decode_started) / len(paths) * 1e3
         load_before = os.getloadavg()[0]
 

@@ -5,13 +5,20 @@
 
 1. parity: the raw-image graph ("hwc", uint8) against images.preprocess + the fp32 model on real photos of many
    sizes and aspect ratios (scikit-image's and scikit-learn's photos, whole and cropped, 20-640 px, PNG and JPEG,
-   grey and RGBA among them), for a bilinear and a bicubic preprocessing (the same weights; the file's metadata says
-   which filter), on ONNX Runtime and OpenVINO (f32): max pixel difference after preprocessing (levels of 1/255),
-   max |dlogit|, top-1 agreement;
+   grey and RGBA among them, some with an ICC profile: their own, or Adobe RGB built in code), for a bilinear and a
+   bicubic preprocessing (the same weights; the file's metadata says which filter), on ONNX Runtime and OpenVINO
+   (f32): max pixel difference after preprocessing (levels of 1/255), max |dlogit|, top-1 agreement; the graph fed
+   what a colour-managed client decodes (images.to_srgb); and the channels-first file (export --image-layout nchw)
+   against the channels-last one;
 2. node: `vitdeploy web`'s folder in transformers.js (Node, offline, `pipeline('image-classification', folder)`
    with no options) against `vitdeploy predict` on the same files: the photos, and held-out digits written as
    64x64 PNGs: top-1 agreement, max |dprob|;
-3. chromium: the same folder and files through transformers.js in headless Chromium (a canvas decodes there).
+3. chromium: the same folder and files through transformers.js in headless Chromium (a canvas decodes there);
+4. decoders: the pixels transformers.js's RawImage.read decodes (sharp in Node, createImageBitmap + a canvas in
+   Chromium) against vitdeploy's decoder (images.decode_image), transparency composited on white as both do.
+
+Figures with the CPU, load and versions: benchmarks/results/raw_image*.json; docs/web.md and
+docs/export-and-verify.md quote them.
 
 --node-modules: a folder where `ONNXRUNTIME_NODE_INSTALL=skip npm install @huggingface/transformers@4.3.2` ran
 (onnxruntime-web's WebAssembly comes from its node_modules/onnxruntime-web/dist). Needs scikit-image (dev extra).
@@ -20,6 +27,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import http.server
 import json
@@ -53,6 +61,39 @@ for (const file of files) {
 }
 console.log(JSON.stringify(rows));
 """
+
+NODE_DECODE = """
+import { RawImage } from '@huggingface/transformers';
+import fs from 'node:fs';
+const [out, ...files] = process.argv.slice(2);
+const rows = {};
+for (const file of files) {
+  const image = await RawImage.read(file);
+  rows[file.split('/').pop()] = { width: image.width, height: image.height, channels: image.channels,
+                                  data: Buffer.from(image.data).toString('base64') };
+}
+fs.writeFileSync(out, JSON.stringify(rows));
+"""
+
+DECODE_PAGE = """<!doctype html><meta charset="utf-8"><script type="module">
+import { RawImage } from './transformers.min.js';
+window.rows = null;
+try {
+  const files = await (await fetch('/files.json')).json();
+  const rows = {};
+  for (const file of files) {
+    const image = await RawImage.read('/images/' + file);
+    let text = '';
+    for (let i = 0; i < image.data.length; i += 8192) {
+      text += String.fromCharCode.apply(null, image.data.subarray(i, i + 8192));
+    }
+    rows[file] = JSON.stringify({ width: image.width, height: image.height, channels: image.channels,
+                                  data: btoa(text) });
+  }
+  window.decoded = rows;  // read one file at a time: all at once is too long an answer for DevTools
+  window.rows = JSON.stringify(files);
+} catch (e) { window.rows = JSON.stringify({ error: String(e && e.stack || e) }); }
+</script>"""
 
 PAGE = """<!doctype html><meta charset="utf-8"><script type="module">
 import { pipeline, env } from './transformers.min.js';
@@ -97,7 +138,11 @@ def photo_sources() -> dict[str, Image.Image]:
 
 def write_photos(folder: Path, seed: int = 0) -> list[Path]:
     """Each source whole (longer side 640) and three crops of random aspect ratio (1:4 to 4:1) and longer side
-    20-640 px, as PNG or JPEG, some grey, some RGBA with an alpha gradient (predict composites it on white)."""
+    20-640 px, as PNG or JPEG, some grey, some RGBA with an alpha gradient (predict composites it on white), each
+    with its source's ICC profile if it has one; and each colour source once more as a JPEG with an Adobe RGB
+    profile (built in code, tests/icc_profiles.py), as cameras write them."""
+    from icc_profiles import rgb_profile
+
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -127,6 +172,14 @@ def write_photos(folder: Path, seed: int = 0) -> list[Path]:
             jpeg = image.mode in ("RGB", "L") and index % 2 == 1
             path = folder / f"{name}-{tag}-{image.width}x{image.height}-{image.mode}.{'jpg' if jpeg else 'png'}"
             image.save(path, quality=92) if jpeg else image.save(path)  # an ICC profile travels along
+            files.append(path)
+        if source.mode == "RGB":
+            image = variants[1][1]
+            scale = int(rng.integers(20, 641)) / max(image.size)
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.Resampling.LANCZOS)
+            path = folder / f"{name}-adobe-{image.width}x{image.height}-RGB.jpg"
+            image.save(path, quality=92, icc_profile=rgb_profile())
             files.append(path)
     return files
 
@@ -181,7 +234,7 @@ def parity(model: Path, photos: list[Path], work: Path) -> dict[str, Any]:
     import onnx
     import openvino as ov
 
-    from vitdeploy.core.images import decode_image, preprocess, to_rgb
+    from vitdeploy.core.images import decode_image, preprocess, to_rgb, to_srgb
     from vitdeploy.exporting.image_input import PIXELS_OUTPUT, pixel_levels, with_image_input, with_pixels_output
     from vitdeploy.files.onnx_file import OUTPUT_NAME
     from vitdeploy.runtimes import open_runtime
@@ -193,18 +246,24 @@ def parity(model: Path, photos: list[Path], work: Path) -> dict[str, Any]:
         spec = plain.preprocess
         raw = with_pixels_output(with_image_input(onnx.load(os.fspath(plain_path)), spec, "hwc"))
         ort_session = open_runtime("ort", raw.SerializeToString(), device="cpu")
+        planar = open_runtime("ort", with_image_input(onnx.load(os.fspath(plain_path)), spec, "chw")
+                              .SerializeToString(), device="cpu")  # export --image-layout nchw
+        planar_dlogit = 0.0
         compiled = ov.Core().compile_model(ov.Core().read_model(raw.SerializeToString(), b""), "CPU",
                                            {"INFERENCE_PRECISION_HINT": "f32"})
         rows = {"ort": [], "openvino": []}
         for path in photos:
             with Image.open(path) as opened:
                 opened.load()
-                array = np.asarray(opened)  # what a client sends: the decoded pixels, channels as stored
+                # what a colour-managed client sends: the decoded pixels in sRGB, channels as stored
+                array = np.asarray(to_srgb(opened))
             if array.ndim == 2:
                 array = array[..., None]
             expected_pixels = preprocess(to_rgb(decode_image(path)), spec)
             expected = plain.run(expected_pixels[None])[0]
             outputs = {"ort": ort_session.run_outputs(array[None], [OUTPUT_NAME, PIXELS_OUTPUT])}
+            planar_dlogit = max(planar_dlogit, float(np.abs(
+                planar.run(array.transpose(2, 0, 1)[None]) - outputs["ort"][OUTPUT_NAME]).max()))
             got = compiled({"image": array[None]})
             outputs["openvino"] = {OUTPUT_NAME: got[OUTPUT_NAME], PIXELS_OUTPUT: got[PIXELS_OUTPUT]}
             for runtime, out in outputs.items():
@@ -217,6 +276,7 @@ def parity(model: Path, photos: list[Path], work: Path) -> dict[str, Any]:
                 })
         results[interpolation] = {runtime: summarize_parity(r) for runtime, r in rows.items()}
         results[interpolation]["spec"] = spec.to_dict()
+        results[interpolation]["nchw_vs_nhwc_max_abs_dlogit"] = planar_dlogit
     return results
 
 
@@ -238,25 +298,10 @@ def predict_scores(model: Path, files: list[Path]) -> dict[str, dict[str, float]
     return {f.name: {t["label"]: t["probability"] for t in by_path[f.name]["top_k"]} for f in files}
 
 
-def full_decode_scores(model: Path, files: list[Path]) -> dict[str, dict[str, float]]:
-    """predict's answers without its JPEG draft shortcut (images.decode_for_preprocess decodes a JPEG whose shorter
-    side is >= 2x resize_size at 1/2-1/8 scale in the DCT): model.onnx on images.preprocess of the full decode."""
-    from vitdeploy.core.images import decode_image, preprocess
-    from vitdeploy.prediction.rows import softmax
-    from vitdeploy.runtimes import open_runtime
-
-    session = open_runtime("ort", model, device="cpu")
-    scores = {}
-    for path in files:
-        probabilities = softmax(session.run(preprocess(decode_image(path), session.preprocess)[None]))[0]
-        scores[path.name] = dict(zip(session.labels, map(float, probabilities)))
-    return scores
-
-
 def agreement(reference: dict[str, dict[str, float]], client: list[dict[str, Any]],
               profiled: set[str] = frozenset()) -> dict[str, Any]:
-    """Top-1 agreement and max |dprob| of a client against predict; again without the files that embed an ICC
-    colour profile (`profiled`): sharp and Chromium convert those to sRGB when they decode, Pillow does not."""
+    """Top-1 agreement and max |dprob| of a client against predict; again on the files that embed an ICC colour
+    profile (`profiled`) and on the others."""
     rows = []
     for row in client:
         name = Path(row["file"]).name
@@ -273,6 +318,7 @@ def agreement(reference: dict[str, dict[str, float]], client: list[dict[str, Any
 
     result = summary(rows)
     if profiled:
+        result["with_icc_profile"] = summary([r for r in rows if r[0] in profiled])
         result["without_icc_profile"] = summary([r for r in rows if r[0] not in profiled])
     return result
 
@@ -286,19 +332,29 @@ def run_node(folder: Path, files: list[Path], node_modules: Path) -> list[dict[s
 
 
 def run_chromium(folder: Path, files: list[Path], node_modules: Path, work: Path) -> list[dict[str, Any]]:
+    return _in_chromium(PAGE, files, node_modules, work, folder)
+
+
+def _in_chromium(page_html: str, files: list[Path], node_modules: Path, work: Path, folder: Path | None = None,
+                 per_file: str | None = None) -> Any:
+    """Serve `page_html` with transformers.js, onnxruntime-web's WebAssembly, the files (and the web folder) from
+    127.0.0.1, and read the page's window.rows when it is set; `per_file`: then read this expression of `name` for
+    each file, as {file name: its JSON}."""
     from devtools_page import DevToolsPage
 
     from vitdeploy.runtimes.web.toolchain import find_browser
 
     site = work / "site"
-    shutil.copytree(folder, site / "folder")
+    site.mkdir(parents=True)
+    if folder is not None:
+        shutil.copytree(folder, site / "folder")
     shutil.copyfile(node_modules / "@huggingface/transformers/dist/transformers.min.js", site / "transformers.min.js")
     shutil.copytree(node_modules / "onnxruntime-web/dist", site / "ortwasm")
     (site / "images").mkdir()
     for f in files:
         shutil.copyfile(f, site / "images" / f.name)
     (site / "files.json").write_text(json.dumps([f.name for f in files]))
-    (site / "index.html").write_text(PAGE)
+    (site / "index.html").write_text(page_html)
     handler = functools.partial(_Quiet, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -308,12 +364,60 @@ def run_chromium(folder: Path, files: list[Path], node_modules: Path, work: Path
         if not text.startswith("done:"):
             raise TimeoutError(f"transformers.js in Chromium did not finish: {text[:300]}")
         rows = json.loads(text.removeprefix("done:"))
-        if isinstance(rows, dict):
+        if isinstance(rows, dict) and "error" in rows:
             raise RuntimeError(rows["error"])
+        if per_file:
+            return {f.name: json.loads(page.text(per_file.replace("name", json.dumps(f.name)))) for f in files}
         return rows
     finally:
         page.close()
         server.shutdown()
+
+
+def decoded_by_clients(files: list[Path], node_modules: Path, work: Path, parts: list[str]) -> dict[str, Any]:
+    """What RawImage.read decodes in Node (sharp) and in Chromium, against images.decode_image: per client, the max
+    and mean difference in levels over all files, and the files more than one level apart."""
+    from vitdeploy.core.images import decode_image
+
+    decoded: dict[str, dict[str, Any]] = {}
+    if "node" in parts:
+        script = node_modules.parent / "vitdeploy_raw_image_decode.mjs"
+        script.write_text(NODE_DECODE)
+        out = work / "node-decoded.json"
+        subprocess.run(["node", str(script), str(out), *map(str, files)], check=True, timeout=1800)
+        decoded["node"] = json.loads(out.read_text())
+    if "chromium" in parts:
+        decoded["chromium"] = _in_chromium(DECODE_PAGE, files, node_modules, work / "decode",
+                                           per_file="window.decoded[name]")
+    results = {}
+    for client, rows in decoded.items():
+        worst, total, count, apart = 0, 0.0, 0, []
+        for path in files:
+            row = rows[path.name]
+            pixels = np.frombuffer(base64.b64decode(row["data"]), np.uint8).reshape(
+                row["height"], row["width"], row["channels"])
+            got = _on_white(pixels)
+            expected = np.asarray(decode_image(path), np.int16)
+            if got.shape != expected.shape:
+                apart.append((path.name, f"shape {got.shape} vs {expected.shape}"))
+                continue
+            diff = np.abs(got - expected)
+            worst, total, count = max(worst, int(diff.max())), total + float(diff.sum()), count + diff.size
+            if diff.max() > 1:
+                apart.append((path.name, int(diff.max()), round(float(diff.mean()), 3)))
+        results[client] = {"files": len(files), "max_levels": worst, "mean_levels": total / max(count, 1),
+                           "files_more_than_one_level_apart": apart}
+    return results
+
+
+def _on_white(pixels: np.ndarray) -> np.ndarray:
+    """A client's decoded pixels (1-4 channels) as RGB, transparency composited on white as the raw-image graph does
+    (rounded as Pillow's paste)."""
+    channels = pixels.shape[2]
+    colour = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+    alpha = pixels[..., -1:].astype(np.int32) if channels in (2, 4) else np.full(pixels.shape[:2] + (1,), 255)
+    blended = colour.astype(np.int32) * alpha + 255 * (255 - alpha)
+    return ((blended * 2 + 255) // 510).astype(np.int16)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -327,14 +431,26 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 # ------------------------------------------------------------------------------------------------- main
 
 
-def machine() -> dict[str, Any]:
+def machine(node_modules: Path | None) -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     import onnxruntime
+    from PIL import features
 
+    from vitdeploy.runtimes.web.toolchain import find_browser
+
+    def package(name: str) -> str | None:
+        found = node_modules / name / "package.json" if node_modules else None
+        return json.loads(found.read_text())["version"] if found and found.is_file() else None
+
+    browser = find_browser()
     return {"cpu": cpu, "loadavg": Path("/proc/loadavg").read_text().split()[:3], "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__, "pillow": Image.__version__,
-            "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()}
+            "littlecms": features.version("littlecms2"),
+            "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+            "transformers.js": package("@huggingface/transformers"), "sharp": package("sharp"),
+            "chromium": subprocess.run([browser, "--version"], capture_output=True, text=True).stdout.strip()
+            if browser else None}
 
 
 def main() -> None:
@@ -342,11 +458,11 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="an exported model.onnx (its bundle beside it)")
     parser.add_argument("--node-modules", type=Path, help="node_modules holding @huggingface/transformers")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/raw_image.json")
-    parser.add_argument("--parts", default="parity,node,chromium")
+    parser.add_argument("--parts", default="parity,node,chromium,decoders")
     args = parser.parse_args()
     parts = args.parts.split(",")
     results: dict[str, Any] = json.loads(args.output.read_text()) if args.output.exists() else {}
-    results["machine"] = machine()
+    results["machine"] = machine(args.node_modules)
     with tempfile.TemporaryDirectory(prefix="raw-image-") as tmp:
         work = Path(tmp)
         photos = write_photos(work / "photos")
@@ -364,15 +480,15 @@ def main() -> None:
             folder = work / "web"
             vitdeploy.web(args.model, out=folder)
             reference = {**predict_scores(args.model, photos), **predict_scores(args.model, digits)}
-            full = full_decode_scores(args.model, photos)
             clients = {"node": lambda fs: run_node(folder, fs, args.node_modules),
                        "chromium": lambda fs: run_chromium(folder, fs, args.node_modules, work / f"c{len(fs)}")}
             for client in ("node", "chromium"):
                 if client in parts:
                     rows = clients[client](photos)
                     results[client] = {"photos": agreement(reference, rows, profiled),
-                                       "photos_vs_full_decode": agreement(full, rows, profiled),
                                        "digits": agreement(reference, clients[client](digits))}
+        if "decoders" in parts:
+            results["decoders"] = decoded_by_clients(photos, args.node_modules, work, ["node", "chromium"])
         results["machine"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

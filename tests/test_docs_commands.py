@@ -74,6 +74,10 @@ def not_here(why: str) -> Entry:
 
 
 MODEL = "models/digits/best/model.onnx"
+# The default `vitdeploy train` is 1,320 steps (~35 s of CPU, minutes on a busy machine) and the docs train it three
+# times (training.md: alone and under torchrun; scale.md): here each runs the same command on the same path (the
+# digits preset, its data, bundles and DDP) for 2 epochs. The README quickstart in .ci/run trains it whole.
+TWO_EPOCHS = " --epochs 2"
 COMMANDS: dict[str, Entry] = {
     # README.md
     'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 -e ".[train]" && vitdeploy train && '
@@ -93,7 +97,10 @@ COMMANDS: dict[str, Entry] = {
     "python -m pytest -q tests/test_train.py": not_here("a part of the suite, which runs it anyway"),
     "bash .ci/run": not_here("CI itself: it creates virtual environments and installs from PyPI and Debian"),
     # bench.md
-    "vitdeploy bench": slow(),
+    # every variant that runs here, built, gated and timed as documented; timed briefly (3 runs at batch 1 instead of
+    # 3 s at each of 3 batch sizes: ~90 s of the block's ~4 minutes at load 10-17)
+    "vitdeploy bench": slow(**{"vitdeploy bench": "vitdeploy bench --batch-sizes 1 --warmup-iters 1 --warmup-seconds 0 "
+                               "--min-iters 3 --min-seconds 0 --block-idle 0"}),
     "vitdeploy bench --preset vit-ti16 --batch-sizes 1,32 --output bench.json --plot bench.png": not_here(
         "builds, gates and times every variant of ViT-Ti/16 (15 minutes on 2 cores; 4 even on the tiny preset); "
         "tests/test_bench.py runs bench --preset with quick settings, --output and --plot"),
@@ -122,6 +129,8 @@ COMMANDS: dict[str, Entry] = {
         not_here("ViT-Ti/16 on 224-px photos: hours on 2 cores"),
     "python benchmarks/precision_speed.py /tmp/ti16regions/best --runs 3 --profile": not_here(
         "needs the ViT-Ti/16 run above"),
+    "python benchmarks/avx2_speed.py time --work /tmp/avx2w --isas avx2,native --runs 3": not_here(
+        "needs the ViT-Ti/16 run above, built by avx2_speed.py build; about 30 minutes on 2 cores"),
     # predict.md
     "vitdeploy predict samples/*.png": fast(),
     "vitdeploy predict photos/ --recursive --model models/vit-ti/best/model.onnx --format csv -o predictions.csv":
@@ -149,7 +158,8 @@ COMMANDS: dict[str, Entry] = {
     "vitdeploy export models/digits/best --optimize --precision fp16,int8,ov-bf16,ov-int8": Entry(
         "slow", without_bf16=NO_BF16),
     # scale.md
-    "vitdeploy train && vitdeploy export --opset 17 && vitdeploy samples samples/": slow(),
+    "vitdeploy train && vitdeploy export --opset 17 && vitdeploy samples samples/": slow(
+        **{"vitdeploy train &&": f"vitdeploy train{TWO_EPOCHS} &&"}),
     "vitdeploy predict samples/ --engine ray --format parquet -o out.parquet": slow(),
     "vitdeploy predict 's3://bucket/images/' --engine ray --address auto --workers 16 --format parquet -o "
     "out.parquet": not_here("a Ray cluster (--address auto) and an S3 bucket"),
@@ -180,7 +190,7 @@ COMMANDS: dict[str, Entry] = {
     "vitdeploy serve models/digits/best/model.onnx --port 8000": not_here(
         "a server that runs until stopped: tests/test_serve.py starts one and queries it"),
     # training.md
-    "vitdeploy train": slow(),
+    "vitdeploy train": slow(**{"vitdeploy train": f"vitdeploy train{TWO_EPOCHS}"}),
     "vitdeploy train --data photos/ --preset vit-ti16": not_here("ViT-Ti/16 at 224 px for 60 epochs: hours on 2 cores"),
     # docs/token-merging.md: the page's ViT-Ti/16 trained on photo regions; tests/test_tome.py runs each step (export
     # tome / tome-int8 with the search, --tome-r, verify and bench on the merged file) on a tiny model.
@@ -192,7 +202,8 @@ COMMANDS: dict[str, Entry] = {
                        "vitdeploy bench models/ti16/best/model.onnx --variants ort-cpu,ov-cpu-int8,ort-cpu-tome,"
                        "ov-cpu-tome,ov-cpu-tome-int8")},
     "vitdeploy train --resume models/digits/last": fast(),
-    "torchrun --nproc_per_node=2 -m vitdeploy train --device cpu": slow(),
+    "torchrun --nproc_per_node=2 -m vitdeploy train --device cpu": slow(
+        **{"--device cpu": f"--device cpu{TWO_EPOCHS}"}),
     "vitdeploy samples samples/": fast(),
     # web.md
     "vitdeploy web models/digits/best/model.onnx -o web": fast(),

@@ -36,8 +36,9 @@ def test_the_graph_preprocesses_as_images_preprocess(interpolation, resize_mode)
     from vitdeploy.exporting.image_input import preprocessing_model
 
     spec = PreprocessSpec(image_size=32, resize_size=37, interpolation=interpolation, resize_mode=resize_mode)
-    hwc, chw = _session(preprocessing_model(spec, "hwc")), _session(preprocessing_model(spec, "chw"))
-    narrow = _session(preprocessing_model(spec, "chw", wide=False))  # float32 weights, for onnxruntime-web
+    hwc, chw = _session(preprocessing_model(spec, "hwc")), _session(preprocessing_model(spec, "chw", dtype="float32"))
+    planar = _session(preprocessing_model(spec, "chw"))  # export --image-layout nchw: uint8 channels first
+    narrow = _session(preprocessing_model(spec, "chw", wide=False, dtype="float32"))  # float32 weights: the web file
     rng = np.random.default_rng(0)
     differing = total = narrow_differing = 0
     for width, height in SIZES:
@@ -46,6 +47,7 @@ def test_the_graph_preprocesses_as_images_preprocess(interpolation, resize_mode)
         from_hwc = hwc.run(None, {"image": image[None]})[0][0]
         from_chw = chw.run(None, {"pixel_values": image.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
         np.testing.assert_array_equal(from_hwc, from_chw)
+        np.testing.assert_array_equal(from_hwc, planar.run(None, {"image": image.transpose(2, 0, 1)[None].copy()})[0][0])
         levels = _levels(from_hwc, expected, spec)
         from_narrow = narrow.run(None, {"pixel_values": image.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
         narrow_levels = _levels(from_narrow, expected, spec)
@@ -190,6 +192,156 @@ def test_a_triton_repository_carries_the_raw_image_file(tiny_image_onnx, tmp_pat
     refused = CliRunner().invoke(app, ["triton", str(tiny_image_onnx), "--out", str(tmp_path / "gpu"),
                                        "--device", "gpu", "--tensorrt", "fp16"])
     assert refused.exit_code == 2 and "any size" in refused.output
+
+
+# --- channels first: export --image-layout nchw
+
+
+@pytest.fixture(scope="module")
+def tiny_planar_onnx(tiny_onnx, tmp_path_factory):
+    """The tiny model as a channels-first raw-image file (uint8 [batch, channels, height, width])."""
+    import onnx
+
+    from vitdeploy.exporting.image_input import with_image_input
+    from vitdeploy.runtimes import read_model_info
+
+    path = tmp_path_factory.mktemp("planar") / "tiny.image.onnx"
+    onnx.save(with_image_input(onnx.load(tiny_onnx), read_model_info(tiny_onnx).preprocess, "chw"), path)
+    return path
+
+
+@pytest.mark.parametrize("runtime", ["ort", "openvino"])
+def test_a_channels_first_file_answers_as_the_channels_last_one(tiny_image_onnx, tiny_planar_onnx, runtime):
+    pytest.importorskip({"ort": "onnxruntime", "openvino": "openvino"}[runtime])
+    from vitdeploy.runtimes import open_runtime
+
+    last, first = open_runtime(runtime, tiny_image_onnx, device="cpu"), open_runtime(runtime, tiny_planar_onnx,
+                                                                                     device="cpu")
+    assert first.takes_images and first.info.image_input["layout"] == "chw"
+    assert first.info.image_input["dtype"] == "uint8" and first.input.name == "image"
+    if runtime == "ort":  # OpenVINO names no dynamic axis
+        assert first.input_shape[1] == "channels"
+    for channels in (1, 3, 4):
+        images = np.random.default_rng(channels).integers(0, 256, (2, 45, 70, channels), dtype=np.uint8)
+        np.testing.assert_array_equal(first.run(images.transpose(0, 3, 1, 2)), last.run(images))
+
+
+def test_check_pixels_passes_the_channels_first_graph(tiny_onnx):
+    import onnx
+
+    from vitdeploy.exporting.image_input import check_pixels, with_image_input
+    from vitdeploy.runtimes import read_model_info
+
+    spec = read_model_info(tiny_onnx).preprocess
+    assert check_pixels(with_image_input(onnx.load(tiny_onnx), spec, "chw"), spec, "chw") <= 1.0 + 1e-3
+
+
+def test_the_export_gate_feeds_channels_first_images(tiny_onnx):
+    """The gate's held-out images are HWC; a channels-first file gets them transposed (its pixels then match)."""
+    import onnx
+
+    from vitdeploy.exporting.gate import AccuracyGate, GateData, judge_image_input
+    from vitdeploy.exporting.image_input import with_image_input, with_pixels_output
+    from vitdeploy.runtimes import open_runtime, read_model_info
+
+    spec = read_model_info(tiny_onnx).preprocess
+    plain = open_runtime("ort", tiny_onnx, device="cpu")
+    images = [np.asarray(Image.fromarray(np.random.default_rng(i).integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)))
+              for i in range(3)]
+    inputs = np.stack([preprocess(Image.fromarray(im), spec) for im in images])
+    data = GateData(inputs=inputs, labels=np.zeros(3, np.int64), reference=plain.run(inputs), source="noise",
+                    images=images)
+    planar = with_pixels_output(with_image_input(onnx.load(tiny_onnx), spec, "chw")).SerializeToString()
+    result = judge_image_input("image", planar, data, AccuracyGate(), spec)
+    assert result.max_pixel_levels <= 1.0 + 1e-3 and result.top1_agreement == 1.0
+
+
+def test_image_layout_is_refused_without_image_input_or_when_unknown(tiny_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from vitdeploy.cli import app
+
+    alone = CliRunner().invoke(app, ["export", str(tiny_bundle), "-o", str(tmp_path / "a.onnx"),
+                                     "--image-layout", "nchw"])
+    assert alone.exit_code == 2 and "add --image-input" in alone.output
+    unknown = CliRunner().invoke(app, ["export", str(tiny_bundle), "-o", str(tmp_path / "b.onnx"), "--image-input",
+                                       "--image-layout", "chwn"])
+    assert unknown.exit_code == 2 and "nhwc, nchw" in unknown.output
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+
+
+def test_a_v2_server_and_triton_take_channels_first_images(tiny_onnx, tiny_planar_onnx, tmp_path):
+    """The v2 server checks the channels on axis 1 and the image endpoint transposes; Triton's README says so."""
+    pytest.importorskip("uvicorn")
+    from builders import running_server, smooth_rgb
+    from typer.testing import CliRunner
+
+    import vitdeploy
+    from vitdeploy.cli import app
+    from vitdeploy.runtimes import open_runtime
+    from vitdeploy.serving.protocol import build_infer_request
+
+    plain = open_runtime("ort", tiny_onnx, device="cpu")
+    image = np.asarray(smooth_rgb(37, 23, seed=1))
+    expected = plain.run(preprocess(Image.fromarray(image), plain.preprocess)[None])
+    with running_server(tiny_planar_onnx, 60, max_batch_size=2) as server:
+        import http.client
+        import json
+
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+
+        def post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            answer = response.status, response.read()
+            conn.close()
+            return answer
+
+        status, answer = post("/v2/models/tiny.image/infer", *build_infer_request(
+            image.transpose(2, 0, 1)[None], binary=False))
+        assert status == 200, answer
+        np.testing.assert_allclose(json.loads(answer)["outputs"][0]["data"], expected.ravel(), atol=1e-4)
+        status, answer = post("/v2/models/tiny.image/infer", *build_infer_request(image[None], binary=False))
+        assert status == 400 and b"[N, channels, height, width]" in answer  # channels last: 23 channels on axis 1
+        smooth_rgb(37, 23, seed=1).save(tmp_path / "a.png")
+        status, answer = post("/classify?top_k=2", (tmp_path / "a.png").read_bytes(), {})
+        [row] = vitdeploy.predict([tmp_path / "a.png"], model=tiny_onnx, top_k=2).rows
+        assert status == 200 and [t["label"] for t in json.loads(answer)["predictions"][0]["top_k"]] == [
+            t["label"] for t in row["top_k"]]
+    result = CliRunner().invoke(app, ["triton", str(tiny_planar_onnx), "--out", str(tmp_path / "repo"),
+                                      "--name", "planar"])
+    assert result.exit_code == 0, result.output
+    readme = (tmp_path / "repo" / "README.md").read_text()
+    assert "UINT8 [batch, channels, height, width]" in readme and "batch.transpose(0, 3, 1, 2)" in readme
+
+
+@pytest.mark.slow
+def test_export_image_layout_nchw_writes_a_gated_channels_first_file(tiny_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from vitdeploy.cli import app
+    from vitdeploy.runtimes import open_runtime
+
+    result = CliRunner().invoke(app, ["export", str(tiny_bundle), "-o", str(tmp_path / "model.onnx"),
+                                      "--image-input", "--image-layout", "nchw"])
+    assert result.exit_code == 0, result.output
+    session = open_runtime("ort", tmp_path / "model.image.onnx", device="cpu")
+    assert session.info.image_input["layout"] == "chw" and session.input_shape[1] == "channels"
+    assert session.info.parity["max_pixel_levels"] <= 1.0 + 1e-3
+
+
+def test_commands_that_feed_tensors_refuse_a_channels_first_file(tiny_planar_onnx, tmp_path):
+    from builders import smooth_rgb
+    from typer.testing import CliRunner
+
+    from vitdeploy.cli import app
+
+    smooth_rgb(30, 20, seed=0).save(tmp_path / "a.png")
+    predicted = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--model", str(tiny_planar_onnx)])
+    assert predicted.exit_code == 2 and "takes decoded images" in predicted.output
+    verified = CliRunner().invoke(app, ["verify", str(tiny_planar_onnx)])
+    assert verified.exit_code == 2 and "takes decoded images" in verified.output
 
 
 # --- transformers.js in Node on `vitdeploy web`'s folder

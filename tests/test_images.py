@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from builders import png_header_only, smooth_rgb
-from PIL import Image
+from icc_profiles import ADOBE_RGB_COLORANTS, ADOBE_RGB_GAMMA, grey_profile, rgb_profile
+from PIL import Image, ImageCms
 
 from vitdeploy.core import images
 from vitdeploy.core.config import PreprocessSpec
-from vitdeploy.core.images import ImageDecodeError, decode_for_preprocess, decode_image, preprocess
+from vitdeploy.core.images import ImageDecodeError, decode_image, preprocess
 
 SPEC_224 = PreprocessSpec(image_size=224, resize_size=256)
 
@@ -187,7 +188,7 @@ def test_exif_orientation_survives_mode_conversion(tmp_path, mode):
     assert decode_image(path).size == (16, 24)
 
 
-# --- JPEG draft decoding ----------------------------------------------------------------------------------
+# --- full decoding, colour profiles ----------------------------------------------------------------------
 
 
 def levels(a: np.ndarray, b: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -195,25 +196,129 @@ def levels(a: np.ndarray, b: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.abs(a - b) * np.asarray(spec.std, np.float32)[:, None, None] * 255
 
 
-@pytest.mark.parametrize("orientation", [1, 6, 3])
-def test_draft_decoding_matches_full_decoding_within_tolerance(tmp_path, orientation):
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_large_jpegs_decode_in_full_as_every_client_does(tmp_path, orientation):
+    # a JPEG many times the model's size: no reduced-scale (draft) decoding, the pixels are libjpeg's full decode
     exif = Image.Exif()
     exif[0x0112] = orientation
     path = tmp_path / "big.jpg"
-    smooth_rgb(1100, 1031).save(path, "JPEG", quality=92, exif=exif.tobytes())  # shorter side > 2 x 256
-    full = preprocess(decode_image(path), SPEC_224)
-    drafted_img = decode_for_preprocess(path, SPEC_224)
-    assert min(drafted_img.size) == SPEC_224.resize_size  # it was drafted and resized in one go
-    diff = levels(preprocess(drafted_img, SPEC_224), full, SPEC_224)
-    # measured: mean ~0.3, max ~6 levels on photos (JPEG re-encoding noise is of the same order)
-    assert diff.mean() < 1.0 and diff.max() < 12
+    smooth_rgb(1100, 1031).save(path, "JPEG", quality=92, exif=exif.tobytes())
+    with Image.open(path) as opened:
+        full = opened.convert("RGB")
+    if orientation == 6:
+        full = full.transpose(Image.Transpose.ROTATE_270)
+    assert np.array_equal(np.asarray(decode_image(path)), np.asarray(full))
 
 
-def test_no_draft_below_the_margin(tmp_path):
-    path = tmp_path / "medium.jpg"
-    smooth_rgb(640, 480).save(path, "JPEG", quality=92)  # shorter side 480 < 2 x 256: decoded in full
-    assert np.array_equal(preprocess(decode_for_preprocess(path, SPEC_224), SPEC_224),
-                          preprocess(decode_image(path), SPEC_224))
+def srgb_from_adobe_rgb(rgb: np.ndarray) -> np.ndarray:
+    """The sRGB levels of Adobe RGB (1998) levels, from the colour science (not LittleCMS): the tone curve, the
+    profile's D50 colorants to XYZ, sRGB's D50-adapted colorants back, sRGB's tone curve."""
+    linear = (rgb / 255.0) ** ADOBE_RGB_GAMMA
+    srgb_colorants = np.array([[0.4361, 0.2225, 0.0139], [0.3851, 0.7169, 0.0971], [0.1431, 0.0606, 0.7141]])
+    xyz = linear @ np.asarray(ADOBE_RGB_COLORANTS)
+    out = np.clip(xyz @ np.linalg.inv(srgb_colorants), 0, 1)
+    encoded = np.where(out <= 0.0031308, 12.92 * out, 1.055 * out ** (1 / 2.4) - 0.055)
+    return np.rint(encoded * 255)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_an_embedded_adobe_rgb_profile_is_converted_to_srgb(tmp_path, fmt):
+    # colours well inside both gamuts, in flat 8x8 blocks (JPEG keeps them to a level or two)
+    colours = np.array([[200, 60, 40], [40, 160, 90], [70, 90, 200], [128, 128, 128], [230, 200, 120],
+                        [20, 30, 40], [180, 120, 160], [90, 200, 210]], np.uint8)
+    pixels = np.repeat(np.repeat(colours[None], 8, axis=0), 8, axis=1)  # 8 x 64
+    path = tmp_path / f"adobe.{fmt.lower()}"
+    Image.fromarray(pixels).save(path, fmt, icc_profile=rgb_profile(), **({"quality": 98} if fmt == "JPEG" else {}))
+    got = np.asarray(decode_image(path), np.float64)[4, 4::8]
+    expected = srgb_from_adobe_rgb(colours.astype(np.float64))
+    assert np.abs(expected - colours).max() > 15  # the profile matters: saturated colours move
+    assert np.abs(got - expected).max() <= (1 if fmt == "PNG" else 3)
+
+
+def test_a_grey_profile_is_converted_to_srgb_grey(tmp_path):
+    path = tmp_path / "grey.png"
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16), "L").save(path, icc_profile=grey_profile())
+    got = np.asarray(decode_image(path), np.int16)
+    linear = (np.arange(256) / 255.0) ** 1.8
+    expected = np.rint(255 * np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055))
+    assert got.shape == (16, 16, 3) and (got == got[..., :1]).all()  # still grey
+    assert np.abs(got[..., 0].ravel() - expected).max() <= 1
+
+
+def test_a_grey_image_with_an_rgb_profile_is_read_as_rgb_as_chromium_does(tmp_path):
+    # Pillow keeps the profile when it converts an Adobe RGB photo to grey; Chromium then applies it (measured)
+    path = tmp_path / "grey-adobe.png"
+    Image.fromarray(np.array([[40, 128, 230]], np.uint8), "L").save(path, icc_profile=rgb_profile())
+    got = np.asarray(decode_image(path), np.int16)[0]
+    expected = srgb_from_adobe_rgb(np.repeat(np.array([40.0, 128.0, 230.0])[:, None], 3, axis=1))
+    assert np.abs(got - expected).max() <= 1 and np.abs(expected[:, 0] - [40, 128, 230]).max() >= 3
+
+
+def test_transparency_is_composited_after_the_colour_conversion(tmp_path):
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., :3] = (200, 60, 40)
+    rgba[..., 3] = [[255, 0], [128, 255]]
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba, "RGBA").save(path, icc_profile=rgb_profile())
+    got = np.asarray(decode_image(path), np.int16)
+    converted = srgb_from_adobe_rgb(np.array([200.0, 60.0, 40.0]))
+    assert np.abs(got[0, 0] - converted).max() <= 1
+    assert (got[0, 1] == 255).all()  # fully transparent: the background
+    assert np.abs(got[1, 0] - np.rint((converted * 128 + 255 * 127) / 255)).max() <= 1
+
+
+def test_a_palette_image_with_a_profile_is_converted(tmp_path):
+    path = tmp_path / "palette.png"
+    Image.new("RGB", (4, 4), (200, 60, 40)).convert("P", palette=Image.Palette.ADAPTIVE).save(
+        path, icc_profile=rgb_profile())
+    assert Image.open(path).mode == "P"
+    got = np.asarray(decode_image(path), np.int16)[0, 0]
+    assert np.abs(got - srgb_from_adobe_rgb(np.array([200.0, 60.0, 40.0]))).max() <= 1
+
+
+def test_an_srgb_profile_changes_nothing(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    path = tmp_path / "srgb.png"
+    Image.fromarray(pixels).save(path, icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    assert np.array_equal(np.asarray(decode_image(path)), pixels)
+
+
+@pytest.mark.parametrize("profile", [rgb_profile()[:200], b"not a profile at all", grey_profile()],
+                         ids=["truncated", "garbage", "grey-profile-on-rgb"])
+def test_a_broken_or_mismatched_profile_is_ignored_as_browsers_do(tmp_path, profile):
+    pixels = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "odd-profile.png"
+    Image.fromarray(pixels).save(path, icc_profile=profile)
+    assert np.array_equal(np.asarray(decode_image(path)), pixels)
+
+
+def test_the_profile_and_the_exif_orientation_are_both_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    pixels = np.zeros((8, 16, 3), np.uint8)
+    pixels[:, :8] = (200, 60, 40)
+    path = tmp_path / "rotated-adobe.png"
+    Image.fromarray(pixels).save(path, icc_profile=rgb_profile(), exif=exif.tobytes())
+    got = np.asarray(decode_image(path), np.int16)
+    assert got.shape == (16, 8, 3)  # turned upright
+    assert np.abs(got[0, 0] - srgb_from_adobe_rgb(np.array([200.0, 60.0, 40.0]))).max() <= 1  # the left half: top
+
+
+def test_a_cmyk_jpeg_with_an_rgb_profile_ignores_it(tmp_path):
+    # a CMYK image's profile must describe CMYK: an RGB one is ignored, Pillow's CMYK conversion as without one
+    rgb = smooth_rgb(24, 16)
+    plain, profiled = tmp_path / "plain.jpg", tmp_path / "profiled.jpg"
+    rgb.convert("CMYK").save(plain, "JPEG", quality=95)
+    rgb.convert("CMYK").save(profiled, "JPEG", quality=95, icc_profile=rgb_profile())
+    assert Image.open(profiled).info.get("icc_profile")
+    assert np.array_equal(np.asarray(decode_image(profiled)), np.asarray(decode_image(plain)))
+
+
+def test_littlecms_ships_with_pillow():
+    # ImageCms is Pillow's binding to LittleCMS, built into the wheel: no system library to install
+    from PIL import features
+
+    assert features.check("littlecms2")
 
 
 # --- THE preprocessing ------------------------------------------------------------------------------------
@@ -299,13 +404,6 @@ def test_stretch_mode_resizes_both_sides_then_crops():
     cropped = PreprocessSpec(image_size=8, resize_size=10, interpolation="nearest", mean=(0, 0, 0), std=(1, 1, 1),
                              resize_mode="stretch")
     np.testing.assert_array_equal(preprocess(Image.fromarray(arr), cropped)[0, 0], [0] * 4 + [1] * 4)
-
-
-def test_stretch_mode_decodes_jpegs_in_full(tmp_path):
-    path = tmp_path / "big.jpg"
-    smooth_rgb(1100, 700).save(path, "JPEG", quality=92)
-    spec = PreprocessSpec(image_size=224, resize_size=224, resize_mode="stretch")
-    assert decode_for_preprocess(path, spec).size == (1100, 700)  # a drafted copy would add a second resampling
 
 
 def test_specs_from_before_the_resize_mode_read_as_shorter_side():

@@ -371,3 +371,24 @@ def test_openvino_saturates_without_vnni_unless_nncf_fixes_overflow_everywhere(u
     assert np.abs(every_avx2 - every).max() < 0.2 * np.abs(first_avx2 - fp32).max()
     assert abs(_agreement(fp32, every_avx2) - _agreement(fp32, every)) <= 0.01
     assert _agreement(fp32, every_avx2) >= _agreement(fp32, first) - 0.03
+
+
+def test_the_mask_makes_openvino_compile_its_avx2_kernels(cpuid_mask, tiny_onnx):
+    """What the AVX2 speed measurements (benchmarks/avx2_speed.md) rest on: under the mask OpenVINO's oneDNN JIT
+    kernels are its AVX2 ones, none AVX-512, and WINOGRAD (an AVX-512-only capability) is gone."""
+    pytest.importorskip("openvino")
+    from vitdeploy.core.provenance import cpu_flags
+
+    code = ("import sys, json, numpy as np, openvino as ov; core = ov.Core(); "
+            "c = core.compile_model(sys.argv[1], 'CPU', {'PERF_COUNT': True, 'INFERENCE_PRECISION_HINT': 'f32'}); "
+            "r = c.create_infer_request(); r.infer({0: np.zeros((1, 3, 16, 16), np.float32)}); "
+            "print(json.dumps([sorted({p.exec_type for p in r.profiling_info}), "
+            "core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')]))")
+    kernels = {isa: json.loads(subprocess.run([sys.executable, "-c", code, str(tiny_onnx)], env=_masked(library, isa),
+                                              check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+               for isa, library in (("native", None), ("avx2", cpuid_mask))}
+    masked_types, masked_capabilities = kernels["avx2"]
+    assert not [t for t in masked_types if "avx512" in t] and [t for t in masked_types if "avx2" in t]
+    assert "WINOGRAD" not in masked_capabilities
+    if "avx512f" in cpu_flags():
+        assert [t for t in kernels["native"][0] if "avx512" in t]

@@ -81,3 +81,16 @@ def test_a_note_is_printed_once_when_a_library_installed_a_root_handler(capsys) 
         logging.getLogger().removeHandler(root_handler)
     assert seen_by_root == []
     assert capsys.readouterr().err.count("skipped ov-cpu-bf16") == 1
+
+
+def test_a_stage_note_is_said_once_on_stderr_and_kept_in_the_json(tiny_onnx: Path) -> None:
+    """Notes travel one way (core/notes.py): logged as they happen, and the same lines on the result; the CLI
+    never prints a result's notes a second time."""
+    import json
+
+    result = CliRunner().invoke(app, ["verify", str(tiny_onnx), "--runtime", "ort", "--batch-sizes", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["notes"], "the tiny bundle has no dataset: verify says so"
+    for note in report["notes"]:
+        assert result.stderr.count(note) == 1, (note, result.stderr)

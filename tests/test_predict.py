@@ -132,7 +132,7 @@ def test_predict_input_tensor_equals_training_evaluation_tensor(tmp_path, tiny_o
         for label in ("cat", "dog", "bird"):
             (root / split / label).mkdir(parents=True)
     val_files = [root / "val" / "bird" / "big.jpg", root / "val" / "cat" / "wide.png", root / "val" / "dog" / "p.gif"]
-    smooth_rgb(1200, 900).save(val_files[0], quality=90)  # large enough for the JPEG draft shortcut
+    smooth_rgb(1200, 900).save(val_files[0], quality=90)  # a large JPEG: decoded in full by both
     smooth_rgb(70, 20, seed=1).save(val_files[1])
     smooth_rgb(30, 30, seed=2).save(val_files[2])
     for label in ("cat", "dog", "bird"):

@@ -410,5 +410,4 @@ def test_real_photos_match_timm_eval_transform_and_model(small_timm, tmp_path: P
     pixels = np.stack([timm_eval_transform(Image.open(p), 32, 0.875, mean, std) for p in paths])
     found = predict_against_reference(onnx_path, paths, hf_logits(model, pixels))
     print(f"timm eval transform + reference model vs vitdeploy predict: {found}")
-    # JPEGs at least twice the 36 px resize size are decoded at reduced scale (predict's documented draft)
     assert found["top1_agreement"] == 1.0 and found["max_abs_logit_diff"] < 1e-3

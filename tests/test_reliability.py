@@ -236,29 +236,42 @@ def test_predict_runs_vitdeploys_own_external_data_check(tiny_bundle, images, tm
 # ------------------------------------------------------------------------------------------ bundles
 
 
-SAVE_AND_DIE = """
-import os, signal, sys
-import torch
-from builders import TINY
-from vitdeploy.files.bundle import load_bundle, save_bundle
-from vitdeploy.model.vit import build_model
+def save_and_die(folder: Path, die_at: int) -> None:
+    """In a forked child: save a new bundle over `folder`, SIGKILLed at its `die_at`-th rename. A fork, not a fresh
+    interpreter: torch is already imported (a new Python spent ~1.5 s of CPU on it, four times a test)."""
+    import signal
 
-folder, die_at = sys.argv[1], int(sys.argv[2])
-_, info = load_bundle(folder)
-renames = 0
-real_replace = os.replace
+    import torch
+    from builders import TINY
 
-def replace_or_die(*args, **kwargs):
-    global renames
-    renames += 1
-    if renames == die_at:
-        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: as a power cut or the OOM killer would
-    return real_replace(*args, **kwargs)
+    from vitdeploy.files.bundle import load_bundle, save_bundle
+    from vitdeploy.model.vit import build_model
 
-os.replace = replace_or_die
-torch.manual_seed(99)
-save_bundle(folder, build_model(TINY), info, train_state={"epoch": 2})
-"""
+    _, info = load_bundle(folder)
+    renames = 0
+    real_replace = os.replace
+
+    def replace_or_die(*args, **kwargs):
+        nonlocal renames
+        renames += 1
+        if renames == die_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: as a power cut or the OOM killer would
+        return real_replace(*args, **kwargs)
+
+    os.replace = replace_or_die  # in the child only
+    torch.manual_seed(99)
+    save_bundle(folder, build_model(TINY), info, train_state={"epoch": 2})
+
+
+def run_forked(target, *args) -> int:
+    """Run `target(*args)` in a forked child; its exit code (-9: SIGKILL)."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=target, args=args)
+    child.start()
+    child.join(120)
+    assert child.exitcode is not None, "the child did not finish in 120 s"
+    return child.exitcode
 
 
 @pytest.mark.slow
@@ -271,19 +284,14 @@ def test_a_save_killed_before_any_of_its_renames_leaves_the_previous_bundle(tmp_
     folder = make_bundle(tmp_path / "last")
     model, info = load_bundle(folder)
     save_bundle(folder, model, info, train_state={"epoch": 1})
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     # One save renames each of its files once: weights, train state, config.json.
     for die_at in (1, 2, 3):
-        done = subprocess.run([sys.executable, "-c", SAVE_AND_DIE, str(folder), str(die_at)], capture_output=True,
-                              text=True, env=env, timeout=120)
-        assert done.returncode == -9, done.stderr  # SIGKILL
+        assert run_forked(save_and_die, folder, die_at) == -9  # SIGKILL
         reloaded, _ = load_bundle(folder)  # the previous bundle, whole
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
         assert load_train_state(folder)["epoch"] == 1
     assert list(folder.glob(".*.tmp"))  # the killed saves left temporaries behind ...
-    done = subprocess.run([sys.executable, "-c", SAVE_AND_DIE, str(folder), "4"], capture_output=True, text=True,
-                          env=env, timeout=120)
-    assert done.returncode == 0, done.stderr  # three renames were all there were: the fourth never comes
+    assert run_forked(save_and_die, folder, 4) == 0  # three renames were all there were: the fourth never comes
     assert load_train_state(folder)["epoch"] == 2  # and the save that completed is the bundle now
     save_bundle(folder, model, info, train_state={"epoch": 3})
     assert not list(folder.glob(".*.tmp"))  # ... which the next save removes

@@ -295,6 +295,22 @@ def test_the_pages_preprocessing_is_images_preprocess(web_session, photos, spec)
 
 
 @needs_browser
+def test_the_page_converts_colour_profiles_as_the_python_decoder(web_session, photos):
+    """An Adobe RGB photo: the page (Chromium's skcms) and images.decode_image (LittleCMS) both convert it to sRGB."""
+    from icc_profiles import rgb_profile
+
+    spec = PreprocessSpec(image_size=64, resize_size=64, interpolation="bilinear", resize_mode="stretch")
+    buffer = io.BytesIO()
+    photo = Image.open(io.BytesIO(photos["china.jpg"])).convert("RGB")
+    photo.save(buffer, "PNG", icc_profile=rgb_profile())
+    _, crop = web_session.preprocess_image(buffer.getvalue(), spec.to_dict())
+    expected = _python_crop(images.decode_image("adobe.png", data=buffer.getvalue()), spec)
+    unconverted = _python_crop(photo, spec)
+    assert np.abs(unconverted.astype(int) - expected.astype(int)).max() > 10  # the profile matters
+    assert np.abs(crop.astype(int) - expected.astype(int)).max() <= 1  # skcms and LittleCMS round apart
+
+
+@needs_browser
 @pytest.mark.slow
 def test_prediction_through_the_page_agrees_with_vitdeploy_predict(web_session, tiny_onnx, photos, tmp_path):
     import vitdeploy

@@ -104,6 +104,7 @@ class ExportRequest(_Request):
     verify: bool = True  # parity with PyTorch before the file is moved into place
     optimize: bool = False  # also the fused fp32 variant
     image_input: bool = False  # also model.image.onnx: the decoded image as input, THE preprocessing in the graph
+    image_layout: str = "nhwc"  # model.image.onnx's input: nhwc (uint8 [batch, H, W, C]) | nchw ([batch, C, H, W])
     precision: tuple[str, ...] = ("fp32",)  # variants to build beside the file, each gated (variants.py lists them)
     max_accuracy_drop: float = MAX_ACCURACY_DROP  # accuracy gate: percentage points of held-out accuracy to lose
     int8_method: str = "static"  # static (QDQ, calibrated) | dynamic

@@ -1,6 +1,6 @@
 """Where the time goes from image file to logits: decode, preprocess and model, per image, on ONNX Runtime CPU.
 
-The stages are predict's (images.decode_for_preprocess, then images.preprocess, then one session run per batch),
+The stages are predict's (images.decode_image, then images.preprocess, then one session run per batch),
 run one after another here so that each can be timed alone.
 """
 
@@ -24,7 +24,7 @@ def end_to_end(onnx_path: Path, paths: list[Path], batch_size: int, threads: int
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         started = time.perf_counter()
-        decoded = [images.decode_for_preprocess(path, spec) for path in chunk]
+        decoded = [images.decode_image(path) for path in chunk]
         after_decode = time.perf_counter()
         pixels = np.stack([images.preprocess(image, spec) for image in decoded])
         after_preprocess = time.perf_counter()

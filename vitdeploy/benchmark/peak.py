@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.benchmark.timing import CudaEventTimer, Runner, WallClock, torch_threads
+from vitdeploy.benchmark.timing import CudaEventTimer, Runner, WallClock
 from vitdeploy.benchmark.variants import VariantSpec
+from vitdeploy.core.cpu import torch_threads
 from vitdeploy.core.provenance import cpu_clock_ghz, cpu_flags
 from vitdeploy.runtimes import open_runtime
 

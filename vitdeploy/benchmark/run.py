@@ -25,8 +25,9 @@ from vitdeploy.benchmark.peak import GemmRunner, gemm_runners, peaks
 from vitdeploy.benchmark.protocol import Blocks, cold_start, measure_points
 from vitdeploy.benchmark.report import BenchReport, PointResult, add_ratios, recommend_variant
 from vitdeploy.benchmark.runners import make_runner
-from vitdeploy.benchmark.timing import input_batch, torch_threads
+from vitdeploy.benchmark.timing import input_batch
 from vitdeploy.benchmark.variants import VARIANTS, BenchSettings, runtime_problem
+from vitdeploy.core.cpu import torch_threads
 from vitdeploy.core.extras import importable
 from vitdeploy.core.flops import count_macs
 from vitdeploy.errors import ConfigError

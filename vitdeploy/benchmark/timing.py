@@ -1,6 +1,6 @@
 """What the protocol (protocol.py) drives and how it reads the clock: the Runner interface (create, stage, infer),
-the timers (perf_counter around a call on the CPU, CUDA events on the GPU), the input every variant sees, and
-torch's thread count. A base layer: it imports nothing else of the benchmark but the catalogue and environment.
+the timers (perf_counter around a call on the CPU, CUDA events on the GPU) and the input every variant sees. A base
+layer: it imports nothing else of the benchmark but the catalogue and environment.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -105,19 +105,3 @@ def input_batch(cfg: ModelConfig, batch_size: int, seed: int) -> np.ndarray:
     preprocessed image)."""
     rng = np.random.default_rng(seed + batch_size)
     return rng.standard_normal((batch_size, cfg.in_channels, cfg.image_size, cfg.image_size), dtype=np.float32)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op thread count inside the block, where torch is installed (ONNX Runtime sessions get theirs
-    at creation)."""
-    torch = optional_torch()
-    if torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

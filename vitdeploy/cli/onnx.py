@@ -29,10 +29,15 @@ def export(
     ] = ExportRequest.optimize,
     image_input: Annotated[
         bool, typer.Option(help="Also write MODEL.image.onnx: input the decoded image itself (uint8 [batch, height, "
-                           "width, channels], any size, 1-4 channels), THE preprocessing inside the graph, for "
+                           "width, channels], or channels first with --image-layout nchw; any size, 1-4 channels), "
+                           "THE preprocessing inside the graph, for "
                            "clients that cannot reproduce Pillow (Triton, KServe, Java, C++, phones); gated on "
                            "held-out images at many sizes.")
     ] = ExportRequest.image_input,
+    image_layout: Annotated[
+        str, typer.Option(help="--image-input's input: nhwc (uint8 [batch, height, width, channels], as Pillow, "
+                          "OpenCV and sharp decode) or nchw (uint8 [batch, channels, height, width], planar).")
+    ] = ExportRequest.image_layout,
     precision: Annotated[
         Optional[list[str]],
         typer.Option(help=precision_help()),
@@ -76,7 +81,8 @@ def export(
     from vitdeploy.errors import ParityError
 
     request = ExportRequest(bundle=bundle, out=out, opset=opset, verify=verify, optimize=optimize,
-                            image_input=image_input, precision=tuple(precision or ExportRequest.precision),
+                            image_input=image_input, image_layout=image_layout,
+                            precision=tuple(precision or ExportRequest.precision),
                             max_accuracy_drop=max_accuracy_drop, int8_method=int8_method, exporter=exporter,
                             tome_r=tome_r)
     try:
@@ -156,8 +162,6 @@ def verify(
     if report.accuracy:
         scores = ", ".join(f"{name} {value:.1%}" for name, value in report.accuracy.items())
         console.print(f"top-1 accuracy on the {n['real']} labelled held-out images: {scores}", highlight=False)
-    for note in report.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if report.passed:
         console.print(f"[green]parity ok[/] on {', '.join(report.providers)}", highlight=False)
     if json_output:

@@ -89,8 +89,6 @@ def triton(
         storage_uri=storage_uri,
         force=force,
     ))
-    for note in repo.notes:
-        print_note(note)
     print_note(f"wrote Triton model {repo.name!r} to {repo.model_dir}/ (see {repo.root / 'README.md'})")
     if json_output:
         print_json(repo.to_dict())

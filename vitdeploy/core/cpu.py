@@ -15,8 +15,9 @@ Why a class and not the flags: without VNNI or AMX, x86 INT8 kernels multiply u8
 
 from __future__ import annotations
 
+import contextlib
 import platform
-from collections.abc import Set
+from collections.abc import Iterator, Set
 from pathlib import Path
 
 from vitdeploy.core.provenance import cpu_flags
@@ -57,3 +58,22 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` inside the block and restored after it; unchanged for None or
+    where torch is not installed (ONNX Runtime and OpenVINO sessions take theirs when they are created)."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if count is None or torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -6,12 +6,13 @@ same code path, and a deployment machine needs no torch.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageCms, ImageFile
 
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ImageDecodeError
@@ -32,11 +33,6 @@ RESAMPLE = {
 }
 
 
-
-
-# decode_image drafts a JPEG only when its shorter side is at least this many times the target size; at 1x the
-# DCT box filter would dominate the result (mean error ~1.4/255, max ~20/255 measured) instead of ~0.3/255.
-DRAFT_MARGIN = 2
 # EXIF orientation tag and the transposition that turns the stored pixels into what a person sees.
 EXIF_ORIENTATION = 0x0112
 EXIF_TRANSPOSE = {
@@ -53,28 +49,35 @@ SUPPORTED_MODES = frozenset(
     ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L",
      "I;16N", "F")
 )
+# The colour space (the profile header's) that an embedded ICC profile must describe for each decoded mode; a
+# palette is expanded to RGB or RGBA first, and so is a grey image with an RGB profile (Pillow writes one when it
+# converts an RGB image to grey), as Chromium reads it (sharp ignores that profile). A profile of another space is
+# ignored.
+PROFILE_SPACES = {"RGB": "RGB ", "RGBA": "RGB ", "L": "GRAY", "LA": "GRAY", "CMYK": "CMYK"}
+# What the colours become: alpha is kept (to_rgb composites it afterwards), grey becomes RGB.
+PROFILE_OUTPUT_MODES = {"RGB": "RGB", "RGBA": "RGBA", "L": "RGB", "LA": "RGBA", "CMYK": "RGB"}
+# An RGB profile whose conversion moves no colour by more than this (sRGB IEC61966-2.1 as cameras embed it: 1 level
+# in 0.2% of the colours) is sRGB: its pixels are kept as stored, as Chromium keeps them.
+SRGB_TOLERANCE_LEVELS = 1
 
 
-def decode_image(
-    path: str | os.PathLike[str], draft_size: int | None = None, interpolation: str = "bilinear",
-    data: bytes | None = None,
-) -> Image.Image:
+def decode_image(path: str | os.PathLike[str], data: bytes | None = None) -> Image.Image:
     """Open an image file and return a fully loaded RGB image, or raise ImageDecodeError.
 
     `data`: the image's bytes (an upload to `vitdeploy serve`), decoded with the same checks; `path` then only
     names it in errors.
 
     - only ALLOWED_FORMATS are decoded; the first frame of animated GIF/WebP/multi-page TIFF is used;
+    - an embedded ICC colour profile is converted to sRGB (to_srgb), as browsers and sharp decode;
     - EXIF orientation is applied, so the pixels are what a person sees;
     - every mode becomes RGB deliberately (see to_rgb);
     - decompression bombs (more than Image.MAX_IMAGE_PIXELS pixels) and truncated files raise instead of
       producing a prediction.
-    `draft_size` (pass PreprocessSpec.resize_size, or use decode_for_preprocess): a JPEG whose shorter side is
-    at least DRAFT_MARGIN x draft_size is decoded at a reduced scale (Image.draft: 1/2, 1/4 or 1/8, done in
-    the DCT, several times faster) and resized so that its shorter side is draft_size with `interpolation`.
-    That equals full decoding + resize_shorter_side to within 0.2-0.4/255 on average and 6/255 at most on
-    photos (1.1/255 on average for white noise, the worst case; tests/test_images.py checks the bound);
-    other images are returned at full size.
+
+    NOTE: every image is decoded at full scale, JPEGs included. A JPEG drafted at 1/2-1/8 scale in the DCT
+    (Image.draft) is several times faster to decode, but its pixels after THE preprocessing are not a full
+    decode's (benchmarks/decode_cost.py, 42 photo JPEGs: up to 14/255 for a 16 px model, 8/255 at 64 px, in 30%
+    and 15% of the values), and every client (browsers, sharp, OpenCV, a Triton client) decodes in full.
 
     Thread-safe: it touches no global state (warnings.catch_warnings would not be), so a pool of threads can
     decode in parallel; Pillow releases the GIL while decoding.
@@ -87,7 +90,7 @@ def decode_image(
         img = Image.open(io.BytesIO(data) if data is not None else path, formats=ALLOWED_FORMATS)
         rgb = None
         try:
-            rgb = _load_rgb(img, path, draft_size, interpolation)
+            rgb = _load_rgb(img, path)
             return rgb
         finally:
             if rgb is not img:  # `img` itself is returned only when load() already closed its file
@@ -111,7 +114,7 @@ def decode_image(
         raise ImageDecodeError(path, "corrupt", f"corrupt or truncated image: {e}") from None
 
 
-def _load_rgb(img: Image.Image, path: Path, draft_size: int | None, interpolation: str) -> Image.Image:
+def _load_rgb(img: Image.Image, path: Path) -> Image.Image:
     if img.width * img.height > Image.MAX_IMAGE_PIXELS:
         raise ImageDecodeError(
             path, "decompression_bomb",
@@ -119,29 +122,87 @@ def _load_rgb(img: Image.Image, path: Path, draft_size: int | None, interpolatio
         )
     if img.mode not in SUPPORTED_MODES:
         raise ImageDecodeError(path, "unsupported_mode", f"unsupported pixel mode {img.mode!r}")
-    full_size = img.size
-    draft_box = None
-    # MPO: multi-picture JPEGs from phone cameras. The margin keeps the draft's box filter well above the final
-    # resolution, so the final bilinear/bicubic resize decides the result.
-    if draft_size and img.format in ("JPEG", "MPO") and min(full_size) >= DRAFT_MARGIN * draft_size:
-        target = DRAFT_MARGIN * draft_size
-        drafted = img.draft("RGB", (target, target))
-        # draft() also answers when it keeps the full scale; only a real reduction needs the resize below
-        draft_box = drafted[1] if drafted and img.size != full_size else None
     img.load()
     # Read after load(): a PNG may store its eXIf chunk after the pixels. getexif() also reads XMP orientation.
     transpose = EXIF_TRANSPOSE.get(img.getexif().get(EXIF_ORIENTATION))
-    rgb = to_rgb(img)
-    if draft_box is not None:
-        # The drafted image covers the original's area plus part of a padding block at the right and bottom
-        # edges; `box` maps exactly the original area, so the geometry matches a full decode. This happens in
-        # the stored orientation, where the box is valid; the EXIF rotation comes after.
-        rgb = resample(rgb, shorter_side_size(full_size, draft_size), interpolation, draft_box)
+    rgb = to_rgb(to_srgb(img))
     if transpose is not None:
         rgb = rgb.transpose(transpose)
     if rgb is img and img.fp is not None:
         rgb = img.copy()  # multi-frame files stay open after load() (for seek); the caller closes them
     return rgb
+
+
+def to_srgb(img: Image.Image) -> Image.Image:
+    """The image's colours converted from its embedded ICC profile to sRGB (LittleCMS, perceptual intent), or the
+    image itself where it has no profile, a broken one, one of another colour space than its pixels, or an sRGB one.
+
+    Why: an image's numbers mean colours only through its profile (Adobe RGB from cameras, Display P3 from phones,
+    a printer's grey), and browsers and sharp (transformers.js in Node) convert them to sRGB when they decode:
+    measured, within one level of this conversion, where the unconverted pixels were up to 107/255 off (scikit-
+    image's color.png). Where the two differ this follows Chromium, what a person sees in a browser: a grey image
+    with a grey profile is converted, and one with an RGB profile is read as RGB and converted (sharp leaves both
+    as stored: docs/web.md has what that moves).
+    """
+    profile = img.info.get("icc_profile")
+    if not profile:
+        return img
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    if img.mode in ("L", "LA") and _profile_space(bytes(profile)) == PROFILE_SPACES["RGB"]:
+        img = img.convert("RGB" if img.mode == "L" else "RGBA")
+    if img.mode not in PROFILE_SPACES:
+        return img  # 1-bit, 16-bit and float grey, YCbCr: no 8-bit LittleCMS layout; to_rgb converts them as before
+    transform = _srgb_transform(bytes(profile), img.mode)
+    return img if transform is None else transform.apply(img)
+
+
+@functools.lru_cache(maxsize=32)
+def _profile_space(profile: bytes) -> str | None:
+    """The colour space an ICC profile describes ("RGB ", "GRAY", "CMYK", ...); None where LittleCMS cannot read it."""
+    try:
+        return ImageCms.ImageCmsProfile(io.BytesIO(profile)).profile.xcolor_space
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def _srgb_transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """A LittleCMS transform from `profile` to sRGB for `mode`'s pixels; None for a profile LittleCMS cannot read or
+    of another colour space than the mode's, or an sRGB profile (SRGB_TOLERANCE_LEVELS).
+    Cached: photos of one camera share a profile, and building a transform costs more than applying it to a small
+    image. LittleCMS transforms may be applied from many threads at once."""
+    if _profile_space(profile) != PROFILE_SPACES[mode]:
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        transform = ImageCms.buildTransform(source, _srgb_profile(), mode, PROFILE_OUTPUT_MODES[mode])
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+    if mode in ("RGB", "RGBA"):  # an sRGB profile (many photos carry one): the pixels as stored, as Chromium keeps
+        probe = _identity_probe()  # them (LittleCMS moves 0.2% of colours by a level, sharp too)
+        moved = np.abs(np.asarray(transform.apply(probe.convert(mode)))[..., :3].astype(np.int16) - np.asarray(probe))
+        if moved.max() <= SRGB_TOLERANCE_LEVELS:
+            return None
+    return transform
+
+
+@functools.cache
+def _identity_probe() -> Image.Image:
+    """Every level of each channel alone and of grey, and a 32-step cube of colours: a transform that keeps all of
+    them within a level keeps every colour within a level (its curves and matrix are the identity's)."""
+    ramp = np.arange(256, dtype=np.uint8)
+    zero = np.zeros(256, np.uint8)
+    ramps = np.stack([np.stack(c, axis=1) for c in ((ramp, zero, zero), (zero, ramp, zero), (zero, zero, ramp),
+                                                     (ramp, ramp, ramp))])  # (4, 256, 3)
+    steps = np.linspace(0, 255, 32).round().astype(np.uint8)
+    cube = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), axis=-1).reshape(128, 256, 3)
+    return Image.fromarray(np.concatenate([ramps, cube]), "RGB")
+
+
+@functools.cache
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -181,19 +242,6 @@ def _gray_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
         lo, hi = 0.0, 1.0
     scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def decode_for_preprocess(
-    path: str | os.PathLike[str], spec: PreprocessSpec, data: bytes | None = None
-) -> Image.Image:
-    """decode_image with the JPEG draft shortcut sized for `spec`; preprocess() of the result is the same
-    (within decode_image's tolerance) as preprocess() of the fully decoded image.
-
-    The shortcut keeps the aspect ratio, so a "stretch" spec decodes in full: its one resize squeezes the sides
-    by different factors, and a drafted copy would add a second resampling to the longer side.
-    """
-    draft_size = spec.resize_size if spec.resize_mode == "shorter_side" else None
-    return decode_image(path, draft_size=draft_size, interpolation=spec.interpolation, data=data)
 
 
 def shorter_side_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
@@ -271,7 +319,7 @@ def resized_center_crop(img: Image.Image, resize_size: int, crop_size: int, inte
     within 1/255 (rounding).
     """
     w, h = img.size
-    if min(w, h) == resize_size:  # already at scale (JPEG draft, or the image was this size): just crop
+    if min(w, h) == resize_size:  # already at scale: just crop
         return center_crop(img, crop_size)
     rw, rh = shorter_side_size((w, h), resize_size)
     if min(w, h) < resize_size:  # enlarging a small image: cheap in full, and a box is 2/255 off there

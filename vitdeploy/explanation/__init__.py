@@ -143,7 +143,7 @@ def explain(request: ExplainRequest) -> ExplainResult:
 def _load(path: Path, spec: PreprocessSpec) -> np.ndarray | images.ImageDecodeError:
     """The model input (3, S, S) for one file, decoded and preprocessed exactly as predict does, or its error."""
     try:
-        return images.preprocess(images.decode_for_preprocess(path, spec), spec)
+        return images.preprocess(images.decode_image(path), spec)
     except images.ImageDecodeError as e:
         return e
 

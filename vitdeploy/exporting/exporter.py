@@ -190,9 +190,11 @@ def export(request: ExportRequest) -> ExportResult:
                                                       request.image_input)
     if request.tome_r is not None and not any("tome" in name for name in variants):
         raise ConfigError("--tome-r sets the token merging variants: add --precision tome (or tome-int8)")
+    if request.image_layout != ExportRequest.image_layout and not request.image_input:
+        raise ConfigError(f"--image-layout {request.image_layout} sets model.image.onnx's input: add --image-input")
     result = export_onnx(request.bundle, request.out, request.opset, request.verify, variants,
                          AccuracyGate(max_accuracy_drop=request.max_accuracy_drop), request.int8_method,
-                         request.exporter, request.tome_r)
+                         request.exporter, request.tome_r, request.image_layout)
     result.auto, result.skipped = result_auto, skipped
     return result
 
@@ -207,6 +209,7 @@ def export_onnx(
     int8_method: str = ExportRequest.int8_method,
     exporter: str | None = None,
     tome_r: int | None = ExportRequest.tome_r,
+    image_layout: str = ExportRequest.image_layout,
 ) -> ExportResult:
     """Export a bundle (default: the latest under models/) to `out` (default: BUNDLE/model.onnx).
 
@@ -214,7 +217,8 @@ def export_onnx(
     `variants` (precision.requested_variants: fp32-opt, fp16, int8, ov-bf16, ov-int8) are then built from that file
     and written beside it (model.int8.onnx, ...) only if they pass the accuracy gate on the runtime each is
     for; the result's `passed` is False when one does not (the others are written). `tome_r`: tokens merged per
-    block by the token merging variants (tome, tome-int8); None: searched.
+    block by the token merging variants (tome, tome-int8); None: searched. `image_layout`: the raw-image
+    variant's input, nhwc or nchw (uint8 either way).
     """
     exporter = resolve_exporter(exporter)
     check_opset(opset, exporter)  # before loading anything: a bad opset is a usage error
@@ -224,7 +228,7 @@ def export_onnx(
         from vitdeploy.exporting.gate import AccuracyGate
         from vitdeploy.exporting.ladder import check_request, export_variants, gate_data_for
 
-        check_request(variants, int8_method, tome_r)  # usage errors and no held-out images, before anything is written
+        check_request(variants, int8_method, tome_r, image_layout)  # usage errors, before anything is written
         data = gate_data_for(model, info, variants)
     result = export_model(model, info, Path(out) if out else bundle_dir / DEFAULT_FILE_NAME, opset, verify,
                           bundle_dir, exporter)
@@ -234,7 +238,8 @@ def export_onnx(
             return export_model(changed, info, path, opset, verify_it, bundle_dir, exporter)
 
         result.variants = export_variants(model, info, result.path, variants, gate or AccuracyGate(), data,
-                                          int8_method, export=export_again, tome_r=tome_r)
+                                          int8_method, export=export_again, tome_r=tome_r,
+                                          image_layout=image_layout)
     return result
 
 

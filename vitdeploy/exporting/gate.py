@@ -18,7 +18,7 @@ from PIL import Image
 
 from vitdeploy.core.config import PreprocessSpec
 from vitdeploy.errors import ConfigError, DataError
-from vitdeploy.exporting.image_input import CHECK_SIZES, MAX_PIXEL_LEVELS, PIXELS_OUTPUT, pixel_levels
+from vitdeploy.exporting.image_input import CHECK_SIZES, MAX_PIXEL_LEVELS, PIXELS_OUTPUT, as_layout, pixel_levels
 from vitdeploy.files.onnx_file import OUTPUT_NAME
 from vitdeploy.files.variants import EXPORT
 from vitdeploy.requests import MAX_ACCURACY_DROP, MIN_TOP1_AGREEMENT
@@ -204,12 +204,13 @@ def judge_image_input(variant: str, model: bytes, data: GateData, gate: Accuracy
     if not data.images:
         raise DataError("no decoded held-out images to judge the raw-image variant on")
     session = open_runtime("ort", model, device="cpu")
+    layout = session.info.image_input["layout"]  # nhwc or nchw (export --image-layout); the images are HWC
     worst_levels, rows = 0.0, []
     checks = [(image, data.inputs[i]) for i, image in enumerate(data.images)]
     checks += [(raw, preprocess(rgb, spec)) for raw, rgb in
                (_presented(image, i) for i, image in enumerate(data.images))]
     for index, (raw, expected) in enumerate(checks):
-        out = session.run_outputs(raw[None], [OUTPUT_NAME, PIXELS_OUTPUT])
+        out = session.run_outputs(as_layout(raw[None], layout), [OUTPUT_NAME, PIXELS_OUTPUT])
         worst_levels = max(worst_levels, pixel_levels(out[PIXELS_OUTPUT][0], expected, spec))
         if index < len(data.images):
             rows.append(out[OUTPUT_NAME][0])
@@ -260,7 +261,7 @@ def regate(report: ParityReport, here: str | None = None) -> GateResult | None:
     try:
         data = gate_data(model, info)
     except DataError as e:
-        report.notes.append(f"gated on {gated or 'an unrecorded CPU class'}, not re-gated on this {here} CPU: {e}")
+        report.notes.add(f"gated on {gated or 'an unrecorded CPU class'}, not re-gated on this {here} CPU: {e}")
         return None
     recorded = meta.parity.get("gate") or {}
     gate = AccuracyGate(recorded.get("max_accuracy_drop", MAX_ACCURACY_DROP),
@@ -268,7 +269,7 @@ def regate(report: ParityReport, here: str | None = None) -> GateResult | None:
     result = judge(row.name, row.precision, path, data, gate, row.gate_device, recorded.get("max_abs"),
                    row.runtime, here)
     report.regate = result.summary()
-    report.notes.append(
+    report.notes.add(
         f"accuracy gate re-run on this {here} CPU (the file was gated on {gated or 'an unrecorded CPU class'}): "
         f"top-1 agreement {result.top1_agreement:.1%}, accuracy {-result.accuracy_drop_pt:+.2f} pt on "
         f"{result.images} held-out images: " + ("pass" if result.passed else "FAIL"))

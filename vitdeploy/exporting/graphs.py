@@ -82,6 +82,7 @@ class VariantSource:
     model: Any = None
     export: Callable[[Any, Path, bool], Any] | None = None
     tome_r: int | None = None  # tokens merged per block; None: searched (tome_search)
+    image_layout: str = ExportRequest.image_layout  # the raw-image variant's input: nhwc | nchw
     _fused: tuple[onnx.ModelProto, FusionReport] | None = field(default=None, repr=False)
     _calibration: np.ndarray | None = field(default=None, repr=False)
     _tome: dict[str, Any] = field(default_factory=dict, repr=False)  # tome_search's memo, for tome and tome-int8
@@ -407,12 +408,12 @@ def build_image_input(source: VariantSource) -> BuiltGraph:
     """The fp32 graph behind THE preprocessing in ONNX operators: input the decoded image (image_input.py)."""
     import onnx
 
-    from vitdeploy.exporting.image_input import with_image_input
+    from vitdeploy.exporting.image_input import EXPORT_LAYOUTS, with_image_input
     from vitdeploy.files.onnx_file import parse_metadata
 
     model = onnx.load(os.fspath(source.base))
     spec = parse_metadata(source.base, {p.key: p.value for p in model.metadata_props}).preprocess
-    return BuiltGraph(with_image_input(model, spec, "hwc"))
+    return BuiltGraph(with_image_input(model, spec, EXPORT_LAYOUTS[source.image_layout]))
 
 
 def build_ov_int8(source: VariantSource) -> BuiltGraph:

@@ -2,9 +2,13 @@
 of the model, so that a client that cannot reproduce Pillow (transformers.js, a Java or C++ service, Triton, a phone)
 sends the decoded image itself and gets the answers `vitdeploy predict` gives.
 
-    layout "hwc": input `image`        uint8   [batch, height, width, channels]  (as Pillow, OpenCV, sharp decode)
-    layout "chw": input `pixel_values` float32 [batch, channels, height, width] holding 0..255 (what transformers.js
-                  hands a model when preprocessor_config.json turns resize, rescale and normalize off; the web folder)
+    layout "hwc", uint8:   input `image`        [batch, height, width, channels]  (as Pillow, OpenCV, sharp decode;
+                           export --image-input, --image-layout nhwc)
+    layout "chw", uint8:   input `image`        [batch, channels, height, width]  (planar buffers, as torchvision's
+                           decode_image and many C++/Java tensors hold them; --image-layout nchw)
+    layout "chw", float32: input `pixel_values` [batch, channels, height, width] holding 0..255 (what transformers.js
+                           hands a model when preprocessor_config.json turns resize, rescale and normalize off; the web
+                           folder)
 
 Any height and width; 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels, transparency composited on white as
 images.to_rgb does. The images of one batch share one size (a batch of one for images of any size).
@@ -38,7 +42,12 @@ if TYPE_CHECKING:
     import onnx
 
 LAYOUTS = ("hwc", "chw")
-IMAGE_INPUT = {"hwc": IMAGE_INPUT_NAME, "chw": INPUT_NAME}
+# export --image-layout (the batch axis named, as clients name tensor layouts): the graph's layout, uint8 either way
+EXPORT_LAYOUTS = {"nhwc": "hwc", "nchw": "chw"}
+DTYPES = ("uint8", "float32")
+# The input's name by its type: uint8 pixels are the image itself; float32 ones take the model's own input name, which
+# transformers.js feeds
+IMAGE_INPUT = {"uint8": IMAGE_INPUT_NAME, "float32": INPUT_NAME}
 MIN_OPSET = 13  # ReduceSum and Unsqueeze take their axes as inputs
 PREPROCESSED = "preprocess/pixel_values"  # the graph's preprocessed tensor, which the model's nodes read
 PIXELS_OUTPUT = "preprocessed"  # that tensor as an output, in the copy that parity checks run (with_pixels_output)
@@ -231,23 +240,39 @@ def preprocessing_nodes(g: _Graph, source: str, spec: PreprocessSpec, layout: st
     return g.op("Div", g.op("Sub", scaled, g.const(mean, np.float32)), g.const(std, np.float32))
 
 
-def input_description(layout: str) -> dict[str, object]:
+def input_description(layout: str, dtype: str = "uint8") -> dict[str, object]:
     """The raw-image file's META_INPUT: what its input is, for the runtimes, serve and triton."""
-    return {"kind": "image", "name": IMAGE_INPUT[layout], "layout": layout,
-            "dtype": "uint8" if layout == "hwc" else "float32", "channels": "1 grey, 2 grey+alpha, 3 RGB, 4 RGBA"}
+    return {"kind": "image", "name": IMAGE_INPUT[dtype], "layout": layout, "dtype": dtype,
+            "channels": "1 grey, 2 grey+alpha, 3 RGB, 4 RGBA"}
+
+
+def input_dims(layout: str, batch: str | int = "batch") -> list[str | int]:
+    return [batch, "height", "width", "channels"] if layout == "hwc" else [batch, "channels", "height", "width"]
+
+
+def _check_input(layout: str, dtype: str) -> None:
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown image layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown image type {dtype!r}; choose one of: {', '.join(DTYPES)}")
+
+
+def as_layout(images: np.ndarray, layout: str, dtype: str = "uint8") -> np.ndarray:
+    """A batch of decoded images [batch, height, width, channels] as a raw-image file of `layout` takes them."""
+    return np.ascontiguousarray(images if layout == "hwc" else images.transpose(0, 3, 1, 2), dtype=dtype)
 
 
 def with_image_input(model: onnx.ModelProto, spec: PreprocessSpec, layout: str = "hwc",
-                     wide: bool = True) -> onnx.ModelProto:
-    """A copy of the exported `model` whose input is the raw image (`layout`), THE preprocessing in the graph
+                     wide: bool = True, dtype: str = "uint8") -> onnx.ModelProto:
+    """A copy of the exported `model` whose input is the raw image (`layout` and `dtype`: the table above), THE
+    preprocessing in the graph
     before the model, described in its metadata (META_INPUT). `wide`: positions and weights in float64, as Pillow
     computes them; False: in float32, for onnxruntime-web, whose WebAssembly build has no float64 kernels (the
     pixels then differ by one level in ~0.1-0.5% of the values instead of a handful per 100,000)."""
     import onnx
     from onnx import TensorProto, helper
 
-    if layout not in LAYOUTS:
-        raise ConfigError(f"unknown image layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    _check_input(layout, dtype)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         raise ConfigError(f"the raw-image graph needs opset {MIN_OPSET} or later; this file has {opset}: "
@@ -256,7 +281,7 @@ def with_image_input(model: onnx.ModelProto, spec: PreprocessSpec, layout: str =
     out.CopyFrom(model)
     graph = out.graph
     g = _Graph(wide)
-    image_name = IMAGE_INPUT[layout]
+    image_name = IMAGE_INPUT[dtype]
     source = g.name("image") if image_name == INPUT_NAME else image_name
     if image_name == INPUT_NAME:  # the chw input keeps the model's name: rename inside, after it
         g.nodes.append(helper.make_node("Identity", [image_name], [source], name=source))
@@ -274,33 +299,32 @@ def with_image_input(model: onnx.ModelProto, spec: PreprocessSpec, layout: str =
     old = next(i for i in graph.input if i.name == INPUT_NAME)
     batch = old.type.tensor_type.shape.dim[0]
     batch_dim = batch.dim_param or batch.dim_value
-    dims = [batch_dim, "height", "width", "channels"] if layout == "hwc" else [batch_dim, "channels", "height", "width"]
-    elem = TensorProto.UINT8 if layout == "hwc" else TensorProto.FLOAT
+    dims = input_dims(layout, batch_dim)
+    elem = TensorProto.UINT8 if dtype == "uint8" else TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info(image_name, elem, dims) if i.name == INPUT_NAME else i
               for i in graph.input]
     del graph.input[:]
     graph.input.extend(inputs)
-    set_metadata(out, {META_INPUT: input_description(layout)})
+    set_metadata(out, {META_INPUT: input_description(layout, dtype)})
     return out
 
 
 def preprocessing_model(spec: PreprocessSpec, layout: str = "hwc", opset: int = ExportRequest.opset,
-                        wide: bool = True) -> onnx.ModelProto:
+                        wide: bool = True, dtype: str = "uint8") -> onnx.ModelProto:
     """The preprocessing alone: the raw image (`layout`) in, `pixel_values` float32 [batch, 3, S, S] out (tests and
     benchmarks compare it with images.preprocess)."""
     from onnx import TensorProto, helper
 
-    if layout not in LAYOUTS:
-        raise ConfigError(f"unknown image layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    _check_input(layout, dtype)
     g = _Graph(wide)
-    name = IMAGE_INPUT[layout]
+    name = IMAGE_INPUT[dtype]
     source = "raw" if name == INPUT_NAME else name
     if name == INPUT_NAME:
         g.nodes.append(helper.make_node("Identity", [name], [source], name="raw"))
     out = preprocessing_nodes(g, source, spec, layout)
     g.nodes.append(helper.make_node("Identity", [out], ["preprocessed"], name="preprocessed"))
-    dims = ["batch", "height", "width", "channels"] if layout == "hwc" else ["batch", "channels", "height", "width"]
-    elem = TensorProto.UINT8 if layout == "hwc" else TensorProto.FLOAT
+    dims = input_dims(layout)
+    elem = TensorProto.UINT8 if dtype == "uint8" else TensorProto.FLOAT
     graph = helper.make_graph(
         g.nodes, "preprocessing", [helper.make_tensor_value_info(name, elem, dims)],
         [helper.make_tensor_value_info("preprocessed", TensorProto.FLOAT, ["batch", 3, spec.image_size, spec.image_size])],
@@ -327,7 +351,8 @@ def pixel_levels(got: np.ndarray, expected: np.ndarray, spec: PreprocessSpec) ->
     return float((np.abs(got - expected) * std * 255).max())
 
 
-def check_pixels(model: onnx.ModelProto, spec: PreprocessSpec, layout: str, seed: int = 0) -> float:
+def check_pixels(model: onnx.ModelProto, spec: PreprocessSpec, layout: str, seed: int = 0,
+                 dtype: str = "uint8") -> float:
     """Run a raw-image `model` (ONNX Runtime, CPU) on seeded noise images at every CHECK_SIZES size, as 1 to 4
     channels in turn, and raise CheckFailed unless its preprocessed pixels are within MAX_PIXEL_LEVELS of
     images.preprocess's; returns the max difference in levels. Noise is the hardest case for rounding."""
@@ -344,7 +369,7 @@ def check_pixels(model: onnx.ModelProto, spec: PreprocessSpec, layout: str, seed
         channels = index % 4 + 1
         raw = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
         image = Image.fromarray(raw[..., 0] if channels == 1 else raw, ("L", "LA", "RGB", "RGBA")[channels - 1])
-        batch = raw[None] if layout == "hwc" else raw.transpose(2, 0, 1)[None].astype(np.float32)
+        batch = as_layout(raw[None], layout, dtype)
         out = session.run_outputs(batch, [OUTPUT_NAME, PIXELS_OUTPUT])
         worst = max(worst, pixel_levels(out[PIXELS_OUTPUT][0], preprocess(to_rgb(image), spec), spec))
         if not np.isfinite(out[OUTPUT_NAME]).all():

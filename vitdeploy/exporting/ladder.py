@@ -34,6 +34,7 @@ import numpy as np
 
 from vitdeploy.core.atomic import reported_as
 from vitdeploy.core.config import comma_list
+from vitdeploy.core.notes import Notes
 from vitdeploy.core.strict_json import record
 from vitdeploy.errors import ConfigError, DataError
 from vitdeploy.exporting.capabilities import auto_variants, check_exportable
@@ -47,7 +48,7 @@ from vitdeploy.exporting.gate import (
     synthetic_gate_data,
 )
 from vitdeploy.exporting.graphs import FusionReport, VariantSource, build_variant
-from vitdeploy.exporting.image_input import with_pixels_output
+from vitdeploy.exporting.image_input import EXPORT_LAYOUTS, with_pixels_output
 from vitdeploy.files.onnx_file import (
     META_EXPORT,
     META_INPUT,
@@ -129,7 +130,8 @@ def requested_variants(precisions: Sequence[str], optimize: bool, image_input: b
 # ---------------------------------------------------------------------------------------------------- export
 
 
-def check_request(variants: Sequence[str], int8_method: str, tome_r: int | None = None) -> None:
+def check_request(variants: Sequence[str], int8_method: str, tome_r: int | None = None,
+                  image_layout: str = ExportRequest.image_layout) -> None:
     """Refuse, before any work, what cannot be built here: an unknown variant or method, an OpenVINO variant
     without OpenVINO (and NNCF for ov-int8), bf16 on a CPU that has no native bf16."""
     built = [v for v in EXPORT.values() if v.builder]
@@ -141,6 +143,8 @@ def check_request(variants: Sequence[str], int8_method: str, tome_r: int | None 
     if tome_r is not None and tome_r < 1:
         raise ConfigError(f"--tome-r {tome_r}: token merging needs at least 1 token merged per block (0 merges "
                           "nothing: that is model.onnx); leave it out to search")
+    if image_layout not in EXPORT_LAYOUTS:
+        raise ConfigError(f"unknown --image-layout {image_layout!r}; choose one of: {', '.join(EXPORT_LAYOUTS)}")
     check_exportable(variants)
 
 
@@ -176,17 +180,19 @@ def export_variants(
     isa: str | None = None,
     export: Callable[[Any, Path, bool], Any] | None = None,
     tome_r: int | None = None,
+    image_layout: str = ExportRequest.image_layout,
 ) -> list[VariantResult]:
     """Build each variant from the exported fp32 file `base`, judge it, and write the ones that pass beside it.
 
     A variant that failed is returned with written=False; the others were written. `isa`: the CPU class the INT8
     recipe is chosen for and the file records (default: this CPU's, core.cpu.isa_class); the gate runs here.
     `export(model, path, verify)` exports `model` as `base` was exported (the token merging variants re-export the
-    model with merging on); `tome_r`: their tokens merged per block (None: searched).
+    model with merging on); `tome_r`: their tokens merged per block (None: searched); `image_layout`: the raw-image
+    variant's input (nhwc | nchw).
     """
     import onnx
 
-    check_request(variants, int8_method, tome_r)
+    check_request(variants, int8_method, tome_r, image_layout)
     if not variants:
         return []
     data = data or gate_data_for(model, info, variants)
@@ -197,7 +203,7 @@ def export_variants(
         staging = Path(staging_dir)
         source = VariantSource(base, info.model, staging, lambda: calibration_inputs(info), int8_method,
                                isa or this_machine().isa, model=model,
-                               export=export, tome_r=tome_r)
+                               export=export, tome_r=tome_r, image_layout=image_layout)
         for row in (EXPORT[name] for name in variants):
             started = time.perf_counter()
             built = build_variant(row, source)
@@ -216,7 +222,8 @@ def export_variants(
             else:
                 result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
                                row.runtime, source.isa)
-            notes = _notes(row, result, quantization) + (built.token_merging or {}).get("notes", [])
+            notes = Notes((built.token_merging or {}).get("notes", []))  # the merging search said these
+            _caveats(notes, row, result, quantization)
             set_metadata(proto, {META_PARITY: result.summary()})
             size = staged.stat().st_size
             if result.passed:
@@ -225,7 +232,7 @@ def export_variants(
                     os.replace(external, out.parent / external.name)
                 os.replace(staged, out)
             elif out.exists():
-                notes.append(f"an earlier {out.name} is still there, from a previous export: it is not this one")
+                notes.add(f"an earlier {out.name} is still there, from a previous export: it is not this one")
             results.append(VariantResult(
                 variant=row.name, precision=row.precision, path=out, written=result.passed, gate=result,
                 fusions=fusions, quantization=quantization, size_bytes=size, build_seconds=build_seconds, notes=notes,
@@ -265,10 +272,8 @@ def describe_variant(
     set_metadata(proto, {META_EXPORT: export, META_PARITY: {}, META_INTERMEDIATES: {}})
 
 
-def _notes(row: ExportVariant, result: GateResult, quantization: dict[str, Any] | None) -> list[str]:
-    notes = []
+def _caveats(notes: Notes, row: ExportVariant, result: GateResult, quantization: dict[str, Any] | None) -> None:
     if row.precision == "fp16" and result.runtime.get("device") == "cpu":
-        notes.append("fp16 judged on ONNX Runtime's CPU provider (no usable CUDA here): its fp16 speed needs a GPU")
+        notes.add("fp16 judged on ONNX Runtime's CPU provider (no usable CUDA here): its fp16 speed needs a GPU")
     if quantization and quantization["method"] == "dynamic":
-        notes.append("dynamic quantization scales activations per batch: outputs depend slightly on the batch")
-    return notes
+        notes.add("dynamic quantization scales activations per batch: outputs depend slightly on the batch")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from vitdeploy.core.flops import count_macs
+from vitdeploy.core.notes import Notes
 from vitdeploy.errors import ConfigError
 from vitdeploy.runtimes import open_runtime
 
@@ -141,7 +142,7 @@ def build(source: Any, quantize: Quantize | None = None) -> tuple[Any, dict[str,
     model = getattr(source.model, "module", source.model).eval()
     searched = source.tome_r is None
     fp32_curve = _fp32_curve(source, model, images)
-    notes: list[str] = []
+    notes = Notes()
     if quantize is None:
         curve = fp32_curve
         chosen = _fastest_passing(curve)
@@ -160,7 +161,7 @@ def build(source: Any, quantize: Quantize | None = None) -> tuple[Any, dict[str,
     if chosen is None:
         chosen = _mildest(curve)
         if searched:
-            notes.append(f"no setting kept {SEARCH_MIN_AGREEMENT:.0%} agreement on the search images: the mildest "
+            notes.add(f"no setting kept {SEARCH_MIN_AGREEMENT:.0%} agreement on the search images: the mildest "
                          f"({Setting(chosen.r, chosen.first_block).name}) goes to the gate")
     # The chosen setting once more, with export's parity check against PyTorch with the same merging.
     final = _build_setting(source, model, chosen, quantize, verify=True)

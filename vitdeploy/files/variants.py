@@ -127,7 +127,8 @@ EXPORT_VARIANTS: tuple[ExportVariant, ...] = (
                   "unquantized chosen by a sensitivity search", INT8, "build_ov_int8_bf16", inference_precision="bf16"),
     # THE preprocessing inside the graph (exporting/image_input.py), judged on raw held-out images of many sizes.
     ExportVariant("image", "fp32", "ort", "input the decoded image itself (uint8 [batch, height, width, channels], "
-                  "any size), THE preprocessing inside the graph, for clients that cannot reproduce Pillow", FP32,
+                  "or channels first with --image-layout nchw; any size), THE preprocessing inside the graph, for "
+                  "clients that cannot reproduce Pillow", FP32,
                   "build_image_input", option="image"),
     # Token merging (model/tome.py): fewer tokens, not fewer bits. Parity is against PyTorch with the same merging
     # (verify rebuilds it from the file's metadata); the gate, as for every variant, against the unmerged model.

@@ -8,7 +8,7 @@ numpy + Pillow + onnxruntime only (no torch, no onnx) on ONNX Runtime: this is t
 
 Every input gets exactly one row: a prediction, or an error (path, error type, message) for a file that could
 not be decoded; processing always continues. The preprocessing is the spec stored in the .onnx metadata, applied
-by images.decode_for_preprocess + images.preprocess, the same functions training evaluation uses.
+by images.decode_image + images.preprocess, the same functions training evaluation uses.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def open_model(path: Path, runtime: str | None, device: str, threads: int | None
 def load_model_input(path: Path, spec: PreprocessSpec, data: bytes | None = None) -> np.ndarray:
     """One image file (or its bytes, `data`, named `path`) -> its (3, S, S) float32 model input, exactly as
     training evaluation computes it."""
-    return images.preprocess(images.decode_for_preprocess(path, spec, data), spec)
+    return images.preprocess(images.decode_image(path, data=data), spec)
 
 
 # --------------------------------------------------------------------------------------------- the pipeline

@@ -19,7 +19,6 @@ pickle loaded with weights_only=True, which never runs code) following the two l
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 
 from vitdeploy.core import provenance
 from vitdeploy.core.config import DEFAULT_MODELS_DIR, ModelConfig, PreprocessSpec
+from vitdeploy.core.notes import Notes
 from vitdeploy.errors import CheckpointError
 from vitdeploy.files.bundle import BundleInfo, save_bundle
 from vitdeploy.files.outputs import BUNDLE, check_output_folder
@@ -53,7 +53,6 @@ from vitdeploy.pretrained.common import (
 from vitdeploy.pretrained.huggingface import hf_recipe
 from vitdeploy.pretrained.timm import timm_recipe
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,27 +92,22 @@ def import_checkpoint(
 ) -> ImportResult:
     """Import a timm or Hugging Face ViT checkpoint as a bundle at `out` (default models/<its name>): a new folder,
     an empty one or a bundle (replaced), else refused unless `force` (outputs.py)."""
-    notes: list[str] = []
-
-    def note(line: str) -> None:
-        notes.append(line)
-        logger.info(line)
-
+    notes = Notes()
     if out is not None:
         out = check_output_folder(out, BUNDLE, force=force)
     found = find_source(Path(source), timm_model)
-    checkpoint = read_checkpoint(found.weights, note)
+    checkpoint = read_checkpoint(found.weights, notes.add)
     refuse_unsupported(found.weights, checkpoint.shapes)
-    recipe = (hf_recipe(found, checkpoint.shapes, note) if found.format == HF
-              else timm_recipe(found, checkpoint.shapes, note))
+    recipe = (hf_recipe(found, checkpoint.shapes, notes.add) if found.format == HF
+              else timm_recipe(found, checkpoint.shapes, notes.add))
     check_config_fits(found.weights.parent / "config.json" if found.format == HF else found.weights,
                       checkpoint.shapes, recipe)
-    names = resolve_labels(recipe.labels, Path(labels) if labels else None, recipe.head_classes, note)
+    names = resolve_labels(recipe.labels, Path(labels) if labels else None, recipe.head_classes, notes.add)
     cfg = with_classes(recipe.model, len(names))
     check_tensors(found.weights, checkpoint.shapes, recipe, cfg)
     bundle_dir = Path(out) if out else check_output_folder(DEFAULT_MODELS_DIR / _default_name(found, recipe), BUNDLE,
                                                            force=force)
-    weights = map_weights(checkpoint.tensors(note), recipe, cfg, note)
+    weights = map_weights(checkpoint.tensors(notes.add), recipe, cfg, notes.add)
 
     with torch.random.fork_rng(devices=[]):  # a new head (when there is none) is the same on every import
         torch.manual_seed(0)
@@ -121,8 +115,8 @@ def import_checkpoint(
     model.load_state_dict(weights, strict=recipe.head_classes is not None)
     new_head = recipe.head_classes is None
     if new_head:
-        note(f"the checkpoint has no classifier: a new head for the {len(names)} classes of --labels, randomly "
-             "initialised; fine-tune it with vitdeploy train --init")
+        notes.add(f"the checkpoint has no classifier: a new head for the {len(names)} classes of --labels, "
+                  "randomly initialised; fine-tune it with vitdeploy train --init")
     sha = file_sha256(found.weights)
     info = BundleInfo(
         model=cfg, preprocess=recipe.spec, labels=names,

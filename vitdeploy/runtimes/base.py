@@ -167,7 +167,8 @@ class Session(abc.ABC):
     @property
     def input_shape(self) -> tuple[int | str | None, ...]:
         """[batch, C, H, W] as the graph declares its input (batch: a name where it is dynamic); a raw-image file's
-        [batch, height, width, channels], all names."""
+        [batch, height, width, channels] (or [batch, channels, height, width]: export --image-layout nchw), all
+        names."""
         return tuple(self.input.shape or ())
 
     @property
@@ -216,7 +217,7 @@ def check_input_contract(session: Session, info: OnnxModelInfo) -> None:
 
 def check_image_input_contract(session: Session, info: OnnxModelInfo) -> None:
     """A raw-image file: its metadata says so, and the graph takes what the metadata says (uint8 [batch, H, W, C]
-    for `image`), with a symbolic batch, and gives [batch, len(labels)] logits."""
+    or [batch, C, H, W] for `image`), with a symbolic batch, and gives [batch, len(labels)] logits."""
     declared = info.image_input
     model_input = session.input
     problems = []
@@ -231,7 +232,8 @@ def check_image_input_contract(session: Session, info: OnnxModelInfo) -> None:
                             f"{declared.get('dtype')}")
     shape = model_input.shape
     if shape is None or len(shape) != 4:
-        problems.append(f"input {model_input.name!r} must have 4 dimensions (batch, height, width, channels)")
+        axes = "height, width, channels" if declared.get("layout", "hwc") == "hwc" else "channels, height, width"
+        problems.append(f"input {model_input.name!r} must have 4 dimensions (batch, {axes})")
     elif isinstance(shape[0], int):
         problems.append(f"the batch axis is fixed at {shape[0]} (it must be symbolic)")
     _refuse(session, info, problems)

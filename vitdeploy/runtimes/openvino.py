@@ -25,18 +25,7 @@ import numpy as np
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError, PrecisionError
 from vitdeploy.files.onnx_file import INPUT_NAME
-from vitdeploy.runtimes.base import (
-    Description,
-    ModelSource,
-    RuntimeOffer,
-    RuntimeSpec,
-    Session,
-    SessionOptions,
-    TensorSpec,
-    check_model_file,
-    export_record,
-    file_precision,
-)
+from vitdeploy.runtimes import base
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -102,10 +91,10 @@ def check_precision(precision: str, device: str = "CPU", machine: Machine | None
         raise PrecisionError(problem)
 
 
-def _element(port: ov.Output) -> TensorSpec:
+def _element(port: ov.Output) -> base.TensorSpec:
     shape = port.get_partial_shape()
     dims = None if shape.rank.is_dynamic else tuple(d.get_length() if d.is_static else None for d in shape)
-    return TensorSpec(port.get_any_name(), _ELEMENT_TYPES.get(port.get_element_type().get_type_name(),
+    return base.TensorSpec(port.get_any_name(), _ELEMENT_TYPES.get(port.get_element_type().get_type_name(),
                                                               port.get_element_type().get_type_name()), dims)
 
 
@@ -137,7 +126,7 @@ THROUGHPUT_MIN_BATCH = 8
 STATIC_BATCH_SIZES = 4
 
 
-class OpenVinoSession(Session):
+class OpenVinoSession(base.Session):
     """One compiled model and one infer request: each run() is a synchronous inference on `threads` threads.
 
     static_batch: compile once per batch size seen (the first STATIC_BATCH_SIZES of them), the batch axis fixed,
@@ -147,18 +136,18 @@ class OpenVinoSession(Session):
     1; THROUGHPUT: 1.2x at batch 32; benchmarks/precision_speed.md).
     """
 
-    def __init__(self, model: ModelSource, device: str = "auto", precision: str | None = None,
+    def __init__(self, model: base.ModelSource, device: str = "auto", precision: str | None = None,
                  threads: int | None = None, static_batch: bool = True, throughput: bool = True,
                  machine: Machine | None = None):
         import openvino as ov
 
         self.path = None if isinstance(model, bytes) else Path(model)
         if self.path is not None:
-            check_model_file(self.path)
+            base.check_model_file(self.path)
         ov_device = device_name(device)
         self.model = _read(self.path if self.path is not None else model)  # type: ignore[arg-type]
         self.metadata = {k: _text(v) for k, v in _framework_info(self.model).items()}
-        precision, file_precision = _precision(export_record(self.metadata), precision)
+        precision, graph_precision = _precision(base.export_record(self.metadata), precision)
         check_precision(precision, ov_device, machine)
         self.inputs = [_element(p) for p in self.model.inputs]
         self.outputs = [_element(p) for p in self.model.outputs]
@@ -182,8 +171,8 @@ class OpenVinoSession(Session):
                            "as %s", ov_device, precision, ran, ran)
         self.inference_precision = ran
         # An int8 (fp16) file runs its quantized (fp16) ops so and the rest in the compiled precision.
-        self.description = Description(NAME, ov_device.lower(), ov_device,
-                                       file_precision if file_precision in ("int8", "fp16") else ran)
+        self.description = base.Description(NAME, ov_device.lower(), ov_device,
+                                            graph_precision if graph_precision in ("int8", "fp16") else ran)
         self.request = self.compiled.create_infer_request()
 
     def _compile(self, model: ov.Model, hint: str) -> ov.CompiledModel:
@@ -269,7 +258,7 @@ def _precision(record: dict, asked: str | None) -> tuple[str, str]:
     """(the precision to compute in, the file's precision). Files made for OpenVINO record theirs (ov-bf16: bf16;
     ov-int8: fp32 for the ops left unquantized); every other file computes in fp32 (an fp16 or int8 graph keeps the
     precision of its own ops). Another precision may be named for an fp32 file only."""
-    graph_precision = file_precision(record)
+    graph_precision = base.file_precision(record)
     if asked is None:
         return str(record.get("inference_precision") or "fp32"), graph_precision
     if graph_precision != "fp32" and asked not in ("fp32", graph_precision):
@@ -286,7 +275,7 @@ def _text(value: object) -> str:
     return value.astype(str) if hasattr(value, "astype") else str(value)
 
 
-def _open(model: ModelSource, device: str, precision: str | None, options: SessionOptions,
+def _open(model: base.ModelSource, device: str, precision: str | None, options: base.SessionOptions,
           machine: Machine) -> OpenVinoSession:
     source = model if isinstance(model, bytes) else Path(model)
     return OpenVinoSession(source, device, precision, options.threads, options.static_batch, options.throughput,
@@ -298,14 +287,14 @@ def precisions_of(optimization_capabilities: list[str]) -> tuple[str, ...]:
     return tuple(p for p, cap in CAPABILITY.items() if cap in optimization_capabilities)
 
 
-def _probe() -> RuntimeOffer:
+def _probe() -> base.RuntimeOffer:
     """OpenVINO's devices and, for each, the precisions its optimization capabilities list."""
     import openvino as ov
 
     devices = tuple(available_devices())
     listed = {device: capabilities(device.upper()) for device in devices}
     precisions = {device: precisions_of(caps) for device, caps in listed.items()}
-    return RuntimeOffer(NAME, True, bool(devices), "" if devices else "OpenVINO lists no device here", devices,
+    return base.RuntimeOffer(NAME, True, bool(devices), "" if devices else "OpenVINO lists no device here", devices,
                         precisions, ov.__version__, {"optimization_capabilities": listed})
 
 
@@ -319,7 +308,7 @@ def _needs(device: str, precision: str) -> str:
     return f"an Intel {device.upper()} with its OpenVINO driver"
 
 
-SPEC = RuntimeSpec(
+SPEC = base.RuntimeSpec(
     name=NAME,
     title="OpenVINO",
     help="OpenVINO: CPU (GPU, NPU where present), f32 pinned unless a file or --precision names bf16 or fp16",

@@ -24,16 +24,7 @@ import numpy as np
 
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError
 from vitdeploy.files.onnx_file import INPUT_NAME, OUTPUT_NAME
-from vitdeploy.runtimes.base import (
-    Description,
-    ModelSource,
-    RuntimeOffer,
-    RuntimeSpec,
-    Session,
-    SessionOptions,
-    TensorSpec,
-    check_model_file,
-)
+from vitdeploy.runtimes import base
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -209,8 +200,8 @@ def _providers_for(device: str) -> list[str]:
     return [CPU]
 
 
-def make_session(model: ModelSource, device: str = "auto", threads: int | None = None, graph_optimization: str = "all",
-                 spin: bool = True, cuda_graph: bool = False,
+def make_session(model: base.ModelSource, device: str = "auto", threads: int | None = None,
+                 graph_optimization: str = "all", spin: bool = True, cuda_graph: bool = False,
                  cuda_stream: int | None = None) -> tuple[ort.InferenceSession, str]:
     """Create an InferenceSession on the requested device and return it with the provider it really uses.
 
@@ -230,7 +221,7 @@ def make_session(model: ModelSource, device: str = "auto", threads: int | None =
         raise ConfigError(f"unknown graph optimization {graph_optimization!r}; choose one of: "
                           f"{', '.join(GRAPH_OPTIMIZATION)}")
     if isinstance(model, (str, os.PathLike)):
-        check_model_file(Path(model))
+        base.check_model_file(Path(model))
     providers: list = _providers_for(device)
 
     session_options = ort.SessionOptions()
@@ -289,24 +280,25 @@ def run_batch(session: ort.InferenceSession, pixel_values: np.ndarray) -> np.nda
     return binding.copy_outputs_to_cpu()[0]
 
 
-def _tensor(arg: ort.NodeArg) -> TensorSpec:
+def _tensor(arg: ort.NodeArg) -> base.TensorSpec:
     elem = arg.type.removeprefix("tensor(").removesuffix(")")
-    return TensorSpec(arg.name, _ELEMENT_TYPES.get(elem, elem), tuple(arg.shape) if arg.shape is not None else None)
+    shape = tuple(arg.shape) if arg.shape is not None else None
+    return base.TensorSpec(arg.name, _ELEMENT_TYPES.get(elem, elem), shape)
 
 
-class OrtSession(Session):
+class OrtSession(base.Session):
     """An ONNX Runtime session behind the runtime interface. `session` is ORT's own InferenceSession, for the
     benchmark's runners, which time it with nothing of vitdeploy in between."""
 
-    def __init__(self, model: ModelSource, device: str = "auto", options: SessionOptions | None = None):
-        options = options or SessionOptions()
+    def __init__(self, model: base.ModelSource, device: str = "auto", options: base.SessionOptions | None = None):
+        options = options or base.SessionOptions()
         self.session, provider = make_session(model, device, options.threads, options.graph_optimization,
                                               options.spin, options.cuda_graph, options.cuda_stream)
         self.path = None if isinstance(model, bytes) else Path(model)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.inputs = [_tensor(i) for i in self.session.get_inputs()]
         self.outputs = [_tensor(o) for o in self.session.get_outputs()]
-        self.description = Description(NAME, DEVICE_OF_PROVIDER.get(provider, provider), provider,
+        self.description = base.Description(NAME, DEVICE_OF_PROVIDER.get(provider, provider), provider,
                                        self.graph_precision)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -323,12 +315,12 @@ class OrtSession(Session):
         del self.session  # ORT frees the session's memory and threads with its last reference
 
 
-def _open(model: ModelSource, device: str, precision: str | None, options: SessionOptions,
+def _open(model: base.ModelSource, device: str, precision: str | None, options: base.SessionOptions,
           machine: Machine) -> OrtSession:
     return OrtSession(model, device, options)
 
 
-def _probe() -> RuntimeOffer:
+def _probe() -> base.RuntimeOffer:
     """The devices a real session gets here (the CPU always; CUDA and TensorRT only where a session gets them)."""
     import onnxruntime as ort
 
@@ -336,7 +328,7 @@ def _probe() -> RuntimeOffer:
     details = {"available_providers": ort.get_available_providers(),
                "cuda": "usable" if cuda_status().usable else cuda_status().summary,
                "tensorrt": "usable" if tensorrt_status().usable else tensorrt_status().summary}
-    return RuntimeOffer(NAME, True, True, "", tuple(devices), {d: PRECISIONS[d] for d in devices}, ort.__version__,
+    return base.RuntimeOffer(NAME, True, True, "", tuple(devices), {d: PRECISIONS[d] for d in devices}, ort.__version__,
                         details)
 
 
@@ -356,7 +348,7 @@ def _needs(device: str, precision: str) -> str:
     return f"ONNX Runtime has no {precision} kernels on {device.upper()}"
 
 
-SPEC = RuntimeSpec(
+SPEC = base.RuntimeSpec(
     name=NAME,
     title="ONNX Runtime",
     help="ONNX Runtime: CPU, CUDA, TensorRT, each used only when a session really gets it",

@@ -18,16 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vitdeploy.errors import ConfigError, ModelFileError
-from vitdeploy.runtimes.base import (
-    Description,
-    ModelSource,
-    RuntimeOffer,
-    RuntimeSpec,
-    Session,
-    SessionOptions,
-    TensorSpec,
-    check_model_file,
-)
+from vitdeploy.runtimes import base
 
 NAME = "reference"
 DEVICES = ("auto", "cpu")
@@ -44,8 +35,8 @@ _ELEMENT_TYPES = {1: "float32", 2: "uint8", 10: "float16", 11: "float64", 16: "b
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-class ReferenceSession(Session):
-    def __init__(self, model: ModelSource, device: str = "auto"):
+class ReferenceSession(base.Session):
+    def __init__(self, model: base.ModelSource, device: str = "auto"):
         import onnx
         from google.protobuf.message import DecodeError
         from onnx.reference import ReferenceEvaluator
@@ -55,7 +46,7 @@ class ReferenceSession(Session):
         self.path = None if isinstance(model, bytes) else Path(model)
         try:
             if self.path is not None:
-                check_model_file(self.path)
+                base.check_model_file(self.path)
                 proto = onnx.load(os.fspath(self.path))  # external data beside it is read too
             else:
                 proto = onnx.load_model_from_string(model)
@@ -71,7 +62,7 @@ class ReferenceSession(Session):
         self.inputs = [_tensor(v) for v in proto.graph.input]
         self.outputs = [_tensor(v) for v in proto.graph.output]
         precision = self.graph_precision
-        self.description = Description(NAME, "cpu", PROVIDER, precision)
+        self.description = base.Description(NAME, "cpu", PROVIDER, precision)
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         self.check_open()
@@ -94,30 +85,30 @@ def _missing_op(message: str) -> str:
     return message.strip().splitlines()[0]
 
 
-def _tensor(value: object) -> TensorSpec:
+def _tensor(value: object) -> base.TensorSpec:
     tensor_type = value.type.tensor_type  # type: ignore[attr-defined]
     dims = (tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
             if tensor_type.HasField("shape") else None)
     elem = _ELEMENT_TYPES.get(tensor_type.elem_type, str(tensor_type.elem_type))
-    return TensorSpec(value.name, elem, dims)  # type: ignore[attr-defined]
+    return base.TensorSpec(value.name, elem, dims)  # type: ignore[attr-defined]
 
 
-def _open(model: ModelSource, device: str, precision: str | None, options: SessionOptions,
+def _open(model: base.ModelSource, device: str, precision: str | None, options: base.SessionOptions,
           machine: object) -> ReferenceSession:
     return ReferenceSession(model, device)
 
 
-def _probe() -> RuntimeOffer:
+def _probe() -> base.RuntimeOffer:
     import onnx
 
-    return RuntimeOffer(NAME, True, True, "", ("cpu",), {"cpu": PRECISIONS}, onnx.__version__)
+    return base.RuntimeOffer(NAME, True, True, "", ("cpu",), {"cpu": PRECISIONS}, onnx.__version__)
 
 
 def _needs(device: str, precision: str) -> str:
     return f"the reference runs on the CPU only, in {', '.join(PRECISIONS)}"
 
 
-SPEC = RuntimeSpec(
+SPEC = base.RuntimeSpec(
     name=NAME,
     title="the ONNX reference",
     help="onnx.reference: the ONNX specification in numpy, op by op; a slow oracle that shares no kernel with the "

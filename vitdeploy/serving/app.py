@@ -161,10 +161,12 @@ async def classify(request: Request) -> Response:
     uploads = await _uploads(request, state.signature.max_batch_size)
 
     takes_images = state.session.takes_images
+    channels_first = takes_images and state.signature.layout == "chw"
 
     def decode(name: str, data: bytes) -> np.ndarray:
         if takes_images:  # a raw-image model preprocesses in its graph: the decoded RGB pixels, full size
-            return np.asarray(decode_image(name, data=data))
+            pixels = np.asarray(decode_image(name, data=data))
+            return pixels.transpose(2, 0, 1) if channels_first else pixels  # export --image-layout nchw
         return load_model_input(name, state.session.preprocess, data=data)  # type: ignore[arg-type]
 
     pixels = []

@@ -65,6 +65,7 @@ class ModelSignature:
     max_batch_size: int
     input_name: str = INPUT_NAME  # a raw-image file's: IMAGE_INPUT_NAME
     datatype: str = DATATYPE  # a raw-image file's: UINT8
+    layout: str = "chw"  # a raw-image file's: "hwc" ([N, H, W, C], export --image-layout nhwc) or "chw" (nchw)
 
     def metadata(self) -> dict[str, Any]:
         """GET /v2/models/<name>: shapes with -1 for the batch axis, as Triton reports a batching model."""
@@ -77,14 +78,15 @@ class ModelSignature:
         }
 
 
-def image_signature(name: str, num_classes: int, max_batch_size: int) -> ModelSignature:
-    """A raw-image file's (export --image-input): uint8 [N, H, W, C] of any size, C 1-4; one size per request."""
-    return ModelSignature(name, (-1, -1, -1), num_classes, max_batch_size, IMAGE_INPUT_NAME, IMAGE_DATATYPE)
+def image_signature(name: str, num_classes: int, max_batch_size: int, layout: str = "hwc") -> ModelSignature:
+    """A raw-image file's (export --image-input): uint8 [N, H, W, C] (`layout` "hwc") or [N, C, H, W] ("chw") of
+    any size, C 1-4; one size per request."""
+    return ModelSignature(name, (-1, -1, -1), num_classes, max_batch_size, IMAGE_INPUT_NAME, IMAGE_DATATYPE, layout)
 
 
 @dataclass
 class InferRequest:
-    pixel_values: np.ndarray  # (N, C, H, W) float32, finite; a raw-image file's (N, H, W, C) uint8
+    pixel_values: np.ndarray  # (N, C, H, W) float32, finite; a raw-image file's uint8 (N, H, W, C) or (N, C, H, W)
     id: str | None = None
     binary_output: bool = False
 
@@ -160,7 +162,8 @@ def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
 def _check_shape(shape: Any, signature: ModelSignature) -> tuple[int, ...]:
     name, item = signature.input_name, signature.item_shape
     if signature.datatype == IMAGE_DATATYPE:
-        expected = (f"[N, height, width, channels] with 1 <= N <= {signature.max_batch_size} and 1 to 4 channels "
+        axes = "height, width, channels" if signature.layout == "hwc" else "channels, height, width"
+        expected = (f"[N, {axes}] with 1 <= N <= {signature.max_batch_size} and 1 to 4 channels "
                     "(grey, grey + alpha, RGB, RGBA; the images of one request share one size)")
     else:
         expected = f"[N, {', '.join(map(str, item))}] with 1 <= N <= {signature.max_batch_size}"
@@ -170,7 +173,7 @@ def _check_shape(shape: Any, signature: ModelSignature) -> tuple[int, ...]:
     fits = all(want == -1 and got >= 1 for want, got in zip(item, shape[1:])) if -1 in item else \
         tuple(shape[1:]) == item
     if signature.datatype == IMAGE_DATATYPE:
-        fits = fits and 1 <= shape[3] <= 4
+        fits = fits and 1 <= shape[3 if signature.layout == "hwc" else 1] <= 4
     if not fits or not 1 <= shape[0] <= signature.max_batch_size:
         raise RequestError(400, f"input {name!r} has shape {shape}; expected {expected}")
     return tuple(shape)
@@ -256,7 +259,7 @@ def encode_infer_response(request: InferRequest, logits: np.ndarray, model_name:
 
 def build_infer_request(pixel_values: np.ndarray, binary: bool = True, request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
     """A client's request body and headers (benchmarks and tests; Triton's client builds the same). A uint8 array
-    is a raw-image file's input: decoded images [N, H, W, C]."""
+    is a raw-image file's input: decoded images [N, H, W, C] (or [N, C, H, W])."""
     image = pixel_values.dtype == np.uint8
     pixel_values = np.ascontiguousarray(pixel_values, dtype=np.uint8 if image else "<f4")
     tensor: dict[str, Any] = {"name": IMAGE_INPUT_NAME if image else INPUT_NAME, "shape": list(pixel_values.shape),

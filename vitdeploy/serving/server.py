@@ -83,7 +83,7 @@ def prepare(model: Path | None, settings: ServeSettings) -> PreparedServer:
         check_dynamic_batch(path, session.input_shape)
         max_batch = settings.max_batch_size or SERVE_MAX_BATCH["cpu" if session.description.device == "cpu" else "gpu"]
         if session.takes_images:  # export --image-input: decoded images of any size, preprocessed in the graph
-            signature = image_signature(name, num_classes, max_batch)
+            signature = image_signature(name, num_classes, max_batch, session.info.image_input["layout"])
         else:
             signature = ModelSignature(name, item_shape(path, session.input_shape), num_classes, max_batch)
     except BaseException:

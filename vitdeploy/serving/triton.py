@@ -27,6 +27,7 @@ from typing import Any
 
 from vitdeploy.core.atomic import atomic_folder, atomic_write_many, remove_stale_staging
 from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.notes import Notes
 from vitdeploy.errors import ConfigError, InputError, VitDeployError
 from vitdeploy.files.discovery import resolve_model
 from vitdeploy.files.onnx_file import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, external_data_path
@@ -184,20 +185,20 @@ def gpu_accelerator(options: TritonOptions, max_batch: int, item: tuple[int, int
 # ------------------------------------------------------------------------------------- batching policy
 
 
-def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[str, Any], list[str]]:
+def batching_policy(options: TritonOptions, info: OnnxModelInfo) -> tuple[dict[str, Any], Notes]:
     """max_batch_size, preferred sizes and queue delay: explicit options first, then a bench report, then defaults.
 
     From a report made with `vitdeploy bench --p99-budget MS`: the recommended batch size (the largest whose p99
     meets the budget) becomes the preferred and the largest batch, and the queue delay is what the budget leaves
     after that batch's p99, so that waiting plus running stays within it.
     """
-    notes: list[str] = []
+    notes = Notes()
     max_batch, preferred, delay_ms = TRITON_MAX_BATCH, (), MAX_QUEUE_DELAY_MS
     if options.from_bench is not None:
         rec = bench_recommendation(options.from_bench, BENCH_VARIANT[options.device], info)
         max_batch, preferred = rec["batch_size"], (rec["batch_size"],)
         delay_ms = max(0.0, rec["p99_budget_ms"] - rec["p99_ms"])
-        notes.append(
+        notes.add(
             f"from {options.from_bench}: batch {rec['batch_size']} meets the p99 budget of {rec['p99_budget_ms']} ms "
             f"on {BENCH_VARIANT[options.device]} (p99 {rec['p99_ms']} ms), leaving {delay_ms:.3f} ms of queue delay"
         )
@@ -297,13 +298,13 @@ def write_triton_repository(model: Path | None, out: Path, options: TritonOption
         raise ConfigError(f"{path}: a label contains a line break, which labels.txt cannot hold")
     batching, notes = batching_policy(options, info)
     if options.dynamic_batching and info.batch_dependence:
-        notes.append(f"{path.name}: no dynamic_batching: {info.batch_dependence}, so Triton must not put one "
+        notes.add(f"{path.name}: no dynamic_batching: {info.batch_dependence}, so Triton must not put one "
                      "client's images in a batch with another's; each request runs alone")
     config = build_config(name, info, shape, options, batching)
     text = f"# Written by vitdeploy triton from {path.name}\n" + render_pbtxt(config)
     storage_uri = options.storage_uri or kserve.PLACEHOLDER_URI.format(folder=out.resolve().name)
     if options.storage_uri is None:
-        notes.append(f"{kserve.FILE_NAME}: storageUri is a placeholder; upload {out} and pass --storage-uri")
+        notes.add(f"{kserve.FILE_NAME}: storageUri is a placeholder; upload {out} and pass --storage-uri")
     service = kserve.inference_service(name, storage_uri, options.device)
 
     model_dir = out / name
@@ -349,6 +350,16 @@ def write_model_folder(folder: Path, model: Path, labels: list[str], config_text
         raise VitDeployError(f"cannot write the Triton repository under {folder.parent}: {e}") from None
 
 
+def _infer_batch(name: str, input_name: str, datatype: str) -> str:
+    """The client's request: `batch` to model `name`, and the top label of its first image."""
+    return f"""client = httpclient.InferenceServerClient("localhost:8000")
+pixels = httpclient.InferInput("{input_name}", list(batch.shape), "{datatype}")
+pixels.set_data_from_numpy(batch)
+logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
+labels = open("{name}/{LABELS_FILE}").read().splitlines()
+print(labels[int(logits[0].argmax())])"""
+
+
 def tensor_client(name: str, spec: PreprocessSpec, steps: str) -> str:
     return f"""## Client
 
@@ -366,40 +377,37 @@ from vitdeploy.prediction.local import load_model_input
 
 spec = PreprocessSpec.from_dict({json.dumps(spec.to_dict())})
 batch = np.stack([load_model_input("cat.jpg", spec)])
-client = httpclient.InferenceServerClient("localhost:8000")
-pixels = httpclient.InferInput("{INPUT_NAME}", list(batch.shape), "FP32")
-pixels.set_data_from_numpy(batch)
-logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
-labels = open("{name}/{LABELS_FILE}").read().splitlines()
-print(labels[int(logits[0].argmax())])
+{_infer_batch(name, INPUT_NAME, "FP32")}
 ```
 
 """
 
 
-def image_client(name: str, spec: PreprocessSpec) -> str:
+def image_client(name: str, spec: PreprocessSpec, layout: str = "hwc") -> str:
+    planar = "" if layout == "hwc" else "\nbatch = batch.transpose(0, 3, 1, 2)  # the file takes [1, channels, height, width]"
     return f"""## Client
 
 The model takes the decoded image itself, of any size: its graph resizes ({spec.interpolation}), crops and
 normalizes as vitdeploy does (Pillow's arithmetic, within one level of 1/255 of `vitdeploy predict`'s pixels). Send
-what Pillow decodes: 8-bit grey, grey + alpha, RGB or RGBA, EXIF orientation applied (transparency is composited on
-white inside the graph). One image per request, or a batch of images of one size:
+what Pillow decodes: 8-bit grey, grey + alpha, RGB or RGBA, EXIF orientation applied, an embedded colour profile
+converted to sRGB as browsers and `vitdeploy predict` convert it (transparency is composited on white inside the
+graph). One image per request, or a batch of images of one size:
 
 ```python
+import io
+
 import numpy as np
 import tritonclient.http as httpclient
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
-image = np.asarray(ImageOps.exif_transpose(Image.open("cat.jpg")))  # uint8 [height, width, channels]
+image = ImageOps.exif_transpose(Image.open("cat.jpg"))
+if image.info.get("icc_profile") and image.mode in ("RGB", "RGBA"):  # e.g. Adobe RGB: to sRGB
+    image = ImageCms.profileToProfile(image, io.BytesIO(image.info["icc_profile"]), ImageCms.createProfile("sRGB"))
+image = np.asarray(image)  # uint8 [height, width, channels]
 if image.ndim == 2:
     image = image[..., None]  # grey: one channel
-batch = image[None]  # [1, height, width, channels]
-client = httpclient.InferenceServerClient("localhost:8000")
-pixels = httpclient.InferInput("{IMAGE_INPUT_NAME}", list(batch.shape), "UINT8")
-pixels.set_data_from_numpy(batch)
-logits = client.infer("{name}", [pixels]).as_numpy("{OUTPUT_NAME}")
-labels = open("{name}/{LABELS_FILE}").read().splitlines()
-print(labels[int(logits[0].argmax())])
+batch = image[None]  # [1, height, width, channels]{planar}
+{_infer_batch(name, IMAGE_INPUT_NAME, "UINT8")}
 ```
 
 """
@@ -408,7 +416,8 @@ print(labels[int(logits[0].argmax())])
 def preprocessing_steps(spec: PreprocessSpec) -> list[str]:
     order = "BGR (channels reversed)" if spec.channel_order == "BGR" else "RGB"
     return [
-        "decode to 8-bit RGB (EXIF orientation applied, transparency composited on white)",
+        ("decode to 8-bit RGB (EXIF orientation applied, an embedded colour profile converted to sRGB, "
+         "transparency composited on white)"),
         f"resize the shorter side to {spec.resize_size} px ({spec.interpolation}), keeping the aspect ratio",
         f"center-crop {spec.image_size}x{spec.image_size}",
         f"scale to [0, 1], subtract mean {list(spec.mean)}, divide by std {list(spec.std)}, channel order {order}",
@@ -452,10 +461,12 @@ def repository_readme(name: str, info: OnnxModelInfo, config: dict[str, Any], ou
     spec = info.preprocess
     steps = "\n".join(f"{i}. {step}" for i, step in enumerate(preprocessing_steps(spec), 1))
     if info.image_input:
-        input_line = (f"Input `{IMAGE_INPUT_NAME}` UINT8 [batch, height, width, channels]: the decoded image itself, "
+        layout = info.image_input.get("layout", "hwc")
+        axes = "height, width, channels" if layout == "hwc" else "channels, height, width"
+        input_line = (f"Input `{IMAGE_INPUT_NAME}` UINT8 [batch, {axes}]: the decoded image itself, "
                       "any size, 1-4 channels (THE preprocessing is inside the graph; the images of one request share "
                       "one size)")
-        client = image_client(name, spec)
+        client = image_client(name, spec, layout)
     else:
         input_line = (f"Input `{INPUT_NAME}` FP32 [batch, 3, {spec.image_size}, {spec.image_size}] "
                       "(already preprocessed)")

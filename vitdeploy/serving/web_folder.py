@@ -114,8 +114,9 @@ def raw_image_model(model: Path, info: OnnxModelInfo) -> bytes | None:
 
     from vitdeploy.exporting.image_input import check_pixels, with_image_input
 
-    proto = with_image_input(onnx.load(os.fspath(model)), info.preprocess, "chw", wide=False)  # onnxruntime-web
-    check_pixels(proto, info.preprocess, "chw")
+    proto = with_image_input(onnx.load(os.fspath(model)), info.preprocess, "chw", wide=False,  # onnxruntime-web
+                             dtype="float32")
+    check_pixels(proto, info.preprocess, "chw", dtype="float32")
     return proto.SerializeToString()
 
 
@@ -246,17 +247,19 @@ Opening `index.html` as a `file://` URL does not work (the browser refuses to fe
   with no options (`env.allowRemoteModels = false; env.localModelPath = '<parent folder>/'`, then
   `pipeline('image-classification', '<this folder>')`). {transformers_js}
 
-  Measured with transformers.js 4.3.2 against `vitdeploy predict` (docs/web.md in vitdeploy), in Node and in
-  headless Chromium alike: on 60 digits written as 64x64 PNGs, top-1 100% and max |dprob| 1e-6; on 80 real photos
-  (PNG and JPEG, 20-640 px, grey, RGBA), a 64 px model: top-1 100%, max |dprob| 0.0015; a 16 px model: top-1
-  98.75%, the one difference an image with a non-sRGB colour profile (sharp and Chromium convert it, Pillow does
-  not), and up to 0.053 on JPEGs that predict decodes at reduced scale (against a full decode: 0.0023). Node users:
-  `ONNXRUNTIME_NODE_INSTALL=skip npm install @huggingface/transformers` (offline, its install script would fetch
-  CUDA libraries).
+  Measured with transformers.js 4.3.2 against `vitdeploy predict` (docs/web.md in vitdeploy; Intel Xeon, load
+  15-18), in Node and in headless Chromium: on 60 digits written as 64x64 PNGs, top-1 100% and max |dprob| 1e-6;
+  on 91 real photos (PNG and JPEG, 23-640 px, grey, RGBA, 25 with an ICC colour profile, which vitdeploy converts
+  to sRGB as browsers and sharp do), top-1 100% in both; max |dprob| 0.0021 on the photos without a profile (a 16
+  px model; 1e-6 with a 64 px one), 0.0053 in Chromium on those with one. In Node, grey images with a colour
+  profile differ more: sharp leaves them as stored where Chromium and vitdeploy convert them (up to 0.148 with the
+  16 px model on 3 of the 91 photos). Node users: `ONNXRUNTIME_NODE_INSTALL=skip npm install
+  @huggingface/transformers` (offline, its install script would fetch CUDA libraries).
 
 ## Preprocessing (the model's own, from its metadata)
 
-1. decode to 8-bit RGB (EXIF orientation applied, transparency composited on white)
+1. decode to 8-bit RGB (EXIF orientation applied, an embedded colour profile converted to sRGB,
+   transparency composited on white)
 2. {"resize the shorter side to " + str(spec.resize_size) + " px, keeping the aspect ratio" if spec.resize_mode == "shorter_side" else "resize to " + str(spec.resize_size) + "x" + str(spec.resize_size) + " (aspect ratio not kept)"} ({spec.interpolation})
 3. center-crop {spec.image_size}x{spec.image_size}
 4. scale to [0, 1], subtract mean {list(spec.mean)}, divide by std {list(spec.std)} ({spec.channel_order})

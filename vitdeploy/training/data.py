@@ -204,14 +204,14 @@ def _hash_fraction(relative: Path) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def decode_all(paths: list[Path], workers: int, spec: PreprocessSpec) -> list[Image.Image]:
+def decode_all(paths: list[Path], workers: int) -> list[Image.Image]:
     """Decode every file or raise DataError naming the unreadable ones (never substitute other samples).
 
-    Decodes exactly as predict does (images.decode_for_preprocess), so held-out evaluation sees the same pixels.
+    Decodes exactly as predict does (images.decode_image), so held-out evaluation sees the same pixels.
     """
     def one(p: Path) -> Image.Image | images.ImageDecodeError:
         try:
-            return images.decode_for_preprocess(p, spec)
+            return images.decode_image(p)
         except images.ImageDecodeError as e:
             return e
 
@@ -263,7 +263,7 @@ class FolderData(TrainingData):
 def load_folder_data(root: str | os.PathLike[str], spec: PreprocessSpec, val_fraction: float, workers: int) -> FolderData:
     split = scan_image_folder(root, val_fraction)
     # One pass over every file, so that all unreadable ones are reported together.
-    decoded = decode_all([p for p, _ in split.train + split.val], workers, spec)
+    decoded = decode_all([p for p, _ in split.train + split.val], workers)
     train_imgs, val_imgs = decoded[: len(split.train)], decoded[len(split.train) :]
     return FolderData(
         labels=split.labels,
@@ -306,8 +306,8 @@ def recorded_split_images(
 ) -> list[tuple[Image.Image, int]]:
     """Re-create one split ("train" or "val") of a bundle's data from its recorded dataset info: decoded RGB
     images and label index. Takes the first `limit` images, or with `spread` `limit` images evenly spread over the
-    split (so that every class is represented). Pass the bundle's `spec` to decode folder images exactly as
-    training evaluation and predict do (large JPEGs are drafted at reduced size); without it, at full size.
+    split (so that every class is represented). With the bundle's `spec`, folder images are decoded on two threads
+    and an unreadable one is reported with the others; without it, one by one. The pixels are the same.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
@@ -323,7 +323,7 @@ def recorded_split_images(
         if found.labels != list(labels):
             raise DataError(f"the classes in {root} changed since training: {found.labels} vs {labels}")
         chosen_files = _pick(found.train if split == "train" else found.val, limit, spread)
-        decoded = decode_all([p for p, _ in chosen_files], 2, spec) if spec else _decode_full(chosen_files)
+        decoded = decode_all([p for p, _ in chosen_files], 2) if spec else _decode_full(chosen_files)
         return list(zip(decoded, [y for _, y in chosen_files]))
     raise DataError(f"the bundle does not say where its {split} images are (dataset source {source!r})")
 

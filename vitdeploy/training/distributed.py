@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from vitdeploy.core.cpu import torch_threads
 from vitdeploy.errors import ConfigError, DeviceError
 
 
@@ -79,16 +81,6 @@ def distributed(device_request: str) -> Iterator[Processes]:
         dist.destroy_process_group()
 
 
-@contextlib.contextmanager
-def intra_op_threads(count: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `count` inside the block and restored after it; unchanged for None or when
-    the user set OMP_NUM_THREADS (as torchrun does: one thread per process)."""
-    if count is None or "OMP_NUM_THREADS" in os.environ:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def intra_op_threads(count: int | None) -> AbstractContextManager[None]:
+    """torch_threads(count), unless the user set OMP_NUM_THREADS (as torchrun does: one thread per process)."""
+    return torch_threads(None if "OMP_NUM_THREADS" in os.environ else count)

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 
 from vitdeploy.core.config import TrainConfig
 from vitdeploy.core.progress import live_progress, stderr_is_terminal
-from vitdeploy.model.vit import VisionTransformer, cross_entropy
+from vitdeploy.model.vit import cross_entropy
 from vitdeploy.training.data import TrainingData
 from vitdeploy.training.distributed import Processes
 
@@ -30,15 +30,85 @@ EVAL_BATCH = 256
 # ------------------------------------------------------------------------------------------ optimisation
 
 
-def make_optimizer(model: VisionTransformer, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms, the cls token and position embeddings (all 1-D or embeddings)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or name in ("cls_token", "pos_embed") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel for all parameters instead of ~10 small ops per parameter tensor (the default on CPU);
-    # on the digits model 0.6 ms a step instead of 3.6 (1 thread, Ice Lake; a step of 32 images is ~20 ms).
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=True)
+class AdamW:
+    """AdamW on the warm-up/cosine schedule, with the global gradient-norm clip: torch's fused AdamW kernel, called
+    directly, once per parameter group a step.
+
+    Why not torch.optim.AdamW + LambdaLR + clip_grad_norm_: torch.optim's first use imports torch._dynamo (~1.5 s
+    of CPU, 5% of the default `vitdeploy train`), and its per-step machinery (hooks, grouping by device, two ops
+    per tensor to clip, a scheduler) cost ~1.4 ms of the digits model's ~20 ms step. The arithmetic is theirs, op
+    for op: the weights after any number of steps are bit-identical to those three's (benchmarks/train_speed.md).
+
+    No weight decay on biases, norms, the cls token and position embeddings (all 1-D or embeddings).
+    `param_groups` is what torch's GradScaler reads to unscale fp16 gradients on CUDA.
+    """
+
+    BETAS = (0.9, 0.999)
+    EPS = 1e-8
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, total_steps: int) -> None:
+        named = list(getattr(model, "module", model).named_parameters())
+        decay = [p for name, p in named if p.ndim >= 2 and name not in ("cls_token", "pos_embed")]
+        no_decay = [p for name, p in named if p.ndim < 2 or name in ("cls_token", "pos_embed")]
+        # The model's order, not the groups': the global norm sums the per-tensor norms in clip_grad_norm_'s order.
+        self.params = [p for _, p in named]
+        self.param_groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}]
+        for group in self.param_groups:
+            group["exp_avg"] = [torch.zeros_like(p) for p in group["params"]]
+            group["exp_avg_sq"] = [torch.zeros_like(p) for p in group["params"]]
+        self.lr, self.grad_clip = cfg.lr, cfg.grad_clip
+        self.schedule = warmup_cosine(total_steps, cfg)
+        self.steps = 0  # optimizer steps taken
+        # the kernel reads the step (1-based, for bias correction) from a tensor on the parameters' device
+        self._step = torch.zeros((), device=self.params[0].device)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None  # backward then stores its gradient instead of adding to a zeroed one
+
+    def step(self) -> None:
+        lr = self.lr * self.schedule(self.steps)
+        self.steps += 1
+        self._step += 1
+        if self.grad_clip > 0:  # clip_grad_norm_'s arithmetic, in two foreach calls instead of two ops per tensor
+            grads = [p.grad for p in self.params]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            torch._foreach_mul_(grads, (self.grad_clip / (norm + 1e-6)).clamp_(max=1.0))
+        for group in self.param_groups:
+            if group["params"]:
+                torch._fused_adamw_(
+                    group["params"], [p.grad for p in group["params"]], group["exp_avg"], group["exp_avg_sq"], [],
+                    [self._step] * len(group["params"]), lr=lr, beta1=self.BETAS[0], beta2=self.BETAS[1],
+                    weight_decay=group["weight_decay"], eps=self.EPS, amsgrad=False, maximize=False,
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step count and both moments, each as one flat tensor (a few tensors for --resume to save)."""
+        return {"steps": self.steps, **{moment: _flat([t for g in self.param_groups for t in g[moment]])
+                                        for moment in ("exp_avg", "exp_avg_sq")}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Raises ValueError or KeyError when `state` is not a state of this optimizer's parameters."""
+        if "param_groups" in state:  # torch.optim.AdamW's, in train states written before this class
+            per_tensor = [state["state"][i] for group in state["param_groups"] for i in group["params"]]
+            state = {"steps": int(per_tensor[0]["step"]), **{moment: _flat([t[moment] for t in per_tensor])
+                                                               for moment in ("exp_avg", "exp_avg_sq")}}
+        size = sum(p.numel() for p in self.params)
+        if not isinstance(state["steps"], int) or any(
+            not isinstance(state[m], torch.Tensor) or state[m].shape != (size,) for m in ("exp_avg", "exp_avg_sq")
+        ):
+            raise ValueError(f"expected a step count and two moments of {size} values")
+        self.steps = state["steps"]
+        self._step.fill_(self.steps)
+        for moment in ("exp_avg", "exp_avg_sq"):
+            mine = [t for g in self.param_groups for t in g[moment]]
+            saved = state[moment].split([t.numel() for t in mine])
+            torch._foreach_copy_(mine, [s.view_as(t).to(t.device) for s, t in zip(saved, mine)])
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).cpu() for t in tensors])
 
 
 def warmup_cosine(total_steps: int, cfg: TrainConfig):
@@ -160,8 +230,7 @@ def train_one_epoch(
     cfg: TrainConfig,
     epoch: int,
     *,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    optimizer: AdamW,
     precision: MixedPrecision,
     procs: Processes,
     stop: StopFlag,
@@ -186,14 +255,10 @@ def train_one_epoch(
         x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
         with precision.autocast():
             loss = cross_entropy(model(x).float(), y, cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         precision.scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            precision.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        precision.scaler.step(optimizer)
+        precision.scaler.step(optimizer)  # unscales fp16 gradients first; AdamW.step clips them
         precision.scaler.update()
-        scheduler.step()
         loss_sum, loss_count = loss_sum + float(loss.detach()), loss_count + 1
         progress.step(epoch, loss_sum / loss_count)
         if procs.any(stop.step_done()):

@@ -50,14 +50,13 @@ from vitdeploy.training import finetune
 from vitdeploy.training.data import TrainingData, load_training_data
 from vitdeploy.training.distributed import Processes, distributed, intra_op_threads
 from vitdeploy.training.engine import (
+    AdamW,
     EpochResult,
     MixedPrecision,
     StopFlag,
     TrainProgress,
     evaluate,
-    make_optimizer,
     train_one_epoch,
-    warmup_cosine,
 )
 
 logger = logging.getLogger(__name__)
@@ -164,8 +163,9 @@ def _check_train_config(cfg: TrainConfig) -> None:
 class TrainState:
     """Everything --resume needs besides the weights and the config; train_state.pt holds its to_dict().
 
-    The run keeps the position, best accuracy, history and partial-epoch loss current as it goes; the optimizer,
-    scheduler and torch RNG snapshots are taken by capture() just before a save and applied by restore().
+    The run keeps the position, best accuracy, history and partial-epoch loss current as it goes; the optimizer
+    (with its place on the learning-rate schedule) and torch RNG snapshots are taken by capture() just before a
+    save and applied by restore().
     """
 
     epoch: int = 0  # epochs completed
@@ -175,7 +175,6 @@ class TrainState:
     epoch_loss_sum: float = 0.0  # loss of the partial epoch's steps, so a resumed epoch reports the same train_loss
     epoch_loss_count: int = 0
     optimizer: dict[str, Any] = field(default_factory=dict)
-    scheduler: dict[str, Any] = field(default_factory=dict)
     torch_rng: torch.Tensor | None = None  # None until capture()
 
     def end_epoch(self, metrics: dict[str, Any]) -> bool:
@@ -195,17 +194,16 @@ class TrainState:
         """Optimizer steps done since the run began, across resumes."""
         return self.epoch * steps_per_epoch + self.step_in_epoch
 
-    def capture(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-        self.optimizer, self.scheduler = optimizer.state_dict(), scheduler.state_dict()
+    def capture(self, optimizer: AdamW) -> None:
+        self.optimizer = optimizer.state_dict()
         self.torch_rng = torch.get_rng_state()
 
-    def restore(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    def restore(self, optimizer: AdamW) -> None:
         try:
             optimizer.load_state_dict(self.optimizer)
-            scheduler.load_state_dict(self.scheduler)
         except (KeyError, ValueError, TypeError) as e:
             raise BundleError(
-                f"the optimizer or scheduler state in the bundle's train_state file does not fit this run: {e!r}"
+                f"the optimizer state in the bundle's train_state file does not fit this run: {e!r}"
             ) from None
         torch.set_rng_state(self.torch_rng)
 
@@ -216,6 +214,8 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: Any, folder: Path) -> TrainState:
         """Check what torch.load read from `folder`/train_state.pt; refuse any other structure with a BundleError."""
+        if isinstance(d, dict) and isinstance(d.get("scheduler"), dict):  # written before engine.AdamW: the
+            d = {k: v for k, v in d.items() if k != "scheduler"}  # optimizer's state holds the schedule's step
         if not isinstance(d, dict):
             problems = [f"it holds a {type(d).__name__}, not a dict"]
         else:
@@ -246,7 +246,6 @@ _STATE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epoch_loss_sum": (_is_number, "a number"),
     "epoch_loss_count": (_is_count, "a count"),
     "optimizer": (lambda v: isinstance(v, dict), "a state dict"),
-    "scheduler": (lambda v: isinstance(v, dict), "a state dict"),
     "torch_rng": (lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8, "a uint8 tensor"),
 }
 
@@ -263,8 +262,7 @@ class RunBundles:
     data: TrainingData
     procs: Processes
     model: VisionTransformer
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizer: AdamW
 
     @property
     def best_dir(self) -> Path:
@@ -280,7 +278,7 @@ class RunBundles:
             metrics = {**metrics, "best_val_accuracy": state.best_val_accuracy, "history": state.history}
             if best:
                 save_bundle(self.best_dir, self.model, self._info(metrics))
-            state.capture(self.optimizer, self.scheduler)
+            state.capture(self.optimizer)
             save_bundle(self.last_dir, self.model, self._info(metrics), train_state=state.to_dict())
         self.procs.barrier()
 
@@ -348,10 +346,9 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes) -> TrainResul
     if steps_per_epoch == 0:
         raise ConfigError(f"batch size {cfg.batch_size} is larger than the {data.num_train} training images")
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg))
+    optimizer = AdamW(model, cfg, total_steps)
     if request.resume is not None:
-        state.restore(optimizer, scheduler)
+        state.restore(optimizer)
         if state.epoch >= cfg.epochs:  # the loop below runs no epoch: nothing is trained or written
             say("nothing left to train: %s finished all %d epochs of its run (nothing was changed); to train it "
                 "further, start a new run from its weights: vitdeploy train --init %s --epochs N --out NEW_FOLDER",
@@ -360,13 +357,13 @@ def _train(plan: RunPlan, request: TrainRequest, procs: Processes) -> TrainResul
             say("resuming %s at epoch %d, step %d", request.resume, state.epoch + 1, state.step_in_epoch)
     trained = procs.wrap(model)
     precision = MixedPrecision(procs.device)
-    bundles = RunBundles(plan, data, procs, model, optimizer, scheduler)
+    bundles = RunBundles(plan, data, procs, model, optimizer)
 
     progress = TrainProgress(procs.is_main, cfg.epochs, total_steps, state.steps_done(steps_per_epoch), state.epoch)
     with StopFlag(request.stop_after_steps) as stop, progress:
         for epoch in range(state.epoch, cfg.epochs):
             ran = train_one_epoch(
-                trained, data, cfg, epoch, optimizer=optimizer, scheduler=scheduler, precision=precision,
+                trained, data, cfg, epoch, optimizer=optimizer, precision=precision,
                 procs=procs, stop=stop, progress=progress,
                 first_step=state.step_in_epoch, loss_sum=state.epoch_loss_sum, loss_count=state.epoch_loss_count,
             )

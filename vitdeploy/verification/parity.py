@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from vitdeploy.core.notes import Notes
 from vitdeploy.errors import ConfigError, ModelFileError
 from vitdeploy.files.variants import EXPORT, EXPORT_VARIANTS, Tolerance, tolerance_for
 from vitdeploy.runtimes import Description, open_runtime, runtime_spec, runtime_status, short_provider_name
@@ -103,7 +104,7 @@ class ParityReport:
     cases: list[ParityCase]
     layers: dict[str, list[LayerDiff]]  # provider -> intermediates in execution order
     accuracy: dict[str, float] = field(default_factory=dict)  # on labelled real images: pytorch, onnx:<provider>
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=Notes)
     located: dict[str, str] = field(default_factory=dict)  # intermediates found by value (check_parity(None))
     runtimes: list[dict[str, str]] = field(default_factory=list)  # each target's describe(): runtime, device, ...
     cross: list[CrossCase] = field(default_factory=list)
@@ -238,14 +239,14 @@ def check_parity(
     from vitdeploy.model.vit import logits_in_batches
 
     batch_sizes = sorted(set(batch_sizes) | {1})  # batch 1 is the reference for batch invariance
-    notes = []
+    notes = Notes()
     real = int((input_notes or {}).get("real", 0))
     if tolerance.real_images_only:
         if real:
             inputs = inputs[:real]
-            notes.append(f"{precision}: judged on the {real} real images only (random inputs left out)")
+            notes.add(f"{precision}: judged on the {real} real images only (random inputs left out)")
         else:
-            notes.append(f"{precision} is meant for real images, and there are none here: random inputs judged")
+            notes.add(f"{precision} is meant for real images, and there are none here: random inputs judged")
     reference = logits_in_batches(model, inputs)
     report = ParityReport(
         model_path=str(onnx_path), precision=precision, tolerance=tolerance, providers=[],
@@ -261,14 +262,14 @@ def check_parity(
         except ModelFileError as e:
             if not target.optional:
                 raise
-            report.notes.append(f"{target.runtime} skipped: {e}")
+            notes.add(f"{target.runtime} skipped: {e}")
             continue
         key = target_key(session.description)
         report.providers.append(key)
         report.runtimes.append(session.describe())
         count = len(inputs) if target.max_samples is None else min(len(inputs), max(target.max_samples, *batch_sizes))
         if count < len(inputs):
-            report.notes.append(f"{key}: {count} of the {len(inputs)} samples (the {target.runtime} runtime is slow)")
+            notes.add(f"{key}: {count} of the {len(inputs)} samples (the {target.runtime} runtime is slow)")
         outputs = {b: session.run_in_batches(inputs[:count], b) for b in batch_sizes}
         batch_one[key] = outputs[1]
         for b in batch_sizes:
@@ -289,7 +290,7 @@ def check_parity(
         layers = next(iter(report.layers.values()), [])
         report.located = {d.name: d.tensor for d in layers if d.passed and d.name != "logits"}
     elif not intermediates:
-        report.notes.append("the file records no intermediates: a failure cannot be traced to a block")
+        notes.add("the file records no intermediates: a failure cannot be traced to a block")
     return report
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitdeploy.core.config import PreprocessSpec
+from vitdeploy.core.notes import Notes
 from vitdeploy.errors import BundleError, ConfigError, DataError, ModelFileError
 from vitdeploy.files.bundle import CONFIG_FILE, BundleInfo, load_bundle, read_bundle_info
 from vitdeploy.files.discovery import find_latest_bundle
@@ -80,7 +81,7 @@ def parity_inputs(
     """
     from vitdeploy.core.images import preprocess
 
-    notes: list[str] = []
+    notes = Notes()
     labels: np.ndarray | None = None
     if images_dir is not None:
         pictures, source = _folder_images(images_dir, num_real), str(images_dir)
@@ -96,9 +97,9 @@ def parity_inputs(
     return np.ascontiguousarray(batch, dtype=np.float32), labels, counts, notes
 
 
-def _heldout(info: BundleInfo, limit: int, require: bool, notes: list[str]) -> tuple[list, np.ndarray | None, str]:
+def _heldout(info: BundleInfo, limit: int, require: bool, notes: Notes) -> tuple[list, np.ndarray | None, str]:
     if not info.dataset:
-        notes.append("the bundle records no dataset: random inputs only (pass --images DIR for real images)")
+        notes.add("the bundle records no dataset: random inputs only (pass --images DIR for real images)")
         return [], None, "none"
     from vitdeploy.training.data import heldout_images
 
@@ -107,7 +108,7 @@ def _heldout(info: BundleInfo, limit: int, require: bool, notes: list[str]) -> t
     except DataError as e:
         if require:
             raise DataError(f"{e} (pass --images DIR to verify on other real images)") from None
-        notes.append(f"held-out images unavailable ({e}): random inputs only")
+        notes.add(f"held-out images unavailable ({e}): random inputs only")
         return [], None, "none"
     source = f"held-out split of {info.dataset.get('source', 'the bundle dataset')}"
     return [img for img, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64), source

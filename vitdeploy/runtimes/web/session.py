@@ -25,16 +25,7 @@ import numpy as np
 from vitdeploy.errors import ConfigError, DeviceError, ModelFileError, PageError
 from vitdeploy.files.onnx_file import OUTPUT_NAME
 from vitdeploy.files.onnx_wire import metadata_props_from_bytes
-from vitdeploy.runtimes.base import (
-    Description,
-    ModelSource,
-    RuntimeOffer,
-    RuntimeSpec,
-    Session,
-    SessionOptions,
-    TensorSpec,
-    check_model_file,
-)
+from vitdeploy.runtimes import base
 from vitdeploy.runtimes.web import toolchain
 from vitdeploy.runtimes.web.driver import Browser, page_files
 from vitdeploy.runtimes.web.limits import (
@@ -55,7 +46,7 @@ _MISSING_OP = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) n
 _UNKNOWN_OP = re.compile(r"([\w.]*):(\w+)\((-?\d+)\) is not a registered function/op")
 
 
-class WebSession(Session):
+class WebSession(base.Session):
     """One .onnx open in onnxruntime-web, in its own headless Chromium (closed by close() or when collected)."""
 
     def __init__(self, model: str | Path | bytes, device: str = "auto", threads: int | None = None):
@@ -65,7 +56,7 @@ class WebSession(Session):
         self.path = None if isinstance(model, bytes) else Path(model)
         name = self.path or "model bytes"
         if self.path is not None:
-            check_model_file(self.path)
+            base.check_model_file(self.path)
             check_web_size(name, self.path.stat().st_size)  # before reading a file that may be many GiB
         data = model if isinstance(model, bytes) else self.path.read_bytes()
         check_web_file(name, data)
@@ -94,7 +85,7 @@ class WebSession(Session):
         self.inputs = [_tensor(spec) for spec in info["inputs"]]
         self.outputs = [_tensor(spec) for spec in info["outputs"]]
         self.versions = {"onnxruntime-web": info.get("ort", ""), "browser": info.get("browser", "")}
-        self.description = Description(NAME, device, device, precision)
+        self.description = base.Description(NAME, device, device, precision)
 
     def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         self.check_open()
@@ -150,9 +141,9 @@ def _load_error(name: object, device: str, message: str) -> Exception:
     return ModelFileError(f"{name}: onnxruntime-web could not load it: {message}")
 
 
-def _tensor(spec: dict) -> TensorSpec:
+def _tensor(spec: dict) -> base.TensorSpec:
     shape = spec.get("shape")
-    return TensorSpec(spec["name"], spec.get("type") or "float32",
+    return base.TensorSpec(spec["name"], spec.get("type") or "float32",
                       tuple(d if isinstance(d, int) else str(d) for d in shape) if shape is not None else None)
 
 
@@ -203,14 +194,14 @@ def webgpu_usable() -> bool:
         return False
 
 
-def _open(model: ModelSource, device: str, precision: str | None, options: SessionOptions,
+def _open(model: base.ModelSource, device: str, precision: str | None, options: base.SessionOptions,
           machine: object) -> WebSession:
     return WebSession(model, device, options.threads)
 
 
-def _probe() -> RuntimeOffer:
+def _probe() -> base.RuntimeOffer:
     installed, reason, devices = web_status()
-    return RuntimeOffer(NAME, installed, installed, reason, devices, {d: DEVICE_PRECISIONS[d] for d in devices},
+    return base.RuntimeOffer(NAME, installed, installed, reason, devices, {d: DEVICE_PRECISIONS[d] for d in devices},
                         toolchain.ORT_WEB_VERSION if installed else None,
                         {"browser": toolchain.find_browser()} if installed else {})
 
@@ -221,7 +212,7 @@ def _needs(device: str, precision: str) -> str:
     return f"onnxruntime-web runs {', '.join(DEVICE_PRECISIONS.get(device, ()))} on {device}"
 
 
-SPEC = RuntimeSpec(
+SPEC = base.RuntimeSpec(
     name=NAME,
     title="onnxruntime-web",
     help="onnxruntime-web in headless Chromium (WebAssembly, WebGPU): what a browser page would compute; only "

@@ -79,10 +79,12 @@ export function modelInfo(props) {
 }
 
 // --- decoding: RGB bytes, EXIF orientation applied, transparency composited on white (images.BACKGROUND_RGB) ---
+// An embedded ICC profile is converted to sRGB, as images.decode_image converts it (skcms here, LittleCMS there:
+// within one level); an sRGB profile keeps the pixels as stored in both.
 
 export async function decodeImage(blob) {
   const bitmap = await createImageBitmap(blob, {
-    colorSpaceConversion: 'none', premultiplyAlpha: 'none', imageOrientation: 'from-image'});
+    colorSpaceConversion: 'default', premultiplyAlpha: 'none', imageOrientation: 'from-image'});
   const {width, height} = bitmap;
   const canvas = new OffscreenCanvas(width, height);
   const context = canvas.getContext('2d', {willReadFrequently: true});
