@@ -125,7 +125,8 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor | None, keys: torch.Tensor,
     # 4. each A token's most similar B token
     similarity = metric_a @ metric_b.transpose(-2, -1)  # (B, Na, Nb)
     match = similarity.argmax(dim=-1)  # (B, Na); argmax and a gather, not max(): ReduceMax as above
-    best = similarity.gather(-1, match[..., None])[..., 0]
+    # NOTE: axis 2, not -1: onnx's reference runtime (verify's) mis-checks GatherElements' shapes on a negative axis
+    best = similarity.gather(2, match[..., None])[..., 0]
     # 5. the r A tokens with the best matches are merged, the others kept
     order = best.argsort(dim=-1, descending=True)  # (B, Na)
     merged_a, kept_a = order[:, :r], order[:, r:]  # (B, r), (B, Na - r)
