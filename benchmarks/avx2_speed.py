@@ -169,19 +169,11 @@ def _int8_static_fused(fused: Any, calibration: np.ndarray, workdir: Path, recip
     fc2 alone), attention left to the fused fp32 Attention op. Same per-channel u8s8 scheme and recipe as
     graphs.to_int8_static."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    from vitdeploy.exporting.graphs import _quiet_root_logger, linear_matmuls
-    from vitdeploy.files.onnx_file import INPUT_NAME, copy_proto, save_onnx
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.starts = iter(range(0, len(calibration), 32))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            start = next(self.starts, None)
-            return None if start is None else {INPUT_NAME: calibration[start : start + 32]}
+    from vitdeploy.exporting.graphs import _quiet_root_logger, calibration_reader, linear_matmuls
+    from vitdeploy.files.onnx_file import copy_proto, save_onnx
 
     chosen = _mlp_matmuls(fused) if only_mlp else linear_matmuls(fused)[0]
     source, out = workdir / "fused-for-static.onnx", workdir / "int8-static-fused.onnx"
@@ -191,7 +183,7 @@ def _int8_static_fused(fused: Any, calibration: np.ndarray, workdir: Path, recip
     save_onnx(SymbolicShapeInference.infer_shapes(copy_proto(fused), auto_merge=True), source)
     with _quiet_root_logger():
         quantize_static(
-            os.fspath(source), os.fspath(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+            os.fspath(source), os.fspath(out), calibration_reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"], nodes_to_quantize=chosen,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},

@@ -49,7 +49,7 @@ def build(work: Path, calibration_images: int) -> None:
     """model.onnx and every INT8 file, with vitdeploy's exporter and builders (skipped when already there)."""
     import onnx
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from vitdeploy.core.config import PreprocessSpec, get_preset
     from vitdeploy.exporting import graphs
@@ -80,16 +80,9 @@ def build(work: Path, calibration_images: int) -> None:
         proto, _ = graphs.to_ov_int8(base, calibration, work, recipe=graphs.int8_recipe(isa))
         onnx.save(proto, str(work / f"{name}.onnx"))
 
-    class Batches(CalibrationDataReader):  # u8u8: the same settings as to_int8_static but uint8 weights
-        def __init__(self) -> None:
-            self.starts = iter(range(0, len(calibration), 32))
-
-        def get_next(self):
-            start = next(self.starts, None)
-            return None if start is None else {"pixel_values": calibration[start:start + 32]}
-
+    # u8u8: the same settings as to_int8_static but uint8 weights
     _, products = graphs.linear_matmuls(onnx.load(str(base)))
-    quantize_static(str(base), str(work / "int8-u8u8.onnx"), Batches(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(base), str(work / "int8-u8u8.onnx"), graphs.calibration_reader(calibration), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
                     op_types_to_quantize=["MatMul"], nodes_to_exclude=products,
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})

@@ -192,22 +192,13 @@ def _matmul_8bits(base: Path) -> Any:
 def _int8_qoperator(base: Path, calibration: np.ndarray, workdir: Path) -> Any:
     """vitdeploy's static INT8 (same nodes, per-channel weights, uint8 activations) in ORT's QOperator format."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from vitdeploy.exporting.graphs import linear_matmuls
-    from vitdeploy.files.onnx_file import INPUT_NAME
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.starts = iter(range(0, len(calibration), 32))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            start = next(self.starts, None)
-            return None if start is None else {INPUT_NAME: calibration[start : start + 32]}
+    from vitdeploy.exporting.graphs import calibration_reader, linear_matmuls
 
     _, products = linear_matmuls(onnx.load(os.fspath(base)))
     out = workdir / "qop.onnx"
-    quantize_static(os.fspath(base), os.fspath(out), Batches(), quant_format=QuantFormat.QOperator, per_channel=True,
+    quantize_static(os.fspath(base), os.fspath(out), calibration_reader(calibration), quant_format=QuantFormat.QOperator, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
                     nodes_to_exclude=products, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return onnx.load(os.fspath(out))

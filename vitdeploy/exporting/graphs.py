@@ -33,6 +33,7 @@ from vitdeploy.runtimes import open_runtime, this_machine
 
 if TYPE_CHECKING:
     import onnx
+    from onnxruntime.quantization import CalibrationDataReader
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +234,21 @@ def linear_matmuls(proto: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return with_weight, [n.name for n in matmuls if n.name not in with_weight]
 
 
+def calibration_reader(calibration: np.ndarray) -> CalibrationDataReader:
+    """The calibration images as ONNX Runtime's quantizer reads them: CALIBRATION_BATCH_SIZE at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.starts = iter(range(0, len(calibration), CALIBRATION_BATCH_SIZE))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            start = next(self.starts, None)
+            return None if start is None else {INPUT_NAME: calibration[start : start + CALIBRATION_BATCH_SIZE]}
+
+    return Batches()
+
+
 def to_int8_static(
     model_path: Path, calibration: np.ndarray, workdir: Path, recipe: Int8Recipe | None = None
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -246,22 +262,14 @@ def to_int8_static(
     make each image's result independent of the rest of its batch.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.starts = iter(range(0, len(calibration), CALIBRATION_BATCH_SIZE))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            start = next(self.starts, None)
-            return None if start is None else {INPUT_NAME: calibration[start : start + CALIBRATION_BATCH_SIZE]}
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     recipe = recipe or int8_recipe()
     linear, activation_products = linear_matmuls(onnx.load(os.fspath(model_path), load_external_data=False))
     out = workdir / "int8-static.onnx"
     with _quiet_root_logger():
         quantize_static(
-            os.fspath(model_path), os.fspath(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+            os.fspath(model_path), os.fspath(out), calibration_reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"], nodes_to_exclude=activation_products,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
