@@ -99,7 +99,8 @@ def parity_inputs(
 
 def _heldout(info: BundleInfo, limit: int, require: bool, notes: Notes) -> tuple[list, np.ndarray | None, str]:
     if not info.dataset:
-        notes.add("the bundle records no dataset: random inputs only (pass --images DIR for real images)")
+        hint = " (pass --images DIR for real images)" if require else ""  # verify takes --images; export does not
+        notes.add(f"the bundle records no dataset: random inputs only{hint}")
         return [], None, "none"
     from vitdeploy.training.data import heldout_images
 
