@@ -826,10 +826,13 @@ def test_every_way_a_ray_run_ends_leaves_no_ray_process(tiny_onnx, tmp_path, end
         smooth_rgb(20, 18, seed=i % 7).save(folder / f"{i:05d}.png")
     mark = f"VITDEPLOY_TEST_MARK={uuid.uuid4().hex}"
     env = {**os.environ, "PYTHONPATH": str(REPO), mark.split("=")[0]: mark.split("=")[1]}
+    # SIGINT as a terminal's Ctrl-C finds the process: a test runner started in the background by a non-interactive
+    # shell ignores SIGINT, an ignored signal stays ignored across exec, and Python then raises no KeyboardInterrupt.
     child = subprocess.Popen([sys.executable, "-m", "vitdeploy", "predict", str(folder), "--engine", "ray",
                               "--batch-size", "8", "--format", "parquet", "-o", str(tmp_path / "r.parquet"),
                               "--model", str(tiny_onnx)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if ending != "success":
         assert _wait_until(lambda: any("MapWorker" in args for _, args in _processes_marked(mark)), 300), \
             "no Ray worker started"
