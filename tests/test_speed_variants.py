@@ -108,7 +108,10 @@ def test_export_searches_gates_and_records_the_configuration(digits_bundle, tmp_
     [result] = precision.export_variants(model, info, base, ["ov-int8-bf16"])
     assert result.gate.runtime["runtime"] == "openvino" and result.gate.runtime["inference_precision"] == "bf16"
     search = result.quantization["search"]
-    assert search["agreement"] == 1.0 and search["inference_precision"] == "bf16"  # the search's own criterion
+    assert search["inference_precision"] == "bf16"
+    # The search's own criterion (every fp32 answer on its images), or its last resort where even every group back
+    # in float misses it (the surgery estimate keeps INT8 weights; seen on a briefly trained bundle): no INT8 at all.
+    assert search["agreement"] == 1.0 or search["quantized_macs_share"] == 0.0
     assert result.written == result.gate.passed == result.path.is_file()
     if result.written:
         session = open_runtime(None, result.path)
