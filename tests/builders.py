@@ -194,3 +194,15 @@ def dynamic_int8_onnx(base: Path, out: Path) -> Path:
     describe_variant(proto, read_metadata(base), "int8", None, {"method": "dynamic", "activations": "per batch"})
     onnx.save(proto, str(out))
     return out
+
+
+def wait_until(condition, seconds: float = 60.0) -> bool:
+    """Poll `condition` (a guard against hanging, not a timing check: the watchdog acts within a second or two)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()

@@ -1,7 +1,11 @@
 """Suite-wide settings and the fixtures many test modules share.
 
 Test models are tiny: one intra-op thread is as fast as two for them and, on a shared 2-core machine, keeps them
-from spinning against each other's threads. Subprocesses inherit the variable."""
+from spinning against each other's threads. Subprocesses inherit the variable.
+
+The suite runs on pytest-xdist, one worker per CPU, a test module's tests on one worker (pyproject.toml: -n auto
+--dist loadfile): each worker builds the session fixtures it uses and each module's fixtures are built once. Every
+test that starts a Ray is in test_scale.py, so one Ray runs at a time. `-n 0` runs everything in one process."""
 
 import dataclasses
 import os
@@ -18,6 +22,22 @@ from builders import export_tiny_onnx, make_bundle  # tests/ is on pytest's pyth
 # held-out digits. The batch is pinned so that this model stays the one the tests were written against.
 QUICK_EPOCHS = 8
 QUICK_BATCH = 64
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--docs-slow", action="store_true",
+                     help="also run the docs blocks whose commands train, bench or build INT8 on the default model as "
+                          "written (tests/test_docs_commands.py); .ci/run passes it")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if config.getoption("--docs-slow"):
+        return
+    skip = pytest.mark.skip(reason="a slow docs block: .ci/run runs it (python -m pytest tests/test_docs_commands.py "
+                                   "--docs-slow)")
+    for item in items:
+        if "docs_slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_configure() -> None:
