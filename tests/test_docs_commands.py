@@ -101,6 +101,8 @@ COMMANDS: dict[str, Entry] = {
     # architecture.md
     "python -m pytest -q": not_here("the whole suite, of which this test is a part"),
     "python -m pytest -q tests/test_train.py": not_here("a part of the suite, which runs it anyway"),
+    'python -m pytest -q -m "not slow"': not_here("a part of the suite, which runs it anyway"),
+    "python -m pytest -q --docs-slow": not_here("the whole suite and the slow docs blocks, which .ci/run runs"),
     "bash .ci/run": not_here("CI itself: it creates virtual environments and installs from PyPI and Debian"),
     # bench.md: every variant that runs here is built, gated and timed as documented, each timed briefly (QUICK_BENCH)
     "vitdeploy bench": slow(**QUICK_BENCH),
