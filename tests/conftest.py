@@ -5,7 +5,8 @@ from spinning against each other's threads. Subprocesses inherit the variable.
 
 The suite runs on pytest-xdist, one worker per CPU, a test module's tests on one worker (pyproject.toml: -n auto
 --dist loadfile): each worker builds the session fixtures it uses and each module's fixtures are built once. Every
-test that starts a Ray is in test_scale.py, so one Ray runs at a time. `-n 0` runs everything in one process."""
+test of the plain suite that starts a Ray is in test_scale.py, so one Ray runs at a time (with --docs-slow, docs
+scale.md's block may start a second beside it). `-n 0` runs everything in one process."""
 
 import dataclasses
 import os
