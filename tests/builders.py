@@ -197,7 +197,7 @@ def dynamic_int8_onnx(base: Path, out: Path) -> Path:
 
 
 def wait_until(condition, seconds: float = 60.0) -> bool:
-    """Poll `condition` (a guard against hanging, not a timing check: the watchdog acts within a second or two)."""
+    """Poll `condition` until it holds or `seconds` pass: a guard against hanging, not a timing check."""
     import time
 
     deadline = time.monotonic() + seconds

@@ -224,6 +224,48 @@ def test_a_ray_actor_gives_non_finite_and_unreadable_rows(tmp_path, images, tiny
     assert [(r["path"], r["ok"], r["error"], r["probability"]) for r in rows] == \
         [("a.png", False, "non_finite", None), ("gone.png", False, "unreadable", None)]
 
+def _processes_marked(mark: str) -> list[tuple[int, str]]:
+    """Live processes whose environment holds `mark` (Ray's processes inherit the driver's environment)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if mark.encode() in (entry / "environ").read_bytes():
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["success", "SIGINT", "SIGTERM"])
+def test_every_way_a_ray_run_ends_leaves_no_ray_process(tiny_onnx, tmp_path, ending):
+    import signal
+    import uuid
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40 if ending == "success" else 4000):  # enough that a signal arrives mid-run
+        smooth_rgb(20, 18, seed=i % 7).save(folder / f"{i:05d}.png")
+    mark = f"VITDEPLOY_TEST_MARK={uuid.uuid4().hex}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), mark.split("=")[0]: mark.split("=")[1]}
+    # SIGINT as a terminal's Ctrl-C finds the process: a test runner started in the background by a non-interactive
+    # shell ignores SIGINT, an ignored signal stays ignored across exec, and Python then raises no KeyboardInterrupt.
+    child = subprocess.Popen([sys.executable, "-m", "vitdeploy", "predict", str(folder), "--engine", "ray",
+                              "--batch-size", "8", "--format", "parquet", "-o", str(tmp_path / "r.parquet"),
+                              "--model", str(tiny_onnx)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    if ending != "success":
+        assert wait_until(lambda: any("MapWorker" in args for _, args in _processes_marked(mark)), 300), \
+            "no Ray worker started"
+        child.send_signal(getattr(signal, ending))
+    _, err = child.communicate(timeout=300)
+    assert child.returncode in ((EXIT_OK,) if ending == "success" else (130, -15, 143)), err
+    assert wait_until(lambda: not [p for p in _processes_marked(mark) if p[0] != child.pid], 60), \
+        f"left running: {_processes_marked(mark)}"
+
 
 # ---------------------------------------------------------------------------------------------------- KServe
 
@@ -326,46 +368,3 @@ def test_a_repository_that_does_not_match_its_onnx_is_refused_naming_the_mismatc
     with pytest.raises(ModelFileError, match="does not match") as refused:
         check_model_folder(folder)
     assert expected in str(refused.value)
-
-
-def _processes_marked(mark: str) -> list[tuple[int, str]]:
-    """Live processes whose environment holds `mark` (Ray's processes inherit the driver's environment)."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if mark.encode() in (entry / "environ").read_bytes():
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
-        except (OSError, IndexError):
-            continue
-    return found
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("ending", ["success", "SIGINT", "SIGTERM"])
-def test_every_way_a_ray_run_ends_leaves_no_ray_process(tiny_onnx, tmp_path, ending):
-    import signal
-    import uuid
-
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(40 if ending == "success" else 4000):  # enough that a signal arrives mid-run
-        smooth_rgb(20, 18, seed=i % 7).save(folder / f"{i:05d}.png")
-    mark = f"VITDEPLOY_TEST_MARK={uuid.uuid4().hex}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), mark.split("=")[0]: mark.split("=")[1]}
-    # SIGINT as a terminal's Ctrl-C finds the process: a test runner started in the background by a non-interactive
-    # shell ignores SIGINT, an ignored signal stays ignored across exec, and Python then raises no KeyboardInterrupt.
-    child = subprocess.Popen([sys.executable, "-m", "vitdeploy", "predict", str(folder), "--engine", "ray",
-                              "--batch-size", "8", "--format", "parquet", "-o", str(tmp_path / "r.parquet"),
-                              "--model", str(tiny_onnx)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    if ending != "success":
-        assert wait_until(lambda: any("MapWorker" in args for _, args in _processes_marked(mark)), 300), \
-            "no Ray worker started"
-        child.send_signal(getattr(signal, ending))
-    _, err = child.communicate(timeout=300)
-    assert child.returncode in ((EXIT_OK,) if ending == "success" else (130, -15, 143)), err
-    assert wait_until(lambda: not [p for p in _processes_marked(mark) if p[0] != child.pid], 60), \
-        f"left running: {_processes_marked(mark)}"
