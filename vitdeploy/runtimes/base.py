@@ -361,6 +361,9 @@ class RuntimeSpec:
     modules: tuple[str, ...] = ()  # the Python modules it imports: one missing means not installed
     extra: str | None = None  # the pip extra that brings them; None: the core install
     install: Callable[[], str] | None = None  # its install command where it is not (only) a pip extra
+    # (model, device) -> None, or an error for a file it could never run (too large, a variant made for another
+    # runtime): checked where the runtime is not installed, so that the file's problem is heard before the install
+    check_file: Callable[[ModelSource, str], None] | None = None
     emulated: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # device -> precisions it runs
     # without computing in them (ONNX Runtime's CPU provider casts fp16 to fp32): enough to judge, never to time
     by_default: bool = True  # in the default set (verify); False: only when named (the web runtime starts a browser)

@@ -238,8 +238,9 @@ _COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "MVN", "Subgraph",
 def compiled_precision(compiled: ov.CompiledModel) -> str:
     """The floating-point precision a compiled model really computes in (fp32 | bf16 | fp16): read from its
     execution graph (each layer's runtimePrecision), not from the hint it was given. OpenVINO 2026.4 compiles a bf16
-    hint as f32 on a CPU without bf16 and an f16 hint as f32 on one without fp16, without an error; its
-    INFERENCE_PRECISION_HINT property follows suit, and is the fallback where the graph says nothing."""
+    hint as f32 on a CPU without bf16, and an f16 hint on one without fp16 as bf16 where the CPU has bf16 (AMD Zen 4),
+    else as f32, without an error; its INFERENCE_PRECISION_HINT property follows suit, and is the fallback where the
+    graph says nothing."""
     names = {v: k for k, v in HINTS.items()}
     counts: dict[str, int] = {}
     for op in compiled.get_runtime_model().get_ops():

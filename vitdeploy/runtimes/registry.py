@@ -186,6 +186,8 @@ def open_runtime(
         raise ConfigError(f"unknown session option(s) {sorted(options)}") from None
     status = runtime_status(name)
     if not status.installed:
+        if spec.check_file is not None:
+            spec.check_file(model, device)
         raise MissingExtra(status.reason)
     session = spec.open(model, device, precision, session_options, this_machine())
     try:

@@ -6,9 +6,9 @@
     session.preprocess_image(data)           # the page's own JavaScript preprocessing (vitdeploy.js)
     session.predict_image(data)              # JavaScript preprocessing + the model, all in the page
 
-Refused before a browser starts (exit 2): a file over WEB_MAX_MODEL_BYTES, a file with external data, an
-fp16 file on WebAssembly, a variant made for another runtime. An op onnxruntime-web has no kernel for is named
-from its own message (exit 2).
+Refused before a browser starts (exit 2), and where none is installed before the install is asked for: a file
+over WEB_MAX_MODEL_BYTES, a file with external data, an fp16 file on WebAssembly, a variant made for another runtime.
+An op onnxruntime-web has no kernel for is named from its own message (exit 2).
 """
 
 from __future__ import annotations
@@ -50,22 +50,10 @@ class WebSession(base.Session):
     """One .onnx open in onnxruntime-web, in its own headless Chromium (closed by close() or when collected)."""
 
     def __init__(self, model: str | Path | bytes, device: str = "auto", threads: int | None = None):
-        if device not in DEVICES:
-            raise ConfigError(f"the web runtime runs on {', '.join(DEVICES[1:])}, not {device!r}")
-        device = "wasm" if device == "auto" else device
+        device, data, self.metadata = read_web_model(model, device)
         self.path = None if isinstance(model, bytes) else Path(model)
         name = self.path or "model bytes"
-        if self.path is not None:
-            base.check_model_file(self.path)
-            check_web_size(name, self.path.stat().st_size)  # before reading a file that may be many GiB
-        data = model if isinstance(model, bytes) else self.path.read_bytes()
-        check_web_file(name, data)
-        try:
-            self.metadata = metadata_props_from_bytes(data)
-        except ValueError:
-            raise ModelFileError(f"{name} is not an ONNX model (it does not parse)") from None
         precision = self.graph_precision
-        check_variant(name, self.metadata, device, precision)
         executable = toolchain.find_browser()
         if executable is None:
             raise DeviceError(f"the web runtime needs a Chromium browser: {toolchain.BROWSER_INSTALL}")
@@ -194,6 +182,31 @@ def webgpu_usable() -> bool:
         return False
 
 
+def read_web_model(model: base.ModelSource, device: str) -> tuple[str, bytes, dict[str, str]]:
+    """(the device, the file's bytes, its metadata) of a file onnxruntime-web can load on `device`; what it cannot is
+    refused here, without a browser."""
+    if device not in DEVICES:
+        raise ConfigError(f"the web runtime runs on {', '.join(DEVICES[1:])}, not {device!r}")
+    device = "wasm" if device == "auto" else device
+    path = None if isinstance(model, bytes) else Path(model)
+    name = path or "model bytes"
+    if path is not None:
+        base.check_model_file(path)
+        check_web_size(name, path.stat().st_size)  # before reading a file that may be many GiB
+    data = model if isinstance(model, bytes) else path.read_bytes()
+    check_web_file(name, data)
+    try:
+        metadata = metadata_props_from_bytes(data)
+    except ValueError:
+        raise ModelFileError(f"{name} is not an ONNX model (it does not parse)") from None
+    check_variant(name, metadata, device, base.file_precision(base.export_record(metadata)))
+    return device, data, metadata
+
+
+def _check_file(model: base.ModelSource, device: str) -> None:
+    read_web_model(model, device)
+
+
 def _open(model: base.ModelSource, device: str, precision: str | None, options: base.SessionOptions,
           machine: object) -> WebSession:
     return WebSession(model, device, options.threads)
@@ -222,5 +235,6 @@ SPEC = base.RuntimeSpec(
     probe=_probe,
     needs=_needs,
     install=toolchain.install_commands,
+    check_file=_check_file,
     by_default=False,
 )
