@@ -4,6 +4,7 @@ folder's contents, and what is refused. Tests that need a browser skip, with the
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -108,6 +109,29 @@ def test_webgpu_is_not_usable_without_a_gpu(monkeypatch):
         web_runtime.webgpu_usable.cache_clear()
 
 
+def _without_a_browser(monkeypatch) -> None:
+    from vitdeploy.runtimes import registry
+
+    missing = dataclasses.replace(WEB_STATUS, installed=False, usable=False, reason="no browser (faked)")
+    real = registry.runtime_status
+    monkeypatch.setattr(registry, "runtime_status", lambda name: missing if name == "web" else real(name))
+
+
+@pytest.fixture(params=["as installed here", "not installed"])
+def web_install(request, monkeypatch) -> None:
+    """The refusals below hold whether or not a browser is installed: a file the web runtime could never run is
+    refused before the install is asked for."""
+    if request.param == "not installed":
+        _without_a_browser(monkeypatch)
+
+
+def test_a_runnable_file_without_a_browser_gets_the_install_command(tiny_onnx, monkeypatch):
+    _without_a_browser(monkeypatch)
+    with pytest.raises(MissingExtra, match="no browser"):
+        open_runtime("web", tiny_onnx)
+
+
+@pytest.mark.usefixtures("web_install")
 def test_a_file_over_the_size_limit_is_refused_before_a_browser_starts(tiny_onnx, monkeypatch):
     monkeypatch.setattr(web_limits, "WEB_MAX_MODEL_BYTES", 1000)
     with pytest.raises(ModelFileError, match=r"onnxruntime-web loads at most"):
@@ -127,6 +151,7 @@ def _with_export_record(tiny_onnx: Path, folder: Path, **record: object) -> Path
     return path
 
 
+@pytest.mark.usefixtures("web_install")
 def test_variants_it_cannot_run_are_refused(tiny_onnx, tmp_path):
     ov = _with_export_record(tiny_onnx, tmp_path, runtime="openvino", variant="ov-bf16", inference_precision="bf16")
     with pytest.raises(ConfigError, match="--runtime openvino"):
@@ -138,6 +163,7 @@ def test_variants_it_cannot_run_are_refused(tiny_onnx, tmp_path):
     assert result.exit_code == 2 and not (tmp_path / "web").exists()
 
 
+@pytest.mark.usefixtures("web_install")
 def test_a_file_with_external_data_is_refused(tiny_onnx, tmp_path):
     import onnx
 
