@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from builders import export_tiny_onnx, make_bundle  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 # 8 epochs of 64 images of the digits preset: about 5 s on 2 idle cores, ~65% held-out accuracy; enough for
-# attention that follows the strokes (the default 30 epochs of 32 reach ~99%) and for gates judged on the 359
+# attention that follows the strokes (the default 36 epochs of 64 reach ~99%) and for gates judged on the 359
 # held-out digits. The batch is pinned so that this model stays the one the tests were written against.
 QUICK_EPOCHS = 8
 QUICK_BATCH = 64

@@ -75,7 +75,7 @@ def not_here(why: str) -> Entry:
 
 
 MODEL = "models/digits/best/model.onnx"
-# The default `vitdeploy train` is 1,320 steps (~35 s of CPU, minutes on a busy machine) and the docs train it three
+# The default `vitdeploy train` is 36 epochs (~25 s of CPU, minutes on a busy machine) and the docs train it three
 # times (training.md: alone and under torchrun; scale.md): here each runs the same command on the same path (the
 # digits preset, its data, bundles and DDP) for 2 epochs. The README quickstart in .ci/run trains it whole.
 TWO_EPOCHS = " --epochs 2"

@@ -116,8 +116,7 @@ def test_macs_count_the_tokens_each_block_sees():
     assert count_macs(CFG, (0,) * CFG.depth) == full
 
 
-# dynamo at 17: torch cannot convert a merging graph down (its Reduce axes are computed before optimize); export
-# converts the optimized graph (exporter._convert_down). 18 is dynamo's own opset.
+# dynamo at 17: torch.onnx converts its own opset-18 graph down (the version converter); 18 is dynamo's own opset.
 @pytest.mark.parametrize("exporter_name, opset", [("torchscript", 17), pytest.param("dynamo", 17, marks=pytest.mark.slow),
                                                   pytest.param("dynamo", 18, marks=pytest.mark.slow)])
 def test_exported_merging_matches_pytorch_at_other_batch_sizes(model, images, exporter_name, opset):
