@@ -181,7 +181,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             name="digits",
-            description="small ViT for the embedded scikit-learn digits (16 px, patch 4); ~40 s of one CPU core",
+            description="small ViT for the embedded scikit-learn digits (16 px, patch 4); ~25 s of one CPU core",
             model=ModelConfig(image_size=16, patch_size=4, dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
             # 36 epochs of 64 cost what 30 of 32 did (a step of 64 costs less than two of 32) and do better: best
             # held-out 98.82% on average over seeds 0-11 (98.05-99.72) against 98.40% (97.49-99.16). A CPU's own

@@ -50,9 +50,9 @@ from vitdeploy.runtimes.web.limits import check_variant as check_web_variant  # 
 from vitdeploy.runtimes.web.limits import check_web_file, check_web_size  # noqa: E402
 
 __all__ = [
-    "RUNTIMES", "Description", "Machine", "PrecisionError", "RuntimeOffer", "RuntimeSpec", "RuntimeStatus",
-    "Session", "TensorSpec", "assume", "export_record", "foreign_setting", "install_command", "installed_runtimes",
-    "open_runtime", "open_to_read", "parse_runtimes", "read_model_info", "runtime_for_file", "runtime_spec", "runtime_specs",
+    "RUNTIMES", "Description", "Machine", "PrecisionError", "RuntimeOffer", "RuntimeSpec", "RuntimeStatus", "Session",
+    "TensorSpec", "assume", "export_record", "foreign_setting", "install_command", "installed_runtimes", "open_runtime",
+    "open_to_read", "parse_runtimes", "read_model_info", "runtime_for_file", "runtime_spec", "runtime_specs",
     "runtime_status", "select_runtimes", "short_provider_name", "this_machine", "WEB_ASSETS", "check_web_file",
     "check_web_size", "check_web_variant", "web_toolchain",
 ]
