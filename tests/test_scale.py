@@ -224,6 +224,7 @@ def test_a_ray_actor_gives_non_finite_and_unreadable_rows(tmp_path, images, tiny
     assert [(r["path"], r["ok"], r["error"], r["probability"]) for r in rows] == \
         [("a.png", False, "non_finite", None), ("gone.png", False, "unreadable", None)]
 
+
 def _processes_marked(mark: str) -> list[tuple[int, str]]:
     """Live processes whose environment holds `mark` (Ray's processes inherit the driver's environment)."""
     found = []
