@@ -95,6 +95,28 @@ def test_search_keeps_the_sensitive_group_and_no_more(quantized_tiny, tiny_onnx)
     assert not _reads_quantized(quant_search.without_activation_quantizers(quantized_tiny, [fc2]), fc2)
 
 
+def test_a_search_that_keeps_nothing_ships_the_first_quantization(tiny_onnx, tmp_path, monkeypatch):
+    """Where every search image agrees with everything quantized, the file is that first quantization: NNCF runs
+    once, not twice, and the graph is the one a second run would give."""
+    pytest.importorskip("nncf")
+    from builders import TINY
+
+    from vitdeploy.exporting import graphs
+
+    calibration = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    source = graphs.VariantSource(tiny_onnx, TINY, tmp_path, lambda: calibration, isa="avx512_vnni")
+    quantizations = []
+    real_quantize, real_search = graphs.to_ov_int8, quant_search.search
+    monkeypatch.setattr(graphs, "to_ov_int8", lambda *a, **k: quantizations.append(k["kept"]) or real_quantize(*a, **k))
+    monkeypatch.setattr(quant_search, "search", lambda *a: real_search(*a, min_agreement=0.0))  # nothing kept
+    built = graphs.ov_int8_searched(source, "fp32")
+    search = built.quantization["search"]
+    assert quantizations == [[]] and search["kept_fp32"] == [] and search["quantized_macs_share"] == 1.0
+    assert search["agreement_requantized"] == search["agreement_all_quantized"]
+    again, _ = real_quantize(tiny_onnx, calibration, tmp_path, kept=[], recipe=source.int8_recipe)
+    assert again.graph.SerializeToString() == built.proto.graph.SerializeToString()  # NNCF is deterministic
+
+
 @pytest.mark.slow
 @needs_bf16
 def test_export_searches_gates_and_records_the_configuration(digits_bundle, tmp_path):

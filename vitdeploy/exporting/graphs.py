@@ -438,7 +438,8 @@ def build_ov_int8_bf16(source: VariantSource) -> BuiltGraph:
 
 def ov_int8_searched(source: VariantSource, inference_precision: str) -> BuiltGraph:
     """Quantize everything once, search which groups to keep in float (quant_search.search, on OpenVINO in
-    `inference_precision`), then quantize again with exactly those in NNCF's ignored scope."""
+    `inference_precision`), then quantize again with exactly those in NNCF's ignored scope (where the search keeps
+    none, the first quantization is the answer: NNCF is deterministic, and a second run would cost as much again)."""
     import onnx
 
     started = time.perf_counter()
@@ -451,12 +452,15 @@ def ov_int8_searched(source: VariantSource, inference_precision: str) -> BuiltGr
             return session.run_in_batches(images, CALIBRATION_BATCH_SIZE)
 
     reference = run(onnx.load(os.fspath(source.base)), "fp32")
-    everything, _ = to_ov_int8(source.base, images, source.workdir, kept=[], recipe=source.int8_recipe)
+    everything, settings = to_ov_int8(source.base, images, source.workdir, kept=[], recipe=source.int8_recipe)
     groups = quant_search.matmul_groups(onnx.load(os.fspath(source.base)), source.config)
     found = quant_search.search(everything, groups, run, reference)
-    quantized, settings = to_ov_int8(source.base, images, source.workdir, kept=found.kept_nodes,
-                                     recipe=source.int8_recipe)
-    final = quant_search.agreement(reference, run(quantized))
+    if found.kept_nodes:
+        quantized, settings = to_ov_int8(source.base, images, source.workdir, kept=found.kept_nodes,
+                                         recipe=source.int8_recipe)
+        final = quant_search.agreement(reference, run(quantized))
+    else:  # nothing kept in float: that is the graph quantized first, already run on these images by the search
+        quantized, final = everything, found.agreement_all_quantized
     settings["search"] = {**found.to_dict(), "agreement_requantized": round(final, 4),
                           "inference_precision": inference_precision,
                           "seconds_with_quantization": round(time.perf_counter() - started, 1)}
