@@ -269,8 +269,9 @@ def to_int8_static(
     out = workdir / "int8-static.onnx"
     with _quiet_root_logger():
         quantize_static(
-            os.fspath(model_path), os.fspath(out), calibration_reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-            reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            os.fspath(model_path), os.fspath(out), calibration_reader(calibration), quant_format=QuantFormat.QDQ,
+            per_channel=True, reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"], nodes_to_exclude=activation_products,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
