@@ -4,6 +4,7 @@ deliberately corrupted copies. Plain functions; the shared, session-scoped insta
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import struct
 import zlib
@@ -93,6 +94,13 @@ def smooth_rgb(width: int, height: int, seed: int = 0) -> Image.Image:
     arr = np.stack(channels, axis=-1)
     arr[height // 3 : height // 2, width // 4 : width // 2] = (250, 20, 20)  # a sharp red block
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
+    """The image as the bytes of a `fmt` file (PIL's save options)."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
 
 
 def png_header_only(path: Path, width: int, height: int) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
-import io
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from builders import png_header_only, running_server, smooth_rgb, without_modules
+from builders import encoded, png_header_only, running_server, smooth_rgb, without_modules
 from typer.testing import CliRunner
 
 from vitdeploy.cli import app
@@ -318,9 +317,7 @@ def _json_infer(**changes) -> bytes:
 
 
 def _png_bytes() -> bytes:
-    buffer = io.BytesIO()
-    smooth_rgb(40, 30).save(buffer, "PNG")
-    return buffer.getvalue()
+    return encoded(smooth_rgb(40, 30))
 
 
 def _bomb(tmp: Path) -> bytes:

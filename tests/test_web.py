@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import encoded
 from devtools_page import DevToolsPage
 from PIL import Image
 from typer.testing import CliRunner
@@ -41,12 +42,6 @@ SPECS = [PreprocessSpec(image_size=size, resize_size=resize, interpolation=inter
                                                                      interpolation="nearest")]
 
 
-def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def photos() -> dict[str, bytes]:
     """scikit-learn's two real JPEG photos, PNG copies of them, and PNG crops of other sizes and aspect ratios."""
@@ -56,8 +51,8 @@ def photos() -> dict[str, bytes]:
     for path in sorted(folder.glob("*.jpg")):
         found[path.name] = path.read_bytes()
         rgb = Image.open(path).convert("RGB")
-        found[f"{path.stem}.png"] = _encoded(rgb, "PNG")
-        found[f"{path.stem}-portrait.png"] = _encoded(rgb.crop((101, 7, 101 + 233, 7 + 377)), "PNG")
+        found[f"{path.stem}.png"] = encoded(rgb)
+        found[f"{path.stem}-portrait.png"] = encoded(rgb.crop((101, 7, 101 + 233, 7 + 377)))
     assert len(found) == 6, "scikit-learn ships two photos"
     return found
 
