@@ -19,7 +19,6 @@ import os
 import pickle
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
