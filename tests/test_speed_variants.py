@@ -3,6 +3,7 @@ bf16), the search over what stays unquantized, and OpenVINO's per-batch-size com
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -117,6 +118,40 @@ def test_a_search_that_keeps_nothing_ships_the_first_quantization(tiny_onnx, tmp
     assert again.graph.SerializeToString() == built.proto.graph.SerializeToString()  # NNCF is deterministic
 
 
+def test_an_int8_file_with_no_int8_left_fails_its_gate():
+    from vitdeploy.exporting.gate import AccuracyGate, GateResult
+
+    judged = GateResult("ov-int8-bf16", "int8", "CPU", 10, "held-out", 32, 0.9, 0.9, 1.0, 0.0, AccuracyGate())
+    assert judged.passed and "int8_macs_share" not in judged.summary()  # the other variants: no search, no share
+    assert dataclasses.replace(judged, int8_macs_share=0.02).passed
+    kept_everything = dataclasses.replace(judged, int8_macs_share=0.0)
+    assert kept_everything.failures() == [
+        "no INT8 left (its search took every layer back to float to keep PyTorch's answers)"]
+    assert kept_everything.summary()["int8_macs_share"] == 0.0
+
+
+@pytest.mark.slow
+@needs_bf16
+def test_a_search_that_ends_with_every_layer_in_float_writes_no_file(tmp_path, monkeypatch):
+    """The search's last resort (no prefix short of every group passes) leaves an fp32 graph under an INT8 name:
+    export judges it failed, says why, and writes nothing."""
+    from builders import TINY, make_bundle
+
+    from vitdeploy.exporting.exporter import export_onnx
+    from vitdeploy.exporting.gate import AccuracyGate
+    from vitdeploy.training.data import DIGITS_NAME
+
+    digits = {"source": DIGITS_NAME, "split": "seeded-permutation", "split_seed": 0, "val_fraction": 0.2}
+    bundle = make_bundle(tmp_path / "b", dataclasses.replace(TINY, num_classes=10, depth=1), dataset=digits)
+    real_search = quant_search.search
+    monkeypatch.setattr(quant_search, "search", lambda *a: real_search(*a, min_agreement=1.01))  # nothing passes
+    let_through = AccuracyGate(max_accuracy_drop=100.0, min_top1_agreement=0.0)
+    [row] = export_onnx(bundle, tmp_path / "out" / "model.onnx", variants=["ov-int8-bf16"], gate=let_through).variants
+    assert row.quantization["search"]["quantized_macs_share"] == 0.0
+    assert not row.written and not row.path.exists() and len(row.gate.failures()) == 1
+    assert row.gate.failures()[0].startswith("no INT8 left")
+
+
 @pytest.mark.slow
 @needs_bf16
 def test_export_searches_gates_and_records_the_configuration(digits_bundle, tmp_path):
@@ -132,7 +167,8 @@ def test_export_searches_gates_and_records_the_configuration(digits_bundle, tmp_
     search = result.quantization["search"]
     assert search["inference_precision"] == "bf16"
     # The search's own criterion (every fp32 answer on its images), or its last resort where even every group back
-    # in float misses it (the surgery estimate keeps INT8 weights; seen on a briefly trained bundle): no INT8 at all.
+    # in float misses it (the surgery estimate keeps INT8 weights; seen on a briefly trained bundle): no INT8 at all,
+    # and then no file (test_a_search_that_ends_with_every_layer_in_float_writes_no_file).
     assert search["agreement"] == 1.0 or search["quantized_macs_share"] == 0.0
     assert result.written == result.gate.passed == result.path.is_file()
     if result.written:

@@ -70,6 +70,8 @@ class GateResult:
     max_pixel_levels: float | None = None
     pixel_images: int = 0  # the images that difference was measured on
     isa_class: str | None = None  # the CPU class it was judged on (core.cpu.isa_class)
+    # a searched INT8 variant only: the share of multiply-accumulates its search left in INT8 (quant_search)
+    int8_macs_share: float | None = None
 
     @property
     def accuracy_drop_pt(self) -> float:
@@ -87,6 +89,8 @@ class GateResult:
         if self.max_pixel_levels is not None and not self.max_pixel_levels <= MAX_PIXEL_LEVELS + 1e-3:
             why.append(f"preprocessed pixels {self.max_pixel_levels:.2f}/255 from images.preprocess's "
                        f"(> {MAX_PIXEL_LEVELS:g} allowed)")
+        if self.int8_macs_share == 0.0:  # an INT8 file with no INT8 in it would only mislead
+            why.append("no INT8 left (its search took every layer back to float to keep PyTorch's answers)")
         return why
 
     @property
@@ -113,6 +117,7 @@ class GateResult:
             "gate": {**asdict(self.gate), "max_abs": self.max_abs_allowed},
             **({"max_pixel_levels": self.max_pixel_levels, "pixel_images": self.pixel_images,
                 "max_pixel_levels_allowed": MAX_PIXEL_LEVELS} if self.max_pixel_levels is not None else {}),
+            **({"int8_macs_share": self.int8_macs_share} if self.int8_macs_share is not None else {}),
             "failures": self.failures(),
         }
 

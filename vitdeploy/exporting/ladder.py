@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -222,6 +222,8 @@ def export_variants(
             else:
                 result = judge(row.name, row.precision, staged, data, gate, row.gate_device, row.gate_max_abs,
                                row.runtime, source.isa)
+            if quantization and "search" in quantization:
+                result = replace(result, int8_macs_share=quantization["search"]["quantized_macs_share"])
             notes = Notes((built.token_merging or {}).get("notes", []))  # the merging search said these
             _caveats(notes, row, result, quantization)
             set_metadata(proto, {META_PARITY: result.summary()})
