@@ -10,10 +10,10 @@ comment dropped) must have an entry in COMMANDS saying how it runs:
 
 A command added to the docs without an entry fails test_every_documented_command_has_an_entry (and an entry whose
 command left the docs fails it too). Commands run in order, block by block, in a fresh copy of a workspace that
-makes the docs' placeholders real: models/digits/{best,last} (the digits preset, briefly trained) with its
-model.onnx, samples/ (vitdeploy samples), photos/<class>/*.jpg, images/*.png, a Hugging Face folder (vit-hf/,
-hf_folder/), a timm ViT-Ti state dict, bench.json / old.json (a quick bench report). `vitdeploy` is this checkout's
-(`python -m vitdeploy`).
+makes the docs' placeholders real: models/digits/{best,last} (the digits preset, briefly trained; with --docs-slow,
+trained whole as `vitdeploy train` does) with its model.onnx, samples/ (vitdeploy samples), photos/<class>/*.jpg,
+images/*.png, a Hugging Face folder (vit-hf/, hf_folder/), a timm ViT-Ti state dict, bench.json / old.json (a quick
+bench report). `vitdeploy` is this checkout's (`python -m vitdeploy`).
 """
 
 from __future__ import annotations
@@ -288,7 +288,21 @@ def test_the_block_finder_reads_commands_prompts_and_continuations():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, digits_bundle, hf_checkpoint) -> Path:
+def docs_bundle(request, tmp_path_factory) -> Path:
+    """The docs' models/digits/best: the suite's briefly trained digits_bundle for the fast blocks; with --docs-slow,
+    the default `vitdeploy train` whole (~25 s), so that the slow blocks run the default model's work on the default
+    model. The brief one is a weak model (66% held-out), and its INT8 search can end with no layer left in INT8
+    (seen on a CPU with AVX512_BF16), which export refuses with exit 3."""
+    if not request.config.getoption("--docs-slow"):
+        return request.getfixturevalue("digits_bundle")
+    from vitdeploy.requests import TrainRequest
+    from vitdeploy.training.run import train
+
+    return train(TrainRequest(out=tmp_path_factory.mktemp("default-digits"))).best
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, docs_bundle, hf_checkpoint) -> Path:
     """What the docs' commands expect to find, made from the suite's shared fixtures."""
     from PIL import Image
 
@@ -296,7 +310,7 @@ def workspace(tmp_path_factory, digits_bundle, hf_checkpoint) -> Path:
 
     root = tmp_path_factory.mktemp("docs-workspace")
     for run in ("best", "last"):  # the fixture's run: last/ holds the training state --resume reads
-        shutil.copytree(digits_bundle.parent / run, root / "models" / "digits" / run)
+        shutil.copytree(docs_bundle.parent / run, root / "models" / "digits" / run)
     bin_dir = root / ".bin"
     bin_dir.mkdir()
     (bin_dir / "vitdeploy").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m vitdeploy "$@"\n')
@@ -305,7 +319,7 @@ def workspace(tmp_path_factory, digits_bundle, hf_checkpoint) -> Path:
         (bin_dir / name).symlink_to(sys.executable)
     assert run_command(root, "vitdeploy export models/digits/best --opset 17").returncode == 0
     assert run_command(root, "vitdeploy samples samples/ --count 12").returncode == 0
-    labels = read_bundle_info(digits_bundle).labels
+    labels = read_bundle_info(docs_bundle).labels
     for png in sorted((root / "samples").glob("*.png")):
         label = png.stem.split("true-", 1)[1]
         assert label in labels
